@@ -1,0 +1,25 @@
+//! The custody contract, pure: what an event is, how it is signed, how the
+//! ledger chains it. This crate knows nothing of NATS, sled or tokio; every
+//! other crate and any producer's own code can rely on it alone.
+//!
+//! # Layout
+//! - [`units`]: carats, dollars and shares as fixed-point integers.
+//! - [`ids`]: validated event ids, lot ids, actor keys, countries, times.
+//! - [`event`]: the event kinds and their stateless checks.
+//! - [`envelope`]: DSSE, PAE, signing and (batch) verification.
+//! - [`entry`]: ledger entries, the blake3 chain, receipts.
+//! - [`rejection`]: the stable rejection codes.
+
+pub mod entry;
+pub mod envelope;
+pub mod event;
+pub mod ids;
+pub mod rejection;
+pub mod units;
+
+pub use entry::{ChainError, Entry, Hash, Outcome, Receipt, Refusal};
+pub use envelope::{Envelope, Opened, MAX_ENVELOPE_BYTES, PAYLOAD_TYPE};
+pub use event::{Body, DeclaredOrigin, Event, LotState, Process, Role};
+pub use ids::{ActorKey, Country, EventId, LotId, Timestamp};
+pub use rejection::{Code, Rejection};
+pub use units::{Carats, Share, Usd};
