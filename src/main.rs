@@ -1,1 +1,21 @@
-fn main() {}
+//! `custody`: wiring only. Each command lives in `cmd/`.
+
+mod cmd;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CUSTODY_LOG").unwrap_or_else(|_| "warn,custody=info,custody_ledger=info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = cmd::Cli::parse();
+    match cmd::run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("custody: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The ledger core: the store plus the write model, and the one operation
+//! that matters, admitting a batch of checked submissions into entries. It
+//! knows nothing of NATS: the service feeds it and delivers its outcomes.
+
+use custody_proto::{Entry, Event, Hash, Opened, Outcome, Receipt, Refusal, Rejection, Timestamp};
+use std::path::Path;
+
+use crate::model::Model;
+use crate::store::{Store, StoreError};
+use custody_proto::ActorKey;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("entry {seq} cannot be replayed: {why}")]
+    Replay { seq: u64, why: String },
+    #[error("this ledger was created with genesis authority {recorded}, not {given}")]
+    AuthorityChanged { recorded: String, given: String },
+}
+
+/// A submission after its envelope was opened and its signature and payload
+/// checked: either an event ready for custody rules, or a refusal.
+pub type Checked = Result<(Opened, Event), (Option<String>, Rejection)>;
+
+/// Opens envelopes, verifies their signatures as one batch and parses their
+/// payloads. Stateless: safe to run off the writer's thread.
+pub fn check_batch(raws: Vec<Vec<u8>>, now: Timestamp) -> Vec<Checked> {
+    let opened: Vec<Result<Opened, Rejection>> = raws.into_iter().map(Opened::open).collect();
+    let ok: Vec<Opened> = opened.iter().filter_map(|o| o.as_ref().ok().cloned()).collect();
+    let mut verdicts = Opened::verify_all(&ok).into_iter();
+    opened
+        .into_iter()
+        .map(|o| {
+            let o = o.map_err(|r| (None, r))?;
+            let verdict = verdicts.next().unwrap_or(Ok(()));
+            let id = Event::sniff_id(&o.payload);
+            verdict.map_err(|r| (id.clone(), r))?;
+            let event = Event::parse(&o.payload, now).map_err(|r| (id.clone(), r))?;
+            if event.actor != o.signer {
+                let why = format!("actor {} is not the signer {}", event.actor, o.signer);
+                return Err((id, Rejection::new(custody_proto::Code::SignerMismatch, why)));
+            }
+            Ok((o, event))
+        })
+        .collect()
+}
+
+/// What admitting a batch produced: entries to make durable, and one outcome
+/// per submission, in order, to send only after they are.
+pub struct Admitted {
+    pub entries: Vec<Entry>,
+    pub outcomes: Vec<Outcome>,
+}
+
+pub struct Ledger {
+    store: Store,
+    model: Model,
+    head: Option<(u64, Hash)>,
+}
+
+impl Ledger {
+    /// Opens the store, checks the whole chain and replays it into the
+    /// write model. Refuses to start on any broken link, naming the seq.
+    pub fn open(dir: &Path, authority: &ActorKey) -> Result<Ledger, OpenError> {
+        let store = Store::open(dir)?;
+        match store.authority()? {
+            Some(recorded) if recorded != authority.as_str() => {
+                return Err(OpenError::AuthorityChanged { recorded, given: authority.to_string() })
+            }
+            Some(_) => {}
+            None => store.set_authority(authority.as_str())?,
+        }
+        let mut model = Model::new(authority.clone());
+        let mut head = None;
+        for entry in store.entries_from(1) {
+            let entry = entry?;
+            entry.check_after(head).map_err(StoreError::from)?;
+            let seq = entry.seq;
+            let replay_err = |why: String| OpenError::Replay { seq, why };
+            let opened = Opened::open(entry.envelope.clone()).map_err(|r| replay_err(r.to_string()))?;
+            let event = Event::parse(&opened.payload, entry.recorded_at).map_err(|r| replay_err(r.to_string()))?;
+            model.check(&event).map_err(|r| replay_err(r.to_string()))?;
+            model.apply(&event);
+            model.remember(event.id.clone(), &opened.payload, receipt(&event, &entry));
+            head = Some((entry.seq, entry.hash));
+        }
+        if head != store.head()? {
+            return Err(StoreError::Corrupt(format!("replay ended at {head:?}, head record says {:?}", store.head()?)).into());
+        }
+        Ok(Ledger { store, model, head })
+    }
+
+    pub fn head(&self) -> Option<(u64, Hash)> {
+        self.head
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Applies custody rules to each checked submission in order and builds
+    /// entries for the accepted ones. Nothing is durable yet: the caller
+    /// must [`Ledger::commit`] before sending any outcome.
+    pub fn admit(&mut self, batch: Vec<Checked>) -> Admitted {
+        let mut entries = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for item in batch {
+            let (opened, event) = match item {
+                Ok(x) => x,
+                Err((id, r)) => {
+                    outcomes.push(refusal(id, r));
+                    continue;
+                }
+            };
+            let span = tracing::debug_span!("envelope", id = %event.id, kind = event.body.kind());
+            let _guard = span.enter();
+            if let Some(seen) = self.model.replay(&event.id, &opened.payload) {
+                outcomes.push(seen.map_or_else(|r| refusal(Some(event.id.to_string()), r), Outcome::Receipt));
+                continue;
+            }
+            if let Err(r) = self.model.check(&event) {
+                tracing::debug!(code = %r.code, "rejected");
+                outcomes.push(refusal(Some(event.id.to_string()), r));
+                continue;
+            }
+            self.model.apply(&event);
+            let now = Timestamp::now().max(entries.last().map_or_else(Timestamp::now, |e: &Entry| e.recorded_at));
+            let entry = Entry::next(self.head, now, opened.raw);
+            self.head = Some((entry.seq, entry.hash));
+            let r = receipt(&event, &entry);
+            self.model.remember(event.id.clone(), &opened.payload, r.clone());
+            outcomes.push(Outcome::Receipt(r));
+            entries.push(entry);
+        }
+        Admitted { entries, outcomes }
+    }
+
+    /// Makes admitted entries durable. On error the in-memory model is ahead
+    /// of the disk: the caller must stop, and a restart replays the truth.
+    pub fn commit(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        self.store.append(entries)
+    }
+}
+
+fn receipt(event: &Event, entry: &Entry) -> Receipt {
+    Receipt { id: event.id.to_string(), seq: entry.seq, hash: entry.hash.to_hex(), recorded_at: entry.recorded_at.to_rfc3339() }
+}
+
+fn refusal(id: Option<String>, r: Rejection) -> Outcome {
+    Outcome::Rejected(Refusal { id, code: r.code.as_str().to_owned(), message: r.message })
+}

@@ -1,0 +1,21 @@
+//! The custody ledger service: takes DSSE envelopes from NATS, enforces
+//! custody, appends accepted events to a blake3 hash chain on disk, answers
+//! each sender only once its entry is durable, and publishes committed
+//! entries in order.
+//!
+//! # Layout
+//! - [`subjects`]: the NATS subjects and streams.
+//! - [`store`]: durable entries (the only sled user).
+//! - [`model`]: the write model and custody rules (pure).
+//! - [`ledger`]: open/replay, admit a batch, commit it.
+//! - [`service`]: the NATS pipeline around it.
+
+pub mod ledger;
+pub mod model;
+pub mod service;
+pub mod store;
+pub mod subjects;
+
+pub use ledger::{Ledger, OpenError};
+pub use service::{run, Config};
+pub use store::{Store, StoreError};

@@ -1,0 +1,347 @@
+//! The ledger's write model: who is registered, who holds which lot, which
+//! lots are spent or in transit, which certificates and event ids are used.
+//! It decides whether an event keeps custody intact. Pure: no I/O, no clock;
+//! it is rebuilt at start by replaying the stored entries.
+
+use std::collections::HashMap;
+
+use custody_proto::event::Certificate;
+use custody_proto::{
+    ActorKey, Body, Carats, Code, Country, DeclaredOrigin, Event, EventId, LotId, LotState, Receipt, Rejection, Role,
+};
+
+/// A registered organisation.
+#[derive(Debug, Clone)]
+struct Actor {
+    /// What it may do.
+    roles: Vec<Role>,
+    /// Where it is; `None` only for the genesis authority.
+    country: Option<Country>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Status {
+    /// Held by `holder` in `country`, available for custody events.
+    Held,
+    /// Exported under this certificate, not yet imported.
+    InTransit { certificate: String, consignee: ActorKey, to_country: Country },
+    /// Spent by a split, merge or processing; never usable again.
+    Consumed,
+}
+
+#[derive(Debug, Clone)]
+struct Lot {
+    /// Its mass now (never changes: a lot is consumed, not reduced).
+    carats: Carats,
+    /// Rough until cut and polished.
+    state: LotState,
+    /// Who holds it (the exporter, while in transit).
+    holder: ActorKey,
+    /// Where it is held (the exporting country, while in transit).
+    country: Country,
+    status: Status,
+}
+
+/// What an event id is bound to: its payload digest and its receipt, so the
+/// same event again returns the same receipt and a different one is refused.
+#[derive(Debug, Clone)]
+struct Seen {
+    payload: blake3::Hash,
+    receipt: Receipt,
+}
+
+/// The state every custody rule is checked against.
+#[derive(Debug, Default)]
+pub struct Model {
+    actors: HashMap<ActorKey, Actor>,
+    lots: HashMap<LotId, Lot>,
+    /// KP certificate numbers used, with the lots still in transit under each.
+    certificates: HashMap<String, Vec<LotId>>,
+    ids: HashMap<EventId, Seen>,
+}
+
+fn reject(code: Code, message: impl Into<String>) -> Rejection {
+    Rejection::new(code, message)
+}
+
+impl Model {
+    /// A ledger with only its genesis authority.
+    pub fn new(authority: ActorKey) -> Model {
+        let mut m = Model::default();
+        m.actors.insert(authority, Actor { roles: vec![Role::Authority], country: None });
+        m
+    }
+
+    pub fn lot_count(&self) -> usize {
+        self.lots.len()
+    }
+
+    /// If this event id was seen: its receipt when the payload is the same,
+    /// `id_conflict` when it differs. `None` for a new id.
+    pub fn replay(&self, id: &EventId, payload: &[u8]) -> Option<Result<Receipt, Rejection>> {
+        let seen = self.ids.get(id)?;
+        if seen.payload == blake3::hash(payload) {
+            Some(Ok(seen.receipt.clone()))
+        } else {
+            Some(Err(reject(Code::IdConflict, format!("event id {id} was already used for a different event (seq {})", seen.receipt.seq))))
+        }
+    }
+
+    /// Binds an id to its receipt once the entry is built.
+    pub fn remember(&mut self, id: EventId, payload: &[u8], receipt: Receipt) {
+        self.ids.insert(id, Seen { payload: blake3::hash(payload), receipt });
+    }
+
+    /// Checks every custody rule for `event`, signed by `event.actor`.
+    pub fn check(&self, event: &Event) -> Result<(), Rejection> {
+        let signer = &event.actor;
+        let actor = self
+            .actors
+            .get(signer)
+            .ok_or_else(|| reject(Code::UnknownActor, format!("{signer} is not a registered actor")))?;
+        if !event.body.allowed_roles().iter().any(|r| actor.roles.contains(r)) {
+            return Err(reject(
+                Code::RoleNotAllowed,
+                format!("{} needs one of the roles {:?}; {signer} has {:?}", event.body.kind(), event.body.allowed_roles(), actor.roles),
+            ));
+        }
+        match &event.body {
+            Body::ActorRegistered { subject, .. } => {
+                if self.actors.contains_key(subject) {
+                    return Err(reject(Code::ActorExists, format!("{subject} is already registered")));
+                }
+            }
+            Body::Mined { lot, country, .. } => {
+                if actor.country != Some(*country) {
+                    return Err(reject(Code::WrongCountry, format!("a miner mines in its own country ({}), not {country}", show(actor.country))));
+                }
+                self.fresh(lot)?;
+            }
+            Body::Declared { lot, .. } => self.fresh(lot).map(|_| ())?,
+            Body::Split { lot, into } => {
+                let input = self.held(lot, signer)?;
+                self.fresh_all(into.iter().map(|p| &p.lot))?;
+                let out = sum(into.iter().map(|p| &p.carats))?;
+                if out != input.carats.hundredths() {
+                    return Err(reject(Code::CaratsMismatch, format!("split of {lot} ({} ct) into {} ct: outputs must sum to the input exactly", input.carats, hundredths(out))));
+                }
+            }
+            Body::Merged { lots, into } => {
+                let inputs = lots.iter().map(|l| self.held(l, signer)).collect::<Result<Vec<_>, _>>()?;
+                same(&inputs, |l| l.state, Code::StateMismatch, "a merge takes lots of one state (all rough or all polished)")?;
+                same(&inputs, |l| l.country, Code::WrongCountry, "a merge takes lots held in one country")?;
+                self.fresh(&into.lot)?;
+                let total = sum(inputs.iter().map(|l| &l.carats))?;
+                if total != into.carats.hundredths() {
+                    return Err(reject(Code::CaratsMismatch, format!("merge of {} ct into {} ct: the output must equal the inputs' sum exactly", hundredths(total), into.carats)));
+                }
+            }
+            Body::Transferred { lots, to } => {
+                let inputs = self.held_all(lots, signer)?;
+                let receiver = self.custodian(to)?;
+                let here = inputs[0].country;
+                same(&inputs, |l| l.country, Code::WrongCountry, "a transfer moves lots held in one country")?;
+                if receiver.country != Some(here) {
+                    return Err(reject(Code::WrongCountry, format!("transferred stays inside {here}; {to} is in {}: use exported", show(receiver.country))));
+                }
+            }
+            Body::Exported { lots, to, to_country, certificate } => self.check_export(signer, lots, to, *to_country, certificate)?,
+            Body::Imported { certificate, lots } => {
+                let named: Vec<LotId> = match (certificate, lots) {
+                    (Some(c), _) => self
+                        .certificates
+                        .get(c)
+                        .filter(|l| !l.is_empty())
+                        .cloned()
+                        .ok_or_else(|| reject(Code::UnknownCertificate, format!("no shipment is in transit under certificate {c}")))?,
+                    (None, Some(l)) => l.clone(),
+                    (None, None) => return Err(reject(Code::InvalidField, "imported names a certificate or lots")),
+                };
+                for l in &named {
+                    let lot = self.known(l)?;
+                    match &lot.status {
+                        Status::InTransit { consignee, .. } if consignee == signer => {}
+                        Status::InTransit { consignee, .. } => {
+                            return Err(reject(Code::NotConsignee, format!("{l} is consigned to {consignee}, not {signer}")))
+                        }
+                        Status::Consumed => return Err(reject(Code::LotConsumed, format!("{l} is consumed"))),
+                        Status::Held => return Err(reject(Code::NotConsignee, format!("{l} is not in transit; there is nothing to import"))),
+                    }
+                }
+            }
+            Body::Processed { lot, country, into, .. } => {
+                let input = self.held(lot, signer)?;
+                if input.country != *country {
+                    return Err(reject(Code::WrongCountry, format!("{lot} is held in {}; processing in {country} is not where it is", input.country)));
+                }
+                self.fresh_all(into.iter().map(|p| &p.lot))?;
+                let out = sum(into.iter().map(|p| &p.carats))?;
+                if out > input.carats.hundredths() {
+                    return Err(reject(Code::CaratsCreated, format!("processing {lot} ({} ct) cannot yield {} ct: outputs weigh at most the input", input.carats, hundredths(out))));
+                }
+            }
+            Body::Flagged { lot, .. } => self.known(lot).map(|_| ())?,
+        }
+        Ok(())
+    }
+
+    fn check_export(&self, signer: &ActorKey, lots: &[LotId], to: &ActorKey, to_country: Country, cert: &Certificate) -> Result<(), Rejection> {
+        let inputs = self.held_all(lots, signer)?;
+        same(&inputs, |l| l.country, Code::WrongCountry, "an export ships lots held in one country")?;
+        let from = inputs[0].country;
+        let receiver = self.custodian(to)?;
+        if receiver.country != Some(to_country) {
+            return Err(reject(Code::WrongCountry, format!("{to} is in {}, not {to_country}", show(receiver.country))));
+        }
+        if to_country == from {
+            return Err(reject(Code::WrongCountry, format!("an export leaves {from}; inside one country it is transferred")));
+        }
+        if self.certificates.contains_key(&cert.number) {
+            return Err(reject(Code::CertificateReused, format!("certificate {} was already used", cert.number)));
+        }
+        let rough = inputs.iter().any(|l| l.state == LotState::Rough);
+        if rough && !cert.number.starts_with(&format!("{from}-")) {
+            return Err(reject(Code::CertificateCountry, format!("rough leaving {from} needs a KP certificate numbered {from}-...; got {}", cert.number)));
+        }
+        Ok(())
+    }
+
+    /// Applies an event that passed [`Model::check`].
+    pub fn apply(&mut self, event: &Event) {
+        let signer = &event.actor;
+        match &event.body {
+            Body::ActorRegistered { subject, roles, country, .. } => {
+                self.actors.insert(subject.clone(), Actor { roles: roles.clone(), country: Some(*country) });
+            }
+            Body::Mined { lot, carats, country, .. } => self.create(lot, *carats, LotState::Rough, signer, *country),
+            Body::Declared { lot, carats, state, origin, .. } => {
+                let _: &DeclaredOrigin = origin; // origin matters to projections only
+                let country = self.actors.get(signer).and_then(|a| a.country);
+                if let Some(country) = country {
+                    self.create(lot, *carats, *state, signer, country);
+                }
+            }
+            Body::Split { lot, into } | Body::Processed { lot, into, .. } => {
+                let Some((state, country)) = self.consume(lot) else { return };
+                let state = match &event.body {
+                    Body::Processed { process, .. } if state == LotState::Rough => process.output_state(),
+                    _ => state,
+                };
+                for p in into {
+                    self.create(&p.lot, p.carats, state, signer, country);
+                }
+            }
+            Body::Merged { lots, into } => {
+                let mut first = None;
+                for l in lots {
+                    first = first.or(self.consume(l));
+                }
+                if let Some((state, country)) = first {
+                    self.create(&into.lot, into.carats, state, signer, country);
+                }
+            }
+            Body::Transferred { lots, to } => {
+                for l in lots {
+                    if let Some(lot) = self.lots.get_mut(l) {
+                        lot.holder = to.clone();
+                    }
+                }
+            }
+            Body::Exported { lots, to, to_country, certificate } => {
+                for l in lots {
+                    if let Some(lot) = self.lots.get_mut(l) {
+                        lot.status = Status::InTransit { certificate: certificate.number.clone(), consignee: to.clone(), to_country: *to_country };
+                    }
+                }
+                self.certificates.insert(certificate.number.clone(), lots.clone());
+            }
+            Body::Imported { certificate, lots } => {
+                let named = match (certificate, lots) {
+                    (Some(c), _) => self.certificates.get(c).cloned().unwrap_or_default(),
+                    (None, Some(l)) => l.clone(),
+                    (None, None) => Vec::new(),
+                };
+                for l in &named {
+                    let Some(lot) = self.lots.get_mut(l) else { continue };
+                    if let Status::InTransit { certificate, consignee, to_country } = lot.status.clone() {
+                        lot.holder = consignee;
+                        lot.country = to_country;
+                        lot.status = Status::Held;
+                        if let Some(pending) = self.certificates.get_mut(&certificate) {
+                            pending.retain(|p| p != l);
+                        }
+                    }
+                }
+            }
+            Body::Flagged { .. } => {}
+        }
+    }
+
+    fn create(&mut self, lot: &LotId, carats: Carats, state: LotState, holder: &ActorKey, country: Country) {
+        self.lots.insert(lot.clone(), Lot { carats, state, holder: holder.clone(), country, status: Status::Held });
+    }
+
+    fn consume(&mut self, lot: &LotId) -> Option<(LotState, Country)> {
+        let l = self.lots.get_mut(lot)?;
+        l.status = Status::Consumed;
+        Some((l.state, l.country))
+    }
+
+    fn known(&self, lot: &LotId) -> Result<&Lot, Rejection> {
+        self.lots.get(lot).ok_or_else(|| reject(Code::UnknownLot, format!("lot {lot} is not in the ledger")))
+    }
+
+    /// A lot the signer holds and may act on now.
+    fn held(&self, lot: &LotId, signer: &ActorKey) -> Result<&Lot, Rejection> {
+        let l = self.known(lot)?;
+        match l.status {
+            Status::Consumed => Err(reject(Code::LotConsumed, format!("lot {lot} is consumed; its carats live on in its outputs"))),
+            Status::InTransit { .. } => Err(reject(Code::LotInTransit, format!("lot {lot} is in transit; the consignee must import it first"))),
+            Status::Held if &l.holder != signer => Err(reject(Code::NotHolder, format!("lot {lot} is held by {}, not {signer}", l.holder))),
+            Status::Held => Ok(l),
+        }
+    }
+
+    fn held_all(&self, lots: &[LotId], signer: &ActorKey) -> Result<Vec<&Lot>, Rejection> {
+        lots.iter().map(|l| self.held(l, signer)).collect()
+    }
+
+    fn fresh(&self, lot: &LotId) -> Result<(), Rejection> {
+        if self.lots.contains_key(lot) {
+            return Err(reject(Code::LotExists, format!("lot id {lot} already exists; lot ids are unique forever")));
+        }
+        Ok(())
+    }
+
+    fn fresh_all<'a>(&self, lots: impl Iterator<Item = &'a LotId>) -> Result<(), Rejection> {
+        lots.map(|l| self.fresh(l)).collect()
+    }
+
+    /// A registered actor who can hold lots.
+    fn custodian(&self, key: &ActorKey) -> Result<&Actor, Rejection> {
+        let a = self.actors.get(key).ok_or_else(|| reject(Code::UnknownActor, format!("receiver {key} is not a registered actor")))?;
+        if !a.roles.iter().any(|r| matches!(r, Role::Miner | Role::Trader | Role::Manufacturer)) {
+            return Err(reject(Code::RoleNotAllowed, format!("receiver {key} has no role that may hold lots")));
+        }
+        Ok(a)
+    }
+}
+
+fn same<T: PartialEq>(lots: &[&Lot], f: impl Fn(&Lot) -> T, code: Code, message: &str) -> Result<(), Rejection> {
+    match lots.split_first() {
+        Some((first, rest)) if rest.iter().any(|l| f(l) != f(first)) => Err(reject(code, message)),
+        _ => Ok(()),
+    }
+}
+
+fn sum<'a>(c: impl IntoIterator<Item = &'a Carats>) -> Result<u64, Rejection> {
+    Carats::sum(c).ok_or_else(|| reject(Code::InvalidCarats, "carats overflow"))
+}
+
+fn hundredths(h: u64) -> String {
+    format!("{}.{:02}", h / 100, h % 100)
+}
+
+fn show(c: Option<Country>) -> String {
+    c.map_or_else(|| "no country".to_owned(), |c| c.to_string())
+}

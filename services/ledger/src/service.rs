@@ -1,0 +1,384 @@
+//! The ledger on NATS: four stages joined by bounded channels, so that
+//! signature checking, the disk and the network overlap.
+//!
+//! intake (request-reply + inbox stream) → check (open, batch-verify, parse;
+//! off the async threads) → write (custody rules, one atomic batch, one
+//! fsync) → respond (receipts) and publish (committed stream, in seq order).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, Subject};
+use bytes::Bytes;
+use custody_proto::{ActorKey, Entry, Hash, Outcome, Timestamp};
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::ledger::{check_batch, Checked, Ledger};
+use crate::store::Store;
+use crate::subjects::*;
+
+/// Largest number of submissions checked or written as one batch.
+const MAX_BATCH: usize = 2048;
+
+/// How the ledger runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// NATS server URL.
+    pub nats_url: String,
+    /// Folder of the sled store.
+    pub data_dir: PathBuf,
+    /// Genesis authority: the one actor registered before any event.
+    pub authority: ActorKey,
+}
+
+/// Where a submission's outcome must go.
+enum Reply {
+    /// A request-reply inbox: answer once.
+    Core(Subject),
+    /// A message of the inbox stream: publish the outcome on the receipts
+    /// stream, then ack the message.
+    Inbox(jetstream::Message),
+}
+
+struct Submission {
+    raw: Bytes,
+    reply: Reply,
+}
+
+/// Runs the ledger until `shutdown` completes or a stage fails.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let dir = config.data_dir.clone();
+    let authority = config.authority.clone();
+    let ledger = tokio::task::spawn_blocking(move || Ledger::open(&dir, &authority))
+        .await?
+        .with_context(|| format!("ledger store {} refused to open", config.data_dir.display()))?;
+    tracing::info!(head = ?ledger.head().map(|h| h.0), "ledger store open and chain verified");
+
+    let client = async_nats::ConnectOptions::new()
+        .name("custody-ledger")
+        .retry_on_initial_connect()
+        .connect(&config.nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    let js = jetstream::new(client.clone());
+    let streams = ensure_streams(&js).await?;
+    let published = committed_stream_head(&streams.ledger).await?;
+    let stored = ledger.head().map_or(0, |h| h.0);
+    if published > stored {
+        bail!(
+            "the committed stream holds entries up to {published} but the store ends at {stored}: \
+             the store lost entries; refusing to serve a shorter history"
+        );
+    }
+
+    let (intake_tx, intake_rx) = mpsc::channel::<Submission>(MAX_BATCH * 4);
+    let (checked_tx, checked_rx) = mpsc::channel(4);
+    let (respond_tx, respond_rx) = mpsc::channel(16);
+    let (publish_tx, publish_rx) = mpsc::channel(64);
+    let (head_tx, head_rx) = watch::channel(ledger.head());
+    let store = ledger.store().clone();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let core = client.queue_subscribe(format!("{SUBMIT_PREFIX}.>"), QUEUE_GROUP.to_owned()).await?;
+    tasks.spawn(intake_core(core, intake_tx.clone()));
+    tasks.spawn(intake_inbox(streams.inbox, intake_tx));
+    tasks.spawn(check_stage(intake_rx, checked_tx));
+    tasks.spawn(write_stage(ledger, checked_rx, respond_tx, publish_tx, head_tx));
+    tasks.spawn(respond_stage(client.clone(), js.clone(), respond_rx));
+    tasks.spawn(publish_stage(js, streams.ledger, store, published, publish_rx));
+    tasks.spawn(serve_head(client.clone(), head_rx));
+    tracing::info!(url = %config.nats_url, "ledger serving");
+
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        () = &mut shutdown => Ok(()),
+        Some(done) = tasks.join_next() => match done {
+            Ok(Ok(())) => Err(anyhow::anyhow!("a ledger stage ended unexpectedly")),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(e.into()),
+        },
+    };
+    tasks.shutdown().await;
+    let _ = client.flush().await;
+    result
+}
+
+struct Streams {
+    inbox: stream::Stream,
+    ledger: stream::Stream,
+}
+
+async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<Streams> {
+    let ledger = js
+        .get_or_create_stream(stream::Config {
+            name: LEDGER_STREAM.into(),
+            subjects: vec![ENTRIES_SUBJECT.into()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .context("cannot create the committed stream")?;
+    let inbox = js
+        .get_or_create_stream(stream::Config {
+            name: INBOX_STREAM.into(),
+            subjects: vec![format!("{INBOX_PREFIX}.>")],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .context("cannot create the inbox stream")?;
+    js.get_or_create_stream(stream::Config {
+        name: RECEIPTS_STREAM.into(),
+        subjects: vec![format!("{RECEIPTS_PREFIX}.>")],
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        ..Default::default()
+    })
+    .await
+    .context("cannot create the receipts stream")?;
+    Ok(Streams { inbox, ledger })
+}
+
+/// Last ledger seq on the committed stream (its stream sequence).
+async fn committed_stream_head(s: &stream::Stream) -> anyhow::Result<u64> {
+    Ok(s.get_info().await.context("cannot read the committed stream")?.state.last_sequence)
+}
+
+async fn intake_core(mut sub: async_nats::Subscriber, tx: mpsc::Sender<Submission>) -> anyhow::Result<()> {
+    while let Some(msg) = sub.next().await {
+        let Some(reply) = msg.reply else { continue };
+        if tx.send(Submission { raw: msg.payload, reply: Reply::Core(reply) }).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn intake_inbox(inbox: stream::Stream, tx: mpsc::Sender<Submission>) -> anyhow::Result<()> {
+    let consumer: consumer::PullConsumer = inbox
+        .get_or_create_consumer(
+            INBOX_CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(INBOX_CONSUMER.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 20_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("cannot create the inbox consumer")?;
+    let mut messages = consumer.messages().await.context("cannot read the inbox")?;
+    while let Some(msg) = messages.next().await {
+        match msg {
+            Ok(msg) => {
+                let raw = msg.payload.clone();
+                if tx.send(Submission { raw, reply: Reply::Inbox(msg) }).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "inbox read failed; retrying"),
+        }
+    }
+    Ok(())
+}
+
+/// Drains what is ready, up to `max`, after the first item.
+fn drain<T>(rx: &mut mpsc::Receiver<T>, first: T, max: usize) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(x) => batch.push(x),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+type CheckedBatch = Vec<(Reply, Checked)>;
+
+async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<CheckedBatch>) -> anyhow::Result<()> {
+    while let Some(first) = rx.recv().await {
+        let batch = drain(&mut rx, first, MAX_BATCH);
+        let (replies, raws): (Vec<Reply>, Vec<Vec<u8>>) = batch.into_iter().map(|s| (s.reply, s.raw.to_vec())).unzip();
+        let checked = tokio::task::spawn_blocking(move || check_batch(raws, Timestamp::now())).await?;
+        if tx.send(replies.into_iter().zip(checked).collect()).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn write_stage(
+    mut ledger: Ledger,
+    mut rx: mpsc::Receiver<CheckedBatch>,
+    respond: mpsc::Sender<Vec<(Reply, Outcome)>>,
+    publish: mpsc::Sender<Vec<Entry>>,
+    head: watch::Sender<Option<(u64, Hash)>>,
+) -> anyhow::Result<()> {
+    while let Some(first) = rx.recv().await {
+        let mut batch = first;
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        let (replies, checked): (Vec<Reply>, Vec<Checked>) = batch.into_iter().unzip();
+        let admitted = ledger.admit(checked);
+        // The receipt promise: nothing is answered before this returns.
+        tokio::task::block_in_place(|| ledger.commit(&admitted.entries))
+            .context("cannot make entries durable; stopping so that a restart replays the store")?;
+        if let Some(last) = admitted.entries.last() {
+            head.send_replace(Some((last.seq, last.hash)));
+            tracing::debug!(entries = admitted.entries.len(), head = last.seq, "committed");
+        }
+        let _ = respond.send(replies.into_iter().zip(admitted.outcomes).collect()).await;
+        if !admitted.entries.is_empty() && publish.send(admitted.entries).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn outcome_bytes(o: &Outcome) -> Bytes {
+    // Serializing plain strings and numbers cannot fail.
+    serde_json::to_vec(o).map(Bytes::from).unwrap_or_default()
+}
+
+async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut rx: mpsc::Receiver<Vec<(Reply, Outcome)>>) -> anyhow::Result<()> {
+    while let Some(batch) = rx.recv().await {
+        let mut durable = Vec::new();
+        for (reply, outcome) in batch {
+            let body = outcome_bytes(&outcome);
+            match reply {
+                Reply::Core(subject) => {
+                    if let Err(e) = client.publish(subject, body).await {
+                        tracing::warn!(error = %e, "cannot send a reply");
+                    }
+                }
+                Reply::Inbox(msg) => {
+                    let actor = signer_of(&msg.payload).unwrap_or_else(|| "unattributed".into());
+                    let (id, tag) = match &outcome {
+                        Outcome::Receipt(r) => (r.id.clone(), r.seq.to_string()),
+                        Outcome::Rejected(r) => (r.id.clone().unwrap_or_default(), r.code.clone()),
+                    };
+                    let mut headers = HeaderMap::new();
+                    headers.insert(HDR_EVENT_ID, id.as_str());
+                    let publish = jetstream::message::PublishMessage::build()
+                        .payload(body)
+                        .headers(headers)
+                        .message_id(format!("{actor}:{id}:{tag}"));
+                    match js.send_publish(receipts(&actor), publish).await {
+                        Ok(ack) => durable.push((msg, ack)),
+                        Err(e) => tracing::warn!(error = %e, "cannot publish a receipt; the inbox will redeliver"),
+                    }
+                }
+            }
+        }
+        for (msg, ack) in durable {
+            // Ack the submission only once its outcome is stored; a crash in
+            // between redelivers it, and idempotency answers the same.
+            if ack.await.is_ok() {
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(error = %e, "cannot ack an inbox message");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn signer_of(raw: &[u8]) -> Option<String> {
+    let env: custody_proto::Envelope = serde_json::from_slice(raw).ok()?;
+    let key = env.signatures.first()?.keyid.parse::<ActorKey>().ok()?;
+    Some(key.to_string())
+}
+
+/// Publishes committed entries on the committed stream, each with the
+/// stream's expected last sequence set to `seq - 1`: the stream can hold
+/// neither a gap nor a duplicate, and its sequence is the ledger seq.
+async fn publish_stage(
+    js: jetstream::Context,
+    stream: stream::Stream,
+    store: Store,
+    mut published: u64,
+    mut rx: mpsc::Receiver<Vec<Entry>>,
+) -> anyhow::Result<()> {
+    // After a crash: what was committed but not published goes out first.
+    let mut target = store.head()?.map_or(0, |h| h.0);
+    loop {
+        while published < target {
+            match publish_from_store(&js, &store, published, target).await {
+                Ok(p) => published = p,
+                Err(e) => {
+                    tracing::warn!(error = %e, published, "publishing committed entries failed; resyncing");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    if let Ok(p) = committed_stream_head(&stream).await {
+                        published = p;
+                    }
+                }
+            }
+        }
+        let Some(entries) = rx.recv().await else { return Ok(()) };
+        let Some(last) = entries.last() else { continue };
+        target = last.seq;
+        if entries[0].seq == published + 1 {
+            match publish_entries(&js, &entries).await {
+                Ok(()) => published = target,
+                Err(e) => tracing::warn!(error = %e, "publishing committed entries failed; resyncing"),
+            }
+        }
+    }
+}
+
+async fn publish_from_store(js: &jetstream::Context, store: &Store, published: u64, target: u64) -> anyhow::Result<u64> {
+    let end = target.min(published + 1024);
+    let entries: Vec<Entry> = tokio::task::block_in_place(|| {
+        store.entries_from(published + 1).take((end - published) as usize).collect::<Result<_, _>>()
+    })?;
+    publish_entries(js, &entries).await?;
+    Ok(end)
+}
+
+async fn publish_entries(js: &jetstream::Context, entries: &[Entry]) -> anyhow::Result<()> {
+    let mut acks = Vec::with_capacity(entries.len());
+    for e in entries {
+        let mut h = HeaderMap::new();
+        h.insert(HDR_SEQ, e.seq.to_string().as_str());
+        h.insert(HDR_HASH, e.hash.to_hex().as_str());
+        h.insert(HDR_PREV, e.prev_hash.to_hex().as_str());
+        h.insert(HDR_RECORDED_AT, e.recorded_at.to_rfc3339().as_str());
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(Bytes::from(e.envelope.clone()))
+            .headers(h)
+            .message_id(e.seq.to_string())
+            .expected_last_sequence(e.seq - 1);
+        acks.push(js.send_publish(ENTRIES_SUBJECT, publish).await?);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(())
+}
+
+async fn serve_head(client: async_nats::Client, head: watch::Receiver<Option<(u64, Hash)>>) -> anyhow::Result<()> {
+    let mut sub = client.subscribe(HEAD_SUBJECT).await?;
+    while let Some(msg) = sub.next().await {
+        let Some(reply) = msg.reply else { continue };
+        let h = *head.borrow();
+        let body = serde_json::json!({
+            "seq": h.map_or(0, |h| h.0),
+            "hash": h.map(|h| h.1.to_hex()),
+        });
+        let _ = client.publish(reply, body.to_string().into()).await;
+    }
+    Ok(())
+}

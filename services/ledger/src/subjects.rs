@@ -1,0 +1,43 @@
+//! NATS subjects and JetStream streams of the ledger: the map producers,
+//! projections and auditors write clients against (see ARCHITECTURE.md).
+
+/// Request-reply submission: `custody.submit.<actor nkey>`; the reply is an
+/// [`custody_proto::Outcome`].
+pub const SUBMIT_PREFIX: &str = "custody.submit";
+/// Durable submission: publish on `custody.inbox.<actor nkey>` (stream
+/// [`INBOX_STREAM`]); the outcome arrives on `custody.receipts.<actor nkey>`.
+pub const INBOX_PREFIX: &str = "custody.inbox";
+pub const INBOX_STREAM: &str = "CUSTODY_INBOX";
+/// Durable consumer through which the ledger reads the inbox.
+pub const INBOX_CONSUMER: &str = "ledger";
+/// Outcomes of inbox submissions, by signer (`unattributed` when the
+/// envelope could not be read).
+pub const RECEIPTS_PREFIX: &str = "custody.receipts";
+pub const RECEIPTS_STREAM: &str = "CUSTODY_RECEIPTS";
+/// Committed entries, in seq order; stream sequence = ledger seq.
+pub const ENTRIES_SUBJECT: &str = "custody.ledger.entries";
+pub const LEDGER_STREAM: &str = "CUSTODY_LEDGER";
+/// Request-reply: the committed head, `{"seq", "hash"}`.
+pub const HEAD_SUBJECT: &str = "custody.ledger.head";
+/// Queue group of ledger subscribers.
+pub const QUEUE_GROUP: &str = "custody-ledger";
+
+/// Headers on each committed-stream message (its payload is the envelope).
+pub const HDR_SEQ: &str = "Custody-Seq";
+pub const HDR_HASH: &str = "Custody-Hash";
+pub const HDR_PREV: &str = "Custody-Prev-Hash";
+pub const HDR_RECORDED_AT: &str = "Custody-Recorded-At";
+/// Header on receipts: the event id, when known.
+pub const HDR_EVENT_ID: &str = "Custody-Event-Id";
+
+pub fn submit(actor: &str) -> String {
+    format!("{SUBMIT_PREFIX}.{actor}")
+}
+
+pub fn inbox(actor: &str) -> String {
+    format!("{INBOX_PREFIX}.{actor}")
+}
+
+pub fn receipts(actor: &str) -> String {
+    format!("{RECEIPTS_PREFIX}.{actor}")
+}

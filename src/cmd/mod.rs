@@ -1,0 +1,68 @@
+//! The commands of DOMAIN.md's CLI, one module each.
+
+mod bench;
+mod keygen;
+mod ledger;
+mod submit;
+mod up;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Chain of custody for diamonds: a signed, hash-chained ledger over NATS.
+#[derive(Parser)]
+#[command(name = "custody", version)]
+pub struct Cli {
+    /// NATS server URL.
+    #[arg(long, global = true, env = "CUSTODY_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a new actor key (nkey seed) to a file and print its public key.
+    Keygen(keygen::Args),
+    /// Sign NDJSON event payloads (or send ready envelopes) and submit them.
+    Submit(submit::Args),
+    /// Recompute every hash and signature from seq 1.
+    Verify(verify::Args),
+    /// Run the ledger service.
+    Ledger(ledger::Args),
+    /// Run everything on this machine: NATS, the ledger, the demo chain.
+    Up(up::Args),
+    /// Measure throughput against a baseline taken in the same run.
+    Bench(bench::Args),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Keygen(a) => keygen::run(a),
+        Command::Submit(a) => submit::run(&cli.nats, a).await,
+        Command::Verify(a) => verify::run(&cli.nats, a).await,
+        Command::Ledger(a) => ledger::run(&cli.nats, a).await,
+        Command::Up(a) => up::run(a).await,
+        Command::Bench(a) => bench::run(a).await,
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+pub async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

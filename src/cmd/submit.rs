@@ -1,0 +1,45 @@
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use custody_proto::{Outcome, Refusal};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Key file to sign each payload with.
+    #[arg(long, required_unless_present = "signed")]
+    key: Option<PathBuf>,
+    /// Lines are ready DSSE envelopes, not payloads.
+    #[arg(long, conflicts_with = "key")]
+    signed: bool,
+    /// NDJSON input; `-` or nothing for standard input.
+    input: Option<PathBuf>,
+}
+
+pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
+    let key = a.key.as_deref().map(custody::keys::load).transpose()?;
+    let reader: Box<dyn BufRead> = match a.input.as_deref() {
+        None => Box::new(std::io::stdin().lock()),
+        Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
+        Some(p) => Box::new(std::io::BufReader::new(std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()))?)),
+    };
+    let client = custody::client::connect(nats).await?;
+    let mut rejected = 0usize;
+    for line in reader.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let envelope = match &key {
+            Some(kp) => custody_proto::envelope::sign(kp, line.trim().as_bytes())?,
+            None => line.trim().as_bytes().to_vec(),
+        };
+        let outcome = custody::client::submit(&client, envelope.into()).await?;
+        if matches!(outcome, Outcome::Rejected(Refusal { .. })) {
+            rejected += 1;
+        }
+        println!("{}", serde_json::to_string(&outcome)?);
+    }
+    Ok(if rejected == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

@@ -1,0 +1,93 @@
+//! `custody up`: everything on one machine with embedded defaults. Starts a
+//! nats-server on a free loopback port (JetStream under the data folder),
+//! the ledger, and on an empty ledger submits the demo supply chain.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use custody::natsd::NatsServer;
+use custody::{client, demo, keys};
+use custody_proto::Outcome;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Data folder: NATS's JetStream, the ledger store and keys live here.
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Genesis authority key file; created as DIR/authority.nk when absent.
+    #[arg(long)]
+    authority: Option<PathBuf>,
+    /// Do not submit the demo supply chain.
+    #[arg(long)]
+    no_demo: bool,
+    /// Stop after the demo instead of serving until Ctrl-C.
+    #[arg(long)]
+    exit_after_demo: bool,
+}
+
+pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&a.data).with_context(|| format!("cannot create {}", a.data.display()))?;
+    let nats = NatsServer::start(&a.data.join("nats"))?;
+    let authority_path = a.authority.clone().unwrap_or_else(|| a.data.join("authority.nk"));
+    let authority = keys::load_or_create(&authority_path)?;
+    println!("NATS listening on {}", nats.url);
+    println!("genesis authority {} (key file {})", authority.public_key(), authority_path.display());
+
+    let config = custody_ledger::Config {
+        nats_url: nats.url.clone(),
+        data_dir: a.data.join("ledger"),
+        authority: authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut ledger = tokio::spawn(custody_ledger::run(config, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let nc = client::connect(&nats.url).await?;
+    let head = wait_for_head(&nc).await?;
+    println!("ledger ready at seq {head}");
+    if !a.no_demo && head == 0 {
+        let cast = demo::Cast::load_or_create(authority, &a.data.join("keys"))?;
+        println!("submitting the demo supply chain (DOMAIN.md's worked example); actor keys in {}", a.data.join("keys").display());
+        let mut events = cast.worked_example();
+        events.push(cast.second_split());
+        for (key, payload) in events {
+            let envelope = custody_proto::envelope::sign(key, payload.to_string().as_bytes())?;
+            let outcome = client::submit(&nc, envelope.into()).await?;
+            let kind = payload["kind"].as_str().unwrap_or("?");
+            match outcome {
+                Outcome::Receipt(r) => println!("  seq {:>3} {kind:<16} {} {}", r.seq, r.id, &r.hash[..16]),
+                Outcome::Rejected(r) => println!("  refused {kind:<13} {}: {} ({})", r.id.unwrap_or_default(), r.code, r.message),
+            }
+        }
+    }
+    println!("\ntry:  CUSTODY_NATS={} custody verify", nats.url);
+    if a.exit_after_demo {
+        let _ = stop_tx.send(());
+        ledger.await??;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("serving; Ctrl-C to stop");
+    tokio::select! {
+        () = super::stop_signal() => {
+            let _ = stop_tx.send(());
+            ledger.await??;
+        }
+        done = &mut ledger => done??,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the ledger for its head until it answers.
+async fn wait_for_head(nc: &async_nats::Client) -> anyhow::Result<u64> {
+    for _ in 0..200 {
+        if let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_millis(500), nc.request(custody_ledger::subjects::HEAD_SUBJECT, "".into())).await {
+            let v: serde_json::Value = serde_json::from_slice(&msg.payload)?;
+            return Ok(v["seq"].as_u64().unwrap_or(0));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the ledger did not come up")
+}

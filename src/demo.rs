@@ -1,0 +1,83 @@
+//! The demo supply chain: DOMAIN.md's public worked example, as the events
+//! each actor signs. `custody up` submits it on an empty ledger.
+
+use std::path::Path;
+
+use nkeys::KeyPair;
+use serde_json::{json, Value};
+
+use crate::keys;
+
+/// The actors of the worked example.
+pub struct Cast {
+    pub authority: KeyPair,
+    /// Miner A, Russia.
+    pub miner_ru: KeyPair,
+    /// Miner B, Botswana.
+    pub miner_bw: KeyPair,
+    /// Trader T, United Arab Emirates.
+    pub trader_ae: KeyPair,
+    /// Cutter C, India.
+    pub cutter_in: KeyPair,
+    /// Importer U, United States.
+    pub importer_us: KeyPair,
+}
+
+impl Cast {
+    /// Loads the cast's keys from `dir`, creating the missing ones.
+    pub fn load_or_create(authority: KeyPair, dir: &Path) -> anyhow::Result<Cast> {
+        let k = |name: &str| keys::load_or_create(&dir.join(format!("{name}.nk")));
+        Ok(Cast {
+            authority,
+            miner_ru: k("miner-ru")?,
+            miner_bw: k("miner-bw")?,
+            trader_ae: k("trader-ae")?,
+            cutter_in: k("cutter-in")?,
+            importer_us: k("importer-us")?,
+        })
+    }
+
+    /// Every event of the worked example, in order, with its signer.
+    pub fn worked_example(&self) -> Vec<(&KeyPair, Value)> {
+        let (a, b, t, c, u) = (&self.miner_ru, &self.miner_bw, &self.trader_ae, &self.cutter_in, &self.importer_us);
+        let pk = |k: &KeyPair| k.public_key();
+        let ev = |k: &KeyPair, id: &str, at: &str, kind: &str, fields: Value| {
+            let mut v = json!({"id": id, "kind": kind, "actor": pk(k), "occurred_at": at});
+            if let (Some(obj), Value::Object(f)) = (v.as_object_mut(), fields) {
+                obj.extend(f);
+            }
+            v
+        };
+        let register = |id: &str, who: &KeyPair, name: &str, role: &str, country: &str| {
+            ev(&self.authority, id, "2024-01-01T00:00:00Z", "actor.registered",
+               json!({"subject": pk(who), "name": name, "roles": [role], "country": country}))
+        };
+        vec![
+            (&self.authority, register("demo-reg-a", a, "Miner A", "miner", "RU")),
+            (&self.authority, register("demo-reg-b", b, "Miner B", "miner", "BW")),
+            (&self.authority, register("demo-reg-t", t, "Trader T", "trader", "AE")),
+            (&self.authority, register("demo-reg-c", c, "Cutter C", "manufacturer", "IN")),
+            (&self.authority, register("demo-reg-u", u, "Importer U", "trader", "US")),
+            (a, ev(a, "demo-mined-l1", "2024-09-02T08:00:00Z", "mined", json!({"lot": "L1", "carats": "1000.00", "country": "RU", "mine": "Mine A1"}))),
+            (b, ev(b, "demo-mined-l2", "2024-09-02T09:00:00Z", "mined", json!({"lot": "L2", "carats": "1500.00", "country": "BW"}))),
+            (a, ev(a, "demo-export-l1", "2024-09-10T10:00:00Z", "exported", json!({"lots": ["L1"], "to": pk(t), "to_country": "AE", "certificate": {"number": "RU-2024-0001", "value_usd": "2500000.00"}}))),
+            (b, ev(b, "demo-export-l2", "2024-09-10T11:00:00Z", "exported", json!({"lots": ["L2"], "to": pk(t), "to_country": "AE", "certificate": {"number": "BW-2024-0001", "value_usd": "4100000.00"}}))),
+            (t, ev(t, "demo-import-l1", "2024-09-12T08:00:00Z", "imported", json!({"certificate": "RU-2024-0001"}))),
+            (t, ev(t, "demo-import-l2", "2024-09-12T09:00:00Z", "imported", json!({"certificate": "BW-2024-0001"}))),
+            (t, ev(t, "demo-merge-l3", "2024-09-15T08:00:00Z", "merged", json!({"lots": ["L1", "L2"], "into": {"lot": "L3", "carats": "2500.00"}}))),
+            (t, ev(t, "demo-split-l3", "2024-09-16T08:00:00Z", "split", json!({"lot": "L3", "into": [{"lot": "L4", "carats": "100.00"}, {"lot": "L5", "carats": "2400.00"}]}))),
+            (t, ev(t, "demo-export-l4", "2024-09-20T08:00:00Z", "exported", json!({"lots": ["L4"], "to": pk(c), "to_country": "IN", "certificate": {"number": "AE-2024-0042", "value_usd": "300000.00"}}))),
+            (c, ev(c, "demo-import-l4", "2024-09-25T08:00:00Z", "imported", json!({"certificate": "AE-2024-0042"}))),
+            (c, ev(c, "demo-cut-l4", "2024-10-10T08:00:00Z", "processed", json!({"lot": "L4", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "S1", "carats": "0.72"}, {"lot": "S2", "carats": "1.10"}, {"lot": "S3", "carats": "0.30"}]}))),
+            (c, ev(c, "demo-export-stones", "2024-11-01T08:00:00Z", "exported", json!({"lots": ["S1", "S2", "S3"], "to": pk(u), "to_country": "US", "certificate": {"number": "IN-2024-7781", "value_usd": "9800.00"}}))),
+            (u, ev(u, "demo-import-stones", "2024-11-05T08:00:00Z", "imported", json!({"certificate": "IN-2024-7781"}))),
+        ]
+    }
+
+    /// The worked example's second split of `L3`, which must be refused.
+    pub fn second_split(&self) -> (&KeyPair, Value) {
+        let t = &self.trader_ae;
+        (t, json!({"id": "demo-split-l3-again", "kind": "split", "actor": t.public_key(), "occurred_at": "2024-09-17T08:00:00Z",
+                   "lot": "L3", "into": [{"lot": "L6", "carats": "2500.00"}]}))
+    }
+}

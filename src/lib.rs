@@ -1,0 +1,15 @@
+//! The `custody` command line and the pieces it shares with the end-to-end
+//! tests and benchmarks: a real `nats-server` child process, the submit
+//! client, key files and the demo supply chain.
+//!
+//! # Layout
+//! - [`natsd`]: start, restart and kill a nats-server on loopback.
+//! - [`client`]: submit envelopes over request-reply, with retries.
+//! - [`keys`]: nkey seed files.
+//! - [`demo`]: DOMAIN.md's worked example as signed events.
+//! - `cmd/`: one file per command (in the binary).
+
+pub mod client;
+pub mod demo;
+pub mod keys;
+pub mod natsd;
