@@ -71,7 +71,9 @@ impl NatsServer {
     fn spawn(store_dir: &Path, port: Option<u16>) -> anyhow::Result<NatsServer> {
         std::fs::create_dir_all(store_dir)?;
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let mut child = Command::new(binary()?)
+        let mut cmd = Command::new(binary()?);
+        die_with_parent(&mut cmd);
+        let mut child = cmd
             .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(store_dir)
             .args(["--http_port", "0", "-m", "0"])
@@ -112,6 +114,26 @@ impl NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Asks the kernel to kill the child if its parent dies first, so that not
+/// even a `kill -9` of the parent leaves a server holding ports and files.
+pub fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }
 
 impl Drop for NatsServer {

@@ -1,0 +1,195 @@
+//! End-to-end harness: a real nats-server and the real `custody ledger`
+//! binary as child processes on loopback, each with its own temporary
+//! folder, killed when the test ends, pass or fail.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use custody::natsd::{die_with_parent, NatsServer};
+use custody_proto::{Outcome, Receipt};
+use nkeys::KeyPair;
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_custody");
+
+/// A ledger process; killed on drop.
+pub struct LedgerProcess {
+    child: Child,
+}
+
+impl LedgerProcess {
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LedgerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// NATS, a ledger, a client and the genesis authority.
+pub struct System {
+    pub dir: tempfile::TempDir,
+    pub nats: NatsServer,
+    pub ledger: Option<LedgerProcess>,
+    pub authority: KeyPair,
+    pub client: async_nats::Client,
+}
+
+impl System {
+    pub async fn start() -> System {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nats = NatsServer::start(&dir.path().join("nats")).expect("nats-server starts");
+        let client = custody::client::connect(&nats.url).await.expect("connect");
+        let mut s = System { dir, nats, ledger: None, authority: KeyPair::new_user(), client };
+        s.start_ledger().await;
+        s
+    }
+
+    pub fn ledger_dir(&self) -> PathBuf {
+        self.dir.path().join("ledger")
+    }
+
+    fn spawn_ledger(&self) -> Child {
+        let mut cmd = Command::new(BIN);
+        die_with_parent(&mut cmd);
+        cmd.args(["ledger", "--nats", &self.nats.url, "--authority", &self.authority.public_key(), "--data"])
+            .arg(self.ledger_dir())
+            .env("CUSTODY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd.spawn().expect("custody ledger starts")
+    }
+
+    /// Starts the ledger and waits until it answers.
+    pub async fn start_ledger(&mut self) {
+        let child = self.spawn_ledger();
+        self.ledger = Some(LedgerProcess { child });
+        for _ in 0..300 {
+            if self.try_head().await.is_some() {
+                return;
+            }
+            if let Some(l) = self.ledger.as_mut() {
+                if let Ok(Some(status)) = l.child.try_wait() {
+                    let mut err = String::new();
+                    if let Some(mut e) = l.child.stderr.take() {
+                        use std::io::Read as _;
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    panic!("ledger exited with {status}: {err}");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("ledger did not answer");
+    }
+
+    /// Runs the ledger to completion, expecting it to refuse to start;
+    /// returns its exit code and what it printed.
+    pub fn ledger_refusal(&self) -> (Option<i32>, String) {
+        let out = self.spawn_ledger().wait_with_output().expect("ledger runs");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    pub fn kill_ledger(&mut self) {
+        if let Some(mut l) = self.ledger.take() {
+            l.kill9();
+        }
+    }
+
+    async fn try_head(&self) -> Option<(u64, Option<String>)> {
+        let req = self.client.request(custody_ledger::subjects::HEAD_SUBJECT, "".into());
+        let msg = tokio::time::timeout(Duration::from_millis(500), req).await.ok()?.ok()?;
+        let v: Value = serde_json::from_slice(&msg.payload).ok()?;
+        Some((v["seq"].as_u64()?, v["hash"].as_str().map(str::to_owned)))
+    }
+
+    /// The ledger's committed head: entry count and head hash.
+    pub async fn head(&self) -> (u64, Option<String>) {
+        self.try_head().await.expect("ledger answers its head")
+    }
+
+    pub async fn submit_raw(&self, raw: Vec<u8>) -> Outcome {
+        custody::client::submit(&self.client, Bytes::from(raw)).await.expect("ledger answers")
+    }
+
+    pub async fn submit(&self, key: &KeyPair, payload: &Value) -> Outcome {
+        self.submit_raw(sign(key, payload)).await
+    }
+
+    /// Submits and expects a receipt.
+    pub async fn accept(&self, key: &KeyPair, payload: &Value) -> Receipt {
+        match self.submit(key, payload).await {
+            Outcome::Receipt(r) => r,
+            Outcome::Rejected(r) => panic!("{} refused: {} {}", payload["id"], r.code, r.message),
+        }
+    }
+
+    /// Registers a new actor with one role in a country.
+    pub async fn actor(&self, name: &str, role: &str, country: &str) -> KeyPair {
+        let kp = KeyPair::new_user();
+        let ev = event(&self.authority, &format!("reg-{name}"), "actor.registered",
+            json!({"subject": kp.public_key(), "name": name, "roles": [role], "country": country}));
+        self.accept(&self.authority, &ev).await;
+        kp
+    }
+
+    /// Runs the CLI against this system's NATS.
+    pub fn custody(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        run_cli(&self.nats.url, args, stdin)
+    }
+}
+
+pub fn run_cli(nats: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write as _;
+    let mut cmd = Command::new(BIN);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .args(args)
+        .env("CUSTODY_NATS", nats)
+        .env("CUSTODY_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("custody runs");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.unwrap_or("").as_bytes()).expect("stdin");
+    }
+    child.wait_with_output().expect("custody finishes")
+}
+
+pub fn sign(key: &KeyPair, payload: &Value) -> Vec<u8> {
+    custody_proto::envelope::sign(key, payload.to_string().as_bytes()).expect("signs")
+}
+
+/// An event payload with the common fields filled in.
+pub fn event(actor: &KeyPair, id: &str, kind: &str, fields: Value) -> Value {
+    let mut v = json!({"id": id, "kind": kind, "actor": actor.public_key(), "occurred_at": "2024-09-02T08:00:00Z"});
+    if let (Some(o), Value::Object(f)) = (v.as_object_mut(), fields) {
+        o.extend(f);
+    }
+    v
+}
+
+pub fn code(o: &Outcome) -> &str {
+    match o {
+        Outcome::Receipt(_) => "receipt",
+        Outcome::Rejected(r) => &r.code,
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
