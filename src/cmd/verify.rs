@@ -2,6 +2,7 @@
 //! from seq 1, offline from a stopped ledger's store (`--data`) or from the
 //! committed stream over NATS. Names the first bad seq; exits 1 on failure.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +33,8 @@ struct Bad {
 /// Checks entries in order; signatures in batches.
 struct Checker {
     prev: Option<(u64, Hash)>,
+    /// Where each event id was first seen: an id is in the ledger once.
+    ids: HashMap<String, u64>,
     pending: Vec<(u64, Opened)>,
     progress: ProgressBar,
 }
@@ -40,14 +43,17 @@ impl Checker {
     fn new(total: u64) -> Checker {
         let progress = ProgressBar::new(total);
         progress.set_style(ProgressStyle::with_template("verify {bar:40} {pos}/{len} entries {per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()));
-        Checker { prev: None, pending: Vec::new(), progress }
+        Checker { prev: None, ids: HashMap::new(), pending: Vec::new(), progress }
     }
 
     fn push(&mut self, entry: Entry) -> Result<(), Bad> {
         let seq = entry.seq;
         entry.check_after(self.prev).map_err(|e| Bad { seq: e.seq(), why: e.to_string() })?;
         let opened = Opened::open(entry.envelope).map_err(|r| Bad { seq, why: format!("envelope: {r}") })?;
-        Event::parse(&opened.payload, entry.recorded_at).map_err(|r| Bad { seq, why: format!("event: {r}") })?;
+        let event = Event::parse(&opened.payload, entry.recorded_at).map_err(|r| Bad { seq, why: format!("event: {r}") })?;
+        if let Some(first) = self.ids.insert(event.id.to_string(), seq) {
+            return Err(Bad { seq, why: format!("event id {} is recorded twice (first at seq {first})", event.id) });
+        }
         self.prev = Some((seq, entry.hash));
         self.pending.push((seq, opened));
         if self.pending.len() >= 1024 {

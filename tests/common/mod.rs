@@ -98,6 +98,27 @@ impl System {
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
+    /// Starts a ledger and returns its head once it serves (then kills
+    /// it), or what it printed if it exits instead.
+    pub async fn ledger_start_or_refusal(&self) -> Result<(u64, Option<String>), String> {
+        let mut ledger = LedgerProcess { child: self.spawn_ledger() };
+        for _ in 0..300 {
+            if let Some(h) = self.try_head().await {
+                return Ok(h);
+            }
+            if let Ok(Some(_)) = ledger.child.try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = ledger.child.stderr.take() {
+                    use std::io::Read as _;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("ledger neither served nor exited");
+    }
+
     pub fn kill_ledger(&mut self) {
         if let Some(mut l) = self.ledger.take() {
             l.kill9();

@@ -4,6 +4,11 @@
 //!
 //! Keys: `e` + seq (u64 big-endian) holds an encoded [`Entry`]; `m:head`
 //! holds `seq || hash` of the last entry; `m:authority` the genesis key.
+//!
+//! Beside sled's files, `custody-head` is a witness of the last durable
+//! head (`seq || hash || checksum`), rewritten and synced after each commit.
+//! sled's recovery treats a bad checksum as a torn write and silently drops
+//! the rest of its log; the witness is how such a lost tail is noticed.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -14,6 +19,9 @@ use custody_proto::{ChainError, Entry, Hash};
 
 const HEAD_KEY: &[u8] = b"m:head";
 const AUTHORITY_KEY: &[u8] = b"m:authority";
+const WITNESS_FILE: &str = "custody-head";
+/// blake3 context of the witness checksum.
+const WITNESS_CONTEXT: &str = "custody 2026-11 head witness v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,6 +48,32 @@ pub struct Store {
     synced_blobs: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
+fn witness_checksum(body: &[u8]) -> [u8; 8] {
+    let h = blake3::Hasher::new_derive_key(WITNESS_CONTEXT).update(body).finalize();
+    let mut c = [0u8; 8];
+    c.copy_from_slice(&h.as_bytes()[..8]);
+    c
+}
+
+/// Fixed 48 bytes, rewritten in place: `seq || hash || checksum`.
+fn encode_witness(seq: u64, hash: &Hash) -> [u8; 48] {
+    let mut out = [0u8; 48];
+    out[..8].copy_from_slice(&seq.to_be_bytes());
+    out[8..40].copy_from_slice(&hash.0);
+    let c = witness_checksum(&out[..40]);
+    out[40..].copy_from_slice(&c);
+    out
+}
+
+fn decode_witness(b: &[u8]) -> Option<(u64, Hash)> {
+    if b.len() != 48 || witness_checksum(&b[..40])[..] != b[40..] {
+        return None;
+    }
+    let mut h = [0u8; 32];
+    h.copy_from_slice(&b[8..40]);
+    Some((u64::from_be_bytes(b[..8].try_into().ok()?), Hash(h)))
+}
+
 fn entry_key(seq: u64) -> [u8; 9] {
     let mut k = [b'e'; 9];
     k[1..].copy_from_slice(&seq.to_be_bytes());
@@ -58,6 +92,7 @@ impl Store {
             .map_err(|source| Store::open_error(dir, source))?;
         let store = Store { db, dir: dir.to_owned(), synced_blobs: Arc::default() };
         store.check_head()?;
+        store.check_witness()?;
         Ok(store)
     }
 
@@ -86,6 +121,33 @@ impl Store {
                 head.map(|h| h.0),
                 last_seq
             )));
+        }
+        Ok(())
+    }
+
+    /// The witness may lag sled by one batch (a crash between the two
+    /// syncs) but never lead it, and the entry it names must match.
+    fn check_witness(&self) -> Result<(), StoreError> {
+        let bytes = match std::fs::read(self.dir.join(WITNESS_FILE)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return match self.head()? {
+                    None => Ok(()),
+                    Some(_) => Err(StoreError::Corrupt(format!("{WITNESS_FILE} is missing from a store that holds entries"))),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (seq, hash) = decode_witness(&bytes).ok_or_else(|| StoreError::Corrupt(format!("{WITNESS_FILE} is damaged")))?;
+        let head = self.head()?.map_or(0, |h| h.0);
+        if seq > head {
+            return Err(StoreError::Corrupt(format!(
+                "entries {}..={seq} were committed but are missing: the store ends at {head}",
+                head + 1
+            )));
+        }
+        if seq > 0 && self.get(seq)?.map(|e| e.hash) != Some(hash) {
+            return Err(StoreError::Corrupt(format!("entry {seq} differs from the one committed")));
         }
         Ok(())
     }
@@ -126,7 +188,17 @@ impl Store {
         head.extend_from_slice(&last.hash.0);
         batch.insert(HEAD_KEY, head);
         self.db.apply_batch(batch)?;
-        self.sync()
+        self.sync()?;
+        self.write_witness(last.seq, &last.hash)
+    }
+
+    fn write_witness(&self, seq: u64, hash: &Hash) -> Result<(), StoreError> {
+        use std::io::Write as _;
+        let path = self.dir.join(WITNESS_FILE);
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(&path)?;
+        f.write_all(&encode_witness(seq, hash))?;
+        f.sync_data()?;
+        Ok(())
     }
 
     /// sled's `flush` writes its buffers but syncs them with
@@ -196,5 +268,30 @@ mod tests {
         assert_eq!(all, vec![e1, e2.clone()]);
         assert_eq!(s.get(2).unwrap(), Some(e2));
         assert_eq!(s.get(3).unwrap(), None);
+    }
+
+    #[test]
+    fn a_lost_tail_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let t: Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+        let e1 = Entry::next(None, t, b"a".to_vec());
+        let e2 = Entry::next(Some((1, e1.hash)), t, b"b".to_vec());
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.append(&[e1.clone()]).unwrap();
+            s.append(&[e2.clone()]).unwrap();
+        }
+        // What sled would do if recovery dropped the last batch: the head
+        // record and entry 2 gone, consistently with each other.
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.remove(entry_key(2)).unwrap();
+            let mut head = 1u64.to_be_bytes().to_vec();
+            head.extend_from_slice(&e1.hash.0);
+            db.insert(HEAD_KEY, head).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(dir.path()).err().expect("refused").to_string();
+        assert!(err.contains("entries 2..=2 were committed but are missing"), "{err}");
     }
 }
