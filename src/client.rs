@@ -22,7 +22,11 @@ pub fn signer(raw: &[u8]) -> String {
 
 /// Sends one envelope and waits for its receipt or rejection.
 pub async fn submit(client: &async_nats::Client, raw: Bytes) -> anyhow::Result<Outcome> {
-    let subject = subjects::submit(&signer(&raw));
+    submit_to(client, subjects::submit(&signer(&raw)), raw).await
+}
+
+/// [`submit`] on a subject the caller already knows (its own).
+pub async fn submit_to(client: &async_nats::Client, subject: String, raw: Bytes) -> anyhow::Result<Outcome> {
     let deadline = tokio::time::Instant::now() + SUBMIT_PATIENCE;
     let mut backoff = Duration::from_millis(20);
     loop {

@@ -2,6 +2,8 @@
 //! opening a submission into something whose signature can be checked, one
 //! at a time or in batches.
 
+use std::collections::HashMap;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use ed25519_dalek::{Signature as EdSignature, VerifyingKey};
@@ -60,6 +62,26 @@ pub fn sign(key: &nkeys::KeyPair, payload: &[u8]) -> Result<Vec<u8>, SignError> 
     serde_json::to_vec(&env).map_err(|e| SignError(e.to_string()))
 }
 
+/// Decompressed public keys by their bytes. Decompressing a point costs
+/// about as much as a third of a verification; actors are few and sign many
+/// events, so a verifier keeps one of these.
+#[derive(Default)]
+pub struct KeyCache(HashMap<[u8; 32], VerifyingKey>);
+
+impl KeyCache {
+    fn key(&mut self, raw: [u8; 32]) -> Result<VerifyingKey, Rejection> {
+        if let Some(k) = self.0.get(&raw) {
+            return Ok(*k);
+        }
+        let k = VerifyingKey::from_bytes(&raw).map_err(|_| Rejection::new(Code::BadSignature, "keyid is not a valid ed25519 point"))?;
+        if self.0.len() >= 100_000 {
+            self.0.clear(); // bounded: a flood of fresh keys cannot grow it
+        }
+        self.0.insert(raw, k);
+        Ok(k)
+    }
+}
+
 /// A submission whose envelope is well formed, with its signature not yet
 /// checked. `raw` is the exact bytes received: they are what the ledger stores.
 #[derive(Debug, Clone)]
@@ -74,6 +96,11 @@ pub struct Opened {
 impl Opened {
     /// Checks the envelope's shape; not its signature.
     pub fn open(raw: Vec<u8>) -> Result<Opened, Rejection> {
+        Opened::open_with(raw, &mut KeyCache::default())
+    }
+
+    /// [`Opened::open`], reusing decompressed keys.
+    pub fn open_with(raw: Vec<u8>, keys: &mut KeyCache) -> Result<Opened, Rejection> {
         if raw.len() > MAX_ENVELOPE_BYTES {
             return Err(Rejection::new(
                 Code::EnvelopeTooLarge,
@@ -106,8 +133,7 @@ impl Opened {
             .map_err(|e| Rejection::new(Code::BadSignature, format!("sig is not base64: {e}")))?;
         let sig = EdSignature::from_slice(&sig_bytes)
             .map_err(|_| Rejection::new(Code::BadSignature, "sig is not a 64-byte ed25519 signature"))?;
-        let key = VerifyingKey::from_bytes(&signer.raw())
-            .map_err(|_| Rejection::new(Code::BadSignature, "keyid is not a valid ed25519 point"))?;
+        let key = keys.key(signer.raw())?;
         Ok(Opened { raw, payload, signer, key, sig })
     }
 

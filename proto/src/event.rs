@@ -233,7 +233,10 @@ impl Event {
             ));
         }
         match &self.body {
-            Body::ActorRegistered { name, roles, .. } => {
+            Body::ActorRegistered { subject, name, roles, .. } => {
+                if !subject.is_valid_point() {
+                    return Err(Rejection::new(Code::InvalidId, format!("subject {subject} is not a usable ed25519 key")));
+                }
                 text("name", name, true)?;
                 if roles.is_empty() {
                     return Err(field("roles must name at least one role"));

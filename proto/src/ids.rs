@@ -68,27 +68,37 @@ id_type!(
     LotId
 );
 
-/// An actor's public key: a NATS user nkey (`U...`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct ActorKey(String);
+/// An actor's public key: a NATS user nkey (`U...`). Parsing checks the
+/// text (base32, checksum, user prefix) but not that the bytes are a curve
+/// point: that costs a point decompression, paid once per signer by the
+/// verifier's key cache, and for a new actor by `actor.registered`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ActorKey {
+    /// The nkey text, as written.
+    text: String,
+    /// The ed25519 public key bytes it encodes.
+    raw: [u8; 32],
+}
 
 impl ActorKey {
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
     /// The raw ed25519 public key behind the nkey text.
     pub fn raw(&self) -> [u8; 32] {
-        // Checked at construction, so decoding cannot fail here.
-        nkeys::from_public_key(&self.0).map(|(_, k)| k).unwrap_or([0; 32])
+        self.raw
+    }
+    /// Whether the key is a valid ed25519 point that could ever sign.
+    pub fn is_valid_point(&self) -> bool {
+        ed25519_dalek::VerifyingKey::from_bytes(&self.raw).is_ok_and(|k| !k.is_weak())
     }
 }
 
 impl std::str::FromStr for ActorKey {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match nkeys::KeyPair::from_public_key(s) {
-            Ok(kp) if kp.key_pair_type() == nkeys::KeyPairType::User => Ok(ActorKey(s.to_owned())),
+        match nkeys::from_public_key(s) {
+            Ok((prefix, raw)) if nkeys::KeyPairType::from(prefix) == nkeys::KeyPairType::User => Ok(ActorKey { text: s.to_owned(), raw }),
             Ok(_) => Err(format!("{s:?} is an nkey but not a user key (U...)")),
             Err(_) => Err(format!("{:?} is not a user nkey (U...)", truncate(s))),
         }
@@ -97,7 +107,13 @@ impl std::str::FromStr for ActorKey {
 
 impl fmt::Display for ActorKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for ActorKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
     }
 }
 

@@ -18,7 +18,7 @@ pub mod rejection;
 pub mod units;
 
 pub use entry::{ChainError, Entry, Hash, Outcome, Receipt, Refusal};
-pub use envelope::{Envelope, Opened, MAX_ENVELOPE_BYTES, PAYLOAD_TYPE};
+pub use envelope::{Envelope, KeyCache, Opened, MAX_ENVELOPE_BYTES, PAYLOAD_TYPE};
 pub use event::{Body, DeclaredOrigin, Event, LotState, Process, Role};
 pub use ids::{ActorKey, Country, EventId, LotId, Timestamp};
 pub use rejection::{Code, Rejection};

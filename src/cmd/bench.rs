@@ -101,8 +101,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let nc = Arc::new(nc);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for envelopes in signed {
+    for (envelopes, miner) in signed.into_iter().zip(&miners) {
         let nc = nc.clone();
+        let subject = custody_ledger::subjects::submit(&miner.public_key());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(envelopes.len());
             let mut inflight = FuturesUnordered::new();
@@ -112,10 +113,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                         latencies.push(r?);
                     }
                 }
-                let nc = nc.clone();
+                let (nc, subject) = (nc.clone(), subject.clone());
                 inflight.push(async move {
                     let t = Instant::now();
-                    match custody::client::submit(&nc, env).await? {
+                    match custody::client::submit_to(&nc, subject, env).await? {
                         Outcome::Receipt(_) => Ok::<Duration, anyhow::Error>(t.elapsed()),
                         Outcome::Rejected(r) => bail!("refused: {}", r.message),
                     }

@@ -2,7 +2,7 @@
 //! that matters, admitting a batch of checked submissions into entries. It
 //! knows nothing of NATS: the service feeds it and delivers its outcomes.
 
-use custody_proto::{Entry, Event, Hash, Opened, Outcome, Receipt, Refusal, Rejection, Timestamp};
+use custody_proto::{Entry, Event, Hash, KeyCache, Opened, Outcome, Receipt, Refusal, Rejection, Timestamp};
 use std::path::Path;
 
 use crate::model::Model;
@@ -25,8 +25,8 @@ pub type Checked = Result<(Opened, Event), (Option<String>, Rejection)>;
 
 /// Opens envelopes, verifies their signatures as one batch and parses their
 /// payloads. Stateless: safe to run off the writer's thread.
-pub fn check_batch(raws: Vec<Vec<u8>>, now: Timestamp) -> Vec<Checked> {
-    let opened: Vec<Result<Opened, Rejection>> = raws.into_iter().map(Opened::open).collect();
+pub fn check_batch(raws: Vec<Vec<u8>>, now: Timestamp, keys: &mut KeyCache) -> Vec<Checked> {
+    let opened: Vec<Result<Opened, Rejection>> = raws.into_iter().map(|r| Opened::open_with(r, keys)).collect();
     let ok: Vec<Opened> = opened.iter().filter_map(|o| o.as_ref().ok().cloned()).collect();
     let mut verdicts = Opened::verify_all(&ok).into_iter();
     opened
@@ -34,12 +34,13 @@ pub fn check_batch(raws: Vec<Vec<u8>>, now: Timestamp) -> Vec<Checked> {
         .map(|o| {
             let o = o.map_err(|r| (None, r))?;
             let verdict = verdicts.next().unwrap_or(Ok(()));
-            let id = Event::sniff_id(&o.payload);
-            verdict.map_err(|r| (id.clone(), r))?;
-            let event = Event::parse(&o.payload, now).map_err(|r| (id.clone(), r))?;
+            // The id is read again only to name a refusal.
+            let id = |o: &Opened| Event::sniff_id(&o.payload);
+            verdict.map_err(|r| (id(&o), r))?;
+            let event = Event::parse(&o.payload, now).map_err(|r| (id(&o), r))?;
             if event.actor != o.signer {
                 let why = format!("actor {} is not the signer {}", event.actor, o.signer);
-                return Err((id, Rejection::new(custody_proto::Code::SignerMismatch, why)));
+                return Err((Some(event.id.to_string()), Rejection::new(custody_proto::Code::SignerMismatch, why)));
             }
             Ok((o, event))
         })

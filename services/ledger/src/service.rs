@@ -13,7 +13,8 @@ use anyhow::{bail, Context as _};
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
-use custody_proto::{ActorKey, Entry, Hash, Outcome, Timestamp};
+use custody_proto::{ActorKey, Entry, Hash, KeyCache, Outcome, Timestamp};
+use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
@@ -204,13 +205,43 @@ fn drain<T>(rx: &mut mpsc::Receiver<T>, first: T, max: usize) -> Vec<T> {
 
 type CheckedBatch = Vec<(Reply, Checked)>;
 
+/// Batches checked at once, in order: one per core.
+const CHECKERS: usize = 2;
+
+/// Checks batches on blocking threads, up to [`CHECKERS`] at a time, and
+/// hands them to the writer in arrival order: a producer that publishes
+/// `mined` then `split` without waiting must see them applied in that order.
 async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<CheckedBatch>) -> anyhow::Result<()> {
-    while let Some(first) = rx.recv().await {
-        let batch = drain(&mut rx, first, MAX_BATCH);
-        let (replies, raws): (Vec<Reply>, Vec<Vec<u8>>) = batch.into_iter().map(|s| (s.reply, s.raw.to_vec())).unzip();
-        let checked = tokio::task::spawn_blocking(move || check_batch(raws, Timestamp::now())).await?;
-        if tx.send(replies.into_iter().zip(checked).collect()).await.is_err() {
-            break;
+    let mut caches: Vec<KeyCache> = (0..CHECKERS).map(|_| KeyCache::default()).collect();
+    let mut inflight = FuturesOrdered::new();
+    let mut open = true;
+    while open || !inflight.is_empty() {
+        tokio::select! {
+            biased;
+            Some(done) = inflight.next(), if !inflight.is_empty() => {
+                let (replies, (checked, cache)): (Vec<Reply>, (Vec<Checked>, KeyCache)) = done;
+                caches.push(cache);
+                if tx.send(replies.into_iter().zip(checked).collect()).await.is_err() {
+                    break;
+                }
+            }
+            first = rx.recv(), if open && inflight.len() < CHECKERS => {
+                let Some(first) = first else { open = false; continue };
+                let batch = drain(&mut rx, first, MAX_BATCH);
+                let (replies, raws): (Vec<Reply>, Vec<Vec<u8>>) = batch.into_iter().map(|s| (s.reply, s.raw.to_vec())).unzip();
+                let mut cache = caches.pop().unwrap_or_default();
+                let job = tokio::task::spawn_blocking(move || {
+                    let checked = check_batch(raws, Timestamp::now(), &mut cache);
+                    (checked, cache)
+                });
+                inflight.push_back(async move {
+                    // A panic while checking is a bug of ours, not input: stop.
+                    match job.await {
+                        Ok(done) => (replies, done),
+                        Err(e) => std::panic::resume_unwind(e.into_panic()),
+                    }
+                });
+            }
         }
     }
     Ok(())
@@ -232,10 +263,13 @@ async fn write_stage(
             }
         }
         let (replies, checked): (Vec<Reply>, Vec<Checked>) = batch.into_iter().unzip();
+        let started = std::time::Instant::now();
         let admitted = ledger.admit(checked);
+        let admit_us = started.elapsed().as_micros() as u64;
         // The receipt promise: nothing is answered before this returns.
         tokio::task::block_in_place(|| ledger.commit(&admitted.entries))
             .context("cannot make entries durable; stopping so that a restart replays the store")?;
+        tracing::debug!(n = admitted.outcomes.len(), admit_us, commit_us = started.elapsed().as_micros() as u64 - admit_us, "written");
         if let Some(last) = admitted.entries.last() {
             head.send_replace(Some((last.seq, last.hash)));
             tracing::debug!(entries = admitted.entries.len(), head = last.seq, "committed");
