@@ -382,25 +382,35 @@ async fn publish_from_store(js: &jetstream::Context, store: &Store, published: u
     Ok(end)
 }
 
+/// Publishes a run of consecutive entries. Every message carries
+/// `Nats-Expected-Last-Sequence: seq - 1`, but only the last is acked: the
+/// stream applies one connection's messages in order, so if any earlier one
+/// had been refused (a gap, a duplicate) the last one's expectation fails
+/// too, and the caller resyncs from the stream's real head. One ack per
+/// batch instead of per entry.
 async fn publish_entries(js: &jetstream::Context, entries: &[Entry]) -> anyhow::Result<()> {
-    let mut acks = Vec::with_capacity(entries.len());
-    for e in entries {
-        let mut h = HeaderMap::new();
-        h.insert(HDR_SEQ, e.seq.to_string().as_str());
-        h.insert(HDR_HASH, e.hash.to_hex().as_str());
-        h.insert(HDR_PREV, e.prev_hash.to_hex().as_str());
-        h.insert(HDR_RECORDED_AT, e.recorded_at.to_rfc3339().as_str());
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(Bytes::from(e.envelope.clone()))
-            .headers(h)
-            .message_id(e.seq.to_string())
-            .expected_last_sequence(e.seq - 1);
-        acks.push(js.send_publish(ENTRIES_SUBJECT, publish).await?);
+    let Some((last, rest)) = entries.split_last() else { return Ok(()) };
+    let client = js.client();
+    for e in rest {
+        client.publish_with_headers(ENTRIES_SUBJECT, entry_headers(e), Bytes::from(e.envelope.clone())).await?;
     }
-    for ack in acks {
-        ack.await?;
-    }
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(Bytes::from(last.envelope.clone()))
+        .headers(entry_headers(last));
+    js.send_publish(ENTRIES_SUBJECT, publish).await?.await?;
     Ok(())
+}
+
+/// The chain fields of an entry, plus dedup and ordering guards.
+fn entry_headers(e: &Entry) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(HDR_SEQ, e.seq.to_string().as_str());
+    h.insert(HDR_HASH, e.hash.to_hex().as_str());
+    h.insert(HDR_PREV, e.prev_hash.to_hex().as_str());
+    h.insert(HDR_RECORDED_AT, e.recorded_at.to_rfc3339().as_str());
+    h.insert("Nats-Msg-Id", e.seq.to_string().as_str());
+    h.insert("Nats-Expected-Last-Sequence", (e.seq - 1).to_string().as_str());
+    h
 }
 
 async fn serve_head(client: async_nats::Client, head: watch::Receiver<Option<(u64, Hash)>>) -> anyhow::Result<()> {
