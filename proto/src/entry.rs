@@ -166,6 +166,36 @@ impl Entry {
     }
 }
 
+/// Header names of an entry on the committed stream, whose message payload
+/// is the envelope: the wire form every follower of the ledger reads.
+pub const HDR_SEQ: &str = "Custody-Seq";
+pub const HDR_HASH: &str = "Custody-Hash";
+pub const HDR_PREV: &str = "Custody-Prev-Hash";
+pub const HDR_RECORDED_AT: &str = "Custody-Recorded-At";
+
+impl Entry {
+    /// The chain fields as message headers.
+    pub fn headers(&self) -> [(&'static str, String); 4] {
+        [
+            (HDR_SEQ, self.seq.to_string()),
+            (HDR_HASH, self.hash.to_hex()),
+            (HDR_PREV, self.prev_hash.to_hex()),
+            (HDR_RECORDED_AT, self.recorded_at.to_rfc3339()),
+        ]
+    }
+
+    /// Rebuilds an entry from message headers and payload. Does not check
+    /// the hash: see [`Entry::check_after`].
+    pub fn from_headers(get: impl Fn(&str) -> Option<String>, envelope: Vec<u8>) -> Result<Entry, String> {
+        let field = |name: &str| get(name).ok_or_else(|| format!("missing header {name}"));
+        let seq = field(HDR_SEQ)?.parse().map_err(|_| "bad seq header".to_owned())?;
+        let hash = Hash::from_hex(&field(HDR_HASH)?).ok_or("bad hash header")?;
+        let prev_hash = Hash::from_hex(&field(HDR_PREV)?).ok_or("bad prev hash header")?;
+        let recorded_at = field(HDR_RECORDED_AT)?.parse().map_err(|_| "bad recorded_at header".to_owned())?;
+        Ok(Entry { seq, prev_hash, recorded_at, envelope, hash })
+    }
+}
+
 /// What a sender gets back: a receipt for an entry on disk, or a refusal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]

@@ -3,6 +3,8 @@
 mod bench;
 mod keygen;
 mod ledger;
+mod projection;
+mod query;
 mod submit;
 mod up;
 mod verify;
@@ -32,6 +34,14 @@ enum Command {
     Verify(verify::Args),
     /// Run the ledger service.
     Ledger(ledger::Args),
+    /// Run the projection (or rebuild it, or print its state digest).
+    Projection(projection::Args),
+    /// Where a lot's carats were mined, its customs and KP origin, its path.
+    Origin(query::OriginArgs),
+    /// Whether a lot may enter under a rule set on a date, and why.
+    Admissible(query::AdmissibleArgs),
+    /// A lot's ancestors and descendants, with carats and events.
+    Genealogy(query::GenealogyArgs),
     /// Run everything on this machine: NATS, the ledger, the demo chain.
     Up(up::Args),
     /// Measure throughput against a baseline taken in the same run.
@@ -44,6 +54,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Submit(a) => submit::run(&cli.nats, a).await,
         Command::Verify(a) => verify::run(&cli.nats, a).await,
         Command::Ledger(a) => ledger::run(&cli.nats, a).await,
+        Command::Projection(a) => projection::run(&cli.nats, a).await,
+        Command::Origin(a) => query::origin(&cli.nats, a).await,
+        Command::Admissible(a) => query::admissible(&cli.nats, a).await,
+        Command::Genealogy(a) => query::genealogy(&cli.nats, a).await,
         Command::Up(a) => up::run(a).await,
         Command::Bench(a) => bench::run(a).await,
     }

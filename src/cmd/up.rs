@@ -1,6 +1,7 @@
 //! `custody up`: everything on one machine with embedded defaults. Starts a
 //! nats-server on a free loopback port (JetStream under the data folder),
-//! the ledger, and on an empty ledger submits the demo supply chain.
+//! the ledger and the projection, and on an empty ledger submits the demo
+//! supply chain.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let _ = stop_rx.await;
     }));
 
+    let (pstop_tx, pstop_rx) = tokio::sync::oneshot::channel::<()>();
+    let projection_config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: a.data.join("projection") };
+    let projection = tokio::spawn(custody_projection::run(projection_config, async move {
+        let _ = pstop_rx.await;
+    }));
+
     let nc = client::connect(&nats.url).await?;
     let head = wait_for_head(&nc).await?;
     println!("ledger ready at seq {head}");
@@ -63,20 +70,22 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    println!("\ntry:  CUSTODY_NATS={} custody verify", nats.url);
-    if a.exit_after_demo {
-        let _ = stop_tx.send(());
-        ledger.await??;
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("serving; Ctrl-C to stop");
-    tokio::select! {
-        () = super::stop_signal() => {
-            let _ = stop_tx.send(());
-            ledger.await??;
+    println!("\ntry, with CUSTODY_NATS={}:", nats.url);
+    println!("  custody verify");
+    println!("  custody origin S1");
+    println!("  custody admissible S1 --rules us-2024 --date 2024-11-15");
+    println!("  custody genealogy S1");
+    if !a.exit_after_demo {
+        println!("serving; Ctrl-C to stop");
+        tokio::select! {
+            () = super::stop_signal() => {}
+            done = &mut ledger => done??,
         }
-        done = &mut ledger => done??,
     }
+    let _ = stop_tx.send(());
+    let _ = pstop_tx.send(());
+    ledger.await??;
+    projection.await??;
     Ok(ExitCode::SUCCESS)
 }
 

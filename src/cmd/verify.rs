@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer};
 use custody_ledger::{subjects, Store};
-use custody_proto::{Entry, Event, Hash, Opened, Timestamp};
+use custody_proto::{Entry, Event, Hash, Opened};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -153,15 +153,9 @@ async fn verify_stream(nats: &str) -> anyhow::Result<Result<Option<(u64, Hash)>,
 /// Rebuilds an entry from a committed-stream message: headers carry the
 /// chain fields, the payload is the envelope.
 fn entry_from_message(stream_seq: u64, msg: &jetstream::Message) -> Result<Entry, Bad> {
-    let bad = |why: &str| Bad { seq: stream_seq, why: why.to_owned() };
-    let headers = msg.headers.as_ref().ok_or_else(|| bad("message has no headers"))?;
-    let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned()).ok_or_else(|| bad(&format!("missing header {name}")));
-    let seq: u64 = get(subjects::HDR_SEQ)?.parse().map_err(|_| bad("bad seq header"))?;
-    if seq != stream_seq {
-        return Err(bad(&format!("message claims seq {seq} at stream position {stream_seq}")));
+    let entry = custody_ledger::follow::entry_of(msg).map_err(|why| Bad { seq: stream_seq, why })?;
+    if entry.seq != stream_seq {
+        return Err(Bad { seq: stream_seq, why: format!("message claims seq {} at stream position {stream_seq}", entry.seq) });
     }
-    let hash = Hash::from_hex(&get(subjects::HDR_HASH)?).ok_or_else(|| bad("bad hash header"))?;
-    let prev_hash = Hash::from_hex(&get(subjects::HDR_PREV)?).ok_or_else(|| bad("bad prev hash header"))?;
-    let recorded_at: Timestamp = get(subjects::HDR_RECORDED_AT)?.parse().map_err(|_| bad("bad recorded_at header"))?;
-    Ok(Entry { seq, prev_hash, recorded_at, envelope: msg.payload.to_vec(), hash })
+    Ok(entry)
 }

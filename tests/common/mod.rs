@@ -38,6 +38,7 @@ pub struct System {
     pub dir: tempfile::TempDir,
     pub nats: NatsServer,
     pub ledger: Option<LedgerProcess>,
+    pub projection: Option<LedgerProcess>,
     pub authority: KeyPair,
     pub client: async_nats::Client,
 }
@@ -47,7 +48,7 @@ impl System {
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = NatsServer::start(&dir.path().join("nats")).expect("nats-server starts");
         let client = custody::client::connect(&nats.url).await.expect("connect");
-        let mut s = System { dir, nats, ledger: None, authority: KeyPair::new_user(), client };
+        let mut s = System { dir, nats, ledger: None, projection: None, authority: KeyPair::new_user(), client };
         s.start_ledger().await;
         s
     }
@@ -117,6 +118,65 @@ impl System {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("ledger neither served nor exited");
+    }
+
+    pub fn projection_dir(&self) -> PathBuf {
+        self.dir.path().join("projection")
+    }
+
+    /// Starts a projection process and waits until it answers.
+    pub async fn start_projection(&mut self) {
+        let mut cmd = Command::new(BIN);
+        die_with_parent(&mut cmd);
+        cmd.args(["projection", "--nats", &self.nats.url, "--data"])
+            .arg(self.projection_dir())
+            .env("CUSTODY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        self.projection = Some(LedgerProcess { child: cmd.spawn().expect("custody projection starts") });
+        for _ in 0..300 {
+            if self.query(custody_ledger::subjects::QUERY_DIGEST, json!({})).await.is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("projection did not answer");
+    }
+
+    pub fn kill_projection(&mut self) {
+        if let Some(mut p) = self.projection.take() {
+            p.kill9();
+        }
+    }
+
+    /// A query to the projection; `None` if nobody answers.
+    pub async fn query(&self, subject: &str, body: Value) -> Option<Value> {
+        let req = self.client.request(subject.to_owned(), body.to_string().into());
+        let msg = tokio::time::timeout(Duration::from_secs(5), req).await.ok()?.ok()?;
+        serde_json::from_slice(&msg.payload).ok()
+    }
+
+    /// Waits until the projection has applied everything the ledger holds.
+    pub async fn projection_caught_up(&self) -> Value {
+        let head = self.head().await.0;
+        for _ in 0..600 {
+            if let Some(d) = self.query(custody_ledger::subjects::QUERY_DIGEST, json!({})).await {
+                if d["seq"].as_u64() == Some(head) {
+                    return d;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("projection did not catch up to seq {head}");
+    }
+
+    pub async fn origin(&self, lot: &str) -> Value {
+        self.query(custody_ledger::subjects::QUERY_ORIGIN, json!({"lot": lot})).await.expect("origin answered")
+    }
+
+    pub async fn admissible(&self, lot: &str, rules: &str, date: &str) -> Value {
+        self.query(custody_ledger::subjects::QUERY_ADMISSIBILITY, json!({"lot": lot, "rules": rules, "date": date})).await.expect("admissibility answered")
     }
 
     pub fn kill_ledger(&mut self) {

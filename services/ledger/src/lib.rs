@@ -10,6 +10,7 @@
 //! - [`ledger`]: open/replay, admit a batch, commit it.
 //! - [`service`]: the NATS pipeline around it.
 
+pub mod follow;
 pub mod ledger;
 pub mod model;
 pub mod service;

@@ -404,10 +404,9 @@ async fn publish_entries(js: &jetstream::Context, entries: &[Entry]) -> anyhow::
 /// The chain fields of an entry, plus dedup and ordering guards.
 fn entry_headers(e: &Entry) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(HDR_SEQ, e.seq.to_string().as_str());
-    h.insert(HDR_HASH, e.hash.to_hex().as_str());
-    h.insert(HDR_PREV, e.prev_hash.to_hex().as_str());
-    h.insert(HDR_RECORDED_AT, e.recorded_at.to_rfc3339().as_str());
+    for (name, value) in e.headers() {
+        h.insert(name, value.as_str());
+    }
     h.insert("Nats-Msg-Id", e.seq.to_string().as_str());
     h.insert("Nats-Expected-Last-Sequence", (e.seq - 1).to_string().as_str());
     h

@@ -23,12 +23,17 @@ pub const HEAD_SUBJECT: &str = "custody.ledger.head";
 pub const QUEUE_GROUP: &str = "custody-ledger";
 
 /// Headers on each committed-stream message (its payload is the envelope).
-pub const HDR_SEQ: &str = "Custody-Seq";
-pub const HDR_HASH: &str = "Custody-Hash";
-pub const HDR_PREV: &str = "Custody-Prev-Hash";
-pub const HDR_RECORDED_AT: &str = "Custody-Recorded-At";
+pub use custody_proto::entry::{HDR_HASH, HDR_PREV, HDR_RECORDED_AT, HDR_SEQ};
 /// Header on receipts: the event id, when known.
 pub const HDR_EVENT_ID: &str = "Custody-Event-Id";
+
+/// Queries the projection answers (request-reply, queue group
+/// [`PROJECTION_GROUP`]); bodies are JSON.
+pub const QUERY_ORIGIN: &str = "custody.query.origin";
+pub const QUERY_ADMISSIBILITY: &str = "custody.query.admissibility";
+pub const QUERY_GENEALOGY: &str = "custody.query.genealogy";
+pub const QUERY_DIGEST: &str = "custody.query.digest";
+pub const PROJECTION_GROUP: &str = "custody-projection";
 
 pub fn submit(actor: &str) -> String {
     format!("{SUBMIT_PREFIX}.{actor}")

@@ -1,0 +1,18 @@
+//! The custody projection: follows the ledger's committed stream and answers
+//! regulators. Where were a stone's carats mined, what is its customs origin,
+//! and may it enter a market on a date under a rule set?
+//!
+//! # Layout
+//! - [`origin`]: exact mine-origin compositions (pure).
+//! - [`rules`]: rule sets as TOML data and the verdict engine (pure).
+//! - [`view`]: the state, applying entries, and the answers (pure).
+//! - [`store`]: the projection's own sled store (the only sled user).
+//! - [`service`]: the stream consumer and the NATS queries.
+
+pub mod origin;
+pub mod rules;
+pub mod service;
+pub mod store;
+pub mod view;
+
+pub use service::{rebuild, run, Config};

@@ -1,0 +1,310 @@
+//! Rule sets as data, and the verdicts they give. A rule set is a TOML file
+//! (presets ship in `rules/`, a regulator may load its own). Pure: the engine
+//! reads the facts of one lot and returns a verdict with every reason.
+//!
+//! Boundaries, fixed here and tested: a threshold `min_carats = "0.50"`
+//! applies to a stone of exactly 0.50 ct (`carats >= min`); a rule is in force
+//! on its effective day (`date >= from`); mass is grandfathered only if it
+//! left the banned country strictly before the rule's effective day.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::NaiveDate;
+use custody_proto::{Carats, Country, LotState, Share};
+use num_bigint::BigInt;
+use num_rational::BigRational;
+use num_traits::Zero;
+use serde::{Deserialize, Serialize};
+
+use crate::origin::{Composition, Departure, Source};
+
+/// The presets shipped with custody, by name.
+pub const PRESETS: [(&str, &str); 3] = [
+    ("us-2022", include_str!("../rules/us-2022.toml")),
+    ("us-2024", include_str!("../rules/us-2024.toml")),
+    ("eu-2024", include_str!("../rules/eu-2024.toml")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("unknown rule set {0:?}; presets are us-2022, us-2024, eu-2024, or give a TOML file")]
+    Unknown(String),
+    #[error("rule set is not valid: {0}")]
+    Invalid(String),
+}
+
+/// What a rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Basis {
+    /// The country of last substantial transformation (or of mining, for
+    /// rough never transformed): substantially transformed elsewhere is fine.
+    CustomsOrigin,
+    /// Every country of mining, through merges and processing: "wholly or in part".
+    MineOrigin,
+    /// Any country the lot or its ancestors were exported from.
+    ExportedFrom,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    pub banned: Vec<Country>,
+    pub basis: Basis,
+    /// Effective day (in force from this day on).
+    pub from: NaiveDate,
+    /// Applies to stones of at least this mass.
+    #[serde(default)]
+    pub min_carats: Option<Carats>,
+    /// Rough, polished, or both (default).
+    #[serde(default = "both_states")]
+    pub states: Vec<LotState>,
+    /// For `mine_origin`: a banned share at or below this is ignored.
+    #[serde(default)]
+    pub de_minimis: Option<Share>,
+    /// Mass that left the banned country before `from` does not count.
+    #[serde(default)]
+    pub grandfather: bool,
+}
+
+fn both_states() -> Vec<LotState> {
+    vec![LotState::Rough, LotState::Polished]
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSet {
+    pub name: String,
+    #[serde(default)]
+    pub title: String,
+    #[serde(rename = "rule")]
+    pub rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    /// A preset by name, or the text of a TOML file.
+    pub fn load(name_or_toml: &str) -> Result<RuleSet, RuleError> {
+        if let Some((_, text)) = PRESETS.iter().find(|(n, _)| *n == name_or_toml) {
+            return RuleSet::parse(text);
+        }
+        if !name_or_toml.contains('=') {
+            return Err(RuleError::Unknown(name_or_toml.chars().take(64).collect()));
+        }
+        RuleSet::parse(name_or_toml)
+    }
+
+    pub fn parse(text: &str) -> Result<RuleSet, RuleError> {
+        let set: RuleSet = toml::from_str(text).map_err(|e| RuleError::Invalid(e.to_string()))?;
+        if set.rules.is_empty() {
+            return Err(RuleError::Invalid("a rule set needs at least one [[rule]]".into()));
+        }
+        if let Some(r) = set.rules.iter().find(|r| r.banned.is_empty()) {
+            return Err(RuleError::Invalid(format!("rule {} bans no country", r.id)));
+        }
+        Ok(set)
+    }
+}
+
+/// What the engine needs to know of a lot.
+pub struct Facts<'a> {
+    pub carats: Carats,
+    pub state: LotState,
+    pub composition: &'a Composition,
+    /// Countries where parts were last cut and polished (empty: never).
+    pub transformed_in: &'a BTreeSet<Country>,
+    /// Part of the lot's customs history is unknown (declared polished).
+    pub customs_unknown: bool,
+    /// Latest export date out of each country, over the lot's history.
+    pub exported_from: &'a BTreeMap<Country, NaiveDate>,
+    /// A regulator flagged the lot or an ancestor.
+    pub flagged: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Admissible,
+    Undetermined,
+    Prohibited,
+}
+
+/// One finding, for people and machines.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reason {
+    /// The rule it comes from (or `history` for flags and gaps).
+    pub rule: String,
+    /// What this rule says of this lot.
+    pub finding: Verdict,
+    pub text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective: Option<String>,
+}
+
+fn reason(rule: &Rule, finding: Verdict, text: String) -> Reason {
+    Reason { rule: rule.id.clone(), finding, text, country: None, share: None, threshold: None, effective: Some(rule.from.to_string()) }
+}
+
+/// The verdict of a rule set on a lot on a date, with every reason.
+pub fn evaluate(set: &RuleSet, facts: &Facts<'_>, date: NaiveDate) -> (Verdict, Vec<Reason>) {
+    let mut reasons: Vec<Reason> = set.rules.iter().map(|r| evaluate_rule(r, facts, date)).collect();
+    if facts.flagged {
+        reasons.push(Reason {
+            rule: "history".into(),
+            finding: Verdict::Undetermined,
+            text: "a regulator flagged this lot or one of its ancestors".into(),
+            country: None,
+            share: None,
+            threshold: None,
+            effective: None,
+        });
+    }
+    let verdict = reasons.iter().map(|r| r.finding).max().unwrap_or(Verdict::Admissible);
+    (verdict, reasons)
+}
+
+fn evaluate_rule(rule: &Rule, f: &Facts<'_>, date: NaiveDate) -> Reason {
+    use Verdict::*;
+    if date < rule.from {
+        return reason(rule, Admissible, format!("not in force on {date}; in force from {}", rule.from));
+    }
+    if !rule.states.contains(&f.state) {
+        return reason(rule, Admissible, format!("applies to {:?} only", rule.states));
+    }
+    if let Some(min) = rule.min_carats {
+        if f.carats < min {
+            let mut r = reason(rule, Admissible, format!("{} ct is below the {min} ct threshold", f.carats));
+            r.threshold = Some(min.to_string());
+            return r;
+        }
+    }
+    let mut r = match rule.basis {
+        Basis::CustomsOrigin => customs(rule, f),
+        Basis::MineOrigin => mine(rule, f),
+        Basis::ExportedFrom => exported(rule, f),
+    };
+    r.threshold = rule.min_carats.map(|m| m.to_string());
+    r
+}
+
+fn grandfathered(rule: &Rule, d: Departure) -> bool {
+    rule.grandfather && matches!(d, Departure::Left(left) if left < rule.from)
+}
+
+fn customs(rule: &Rule, f: &Facts<'_>) -> Reason {
+    use Verdict::*;
+    if !f.transformed_in.is_empty() || f.customs_unknown {
+        if let Some(c) = f.transformed_in.iter().find(|c| rule.banned.contains(c)) {
+            let mut r = reason(rule, Prohibited, format!("substantially transformed (cut and polished) in {c}"));
+            r.country = Some(c.to_string());
+            return r;
+        }
+        if f.customs_unknown {
+            return reason(rule, Undetermined, "where part of this stone was cut and polished is not traced".into());
+        }
+        let list: Vec<String> = f.transformed_in.iter().map(|c| c.to_string()).collect();
+        return reason(rule, Admissible, format!("customs origin {} (cut and polished there) is not banned", list.join("+")));
+    }
+    // Rough never transformed: its customs origin is where it was mined.
+    let mut unknown = false;
+    for (part, p) in f.composition.parts() {
+        match part.source {
+            Source::Mined(c) if part.traced && rule.banned.contains(&c) && !grandfathered(rule, p.departure) => {
+                let mut r = reason(rule, Prohibited, format!("rough of {c} origin, never substantially transformed"));
+                r.country = Some(c.to_string());
+                return r;
+            }
+            Source::Mined(_) if part.traced => {}
+            _ => unknown = true,
+        }
+    }
+    if unknown {
+        return reason(rule, Undetermined, "part of this rough has unknown or only claimed origin".into());
+    }
+    reason(rule, Admissible, "rough not mined in a banned country".into())
+}
+
+fn mine(rule: &Rule, f: &Facts<'_>) -> Reason {
+    use Verdict::*;
+    let mut banned: BTreeMap<Country, BigRational> = BTreeMap::new();
+    let mut grand: BTreeSet<Country> = BTreeSet::new();
+    let mut unknown = BigRational::zero();
+    for (part, p) in f.composition.parts() {
+        match part.source {
+            Source::Mined(c) if part.traced && rule.banned.contains(&c) => {
+                if grandfathered(rule, p.departure) {
+                    grand.insert(c);
+                } else {
+                    let e = banned.entry(c).or_insert_with(BigRational::zero);
+                    *e = &*e + &p.share;
+                }
+            }
+            Source::Mined(_) if part.traced => {}
+            _ => unknown = unknown + &p.share,
+        }
+    }
+    let de_minimis = rule.de_minimis.map_or_else(BigRational::zero, |s| BigRational::new(BigInt::from(s.ten_thousandths()), BigInt::from(10_000)));
+    if let Some((c, share)) = banned.iter().find(|(_, s)| **s > de_minimis) {
+        let shown = crate::view::four_decimals(share);
+        let mut r = reason(rule, Prohibited, format!("mined wholly or in part in {c} ({shown} of its mass), after the rule took effect"));
+        r.country = Some(c.to_string());
+        r.share = Some(shown);
+        return r;
+    }
+    if !unknown.is_zero() {
+        let mut r = reason(rule, Undetermined, "part of its mass has unknown or only claimed origin".into());
+        r.share = Some(crate::view::four_decimals(&unknown));
+        return r;
+    }
+    if let Some(c) = grand.iter().next() {
+        let mut r = reason(rule, Admissible, format!("its {c} mass left {c} before {}: grandfathered", rule.from));
+        r.country = Some(c.to_string());
+        return r;
+    }
+    reason(rule, Admissible, "no mass mined in a banned country".into())
+}
+
+fn exported(rule: &Rule, f: &Facts<'_>) -> Reason {
+    use Verdict::*;
+    for (c, when) in f.exported_from {
+        if rule.banned.contains(c) && !(rule.grandfather && *when < rule.from) {
+            let mut r = reason(rule, Prohibited, format!("exported from {c} on {when}"));
+            r.country = Some(c.to_string());
+            return r;
+        }
+    }
+    if f.composition.has_untraced() {
+        return reason(rule, Undetermined, "part of its history is only claimed, so where it was exported from is not known".into());
+    }
+    reason(rule, Admissible, "never exported from a banned country".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_load_and_cite_their_sources() {
+        for (name, text) in PRESETS {
+            let set = RuleSet::load(name).unwrap();
+            assert_eq!(set.name, name);
+            assert!(text.contains("# Source:"), "{name} cites its legal source");
+        }
+    }
+
+    #[test]
+    fn broken_rule_files_are_refused() {
+        assert!(matches!(RuleSet::load("uk-2030"), Err(RuleError::Unknown(_))));
+        assert!(matches!(RuleSet::load("name = \"x\"\n"), Err(RuleError::Invalid(_))));
+        assert!(matches!(RuleSet::load("name = \"x\"\n[[rule]]\nid = \"a\"\nbanned = [\"XX\"]\nbasis = \"mine_origin\"\nfrom = \"2024-01-01\"\n"), Err(RuleError::Invalid(_))));
+        assert!(matches!(RuleSet::load("name = \"x\"\n[[rule]]\nid = \"a\"\nbanned = [\"RU\"]\nbasis = \"mine_origin\"\nfrom = \"2024-01-01\"\nbogus = 1\n"), Err(RuleError::Invalid(_))));
+    }
+}

@@ -1,0 +1,226 @@
+//! The projection on NATS: follows the committed stream from its checkpoint,
+//! applies entries strictly in order (halting at a gap or a broken link),
+//! saves each chunk with its checkpoint, and answers queries in a queue group
+//! so that replicas share the load.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream;
+use chrono::NaiveDate;
+use custody_ledger::{follow, subjects};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::rules::RuleSet;
+use crate::store::Store;
+use crate::view::{self, Dirty, State};
+
+/// Entries applied and saved as one batch, at most.
+const CHUNK: usize = 4096;
+/// Most lots a genealogy answer lists on each side.
+const MAX_GENEALOGY: usize = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// NATS server URL.
+    pub nats_url: String,
+    /// Folder of the projection's own store.
+    pub data_dir: PathBuf,
+}
+
+type Shared = Arc<RwLock<State>>;
+
+/// Runs until `shutdown`, or until the stream shows a gap or a broken chain.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let store = Store::open(&config.data_dir).with_context(|| format!("cannot open {}", config.data_dir.display()))?;
+    let state = store.load()?;
+    tracing::info!(checkpoint = ?state.checkpoint.map(|c| c.0), lots = state.lots.len(), "projection store loaded");
+    let state: Shared = Arc::new(RwLock::new(state));
+    let client = async_nats::ConnectOptions::new()
+        .name("custody-projection")
+        .retry_on_initial_connect()
+        .connect(&config.nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(serve(client.clone(), state.clone()));
+    tasks.spawn(follow_stream(jetstream::new(client.clone()), store, state, None));
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        () = &mut shutdown => Ok(()),
+        Some(done) = tasks.join_next() => match done {
+            Ok(r) => r.and(Err(anyhow::anyhow!("a projection task ended unexpectedly"))),
+            Err(e) => Err(e.into()),
+        },
+    };
+    tasks.shutdown().await;
+    result
+}
+
+/// Replays the committed stream from seq 1 into an emptied store, up to the
+/// stream's current end, and returns the final `(seq, digest)`.
+pub async fn rebuild(config: Config) -> anyhow::Result<(u64, String)> {
+    let store = Store::open(&config.data_dir)?;
+    store.clear()?;
+    let client = async_nats::connect(&config.nats_url).await.with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    let js = jetstream::new(client);
+    let end = js.get_stream(subjects::LEDGER_STREAM).await?.get_info().await?.state.last_sequence;
+    let state: Shared = Arc::new(RwLock::new(State::default()));
+    follow_stream(js, store, state.clone(), Some(end)).await?;
+    let s = state.read().map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
+    Ok((s.checkpoint.map_or(0, |c| c.0), digest(&s)))
+}
+
+/// A digest of the whole state: equal states, equal digests.
+pub fn digest(state: &State) -> String {
+    let mut h = blake3::Hasher::new_derive_key("custody 2026-11 projection state v1");
+    let mut add = |tag: &str, key: &str, v: Vec<u8>| {
+        h.update(tag.as_bytes());
+        h.update(&(key.len() as u64).to_be_bytes());
+        h.update(key.as_bytes());
+        h.update(&(v.len() as u64).to_be_bytes());
+        h.update(&v);
+    };
+    if let Some((seq, hash)) = state.checkpoint {
+        add("m", &seq.to_string(), hash.0.to_vec());
+    }
+    for (k, v) in &state.lots {
+        add("l", k, serde_json::to_vec(v).unwrap_or_default());
+    }
+    for (k, v) in &state.actors {
+        add("a", k, serde_json::to_vec(v).unwrap_or_default());
+    }
+    for (k, v) in &state.shipments {
+        add("s", k, serde_json::to_vec(v).unwrap_or_default());
+    }
+    for (k, v) in &state.yields {
+        add("y", k, serde_json::to_vec(v).unwrap_or_default());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+async fn follow_stream(js: jetstream::Context, store: Store, state: Shared, until: Option<u64>) -> anyhow::Result<()> {
+    // The ledger creates the stream; wait for it.
+    let start = loop {
+        let next = state.read().map_err(|_| anyhow::anyhow!("state lock poisoned"))?.checkpoint.map_or(1, |c| c.0 + 1);
+        if until.is_some_and(|u| next > u) {
+            return Ok(());
+        }
+        match follow::from_seq(&js, next).await {
+            Ok((_, messages)) => break messages,
+            Err(e) => {
+                tracing::debug!(error = %e, "committed stream not there yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let mut messages = start.ready_chunks(CHUNK);
+    while let Some(chunk) = messages.next().await {
+        let mut dirty = Dirty::default();
+        let mut last = 0;
+        {
+            let mut s = state.write().map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
+            for msg in chunk {
+                let msg = msg.context("reading the committed stream")?;
+                let entry = follow::entry_of(&msg).map_err(|why| anyhow::anyhow!("committed stream message unreadable: {why}"))?;
+                let stream_seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                if entry.seq != stream_seq {
+                    bail!("committed stream position {stream_seq} holds entry {}: halting", entry.seq);
+                }
+                s.apply(&entry, &mut dirty).with_context(|| "halting: the committed stream breaks the chain")?;
+                last = entry.seq;
+            }
+            tokio::task::block_in_place(|| store.save(&s, &dirty))?;
+        }
+        if until.is_some_and(|u| last >= u) {
+            return Ok(());
+        }
+    }
+    bail!("the committed stream ended")
+}
+
+fn error(code: &str, message: impl Into<String>) -> Value {
+    json!({"code": code, "message": message.into()})
+}
+
+/// Answers one query; never panics on input.
+pub fn answer(state: &State, subject: &str, body: &[u8]) -> Value {
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return error("bad_request", "the query is not JSON");
+    };
+    if subject == subjects::QUERY_DIGEST {
+        return json!({"seq": state.checkpoint.map_or(0, |c| c.0), "digest": digest(state)});
+    }
+    let Some(lot_id) = req["lot"].as_str() else {
+        return error("bad_request", "the query needs a \"lot\"");
+    };
+    let Some(lot) = state.lots.get(lot_id) else {
+        return error("unknown_lot", format!("lot {lot_id:?} is not in the projection (up to seq {})", state.checkpoint.map_or(0, |c| c.0)));
+    };
+    match subject {
+        subjects::QUERY_ORIGIN => view::origin(lot),
+        subjects::QUERY_ADMISSIBILITY => {
+            let Some(date) = req["date"].as_str() else { return error("invalid_date", "a date (YYYY-MM-DD) is needed") };
+            let Ok(date) = NaiveDate::parse_from_str(date, "%Y-%m-%d") else {
+                return error("invalid_date", format!("{date:?} is not a date of the form YYYY-MM-DD"));
+            };
+            let rules = req["rules"].as_str().unwrap_or("");
+            match RuleSet::load(rules) {
+                Ok(set) => view::admissibility(lot, &set, date),
+                Err(e @ crate::rules::RuleError::Unknown(_)) => error("unknown_rules", e.to_string()),
+                Err(e) => error("invalid_rules", e.to_string()),
+            }
+        }
+        subjects::QUERY_GENEALOGY => genealogy(state, lot),
+        _ => error("bad_request", format!("no query {subject}")),
+    }
+}
+
+fn node(l: &view::Lot) -> Value {
+    json!({"lot": l.lot, "carats": l.carats, "state": l.state, "event": l.created.kind, "seq": l.created.seq, "hash": l.created.hash, "country": l.created.country})
+}
+
+/// Ancestors and descendants, breadth first, each side bounded.
+fn genealogy(state: &State, lot: &view::Lot) -> Value {
+    let walk = |next: &dyn Fn(&view::Lot) -> Vec<String>| {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out = Vec::new();
+        let mut queue: std::collections::VecDeque<String> = next(lot).into();
+        let mut truncated = false;
+        while let Some(id) = queue.pop_front() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if out.len() >= MAX_GENEALOGY {
+                truncated = true;
+                break;
+            }
+            if let Some(l) = state.lots.get(&id) {
+                out.push(node(l));
+                queue.extend(next(l));
+            }
+        }
+        (out, truncated)
+    };
+    let (ancestors, a_trunc) = walk(&|l| l.parents.clone());
+    let (descendants, d_trunc) = walk(&|l| l.children.clone());
+    json!({"lot": lot.lot, "node": node(lot), "ancestors": ancestors, "descendants": descendants, "truncated": a_trunc || d_trunc})
+}
+
+async fn serve(client: async_nats::Client, state: Shared) -> anyhow::Result<()> {
+    let mut sub = client.queue_subscribe("custody.query.>", subjects::PROJECTION_GROUP.to_owned()).await?;
+    while let Some(msg) = sub.next().await {
+        let Some(reply) = msg.reply else { continue };
+        let answer = match state.read() {
+            Ok(s) => answer(&s, msg.subject.as_str(), &msg.payload),
+            Err(_) => error("internal", "state lock poisoned"),
+        };
+        let _ = client.publish(reply, answer.to_string().into()).await;
+    }
+    Ok(())
+}

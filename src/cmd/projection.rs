@@ -1,0 +1,40 @@
+//! `custody projection`: run the read side, rebuild it from seq 1, or ask a
+//! running one for its state digest.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Folder of the projection's store.
+    #[arg(long, default_value = "data/projection")]
+    data: PathBuf,
+    #[command(subcommand)]
+    action: Option<Action>,
+}
+
+#[derive(clap::Subcommand)]
+enum Action {
+    /// Empty the store and replay the committed stream from seq 1 to its
+    /// current end; print the seq and state digest reached.
+    Rebuild,
+    /// Ask the running projection for its seq and state digest.
+    Digest,
+}
+
+pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
+    let config = custody_projection::Config { nats_url: nats.to_owned(), data_dir: a.data };
+    match a.action {
+        None => custody_projection::run(config, super::stop_signal()).await?,
+        Some(Action::Rebuild) => {
+            let (seq, digest) = custody_projection::rebuild(config).await?;
+            println!("{}", json!({"seq": seq, "digest": digest}));
+        }
+        Some(Action::Digest) => match super::query::ask(nats, custody_ledger::subjects::QUERY_DIGEST, json!({})).await? {
+            Ok(v) | Err(v) => println!("{v}"),
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}

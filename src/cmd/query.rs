@@ -1,0 +1,122 @@
+//! The regulators' queries over NATS: `origin`, `admissible`, `genealogy`,
+//! answered by any projection replica in the queue group.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use custody_ledger::subjects;
+use serde_json::{json, Value};
+
+#[derive(clap::Args)]
+pub struct OriginArgs {
+    lot: String,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct AdmissibleArgs {
+    lot: String,
+    /// A preset (us-2022, us-2024, eu-2024) or a TOML rule file.
+    #[arg(long)]
+    rules: String,
+    /// The date of entry, YYYY-MM-DD.
+    #[arg(long)]
+    date: String,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct GenealogyArgs {
+    lot: String,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Sends a query and returns the answer, or exits 1 on an error answer.
+pub async fn ask(nats: &str, subject: &str, body: Value) -> anyhow::Result<Result<Value, Value>> {
+    let client = custody::client::connect(nats).await?;
+    let reply = tokio::time::timeout(Duration::from_secs(10), client.request(subject.to_owned(), body.to_string().into()))
+        .await
+        .context("no projection answered within 10 s")?
+        .context("no projection is answering queries")?;
+    let v: Value = serde_json::from_slice(&reply.payload).context("the projection's answer is not JSON")?;
+    Ok(if v.get("code").is_some() && v.get("verdict").is_none() { Err(v) } else { Ok(v) })
+}
+
+fn finish(answer: Result<Value, Value>, json: bool, human: impl Fn(&Value) -> String) -> ExitCode {
+    match answer {
+        Ok(v) if json => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            println!("{}", human(&v));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if json {
+                println!("{e}");
+            } else {
+                eprintln!("custody: {}: {}", e["code"].as_str().unwrap_or("error"), e["message"].as_str().unwrap_or(""));
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+pub async fn origin(nats: &str, a: OriginArgs) -> anyhow::Result<ExitCode> {
+    let answer = ask(nats, subjects::QUERY_ORIGIN, json!({"lot": a.lot})).await?;
+    Ok(finish(answer, a.json, |v| {
+        let shares: Vec<String> = v["mine_origin"].as_array().into_iter().flatten().map(|s| format!("{} {}", s["country"].as_str().unwrap_or("?"), s["share"].as_str().unwrap_or("?"))).collect();
+        let mut out = format!(
+            "{} ({} ct, {})\n  mined in:       {}\n  customs origin: {}\n  KP origin:      {}\n  custody model:  {}\n  traced:         {}",
+            v["lot"].as_str().unwrap_or(""), v["carats"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or(""),
+            shares.join(", "), v["customs_origin"].as_str().unwrap_or(""), v["kp_origin"].as_str().unwrap_or(""),
+            v["custody_model"].as_str().unwrap_or(""), v["traced"]
+        );
+        for s in v["path"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\n  seq {:>6} {} {}  {}", s["seq"], s["date"].as_str().unwrap_or(""), s["note"].as_str().unwrap_or(""), &s["hash"].as_str().unwrap_or("")[..12.min(s["hash"].as_str().unwrap_or("").len())]));
+        }
+        for w in v["warnings"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\n  warning: {}", w.as_str().unwrap_or("")));
+        }
+        out
+    }))
+}
+
+pub async fn admissible(nats: &str, a: AdmissibleArgs) -> anyhow::Result<ExitCode> {
+    // A path to a file sends its text; anything else is a preset name.
+    let rules = if Path::new(&a.rules).is_file() {
+        std::fs::read_to_string(&a.rules).with_context(|| format!("cannot read {}", a.rules))?
+    } else {
+        a.rules.clone()
+    };
+    let answer = ask(nats, subjects::QUERY_ADMISSIBILITY, json!({"lot": a.lot, "rules": rules, "date": a.date})).await?;
+    Ok(finish(answer, a.json, |v| {
+        let mut out = format!("{} under {} on {}: {}", v["lot"].as_str().unwrap_or(""), v["rules"].as_str().unwrap_or(""), v["date"].as_str().unwrap_or(""), v["verdict"].as_str().unwrap_or(""));
+        for r in v["reasons"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\n  {:<13} {}: {}", r["finding"].as_str().unwrap_or(""), r["rule"].as_str().unwrap_or(""), r["text"].as_str().unwrap_or("")));
+        }
+        out
+    }))
+}
+
+pub async fn genealogy(nats: &str, a: GenealogyArgs) -> anyhow::Result<ExitCode> {
+    let answer = ask(nats, subjects::QUERY_GENEALOGY, json!({"lot": a.lot})).await?;
+    Ok(finish(answer, a.json, |v| {
+        let line = |n: &Value| format!("{} {} ct ({} at seq {}, {})", n["lot"].as_str().unwrap_or(""), n["carats"].as_str().unwrap_or(""), n["event"].as_str().unwrap_or(""), n["seq"], n["country"].as_str().unwrap_or(""));
+        let mut out = line(&v["node"]);
+        for n in v["ancestors"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\n  from  {}", line(n)));
+        }
+        for n in v["descendants"].as_array().into_iter().flatten() {
+            out.push_str(&format!("\n  into  {}", line(n)));
+        }
+        out
+    }))
+}
