@@ -9,7 +9,7 @@ use serde_json::json;
 #[derive(clap::Args)]
 pub struct Args {
     /// Folder of the projection's store.
-    #[arg(long, default_value = "data/projection")]
+    #[arg(long, global = true, default_value = "data/projection")]
     data: PathBuf,
     #[command(subcommand)]
     action: Option<Action>,

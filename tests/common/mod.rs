@@ -21,6 +21,10 @@ pub struct LedgerProcess {
 }
 
 impl LedgerProcess {
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -133,7 +137,7 @@ impl System {
             .env("CUSTODY_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::null());
         self.projection = Some(LedgerProcess { child: cmd.spawn().expect("custody projection starts") });
         for _ in 0..300 {
             if self.query(custody_ledger::subjects::QUERY_DIGEST, json!({})).await.is_some() {
