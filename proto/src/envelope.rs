@@ -137,6 +137,14 @@ impl Opened {
         Ok(Opened { raw, payload, signer, key, sig })
     }
 
+    /// The payload of an envelope already in the ledger, without the
+    /// signature work: for followers that trust the chain (projections).
+    pub fn payload_of(raw: &[u8]) -> Result<Vec<u8>, Rejection> {
+        let env: Envelope = serde_json::from_slice(raw)
+            .map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("not a DSSE envelope: {e}")))?;
+        B64.decode(&env.payload).map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("payload is not base64: {e}")))
+    }
+
     /// Verifies this one signature.
     pub fn verify(&self) -> Result<(), Rejection> {
         self.key

@@ -35,10 +35,35 @@ enum What {
         #[arg(long, default_value_t = 128)]
         window: usize,
     },
+    /// Origin-query latency and rate at several fan-ins, against a bare
+    /// request-reply round trip.
+    Query {
+        /// Mined lots each stone's history fans in from.
+        #[arg(long, value_delimiter = ',', default_value = "1,1000,100000")]
+        fan_in: Vec<usize>,
+        /// Queries per measurement.
+        #[arg(long, default_value_t = 4000)]
+        queries: usize,
+    },
+    /// Projection replay rate, against reading the same stream.
+    Replay {
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: usize,
+    },
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let What::Ingest { events, producers, window } = a.what;
+    let (events, producers, window) = match a.what {
+        What::Ingest { events, producers, window } => (events, producers, window),
+        What::Query { fan_in, queries } => {
+            super::bench_read::query(&fan_in, queries).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        What::Replay { entries } => {
+            super::bench_read::replay(entries).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let tmp = tempfile_dir()?;
     let nats = NatsServer::start(&tmp.join("nats"))?;
     let authority = nkeys::KeyPair::new_user();

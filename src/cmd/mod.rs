@@ -1,6 +1,7 @@
 //! The commands of DOMAIN.md's CLI, one module each.
 
 mod bench;
+mod bench_read;
 mod keygen;
 mod ledger;
 mod projection;

@@ -113,18 +113,23 @@ struct Streams {
     ledger: stream::Stream,
 }
 
+/// The committed stream, created if absent (also used by benchmarks that
+/// build a ledger's stream directly).
+pub async fn committed_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
+    js.get_or_create_stream(stream::Config {
+        name: LEDGER_STREAM.into(),
+        subjects: vec![ENTRIES_SUBJECT.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .context("cannot create the committed stream")
+}
+
 async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<Streams> {
-    let ledger = js
-        .get_or_create_stream(stream::Config {
-            name: LEDGER_STREAM.into(),
-            subjects: vec![ENTRIES_SUBJECT.into()],
-            storage: stream::StorageType::File,
-            retention: stream::RetentionPolicy::Limits,
-            allow_direct: true,
-            ..Default::default()
-        })
-        .await
-        .context("cannot create the committed stream")?;
+    let ledger = committed_stream(js).await?;
     let inbox = js
         .get_or_create_stream(stream::Config {
             name: INBOX_STREAM.into(),
@@ -380,6 +385,11 @@ async fn publish_from_store(js: &jetstream::Context, store: &Store, published: u
     })?;
     publish_entries(js, &entries).await?;
     Ok(end)
+}
+
+/// Publishes a run of consecutive entries.
+pub async fn publish_committed(js: &jetstream::Context, entries: &[Entry]) -> anyhow::Result<()> {
+    publish_entries(js, entries).await
 }
 
 /// Publishes a run of consecutive entries. Every message carries

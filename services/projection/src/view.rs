@@ -141,8 +141,8 @@ impl State {
         }
         entry.check_after(self.checkpoint)?;
         let unreadable = |why: String| ApplyError::Unreadable { seq: entry.seq, why };
-        let opened = custody_proto::Opened::open(entry.envelope.clone()).map_err(|r| unreadable(r.to_string()))?;
-        let event = Event::parse(&opened.payload, entry.recorded_at).map_err(|r| unreadable(r.to_string()))?;
+        let payload = custody_proto::Opened::payload_of(&entry.envelope).map_err(|r| unreadable(r.to_string()))?;
+        let event = Event::parse(&payload, entry.recorded_at).map_err(|r| unreadable(r.to_string()))?;
         let step = |kind: &str, country: String, note: String| Step {
             seq: entry.seq,
             hash: entry.hash.to_hex(),

@@ -1,0 +1,227 @@
+//! Read-side benchmarks: origin-query latency at several fan-ins, and the
+//! projection's replay rate. Each builds a valid signed, hash-chained history
+//! and publishes it straight onto a private committed stream (the ledger's
+//! own cost is `bench ingest`), then measures against a same-run baseline.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use custody::natsd::NatsServer;
+use custody_ledger::subjects;
+use custody_proto::{Entry, Hash, Timestamp};
+use futures::StreamExt;
+use nkeys::KeyPair;
+use serde_json::{json, Value};
+
+/// A history under construction: signed entries, chained.
+struct Chain {
+    entries: Vec<Entry>,
+    head: Option<(u64, Hash)>,
+    n: u64,
+}
+
+impl Chain {
+    fn new() -> Chain {
+        Chain { entries: Vec::new(), head: None, n: 0 }
+    }
+
+    fn push(&mut self, key: &KeyPair, kind: &str, fields: Value) -> anyhow::Result<()> {
+        self.n += 1;
+        let mut e = json!({"id": format!("e{}", self.n), "kind": kind, "actor": key.public_key(), "occurred_at": "2024-09-02T08:00:00Z"});
+        if let (Some(o), Value::Object(f)) = (e.as_object_mut(), fields) {
+            o.extend(f);
+        }
+        let env = custody_proto::envelope::sign(key, e.to_string().as_bytes())?;
+        let entry = Entry::next(self.head, Timestamp::now(), env);
+        self.head = Some((entry.seq, entry.hash));
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    fn register(&mut self, authority: &KeyPair, who: &KeyPair, role: &str, country: &str) -> anyhow::Result<()> {
+        self.push(authority, "actor.registered", json!({"subject": who.public_key(), "name": role, "roles": [role], "country": country}))
+    }
+}
+
+/// A private nats-server and its committed stream, filled with `chain`.
+async fn stream_of(dir: &std::path::Path, chain: &Chain) -> anyhow::Result<(NatsServer, async_nats::Client)> {
+    let nats = NatsServer::start(&dir.join("nats"))?;
+    let client = custody::client::connect(&nats.url).await?;
+    let js = jetstream::new(client.clone());
+    custody_ledger::service::committed_stream(&js).await?;
+    for chunk in chain.entries.chunks(4096) {
+        custody_ledger::service::publish_committed(&js, chunk).await?;
+    }
+    Ok((nats, client))
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+/// Sequential latency and concurrent rate of one request.
+async fn measure(client: &async_nats::Client, subject: &str, body: &Value, n: usize) -> anyhow::Result<Value> {
+    let payload: bytes::Bytes = body.to_string().into();
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        client.request(subject.to_owned(), payload.clone()).await?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (c, s, p) = (client.clone(), subject.to_owned(), payload.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n / 8 {
+                c.request(s.clone(), p.clone()).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let qps = (n / 8 * 8) as f64 / t.elapsed().as_secs_f64();
+    Ok(json!({"p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "queries_per_s": qps.round()}))
+}
+
+/// Origin-query latency for stones whose history fans in from `fan_ins` mined lots.
+pub async fn query(fan_ins: &[usize], n: usize) -> anyhow::Result<()> {
+    let authority = KeyPair::new_user();
+    let (miner, cutter) = (KeyPair::new_user(), KeyPair::new_user());
+    let mut chain = Chain::new();
+    chain.register(&authority, &miner, "miner", "RU")?;
+    chain.register(&authority, &cutter, "manufacturer", "IN")?;
+    eprintln!("building histories for fan-ins {fan_ins:?}...");
+    for &f in fan_ins {
+        // Mine f lots, merge them a thousand at a time (then the merges),
+        // ship the result to India and cut one stone from it.
+        for i in 0..f {
+            chain.push(&miner, "mined", json!({"lot": format!("F{f}-{i}"), "carats": "1.00", "country": "RU"}))?;
+        }
+        let mut level: Vec<(String, u64)> = (0..f).map(|i| (format!("F{f}-{i}"), 100)).collect();
+        let mut round = 0;
+        while level.len() > 1 {
+            let mut next = Vec::new();
+            for (g, group) in level.chunks(1000).enumerate() {
+                if group.len() == 1 {
+                    next.push(group[0].clone());
+                    continue;
+                }
+                let total: u64 = group.iter().map(|x| x.1).sum();
+                let into = format!("F{f}-m{round}-{g}");
+                let lots: Vec<&str> = group.iter().map(|x| x.0.as_str()).collect();
+                chain.push(&miner, "merged", json!({"lots": lots, "into": {"lot": into, "carats": format!("{}.{:02}", total / 100, total % 100)}}))?;
+                next.push((into, total));
+            }
+            level = next;
+            round += 1;
+        }
+        let (top, _) = &level[0];
+        chain.push(&miner, "exported", json!({"lots": [top], "to": cutter.public_key(), "to_country": "IN", "certificate": {"number": format!("RU-F{f}"), "value_usd": "1.00"}}))?;
+        chain.push(&cutter, "imported", json!({"certificate": format!("RU-F{f}")}))?;
+        chain.push(&cutter, "processed", json!({"lot": top, "process": "cutting_polishing", "country": "IN", "into": [{"lot": format!("STONE-{f}"), "carats": "0.50"}]}))?;
+    }
+    let dir = tempdir()?;
+    let (nats, client) = stream_of(&dir, &chain).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: dir.join("projection") };
+    let projection = tokio::spawn(custody_projection::run(config, async move {
+        let _ = stop_rx.await;
+    }));
+    let end = chain.entries.len() as u64;
+    loop {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), client.request(subjects::QUERY_DIGEST, "{}".into())).await {
+            let v: Value = serde_json::from_slice(&m.payload)?;
+            if v["seq"].as_u64() == Some(end) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Baseline: a bare request-reply round trip on the same server.
+    let mut echo = client.subscribe("bench.echo").await?;
+    let echo_client = client.clone();
+    tokio::spawn(async move {
+        while let Some(m) = echo.next().await {
+            if let Some(r) = m.reply {
+                let _ = echo_client.publish(r, m.payload).await;
+            }
+        }
+    });
+    let baseline = measure(&client, "bench.echo", &json!({"lot": "STONE-1"}), n).await?;
+    let mut rows = Vec::new();
+    for &f in fan_ins {
+        let body = json!({"lot": format!("STONE-{f}")});
+        let check = client.request(subjects::QUERY_ORIGIN, body.to_string().into()).await?;
+        let answer: Value = serde_json::from_slice(&check.payload)?;
+        anyhow::ensure!(answer["mine_origin"][0]["country"] == "RU", "unexpected answer {answer}");
+        let m = measure(&client, subjects::QUERY_ORIGIN, &body, n).await?;
+        let ratio = m["p99_ms"].as_f64().unwrap_or(0.0) / baseline["p99_ms"].as_f64().unwrap_or(1.0);
+        rows.push(json!({"fan_in": f, "origin": m, "p99_over_baseline": (ratio * 100.0).round() / 100.0}));
+    }
+    println!("{}", json!({"bench": "query", "entries": end, "baseline_request_reply": baseline, "results": rows}));
+    let _ = stop_tx.send(());
+    projection.await?.context("projection")?;
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Replay rate of the projection over a ledger of `entries` entries.
+pub async fn replay(entries: usize) -> anyhow::Result<()> {
+    let authority = KeyPair::new_user();
+    let miners: Vec<KeyPair> = (0..8).map(|_| KeyPair::new_user()).collect();
+    let mut chain = Chain::new();
+    for m in &miners {
+        chain.register(&authority, m, "miner", "BW")?;
+    }
+    eprintln!("building a {entries}-entry ledger...");
+    // Mostly mined lots, and every 100th entry a merge of ten of them.
+    let mut i = 0;
+    let mut pending: Vec<Vec<String>> = vec![Vec::new(); miners.len()];
+    while chain.entries.len() < entries {
+        let m = i % miners.len();
+        if pending[m].len() == 10 {
+            let lots = std::mem::take(&mut pending[m]);
+            chain.push(&miners[m], "merged", json!({"lots": lots, "into": {"lot": format!("R-m{i}"), "carats": "12.50"}}))?;
+        } else {
+            let lot = format!("R-{i}");
+            chain.push(&miners[m], "mined", json!({"lot": lot, "carats": "1.25", "country": "BW"}))?;
+            pending[m].push(lot);
+        }
+        i += 1;
+    }
+    let dir = tempdir()?;
+    let (nats, client) = stream_of(&dir, &chain).await?;
+
+    // Baseline: reading the same stream, applying nothing.
+    let js = jetstream::new(client.clone());
+    let t = Instant::now();
+    let (_, mut messages) = custody_ledger::follow::from_seq(&js, 1).await?;
+    let mut read = 0;
+    while read < chain.entries.len() {
+        messages.next().await.context("stream ended")??;
+        read += 1;
+    }
+    let baseline = read as f64 / t.elapsed().as_secs_f64();
+
+    let config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: dir.join("projection") };
+    let t = Instant::now();
+    let (seq, _) = custody_projection::rebuild(config).await?;
+    let rate = seq as f64 / t.elapsed().as_secs_f64();
+    println!("{}", json!({"bench": "replay", "entries": seq, "replayed_per_s": rate.round(), "baseline_stream_read_per_s": baseline.round(), "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0}));
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempdir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("custody-bench-read-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
