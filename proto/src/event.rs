@@ -62,6 +62,18 @@ pub enum Process {
 }
 
 impl Process {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Process::Sorting => "sorting",
+            Process::Planning => "planning",
+            Process::Sawing => "sawing",
+            Process::Cleaving => "cleaving",
+            Process::Bruting => "bruting",
+            Process::CuttingPolishing => "cutting_polishing",
+        }
+    }
+
     /// Cutting and polishing is the substantial transformation: its outputs
     /// are polished.
     pub fn output_state(self) -> LotState {

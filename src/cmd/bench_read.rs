@@ -212,8 +212,9 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
 
     let config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: dir.join("projection") };
     let t = Instant::now();
-    let (seq, _) = custody_projection::rebuild(config).await?;
-    let rate = seq as f64 / t.elapsed().as_secs_f64();
+    let state = custody_projection::service::replay(config).await?;
+    let rate = state.checkpoint.map_or(0, |c| c.0) as f64 / t.elapsed().as_secs_f64();
+    let seq = state.checkpoint.map_or(0, |c| c.0);
     println!("{}", json!({"bench": "replay", "entries": seq, "replayed_per_s": rate.round(), "baseline_stream_read_per_s": baseline.round(), "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0}));
     drop(nats);
     let _ = std::fs::remove_dir_all(&dir);

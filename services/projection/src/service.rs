@@ -65,6 +65,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// Replays the committed stream from seq 1 into an emptied store, up to the
 /// stream's current end, and returns the final `(seq, digest)`.
 pub async fn rebuild(config: Config) -> anyhow::Result<(u64, String)> {
+    let state = replay(config).await?;
+    Ok((state.checkpoint.map_or(0, |c| c.0), digest(&state)))
+}
+
+/// [`rebuild`] without the digest: the replayed state.
+pub async fn replay(config: Config) -> anyhow::Result<State> {
     let store = Store::open(&config.data_dir)?;
     store.clear()?;
     let client = async_nats::connect(&config.nats_url).await.with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
@@ -73,7 +79,7 @@ pub async fn rebuild(config: Config) -> anyhow::Result<(u64, String)> {
     let state: Shared = Arc::new(RwLock::new(State::default()));
     follow_stream(js, store, state.clone(), Some(end)).await?;
     let s = state.read().map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
-    Ok((s.checkpoint.map_or(0, |c| c.0), digest(&s)))
+    Ok(s.clone())
 }
 
 /// A digest of the whole state: equal states, equal digests.

@@ -211,7 +211,7 @@ impl State {
                 let y = self.yields.entry(signer.clone()).or_default();
                 y.steps.push((seq, *process, input, out));
                 dirty.yields.insert(signer.clone());
-                let s = step(kind, country.to_string(), format!("{process:?} of {lot} in {country}, yield {pct}%"));
+                let s = step(kind, country.to_string(), format!("{} of {lot} in {country}, yield {pct}%", process.as_str()));
                 for p in into {
                     let mut child = parent.clone();
                     child.lot = p.lot.to_string();
