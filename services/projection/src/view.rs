@@ -115,6 +115,19 @@ pub struct State {
     pub yields: BTreeMap<String, Yields>,
 }
 
+/// An output of a split or processing: the parent's origin and history,
+/// its own id, mass and creating step.
+fn child_of(parent: &Lot, portion: &custody_proto::event::Portion, created: Step) -> Lot {
+    let mut child = parent.clone();
+    child.lot = portion.lot.to_string();
+    child.carats = portion.carats;
+    child.consumed = false;
+    child.parents = vec![parent.lot.clone()];
+    child.children = Vec::new();
+    child.created = created;
+    child
+}
+
 pub fn four_decimals(r: &BigRational) -> String {
     let scaled = (r * BigRational::from_integer(BigInt::from(10_000))).round().to_integer().to_i64().unwrap_or(0);
     format!("{}.{:04}", scaled / 10_000, scaled % 10_000)
@@ -191,13 +204,7 @@ impl State {
             Body::Split { lot, into } => {
                 let Some(parent) = self.consume(lot, dirty) else { return };
                 for p in into {
-                    let mut child = parent.clone();
-                    child.lot = p.lot.to_string();
-                    child.carats = p.carats;
-                    child.consumed = false;
-                    child.parents = vec![parent.lot.clone()];
-                    child.children = Vec::new();
-                    child.created = step(kind, parent.country.to_string(), format!("split from {lot}"));
+                    let mut child = child_of(&parent, p, step(kind, parent.country.to_string(), format!("split from {lot}")));
                     push_capped(&mut child.path, child.created.clone(), &mut child.truncated);
                     self.link(lot.as_str(), &child.lot);
                     self.put(child, dirty);
@@ -213,13 +220,7 @@ impl State {
                 dirty.yields.insert(signer.clone());
                 let s = step(kind, country.to_string(), format!("{} of {lot} in {country}, yield {pct}%", process.as_str()));
                 for p in into {
-                    let mut child = parent.clone();
-                    child.lot = p.lot.to_string();
-                    child.carats = p.carats;
-                    child.consumed = false;
-                    child.parents = vec![parent.lot.clone()];
-                    child.children = Vec::new();
-                    child.created = s.clone();
+                    let mut child = child_of(&parent, p, s.clone());
                     if *process == Process::CuttingPolishing {
                         child.state = LotState::Polished;
                         child.transformed_in = BTreeSet::from([*country]);
