@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use custody_ledger::{subjects, Store};
 use custody_proto::{Entry, Event, Hash, Opened};
 use futures::StreamExt;
@@ -134,10 +134,7 @@ async fn verify_stream(nats: &str) -> anyhow::Result<Result<Option<(u64, Hash)>,
     if last == 0 {
         return Ok(checker.finish());
     }
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig { deliver_policy: consumer::DeliverPolicy::All, ..Default::default() })
-        .await?;
-    let mut messages = consumer.messages().await?;
+    let (_, mut messages) = custody_ledger::follow::from_seq(&js, 1).await?;
     let mut seen = 0;
     while seen < last {
         let Some(msg) = tokio::time::timeout(Duration::from_secs(30), messages.next()).await.context("the committed stream stalled")? else { break };
