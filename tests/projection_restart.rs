@@ -81,7 +81,7 @@ async fn killed_mid_stream_it_resumes_to_the_digest_of_a_clean_replay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_link_on_the_stream_halts_the_projection() {
+async fn a_foreign_entry_on_the_stream_halts_the_projection_and_the_ledger() {
     let mut sys = System::start().await;
     sys.start_projection().await;
     let m = sys.actor("m", "miner", "BW").await;
@@ -121,4 +121,31 @@ async fn a_broken_link_on_the_stream_halts_the_projection() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("entry {}", head + 1)), "{err}");
     assert!(before["seq"].as_u64().unwrap() == head);
+
+    // The ledger commits its next entry (a receipt: it is on disk), finds a
+    // foreign entry where its own should go, and stops loudly rather than
+    // let the stream and the store tell different histories.
+    sys.accept(&m, &event(&m, "ok-2", "mined", json!({"lot": "OK2", "carats": "1.00", "country": "BW"}))).await;
+    let mut ledger = sys.ledger.take().unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        for _ in 0..200 {
+            if let Ok(Some(s)) = ledger.child_mut().try_wait() {
+                let mut err = String::new();
+                if let Some(mut e) = ledger.child_mut().stderr.take() {
+                    use std::io::Read as _;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Some((s, err));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }).await.unwrap();
+    let (status, err) = status.expect("the ledger stops");
+    assert!(!status.success());
+    assert!(err.contains("something other than this ledger wrote"), "{err}");
+    // And it refuses to start again on the disagreeing stream.
+    let (code, err) = sys.ledger_refusal();
+    assert_ne!(code, Some(0));
+    assert!(err.contains("refusing to go on"), "{err}");
 }

@@ -67,14 +67,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
     let js = jetstream::new(client.clone());
     let streams = ensure_streams(&js).await?;
-    let published = committed_stream_head(&streams.ledger).await?;
-    let stored = ledger.head().map_or(0, |h| h.0);
-    if published > stored {
-        bail!(
-            "the committed stream holds entries up to {published} but the store ends at {stored}: \
-             the store lost entries; refusing to serve a shorter history"
-        );
-    }
+    let published = stream_agrees(&streams.ledger, ledger.store()).await?;
 
     let (intake_tx, intake_rx) = mpsc::channel::<Submission>(MAX_BATCH * 4);
     let (checked_tx, checked_rx) = mpsc::channel(4);
@@ -150,6 +143,39 @@ async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<Streams> {
     .await
     .context("cannot create the receipts stream")?;
     Ok(Streams { inbox, ledger })
+}
+
+/// The committed stream and the store tell different histories.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}; refusing to go on")]
+struct Disagreement(String);
+
+/// The committed stream's head, once it is shown to agree with the store:
+/// not longer than it, and its last entry the store's entry at that seq.
+/// Anything else means another writer, or a store that lost entries; the
+/// two histories disagree and the ledger must not go on.
+async fn stream_agrees(s: &stream::Stream, store: &Store) -> anyhow::Result<u64> {
+    let published = committed_stream_head(s).await?;
+    let stored = store.head()?.map_or(0, |h| h.0);
+    if published > stored {
+        return Err(Disagreement(format!(
+            "the committed stream holds entries up to {published} but the store ends at {stored}: \
+             the store lost entries, or something other than this ledger wrote on {ENTRIES_SUBJECT}"
+        ))
+        .into());
+    }
+    if published > 0 {
+        let msg = s.get_raw_message(published).await.context("cannot read the committed stream's head")?;
+        let on_stream = msg.headers.get(HDR_HASH).map(|v| v.as_str().to_owned());
+        let in_store = store.get(published)?.map(|e| e.hash.to_hex());
+        if on_stream.is_none() || on_stream != in_store {
+            return Err(Disagreement(format!(
+                "entry {published} on the committed stream is not the store's entry {published}: something other than this ledger wrote on {ENTRIES_SUBJECT}"
+            ))
+            .into());
+        }
+    }
+    Ok(published)
 }
 
 /// Last ledger seq on the committed stream (its stream sequence).
@@ -360,9 +386,7 @@ async fn publish_stage(
                 Err(e) => {
                     tracing::warn!(error = %e, published, "publishing committed entries failed; resyncing");
                     tokio::time::sleep(Duration::from_millis(250)).await;
-                    if let Ok(p) = committed_stream_head(&stream).await {
-                        published = p;
-                    }
+                    published = resync(&stream, &store, published).await?;
                 }
             }
         }
@@ -372,8 +396,25 @@ async fn publish_stage(
         if entries[0].seq == published + 1 {
             match publish_entries(&js, &entries).await {
                 Ok(()) => published = target,
-                Err(e) => tracing::warn!(error = %e, "publishing committed entries failed; resyncing"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "publishing committed entries failed; resyncing");
+                    published = resync(&stream, &store, published).await?;
+                }
             }
+        }
+    }
+}
+
+/// After a failed publish: where the stream really ends, checked against
+/// the store. NATS being unreachable is not an error (try again later); a
+/// stream that disagrees with the store is.
+async fn resync(stream: &stream::Stream, store: &Store, published: u64) -> anyhow::Result<u64> {
+    match stream_agrees(stream, store).await {
+        Ok(p) => Ok(p),
+        Err(e) if e.is::<Disagreement>() => Err(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the committed stream yet");
+            Ok(published)
         }
     }
 }
