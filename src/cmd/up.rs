@@ -70,11 +70,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    println!("\ntry, with CUSTODY_NATS={}:", nats.url);
-    println!("  custody verify");
-    println!("  custody origin S1");
-    println!("  custody admissible S1 --rules us-2024 --date 2024-11-15");
-    println!("  custody genealogy S1");
+    // The binary as the user can call it, wherever it was built.
+    let me = std::env::current_exe().ok().and_then(|p| {
+        let cwd = std::env::current_dir().ok()?;
+        Some(p.strip_prefix(&cwd).map(|r| r.to_path_buf()).unwrap_or(p))
+    });
+    let me = me.map_or_else(|| "custody".to_owned(), |p| p.display().to_string());
+    println!("\ntry, in another terminal:");
+    println!("  export CUSTODY_NATS={}", nats.url);
+    for args in ["verify", "origin S1", "admissible S1 --rules us-2024 --date 2024-11-15", "genealogy S1"] {
+        println!("  {me} {args}");
+    }
     if !a.exit_after_demo {
         println!("serving; Ctrl-C to stop");
         tokio::select! {
