@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_read;
+mod gateway;
 mod keygen;
 mod ledger;
 mod projection;
@@ -43,6 +44,8 @@ enum Command {
     Admissible(query::AdmissibleArgs),
     /// A lot's ancestors and descendants, with carats and events.
     Genealogy(query::GenealogyArgs),
+    /// Serve DOMAIN.md's HTTP surface (regulators, browsers).
+    Gateway(gateway::Args),
     /// Run everything on this machine: NATS, the ledger, the demo chain.
     Up(up::Args),
     /// Measure throughput against a baseline taken in the same run.
@@ -59,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Origin(a) => query::origin(&cli.nats, a).await,
         Command::Admissible(a) => query::admissible(&cli.nats, a).await,
         Command::Genealogy(a) => query::genealogy(&cli.nats, a).await,
+        Command::Gateway(a) => gateway::run(&cli.nats, a).await,
         Command::Up(a) => up::run(a).await,
         Command::Bench(a) => bench::run(a).await,
     }

@@ -1,7 +1,7 @@
 //! `custody up`: everything on one machine with embedded defaults. Starts a
 //! nats-server on a free loopback port (JetStream under the data folder),
-//! the ledger and the projection, and on an empty ledger submits the demo
-//! supply chain.
+//! the ledger, the projection and the HTTP gateway, and on an empty ledger
+//! submits the demo supply chain.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +26,9 @@ pub struct Args {
     /// Stop after the demo instead of serving until Ctrl-C.
     #[arg(long)]
     exit_after_demo: bool,
+    /// Where the HTTP gateway listens (port 0: a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    http: std::net::SocketAddr,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -52,6 +55,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let _ = pstop_rx.await;
     }));
 
+    let (gstop_tx, gstop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let gateway_url = nats.url.clone();
+    let gateway = tokio::spawn(async move {
+        custody_gateway::run(&gateway_url, a.http, |addr| { let _ = bound_tx.send(addr); }, async move {
+            let _ = gstop_rx.await;
+        })
+        .await
+    });
+    let http = bound_rx.await.context("the HTTP gateway did not start")?;
+
     let nc = client::connect(&nats.url).await?;
     let head = wait_for_head(&nc).await?;
     println!("ledger ready at seq {head}");
@@ -76,7 +90,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         Some(p.strip_prefix(&cwd).map(|r| r.to_path_buf()).unwrap_or(p))
     });
     let me = me.map_or_else(|| "custody".to_owned(), |p| p.display().to_string());
-    println!("\ntry, in another terminal:");
+    println!("\nHTTP: http://{http}/v1/lots/S1/origin (API: http://{http}/v1/openapi.json)");
+    println!("try, in another terminal:");
     println!("  export CUSTODY_NATS={}", nats.url);
     for args in ["verify", "origin S1", "admissible S1 --rules us-2024 --date 2024-11-15", "genealogy S1"] {
         println!("  {me} {args}");
@@ -90,8 +105,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let _ = stop_tx.send(());
     let _ = pstop_tx.send(());
+    let _ = gstop_tx.send(());
     ledger.await??;
     projection.await??;
+    gateway.await??;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -43,6 +43,7 @@ pub struct System {
     pub nats: NatsServer,
     pub ledger: Option<LedgerProcess>,
     pub projection: Option<LedgerProcess>,
+    pub gateway: Option<LedgerProcess>,
     pub authority: KeyPair,
     pub client: async_nats::Client,
 }
@@ -52,7 +53,7 @@ impl System {
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = NatsServer::start(&dir.path().join("nats")).expect("nats-server starts");
         let client = custody::client::connect(&nats.url).await.expect("connect");
-        let mut s = System { dir, nats, ledger: None, projection: None, authority: KeyPair::new_user(), client };
+        let mut s = System { dir, nats, ledger: None, projection: None, gateway: None, authority: KeyPair::new_user(), client };
         s.start_ledger().await;
         s
     }
@@ -146,6 +147,23 @@ impl System {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("projection did not answer");
+    }
+
+    /// Starts an HTTP gateway process on a free port; returns its base URL.
+    pub fn start_gateway(&mut self) -> String {
+        use std::io::BufRead as _;
+        let mut cmd = Command::new(BIN);
+        die_with_parent(&mut cmd);
+        cmd.args(["gateway", "--nats", &self.nats.url, "--listen", "127.0.0.1:0"])
+            .env("CUSTODY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("custody gateway starts");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("gateway prints its address");
+        self.gateway = Some(LedgerProcess { child });
+        line.trim().strip_prefix("listening on ").expect("listening on URL").to_owned()
     }
 
     pub fn kill_projection(&mut self) {

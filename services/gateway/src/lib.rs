@@ -1,0 +1,162 @@
+//! The custody HTTP gateway: DOMAIN.md's HTTP surface over NATS. Lot answers
+//! come from any projection (request-reply), entries and verification from
+//! the committed stream. Every error is JSON `{"code", "message"}` with a 4xx
+//! status, or 503/504 when nothing answers; input never causes a panic.
+//! *Invariant: holds no state and no custody rule; it only translates.*
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use custody_ledger::subjects;
+use serde_json::{json, Value};
+
+/// The OpenAPI document of this surface.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// How long a query may wait for a projection.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+struct App {
+    /// For queries to the projection.
+    nats: async_nats::Client,
+    /// For entries and verification, from the committed stream.
+    js: jetstream::Context,
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"code": code, "message": message.into()}))).into_response()
+}
+
+/// The routes, over a NATS connection.
+pub fn router(nats: async_nats::Client) -> Router {
+    let app = App { js: jetstream::new(nats.clone()), nats };
+    Router::new()
+        .route("/v1/lots/{lot}/origin", get(origin))
+        .route("/v1/lots/{lot}/admissibility", get(admissibility))
+        .route("/v1/lots/{lot}/genealogy", get(genealogy))
+        .route("/v1/ledger/entries/{seq}", get(entry))
+        .route("/v1/ledger/verify", get(verify))
+        .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path; see /v1/openapi.json") })
+        .with_state(app)
+}
+
+/// Serves on `listen` until `shutdown`; `on_bound` learns the real address
+/// (for a port 0).
+pub async fn run(nats_url: &str, listen: SocketAddr, on_bound: impl FnOnce(SocketAddr), shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let nats = async_nats::ConnectOptions::new()
+        .name("custody-gateway")
+        .retry_on_initial_connect()
+        .connect(nats_url)
+        .await
+        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    on_bound(listener.local_addr()?);
+    axum::serve(listener, router(nats)).with_graceful_shutdown(shutdown).await?;
+    Ok(())
+}
+
+impl App {
+    /// A projection query; its error codes become HTTP statuses.
+    async fn query(&self, subject: &str, body: Value) -> Response {
+        let request = self.nats.request(subject.to_owned(), body.to_string().into());
+        let msg = match tokio::time::timeout(QUERY_TIMEOUT, request).await {
+            Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "timeout", "no projection answered in time"),
+            Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("no projection is answering: {e}")),
+            Ok(Ok(m)) => m,
+        };
+        let Ok(answer) = serde_json::from_slice::<Value>(&msg.payload) else {
+            return error(StatusCode::BAD_GATEWAY, "bad_answer", "the projection's answer is not JSON");
+        };
+        let status = match answer.get("code").and_then(Value::as_str) {
+            None => StatusCode::OK,
+            Some("unknown_lot") => StatusCode::NOT_FOUND,
+            Some("internal") => StatusCode::BAD_GATEWAY,
+            Some(_) => StatusCode::BAD_REQUEST,
+        };
+        (status, Json(answer)).into_response()
+    }
+}
+
+/// A path segment axum could not decode (not UTF-8, say) is our JSON 400.
+fn segment(p: Result<Path<String>, PathRejection>) -> Result<String, Response> {
+    p.map(|Path(s)| s).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_path", format!("the path cannot be read: {e}")))
+}
+
+async fn origin(State(app): State<App>, lot: Result<Path<String>, PathRejection>) -> Response {
+    let lot = match segment(lot) { Ok(l) => l, Err(r) => return r };
+    app.query(subjects::QUERY_ORIGIN, json!({"lot": lot})).await
+}
+
+async fn admissibility(State(app): State<App>, lot: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let lot = match segment(lot) { Ok(l) => l, Err(r) => return r };
+    let (Some(rules), Some(date)) = (q.get("rules"), q.get("date")) else {
+        return error(StatusCode::BAD_REQUEST, "missing_parameter", "admissibility needs ?rules=NAME&date=YYYY-MM-DD");
+    };
+    app.query(subjects::QUERY_ADMISSIBILITY, json!({"lot": lot, "rules": rules, "date": date})).await
+}
+
+async fn genealogy(State(app): State<App>, lot: Result<Path<String>, PathRejection>) -> Response {
+    let lot = match segment(lot) { Ok(l) => l, Err(r) => return r };
+    app.query(subjects::QUERY_GENEALOGY, json!({"lot": lot})).await
+}
+
+async fn entry(State(app): State<App>, seq: Result<Path<String>, PathRejection>) -> Response {
+    let seq = match segment(seq) { Ok(s) => s, Err(r) => return r };
+    let Some(seq) = seq.parse::<u64>().ok().filter(|s| *s >= 1) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_seq", format!("{:?} is not a ledger seq (a whole number from 1)", seq.chars().take(40).collect::<String>()));
+    };
+    let stream = match app.js.get_stream(subjects::LEDGER_STREAM).await {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the committed stream cannot be read: {e}")),
+    };
+    let msg = match stream.get_raw_message(seq).await {
+        Ok(m) => m,
+        Err(_) => return error(StatusCode::NOT_FOUND, "unknown_entry", format!("the ledger has no entry {seq}")),
+    };
+    let headers = msg.headers;
+    let entry = match custody_proto::Entry::from_headers(|n| headers.get(n).map(|v| v.as_str().to_owned()), msg.payload.to_vec()) {
+        Ok(e) => e,
+        Err(why) => return error(StatusCode::BAD_GATEWAY, "bad_entry", why),
+    };
+    let envelope: Value = serde_json::from_slice(&entry.envelope).unwrap_or(Value::Null);
+    let event: Value = envelope["payload"]
+        .as_str()
+        .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
+        .and_then(|p| serde_json::from_slice(&p).ok())
+        .unwrap_or(Value::Null);
+    let hash_valid = custody_proto::Entry::compute_hash(entry.seq, &entry.prev_hash, &entry.recorded_at, &entry.envelope) == entry.hash;
+    Json(json!({
+        "seq": entry.seq,
+        "prev_hash": entry.prev_hash.to_hex(),
+        "hash": entry.hash.to_hex(),
+        "recorded_at": entry.recorded_at.to_rfc3339(),
+        "hash_valid": hash_valid,
+        "envelope": envelope,
+        "event": event,
+    }))
+    .into_response()
+}
+
+async fn verify(State(app): State<App>) -> Response {
+    match custody_ledger::audit::verify_stream(&app.js, |_| Box::new(|_| {})).await {
+        Ok(Ok(head)) => {
+            let (seq, hash) = head.map_or((0, String::new()), |(s, h)| (s, h.to_hex()));
+            Json(json!({"ok": true, "entries": seq, "head": hash})).into_response()
+        }
+        Ok(Err(bad)) => Json(json!({"ok": false, "seq": bad.seq, "error": bad.why})).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the committed stream cannot be read: {e}")),
+    }
+}

@@ -1,0 +1,96 @@
+//! The HTTP surface of DOMAIN.md against the worked example, and its errors:
+//! 4xx with a JSON code, never a 500, and the service keeps answering.
+
+mod common;
+
+use common::*;
+use custody::demo::Cast;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_api_answers_the_worked_example_and_refuses_clearly() {
+    let mut sys = System::start().await;
+    sys.start_projection().await;
+    let base = sys.start_gateway();
+    let cast = Cast::load_or_create(nkeys::KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap(), &sys.dir.path().join("keys")).unwrap();
+    for (key, payload) in cast.worked_example() {
+        sys.accept(key, &payload).await;
+    }
+    sys.projection_caught_up().await;
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        let url = format!("{base}{path}");
+        async move {
+            let r = http.get(&url).send().await.expect("gateway answers");
+            let status = r.status().as_u16();
+            let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, ct, body)
+        }
+    };
+
+    let (status, ct, s1) = get("/v1/lots/S1/origin".into()).await;
+    assert_eq!(status, 200);
+    assert!(ct.starts_with("application/json"), "{ct}");
+    assert_eq!(s1["customs_origin"], "IN");
+    assert_eq!(s1["mine_origin"][0]["country"], "BW");
+    assert_eq!(s1["mine_origin"][0]["share"], "0.6000");
+
+    let (status, _, v) = get("/v1/lots/S1/admissibility?rules=us-2024&date=2024-11-15".into()).await;
+    assert_eq!((status, v["verdict"].as_str()), (200, Some("prohibited")));
+    let (_, _, v) = get("/v1/lots/S1/admissibility?rules=us-2022&date=2024-11-15".into()).await;
+    assert_eq!(v["verdict"], "admissible");
+    let (_, _, v) = get("/v1/lots/S3/admissibility?rules=us-2024&date=2024-11-15".into()).await;
+    assert_eq!(v["verdict"], "admissible");
+
+    let (status, _, g) = get("/v1/lots/S1/genealogy".into()).await;
+    assert_eq!(status, 200);
+    let ancestors: Vec<&str> = g["ancestors"].as_array().unwrap().iter().map(|n| n["lot"].as_str().unwrap()).collect();
+    assert!(ancestors.contains(&"L1") && ancestors.contains(&"L2"), "{ancestors:?}");
+
+    // The entry that proves the cut, with its exact envelope and decoded event.
+    let cut_seq = s1["transformations"][0]["seq"].as_u64().unwrap();
+    let (status, _, e) = get(format!("/v1/ledger/entries/{cut_seq}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(e["seq"], cut_seq);
+    assert_eq!(e["hash"], s1["transformations"][0]["hash"]);
+    assert_eq!(e["hash_valid"], true);
+    assert_eq!(e["event"]["kind"], "processed");
+    assert_eq!(e["event"]["process"], "cutting_polishing");
+    assert_eq!(e["envelope"]["payloadType"], "application/vnd.custody.event+json");
+
+    let (status, _, v) = get("/v1/ledger/verify".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["entries"], 18);
+
+    let (status, _, doc) = get("/v1/openapi.json".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in ["/v1/lots/{lot}/origin", "/v1/lots/{lot}/admissibility", "/v1/lots/{lot}/genealogy", "/v1/ledger/entries/{seq}", "/v1/ledger/verify"] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
+
+    let errors = [
+        ("/v1/lots/NOPE/origin", 404, "unknown_lot"),
+        ("/v1/lots/S1/admissibility?rules=us-2024", 400, "missing_parameter"),
+        ("/v1/lots/S1/admissibility?rules=us-2024&date=2024-13-45", 400, "invalid_date"),
+        ("/v1/lots/S1/admissibility?rules=uk-2099&date=2024-11-15", 400, "unknown_rules"),
+        ("/v1/ledger/entries/0", 400, "invalid_seq"),
+        ("/v1/ledger/entries/-3", 400, "invalid_seq"),
+        ("/v1/ledger/entries/abc", 400, "invalid_seq"),
+        ("/v1/ledger/entries/99999", 404, "unknown_entry"),
+        ("/v1/nothing/here", 404, "not_found"),
+        ("/v1/lots/%00%ff/origin", 400, "invalid_path"),
+        ("/v1/lots/L%20L/origin", 404, "unknown_lot"),
+    ];
+    for (path, want_status, want_code) in errors {
+        let (status, _, body) = get(path.into()).await;
+        assert_eq!(status, want_status, "{path}: {body}");
+        assert_eq!(body["code"], want_code, "{path}: {body}");
+        assert!(!body["message"].as_str().unwrap_or("").is_empty(), "{path}");
+    }
+    let (status, _, _) = get("/v1/lots/S1/origin".into()).await;
+    assert_eq!(status, 200, "still serving");
+}
