@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# A project-local Python with the example producer's dependencies
+# (examples/requirements.txt, pinned), in deploy/.venv. Prints its python.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+venv="$here/.venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv" >&2
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/../examples/requirements.txt" >&2
+echo "$venv/bin/python"

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""A custody producer in Python: proof that the contract is language-neutral.
+
+It reads an actor's nkey seed (the `SU...` file `custody keygen` writes),
+builds a `mined` event, signs it into a DSSE envelope (ed25519 over the
+PAE), submits it over NATS request-reply and prints the ledger's answer:
+a receipt {"id", "seq", "hash", "recorded_at"} or a refusal {"id", "code",
+"message"}. Exit status 0 for a receipt, 1 for a refusal.
+
+    CUSTODY_NATS=nats://127.0.0.1:4222 python3 producer.py KEYFILE LOT CARATS COUNTRY
+"""
+
+import asyncio
+import base64
+import datetime
+import json
+import os
+import sys
+
+import nats
+from nacl.signing import SigningKey
+
+PAYLOAD_TYPE = "application/vnd.custody.event+json"
+PREFIX_SEED = 18 << 3  # nkeys: 'S'
+PREFIX_USER = 20 << 3  # nkeys: 'U'
+
+
+def crc16(data: bytes) -> int:
+    """CRC-16/XMODEM, the checksum nkeys appends."""
+    crc = 0
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else (crc << 1)
+            crc &= 0xFFFF
+    return crc
+
+
+def b32decode(text: str) -> bytes:
+    return base64.b32decode(text + "=" * (-len(text) % 8))
+
+
+def load_seed(path: str) -> SigningKey:
+    """An nkey seed: 2 prefix bytes, 32 seed bytes, CRC-16 little-endian."""
+    raw = b32decode(open(path).read().strip())
+    body, crc = raw[:-2], int.from_bytes(raw[-2:], "little")
+    if crc16(body) != crc:
+        raise SystemExit(f"{path}: checksum mismatch; not an nkey seed")
+    if body[0] & 0xF8 != PREFIX_SEED or ((body[0] & 7) << 5 | body[1] >> 3) != PREFIX_USER:
+        raise SystemExit(f"{path}: not a user seed (SU...)")
+    return SigningKey(body[2:34])
+
+
+def public_nkey(key: SigningKey) -> str:
+    body = bytes([PREFIX_USER]) + bytes(key.verify_key)
+    raw = body + crc16(body).to_bytes(2, "little")
+    return base64.b32encode(raw).decode().rstrip("=")
+
+
+def pae(payload_type: str, payload: bytes) -> bytes:
+    """DSSE pre-authentication encoding."""
+    return b"DSSEv1 %d %s %d " % (len(payload_type), payload_type.encode(), len(payload)) + payload
+
+
+def envelope(key: SigningKey, event: dict) -> bytes:
+    payload = json.dumps(event, separators=(",", ":")).encode()
+    sig = key.sign(pae(PAYLOAD_TYPE, payload)).signature
+    return json.dumps({
+        "payloadType": PAYLOAD_TYPE,
+        "payload": base64.b64encode(payload).decode(),
+        "signatures": [{"keyid": public_nkey(key), "sig": base64.b64encode(sig).decode()}],
+    }).encode()
+
+
+async def main() -> int:
+    if len(sys.argv) != 5:
+        print(__doc__, file=sys.stderr)
+        return 2
+    key_file, lot, carats, country = sys.argv[1:]
+    key = load_seed(key_file)
+    actor = public_nkey(key)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    event = {
+        "id": f"py-{lot}",
+        "kind": "mined",
+        "actor": actor,
+        "occurred_at": now.isoformat().replace("+00:00", "Z"),
+        "lot": lot,
+        "carats": carats,
+        "country": country,
+    }
+    nc = await nats.connect(os.environ.get("CUSTODY_NATS", "nats://127.0.0.1:4222"))
+    try:
+        reply = await nc.request(f"custody.submit.{actor}", envelope(key, event), timeout=10)
+    finally:
+        await nc.close()
+    answer = json.loads(reply.data)
+    print(json.dumps(answer))
+    return 0 if "seq" in answer else 1
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

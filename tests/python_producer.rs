@@ -1,0 +1,56 @@
+//! A producer in another language: examples/producer.py (nats-py, PyNaCl)
+//! signs a `mined` event with an nkey seed written by `custody keygen` and
+//! gets a real receipt from the ledger, so the contract stays
+//! language-neutral. `deploy/test.sh` provides the interpreter.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn python() -> String {
+    std::env::var("CUSTODY_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/.venv/bin/python").to_owned())
+}
+
+fn producer(sys: &System, args: &[&str]) -> (Option<i32>, Value, String) {
+    let mut cmd = std::process::Command::new(python());
+    custody::natsd::die_with_parent(&mut cmd);
+    let out = cmd
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/producer.py"))
+        .args(args)
+        .env("CUSTODY_NATS", &sys.nats.url)
+        .output()
+        .expect("python runs: run deploy/python.sh or deploy/test.sh");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), serde_json::from_str(text.trim()).unwrap_or(Value::Null), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_producer_gets_a_receipt() {
+    let mut sys = System::start().await;
+    sys.start_projection().await;
+    let key_file = sys.dir.path().join("py-miner.nk");
+    let out = sys.custody(&["keygen", "--out", key_file.to_str().unwrap()], None);
+    let public = stdout(&out).trim().to_owned();
+    let reg = event(&sys.authority, "reg-py", "actor.registered", json!({"subject": public, "name": "Py Miner", "roles": ["miner"], "country": "CA"}));
+    sys.accept(&sys.authority, &reg).await;
+
+    let (code, receipt, err) = producer(&sys, &[key_file.to_str().unwrap(), "PY-1", "12.34", "CA"]);
+    assert_eq!(code, Some(0), "{receipt} {err}");
+    assert_eq!(receipt["id"], "py-PY-1");
+    assert_eq!(receipt["seq"], 2);
+    assert_eq!(receipt["hash"].as_str(), sys.head().await.1.as_deref());
+
+    // The ledger holds it as any other event: the projection traces it.
+    sys.projection_caught_up().await;
+    let origin = sys.origin("PY-1").await;
+    assert_eq!(origin["mine_origin"], json!([{"country": "CA", "share": "1.0000"}]));
+    assert_eq!(origin["carats"], "12.34");
+
+    // And it is refused like any other: the same lot again.
+    let (code, refusal, _) = producer(&sys, &[key_file.to_str().unwrap(), "PY-1", "1.00", "CA"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(refusal["code"], "id_conflict");
+    let out = sys.custody(&["verify", "--json"], None);
+    assert!(out.status.success(), "{}", stdout(&out));
+}
