@@ -7,9 +7,11 @@
 //! - [`client`]: submit envelopes over request-reply, with retries.
 //! - [`keys`]: nkey seed files.
 //! - [`demo`]: DOMAIN.md's worked example as signed events.
+//! - [`sim`]: a seeded simulated world shaped like KP 2022 production.
 //! - `cmd/`: one file per command (in the binary).
 
 pub mod client;
 pub mod demo;
 pub mod keys;
 pub mod natsd;
+pub mod sim;

@@ -7,6 +7,7 @@ mod keygen;
 mod ledger;
 mod projection;
 mod query;
+mod simulate;
 mod submit;
 mod up;
 mod verify;
@@ -46,6 +47,8 @@ enum Command {
     Genealogy(query::GenealogyArgs),
     /// Serve DOMAIN.md's HTTP surface (regulators, browsers).
     Gateway(gateway::Args),
+    /// Submit a seeded simulated supply chain (KP 2022 production mix).
+    Simulate(simulate::Args),
     /// Run everything on this machine: NATS, the ledger, the demo chain.
     Up(up::Args),
     /// Measure throughput against a baseline taken in the same run.
@@ -63,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admissible(a) => query::admissible(&cli.nats, a).await,
         Command::Genealogy(a) => query::genealogy(&cli.nats, a).await,
         Command::Gateway(a) => gateway::run(&cli.nats, a).await,
+        Command::Simulate(a) => simulate::run(&cli.nats, a).await,
         Command::Up(a) => up::run(a).await,
         Command::Bench(a) => bench::run(a).await,
     }

@@ -23,6 +23,10 @@ pub struct Args {
     /// Do not submit the demo supply chain.
     #[arg(long)]
     no_demo: bool,
+    /// Rounds of the simulated world submitted after the worked example
+    /// (about 120 stones each; 0 for none).
+    #[arg(long, default_value_t = 5)]
+    simulate: u32,
     /// Stop after the demo instead of serving until Ctrl-C.
     #[arg(long)]
     exit_after_demo: bool,
@@ -70,7 +74,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let head = wait_for_head(&nc).await?;
     println!("ledger ready at seq {head}");
     if !a.no_demo && head == 0 {
-        let cast = demo::Cast::load_or_create(authority, &a.data.join("keys"))?;
+        let cast = demo::Cast::load_or_create(nkeys::KeyPair::from_seed(&authority.seed()?)?, &a.data.join("keys"))?;
         println!("submitting the demo supply chain (DOMAIN.md's worked example); actor keys in {}", a.data.join("keys").display());
         let mut events = cast.worked_example();
         events.push(cast.second_split());
@@ -90,6 +94,14 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         Some(p.strip_prefix(&cwd).map(|r| r.to_path_buf()).unwrap_or(p))
     });
     let me = me.map_or_else(|| "custody".to_owned(), |p| p.display().to_string());
+    if !a.no_demo && head == 0 && a.simulate > 0 {
+        println!("submitting a simulated world ({} rounds, KP 2022 production mix)...", a.simulate);
+        let world = super::simulate::submit(&nc, &authority, custody::sim::Size { seed: 1, rounds: a.simulate }).await?;
+        println!("  {} events; stones worth a look:", world.events.len());
+        println!("    {} (Botswana only, clean)", world.clean);
+        println!("    {} (partly Russian: prohibited under us-2024)", world.prohibited);
+        println!("    {} (declared, origin unknown: undetermined)", world.undetermined);
+    }
     println!("\nHTTP: http://{http}/v1/lots/S1/origin (API: http://{http}/v1/openapi.json)");
     println!("try, in another terminal:");
     println!("  export CUSTODY_NATS={}", nats.url);
