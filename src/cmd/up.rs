@@ -98,11 +98,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         println!("submitting a simulated world ({} rounds, KP 2022 production mix)...", a.simulate);
         let world = super::simulate::submit(&nc, &authority, custody::sim::Size { seed: 1, rounds: a.simulate }).await?;
         println!("  {} events; stones worth a look:", world.events.len());
-        println!("    {} (Botswana only, clean)", world.clean);
-        println!("    {} (partly Russian: prohibited under us-2024)", world.prohibited);
-        println!("    {} (declared, origin unknown: undetermined)", world.undetermined);
+        println!("    http://{http}/?lot={}  (Botswana only, clean)", world.clean);
+        println!("    http://{http}/?lot={}  (partly Russian: prohibited under us-2024)", world.prohibited);
+        println!("    http://{http}/?lot={}  (declared, origin unknown: undetermined)", world.undetermined);
     }
-    println!("\nHTTP: http://{http}/v1/lots/S1/origin (API: http://{http}/v1/openapi.json)");
+    println!("\nthe page: http://{http}/?lot=S1  (API: http://{http}/v1/openapi.json)");
     println!("try, in another terminal:");
     println!("  export CUSTODY_NATS={}", nats.url);
     for args in ["verify", "origin S1", "admissible S1 --rules us-2024 --date 2024-11-15", "genealogy S1"] {

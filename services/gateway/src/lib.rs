@@ -21,8 +21,12 @@ use base64::Engine as _;
 use custody_ledger::subjects;
 use serde_json::{json, Value};
 
+mod svg;
+
 /// The OpenAPI document of this surface.
 pub const OPENAPI: &str = include_str!("openapi.json");
+/// The regulators' page: plain HTML, CSS and script, no CDN.
+const PAGE: &str = include_str!("page.html");
 
 /// How long a query may wait for a projection.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +53,7 @@ pub fn router(nats: async_nats::Client) -> Router {
         .route("/v1/ledger/entries/{seq}", get(entry))
         .route("/v1/ledger/verify", get(verify))
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path; see /v1/openapi.json") })
         .with_state(app)
 }
@@ -108,9 +113,22 @@ async fn admissibility(State(app): State<App>, lot: Result<Path<String>, PathRej
     app.query(subjects::QUERY_ADMISSIBILITY, json!({"lot": lot, "rules": rules, "date": date})).await
 }
 
-async fn genealogy(State(app): State<App>, lot: Result<Path<String>, PathRejection>) -> Response {
+/// JSON, or an SVG picture with `?format=svg` or `Accept: image/svg+xml`.
+async fn genealogy(State(app): State<App>, lot: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>, headers: axum::http::HeaderMap) -> Response {
     let lot = match segment(lot) { Ok(l) => l, Err(r) => return r };
-    app.query(subjects::QUERY_GENEALOGY, json!({"lot": lot})).await
+    let wants_svg = q.get("format").is_some_and(|f| f == "svg")
+        || headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("image/svg+xml"));
+    let answer = app.query(subjects::QUERY_GENEALOGY, json!({"lot": lot})).await;
+    if !wants_svg || answer.status() != StatusCode::OK {
+        return answer;
+    }
+    let Ok(bytes) = axum::body::to_bytes(answer.into_body(), 64 << 20).await else {
+        return error(StatusCode::BAD_GATEWAY, "bad_answer", "the genealogy is too large to draw");
+    };
+    let Ok(g) = serde_json::from_slice::<Value>(&bytes) else {
+        return error(StatusCode::BAD_GATEWAY, "bad_answer", "the projection's answer is not JSON");
+    };
+    ([(header::CONTENT_TYPE, "image/svg+xml")], svg::genealogy(&g)).into_response()
 }
 
 async fn entry(State(app): State<App>, seq: Result<Path<String>, PathRejection>) -> Response {

@@ -188,7 +188,7 @@ pub fn answer(state: &State, subject: &str, body: &[u8]) -> Value {
 }
 
 fn node(l: &view::Lot) -> Value {
-    json!({"lot": l.lot, "carats": l.carats, "state": l.state, "event": l.created.kind, "seq": l.created.seq, "hash": l.created.hash, "country": l.created.country})
+    json!({"lot": l.lot, "carats": l.carats, "state": l.state, "event": l.created.kind, "seq": l.created.seq, "hash": l.created.hash, "country": l.created.country, "parents": l.parents})
 }
 
 /// Ancestors and descendants, breadth first, each side bounded.
