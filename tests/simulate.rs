@@ -83,6 +83,13 @@ async fn a_seeded_world_conserves_carats_and_matches_production() {
     assert_eq!(verdict(plan.prohibited.clone()).await, "prohibited");
     assert_eq!(verdict(plan.undetermined.clone()).await, "undetermined");
 
+    // A reason quotes the share exactly as mine_origin shows it.
+    let o = sys.origin(&plan.prohibited).await;
+    let v = sys.admissible(&plan.prohibited, "us-2024", "2024-11-15").await;
+    let ru = o["mine_origin"].as_array().unwrap().iter().find(|s| s["country"] == "RU").unwrap()["share"].clone();
+    let why = v["reasons"].as_array().unwrap().iter().find(|r| r["finding"] == "prohibited").unwrap();
+    assert_eq!(why["share"], ru, "{o} {v}");
+
     // Running it again changes nothing: every event is already receipted.
     let out = sys.custody(&["simulate", "--authority", key_file.to_str().unwrap(), "--seed", "7", "--rounds", "8"], None);
     assert!(out.status.success());

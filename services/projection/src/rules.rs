@@ -253,7 +253,15 @@ fn mine(rule: &Rule, f: &Facts<'_>) -> Reason {
     }
     let de_minimis = rule.de_minimis.map_or_else(BigRational::zero, |s| BigRational::new(BigInt::from(s.ten_thousandths()), BigInt::from(10_000)));
     if let Some((c, share)) = banned.iter().find(|(_, s)| **s > de_minimis) {
-        let shown = crate::view::four_decimals(share);
+        // Quote the share as `mine_origin` shows it (largest remainder), so
+        // one answer never shows two numbers for the same mass.
+        let whole = f.composition.by_source().get(&Source::Mined(*c)) == Some(share);
+        let shown = f
+            .composition
+            .rounded()
+            .into_iter()
+            .find(|(country, _)| whole && country.as_str() == c.as_str())
+            .map_or_else(|| crate::view::four_decimals(share), |(_, s)| s);
         let mut r = reason(rule, Prohibited, format!("mined wholly or in part in {c} ({shown} of its mass), after the rule took effect"));
         r.country = Some(c.to_string());
         r.share = Some(shown);
