@@ -4,19 +4,12 @@
 mod common;
 
 use common::*;
-use custody::demo::Cast;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_api_answers_the_worked_example_and_refuses_clearly() {
-    let mut sys = System::start().await;
-    sys.start_projection().await;
+    let mut sys = worked_example().await;
     let base = sys.start_gateway();
-    let cast = Cast::load_or_create(nkeys::KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap(), &sys.dir.path().join("keys")).unwrap();
-    for (key, payload) in cast.worked_example() {
-        sys.accept(key, &payload).await;
-    }
-    sys.projection_caught_up().await;
     let http = reqwest::Client::new();
     let get = |path: String| {
         let http = http.clone();

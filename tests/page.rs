@@ -7,7 +7,6 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use custody::demo::Cast;
 
 fn chromium() -> String {
     std::env::var("CUSTODY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
@@ -29,14 +28,8 @@ fn browse(profile: &std::path::Path, args: &[&str], url: &str) -> std::process::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_s1_of_the_worked_example() {
-    let mut sys = System::start().await;
-    sys.start_projection().await;
+    let mut sys = worked_example().await;
     let base = sys.start_gateway();
-    let cast = Cast::load_or_create(nkeys::KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap(), &sys.dir.path().join("keys")).unwrap();
-    for (key, payload) in cast.worked_example() {
-        sys.accept(key, &payload).await;
-    }
-    sys.projection_caught_up().await;
 
     let url = format!("{base}/?lot=S1&date=2024-11-15");
     let profile = sys.dir.path().join("chromium");

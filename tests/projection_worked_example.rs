@@ -4,19 +4,7 @@
 mod common;
 
 use common::*;
-use custody::demo::Cast;
 use serde_json::json;
-
-async fn worked_example() -> System {
-    let mut sys = System::start().await;
-    sys.start_projection().await;
-    let cast = Cast::load_or_create(nkeys::KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap(), &sys.dir.path().join("keys")).unwrap();
-    for (key, payload) in cast.worked_example() {
-        sys.accept(key, &payload).await;
-    }
-    sys.projection_caught_up().await;
-    sys
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn domain_md_answers_exactly() {

@@ -250,6 +250,19 @@ impl System {
     }
 }
 
+/// NATS, a ledger and a projection holding DOMAIN.md's worked example.
+pub async fn worked_example() -> System {
+    let mut sys = System::start().await;
+    sys.start_projection().await;
+    let authority = KeyPair::from_seed(&sys.authority.seed().expect("seed")).expect("authority");
+    let cast = custody::demo::Cast::load_or_create(authority, &sys.dir.path().join("keys")).expect("keys");
+    for (key, payload) in cast.worked_example() {
+        sys.accept(key, &payload).await;
+    }
+    sys.projection_caught_up().await;
+    sys
+}
+
 pub fn run_cli(nats: &str, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write as _;
     let mut cmd = Command::new(BIN);
