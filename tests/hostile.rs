@@ -1,0 +1,135 @@
+//! The hostile corpus (tests/hostile/corpus.json): envelopes and payloads a
+//! hostile or broken sender could send, each with the rejection code it must
+//! get. For each: that code, a message, the ledger head unchanged; and the
+//! service keeps serving afterwards.
+//!
+//! A case sends `raw` text, `raw_hex` bytes, `raw_repeat` ({text, times}), an
+//! `envelope` as given, or a `payload` / `payload_text` signed by `sign_as`,
+//! optionally with a `mutate` applied after signing. `$MINER`, `$TRADER`,
+//! ... stand for the world's keys; `$REPEAT_...` for generated long arrays.
+
+mod common;
+
+use std::collections::HashMap;
+
+use base64::Engine as _;
+use common::*;
+use custody_proto::Outcome;
+use nkeys::KeyPair;
+use serde_json::{json, Value};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+fn fill(text: &str, keys: &HashMap<&str, KeyPair>) -> String {
+    let mut out = text.to_owned();
+    // Longest names first, so that $TRADER does not eat $TRADER2.
+    let mut names: Vec<&&str> = keys.keys().collect();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    for name in names {
+        out = out.replace(&format!("${}", name.to_uppercase()), &keys[*name].public_key());
+    }
+    out.replace("$ACCOUNT", &KeyPair::new_account().public_key())
+}
+
+fn generated(v: &mut Value) {
+    match v {
+        Value::String(s) if s == "$REPEAT_PORTIONS_10000" => {
+            *v = Value::Array((0..10_000).map(|i| json!({"lot": format!("p{i}"), "carats": "0.01"})).collect());
+        }
+        Value::String(s) if s == "$REPEAT_LOTS_1001" => {
+            *v = Value::Array((0..1_001).map(|i| json!(format!("l{i}"))).collect());
+        }
+        Value::Object(m) => m.values_mut().for_each(generated),
+        Value::Array(a) => a.iter_mut().for_each(generated),
+        _ => {}
+    }
+}
+
+fn build(case: &Value, keys: &HashMap<&str, KeyPair>) -> Vec<u8> {
+    if let Some(raw) = case["raw"].as_str() {
+        return fill(raw, keys).into_bytes();
+    }
+    if let Some(hex) = case["raw_hex"].as_str() {
+        return hex.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
+    }
+    if let Some(r) = case.get("raw_repeat") {
+        return r["text"].as_str().unwrap().repeat(r["times"].as_u64().unwrap() as usize).into_bytes();
+    }
+    if let Some(env) = case.get("envelope") {
+        return fill(&env.to_string(), keys).into_bytes();
+    }
+    let payload = match (case.get("payload"), case["payload_text"].as_str()) {
+        (Some(p), _) => {
+            let mut p: Value = serde_json::from_str(&fill(&p.to_string(), keys)).unwrap();
+            generated(&mut p);
+            p.to_string()
+        }
+        (None, Some(t)) => fill(t, keys),
+        (None, None) => panic!("case {} sends nothing", case["name"]),
+    };
+    let signer = &keys[case["sign_as"].as_str().unwrap()];
+    let raw = custody_proto::envelope::sign(signer, payload.as_bytes()).unwrap();
+    let Some(mutate) = case["mutate"].as_str() else { return raw };
+    let mut env: Value = serde_json::from_slice(&raw).unwrap();
+    match mutate {
+        "duplicate_signature" => {
+            let s = env["signatures"][0].clone();
+            env["signatures"] = json!([s.clone(), s]);
+        }
+        "swap_payload" => env["payload"] = json!(B64.encode(payload.replace("\"1.00\"", "\"1000.00\""))),
+        "change_carats" => env["payload"] = json!(B64.encode(payload.replace("\"2.00\"", "\"3.00\""))),
+        other => panic!("unknown mutation {other}"),
+    }
+    serde_json::to_vec(&env).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_case_gets_its_code_and_changes_nothing() {
+    let sys = System::start().await;
+    let miner = sys.actor("miner", "miner", "RU").await;
+    let miner2 = sys.actor("miner2", "miner", "BW").await;
+    let trader = sys.actor("trader", "trader", "AE").await;
+    let trader2 = sys.actor("trader2", "trader", "AE").await;
+    let cutter = sys.actor("cutter", "manufacturer", "IN").await;
+    let m = &miner;
+    for (lot, ct) in [("A", "100.00"), ("B", "50.00"), ("SP", "10.00"), ("X", "20.00"), ("K", "30.00"), ("K2", "5.00")] {
+        sys.accept(m, &event(m, &format!("mine-{lot}"), "mined", json!({"lot": lot, "carats": ct, "country": "RU"}))).await;
+    }
+    sys.accept(m, &event(m, "split-sp", "split", json!({"lot": "SP", "into": [{"lot": "SP1", "carats": "10.00"}]}))).await;
+    sys.accept(m, &event(m, "export-x", "exported", json!({"lots": ["X"], "to": trader.public_key(), "to_country": "AE", "certificate": {"number": "RU-X-1", "value_usd": "1.00"}}))).await;
+    sys.accept(m, &event(m, "export-k", "exported", json!({"lots": ["K", "K2"], "to": cutter.public_key(), "to_country": "IN", "certificate": {"number": "RU-K-1", "value_usd": "1.00"}}))).await;
+    sys.accept(&cutter, &event(&cutter, "import-k", "imported", json!({"certificate": "RU-K-1"}))).await;
+    sys.accept(&cutter, &event(&cutter, "cut-k", "processed", json!({"lot": "K", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "P1", "carats": "12.00"}]}))).await;
+
+    let authority = KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap();
+    let keys: HashMap<&str, KeyPair> = HashMap::from([
+        ("miner", miner), ("miner2", miner2), ("trader", trader), ("trader2", trader2), ("cutter", cutter),
+        ("authority", authority), ("stranger", KeyPair::new_user()),
+    ]);
+    let corpus: Vec<Value> = serde_json::from_str(include_str!("hostile/corpus.json")).unwrap();
+    assert!(corpus.len() >= 60, "{} cases", corpus.len());
+    let codes: std::collections::HashSet<&str> = corpus.iter().map(|c| c["expect"].as_str().unwrap()).collect();
+    for code in custody_proto::Code::ALL {
+        assert!(codes.contains(code.as_str()), "the corpus has no case for {code}");
+    }
+
+    let before = sys.head().await;
+    let mut failures = Vec::new();
+    for case in &corpus {
+        let name = case["name"].as_str().unwrap();
+        let outcome = sys.submit_raw(build(case, &keys)).await;
+        match &outcome {
+            Outcome::Rejected(r) if r.code == case["expect"] && !r.message.is_empty() => {}
+            other => failures.push(format!("{name}: expected {}, got {other:?}", case["expect"])),
+        }
+        if sys.head().await != before {
+            failures.push(format!("{name}: the ledger changed"));
+            break;
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), corpus.len(), failures.join("\n"));
+
+    // Still serving: a valid event is receipted right after.
+    let r = sys.accept(&keys["miner"], &event(&keys["miner"], "after-hostile", "mined", json!({"lot": "AFTER", "carats": "1.00", "country": "RU"}))).await;
+    assert_eq!(r.seq, before.0 + 1);
+}
