@@ -27,10 +27,16 @@ pub async fn submit(client: &async_nats::Client, raw: Bytes) -> anyhow::Result<O
 
 /// [`submit`] on a subject the caller already knows (its own).
 pub async fn submit_to(client: &async_nats::Client, subject: String, raw: Bytes) -> anyhow::Result<Outcome> {
+    submit_patiently(client, subject, raw, Duration::from_secs(5)).await
+}
+
+/// [`submit_to`] waiting at most `attempt` for each answer before sending
+/// the same bytes again.
+pub async fn submit_patiently(client: &async_nats::Client, subject: String, raw: Bytes, attempt: Duration) -> anyhow::Result<Outcome> {
     let deadline = tokio::time::Instant::now() + SUBMIT_PATIENCE;
     let mut backoff = Duration::from_millis(20);
     loop {
-        let req = async_nats::Request::new().payload(raw.clone()).timeout(Some(Duration::from_secs(5)));
+        let req = async_nats::Request::new().payload(raw.clone()).timeout(Some(attempt));
         match client.send_request(subject.clone(), req).await {
             Ok(msg) => return serde_json::from_slice(&msg.payload).context("the ledger's answer is not an outcome"),
             Err(e) if tokio::time::Instant::now() < deadline => {
