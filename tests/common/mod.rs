@@ -133,12 +133,13 @@ impl System {
     pub async fn start_projection(&mut self) {
         let mut cmd = Command::new(BIN);
         die_with_parent(&mut cmd);
+        let log = std::fs::File::create(self.dir.path().join("projection.log")).expect("log file");
         cmd.args(["projection", "--nats", &self.nats.url, "--data"])
             .arg(self.projection_dir())
-            .env("CUSTODY_LOG", "warn")
+            .env("CUSTODY_LOG", "warn,custody_projection=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log);
         self.projection = Some(LedgerProcess { child: cmd.spawn().expect("custody projection starts") });
         for _ in 0..300 {
             if self.query(custody_ledger::subjects::QUERY_DIGEST, json!({})).await.is_some() {
@@ -190,7 +191,9 @@ impl System {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("projection did not catch up to seq {head}");
+        let log = std::fs::read_to_string(self.dir.path().join("projection.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        panic!("projection did not catch up to seq {head}; its log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
     }
 
     pub async fn origin(&self, lot: &str) -> Value {

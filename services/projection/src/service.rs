@@ -110,29 +110,66 @@ pub fn digest(state: &State) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// How applying a stream ended, short of a broken chain (which is an error).
+enum Flow {
+    /// Reached `until`.
+    Done,
+    /// The consumer or the connection went away (a NATS restart forgets
+    /// ephemeral consumers); reopen after the checkpoint and go on.
+    Interrupted(anyhow::Error),
+}
+
 async fn follow_stream(js: jetstream::Context, store: Store, state: Shared, until: Option<u64>) -> anyhow::Result<()> {
-    // The ledger creates the stream; wait for it.
-    let start = loop {
-        let next = state.read().map_err(|_| anyhow::anyhow!("state lock poisoned"))?.checkpoint.map_or(1, |c| c.0 + 1);
-        if until.is_some_and(|u| next > u) {
-            return Ok(());
-        }
-        match follow::from_seq(&js, next).await {
-            Ok((_, messages)) => break messages,
-            Err(e) => {
-                tracing::debug!(error = %e, "committed stream not there yet");
+    loop {
+        // (Re)open after the checkpoint; the ledger creates the stream, so
+        // wait for it, and for NATS to be back.
+        let messages = loop {
+            let next = state.read().map_err(|_| anyhow::anyhow!("state lock poisoned"))?.checkpoint.map_or(1, |c| c.0 + 1);
+            if until.is_some_and(|u| next > u) {
+                return Ok(());
+            }
+            match follow::from_seq(&js, next).await {
+                Ok((_, messages)) => break messages,
+                Err(e) => {
+                    tracing::debug!(error = %e, "committed stream not readable yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        match apply_stream(messages, &store, &state, until).await? {
+            Flow::Done => return Ok(()),
+            Flow::Interrupted(e) => {
+                tracing::warn!(error = %e, "the committed stream was interrupted; reopening after the checkpoint");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
-    };
-    let mut messages = start.ready_chunks(CHUNK);
+    }
+}
+
+/// Applies chunks as they arrive and saves each with its checkpoint. A
+/// broken chain is an error; a read failure or the stream ending is a
+/// [`Flow::Interrupted`], after what was read has been applied and saved.
+async fn apply_stream<E: std::error::Error + Send + Sync + 'static>(
+    messages: impl futures::Stream<Item = Result<jetstream::Message, E>>,
+    store: &Store,
+    state: &Shared,
+    until: Option<u64>,
+) -> anyhow::Result<Flow> {
+    let mut messages = std::pin::pin!(messages.ready_chunks(CHUNK));
     while let Some(chunk) = messages.next().await {
         let mut dirty = Dirty::default();
         let mut last = 0;
+        let mut interrupted = None;
         {
             let mut s = state.write().map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
             for msg in chunk {
-                let msg = msg.context("reading the committed stream")?;
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        interrupted = Some(anyhow::Error::new(e).context("reading the committed stream"));
+                        break;
+                    }
+                };
                 let entry = follow::entry_of(&msg).map_err(|why| anyhow::anyhow!("committed stream message unreadable: {why}"))?;
                 let stream_seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
                 if entry.seq != stream_seq {
@@ -143,11 +180,14 @@ async fn follow_stream(js: jetstream::Context, store: Store, state: Shared, unti
             }
             tokio::task::block_in_place(|| store.save(&s, &dirty))?;
         }
+        if let Some(e) = interrupted {
+            return Ok(Flow::Interrupted(e));
+        }
         if until.is_some_and(|u| last >= u) {
-            return Ok(());
+            return Ok(Flow::Done);
         }
     }
-    bail!("the committed stream ended")
+    Ok(Flow::Interrupted(anyhow::anyhow!("the committed stream ended")))
 }
 
 fn error(code: &str, message: impl Into<String>) -> Value {
