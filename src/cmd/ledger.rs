@@ -7,11 +7,20 @@ use custody_proto::ActorKey;
 #[derive(clap::Args)]
 pub struct Args {
     /// Folder of the ledger's store.
-    #[arg(long, default_value = "data/ledger")]
+    #[arg(long, global = true, default_value = "data/ledger")]
     data: PathBuf,
     /// Genesis authority: a public key (U...) or a seed file.
-    #[arg(long, env = "CUSTODY_AUTHORITY")]
-    authority: String,
+    #[arg(long, global = true, env = "CUSTODY_AUTHORITY")]
+    authority: Option<String>,
+    #[command(subcommand)]
+    action: Option<Action>,
+}
+
+#[derive(clap::Subcommand)]
+enum Action {
+    /// Rebuild a damaged or lost store from the committed stream,
+    /// re-verifying every entry; the old store is moved aside.
+    Recover,
 }
 
 /// The genesis authority from a public key or a key file.
@@ -24,7 +33,22 @@ pub fn authority(arg: &str) -> anyhow::Result<ActorKey> {
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
-    let config = custody_ledger::Config { nats_url: nats.to_owned(), data_dir: a.data, authority: authority(&a.authority)? };
-    custody_ledger::run(config, super::stop_signal()).await?;
+    let authority = authority(a.authority.as_deref().context("--authority (or CUSTODY_AUTHORITY) is needed")?)?;
+    match a.action {
+        None => {
+            let config = custody_ledger::Config { nats_url: nats.to_owned(), data_dir: a.data, authority };
+            custody_ledger::run(config, super::stop_signal()).await?;
+        }
+        Some(Action::Recover) => {
+            let client = custody::client::connect(nats).await?;
+            let js = async_nats::jetstream::new(client);
+            let (entries, moved) = custody_ledger::recover::recover(&js, &a.data, &authority).await?;
+            println!("{}", serde_json::json!({
+                "recovered": entries,
+                "store": a.data.display().to_string(),
+                "old_store_moved_to": moved.map(|p| p.display().to_string()),
+            }));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

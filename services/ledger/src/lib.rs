@@ -16,6 +16,7 @@ pub mod audit;
 pub mod follow;
 pub mod ledger;
 pub mod model;
+pub mod recover;
 pub mod service;
 pub mod store;
 pub mod subjects;
