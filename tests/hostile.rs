@@ -85,22 +85,7 @@ fn build(case: &Value, keys: &HashMap<&str, KeyPair>) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hostile_case_gets_its_code_and_changes_nothing() {
-    let sys = System::start().await;
-    let miner = sys.actor("miner", "miner", "RU").await;
-    let miner2 = sys.actor("miner2", "miner", "BW").await;
-    let trader = sys.actor("trader", "trader", "AE").await;
-    let trader2 = sys.actor("trader2", "trader", "AE").await;
-    let cutter = sys.actor("cutter", "manufacturer", "IN").await;
-    let m = &miner;
-    for (lot, ct) in [("A", "100.00"), ("B", "50.00"), ("SP", "10.00"), ("X", "20.00"), ("K", "30.00"), ("K2", "5.00")] {
-        sys.accept(m, &event(m, &format!("mine-{lot}"), "mined", json!({"lot": lot, "carats": ct, "country": "RU"}))).await;
-    }
-    sys.accept(m, &event(m, "split-sp", "split", json!({"lot": "SP", "into": [{"lot": "SP1", "carats": "10.00"}]}))).await;
-    sys.accept(m, &event(m, "export-x", "exported", json!({"lots": ["X"], "to": trader.public_key(), "to_country": "AE", "certificate": {"number": "RU-X-1", "value_usd": "1.00"}}))).await;
-    sys.accept(m, &event(m, "export-k", "exported", json!({"lots": ["K", "K2"], "to": cutter.public_key(), "to_country": "IN", "certificate": {"number": "RU-K-1", "value_usd": "1.00"}}))).await;
-    sys.accept(&cutter, &event(&cutter, "import-k", "imported", json!({"certificate": "RU-K-1"}))).await;
-    sys.accept(&cutter, &event(&cutter, "cut-k", "processed", json!({"lot": "K", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "P1", "carats": "12.00"}]}))).await;
-
+    let RefusalWorld { sys, miner_ru: miner, miner_bw: miner2, trader, trader2, cutter } = refusal_world().await;
     let authority = KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap();
     let keys: HashMap<&str, KeyPair> = HashMap::from([
         ("miner", miner), ("miner2", miner2), ("trader", trader), ("trader2", trader2), ("cutter", cutter),

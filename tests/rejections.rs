@@ -12,36 +12,6 @@ use serde_json::{json, Value};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// A world with lots in every state a rule can refuse.
-struct World {
-    sys: System,
-    miner_ru: KeyPair,
-    miner_bw: KeyPair,
-    trader: KeyPair,
-    trader2: KeyPair,
-    cutter: KeyPair,
-}
-
-async fn world() -> World {
-    let sys = System::start().await;
-    let miner_ru = sys.actor("miner-ru", "miner", "RU").await;
-    let miner_bw = sys.actor("miner-bw", "miner", "BW").await;
-    let trader = sys.actor("trader", "trader", "AE").await;
-    let trader2 = sys.actor("trader2", "trader", "AE").await;
-    let cutter = sys.actor("cutter", "manufacturer", "IN").await;
-    let m = &miner_ru;
-    for (lot, ct) in [("A", "100.00"), ("B", "50.00"), ("SP", "10.00"), ("X", "20.00"), ("K", "30.00"), ("K2", "5.00")] {
-        sys.accept(m, &event(m, &format!("mine-{lot}"), "mined", json!({"lot": lot, "carats": ct, "country": "RU"}))).await;
-    }
-    sys.accept(m, &event(m, "split-sp", "split", json!({"lot": "SP", "into": [{"lot": "SP1", "carats": "4.00"}, {"lot": "SP2", "carats": "6.00"}]}))).await;
-    let cert = |n: &str| json!({"number": n, "value_usd": "1000.00"});
-    sys.accept(m, &event(m, "export-x", "exported", json!({"lots": ["X"], "to": trader.public_key(), "to_country": "AE", "certificate": cert("RU-X-1")}))).await;
-    sys.accept(m, &event(m, "export-k", "exported", json!({"lots": ["K", "K2"], "to": cutter.public_key(), "to_country": "IN", "certificate": cert("RU-K-1")}))).await;
-    sys.accept(&cutter, &event(&cutter, "import-k", "imported", json!({"certificate": "RU-K-1"}))).await;
-    sys.accept(&cutter, &event(&cutter, "cut-k", "processed", json!({"lot": "K", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "P1", "carats": "12.00"}]}))).await;
-    World { sys, miner_ru, miner_bw, trader, trader2, cutter }
-}
-
 fn mined(k: &KeyPair, id: &str, carats: &str) -> Value {
     event(k, id, "mined", json!({"lot": format!("new-{id}"), "carats": carats, "country": "RU"}))
 }
@@ -55,7 +25,7 @@ fn tamper(raw: Vec<u8>, f: impl Fn(&mut Value)) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rejection_has_its_code_and_changes_nothing() {
-    let w = world().await;
+    let w = refusal_world().await;
     let (m, m2, t, t2, c) = (&w.miner_ru, &w.miner_bw, &w.trader, &w.trader2, &w.cutter);
     let stranger = KeyPair::new_user();
     let cert = |n: &str| json!({"number": n, "value_usd": "1.00"});

@@ -253,6 +253,40 @@ impl System {
     }
 }
 
+/// A ledger with lots in every state a custody rule can refuse: miners in RU
+/// and BW, two traders in AE, a cutter in IN. The RU miner holds `A` 100 ct
+/// and `B` 50 ct; `SP` is consumed (split into `SP1`, `SP2`); `X` is in
+/// transit to the trader under `RU-X-1`; the cutter holds rough `K2` 5 ct
+/// and polished `P1` 12 ct (cut from `K`). The event id `mine-A` is used.
+pub struct RefusalWorld {
+    pub sys: System,
+    pub miner_ru: KeyPair,
+    pub miner_bw: KeyPair,
+    pub trader: KeyPair,
+    pub trader2: KeyPair,
+    pub cutter: KeyPair,
+}
+
+pub async fn refusal_world() -> RefusalWorld {
+    let sys = System::start().await;
+    let miner_ru = sys.actor("miner-ru", "miner", "RU").await;
+    let miner_bw = sys.actor("miner-bw", "miner", "BW").await;
+    let trader = sys.actor("trader", "trader", "AE").await;
+    let trader2 = sys.actor("trader2", "trader", "AE").await;
+    let cutter = sys.actor("cutter", "manufacturer", "IN").await;
+    let m = &miner_ru;
+    for (lot, ct) in [("A", "100.00"), ("B", "50.00"), ("SP", "10.00"), ("X", "20.00"), ("K", "30.00"), ("K2", "5.00")] {
+        sys.accept(m, &event(m, &format!("mine-{lot}"), "mined", json!({"lot": lot, "carats": ct, "country": "RU"}))).await;
+    }
+    sys.accept(m, &event(m, "split-sp", "split", json!({"lot": "SP", "into": [{"lot": "SP1", "carats": "4.00"}, {"lot": "SP2", "carats": "6.00"}]}))).await;
+    let cert = |n: &str| json!({"number": n, "value_usd": "1000.00"});
+    sys.accept(m, &event(m, "export-x", "exported", json!({"lots": ["X"], "to": trader.public_key(), "to_country": "AE", "certificate": cert("RU-X-1")}))).await;
+    sys.accept(m, &event(m, "export-k", "exported", json!({"lots": ["K", "K2"], "to": cutter.public_key(), "to_country": "IN", "certificate": cert("RU-K-1")}))).await;
+    sys.accept(&cutter, &event(&cutter, "import-k", "imported", json!({"certificate": "RU-K-1"}))).await;
+    sys.accept(&cutter, &event(&cutter, "cut-k", "processed", json!({"lot": "K", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "P1", "carats": "12.00"}]}))).await;
+    RefusalWorld { sys, miner_ru, miner_bw, trader, trader2, cutter }
+}
+
 /// NATS, a ledger and a projection holding DOMAIN.md's worked example.
 pub async fn worked_example() -> System {
     let mut sys = System::start().await;
