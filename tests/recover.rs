@@ -12,11 +12,22 @@ use common::*;
 use custody_ledger::subjects;
 use serde_json::json;
 
+/// 300 events, and the committed stream caught up with them (a receipt
+/// can leave before its entry is published).
 async fn history(sys: &System) {
     let m = sys.actor("rec-miner", "miner", "BW").await;
     for i in 0..300 {
         sys.accept(&m, &event(&m, &format!("rec-{i}"), "mined", json!({"lot": format!("REC{i}"), "carats": "3.00", "country": "BW"}))).await;
     }
+    let head = sys.head().await.0;
+    let js = jetstream::new(sys.client.clone());
+    for _ in 0..200 {
+        if js.get_stream(subjects::LEDGER_STREAM).await.unwrap().get_info().await.unwrap().state.last_sequence == head {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the committed stream did not reach {head}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
