@@ -83,7 +83,7 @@ impl Ledger {
             let event = Event::parse(&opened.payload, entry.recorded_at).map_err(|r| replay_err(r.to_string()))?;
             model.check(&event).map_err(|r| replay_err(r.to_string()))?;
             model.apply(&event);
-            model.remember(event.id.clone(), &opened.payload, receipt(&event, &entry));
+            model.remember(event.id.clone(), blake3::hash(&opened.payload), receipt(&event, &entry));
             head = Some((entry.seq, entry.hash));
         }
         if head != store.head()? {
@@ -116,7 +116,8 @@ impl Ledger {
             };
             let span = tracing::debug_span!("envelope", id = %event.id, kind = event.body.kind());
             let _guard = span.enter();
-            if let Some(seen) = self.model.replay(&event.id, &opened.payload) {
+            let digest = blake3::hash(&opened.payload);
+            if let Some(seen) = self.model.replay(&event.id, &digest) {
                 outcomes.push(seen.map_or_else(|r| refusal(Some(event.id.to_string()), r), Outcome::Receipt));
                 continue;
             }
@@ -126,11 +127,13 @@ impl Ledger {
                 continue;
             }
             self.model.apply(&event);
-            let now = Timestamp::now().max(entries.last().map_or_else(Timestamp::now, |e: &Entry| e.recorded_at));
+            // recorded_at never goes backwards within a batch.
+            let now = Timestamp::now();
+            let now = entries.last().map_or(now, |e: &Entry| now.max(e.recorded_at));
             let entry = Entry::next(self.head, now, opened.raw);
             self.head = Some((entry.seq, entry.hash));
             let r = receipt(&event, &entry);
-            self.model.remember(event.id.clone(), &opened.payload, r.clone());
+            self.model.remember(event.id.clone(), digest, r.clone());
             outcomes.push(Outcome::Receipt(r));
             entries.push(entry);
         }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use custody_proto::event::Certificate;
 use custody_proto::{
-    ActorKey, Body, Carats, Code, Country, DeclaredOrigin, Event, EventId, LotId, LotState, Receipt, Rejection, Role,
+    ActorKey, Body, Carats, Code, Country, Event, EventId, LotId, LotState, Receipt, Rejection, Role,
 };
 
 /// A registered organisation.
@@ -76,11 +76,12 @@ impl Model {
         self.lots.len()
     }
 
-    /// If this event id was seen: its receipt when the payload is the same,
-    /// `id_conflict` when it differs. `None` for a new id.
-    pub fn replay(&self, id: &EventId, payload: &[u8]) -> Option<Result<Receipt, Rejection>> {
+    /// If this event id was seen: its receipt when the payload (by its
+    /// blake3 `digest`) is the same, `id_conflict` when it differs. `None`
+    /// for a new id.
+    pub fn replay(&self, id: &EventId, digest: &blake3::Hash) -> Option<Result<Receipt, Rejection>> {
         let seen = self.ids.get(id)?;
-        if seen.payload == blake3::hash(payload) {
+        if seen.payload == *digest {
             Some(Ok(seen.receipt.clone()))
         } else {
             Some(Err(reject(Code::IdConflict, format!("event id {id} was already used for a different event (seq {})", seen.receipt.seq))))
@@ -88,8 +89,8 @@ impl Model {
     }
 
     /// Binds an id to its receipt once the entry is built.
-    pub fn remember(&mut self, id: EventId, payload: &[u8], receipt: Receipt) {
-        self.ids.insert(id, Seen { payload: blake3::hash(payload), receipt });
+    pub fn remember(&mut self, id: EventId, digest: blake3::Hash, receipt: Receipt) {
+        self.ids.insert(id, Seen { payload: digest, receipt });
     }
 
     /// Checks every custody rule for `event`, signed by `event.actor`.
@@ -214,8 +215,8 @@ impl Model {
                 self.actors.insert(subject.clone(), Actor { roles: roles.clone(), country: Some(*country) });
             }
             Body::Mined { lot, carats, country, .. } => self.create(lot, *carats, LotState::Rough, signer, *country),
-            Body::Declared { lot, carats, state, origin, .. } => {
-                let _: &DeclaredOrigin = origin; // origin matters to projections only
+            // The claimed origin matters to projections only.
+            Body::Declared { lot, carats, state, .. } => {
                 let country = self.actors.get(signer).and_then(|a| a.country);
                 if let Some(country) = country {
                     self.create(lot, *carats, *state, signer, country);
