@@ -12,10 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use bytes::Bytes;
 use common::*;
-use custody_ledger::{subjects, Store};
+use custody_ledger::Store;
 use custody_proto::{Event, Opened, Outcome, Receipt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
@@ -102,16 +101,7 @@ async fn kill_9_under_load_loses_and_duplicates_nothing() {
     assert_eq!(head.0, registrations + receipts.len() as u64, "every event exactly once: no loss, no duplicate");
 
     // The committed stream catches up: same length and head as the store.
-    let js = jetstream::new(sys.client.clone());
-    let mut stream_last = 0;
-    for _ in 0..200 {
-        stream_last = js.get_stream(subjects::LEDGER_STREAM).await.unwrap().get_info().await.unwrap().state.last_sequence;
-        if stream_last == head.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(stream_last, head.0, "committed stream holds every entry");
+    assert_eq!(sys.stream_caught_up().await, head.0, "committed stream holds every entry");
     let out = sys.custody(&["verify", "--json"], None);
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert!(out.status.success(), "stream verify: {v}");

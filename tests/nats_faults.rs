@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream;
 use bytes::Bytes;
 use common::*;
 use custody_ledger::{subjects, Store};
@@ -72,20 +71,7 @@ async fn nats_killed_and_restarted_mid_burst() {
     assert_eq!(head.0, 4 + 6_000, "every event once");
 
     // The stream is refilled to the store's head, and verifies.
-    let js = jetstream::new(sys.client.clone());
-    let mut last = 0;
-    for _ in 0..400 {
-        if let Ok(mut s) = js.get_stream(subjects::LEDGER_STREAM).await {
-            if let Ok(info) = s.info().await {
-                last = info.state.last_sequence;
-                if last == head.0 {
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(last, head.0, "the committed stream holds every entry again");
+    assert_eq!(sys.stream_caught_up().await, head.0, "the committed stream holds every entry again");
     let out = sys.custody(&["verify", "--json"], None);
     assert!(out.status.success(), "{}", stdout(&out));
 

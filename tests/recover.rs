@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
 
 use async_nats::jetstream;
 use common::*;
@@ -19,15 +18,7 @@ async fn history(sys: &System) {
     for i in 0..300 {
         sys.accept(&m, &event(&m, &format!("rec-{i}"), "mined", json!({"lot": format!("REC{i}"), "carats": "3.00", "country": "BW"}))).await;
     }
-    let head = sys.head().await.0;
-    let js = jetstream::new(sys.client.clone());
-    for _ in 0..200 {
-        if js.get_stream(subjects::LEDGER_STREAM).await.unwrap().get_info().await.unwrap().state.last_sequence == head {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the committed stream did not reach {head}");
+    sys.stream_caught_up().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,15 +69,7 @@ async fn a_lost_committed_stream_is_refilled_from_the_store() {
     js.delete_stream(subjects::LEDGER_STREAM).await.unwrap();
 
     sys.start_ledger().await;
-    let mut last = 0;
-    for _ in 0..200 {
-        last = js.get_stream(subjects::LEDGER_STREAM).await.unwrap().get_info().await.unwrap().state.last_sequence;
-        if last == head.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(last, head.0);
+    assert_eq!(sys.stream_caught_up().await, head.0, "the stream is refilled from the store");
     let out = sys.custody(&["verify", "--json"], None);
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(v["ok"], true, "{v}");

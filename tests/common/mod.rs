@@ -3,7 +3,7 @@
 //! folder, killed when the test ends, pass or fail.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
@@ -15,12 +15,12 @@ use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_custody");
 
-/// A ledger process; killed on drop.
-pub struct LedgerProcess {
+/// A service process (ledger, projection, gateway); killed on drop.
+pub struct ServiceProcess {
     child: Child,
 }
 
-impl LedgerProcess {
+impl ServiceProcess {
     pub fn child_mut(&mut self) -> &mut Child {
         &mut self.child
     }
@@ -31,7 +31,7 @@ impl LedgerProcess {
     }
 }
 
-impl Drop for LedgerProcess {
+impl Drop for ServiceProcess {
     fn drop(&mut self) {
         self.kill9();
     }
@@ -41,9 +41,9 @@ impl Drop for LedgerProcess {
 pub struct System {
     pub dir: tempfile::TempDir,
     pub nats: NatsServer,
-    pub ledger: Option<LedgerProcess>,
-    pub projection: Option<LedgerProcess>,
-    pub gateway: Option<LedgerProcess>,
+    pub ledger: Option<ServiceProcess>,
+    pub projection: Option<ServiceProcess>,
+    pub gateway: Option<ServiceProcess>,
     pub authority: KeyPair,
     pub client: async_nats::Client,
 }
@@ -77,7 +77,7 @@ impl System {
     /// Starts the ledger and waits until it answers.
     pub async fn start_ledger(&mut self) {
         let child = self.spawn_ledger();
-        self.ledger = Some(LedgerProcess { child });
+        self.ledger = Some(ServiceProcess { child });
         for _ in 0..300 {
             if self.try_head().await.is_some() {
                 return;
@@ -107,7 +107,7 @@ impl System {
     /// Starts a ledger and returns its head once it serves (then kills
     /// it), or what it printed if it exits instead.
     pub async fn ledger_start_or_refusal(&self) -> Result<(u64, Option<String>), String> {
-        let mut ledger = LedgerProcess { child: self.spawn_ledger() };
+        let mut ledger = ServiceProcess { child: self.spawn_ledger() };
         for _ in 0..300 {
             if let Some(h) = self.try_head().await {
                 return Ok(h);
@@ -140,7 +140,7 @@ impl System {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        self.projection = Some(LedgerProcess { child: cmd.spawn().expect("custody projection starts") });
+        self.projection = Some(ServiceProcess { child: cmd.spawn().expect("custody projection starts") });
         for _ in 0..300 {
             if self.query(custody_ledger::subjects::QUERY_DIGEST, json!({})).await.is_some() {
                 return;
@@ -163,7 +163,7 @@ impl System {
         let mut child = cmd.spawn().expect("custody gateway starts");
         let mut line = String::new();
         std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("gateway prints its address");
-        self.gateway = Some(LedgerProcess { child });
+        self.gateway = Some(ServiceProcess { child });
         line.trim().strip_prefix("listening on ").expect("listening on URL").to_owned()
     }
 
@@ -194,6 +194,27 @@ impl System {
         let log = std::fs::read_to_string(self.dir.path().join("projection.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         panic!("projection did not catch up to seq {head}; its log ends:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+
+    /// Waits until the committed stream holds as many entries as the
+    /// ledger's head (a receipt can leave before its entry is published,
+    /// and a restarted NATS may have lost a tail the ledger refills).
+    pub async fn stream_caught_up(&self) -> u64 {
+        let head = self.head().await.0;
+        let js = async_nats::jetstream::new(self.client.clone());
+        let mut last = 0;
+        for _ in 0..400 {
+            if let Ok(mut s) = js.get_stream(custody_ledger::subjects::LEDGER_STREAM).await {
+                if let Ok(info) = s.info().await {
+                    last = info.state.last_sequence;
+                    if last == head {
+                        return last;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the committed stream holds {last} entries, the ledger {head}");
     }
 
     pub async fn origin(&self, lot: &str) -> Value {
@@ -343,6 +364,3 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-pub fn exists(p: &Path) -> bool {
-    p.exists()
-}
