@@ -130,18 +130,14 @@ async fn a_foreign_entry_on_the_stream_halts_the_projection_and_the_ledger() {
     let status = tokio::task::spawn_blocking(move || {
         for _ in 0..200 {
             if let Ok(Some(s)) = ledger.child_mut().try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = ledger.child_mut().stderr.take() {
-                    use std::io::Read as _;
-                    let _ = e.read_to_string(&mut err);
-                }
-                return Some((s, err));
+                return Some(s);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
         None
     }).await.unwrap();
-    let (status, err) = status.expect("the ledger stops");
+    let status = status.expect("the ledger stops");
+    let err = sys.ledger_log();
     assert!(!status.success());
     assert!(err.contains("something other than this ledger wrote"), "{err}");
     // And it refuses to start again on the disagreeing stream.

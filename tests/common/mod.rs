@@ -62,16 +62,27 @@ impl System {
         self.dir.path().join("ledger")
     }
 
+    /// What the running (or last) ledger wrote on stderr.
+    pub fn ledger_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ledger.log")).unwrap_or_default()
+    }
+
+    /// A ledger whose stderr goes to `ledger.log` (a pipe nobody reads
+    /// would fill up and stall it).
     fn spawn_ledger(&self) -> Child {
+        let log = std::fs::File::create(self.dir.path().join("ledger.log")).expect("log file");
+        self.ledger_command().stderr(log).spawn().expect("custody ledger starts")
+    }
+
+    fn ledger_command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         die_with_parent(&mut cmd);
         cmd.args(["ledger", "--nats", &self.nats.url, "--authority", &self.authority.public_key(), "--data"])
             .arg(self.ledger_dir())
             .env("CUSTODY_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        cmd.spawn().expect("custody ledger starts")
+            .stdout(Stdio::null());
+        cmd
     }
 
     /// Starts the ledger and waits until it answers.
@@ -84,12 +95,7 @@ impl System {
             }
             if let Some(l) = self.ledger.as_mut() {
                 if let Ok(Some(status)) = l.child.try_wait() {
-                    let mut err = String::new();
-                    if let Some(mut e) = l.child.stderr.take() {
-                        use std::io::Read as _;
-                        let _ = e.read_to_string(&mut err);
-                    }
-                    panic!("ledger exited with {status}: {err}");
+                    panic!("ledger exited with {status}: {}", self.ledger_log());
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -100,7 +106,7 @@ impl System {
     /// Runs the ledger to completion, expecting it to refuse to start;
     /// returns its exit code and what it printed.
     pub fn ledger_refusal(&self) -> (Option<i32>, String) {
-        let out = self.spawn_ledger().wait_with_output().expect("ledger runs");
+        let out = self.ledger_command().stderr(Stdio::piped()).output().expect("ledger runs");
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
@@ -113,12 +119,7 @@ impl System {
                 return Ok(h);
             }
             if let Ok(Some(_)) = ledger.child.try_wait() {
-                let mut err = String::new();
-                if let Some(mut e) = ledger.child.stderr.take() {
-                    use std::io::Read as _;
-                    let _ = e.read_to_string(&mut err);
-                }
-                return Err(err);
+                return Err(self.ledger_log());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

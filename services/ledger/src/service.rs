@@ -348,15 +348,19 @@ async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut r
                 }
             }
         }
-        for (msg, ack) in durable {
-            // Ack the submission only once its outcome is stored; a crash in
-            // between redelivers it, and idempotency answers the same.
+        // Ack each submission only once its outcome is stored; a crash in
+        // between redelivers it, and idempotency answers the same. The
+        // acks are awaited together: after a NATS restart every one of them
+        // may be lost, and awaiting them in turn would stall the pipeline
+        // for one timeout per message.
+        futures::future::join_all(durable.into_iter().map(|(msg, ack)| async move {
             if ack.await.is_ok() {
                 if let Err(e) = msg.ack().await {
                     tracing::warn!(error = %e, "cannot ack an inbox message");
                 }
             }
-        }
+        }))
+        .await;
     }
     Ok(())
 }
