@@ -51,7 +51,7 @@ struct Seen {
 }
 
 /// The state every custody rule is checked against.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Model {
     actors: HashMap<ActorKey, Actor>,
     lots: HashMap<LotId, Lot>,
@@ -74,6 +74,12 @@ impl Model {
 
     pub fn lot_count(&self) -> usize {
         self.lots.len()
+    }
+
+    /// Hundredths of a carat in lots not yet consumed (held or in transit):
+    /// only `mined` and `declared` may raise it.
+    pub fn live_hundredths(&self) -> u64 {
+        self.lots.values().filter(|l| l.status != Status::Consumed).map(|l| l.carats.hundredths()).sum()
     }
 
     /// If this event id was seen: its receipt when the payload (by its
