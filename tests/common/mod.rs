@@ -130,18 +130,45 @@ impl System {
         self.dir.path().join("projection")
     }
 
-    /// Starts a projection process and waits until it answers.
-    pub async fn start_projection(&mut self) {
+    /// Spawns a projection process with extra environment (a crash point,
+    /// say) without waiting for it; its stderr goes to `projection.log`.
+    pub fn spawn_projection(&mut self, env: &[(&str, &str)]) {
         let mut cmd = Command::new(BIN);
         die_with_parent(&mut cmd);
         let log = std::fs::File::create(self.dir.path().join("projection.log")).expect("log file");
         cmd.args(["projection", "--nats", &self.nats.url, "--data"])
             .arg(self.projection_dir())
             .env("CUSTODY_LOG", "warn,custody_projection=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
         self.projection = Some(ServiceProcess { child: cmd.spawn().expect("custody projection starts") });
+    }
+
+    pub fn projection_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("projection.log")).unwrap_or_default()
+    }
+
+    /// Waits up to a minute for the projection process to exit.
+    pub async fn projection_exit(&mut self) -> std::process::ExitStatus {
+        let mut p = self.projection.take().expect("a projection process");
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..1_200 {
+                if let Ok(Some(s)) = p.child_mut().try_wait() {
+                    return s;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            panic!("the projection did not exit");
+        })
+        .await
+        .expect("waiting")
+    }
+
+    /// Starts a projection process and waits until it answers.
+    pub async fn start_projection(&mut self) {
+        self.spawn_projection(&[]);
         for _ in 0..300 {
             if self.query(custody_ledger::subjects::QUERY_DIGEST, json!({})).await.is_some() {
                 return;

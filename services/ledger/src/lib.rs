@@ -9,10 +9,12 @@
 //! - [`model`]: the write model and custody rules (pure).
 //! - [`ledger`]: open/replay, admit a batch, commit it.
 //! - [`service`]: the NATS pipeline around it.
+//! - [`crashpoint`]: exact crash places for tests (`CUSTODY_CRASH`).
 //! - [`follow`], [`audit`]: reading and checking the committed stream (or a
 //!   stopped store) from seq 1.
 
 pub mod audit;
+pub mod crashpoint;
 pub mod follow;
 pub mod ledger;
 pub mod model;

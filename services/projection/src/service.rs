@@ -177,8 +177,10 @@ async fn apply_stream<E: std::error::Error + Send + Sync + 'static>(
                 }
                 s.apply(&entry, &mut dirty).with_context(|| "halting: the committed stream breaks the chain")?;
                 last = entry.seq;
+                custody_ledger::crashpoint::reached("projection.apply");
             }
             tokio::task::block_in_place(|| store.save(&s, &dirty))?;
+            custody_ledger::crashpoint::reached("projection.saved");
         }
         if let Some(e) = interrupted {
             return Ok(Flow::Interrupted(e));
