@@ -15,7 +15,8 @@ fn entry_key(seq: u64) -> Vec<u8> {
     k
 }
 
-/// A system with a few dozen entries, then the ledger stopped.
+/// A system with a few dozen entries, all published on the committed
+/// stream, then the ledger stopped.
 async fn stopped_system() -> (System, (u64, Option<String>)) {
     let mut sys = System::start().await;
     let m = sys.actor("m", "miner", "BW").await;
@@ -23,6 +24,7 @@ async fn stopped_system() -> (System, (u64, Option<String>)) {
         sys.accept(&m, &event(&m, &format!("t-{i}"), "mined", json!({"lot": format!("T{i}"), "carats": "5.00", "country": "BW"}))).await;
     }
     let head = sys.head().await;
+    sys.stream_caught_up().await;
     sys.kill_ledger();
     (sys, head)
 }
@@ -108,7 +110,7 @@ async fn flipped_bytes_in_sled_files_are_never_served() {
     assert!(used > 0 && used <= db_len);
 
     let mut rng = Lcg(0xC057_0D1E);
-    let (mut refused, mut intact) = (0, 0);
+    let (mut refused, mut intact, mut recovered) = (0, 0, 0);
     for trial in 0..24 {
         let _ = std::fs::remove_dir_all(sys.ledger_dir());
         copy_dir(&pristine, &sys.ledger_dir());
@@ -146,9 +148,22 @@ async fn flipped_bytes_in_sled_files_are_never_served() {
         // The ledger either refuses to start or serves exactly the original.
         match sys.ledger_start_or_refusal().await {
             Ok(h) => assert_eq!(h, head, "trial {trial} at {at:?}: the ledger served another history"),
-            Err(message) => assert!(message.contains("custody:"), "trial {trial}: refused without a clear error: {message:?}"),
+            Err(message) => {
+                assert!(message.contains("custody:"), "trial {trial}: refused without a clear error: {message:?}");
+                eprintln!("trial {trial}: {}", message.lines().last().unwrap_or(""));
+                // Recovery from the committed stream gives back the very
+                // history, and the ledger serves it again.
+                let out = sys.custody(&["ledger", "recover", "--data", sys.ledger_dir().to_str().unwrap(), "--authority", &sys.authority.public_key()], None);
+                assert!(out.status.success(), "trial {trial}: recover failed: {}", String::from_utf8_lossy(&out.stderr));
+                let (code, v) = verify_data(&sys, &sys.ledger_dir());
+                assert_eq!(code, Some(0), "trial {trial}: the recovered store verifies: {v}");
+                assert_eq!(v["head"].as_str(), head.1.as_deref(), "trial {trial}");
+                assert_eq!(sys.ledger_start_or_refusal().await, Ok(head.clone()), "trial {trial}: the recovered ledger serves the original");
+                recovered += 1;
+            }
         }
     }
-    eprintln!("byte flips: {refused} refused, {intact} harmless");
+    eprintln!("byte flips: {refused} refused, {intact} harmless, {recovered} recovered from the stream");
+    assert_eq!(recovered, refused, "every refused store was recovered");
     assert!(refused > 0, "no flip was ever detected: the test did not reach sled's data");
 }

@@ -22,7 +22,12 @@ pub async fn recover(js: &jetstream::Context, dir: &Path, authority: &ActorKey) 
     let stream = js.get_stream(subjects::LEDGER_STREAM).await.context("no committed stream to recover from")?;
     let last = stream.get_info().await?.state.last_sequence;
     let moved = if dir.exists() {
-        let aside = dir.with_extension(format!("damaged-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")));
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S").to_string();
+        // Never onto an earlier aside (two recoveries in one second).
+        let aside = (1..)
+            .map(|n: u32| dir.with_extension(if n == 1 { format!("damaged-{stamp}") } else { format!("damaged-{stamp}-{n}") }))
+            .find(|p| !p.exists())
+            .context("no free name to move the old store aside to")?;
         std::fs::rename(dir, &aside).with_context(|| format!("cannot move the old store aside to {}", aside.display()))?;
         Some(aside)
     } else {
