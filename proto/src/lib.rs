@@ -8,15 +8,20 @@
 //! - [`event`]: the event kinds and their stateless checks.
 //! - [`envelope`]: DSSE, PAE, signing and (batch) verification.
 //! - [`entry`]: ledger entries, the blake3 chain, receipts.
+//! - [`checkpoint`]: the ledger's signed statement of a tree size and root.
+//! - [`merkle`]: the RFC 9162 tree over entries, inclusion and consistency proofs.
 //! - [`rejection`]: the stable rejection codes.
 
+pub mod checkpoint;
 pub mod entry;
 pub mod envelope;
 pub mod event;
 pub mod ids;
+pub mod merkle;
 pub mod rejection;
 pub mod units;
 
+pub use checkpoint::Checkpoint;
 pub use entry::{ChainError, Entry, Hash, Outcome, Receipt, Refusal};
 pub use envelope::{Envelope, KeyCache, Opened, MAX_ENVELOPE_BYTES, PAYLOAD_TYPE};
 pub use event::{Body, DeclaredOrigin, Event, LotState, Process, Role};
