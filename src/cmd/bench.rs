@@ -67,11 +67,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let tmp = tempfile_dir()?;
     let nats = NatsServer::start(&tmp.join("nats"))?;
     let authority = nkeys::KeyPair::new_user();
-    let config = custody_ledger::Config {
-        nats_url: nats.url.clone(),
-        data_dir: tmp.join("ledger"),
-        authority: authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?,
-    };
+    let config = custody_ledger::Config::new(
+        nats.url.clone(),
+        tmp.join("ledger"),
+        authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?,
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ledger = tokio::spawn(custody_ledger::run(config, async move {
         let _ = stop_rx.await;

@@ -12,6 +12,9 @@ pub struct Args {
     /// Genesis authority: a public key (U...) or a seed file.
     #[arg(long, global = true, env = "CUSTODY_AUTHORITY")]
     authority: Option<String>,
+    /// Seconds between signed checkpoints while entries arrive.
+    #[arg(long, default_value_t = 10.0)]
+    checkpoint_every: f64,
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -21,6 +24,9 @@ enum Action {
     /// Rebuild a damaged or lost store from the committed stream,
     /// re-verifying every entry; the old store is moved aside.
     Recover,
+    /// Print the ledger's public key (N...), which signs its checkpoints;
+    /// created in the data folder on first use. Give it to auditors.
+    Key,
 }
 
 /// The genesis authority from a public key or a key file.
@@ -33,12 +39,19 @@ pub fn authority(arg: &str) -> anyhow::Result<ActorKey> {
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
+    if let Some(Action::Key) = a.action {
+        println!("{}", custody_ledger::notary::load_or_create_key(&a.data)?.public_key());
+        return Ok(ExitCode::SUCCESS);
+    }
     let authority = authority(a.authority.as_deref().context("--authority (or CUSTODY_AUTHORITY) is needed")?)?;
     match a.action {
         None => {
-            let config = custody_ledger::Config { nats_url: nats.to_owned(), data_dir: a.data, authority };
+            let mut config = custody_ledger::Config::new(nats, a.data, authority);
+            anyhow::ensure!(a.checkpoint_every > 0.0 && a.checkpoint_every.is_finite(), "--checkpoint-every must be a positive number of seconds");
+            config.checkpoint_every = std::time::Duration::from_secs_f64(a.checkpoint_every);
             custody_ledger::run(config, super::stop_signal()).await?;
         }
+        Some(Action::Key) => {}
         Some(Action::Recover) => {
             let client = custody::client::connect(nats).await?;
             let js = async_nats::jetstream::new(client);

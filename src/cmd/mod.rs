@@ -9,6 +9,7 @@ mod projection;
 mod query;
 mod simulate;
 mod submit;
+mod transparency;
 mod up;
 mod verify;
 
@@ -53,6 +54,12 @@ enum Command {
     Up(up::Args),
     /// Measure throughput against a baseline taken in the same run.
     Bench(bench::Args),
+    /// Fetch the ledger's latest signed checkpoint (tree size and root).
+    Checkpoint(transparency::CheckpointArgs),
+    /// Prove an entry is in the ledger, checked against a signed checkpoint.
+    Prove(transparency::ProveArgs),
+    /// Audit the ledger from outside: every entry, tree root and checkpoint.
+    Audit(transparency::AuditArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -69,6 +76,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(a) => simulate::run(&cli.nats, a).await,
         Command::Up(a) => up::run(a).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::Checkpoint(a) => transparency::checkpoint(&cli.nats, a).await,
+        Command::Prove(a) => transparency::prove(&cli.nats, a).await,
+        Command::Audit(a) => transparency::audit(&cli.nats, a).await,
     }
 }
 

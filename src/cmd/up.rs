@@ -43,11 +43,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     println!("NATS listening on {}", nats.url);
     println!("genesis authority {} (key file {})", authority.public_key(), authority_path.display());
 
-    let config = custody_ledger::Config {
-        nats_url: nats.url.clone(),
-        data_dir: a.data.join("ledger"),
-        authority: authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?,
-    };
+    let config = custody_ledger::Config::new(
+        nats.url.clone(),
+        a.data.join("ledger"),
+        authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?,
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut ledger = tokio::spawn(custody_ledger::run(config, async move {
         let _ = stop_rx.await;

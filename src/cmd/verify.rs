@@ -17,6 +17,23 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Offline: check this signed checkpoint (and, with --proof or
+    /// --previous/--consistency, proofs against it) with only --key.
+    #[arg(long, requires = "key")]
+    checkpoint: Option<PathBuf>,
+    /// The ledger's public key (N...), obtained out of band.
+    #[arg(long)]
+    key: Option<String>,
+    /// An inclusion proof bundle (from `custody prove`) to check against
+    /// the checkpoint.
+    #[arg(long, requires = "checkpoint")]
+    proof: Option<PathBuf>,
+    /// An earlier checkpoint that --checkpoint must extend ...
+    #[arg(long, requires_all = ["checkpoint", "consistency"])]
+    previous: Option<PathBuf>,
+    /// ... as shown by this consistency proof (`GET /v1/ledger/consistency`).
+    #[arg(long, requires = "previous")]
+    consistency: Option<PathBuf>,
 }
 
 /// A progress bar on standard error (hidden when it is not a terminal).
@@ -32,6 +49,9 @@ fn progress(total: u64) -> Box<dyn FnMut(u64) + Send> {
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
+    if let (Some(c), Some(key)) = (&a.checkpoint, &a.key) {
+        return super::transparency::verify_offline(c, key, a.proof.as_deref(), a.previous.as_deref(), a.consistency.as_deref(), a.json);
+    }
     let result = match &a.data {
         Some(dir) => {
             let dir = dir.clone();

@@ -77,7 +77,7 @@ impl System {
     fn ledger_command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         die_with_parent(&mut cmd);
-        cmd.args(["ledger", "--nats", &self.nats.url, "--authority", &self.authority.public_key(), "--data"])
+        cmd.args(["ledger", "--nats", &self.nats.url, "--authority", &self.authority.public_key(), "--checkpoint-every", "0.2", "--data"])
             .arg(self.ledger_dir())
             .env("CUSTODY_LOG", "warn")
             .stdin(Stdio::null())

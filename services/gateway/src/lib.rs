@@ -51,6 +51,9 @@ pub fn router(nats: async_nats::Client) -> Router {
         .route("/v1/lots/{lot}/admissibility", get(admissibility))
         .route("/v1/lots/{lot}/genealogy", get(genealogy))
         .route("/v1/ledger/entries/{seq}", get(entry))
+        .route("/v1/ledger/entries/{seq}/proof", get(proof))
+        .route("/v1/ledger/checkpoint", get(checkpoint))
+        .route("/v1/ledger/consistency", get(consistency))
         .route("/v1/ledger/verify", get(verify))
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }))
@@ -76,19 +79,25 @@ pub async fn run(nats_url: &str, listen: SocketAddr, on_bound: impl FnOnce(Socke
 impl App {
     /// A projection query; its error codes become HTTP statuses.
     async fn query(&self, subject: &str, body: Value) -> Response {
+        self.ask("projection", subject, body).await
+    }
+
+    /// A request to `who` (the projection or the ledger) over NATS.
+    async fn ask(&self, who: &str, subject: &str, body: Value) -> Response {
         let request = self.nats.request(subject.to_owned(), body.to_string().into());
         let msg = match tokio::time::timeout(QUERY_TIMEOUT, request).await {
-            Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "timeout", "no projection answered in time"),
-            Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("no projection is answering: {e}")),
+            Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "timeout", format!("no {who} answered in time")),
+            Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("no {who} is answering: {e}")),
             Ok(Ok(m)) => m,
         };
         let Ok(answer) = serde_json::from_slice::<Value>(&msg.payload) else {
-            return error(StatusCode::BAD_GATEWAY, "bad_answer", "the projection's answer is not JSON");
+            return error(StatusCode::BAD_GATEWAY, "bad_answer", format!("the {who}'s answer is not JSON"));
         };
         let status = match answer.get("code").and_then(Value::as_str) {
             None => StatusCode::OK,
-            Some("unknown_lot") => StatusCode::NOT_FOUND,
+            Some("unknown_lot" | "not_in_tree" | "tree_too_small") => StatusCode::NOT_FOUND,
             Some("internal") => StatusCode::BAD_GATEWAY,
+            Some("unavailable") => StatusCode::SERVICE_UNAVAILABLE,
             Some(_) => StatusCode::BAD_REQUEST,
         };
         (status, Json(answer)).into_response()
@@ -166,6 +175,49 @@ async fn entry(State(app): State<App>, seq: Result<Path<String>, PathRejection>)
         "event": event,
     }))
     .into_response()
+}
+
+/// A seq from the path, or our JSON 400.
+fn seq_of(seq: Result<Path<String>, PathRejection>) -> Result<u64, Response> {
+    let seq = segment(seq)?;
+    seq.parse::<u64>().ok().filter(|s| *s >= 1).ok_or_else(|| {
+        error(StatusCode::BAD_REQUEST, "invalid_seq", format!("{:?} is not a ledger seq (a whole number from 1)", seq.chars().take(40).collect::<String>()))
+    })
+}
+
+/// A tree size from the query string, or our JSON 400.
+fn size_param(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Response> {
+    q.get(name)
+        .map(|v| v.parse::<u64>().map_err(|_| error(StatusCode::BAD_REQUEST, "invalid_parameter", format!("{name} must be a whole number, not {:?}", v.chars().take(40).collect::<String>()))))
+        .transpose()
+}
+
+/// The ledger's latest signed checkpoint.
+async fn checkpoint(State(app): State<App>) -> Response {
+    app.ask("ledger", subjects::CHECKPOINT_SUBJECT, json!({})).await
+}
+
+/// Entry `seq`'s inclusion proof, in the tree of `?tree_size=` entries or
+/// in the latest checkpoint's (which then comes with it).
+async fn proof(State(app): State<App>, seq: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let seq = match seq_of(seq) { Ok(s) => s, Err(r) => return r };
+    let mut body = json!({"seq": seq});
+    match size_param(&q, "tree_size") {
+        Ok(Some(n)) => body["tree_size"] = json!(n),
+        Ok(None) => {}
+        Err(r) => return r,
+    }
+    app.ask("ledger", subjects::PROOF_SUBJECT, body).await
+}
+
+/// The proof that the tree of `?from=` entries is a prefix of `?to=`'s.
+async fn consistency(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let (from, to) = match (size_param(&q, "from"), size_param(&q, "to")) {
+        (Ok(Some(f)), Ok(Some(t))) => (f, t),
+        (Err(r), _) | (_, Err(r)) => return r,
+        _ => return error(StatusCode::BAD_REQUEST, "missing_parameter", "consistency needs ?from=SIZE&to=SIZE"),
+    };
+    app.ask("ledger", subjects::CONSISTENCY_SUBJECT, json!({"from": from, "to": to})).await
 }
 
 async fn verify(State(app): State<App>) -> Response {

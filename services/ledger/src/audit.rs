@@ -57,7 +57,8 @@ impl Checker {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), Bad> {
+    /// Verifies the signatures still pending (they are checked in batches).
+    pub fn flush(&mut self) -> Result<(), Bad> {
         let (seqs, opened): (Vec<u64>, Vec<Opened>) = std::mem::take(&mut self.pending).into_iter().unzip();
         for (seq, verdict) in seqs.iter().zip(Opened::verify_all(&opened)) {
             verdict.map_err(|r| Bad { seq: *seq, why: format!("signature: {r}") })?;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::model::Model;
 use crate::store::{Store, StoreError};
+use custody_proto::merkle::Tree;
 use custody_proto::ActorKey;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +59,8 @@ pub struct Ledger {
     store: Store,
     model: Model,
     head: Option<(u64, Hash)>,
+    /// The Merkle tree over the replayed entries, until the service takes it.
+    tree: Tree,
 }
 
 impl Ledger {
@@ -74,6 +77,7 @@ impl Ledger {
         }
         let mut model = Model::new(authority.clone());
         let mut head = None;
+        let mut tree = Tree::new();
         for entry in store.entries_from(1) {
             let entry = entry?;
             entry.check_after(head).map_err(StoreError::from)?;
@@ -85,15 +89,21 @@ impl Ledger {
             model.apply(&event);
             model.remember(event.id.clone(), blake3::hash(&opened.payload), receipt(&event, &entry));
             head = Some((entry.seq, entry.hash));
+            tree.push(&entry.hash);
         }
         if head != store.head()? {
             return Err(StoreError::Corrupt(format!("replay ended at {head:?}, head record says {:?}", store.head()?)).into());
         }
-        Ok(Ledger { store, model, head })
+        Ok(Ledger { store, model, head, tree })
     }
 
     pub fn head(&self) -> Option<(u64, Hash)> {
         self.head
+    }
+
+    /// The Merkle tree over the entries replayed at open (left empty).
+    pub fn take_tree(&mut self) -> Tree {
+        std::mem::take(&mut self.tree)
     }
 
     pub fn store(&self) -> &Store {

@@ -8,16 +8,20 @@
 //! - [`store`]: durable entries (the only sled user).
 //! - [`model`]: the write model and custody rules (pure).
 //! - [`ledger`]: open/replay, admit a batch, commit it.
+//! - [`notary`]: the Merkle tree, the ledger's key, checkpoints and proofs.
 //! - [`service`]: the NATS pipeline around it.
 //! - [`crashpoint`]: exact crash places for tests (`CUSTODY_CRASH`).
+//! - [`auditor`]: the independent auditor (`custody audit`).
 //! - [`follow`], [`audit`]: reading and checking the committed stream (or a
 //!   stopped store) from seq 1.
 
 pub mod audit;
+pub mod auditor;
 pub mod crashpoint;
 pub mod follow;
 pub mod ledger;
 pub mod model;
+pub mod notary;
 pub mod recover;
 pub mod service;
 pub mod store;

@@ -35,6 +35,10 @@ pub async fn recover(js: &jetstream::Context, dir: &Path, authority: &ActorKey) 
     };
     let store = Store::open(dir)?;
     store.set_authority(authority.as_str())?;
+    // The ledger's signing key is its identity to auditors: keep it.
+    if let Some(old_key) = moved.as_ref().map(|m| m.join(crate::notary::KEY_FILE)).filter(|k| k.exists()) {
+        std::fs::copy(&old_key, dir.join(crate::notary::KEY_FILE)).context("cannot carry the ledger key over")?;
+    }
     let mut checker = Checker::new(Box::new(|_| {}));
     let mut batch: Vec<Entry> = Vec::with_capacity(1024);
     if last > 0 {

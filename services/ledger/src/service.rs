@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -19,6 +20,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::ledger::{check_batch, Checked, Ledger};
+use crate::notary::Notary;
 use crate::store::Store;
 use crate::subjects::*;
 
@@ -34,6 +36,14 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Genesis authority: the one actor registered before any event.
     pub authority: ActorKey,
+    /// How often a signed checkpoint is published while entries arrive.
+    pub checkpoint_every: Duration,
+}
+
+impl Config {
+    pub fn new(nats_url: impl Into<String>, data_dir: PathBuf, authority: ActorKey) -> Config {
+        Config { nats_url: nats_url.into(), data_dir, authority, checkpoint_every: Duration::from_secs(10) }
+    }
 }
 
 /// Where a submission's outcome must go.
@@ -54,10 +64,12 @@ struct Submission {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let dir = config.data_dir.clone();
     let authority = config.authority.clone();
-    let ledger = tokio::task::spawn_blocking(move || Ledger::open(&dir, &authority))
+    let mut ledger = tokio::task::spawn_blocking(move || Ledger::open(&dir, &authority))
         .await?
         .with_context(|| format!("ledger store {} refused to open", config.data_dir.display()))?;
-    tracing::info!(head = ?ledger.head().map(|h| h.0), "ledger store open and chain verified");
+    let key = crate::notary::load_or_create_key(&config.data_dir)?;
+    let notary = Arc::new(Notary::new(ledger.take_tree(), key, ledger.store().clone()));
+    tracing::info!(head = ?ledger.head().map(|h| h.0), key = %notary.public_key(), "ledger store open and chain verified");
 
     let client = async_nats::ConnectOptions::new()
         .name("custody-ledger")
@@ -81,10 +93,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tasks.spawn(intake_core(core, intake_tx.clone()));
     tasks.spawn(intake_inbox(streams.inbox, intake_tx));
     tasks.spawn(check_stage(intake_rx, checked_tx));
-    tasks.spawn(write_stage(ledger, checked_rx, respond_tx, publish_tx, head_tx));
+    tasks.spawn(write_stage(ledger, notary.clone(), checked_rx, respond_tx, publish_tx, head_tx));
     tasks.spawn(respond_stage(client.clone(), js.clone(), respond_rx));
-    tasks.spawn(publish_stage(js, streams.ledger, store, published, publish_rx));
+    let checkpoints = Checkpoints { notary: notary.clone(), every: config.checkpoint_every, last: None };
+    tasks.spawn(publish_stage(js.clone(), streams.ledger, store, published, publish_rx, checkpoints));
     tasks.spawn(serve_head(client.clone(), head_rx));
+    tasks.spawn(serve_proofs(client.clone(), js, notary));
     tracing::info!(url = %config.nats_url, "ledger serving");
 
     tokio::pin!(shutdown);
@@ -133,6 +147,14 @@ async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<Streams> {
         })
         .await
         .context("cannot create the inbox stream")?;
+    js.get_or_create_stream(stream::Config {
+        name: CHECKPOINTS_STREAM.into(),
+        subjects: vec![CHECKPOINTS_SUBJECT.into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .context("cannot create the checkpoints stream")?;
     js.get_or_create_stream(stream::Config {
         name: RECEIPTS_STREAM.into(),
         subjects: vec![format!("{RECEIPTS_PREFIX}.>")],
@@ -280,6 +302,7 @@ async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<Checke
 
 async fn write_stage(
     mut ledger: Ledger,
+    notary: Arc<Notary>,
     mut rx: mpsc::Receiver<CheckedBatch>,
     respond: mpsc::Sender<Vec<(Reply, Outcome)>>,
     publish: mpsc::Sender<Vec<Entry>>,
@@ -301,6 +324,8 @@ async fn write_stage(
         tokio::task::block_in_place(|| ledger.commit(&admitted.entries))
             .context("cannot make entries durable; stopping so that a restart replays the store")?;
         tracing::debug!(n = admitted.outcomes.len(), admit_us, commit_us = started.elapsed().as_micros() as u64 - admit_us, "written");
+        // Durable: now the tree may cover them.
+        notary.append(&admitted.entries);
         if let Some(last) = admitted.entries.last() {
             head.send_replace(Some((last.seq, last.hash)));
             tracing::debug!(entries = admitted.entries.len(), head = last.seq, "committed");
@@ -380,13 +405,19 @@ async fn publish_stage(
     store: Store,
     mut published: u64,
     mut rx: mpsc::Receiver<Vec<Entry>>,
+    mut checkpoints: Checkpoints,
 ) -> anyhow::Result<()> {
     // After a crash: what was committed but not published goes out first.
     let mut target = store.head()?.map_or(0, |h| h.0);
     loop {
+        checkpoints.notary.set_published(published);
+        checkpoints.maybe_publish(&js, published).await;
         while published < target {
             match publish_from_store(&js, &store, published, target).await {
-                Ok(p) => published = p,
+                Ok(p) => {
+                    published = p;
+                    checkpoints.notary.set_published(published);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, published, "publishing committed entries failed; resyncing");
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -394,12 +425,20 @@ async fn publish_stage(
                 }
             }
         }
-        let Some(entries) = rx.recv().await else { return Ok(()) };
+        // Wake up at least once a period, so the last burst gets its checkpoint.
+        let entries = match tokio::time::timeout(checkpoints.every, rx.recv()).await {
+            Ok(Some(entries)) => entries,
+            Ok(None) => return Ok(()),
+            Err(_) => continue,
+        };
         let Some(last) = entries.last() else { continue };
         target = last.seq;
         if entries[0].seq == published + 1 {
             match publish_entries(&js, &entries).await {
-                Ok(()) => published = target,
+                Ok(()) => {
+                    published = target;
+                    checkpoints.notary.set_published(published);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "publishing committed entries failed; resyncing");
                     published = resync(&stream, &store, published).await?;
@@ -407,6 +446,71 @@ async fn publish_stage(
             }
         }
     }
+}
+
+/// Periodic checkpoints, signed for what the committed stream holds, so
+/// an auditor never sees a checkpoint ahead of the entries it covers.
+struct Checkpoints {
+    notary: Arc<Notary>,
+    every: Duration,
+    /// When the last one was published, and its size.
+    last: Option<(std::time::Instant, u64)>,
+}
+
+impl Checkpoints {
+    async fn maybe_publish(&mut self, js: &jetstream::Context, published: u64) {
+        let due = match self.last {
+            None => true,
+            Some((at, size)) => size < published && at.elapsed() >= self.every,
+        };
+        if !due {
+            return;
+        }
+        match self.notary.checkpoint(published) {
+            Ok(c) => {
+                if publish_checkpoint(js, &c).await {
+                    self.last = Some((std::time::Instant::now(), published));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot sign a checkpoint"),
+        }
+    }
+}
+
+async fn publish_checkpoint(js: &jetstream::Context, c: &custody_proto::Checkpoint) -> bool {
+    let body = serde_json::to_vec(c).map(Bytes::from).unwrap_or_default();
+    match js.publish(CHECKPOINTS_SUBJECT, body).await {
+        Ok(ack) => ack.await.map_err(|e| tracing::warn!(error = %e, "checkpoint not stored")).is_ok(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot publish a checkpoint");
+            false
+        }
+    }
+}
+
+/// Answers checkpoint and proof requests. A checkpoint asked for is also
+/// published, so auditors see every checkpoint anyone was given.
+async fn serve_proofs(client: async_nats::Client, js: jetstream::Context, notary: Arc<Notary>) -> anyhow::Result<()> {
+    let mut subs = futures::stream::select_all([
+        client.subscribe(CHECKPOINT_SUBJECT).await?,
+        client.subscribe(PROOF_SUBJECT).await?,
+        client.subscribe(CONSISTENCY_SUBJECT).await?,
+    ]);
+    while let Some(msg) = subs.next().await {
+        let Some(reply) = msg.reply else { continue };
+        let answer = {
+            let notary = notary.clone();
+            let subject = msg.subject.to_string();
+            tokio::task::spawn_blocking(move || notary.answer(&subject, &msg.payload)).await?
+        };
+        if msg.subject.as_str() == CHECKPOINT_SUBJECT && answer.get("code").is_none() {
+            if let Ok(c) = serde_json::from_value::<custody_proto::Checkpoint>(answer.clone()) {
+                publish_checkpoint(&js, &c).await;
+            }
+        }
+        let _ = client.publish(reply, answer.to_string().into()).await;
+    }
+    Ok(())
 }
 
 /// After a failed publish: where the stream really ends, checked against

@@ -19,6 +19,16 @@ pub const ENTRIES_SUBJECT: &str = "custody.ledger.entries";
 pub const LEDGER_STREAM: &str = "CUSTODY_LEDGER";
 /// Request-reply: the committed head, `{"seq", "hash"}`.
 pub const HEAD_SUBJECT: &str = "custody.ledger.head";
+/// Signed checkpoints, published periodically and whenever one is asked
+/// for (stream [`CHECKPOINTS_STREAM`]): what auditors keep.
+pub const CHECKPOINTS_SUBJECT: &str = "custody.ledger.checkpoints";
+pub const CHECKPOINTS_STREAM: &str = "CUSTODY_CHECKPOINTS";
+/// Request-reply, answered by the ledger: a fresh signed checkpoint
+/// (`{}`), an inclusion proof (`{"seq", "tree_size"?}`), a consistency
+/// proof (`{"from", "to"}`).
+pub const CHECKPOINT_SUBJECT: &str = "custody.ledger.checkpoint";
+pub const PROOF_SUBJECT: &str = "custody.ledger.proof";
+pub const CONSISTENCY_SUBJECT: &str = "custody.ledger.consistency";
 /// Queue group of ledger subscribers.
 pub const QUEUE_GROUP: &str = "custody-ledger";
 

@@ -1,0 +1,224 @@
+//! The independent auditor: follows the committed stream and the signed
+//! checkpoints from outside the ledger, trusting neither. It re-verifies
+//! every entry (hash, link, signature, event, unique id) as `verify` does,
+//! rebuilds the Merkle tree itself, checks every checkpoint's signature
+//! against the ledger key it was given, and checks that each checkpoint's
+//! root is the root of the history it was shown. The checkpoints it has
+//! seen are kept in its state folder, so a ledger that later shows another
+//! history (rolled back, rewritten, an entry dropped) contradicts its own
+//! signature and is caught.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer};
+use custody_proto::merkle::Tree;
+use custody_proto::Checkpoint;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::audit::{Bad, Checker};
+use crate::subjects;
+
+/// File in the state folder: every checkpoint seen, by tree size.
+pub const STATE_FILE: &str = "checkpoints.json";
+
+/// What the auditor found wrong: the ledger is not to be believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Finding(pub String);
+
+impl From<Bad> for Finding {
+    fn from(b: Bad) -> Finding {
+        Finding(format!("entry {}: {}", b.seq, b.why))
+    }
+}
+
+/// Where an audit stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub entries: u64,
+    pub root: String,
+    pub checkpoints_seen: usize,
+    /// Checkpoints whose root was recomputed from the entries and matched.
+    pub checkpoints_verified: usize,
+    pub latest_checkpoint: Option<Checkpoint>,
+}
+
+pub struct Auditor {
+    key: String,
+    checker: Checker,
+    tree: Tree,
+    seen: BTreeMap<u64, Checkpoint>,
+    verified: usize,
+    /// Position reached on the checkpoints stream.
+    checkpoints_read: u64,
+    state: Option<PathBuf>,
+}
+
+impl Auditor {
+    /// An auditor trusting only the ledger key `key`, keeping what it has
+    /// seen in `state` (loaded and re-verified if present).
+    pub fn new(key: &str, state: Option<&Path>) -> anyhow::Result<Auditor> {
+        nkeys::KeyPair::from_public_key(key).with_context(|| format!("{key:?} is not a public nkey"))?;
+        let mut seen = BTreeMap::new();
+        if let Some(dir) = state {
+            let path = dir.join(STATE_FILE);
+            if path.exists() {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                let kept: Vec<Checkpoint> = serde_json::from_str(&text).with_context(|| format!("{} is not a list of checkpoints", path.display()))?;
+                for c in kept {
+                    c.verify(key).with_context(|| format!("{} holds a checkpoint not signed by {key}", path.display()))?;
+                    seen.insert(c.tree_size, c);
+                }
+            }
+        }
+        Ok(Auditor {
+            key: key.to_owned(),
+            checker: Checker::new(Box::new(|_| {})),
+            tree: Tree::new(),
+            seen,
+            verified: 0,
+            checkpoints_read: 0,
+            state: state.map(Path::to_path_buf),
+        })
+    }
+
+    /// One more entry of the committed stream, in order.
+    pub fn entry(&mut self, e: custody_proto::Entry) -> Result<(), Finding> {
+        let hash = e.hash;
+        self.checker.push(e)?;
+        self.tree.push(&hash);
+        let size = self.tree.len();
+        if let Some(c) = self.seen.get(&size) {
+            let root = self.tree.root();
+            if c.root != root.to_hex() {
+                return Err(Finding(format!(
+                    "the ledger signed root {} for its first {size} entries (checkpoint of {}), but the history it shows now has root {root}: \
+                     an entry was altered, dropped or inserted at or before seq {size}",
+                    c.root, c.time
+                )));
+            }
+            self.verified += 1;
+        }
+        Ok(())
+    }
+
+    /// One more signed checkpoint.
+    pub fn checkpoint(&mut self, c: Checkpoint) -> Result<(), Finding> {
+        let root = c.verify(&self.key).map_err(|e| Finding(format!("checkpoint for {} entries: {e}", c.tree_size)))?;
+        if let Some(earlier) = self.seen.get(&c.tree_size) {
+            if earlier.root != c.root {
+                return Err(Finding(format!(
+                    "the ledger signed two different roots for its first {} entries: {} (at {}) and {} (at {}); it has shown two histories",
+                    c.tree_size, earlier.root, earlier.time, c.root, c.time
+                )));
+            }
+            return Ok(());
+        }
+        if c.tree_size <= self.tree.len() {
+            let ours = self.tree.root_at(c.tree_size).map_err(|e| Finding(e.to_string()))?;
+            if ours != root {
+                return Err(Finding(format!(
+                    "checkpoint of {} signs root {} for {} entries, but those entries have root {ours}",
+                    c.time, c.root, c.tree_size
+                )));
+            }
+            self.verified += 1;
+        }
+        self.seen.insert(c.tree_size, c);
+        Ok(())
+    }
+
+    pub fn summary(&self) -> Summary {
+        Summary {
+            entries: self.tree.len(),
+            root: self.tree.root().to_hex(),
+            checkpoints_seen: self.seen.len(),
+            checkpoints_verified: self.verified,
+            latest_checkpoint: self.seen.values().next_back().cloned(),
+        }
+    }
+
+    /// Keeps the checkpoints seen (written whole, then renamed).
+    pub fn save(&self) -> anyhow::Result<()> {
+        let Some(dir) = &self.state else { return Ok(()) };
+        std::fs::create_dir_all(dir)?;
+        let all: Vec<&Checkpoint> = self.seen.values().collect();
+        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(&all)?)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, dir.join(STATE_FILE))?;
+        Ok(())
+    }
+
+    /// Reads both streams to their current ends. The outer error is NATS
+    /// failing; the inner one is the ledger failing the audit.
+    pub async fn catch_up(&mut self, js: &jetstream::Context) -> anyhow::Result<Result<Summary, Finding>> {
+        // Checkpoints first: each was published only once the entries it
+        // covers were on the committed stream, so all of them are covered
+        // by the stream as read next, unless the stream went backwards.
+        let cstream = js.get_stream(subjects::CHECKPOINTS_STREAM).await.context("no checkpoints stream: is a ledger running on this NATS?")?;
+        let clast = cstream.get_info().await?.state.last_sequence;
+        if clast > self.checkpoints_read {
+            let c = cstream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: self.checkpoints_read + 1 },
+                    ..Default::default()
+                })
+                .await?;
+            let mut messages = c.messages().await?;
+            while self.checkpoints_read < clast {
+                let msg = tokio::time::timeout(Duration::from_secs(30), messages.next()).await.context("the checkpoints stream stalled")?.context("the checkpoints stream ended")??;
+                self.checkpoints_read = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                let cp: Checkpoint = match serde_json::from_slice(&msg.payload) {
+                    Ok(cp) => cp,
+                    Err(e) => return Ok(Err(Finding(format!("checkpoints stream position {}: not a checkpoint: {e}", self.checkpoints_read)))),
+                };
+                if let Err(f) = self.checkpoint(cp) {
+                    return Ok(Err(f));
+                }
+            }
+        }
+
+        let estream = js.get_stream(subjects::LEDGER_STREAM).await.context("no committed stream")?;
+        let elast = estream.get_info().await?.state.last_sequence;
+        if let Some((&size, c)) = self.seen.iter().next_back() {
+            if size > elast {
+                return Ok(Err(Finding(format!(
+                    "the ledger signed a checkpoint for {size} entries (at {}), but its committed stream now ends at {elast}: history was rolled back",
+                    c.time
+                ))));
+            }
+        }
+        if elast < self.tree.len() {
+            return Ok(Err(Finding(format!("the committed stream shrank from {} to {elast} entries: history was rolled back", self.tree.len()))));
+        }
+        if elast > self.tree.len() {
+            let (_, mut messages) = crate::follow::from_seq(js, self.tree.len() + 1).await?;
+            while self.tree.len() < elast {
+                let msg = tokio::time::timeout(Duration::from_secs(30), messages.next()).await.context("the committed stream stalled")?.context("the committed stream ended")??;
+                let at = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                let entry = match crate::follow::entry_of(&msg) {
+                    Ok(e) if e.seq == at && at == self.tree.len() + 1 => e,
+                    Ok(e) => return Ok(Err(Finding(format!("committed stream position {at} holds entry {} where entry {} belongs", e.seq, self.tree.len() + 1)))),
+                    Err(why) => return Ok(Err(Finding(format!("entry {at}: {why}")))),
+                };
+                if let Err(f) = self.entry(entry) {
+                    return Ok(Err(f));
+                }
+            }
+        }
+        if let Err(b) = self.checker.flush() {
+            return Ok(Err(b.into()));
+        }
+        self.save()?;
+        Ok(Ok(self.summary()))
+    }
+}

@@ -1,0 +1,188 @@
+//! The ledger's transparency: the Merkle tree over its committed entries,
+//! its own signing key, and the answers built from them (signed
+//! checkpoints, inclusion and consistency proofs). The tree grows only
+//! after entries are durable, so a checkpoint never covers an entry a crash
+//! could take back.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use anyhow::Context as _;
+use custody_proto::merkle::{ProofError, Tree};
+use custody_proto::{Checkpoint, Entry, Timestamp};
+use serde_json::{json, Value};
+
+use crate::store::{Store, StoreError};
+
+/// File of the ledger's signing seed, inside its data folder.
+pub const KEY_FILE: &str = "ledger.nk";
+
+/// Loads the ledger's signing key from `dir`, creating it on first use
+/// (written, then fsynced, readable by the owner only).
+pub fn load_or_create_key(dir: &Path) -> anyhow::Result<nkeys::KeyPair> {
+    let path = dir.join(KEY_FILE);
+    if path.exists() {
+        let seed = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        return nkeys::KeyPair::from_seed(seed.trim()).with_context(|| format!("{} holds no nkey seed", path.display()));
+    }
+    std::fs::create_dir_all(dir)?;
+    let key = nkeys::KeyPair::new_server();
+    let seed = key.seed().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tmp = dir.join(format!("{KEY_FILE}.tmp"));
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(format!("{seed}\n").as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(key)
+}
+
+/// The tree and the key, shared by the writer (which appends) and the
+/// tasks that sign and prove.
+pub struct Notary {
+    tree: RwLock<Tree>,
+    key: nkeys::KeyPair,
+    /// For the entry hash an inclusion proof starts from.
+    store: Store,
+    /// Entries on the committed stream: checkpoints and default proofs
+    /// cover no more, so whoever gets one can fetch what it covers.
+    published: AtomicU64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NotaryError {
+    #[error(transparent)]
+    Proof(#[from] ProofError),
+    #[error("{0}")]
+    Sign(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Notary {
+    pub fn new(tree: Tree, key: nkeys::KeyPair, store: Store) -> Notary {
+        Notary { tree: RwLock::new(tree), key, store, published: AtomicU64::new(0) }
+    }
+
+    /// Records how far the committed stream goes.
+    pub fn set_published(&self, seq: u64) {
+        self.published.store(seq, Ordering::Release);
+    }
+
+    /// Entries on the committed stream (and in the tree).
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Acquire).min(self.size())
+    }
+
+    pub fn public_key(&self) -> String {
+        self.key.public_key()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tree> {
+        self.tree.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends durable entries, in order.
+    pub fn append(&self, entries: &[Entry]) {
+        let mut t = self.tree.write().unwrap_or_else(|p| p.into_inner());
+        for e in entries {
+            t.push(&e.hash);
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.read().len()
+    }
+
+    /// A checkpoint for the first `size` entries, signed now.
+    pub fn checkpoint(&self, size: u64) -> Result<Checkpoint, NotaryError> {
+        let root = self.read().root_at(size)?;
+        Checkpoint::sign(&self.key, size, &root, Timestamp::now()).map_err(|e| NotaryError::Sign(e.to_string()))
+    }
+
+    /// Answers a request on one of the proof subjects.
+    pub fn answer(&self, subject: &str, body: &[u8]) -> Value {
+        let req: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return error("invalid_request", format!("the request is not JSON: {e}")),
+            }
+        };
+        let num = |k: &str| req.get(k).and_then(Value::as_u64);
+        let result = match subject {
+            crate::subjects::CHECKPOINT_SUBJECT => self.checkpoint(self.published()).map(|c| json!(c)),
+            crate::subjects::PROOF_SUBJECT => {
+                let Some(seq) = num("seq") else { return error("invalid_request", "give \"seq\", a positive integer") };
+                self.inclusion(seq, num("tree_size"))
+            }
+            crate::subjects::CONSISTENCY_SUBJECT => {
+                let (Some(from), Some(to)) = (num("from"), num("to")) else {
+                    return error("invalid_request", "give \"from\" and \"to\", tree sizes with 1 <= from <= to");
+                };
+                self.consistency(from, to)
+            }
+            other => return error("invalid_request", format!("no such subject {other}")),
+        };
+        result.unwrap_or_else(|e| match e {
+            NotaryError::Proof(p @ ProofError::NotInTree { .. }) => error("not_in_tree", p.to_string()),
+            NotaryError::Proof(p @ ProofError::TooLarge { .. }) => error("tree_too_small", p.to_string()),
+            NotaryError::Proof(p) => error("invalid_request", p.to_string()),
+            NotaryError::Sign(s) => error("unavailable", s),
+            NotaryError::Store(s) => error("unavailable", s.to_string()),
+        })
+    }
+
+    /// Entry `seq`'s inclusion proof in the tree of `size` entries; without
+    /// a size, in the current tree, with a checkpoint for it.
+    fn inclusion(&self, seq: u64, size: Option<u64>) -> Result<Value, NotaryError> {
+        let (checkpoint, size) = match size {
+            Some(s) => (None, s),
+            None => {
+                let c = self.checkpoint(self.published())?;
+                let s = c.tree_size;
+                (Some(c), s)
+            }
+        };
+        let (path, root) = {
+            let t = self.read();
+            (t.inclusion(seq, size)?, t.root_at(size)?)
+        };
+        // The leaf's input, the entry hash, is what a client checks against
+        // its receipt; the tree keeps only leaf hashes.
+        let entry = self.store.get(seq)?.ok_or(ProofError::NotInTree { seq, size })?;
+        let mut v = json!({
+            "seq": seq,
+            "entry_hash": entry.hash.to_hex(),
+            "tree_size": size,
+            "root": root.to_hex(),
+            "path": path.iter().map(|h| h.to_hex()).collect::<Vec<_>>(),
+        });
+        if let Some(c) = checkpoint {
+            v["checkpoint"] = json!(c);
+        }
+        Ok(v)
+    }
+
+    fn consistency(&self, from: u64, to: u64) -> Result<Value, NotaryError> {
+        let t = self.read();
+        let proof = t.consistency(from, to)?;
+        Ok(json!({
+            "from": from,
+            "to": to,
+            "from_root": t.root_at(from)?.to_hex(),
+            "to_root": t.root_at(to)?.to_hex(),
+            "proof": proof.iter().map(|h| h.to_hex()).collect::<Vec<_>>(),
+        }))
+    }
+}
+
+fn error(code: &str, message: impl Into<String>) -> Value {
+    json!({"code": code, "message": message.into()})
+}
