@@ -42,6 +42,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let authority = keys::load_or_create(&authority_path)?;
     println!("NATS listening on {}", nats.url);
     println!("genesis authority {} (key file {})", authority.public_key(), authority_path.display());
+    let ledger_key = custody_ledger::notary::load_or_create_key(&a.data.join("ledger"))?;
+    println!("ledger key {} (signs checkpoints; audit with: custody audit --key {})", ledger_key.public_key(), ledger_key.public_key());
 
     let config = custody_ledger::Config::new(
         nats.url.clone(),
