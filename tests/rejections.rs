@@ -92,6 +92,11 @@ async fn every_rejection_has_its_code_and_changes_nothing() {
         ("KP certificate of another country", sign(m, &event(m, "e-prefix", "exported", json!({"lots": ["B"], "to": t.public_key(), "to_country": "AE", "certificate": cert("BW-2024-9")}))), "certificate_country"),
         ("transfer across a border", sign(m, &event(m, "e-border", "transferred", json!({"lots": ["B"], "to": t.public_key()}))), "wrong_country"),
         ("import by someone else", sign(t2, &event(t2, "e-consignee", "imported", json!({"certificate": "RU-X-1"}))), "not_consignee"),
+        ("a revoked actor signs", sign(&w.revoked, &event(&w.revoked, "e-revoked", "mined", json!({"lot": "RV", "carats": "1.00", "country": "RU"}))), "actor_revoked"),
+        ("an actor revoked twice", sign(&w.sys.authority, &event(&w.sys.authority, "e-revoke-2", "actor.revoked", json!({"subject": w.revoked.public_key(), "reason": "again"}))), "actor_revoked"),
+        ("the genesis authority revoked", sign(&w.sys.authority, &event(&w.sys.authority, "e-revoke-root", "actor.revoked", json!({"subject": w.sys.authority.public_key(), "reason": "x"}))), "role_not_allowed"),
+        ("a stranger revoked", sign(&w.sys.authority, &event(&w.sys.authority, "e-revoke-none", "actor.revoked", json!({"subject": stranger.public_key(), "reason": "x"}))), "unknown_actor"),
+        ("a miner revokes", sign(m, &event(m, "e-revoke-by-miner", "actor.revoked", json!({"subject": m2.public_key(), "reason": "x"}))), "role_not_allowed"),
         ("import of an unknown certificate", sign(t, &event(t, "e-nocert", "imported", json!({"certificate": "RU-NOPE-1"}))), "unknown_certificate"),
     ];
 

@@ -146,6 +146,10 @@ impl<'de> Deserialize<'de> for DeclaredOrigin {
 pub enum Body {
     #[serde(rename = "actor.registered")]
     ActorRegistered { subject: ActorKey, name: String, roles: Vec<Role>, country: Country },
+    /// The authority withdraws an actor: its key may no longer sign or
+    /// connect. What it holds stays on the ledger, frozen.
+    #[serde(rename = "actor.revoked")]
+    ActorRevoked { subject: ActorKey, reason: String },
     #[serde(rename = "mined")]
     Mined {
         lot: LotId,
@@ -189,6 +193,7 @@ impl Body {
     pub fn kind(&self) -> &'static str {
         match self {
             Body::ActorRegistered { .. } => "actor.registered",
+            Body::ActorRevoked { .. } => "actor.revoked",
             Body::Mined { .. } => "mined",
             Body::Split { .. } => "split",
             Body::Merged { .. } => "merged",
@@ -205,7 +210,7 @@ impl Body {
     pub fn allowed_roles(&self) -> &'static [Role] {
         use Role::*;
         match self {
-            Body::ActorRegistered { .. } => &[Authority],
+            Body::ActorRegistered { .. } | Body::ActorRevoked { .. } => &[Authority],
             Body::Mined { .. } => &[Miner],
             Body::Split { .. } | Body::Merged { .. } | Body::Transferred { .. } | Body::Exported { .. } | Body::Imported { .. } => {
                 &[Miner, Trader, Manufacturer]
@@ -301,7 +306,7 @@ impl Event {
                     }
                 }
             }
-            Body::Flagged { reason, .. } => text("reason", reason, false)?,
+            Body::Flagged { reason, .. } | Body::ActorRevoked { reason, .. } => text("reason", reason, false)?,
         }
         Ok(())
     }

@@ -64,10 +64,12 @@ pub enum Code {
     UnknownCertificate,
     /// `imported` by someone who is not the consignee.
     NotConsignee,
+    /// Signed by an actor the authority has revoked, or revoking one twice.
+    ActorRevoked,
 }
 
 impl Code {
-    pub const ALL: [Code; 29] = [
+    pub const ALL: [Code; 30] = [
         Code::MalformedEnvelope, Code::EnvelopeTooLarge, Code::WrongPayloadType,
         Code::UnsupportedSignatures, Code::BadSignature, Code::MalformedEvent,
         Code::InvalidId, Code::InvalidCarats, Code::InvalidCountry, Code::InvalidTime,
@@ -76,7 +78,7 @@ impl Code {
         Code::LotInTransit, Code::NotHolder, Code::LotExists, Code::CaratsMismatch,
         Code::CaratsCreated, Code::StateMismatch, Code::WrongCountry,
         Code::CertificateReused, Code::CertificateCountry, Code::UnknownCertificate,
-        Code::NotConsignee,
+        Code::NotConsignee, Code::ActorRevoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +112,7 @@ impl Code {
             Code::CertificateCountry => "certificate_country",
             Code::UnknownCertificate => "unknown_certificate",
             Code::NotConsignee => "not_consignee",
+            Code::ActorRevoked => "actor_revoked",
         }
     }
 }

@@ -307,6 +307,7 @@ impl System {
 /// and `B` 50 ct; `SP` is consumed (split into `SP1`, `SP2`); `X` is in
 /// transit to the trader under `RU-X-1`; the cutter holds rough `K2` 5 ct
 /// and polished `P1` 12 ct (cut from `K`). The event id `mine-A` is used.
+/// `revoked` is a miner in RU whom the authority has revoked.
 pub struct RefusalWorld {
     pub sys: System,
     pub miner_ru: KeyPair,
@@ -314,6 +315,7 @@ pub struct RefusalWorld {
     pub trader: KeyPair,
     pub trader2: KeyPair,
     pub cutter: KeyPair,
+    pub revoked: KeyPair,
 }
 
 pub async fn refusal_world() -> RefusalWorld {
@@ -323,6 +325,9 @@ pub async fn refusal_world() -> RefusalWorld {
     let trader = sys.actor("trader", "trader", "AE").await;
     let trader2 = sys.actor("trader2", "trader", "AE").await;
     let cutter = sys.actor("cutter", "manufacturer", "IN").await;
+    let revoked = sys.actor("revoked", "miner", "RU").await;
+    let a = &sys.authority;
+    sys.accept(a, &event(a, "revoke-revoked", "actor.revoked", json!({"subject": revoked.public_key(), "reason": "licence withdrawn"}))).await;
     let m = &miner_ru;
     for (lot, ct) in [("A", "100.00"), ("B", "50.00"), ("SP", "10.00"), ("X", "20.00"), ("K", "30.00"), ("K2", "5.00")] {
         sys.accept(m, &event(m, &format!("mine-{lot}"), "mined", json!({"lot": lot, "carats": ct, "country": "RU"}))).await;
@@ -333,7 +338,7 @@ pub async fn refusal_world() -> RefusalWorld {
     sys.accept(m, &event(m, "export-k", "exported", json!({"lots": ["K", "K2"], "to": cutter.public_key(), "to_country": "IN", "certificate": cert("RU-K-1")}))).await;
     sys.accept(&cutter, &event(&cutter, "import-k", "imported", json!({"certificate": "RU-K-1"}))).await;
     sys.accept(&cutter, &event(&cutter, "cut-k", "processed", json!({"lot": "K", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "P1", "carats": "12.00"}]}))).await;
-    RefusalWorld { sys, miner_ru, miner_bw, trader, trader2, cutter }
+    RefusalWorld { sys, miner_ru, miner_bw, trader, trader2, cutter, revoked }
 }
 
 /// NATS, a ledger and a projection holding DOMAIN.md's worked example.

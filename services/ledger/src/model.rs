@@ -17,6 +17,8 @@ struct Actor {
     roles: Vec<Role>,
     /// Where it is; `None` only for the genesis authority.
     country: Option<Country>,
+    /// Withdrawn by the authority: signs nothing any more.
+    revoked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +70,7 @@ impl Model {
     /// A ledger with only its genesis authority.
     pub fn new(authority: ActorKey) -> Model {
         let mut m = Model::default();
-        m.actors.insert(authority, Actor { roles: vec![Role::Authority], country: None });
+        m.actors.insert(authority, Actor { roles: vec![Role::Authority], country: None, revoked: false });
         m
     }
 
@@ -106,6 +108,9 @@ impl Model {
             .actors
             .get(signer)
             .ok_or_else(|| reject(Code::UnknownActor, format!("{signer} is not a registered actor")))?;
+        if actor.revoked {
+            return Err(reject(Code::ActorRevoked, format!("{signer} was revoked by the authority and may sign nothing")));
+        }
         if !event.body.allowed_roles().iter().any(|r| actor.roles.contains(r)) {
             return Err(reject(
                 Code::RoleNotAllowed,
@@ -118,6 +123,14 @@ impl Model {
                     return Err(reject(Code::ActorExists, format!("{subject} is already registered")));
                 }
             }
+            Body::ActorRevoked { subject, .. } => match self.actors.get(subject) {
+                None => return Err(reject(Code::UnknownActor, format!("{subject} is not a registered actor"))),
+                Some(a) if a.revoked => return Err(reject(Code::ActorRevoked, format!("{subject} is already revoked"))),
+                Some(a) if a.country.is_none() => {
+                    return Err(reject(Code::RoleNotAllowed, "the genesis authority cannot be revoked: it is the ledger's root of trust"))
+                }
+                Some(_) => {}
+            },
             Body::Mined { lot, country, .. } => {
                 if actor.country != Some(*country) {
                     return Err(reject(Code::WrongCountry, format!("a miner mines in its own country ({}), not {country}", show(actor.country))));
@@ -218,7 +231,12 @@ impl Model {
         let signer = &event.actor;
         match &event.body {
             Body::ActorRegistered { subject, roles, country, .. } => {
-                self.actors.insert(subject.clone(), Actor { roles: roles.clone(), country: Some(*country) });
+                self.actors.insert(subject.clone(), Actor { roles: roles.clone(), country: Some(*country), revoked: false });
+            }
+            Body::ActorRevoked { subject, .. } => {
+                if let Some(a) = self.actors.get_mut(subject) {
+                    a.revoked = true;
+                }
             }
             Body::Mined { lot, carats, country, .. } => self.create(lot, *carats, LotState::Rough, signer, *country),
             // The claimed origin matters to projections only.

@@ -70,6 +70,9 @@ pub struct Actor {
     pub name: String,
     pub country: Option<Country>,
     pub roles: Vec<Role>,
+    /// Withdrawn by the authority (`actor.revoked`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
 }
 
 /// A shipment in transit under a certificate.
@@ -180,8 +183,14 @@ impl State {
         let date = event.occurred_at.as_datetime().date_naive();
         match &event.body {
             Body::ActorRegistered { subject, name, roles, country } => {
-                self.actors.insert(subject.to_string(), Actor { name: name.clone(), country: Some(*country), roles: roles.clone() });
+                self.actors.insert(subject.to_string(), Actor { name: name.clone(), country: Some(*country), roles: roles.clone(), revoked: false });
                 dirty.actors.insert(subject.to_string());
+            }
+            Body::ActorRevoked { subject, .. } => {
+                if let Some(a) = self.actors.get_mut(subject.as_str()) {
+                    a.revoked = true;
+                    dirty.actors.insert(subject.to_string());
+                }
             }
             Body::Mined { lot, carats, country, mine } => {
                 let created = step(kind, country.to_string(), format!("mined in {country}{}", mine.as_ref().map(|m| format!(" at {m}")).unwrap_or_default()));
