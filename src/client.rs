@@ -9,6 +9,22 @@ use bytes::Bytes;
 use custody_ledger::subjects;
 use custody_proto::{ActorKey, Envelope, Outcome};
 
+/// The nkey seed this process connects as (`--nkey`), set once at start.
+static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the NATS identity of this process from an nkey seed file.
+pub fn set_identity_file(path: &std::path::Path) -> anyhow::Result<()> {
+    let key = crate::keys::load(path).with_context(|| format!("--nkey {}", path.display()))?;
+    let seed = key.seed().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let _ = IDENTITY.set(seed);
+    Ok(())
+}
+
+/// The nkey seed this process connects as, if one was given.
+pub fn identity() -> Option<String> {
+    IDENTITY.get().cloned()
+}
+
 /// How long to keep retrying one envelope while the ledger is unreachable.
 pub const SUBMIT_PATIENCE: Duration = Duration::from_secs(60);
 
@@ -49,12 +65,8 @@ pub async fn submit_patiently(client: &async_nats::Client, subject: String, raw:
     }
 }
 
-/// Connects, retrying while the server comes up.
+/// Connects as this process's identity (`--nkey`), retrying while the
+/// server comes up.
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    async_nats::ConnectOptions::new()
-        .name("custody-cli")
-        .retry_on_initial_connect()
-        .connect(url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {url}"))
+    custody_ledger::connect::connect(url, "custody-cli", identity().as_deref()).await
 }

@@ -22,6 +22,8 @@ pub struct NatsServer {
     pub port: u16,
     /// JetStream folder, kept across restarts.
     pub store_dir: PathBuf,
+    /// Configuration file (`-c`: the authorization block), if any.
+    pub config: Option<PathBuf>,
 }
 
 /// Finds a nats-server: `$CUSTODY_NATS_SERVER`, the one `deploy/nats-server.sh`
@@ -56,23 +58,37 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 impl NatsServer {
     /// Starts a server on a free loopback port, JetStream under `store_dir`.
     pub fn start(store_dir: &Path) -> anyhow::Result<NatsServer> {
-        Self::spawn(store_dir, None)
+        Self::spawn(store_dir, None, None)
+    }
+
+    /// The same, loading `config` (for example an authorization block
+    /// written by `custody authz`); SIGHUP makes it reload the file.
+    pub fn start_with_config(store_dir: &Path, config: &Path) -> anyhow::Result<NatsServer> {
+        Self::spawn(store_dir, None, Some(config))
+    }
+
+    /// The server's process id (to signal a reload).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Starts it again on the same port and folder (after [`NatsServer::kill`]).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        let mut fresh = Self::spawn(&self.store_dir.clone(), Some(self.port))?;
+        let mut fresh = Self::spawn(&self.store_dir.clone(), Some(self.port), self.config.clone().as_deref())?;
         // `fresh` leaves with the dead child; dropping it kills nothing.
         std::mem::swap(&mut self.child, &mut fresh.child);
         Ok(())
     }
 
-    fn spawn(store_dir: &Path, port: Option<u16>) -> anyhow::Result<NatsServer> {
+    fn spawn(store_dir: &Path, port: Option<u16>, config: Option<&Path>) -> anyhow::Result<NatsServer> {
         std::fs::create_dir_all(store_dir)?;
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let mut cmd = Command::new(binary()?);
         die_with_parent(&mut cmd);
+        if let Some(c) = config {
+            cmd.arg("-c").arg(c);
+        }
         let mut child = cmd
             .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
             .arg(store_dir)
@@ -98,7 +114,7 @@ impl NatsServer {
                 }
             }
         });
-        let mut server = NatsServer { child, url: String::new(), port: 0, store_dir: store_dir.to_owned() };
+        let mut server = NatsServer { child, url: String::new(), port: 0, store_dir: store_dir.to_owned(), config: config.map(Path::to_path_buf) };
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(Some(port)) => {
                 server.port = port;

@@ -42,6 +42,19 @@ pub enum Role {
     Regulator,
 }
 
+impl Role {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Authority => "authority",
+            Role::Miner => "miner",
+            Role::Trader => "trader",
+            Role::Manufacturer => "manufacturer",
+            Role::Regulator => "regulator",
+        }
+    }
+}
+
 /// Rough until cut and polished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -128,7 +128,7 @@ pub async fn query(fan_ins: &[usize], n: usize) -> anyhow::Result<()> {
     let dir = tempdir()?;
     let (nats, client) = stream_of(&dir, &chain).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: dir.join("projection") };
+    let config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: dir.join("projection"), nkey: None };
     let projection = tokio::spawn(custody_projection::run(config, async move {
         let _ = stop_rx.await;
     }));
@@ -210,7 +210,7 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
     }
     let baseline = read as f64 / t.elapsed().as_secs_f64();
 
-    let config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: dir.join("projection") };
+    let config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: dir.join("projection"), nkey: None };
     let t = Instant::now();
     let state = custody_projection::service::replay(config).await?;
     let rate = state.checkpoint.map_or(0, |c| c.0) as f64 / t.elapsed().as_secs_f64();

@@ -9,6 +9,6 @@ pub struct Args {
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
-    custody_gateway::run(nats, a.listen, |addr| println!("listening on http://{addr}"), super::stop_signal()).await?;
+    custody_gateway::run(nats, custody::client::identity().as_deref(), a.listen, |addr| println!("listening on http://{addr}"), super::stop_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -47,6 +47,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     match a.action {
         None => {
             let mut config = custody_ledger::Config::new(nats, a.data, authority);
+            config.nkey = custody::client::identity();
             anyhow::ensure!(a.checkpoint_every > 0.0 && a.checkpoint_every.is_finite(), "--checkpoint-every must be a positive number of seconds");
             config.checkpoint_every = std::time::Duration::from_secs_f64(a.checkpoint_every);
             custody_ledger::run(config, super::stop_signal()).await?;

@@ -24,6 +24,10 @@ pub struct Cli {
     /// NATS server URL.
     #[arg(long, global = true, env = "CUSTODY_NATS", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    /// Connect to NATS as this nkey user (a seed file): an actor's own key,
+    /// or a service key when the server checks identities.
+    #[arg(long, global = true, env = "CUSTODY_NKEY")]
+    nkey: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -63,6 +67,9 @@ enum Command {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &cli.nkey {
+        custody::client::set_identity_file(path)?;
+    }
     match cli.command {
         Command::Keygen(a) => keygen::run(a),
         Command::Submit(a) => submit::run(&cli.nats, a).await,

@@ -25,7 +25,7 @@ enum Action {
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
-    let config = custody_projection::Config { nats_url: nats.to_owned(), data_dir: a.data };
+    let config = custody_projection::Config { nats_url: nats.to_owned(), data_dir: a.data, nkey: custody::client::identity() };
     match a.action {
         None => custody_projection::run(config, super::stop_signal()).await?,
         Some(Action::Rebuild) => {

@@ -33,30 +33,84 @@ pub struct Args {
     /// Where the HTTP gateway listens (port 0: a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     http: std::net::SocketAddr,
+    /// Run NATS without authorization (anyone on loopback may publish
+    /// anything; the ledger still checks every signature).
+    #[arg(long)]
+    no_auth: bool,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.data).with_context(|| format!("cannot create {}", a.data.display()))?;
-    let nats = NatsServer::start(&a.data.join("nats"))?;
     let authority_path = a.authority.clone().unwrap_or_else(|| a.data.join("authority.nk"));
     let authority = keys::load_or_create(&authority_path)?;
-    println!("NATS listening on {}", nats.url);
-    println!("genesis authority {} (key file {})", authority.public_key(), authority_path.display());
     let ledger_key = custody_ledger::notary::load_or_create_key(&a.data.join("ledger"))?;
+
+    // One nkey per service; the actors' keys come from the registry.
+    let service_dir = a.data.join("keys/services");
+    let service = |name: &str| -> anyhow::Result<(String, String)> {
+        let k = keys::load_or_create(&service_dir.join(format!("{name}.nk")))?;
+        Ok((k.public_key(), k.seed().map_err(|e| anyhow::anyhow!("{e}"))?))
+    };
+    let (ledger_id, projection_id, gateway_id, authz_id, operator_id) =
+        (service("ledger")?, service("projection")?, service("gateway")?, service("authz")?, service("operator")?);
+    let services = custody_authz::Services {
+        ledger: vec![ledger_id.0.clone()],
+        projection: vec![projection_id.0.clone()],
+        gateway: vec![gateway_id.0.clone()],
+        authz: vec![authz_id.0.clone()],
+        operator: vec![operator_id.0.clone()],
+    };
+    let seed = |id: &(String, String)| (!a.no_auth).then(|| id.1.clone());
+
+    let auth_file = a.data.join("nats-auth.conf");
+    let nats = if a.no_auth {
+        NatsServer::start(&a.data.join("nats"))?
+    } else {
+        let bootstrap = custody_authz::Config {
+            nats_url: String::new(),
+            nkey: None,
+            genesis: authority.public_key(),
+            services: services.clone(),
+            config_file: auth_file.clone(),
+            nats_pid: 0,
+        };
+        // Services and the genesis authority only, until authz has read
+        // the registry off the ledger (a moment after start).
+        custody_authz::service::write(&bootstrap, &custody_authz::Registry::new(&authority.public_key()))?;
+        NatsServer::start_with_config(&a.data.join("nats"), &auth_file)?
+    };
+    println!("NATS listening on {}{}", nats.url, if a.no_auth { " (no authorization: --no-auth)" } else { " (nkey authorization from the actor registry)" });
+    println!("genesis authority {} (key file {})", authority.public_key(), authority_path.display());
     println!("ledger key {} (signs checkpoints; audit with: custody audit --key {})", ledger_key.public_key(), ledger_key.public_key());
 
-    let config = custody_ledger::Config::new(
+    let (astop_tx, astop_rx) = tokio::sync::oneshot::channel::<()>();
+    let authz = (!a.no_auth).then(|| {
+        let config = custody_authz::Config {
+            nats_url: nats.url.clone(),
+            nkey: seed(&authz_id),
+            genesis: authority.public_key(),
+            services: services.clone(),
+            config_file: auth_file.clone(),
+            nats_pid: nats.pid(),
+        };
+        tokio::spawn(custody_authz::run(config, async move {
+            let _ = astop_rx.await;
+        }))
+    });
+
+    let mut config = custody_ledger::Config::new(
         nats.url.clone(),
         a.data.join("ledger"),
         authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?,
     );
+    config.nkey = seed(&ledger_id);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut ledger = tokio::spawn(custody_ledger::run(config, async move {
         let _ = stop_rx.await;
     }));
 
     let (pstop_tx, pstop_rx) = tokio::sync::oneshot::channel::<()>();
-    let projection_config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: a.data.join("projection") };
+    let projection_config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: a.data.join("projection"), nkey: seed(&projection_id) };
     let projection = tokio::spawn(custody_projection::run(projection_config, async move {
         let _ = pstop_rx.await;
     }));
@@ -64,15 +118,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (gstop_tx, gstop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let gateway_url = nats.url.clone();
+    let gateway_seed = seed(&gateway_id);
     let gateway = tokio::spawn(async move {
-        custody_gateway::run(&gateway_url, a.http, |addr| { let _ = bound_tx.send(addr); }, async move {
+        custody_gateway::run(&gateway_url, gateway_seed.as_deref(), a.http, |addr| { let _ = bound_tx.send(addr); }, async move {
             let _ = gstop_rx.await;
         })
         .await
     });
     let http = bound_rx.await.context("the HTTP gateway did not start")?;
 
-    let nc = client::connect(&nats.url).await?;
+    // The demo loader submits for every actor of the demo: the operator.
+    let nc = custody_ledger::connect::connect(&nats.url, "custody-up", seed(&operator_id).as_deref()).await?;
     let head = wait_for_head(&nc).await?;
     println!("ledger ready at seq {head}");
     if !a.no_demo && head == 0 {
@@ -107,8 +163,20 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     println!("\nthe page: http://{http}/?lot=S1  (API: http://{http}/v1/openapi.json)");
     println!("try, in another terminal:");
     println!("  export CUSTODY_NATS={}", nats.url);
+    if !a.no_auth {
+        // Reads everything, submits nothing: the gateway's identity.
+        println!("  export CUSTODY_NKEY={}   # a read-only identity (the gateway's)", service_dir.join("gateway.nk").display());
+    }
     for args in ["verify", "origin S1", "admissible S1 --rules us-2024 --date 2024-11-15", "genealogy S1"] {
         println!("  {me} {args}");
+    }
+    if !a.no_auth {
+        let auth = authority_path.display();
+        println!("a new actor gets its credentials in three steps:");
+        println!("  {me} keygen --out me.nk                      # its own key; prints U...");
+        println!("  echo '{{\"id\":\"reg-me\",\"kind\":\"actor.registered\",\"actor\":\"{}\",\"occurred_at\":\"2026-01-01T00:00:00Z\",\"subject\":\"U...\",\"name\":\"Me\",\"roles\":[\"miner\"],\"country\":\"BW\"}}' \\", authority.public_key());
+        println!("    | {me} --nkey {auth} submit --key {auth} -      # the authority registers it");
+        println!("  {me} --nkey me.nk submit --key me.nk events.ndjson   # it connects as itself, at once");
     }
     if !a.exit_after_demo {
         println!("serving; Ctrl-C to stop");
@@ -120,9 +188,13 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let _ = stop_tx.send(());
     let _ = pstop_tx.send(());
     let _ = gstop_tx.send(());
+    let _ = astop_tx.send(());
     ledger.await??;
     projection.await??;
     gateway.await??;
+    if let Some(authz) = authz {
+        authz.await??;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

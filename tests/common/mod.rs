@@ -21,6 +21,10 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
+    pub fn new(child: Child) -> ServiceProcess {
+        ServiceProcess { child }
+    }
+
     pub fn child_mut(&mut self) -> &mut Child {
         &mut self.child
     }

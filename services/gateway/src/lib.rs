@@ -63,13 +63,8 @@ pub fn router(nats: async_nats::Client) -> Router {
 
 /// Serves on `listen` until `shutdown`; `on_bound` learns the real address
 /// (for a port 0).
-pub async fn run(nats_url: &str, listen: SocketAddr, on_bound: impl FnOnce(SocketAddr), shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let nats = async_nats::ConnectOptions::new()
-        .name("custody-gateway")
-        .retry_on_initial_connect()
-        .connect(nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {nats_url}"))?;
+pub async fn run(nats_url: &str, nkey: Option<&str>, listen: SocketAddr, on_bound: impl FnOnce(SocketAddr), shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let nats = custody_ledger::connect::connect(nats_url, "custody-gateway", nkey).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     on_bound(listener.local_addr()?);
     axum::serve(listener, router(nats)).with_graceful_shutdown(shutdown).await?;

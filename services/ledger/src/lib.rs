@@ -12,10 +12,12 @@
 //! - [`service`]: the NATS pipeline around it.
 //! - [`crashpoint`]: exact crash places for tests (`CUSTODY_CRASH`).
 //! - [`auditor`]: the independent auditor (`custody audit`).
+//! - [`connect`]: connecting to NATS as an nkey user.
 //! - [`follow`], [`audit`]: reading and checking the committed stream (or a
 //!   stopped store) from seq 1.
 
 pub mod audit;
+pub mod connect;
 pub mod auditor;
 pub mod crashpoint;
 pub mod follow;

@@ -38,11 +38,13 @@ pub struct Config {
     pub authority: ActorKey,
     /// How often a signed checkpoint is published while entries arrive.
     pub checkpoint_every: Duration,
+    /// The ledger's NATS identity (an nkey seed), when the server checks one.
+    pub nkey: Option<String>,
 }
 
 impl Config {
     pub fn new(nats_url: impl Into<String>, data_dir: PathBuf, authority: ActorKey) -> Config {
-        Config { nats_url: nats_url.into(), data_dir, authority, checkpoint_every: Duration::from_secs(10) }
+        Config { nats_url: nats_url.into(), data_dir, authority, checkpoint_every: Duration::from_secs(10), nkey: None }
     }
 }
 
@@ -71,12 +73,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let notary = Arc::new(Notary::new(ledger.take_tree(), key, ledger.store().clone()));
     tracing::info!(head = ?ledger.head().map(|h| h.0), key = %notary.public_key(), "ledger store open and chain verified");
 
-    let client = async_nats::ConnectOptions::new()
-        .name("custody-ledger")
-        .retry_on_initial_connect()
-        .connect(&config.nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    let client = crate::connect::connect(&config.nats_url, "custody-ledger", config.nkey.as_deref()).await?;
     let js = jetstream::new(client.clone());
     let streams = ensure_streams(&js).await?;
     let published = stream_agrees(&streams.ledger, ledger.store()).await?;

@@ -30,6 +30,8 @@ pub struct Config {
     pub nats_url: String,
     /// Folder of the projection's own store.
     pub data_dir: PathBuf,
+    /// Its NATS identity (an nkey seed), when the server checks one.
+    pub nkey: Option<String>,
 }
 
 type Shared = Arc<RwLock<State>>;
@@ -40,12 +42,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let state = store.load()?;
     tracing::info!(checkpoint = ?state.checkpoint.map(|c| c.0), lots = state.lots.len(), "projection store loaded");
     let state: Shared = Arc::new(RwLock::new(state));
-    let client = async_nats::ConnectOptions::new()
-        .name("custody-projection")
-        .retry_on_initial_connect()
-        .connect(&config.nats_url)
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    let client = custody_ledger::connect::connect(&config.nats_url, "custody-projection", config.nkey.as_deref()).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(client.clone(), state.clone()));
@@ -73,7 +70,7 @@ pub async fn rebuild(config: Config) -> anyhow::Result<(u64, String)> {
 pub async fn replay(config: Config) -> anyhow::Result<State> {
     let store = Store::open(&config.data_dir)?;
     store.clear()?;
-    let client = async_nats::connect(&config.nats_url).await.with_context(|| format!("cannot connect to NATS at {}", config.nats_url))?;
+    let client = custody_ledger::connect::connect(&config.nats_url, "custody-projection-replay", config.nkey.as_deref()).await?;
     let js = jetstream::new(client);
     let end = js.get_stream(subjects::LEDGER_STREAM).await?.get_info().await?.state.last_sequence;
     let state: Shared = Arc::new(RwLock::new(State::default()));

@@ -1,0 +1,208 @@
+//! Authenticated NATS, as `custody up` runs it by default: every actor
+//! connects with its own nkey, and nats-server's authorization follows the
+//! actor registry on the ledger. Denied by the server: an unauthenticated
+//! client, a miner publishing on another actor's subject or on the
+//! committed stream, a regulator submitting for someone else, an actor
+//! reading the committed stream. A newly registered actor connects at once;
+//! a revoked one is cut off. The ledger still refuses a kind the signer's
+//! role may not emit.
+
+mod common;
+
+use std::io::BufRead as _;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use custody::natsd::die_with_parent;
+use custody_ledger::subjects;
+use custody_proto::Outcome;
+use nkeys::KeyPair;
+use serde_json::json;
+
+/// `custody up` with authorization on (its default), no demo; killed on drop.
+struct Up {
+    _process: ServiceProcess,
+    dir: tempfile::TempDir,
+    url: String,
+    authority: KeyPair,
+}
+
+fn up() -> Up {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .args(["up", "--no-demo", "--data"])
+        .arg(dir.path())
+        .env("CUSTODY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let process = ServiceProcess::new(child);
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("NATS listening on ") {
+            assert!(rest.contains("authorization"), "authorization is on by default: {line}");
+            url = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if line.starts_with("ledger ready") {
+            break;
+        }
+    }
+    // Keep draining what it prints.
+    std::thread::spawn(move || for _ in lines {});
+    let authority = custody::keys::load(&dir.path().join("authority.nk")).unwrap();
+    Up { _process: process, dir, url: url.expect("up printed the NATS address"), authority }
+}
+
+/// Connects as `key` (or as nobody), without retrying; the server's
+/// complaints (permission violations) are collected.
+async fn connect(url: &str, key: Option<&KeyPair>) -> Result<(async_nats::Client, Arc<Mutex<Vec<String>>>), String> {
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let sink = errors.clone();
+    let mut options = async_nats::ConnectOptions::new().event_callback(move |e| {
+        let sink = sink.clone();
+        async move { sink.lock().unwrap().push(e.to_string()) }
+    });
+    if let Some(k) = key {
+        options = options.nkey(k.seed().unwrap()).custom_inbox_prefix(custody_ledger::connect::inbox_prefix(&k.public_key()));
+    }
+    options.connect(url).await.map(|c| (c, errors)).map_err(|e| e.to_string())
+}
+
+/// Until `key` can connect (the registry reached nats-server), at most 10 s.
+async fn connect_when_allowed(url: &str, key: &KeyPair) -> (async_nats::Client, Arc<Mutex<Vec<String>>>, Duration) {
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        if let Ok((c, e)) = connect(url, Some(key)).await {
+            return (c, e, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never got in", key.public_key());
+}
+
+async fn submit(client: &async_nats::Client, key: &KeyPair, payload: &serde_json::Value) -> Outcome {
+    custody::client::submit(client, sign(key, payload).into()).await.expect("an answer")
+}
+
+/// Waits for a permissions violation to be reported to this connection.
+async fn denied(errors: &Arc<Mutex<Vec<String>>>, subject: &str) -> String {
+    for _ in 0..100 {
+        if let Some(e) = errors.lock().unwrap().iter().find(|e| e.contains("Permissions Violation") && e.contains(subject)) {
+            return e.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no permissions violation for {subject}: {:?}", errors.lock().unwrap());
+}
+
+async fn head(client: &async_nats::Client) -> u64 {
+    let msg = client.request(subjects::HEAD_SUBJECT, "".into()).await.unwrap();
+    serde_json::from_slice::<serde_json::Value>(&msg.payload).unwrap()["seq"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
+    let up = up();
+    let url = up.url.as_str();
+
+    // Nobody gets in without a key, or with a key the registry lacks.
+    let err = connect(url, None).await.err().expect("an unauthenticated client is refused");
+    assert!(err.to_lowercase().contains("authorization"), "{err}");
+    let miner = KeyPair::new_user();
+    assert!(connect(url, Some(&miner)).await.is_err(), "an unregistered key is refused");
+
+    // The authority registers a miner, a second miner and a regulator.
+    let (auth, _) = connect(url, Some(&up.authority)).await.expect("the genesis authority connects");
+    let (miner2, regulator) = (KeyPair::new_user(), KeyPair::new_user());
+    for (who, role, country) in [(&miner, "miner", "BW"), (&miner2, "miner", "CA"), (&regulator, "regulator", "US")] {
+        let e = event(&up.authority, &format!("reg-{}", &who.public_key()[..8]), "actor.registered",
+            json!({"subject": who.public_key(), "name": role, "roles": [role], "country": country}));
+        assert!(matches!(submit(&auth, &up.authority, &e).await, Outcome::Receipt(_)));
+    }
+
+    // Registered: it connects at once and submits on its own subject.
+    let (m, m_errors, waited) = connect_when_allowed(url, &miner).await;
+    eprintln!("a registered miner got in after {waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    let mined = event(&miner, "auth-m1", "mined", json!({"lot": "AUTH1", "carats": "3.00", "country": "BW"}));
+    let Outcome::Receipt(r) = submit(&m, &miner, &mined).await else { panic!("refused") };
+    let before = head(&m).await;
+    assert_eq!(before, r.seq);
+
+    // On another actor's subject, or the committed stream: denied by the server.
+    let as_other = sign(&miner, &event(&miner, "auth-m2", "mined", json!({"lot": "AUTH2", "carats": "1.00", "country": "BW"})));
+    m.publish(subjects::submit(&miner2.public_key()), as_other.into()).await.unwrap();
+    denied(&m_errors, &subjects::submit(&miner2.public_key())).await;
+    m.publish(subjects::ENTRIES_SUBJECT, "forged".into()).await.unwrap();
+    denied(&m_errors, subjects::ENTRIES_SUBJECT).await;
+    m.publish(subjects::CHECKPOINTS_SUBJECT, "forged".into()).await.unwrap();
+    denied(&m_errors, subjects::CHECKPOINTS_SUBJECT).await;
+    // Nor may it read the committed stream (it holds others' secrets).
+    let js = async_nats::jetstream::new(m.clone());
+    assert!(js.get_stream(subjects::LEDGER_STREAM).await.is_err(), "an actor cannot read the committed stream");
+    assert_eq!(head(&m).await, before, "nothing reached the ledger");
+
+    // A regulator queries and reads the stream, and may not submit for others.
+    let (reg, reg_errors, _) = connect_when_allowed(url, &regulator).await;
+    let answer = reg.request(subjects::QUERY_ORIGIN, json!({"lot": "AUTH1"}).to_string().into()).await.unwrap();
+    let origin: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert!(origin.get("mine_origin").is_some() || origin["code"] == "unknown_lot", "{origin}");
+    let rjs = async_nats::jetstream::new(reg.clone());
+    let info = rjs.get_stream(subjects::LEDGER_STREAM).await.expect("a regulator reads the committed stream").get_info().await.unwrap();
+    assert_eq!(info.state.last_sequence, before);
+    let for_miner = sign(&miner, &event(&miner, "auth-m3", "mined", json!({"lot": "AUTH3", "carats": "1.00", "country": "BW"})));
+    reg.publish(subjects::submit(&miner.public_key()), for_miner.into()).await.unwrap();
+    denied(&reg_errors, &subjects::submit(&miner.public_key())).await;
+    // On its own subject the server lets it through, and the ledger refuses
+    // what its role may not emit (defence in depth).
+    let by_regulator = event(&regulator, "auth-r1", "mined", json!({"lot": "AUTH4", "carats": "1.00", "country": "US"}));
+    assert_eq!(code(&submit(&reg, &regulator, &by_regulator).await), "role_not_allowed");
+    assert_eq!(head(&m).await, before);
+
+    // Through the CLI too: verify needs a reader's key.
+    let dir = up.dir.path();
+    let reg_file = dir.join("regulator.nk");
+    std::fs::write(&reg_file, regulator.seed().unwrap()).unwrap();
+    let miner_file = dir.join("miner.nk");
+    std::fs::write(&miner_file, miner.seed().unwrap()).unwrap();
+    let out = run_cli(url, &["--nkey", reg_file.to_str().unwrap(), "verify", "--json"], None);
+    assert!(out.status.success(), "a regulator verifies: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run_cli(url, &["--nkey", miner_file.to_str().unwrap(), "verify", "--json"], None);
+    assert!(!out.status.success(), "a miner may not read the stream");
+
+    // Revoked: the server drops the miner and lets it in no more.
+    let revoke = event(&up.authority, "revoke-m", "actor.revoked", json!({"subject": miner.public_key(), "reason": "licence withdrawn"}));
+    assert!(matches!(submit(&auth, &up.authority, &revoke).await, Outcome::Receipt(_)));
+    let mut refused = false;
+    for _ in 0..200 {
+        if connect(url, Some(&miner)).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "a revoked actor cannot connect");
+    let mut cut_off = false;
+    for _ in 0..100 {
+        if m.connection_state() != async_nats::connection::State::Connected {
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cut_off, "the revoked actor's open connection is closed");
+    // And the ledger refuses what it signs, whoever relays it (here the
+    // operator, `custody up`'s demo loader, which may submit for anyone).
+    let operator = custody::keys::load(&dir.join("keys/services/operator.nk")).unwrap();
+    let (relay, _) = connect(url, Some(&operator)).await.unwrap();
+    let late = event(&miner, "auth-m4", "mined", json!({"lot": "AUTH5", "carats": "1.00", "country": "BW"}));
+    assert_eq!(code(&submit(&relay, &miner, &late).await), "actor_revoked");
+}
