@@ -10,6 +10,7 @@
 //! - [`entry`]: ledger entries, the blake3 chain, receipts.
 //! - [`checkpoint`]: the ledger's signed statement of a tree size and root.
 //! - [`merkle`]: the RFC 9162 tree over entries, inclusion and consistency proofs.
+//! - [`request`]: signed HTTP requests (who is asking the gateway).
 //! - [`rejection`]: the stable rejection codes.
 
 pub mod checkpoint;
@@ -19,6 +20,7 @@ pub mod event;
 pub mod ids;
 pub mod merkle;
 pub mod rejection;
+pub mod request;
 pub mod units;
 
 pub use checkpoint::Checkpoint;

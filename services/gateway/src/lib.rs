@@ -135,7 +135,59 @@ async fn genealogy(State(app): State<App>, lot: Result<Path<String>, PathRejecti
     ([(header::CONTENT_TYPE, "image/svg+xml")], svg::genealogy(&g)).into_response()
 }
 
-async fn entry(State(app): State<App>, seq: Result<Path<String>, PathRejection>) -> Response {
+/// Who is asking, from a signed request (see `custody_proto::request`).
+struct Caller {
+    key: String,
+    regulator: bool,
+}
+
+/// The caller of a request: `None` when it is not signed; an error
+/// response when the signature is bad or the key is not a live actor.
+async fn caller(app: &App, headers: &axum::http::HeaderMap, method: &str, path: &str) -> Result<Option<Caller>, Response> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let value = value.to_str().map_err(|_| error(StatusCode::UNAUTHORIZED, "bad_credentials", "the Authorization header is not text"))?;
+    let key = custody_proto::request::verify(value, method, path, custody_proto::Timestamp::now())
+        .map_err(|why| error(StatusCode::UNAUTHORIZED, "bad_credentials", why))?;
+    let request = app.nats.request(subjects::QUERY_ACTOR, json!({"key": key}).to_string().into());
+    let answer = match tokio::time::timeout(QUERY_TIMEOUT, request).await {
+        Ok(Ok(m)) => serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null),
+        _ => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no projection answered who the caller is")),
+    };
+    if answer.get("code").is_some() {
+        return Err(error(StatusCode::FORBIDDEN, "unknown_actor", format!("{key} is not a registered actor")));
+    }
+    if answer["revoked"] == true {
+        return Err(error(StatusCode::FORBIDDEN, "actor_revoked", format!("{key} was revoked")));
+    }
+    let regulator = answer["roles"].as_array().is_some_and(|r| r.iter().any(|x| x == "regulator"));
+    Ok(Some(Caller { key, regulator }))
+}
+
+/// Fields of an event only regulators and its parties may see.
+const CONFIDENTIAL: [&str; 3] = ["actor", "to", "certificate.value_usd"];
+
+/// Removes the confidential fields of `event` unless `caller` is a
+/// regulator or one of its parties (its actor or counterparty).
+fn confidential(event: &mut Value, caller: Option<&Caller>) -> bool {
+    let shown = caller.is_some_and(|c| c.regulator || event["actor"].as_str() == Some(c.key.as_str()) || event["to"].as_str() == Some(c.key.as_str()));
+    if !shown {
+        if let Some(o) = event.as_object_mut() {
+            o.remove("actor");
+            o.remove("to");
+        }
+        if let Some(c) = event.get_mut("certificate").and_then(Value::as_object_mut) {
+            c.remove("value_usd");
+        }
+    }
+    shown
+}
+
+async fn entry(State(app): State<App>, seq: Result<Path<String>, PathRejection>, headers: axum::http::HeaderMap, uri: axum::http::Uri) -> Response {
+    let path = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    let who = match caller(&app, &headers, "GET", &path).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
     let seq = match segment(seq) { Ok(s) => s, Err(r) => return r };
     let Some(seq) = seq.parse::<u64>().ok().filter(|s| *s >= 1) else {
         return error(StatusCode::BAD_REQUEST, "invalid_seq", format!("{:?} is not a ledger seq (a whole number from 1)", seq.chars().take(40).collect::<String>()));
@@ -154,22 +206,29 @@ async fn entry(State(app): State<App>, seq: Result<Path<String>, PathRejection>)
         Err(why) => return error(StatusCode::BAD_GATEWAY, "bad_entry", why),
     };
     let envelope: Value = serde_json::from_slice(&entry.envelope).unwrap_or(Value::Null);
-    let event: Value = envelope["payload"]
+    let mut event: Value = envelope["payload"]
         .as_str()
         .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
         .and_then(|p| serde_json::from_slice(&p).ok())
         .unwrap_or(Value::Null);
     let hash_valid = custody_proto::Entry::compute_hash(entry.seq, &entry.prev_hash, &entry.recorded_at, &entry.envelope) == entry.hash;
-    Json(json!({
+    // The envelope carries the signer and the whole payload: parties and
+    // regulators only.
+    let shown = confidential(&mut event, who.as_ref());
+    let mut body = json!({
         "seq": entry.seq,
         "prev_hash": entry.prev_hash.to_hex(),
         "hash": entry.hash.to_hex(),
         "recorded_at": entry.recorded_at.to_rfc3339(),
         "hash_valid": hash_valid,
-        "envelope": envelope,
         "event": event,
-    }))
-    .into_response()
+    });
+    if shown {
+        body["envelope"] = envelope;
+    } else {
+        body["redacted"] = json!(CONFIDENTIAL.iter().chain(["envelope"].iter()).collect::<Vec<_>>());
+    }
+    Json(body).into_response()
 }
 
 /// A seq from the path, or our JSON 400.

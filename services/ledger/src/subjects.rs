@@ -43,6 +43,8 @@ pub const QUERY_ORIGIN: &str = "custody.query.origin";
 pub const QUERY_ADMISSIBILITY: &str = "custody.query.admissibility";
 pub const QUERY_GENEALOGY: &str = "custody.query.genealogy";
 pub const QUERY_DIGEST: &str = "custody.query.digest";
+/// `{"key"}` → `{"key","name","country","roles","revoked"}`: who an actor is.
+pub const QUERY_ACTOR: &str = "custody.query.actor";
 pub const PROJECTION_GROUP: &str = "custody-projection";
 
 pub fn submit(actor: &str) -> String {

@@ -201,6 +201,13 @@ pub fn answer(state: &State, subject: &str, body: &[u8]) -> Value {
     if subject == subjects::QUERY_DIGEST {
         return json!({"seq": state.checkpoint.map_or(0, |c| c.0), "digest": digest(state)});
     }
+    if subject == subjects::QUERY_ACTOR {
+        let Some(key) = req["key"].as_str() else { return error("bad_request", "the query needs a \"key\"") };
+        return match state.actors.get(key) {
+            Some(a) => json!({"key": key, "name": a.name, "country": a.country, "roles": a.roles, "revoked": a.revoked}),
+            None => error("unknown_actor", format!("{key:?} is not a registered actor")),
+        };
+    }
     let Some(lot_id) = req["lot"].as_str() else {
         return error("bad_request", "the query needs a \"lot\"");
     };

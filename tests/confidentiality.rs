@@ -1,0 +1,92 @@
+//! Commercial confidentiality: an export's `value_usd` and the parties to
+//! an event are business secrets. Over HTTP a ledger entry shows them only
+//! to a regulator or to a party, each proving who it is with a signed
+//! request; everyone else gets the entry without them (its hash and
+//! custody facts stay). Origin, admissibility and genealogy answers never
+//! carry them.
+
+mod common;
+
+use common::*;
+use custody_proto::Timestamp;
+use nkeys::KeyPair;
+use serde_json::Value;
+
+/// Seq of `demo-export-l4`: the trader ships L4 to the cutter, 300,000 USD.
+const EXPORT_L4: u64 = 14;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_and_counterparties_are_for_regulators_and_parties_only() {
+    let mut sys = worked_example().await;
+    let cast = custody::demo::Cast::load_or_create(KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap(), &sys.dir.path().join("keys")).unwrap();
+    let regulator = sys.actor("customs", "regulator", "US").await;
+    let outsider = sys.actor("outsider", "miner", "CA").await;
+    sys.projection_caught_up().await;
+    let base = sys.start_gateway();
+    let http = reqwest::Client::new();
+    let path = format!("/v1/ledger/entries/{EXPORT_L4}");
+    let get = |key: Option<&KeyPair>, header: Option<String>| {
+        let (http, url, path) = (http.clone(), format!("{base}{path}"), path.clone());
+        let auth = header.or_else(|| key.map(|k| custody_proto::request::sign(k, "GET", &path, Timestamp::now()).unwrap()));
+        async move {
+            let mut req = http.get(&url);
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            let r = req.send().await.expect("gateway answers");
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+
+    // The public, and an actor with no part in it: custody facts, no secrets.
+    for (who, key) in [("anonymous", None), ("an outsider", Some(&outsider))] {
+        let (status, e) = get(key, None).await;
+        assert_eq!(status, 200, "{who}: {e}");
+        assert_eq!(e["event"]["kind"], "exported", "{who}");
+        assert_eq!(e["event"]["lots"][0], "L4", "{who}");
+        assert_eq!(e["event"]["certificate"]["number"], "AE-2024-0042", "{who}");
+        assert_eq!(e["hash_valid"], true, "{who}");
+        assert!(e["event"]["certificate"].get("value_usd").is_none(), "{who} sees no value: {e}");
+        assert!(e["event"].get("to").is_none() && e["event"].get("actor").is_none(), "{who} sees no parties: {e}");
+        assert!(e.get("envelope").is_none(), "{who} gets no envelope (it carries everything)");
+        let text = e.to_string();
+        for k in [&cast.trader_ae, &cast.cutter_in] {
+            assert!(!text.contains(&k.public_key()), "{who}: a party's key leaks");
+        }
+        assert!(!text.contains("300000"), "{who}: the value leaks");
+    }
+
+    // A regulator, the exporter and the consignee see everything.
+    for (who, key) in [("the regulator", &regulator), ("the exporter", &cast.trader_ae), ("the consignee", &cast.cutter_in)] {
+        let (status, e) = get(Some(key), None).await;
+        assert_eq!(status, 200, "{who}: {e}");
+        assert_eq!(e["event"]["certificate"]["value_usd"], "300000.00", "{who}");
+        assert_eq!(e["event"]["to"].as_str(), Some(cast.cutter_in.public_key().as_str()), "{who}");
+        assert_eq!(e["event"]["actor"].as_str(), Some(cast.trader_ae.public_key().as_str()), "{who}");
+        assert_eq!(e["envelope"]["payloadType"], "application/vnd.custody.event+json", "{who}");
+    }
+
+    // Credentials that do not hold are refused, not quietly ignored.
+    let stranger = KeyPair::new_user();
+    let (status, e) = get(Some(&stranger), None).await;
+    assert_eq!((status, e["code"].as_str()), (403, Some("unknown_actor")), "{e}");
+    let for_other_path = custody_proto::request::sign(&regulator, "GET", "/v1/ledger/entries/1", Timestamp::now()).unwrap();
+    let (status, e) = get(None, Some(for_other_path)).await;
+    assert_eq!((status, e["code"].as_str()), (401, Some("bad_credentials")), "{e}");
+    let stale = custody_proto::request::sign(&regulator, "GET", &path, "2026-01-01T00:00:00Z".parse().unwrap()).unwrap();
+    let (status, e) = get(None, Some(stale)).await;
+    assert_eq!((status, e["code"].as_str()), (401, Some("bad_credentials")), "{e}");
+
+    // Every other answer omits them, for everyone.
+    for q in ["/v1/lots/S1/origin", "/v1/lots/S1/genealogy", "/v1/lots/L4/genealogy", "/v1/lots/S1/admissibility?rules=us-2024&date=2024-11-15"] {
+        let r = http.get(format!("{base}{q}")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{q}");
+        let text = r.text().await.unwrap();
+        for k in [&cast.miner_ru, &cast.miner_bw, &cast.trader_ae, &cast.cutter_in, &cast.importer_us] {
+            assert!(!text.contains(&k.public_key()), "{q} names a party");
+        }
+        for v in ["2500000", "4100000", "300000", "9800.00", "value_usd"] {
+            assert!(!text.contains(v), "{q} shows a value ({v})");
+        }
+    }
+}
