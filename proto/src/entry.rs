@@ -63,7 +63,7 @@ pub enum ChainError {
     Undecodable { seq: u64, why: String },
     #[error("entry {seq}: hash does not match its contents (stored {stored}, computed {computed})")]
     HashMismatch { seq: u64, stored: Hash, computed: Hash },
-    #[error("entry {seq}: prev_hash {found} does not link to entry {}'s hash {expected}", seq - 1)]
+    #[error("entry {seq}: prev_hash {found} does not link to entry {}'s hash {expected}", seq.saturating_sub(1))]
     BrokenLink { seq: u64, expected: Hash, found: Hash },
     #[error("entry {seq}: expected seq {expected} (gap or reordering)")]
     OutOfOrder { seq: u64, expected: u64 },
@@ -105,9 +105,11 @@ impl Entry {
 
     /// Checks this entry's own hash and its link to the previous entry.
     pub fn check_after(&self, prev: Option<(u64, Hash)>) -> Result<(), ChainError> {
-        let (expected_seq, expected_prev) = prev.map_or((1, Hash::GENESIS), |(s, h)| (s + 1, h));
-        if self.seq != expected_seq {
-            return Err(ChainError::OutOfOrder { seq: self.seq, expected: expected_seq });
+        // Checked: a predecessor at u64::MAX (from bytes nobody validated)
+        // has no successor, and must not wrap to 0 or panic.
+        let (expected_seq, expected_prev) = prev.map_or((Some(1), Hash::GENESIS), |(s, h)| (s.checked_add(1), h));
+        if expected_seq != Some(self.seq) {
+            return Err(ChainError::OutOfOrder { seq: self.seq, expected: expected_seq.unwrap_or(u64::MAX) });
         }
         if self.prev_hash != expected_prev {
             return Err(ChainError::BrokenLink { seq: self.seq, expected: expected_prev, found: self.prev_hash });
@@ -231,6 +233,19 @@ mod tests {
 
     fn t() -> Timestamp {
         "2024-09-02T00:00:00Z".parse().unwrap()
+    }
+
+    /// Found by `fuzz/ entry`: a predecessor at u64::MAX overflowed (a
+    /// panic in debug builds, a silent wrap to seq 0 in release).
+    #[test]
+    fn no_successor_after_the_largest_seq() {
+        let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/regressions/entry-seq-overflow")).unwrap();
+        let e = Entry::decode(7, &bytes).unwrap();
+        assert_eq!(e.seq, 0);
+        assert!(matches!(e.check_after(Some((u64::MAX, e.prev_hash))), Err(ChainError::OutOfOrder { seq: 0, expected: u64::MAX })));
+        let mut last = Entry::next(None, t(), b"x".to_vec());
+        last.seq = 5;
+        assert!(last.check_after(Some((u64::MAX, Hash::GENESIS))).is_err());
     }
 
     #[test]
