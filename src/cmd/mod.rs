@@ -1,5 +1,6 @@
 //! The commands of DOMAIN.md's CLI, one module each.
 
+mod authz;
 mod bench;
 mod bench_read;
 mod gateway;
@@ -64,6 +65,8 @@ enum Command {
     Prove(transparency::ProveArgs),
     /// Audit the ledger from outside: every entry, tree root and checkpoint.
     Audit(transparency::AuditArgs),
+    /// Keep nats-server's authorization in step with the actor registry.
+    Authz(authz::Args),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -86,6 +89,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Checkpoint(a) => transparency::checkpoint(&cli.nats, a).await,
         Command::Prove(a) => transparency::prove(&cli.nats, a).await,
         Command::Audit(a) => transparency::audit(&cli.nats, a).await,
+        Command::Authz(a) => authz::run(&cli.nats, a).await,
     }
 }
 

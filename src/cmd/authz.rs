@@ -1,0 +1,59 @@
+//! `custody authz`: keep a nats-server's authorization in step with the
+//! actor registry on the ledger (what `custody up` runs in-process).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The genesis authority's public key (U...).
+    #[arg(long)]
+    genesis: String,
+    /// The file nats-server loads with `-c`; rewritten whole on each change.
+    #[arg(long)]
+    config: PathBuf,
+    /// nats-server's process id, signalled (SIGHUP) to reload.
+    #[arg(long, required_unless_present = "bootstrap")]
+    nats_pid: Option<u32>,
+    /// A service's public key: ledger=U..., projection=U..., gateway=U...,
+    /// authz=U... or operator=U... (repeat the flag).
+    #[arg(long = "service", value_name = "KIND=KEY")]
+    services: Vec<String>,
+    /// Only write the file for the services and the genesis authority
+    /// (before nats-server first starts), then exit.
+    #[arg(long)]
+    bootstrap: bool,
+}
+
+pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
+    let mut services = custody_authz::Services::default();
+    for s in &a.services {
+        let (kind, key) = s.split_once('=').with_context(|| format!("--service {s:?}: expected KIND=KEY"))?;
+        nkeys::KeyPair::from_public_key(key).with_context(|| format!("--service {s:?}: not a public nkey"))?;
+        let list = match kind {
+            "ledger" => &mut services.ledger,
+            "projection" => &mut services.projection,
+            "gateway" => &mut services.gateway,
+            "authz" => &mut services.authz,
+            "operator" => &mut services.operator,
+            other => anyhow::bail!("--service {other}: not one of ledger, projection, gateway, authz, operator"),
+        };
+        list.push(key.to_owned());
+    }
+    let config = custody_authz::Config {
+        nats_url: nats.to_owned(),
+        nkey: custody::client::identity(),
+        genesis: a.genesis.clone(),
+        services,
+        config_file: a.config,
+        nats_pid: a.nats_pid.unwrap_or(0),
+    };
+    if a.bootstrap {
+        custody_authz::service::write(&config, &custody_authz::Registry::new(&a.genesis))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    custody_authz::run(config, super::stop_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
