@@ -74,6 +74,19 @@ async fn the_auditor_passes_an_honest_ledger_and_catches_an_altered_or_dropped_e
     assert_eq!(code, Some(1), "{v}");
     assert!(v["finding"].as_str().unwrap().contains("not the ledger key"), "{v}");
 
+    // A second auditor keeps following from its own machine (here, process).
+    let mut follower = {
+        let mut cmd = std::process::Command::new(BIN);
+        custody::natsd::die_with_parent(&mut cmd);
+        cmd.args(["--nats", &sys.nats.url, "audit", "--key", &key, "--state", sys.dir.path().join("follower").to_str().unwrap(), "--follow", "0.2"])
+            .env("CUSTODY_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        ServiceProcess::new(cmd.spawn().unwrap())
+    };
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(follower.child_mut().try_wait().unwrap().is_none(), "the follower is content with an honest ledger");
+
     sys.kill_ledger();
     let entries: Vec<Entry> = Store::open(&sys.ledger_dir()).unwrap().entries_from(1).collect::<Result<_, _>>().unwrap();
     let envelopes: Vec<Vec<u8>> = entries.iter().map(|e| e.envelope.clone()).collect();
@@ -85,6 +98,24 @@ async fn the_auditor_passes_an_honest_ledger_and_catches_an_altered_or_dropped_e
     replace_stream(&sys, &rechain(altered)).await;
     let out = sys.custody(&["verify", "--json"], None);
     assert!(out.status.success(), "the rewritten chain is self-consistent: plain verify cannot tell");
+    // The follower notices the rewrite on its own and stops with a finding.
+    let status = tokio::task::spawn_blocking(move || {
+        for _ in 0..300 {
+            if let Some(s) = follower.child_mut().try_wait().unwrap() {
+                let mut out = String::new();
+                use std::io::Read as _;
+                follower.child_mut().stdout.take().unwrap().read_to_string(&mut out).unwrap();
+                return (s, out);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the following auditor did not notice the rewrite");
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.0.code(), Some(1), "{}", status.1);
+    eprintln!("follower: {}", status.1.trim());
+    assert!(["rewritten", "rolled back", "altered"].iter().any(|w| status.1.contains(w)), "{}", status.1);
     let (code, v) = audit(&sys, &key, state);
     assert_eq!(code, Some(1), "{v}");
     let finding = v["finding"].as_str().unwrap();

@@ -189,7 +189,17 @@ pub async fn audit(nats: &str, a: AuditArgs) -> anyhow::Result<ExitCode> {
     let client = custody::client::connect(nats).await?;
     let js = async_nats::jetstream::new(client);
     loop {
-        match auditor.catch_up(&js).await? {
+        let round = match auditor.catch_up(&js).await {
+            Ok(r) => r,
+            // Following, NATS going away is not the ledger failing: retry.
+            Err(e) if a.follow.is_some() => {
+                tracing::warn!(error = %e, "cannot read the ledger's streams; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match round {
             Ok(summary) => {
                 if a.follow.is_none() {
                     println!("{}", json!({"ok": true, "audit": summary}));

@@ -51,6 +51,8 @@ pub struct Auditor {
     key: String,
     checker: Checker,
     tree: Tree,
+    /// The last entry audited, to notice it changing under a follower.
+    last: Option<(u64, custody_proto::Hash)>,
     seen: BTreeMap<u64, Checkpoint>,
     verified: usize,
     /// Position reached on the checkpoints stream.
@@ -79,6 +81,7 @@ impl Auditor {
             key: key.to_owned(),
             checker: Checker::new(Box::new(|_| {})),
             tree: Tree::new(),
+            last: None,
             seen,
             verified: 0,
             checkpoints_read: 0,
@@ -88,9 +91,10 @@ impl Auditor {
 
     /// One more entry of the committed stream, in order.
     pub fn entry(&mut self, e: custody_proto::Entry) -> Result<(), Finding> {
-        let hash = e.hash;
+        let (seq, hash) = (e.seq, e.hash);
         self.checker.push(e)?;
         self.tree.push(&hash);
+        self.last = Some((seq, hash));
         let size = self.tree.len();
         if let Some(c) = self.seen.get(&size) {
             let root = self.tree.root();
@@ -199,6 +203,18 @@ impl Auditor {
         }
         if elast < self.tree.len() {
             return Ok(Err(Finding(format!("the committed stream shrank from {} to {elast} entries: history was rolled back", self.tree.len()))));
+        }
+        // What was audited must still be there: a stream rewritten to the
+        // same length would otherwise go unnoticed by a follower.
+        if let Some((seq, hash)) = self.last {
+            let msg = estream.get_raw_message(seq).await.context("cannot read the committed stream's audited head")?;
+            let now = msg.headers.get(subjects::HDR_HASH).map(|v| v.as_str().to_owned());
+            if now.as_deref() != Some(hash.to_hex().as_str()) {
+                return Ok(Err(Finding(format!(
+                    "entry {seq} on the committed stream changed since it was audited (hash {hash}, now {}): history was rewritten",
+                    now.unwrap_or_else(|| "missing".into())
+                ))));
+            }
         }
         if elast > self.tree.len() {
             let (_, mut messages) = crate::follow::from_seq(js, self.tree.len() + 1).await?;
