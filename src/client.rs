@@ -68,5 +68,5 @@ pub async fn submit_patiently(client: &async_nats::Client, subject: String, raw:
 /// Connects as this process's identity (`--nkey`), retrying while the
 /// server comes up.
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    custody_ledger::connect::connect(url, "custody-cli", identity().as_deref()).await
+    custody_ledger::connect::connect_client(url, "custody-cli", identity().as_deref()).await
 }

@@ -177,6 +177,11 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     assert!(out.status.success(), "a regulator verifies: {}", String::from_utf8_lossy(&out.stderr));
     let out = run_cli(url, &["--nkey", miner_file.to_str().unwrap(), "verify", "--json"], None);
     assert!(!out.status.success(), "a miner may not read the stream");
+    let started = std::time::Instant::now();
+    let out = run_cli(url, &["verify"], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("give --nkey"), "without a key the CLI says what is missing: {err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "and says it at once ({:?})", started.elapsed());
 
     // Revoked: the server drops the miner and lets it in no more.
     let revoke = event(&up.authority, "revoke-m", "actor.revoked", json!({"subject": miner.public_key(), "reason": "licence withdrawn"}));

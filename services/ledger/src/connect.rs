@@ -3,20 +3,46 @@
 //! user's permissions), with replies on an inbox prefix of its own,
 //! `_INBOX_<public key>`, so that no other user may subscribe to them.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
+use async_nats::ConnectErrorKind;
 
 /// The inbox prefix of a user: the only `_INBOX` subjects it may read.
 pub fn inbox_prefix(public_key: &str) -> String {
     format!("_INBOX_{public_key}")
 }
 
-/// Connects as `name`, authenticated by the nkey `seed` when given,
-/// retrying while the server comes up.
-pub async fn connect(url: &str, name: &str, seed: Option<&str>) -> anyhow::Result<async_nats::Client> {
-    let mut options = async_nats::ConnectOptions::new().name(name).retry_on_initial_connect();
+fn options(name: &str, seed: Option<&str>) -> anyhow::Result<async_nats::ConnectOptions> {
+    let mut options = async_nats::ConnectOptions::new().name(name);
     if let Some(seed) = seed {
         let key = nkeys::KeyPair::from_seed(seed.trim()).context("the NATS identity is not an nkey seed")?;
         options = options.custom_inbox_prefix(inbox_prefix(&key.public_key())).nkey(seed.trim().to_owned());
     }
-    options.connect(url).await.with_context(|| format!("cannot connect to NATS at {url}"))
+    Ok(options)
+}
+
+/// Connects a service as `name`, authenticated by the nkey `seed` when
+/// given; it keeps retrying in the background while the server comes up.
+pub async fn connect(url: &str, name: &str, seed: Option<&str>) -> anyhow::Result<async_nats::Client> {
+    options(name, seed)?.retry_on_initial_connect().connect(url).await.with_context(|| format!("cannot connect to NATS at {url}"))
+}
+
+/// Connects a command-line client: retries for a few seconds while the
+/// server is unreachable, but gives up at once, and says why, when the
+/// server refuses the identity.
+pub async fn connect_client(url: &str, name: &str, seed: Option<&str>) -> anyhow::Result<async_nats::Client> {
+    let mut last = None;
+    for _ in 0..40 {
+        match options(name, seed)?.connect(url).await {
+            Ok(c) => return Ok(c),
+            Err(e) if matches!(e.kind(), ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication) => {
+                let who = if seed.is_some() { "this --nkey is not a registered (or not a live) actor" } else { "it checks identities: give --nkey (or CUSTODY_NKEY)" };
+                anyhow::bail!("NATS at {url} refused the connection ({e}): {who}");
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(anyhow::anyhow!("cannot connect to NATS at {url}: {}", last.map_or_else(|| "no answer".to_owned(), |e| e.to_string())))
 }
