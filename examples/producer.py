@@ -3,7 +3,9 @@
 
 It reads an actor's nkey seed (the `SU...` file `custody keygen` writes),
 builds a `mined` event, signs it into a DSSE envelope (ed25519 over the
-PAE), submits it over NATS request-reply and prints the ledger's answer:
+PAE), connects to NATS as that actor (nkey authentication, replies on its
+own `_INBOX_<key>` prefix, as a server under custody's authorization
+requires), submits it over request-reply and prints the ledger's answer:
 a receipt {"id", "seq", "hash", "recorded_at"} or a refusal {"id", "code",
 "message"}. Exit status 0 for a receipt, 1 for a refusal.
 
@@ -89,7 +91,16 @@ async def main() -> int:
         "carats": carats,
         "country": country,
     }
-    nc = await nats.connect(os.environ.get("CUSTODY_NATS", "nats://127.0.0.1:4222"))
+    # Connect as the actor itself: the server admits registered keys only,
+    # and lets each read replies on its own inbox prefix only.
+    with open(key_file) as f:
+        seed = f.read().strip()
+    nc = await nats.connect(
+        os.environ.get("CUSTODY_NATS", "nats://127.0.0.1:4222"),
+        nkeys_seed_str=seed,
+        inbox_prefix=f"_INBOX_{actor}",
+        allow_reconnect=False,
+    )
     try:
         reply = await nc.request(f"custody.submit.{actor}", envelope(key, event), timeout=10)
     finally:

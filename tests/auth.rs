@@ -9,57 +9,14 @@
 
 mod common;
 
-use std::io::BufRead as _;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use custody::natsd::die_with_parent;
 use custody_ledger::subjects;
 use custody_proto::Outcome;
 use nkeys::KeyPair;
 use serde_json::json;
-
-/// `custody up` with authorization on (its default), no demo; killed on drop.
-struct Up {
-    _process: ServiceProcess,
-    dir: tempfile::TempDir,
-    url: String,
-    authority: KeyPair,
-}
-
-fn up() -> Up {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(BIN);
-    die_with_parent(&mut cmd);
-    let mut child = cmd
-        .args(["up", "--no-demo", "--data"])
-        .arg(dir.path())
-        .env("CUSTODY_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let process = ServiceProcess::new(child);
-    let mut url = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("NATS listening on ") {
-            assert!(rest.contains("authorization"), "authorization is on by default: {line}");
-            url = rest.split_whitespace().next().map(str::to_owned);
-        }
-        if line.starts_with("ledger ready") {
-            break;
-        }
-    }
-    // Keep draining what it prints.
-    std::thread::spawn(move || for _ in lines {});
-    let authority = custody::keys::load(&dir.path().join("authority.nk")).unwrap();
-    Up { _process: process, dir, url: url.expect("up printed the NATS address"), authority }
-}
 
 /// Connects as `key` (or as nobody), without retrying; the server's
 /// complaints (permission violations) are collected.
@@ -149,6 +106,37 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     let js = async_nats::jetstream::new(m.clone());
     assert!(js.get_stream(subjects::LEDGER_STREAM).await.is_err(), "an actor cannot read the committed stream");
     assert_eq!(head(&m).await, before, "nothing reached the ledger");
+
+    // The durable path works under authorization too: its own inbox, and
+    // its own receipts only, through a named consumer (the filter is then
+    // part of the subject the server authorizes).
+    let (m2, _, _) = connect_when_allowed(url, &miner2).await;
+    let js2 = async_nats::jetstream::new(m2.clone());
+    let durable = sign(&miner2, &event(&miner2, "auth-d1", "mined", json!({"lot": "AUTHD1", "carats": "2.00", "country": "CA"})));
+    js2.publish(subjects::inbox(&miner2.public_key()), durable.into()).await.unwrap().await.expect("the inbox takes its own actor's envelope");
+    let receipts = js2.get_stream(subjects::RECEIPTS_STREAM).await.expect("it may look up the receipts stream");
+    let own = receipts
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            name: Some("m2-receipts".into()),
+            filter_subject: subjects::receipts(&miner2.public_key()),
+            ..Default::default()
+        })
+        .await
+        .expect("a consumer of its own receipts");
+    let mut outcomes = own.messages().await.unwrap();
+    use futures::StreamExt as _;
+    let msg = tokio::time::timeout(Duration::from_secs(20), outcomes.next()).await.expect("its receipt arrives").unwrap().unwrap();
+    let outcome: Outcome = serde_json::from_slice(&msg.payload).unwrap();
+    assert!(matches!(outcome, Outcome::Receipt(ref r) if r.id == "auth-d1"), "{outcome:?}");
+    let others = receipts
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            name: Some("m2-spying".into()),
+            filter_subject: subjects::receipts(&miner.public_key()),
+            ..Default::default()
+        })
+        .await;
+    assert!(others.is_err(), "no consumer of another actor's receipts");
+    let before = head(&m).await;
 
     // A regulator queries and reads the stream, and may not submit for others.
     let (reg, reg_errors, _) = connect_when_allowed(url, &regulator).await;

@@ -13,12 +13,16 @@ fn python() -> String {
 }
 
 fn producer(sys: &System, args: &[&str]) -> (Option<i32>, Value, String) {
+    producer_at(&sys.nats.url, args)
+}
+
+fn producer_at(url: &str, args: &[&str]) -> (Option<i32>, Value, String) {
     let mut cmd = std::process::Command::new(python());
     custody::natsd::die_with_parent(&mut cmd);
     let out = cmd
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/producer.py"))
         .args(args)
-        .env("CUSTODY_NATS", &sys.nats.url)
+        .env("CUSTODY_NATS", url)
         .output()
         .expect("python runs: run deploy/python.sh or deploy/test.sh");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -53,4 +57,34 @@ async fn a_python_producer_gets_a_receipt() {
     assert_eq!(refusal["code"], "id_conflict");
     let out = sys.custody(&["verify", "--json"], None);
     assert!(out.status.success(), "{}", stdout(&out));
+}
+
+/// Under `custody up`'s authorization the producer connects as its actor
+/// (nkey authentication, replies on its own inbox prefix): refused before
+/// it is registered, receipted after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_producer_connects_as_its_actor_under_authorization() {
+    let up = up();
+    let key_file = up.dir.path().join("py-miner.nk");
+    let out = run_cli(&up.url, &["keygen", "--out", key_file.to_str().unwrap()], None);
+    let public = stdout(&out).trim().to_owned();
+
+    let (code, _, err) = producer_at(&up.url, &[key_file.to_str().unwrap(), "PYA-1", "2.00", "CA"]);
+    assert_ne!(code, Some(0), "an unregistered key is refused by the server");
+    assert!(err.to_lowercase().contains("authorization"), "{err}");
+
+    let reg = event(&up.authority, "reg-pya", "actor.registered", json!({"subject": public, "name": "Py Miner", "roles": ["miner"], "country": "CA"}));
+    let auth_file = up.dir.path().join("authority.nk");
+    let out = run_cli(&up.url, &["--nkey", auth_file.to_str().unwrap(), "submit", "--key", auth_file.to_str().unwrap(), "-"], Some(&format!("{reg}\n")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut last = (None, Value::Null, String::new());
+    for _ in 0..50 {
+        last = producer_at(&up.url, &[key_file.to_str().unwrap(), "PYA-1", "2.00", "CA"]);
+        if last.0 == Some(0) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(last.0, Some(0), "{} {}", last.1, last.2);
+    assert_eq!(last.1["id"], "py-PYA-1");
 }

@@ -401,3 +401,43 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `custody up` with authorization on (its default), no demo; killed on drop.
+pub struct Up {
+    _process: ServiceProcess,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub authority: KeyPair,
+}
+
+pub fn up() -> Up {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(BIN);
+    die_with_parent(&mut cmd);
+    let mut child = cmd
+        .args(["up", "--no-demo", "--data"])
+        .arg(dir.path())
+        .env("CUSTODY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let process = ServiceProcess::new(child);
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("NATS listening on ") {
+            assert!(rest.contains("authorization"), "authorization is on by default: {line}");
+            url = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if line.starts_with("ledger ready") {
+            break;
+        }
+    }
+    // Keep draining what it prints.
+    std::thread::spawn(move || for _ in lines {});
+    let authority = custody::keys::load(&dir.path().join("authority.nk")).unwrap();
+    Up { _process: process, dir, url: url.expect("up printed the NATS address"), authority }
+}
+

@@ -5,7 +5,7 @@
 //! | the ledger | everything | everything |
 //! | a projection | read the committed stream | `custody.query.>` (answers) |
 //! | the gateway, a regulator | queries, proofs, read the committed and checkpoints streams; a regulator also its own `custody.submit.<key>` (to flag) | its own inbox |
-//! | authority, miner, trader, manufacturer | its own `custody.submit.<key>` and `custody.inbox.<key>`, its own receipts, queries and proofs | its own inbox |
+//! | authority, miner, trader, manufacturer | its own `custody.submit.<key>` and `custody.inbox.<key>`, a *named* consumer of its own receipts (the filter is then in the subject), queries and proofs | its own inbox |
 //! | the operator (`custody up`'s demo loader) | any `custody.submit.>` and queries | its own inbox |
 //!
 //! Nobody but the ledger may publish on `custody.ledger.entries` or
@@ -103,6 +103,7 @@ fn actor(key: &str, roles: &[Role]) -> Permissions {
     publish.push(format!("$JS.API.STREAM.INFO.{RECEIPTS_STREAM}"));
     publish.push(format!("$JS.API.CONSUMER.CREATE.{RECEIPTS_STREAM}.*.{}", receipts(key)));
     publish.push(format!("$JS.API.CONSUMER.MSG.NEXT.{RECEIPTS_STREAM}.*"));
+    publish.push(format!("$JS.API.CONSUMER.INFO.{RECEIPTS_STREAM}.*"));
     publish.push(format!("$JS.API.CONSUMER.DELETE.{RECEIPTS_STREAM}.*"));
     Permissions { publish, subscribe: vec![own_inbox(key)], responds: false }
 }
