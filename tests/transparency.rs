@@ -92,6 +92,17 @@ async fn inclusion_and_consistency_proofs_check_offline_and_forgeries_fail() {
     let c2 = checkpoint(&sys, &key);
     assert_eq!(c2["tree_size"], 66);
     let c2_file = write(dir, "c2.json", &c2);
+    // Asking again for the same size signs afresh but publishes nothing new:
+    // nobody can grow the checkpoints stream by asking.
+    let js = async_nats::jetstream::new(sys.client.clone());
+    let count = |js: async_nats::jetstream::Context| async move {
+        js.get_stream(custody_ledger::subjects::CHECKPOINTS_STREAM).await.unwrap().get_info().await.unwrap().state.messages
+    };
+    let published = count(js.clone()).await;
+    for _ in 0..5 {
+        assert_eq!(checkpoint(&sys, &key)["tree_size"], 66);
+    }
+    assert_eq!(count(js).await, published, "one checkpoint per size on the stream");
     let http = reqwest::Client::new();
     let get = |path: String| {
         let (http, url) = (http.clone(), format!("{base}{path}"));

@@ -52,6 +52,8 @@ pub struct Notary {
     /// Entries on the committed stream: checkpoints and default proofs
     /// cover no more, so whoever gets one can fetch what it covers.
     published: AtomicU64,
+    /// The largest tree size a checkpoint was published for (+1; 0: none).
+    announced: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +68,23 @@ pub enum NotaryError {
 
 impl Notary {
     pub fn new(tree: Tree, key: nkeys::KeyPair, store: Store) -> Notary {
-        Notary { tree: RwLock::new(tree), key, store, published: AtomicU64::new(0) }
+        Notary { tree: RwLock::new(tree), key, store, published: AtomicU64::new(0), announced: AtomicU64::new(0) }
     }
 
     /// Records how far the committed stream goes.
     pub fn set_published(&self, seq: u64) {
         self.published.store(seq, Ordering::Release);
+    }
+
+    /// Claims the announcement of a checkpoint for `size`: true if none was
+    /// published for this size or a larger one yet.
+    pub fn first_announcement(&self, size: u64) -> bool {
+        self.announced.fetch_max(size + 1, Ordering::AcqRel) <= size
+    }
+
+    /// Gives the claim back after a failed publish.
+    pub fn forget_announcement(&self, size: u64) {
+        let _ = self.announced.compare_exchange(size + 1, size, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// Entries on the committed stream (and in the tree).

@@ -463,10 +463,17 @@ impl Checkpoints {
         if !due {
             return;
         }
+        if !self.notary.first_announcement(published) {
+            // Someone asked for this size already: it is on the stream.
+            self.last = Some((std::time::Instant::now(), published));
+            return;
+        }
         match self.notary.checkpoint(published) {
             Ok(c) => {
                 if publish_checkpoint(js, &c).await {
                     self.last = Some((std::time::Instant::now(), published));
+                } else {
+                    self.notary.forget_announcement(published);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot sign a checkpoint"),
@@ -486,7 +493,9 @@ async fn publish_checkpoint(js: &jetstream::Context, c: &custody_proto::Checkpoi
 }
 
 /// Answers checkpoint and proof requests. A checkpoint asked for is also
-/// published, so auditors see every checkpoint anyone was given.
+/// published when it is the first for its size, so auditors see a
+/// checkpoint for every size anyone was given, and asking again and again
+/// cannot grow the stream.
 async fn serve_proofs(client: async_nats::Client, js: jetstream::Context, notary: Arc<Notary>) -> anyhow::Result<()> {
     let mut subs = futures::stream::select_all([
         client.subscribe(CHECKPOINT_SUBJECT).await?,
@@ -502,7 +511,9 @@ async fn serve_proofs(client: async_nats::Client, js: jetstream::Context, notary
         };
         if msg.subject.as_str() == CHECKPOINT_SUBJECT && answer.get("code").is_none() {
             if let Ok(c) = serde_json::from_value::<custody_proto::Checkpoint>(answer.clone()) {
-                publish_checkpoint(&js, &c).await;
+                if notary.first_announcement(c.tree_size) && !publish_checkpoint(&js, &c).await {
+                    notary.forget_announcement(c.tree_size);
+                }
             }
         }
         let _ = client.publish(reply, answer.to_string().into()).await;
