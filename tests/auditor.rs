@@ -99,23 +99,14 @@ async fn the_auditor_passes_an_honest_ledger_and_catches_an_altered_or_dropped_e
     let out = sys.custody(&["verify", "--json"], None);
     assert!(out.status.success(), "the rewritten chain is self-consistent: plain verify cannot tell");
     // The follower notices the rewrite on its own and stops with a finding.
-    let status = tokio::task::spawn_blocking(move || {
-        for _ in 0..300 {
-            if let Some(s) = follower.child_mut().try_wait().unwrap() {
-                let mut out = String::new();
-                use std::io::Read as _;
-                follower.child_mut().stdout.take().unwrap().read_to_string(&mut out).unwrap();
-                return (s, out);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("the following auditor did not notice the rewrite");
-    })
-    .await
-    .unwrap();
-    assert_eq!(status.0.code(), Some(1), "{}", status.1);
-    eprintln!("follower: {}", status.1.trim());
-    assert!(["rewritten", "rolled back", "altered"].iter().any(|w| status.1.contains(w)), "{}", status.1);
+    let (status, mut follower) = follower.exit_within(std::time::Duration::from_secs(15)).await;
+    let status = status.expect("the following auditor noticed the rewrite");
+    let mut out = String::new();
+    use std::io::Read as _;
+    follower.child_mut().stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert_eq!(status.code(), Some(1), "{out}");
+    eprintln!("follower: {}", out.trim());
+    assert!(["rewritten", "rolled back", "altered"].iter().any(|w| out.contains(w)), "{out}");
     let (code, v) = audit(&sys, &key, state);
     assert_eq!(code, Some(1), "{v}");
     let finding = v["finding"].as_str().unwrap();

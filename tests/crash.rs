@@ -111,9 +111,7 @@ async fn kill_9_under_load_loses_and_duplicates_nothing() {
     // The projection followed the whole history, restarts and all: its
     // digest is that of a clean replay.
     let followed = sys.projection_caught_up().await;
-    let rebuilt_dir = sys.dir.path().join("rebuilt");
-    let out = sys.custody(&["projection", "rebuild", "--data", rebuilt_dir.to_str().unwrap()], None);
-    let rebuilt: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let rebuilt = sys.rebuild(&sys.dir.path().join("rebuilt"));
     assert_eq!(rebuilt["seq"], followed["seq"]);
     assert_eq!(rebuilt["digest"], followed["digest"]);
 

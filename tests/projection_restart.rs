@@ -66,17 +66,13 @@ async fn killed_mid_stream_it_resumes_to_the_digest_of_a_clean_replay() {
     history(&sys, "b").await; // and it keeps following new entries
     let resumed = sys.projection_caught_up().await;
 
-    let rebuilt_dir = sys.dir.path().join("rebuilt");
-    let out = sys.custody(&["projection", "rebuild", "--data", rebuilt_dir.to_str().unwrap()], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let rebuilt: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let rebuilt = sys.rebuild(&sys.dir.path().join("rebuilt"));
     assert_eq!(rebuilt["seq"], resumed["seq"]);
     assert_eq!(rebuilt["digest"], resumed["digest"], "resumed state equals a clean replay");
 
     // Rebuilding the running projection's own store gives it once more.
     sys.kill_projection();
-    let out = sys.custody(&["projection", "rebuild", "--data", sys.projection_dir().to_str().unwrap()], None);
-    let again: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let again = sys.rebuild(&sys.projection_dir());
     assert_eq!(again["digest"], resumed["digest"]);
 }
 
@@ -101,16 +97,7 @@ async fn a_foreign_entry_on_the_stream_halts_the_projection_and_the_ledger() {
     js.send_publish(subjects::ENTRIES_SUBJECT, jetstream::message::PublishMessage::build().payload(forged.envelope.clone().into()).headers(headers).expected_last_sequence(head))
         .await.unwrap().await.unwrap();
 
-    let mut projection = sys.projection.take().unwrap();
-    let status = tokio::task::spawn_blocking(move || {
-        for _ in 0..200 {
-            if let Ok(Some(s)) = projection.child_mut().try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }).await.unwrap();
+    let (status, _) = sys.projection.take().unwrap().exit_within(Duration::from_secs(10)).await;
     let status = status.expect("the projection halts");
     assert!(!status.success());
 
@@ -126,16 +113,7 @@ async fn a_foreign_entry_on_the_stream_halts_the_projection_and_the_ledger() {
     // foreign entry where its own should go, and stops loudly rather than
     // let the stream and the store tell different histories.
     sys.accept(&m, &event(&m, "ok-2", "mined", json!({"lot": "OK2", "carats": "1.00", "country": "BW"}))).await;
-    let mut ledger = sys.ledger.take().unwrap();
-    let status = tokio::task::spawn_blocking(move || {
-        for _ in 0..200 {
-            if let Ok(Some(s)) = ledger.child_mut().try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }).await.unwrap();
+    let (status, _) = sys.ledger.take().unwrap().exit_within(Duration::from_secs(10)).await;
     let status = status.expect("the ledger stops");
     let err = sys.ledger_log();
     assert!(!status.success());
@@ -178,8 +156,6 @@ async fn crashed_inside_a_chunk_it_resumes_to_the_digest_of_a_clean_replay() {
     let resumed = sys.projection_caught_up().await;
     assert_eq!(resumed["seq"].as_u64(), Some(head));
 
-    let out = sys.custody(&["projection", "rebuild", "--data", sys.dir.path().join("clean").to_str().unwrap()], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let clean: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let clean = sys.rebuild(&sys.dir.path().join("clean"));
     assert_eq!(clean["digest"], resumed["digest"], "resumed state equals a clean replay");
 }

@@ -29,6 +29,23 @@ impl ServiceProcess {
         &mut self.child
     }
 
+    /// Waits up to `within` (off the async threads) for the process to
+    /// exit; gives the process back, to read what it printed.
+    pub async fn exit_within(mut self, within: Duration) -> (Option<std::process::ExitStatus>, ServiceProcess) {
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + within;
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(s)) = self.child.try_wait() {
+                    return (Some(s), self);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (None, self)
+        })
+        .await
+        .expect("waiting for a process")
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -156,18 +173,8 @@ impl System {
 
     /// Waits up to a minute for the projection process to exit.
     pub async fn projection_exit(&mut self) -> std::process::ExitStatus {
-        let mut p = self.projection.take().expect("a projection process");
-        tokio::task::spawn_blocking(move || {
-            for _ in 0..1_200 {
-                if let Ok(Some(s)) = p.child_mut().try_wait() {
-                    return s;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            panic!("the projection did not exit");
-        })
-        .await
-        .expect("waiting")
+        let p = self.projection.take().expect("a projection process");
+        p.exit_within(Duration::from_secs(60)).await.0.expect("the projection did not exit")
     }
 
     /// Starts a projection process and waits until it answers.
@@ -298,6 +305,14 @@ impl System {
             json!({"subject": kp.public_key(), "name": name, "roles": [role], "country": country}));
         self.accept(&self.authority, &ev).await;
         kp
+    }
+
+    /// `custody projection rebuild` into `dir`: `{"seq","digest"}` of a
+    /// clean replay of the committed stream.
+    pub fn rebuild(&self, dir: &std::path::Path) -> Value {
+        let out = self.custody(&["projection", "rebuild", "--data", dir.to_str().expect("a UTF-8 path")], None);
+        assert!(out.status.success(), "rebuild failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_str(stdout(&out).trim()).expect("rebuild prints JSON")
     }
 
     /// Runs the CLI against this system's NATS.
