@@ -199,11 +199,9 @@ pub fn verify_inclusion(seq: u64, size: u64, entry_hash: &Hash, path: &[Hash], r
         }
         if f & 1 == 1 || f == s {
             r = node_hash(p, &r);
-            if f & 1 == 0 {
-                while f & 1 == 0 && f != 0 {
-                    f >>= 1;
-                    s >>= 1;
-                }
+            while f & 1 == 0 && f != 0 {
+                f >>= 1;
+                s >>= 1;
             }
         } else {
             r = node_hash(&r, p);
@@ -246,11 +244,9 @@ pub fn verify_consistency(from: u64, to: u64, from_root: &Hash, to_root: &Hash, 
         if f & 1 == 1 || f == s {
             fr = node_hash(c, &fr);
             sr = node_hash(c, &sr);
-            if f & 1 == 0 {
-                while f & 1 == 0 && f != 0 {
-                    f >>= 1;
-                    s >>= 1;
-                }
+            while f & 1 == 0 && f != 0 {
+                f >>= 1;
+                s >>= 1;
             }
         } else {
             sr = node_hash(&sr, c);
