@@ -132,29 +132,18 @@ fn user(out: &mut String, comment: &str, key: &str, p: Permissions) {
 pub fn render(registry: &Registry, services: &Services) -> String {
     let mut out = String::from("# Written by custody authz from the ledger's actor registry; do not edit.\nauthorization {\n  users = [\n");
     let mut seen = std::collections::BTreeSet::new();
-    for k in &services.ledger {
-        if seen.insert(k.clone()) {
-            user(&mut out, "service: ledger", k, ledger());
-        }
-    }
-    for k in &services.projection {
-        if seen.insert(k.clone()) {
-            user(&mut out, "service: projection", k, projection(k));
-        }
-    }
-    for k in &services.authz {
-        if seen.insert(k.clone()) {
-            user(&mut out, "service: authz", k, follower(k));
-        }
-    }
-    for k in &services.gateway {
-        if seen.insert(k.clone()) {
-            user(&mut out, "service: gateway", k, reader(k));
-        }
-    }
-    for k in &services.operator {
-        if seen.insert(k.clone()) {
-            user(&mut out, "service: operator", k, operator(k));
+    let kinds: [(&str, &[String], fn(&str) -> Permissions); 5] = [
+        ("ledger", &services.ledger, |_| ledger()),
+        ("projection", &services.projection, projection),
+        ("authz", &services.authz, follower),
+        ("gateway", &services.gateway, reader),
+        ("operator", &services.operator, operator),
+    ];
+    for (kind, keys, permissions) in kinds {
+        for k in keys {
+            if seen.insert(k.clone()) {
+                user(&mut out, &format!("service: {kind}"), k, permissions(k));
+            }
         }
     }
     for (k, roles) in &registry.actors {
