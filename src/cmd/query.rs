@@ -37,14 +37,20 @@ pub struct GenealogyArgs {
     json: bool,
 }
 
-/// Sends a query and returns the answer, or exits 1 on an error answer.
+/// Sends a query to the projection: its answer, or its error answer.
 pub async fn ask(nats: &str, subject: &str, body: Value) -> anyhow::Result<Result<Value, Value>> {
+    ask_of("projection", nats, subject, body).await
+}
+
+/// Sends a request to `who` (a projection or the ledger): its answer, or
+/// its error answer `{"code","message"}`.
+pub async fn ask_of(who: &str, nats: &str, subject: &str, body: Value) -> anyhow::Result<Result<Value, Value>> {
     let client = custody::client::connect(nats).await?;
     let reply = tokio::time::timeout(Duration::from_secs(10), client.request(subject.to_owned(), body.to_string().into()))
         .await
-        .context("no projection answered within 10 s")?
-        .context("no projection is answering queries")?;
-    let v: Value = serde_json::from_slice(&reply.payload).context("the projection's answer is not JSON")?;
+        .with_context(|| format!("no {who} answered within 10 s"))?
+        .with_context(|| format!("no {who} is answering"))?;
+    let v: Value = serde_json::from_slice(&reply.payload).with_context(|| format!("the {who}'s answer is not JSON"))?;
     Ok(if v.get("code").is_some() && v.get("verdict").is_none() { Err(v) } else { Ok(v) })
 }
 

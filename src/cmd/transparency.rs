@@ -55,17 +55,11 @@ pub struct AuditArgs {
     follow: Option<f64>,
 }
 
+/// A request to the ledger; its error answer becomes an error.
 async fn request(nats: &str, subject: &str, body: Value) -> anyhow::Result<Value> {
-    let client = custody::client::connect(nats).await?;
-    let reply = tokio::time::timeout(Duration::from_secs(10), client.request(subject.to_owned(), body.to_string().into()))
-        .await
-        .context("the ledger did not answer within 10 s")?
-        .context("no ledger is answering")?;
-    let v: Value = serde_json::from_slice(&reply.payload).context("the ledger's answer is not JSON")?;
-    if let Some(code) = v.get("code").and_then(Value::as_str) {
-        anyhow::bail!("{code}: {}", v.get("message").and_then(Value::as_str).unwrap_or(""));
-    }
-    Ok(v)
+    super::query::ask_of("ledger", nats, subject, body)
+        .await?
+        .map_err(|e| anyhow::anyhow!("{}: {}", e["code"].as_str().unwrap_or("error"), e["message"].as_str().unwrap_or("")))
 }
 
 pub async fn checkpoint(nats: &str, a: CheckpointArgs) -> anyhow::Result<ExitCode> {
