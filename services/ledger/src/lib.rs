@@ -13,6 +13,7 @@
 //! - [`crashpoint`]: exact crash places for tests (`CUSTODY_CRASH`).
 //! - [`auditor`]: the independent auditor (`custody audit`).
 //! - [`connect`]: connecting to NATS as an nkey user.
+//! - [`keyfile`]: nkey seed files (the ledger's key, actors' keys).
 //! - [`follow`], [`audit`]: reading and checking the committed stream (or a
 //!   stopped store) from seq 1.
 
@@ -21,6 +22,7 @@ pub mod connect;
 pub mod auditor;
 pub mod crashpoint;
 pub mod follow;
+pub mod keyfile;
 pub mod ledger;
 pub mod model;
 pub mod notary;

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 
-use anyhow::Context as _;
 use custody_proto::merkle::{ProofError, Tree};
 use custody_proto::{Checkpoint, Entry, Timestamp};
 use serde_json::{json, Value};
@@ -18,28 +17,10 @@ use crate::store::{Store, StoreError};
 /// File of the ledger's signing seed, inside its data folder.
 pub const KEY_FILE: &str = "ledger.nk";
 
-/// Loads the ledger's signing key from `dir`, creating it on first use
-/// (written, then fsynced, readable by the owner only).
+/// Loads the ledger's signing key (a server nkey) from `dir`, creating it
+/// on first use.
 pub fn load_or_create_key(dir: &Path) -> anyhow::Result<nkeys::KeyPair> {
-    let path = dir.join(KEY_FILE);
-    if path.exists() {
-        let seed = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        return nkeys::KeyPair::from_seed(seed.trim()).with_context(|| format!("{} holds no nkey seed", path.display()));
-    }
-    std::fs::create_dir_all(dir)?;
-    let key = nkeys::KeyPair::new_server();
-    let seed = key.seed().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tmp = dir.join(format!("{KEY_FILE}.tmp"));
-    {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(format!("{seed}\n").as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(key)
+    crate::keyfile::load_or_create(&dir.join(KEY_FILE), nkeys::KeyPairType::Server)
 }
 
 /// The tree and the key, shared by the writer (which appends) and the
