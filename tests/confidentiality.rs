@@ -77,6 +77,13 @@ async fn values_and_counterparties_are_for_regulators_and_parties_only() {
     let (status, e) = get(None, Some(stale)).await;
     assert_eq!((status, e["code"].as_str()), (401, Some("bad_credentials")), "{e}");
 
+    // A revoked key is refused too, once the projection has seen it go.
+    let a = &sys.authority;
+    sys.accept(a, &event(a, "revoke-outsider", "actor.revoked", serde_json::json!({"subject": outsider.public_key(), "reason": "licence withdrawn"}))).await;
+    sys.projection_caught_up().await;
+    let (status, e) = get(Some(&outsider), None).await;
+    assert_eq!((status, e["code"].as_str()), (403, Some("actor_revoked")), "{e}");
+
     // Every other answer omits them, for everyone.
     for q in ["/v1/lots/S1/origin", "/v1/lots/S1/genealogy", "/v1/lots/L4/genealogy", "/v1/lots/S1/admissibility?rules=us-2024&date=2024-11-15"] {
         let r = http.get(format!("{base}{q}")).send().await.unwrap();
