@@ -49,8 +49,7 @@ impl Cast {
             v
         };
         let register = |id: &str, who: &KeyPair, name: &str, role: &str, country: &str| {
-            ev(&self.authority, id, "2024-01-01T00:00:00Z", "actor.registered",
-               json!({"subject": pk(who), "name": name, "roles": [role], "country": country}))
+            ev(&self.authority, id, "2024-01-01T00:00:00Z", "actor.registered", json!({"subject": pk(who), "name": name, "roles": [role], "country": country}))
         };
         vec![
             (&self.authority, register("demo-reg-a", a, "Miner A", "miner", "RU")),
@@ -60,16 +59,70 @@ impl Cast {
             (&self.authority, register("demo-reg-u", u, "Importer U", "trader", "US")),
             (a, ev(a, "demo-mined-l1", "2024-09-02T08:00:00Z", "mined", json!({"lot": "L1", "carats": "1000.00", "country": "RU", "mine": "Mine A1"}))),
             (b, ev(b, "demo-mined-l2", "2024-09-02T09:00:00Z", "mined", json!({"lot": "L2", "carats": "1500.00", "country": "BW"}))),
-            (a, ev(a, "demo-export-l1", "2024-09-10T10:00:00Z", "exported", json!({"lots": ["L1"], "to": pk(t), "to_country": "AE", "certificate": {"number": "RU-2024-0001", "value_usd": "2500000.00"}}))),
-            (b, ev(b, "demo-export-l2", "2024-09-10T11:00:00Z", "exported", json!({"lots": ["L2"], "to": pk(t), "to_country": "AE", "certificate": {"number": "BW-2024-0001", "value_usd": "4100000.00"}}))),
+            (
+                a,
+                ev(
+                    a,
+                    "demo-export-l1",
+                    "2024-09-10T10:00:00Z",
+                    "exported",
+                    json!({"lots": ["L1"], "to": pk(t), "to_country": "AE", "certificate": {"number": "RU-2024-0001", "value_usd": "2500000.00"}}),
+                ),
+            ),
+            (
+                b,
+                ev(
+                    b,
+                    "demo-export-l2",
+                    "2024-09-10T11:00:00Z",
+                    "exported",
+                    json!({"lots": ["L2"], "to": pk(t), "to_country": "AE", "certificate": {"number": "BW-2024-0001", "value_usd": "4100000.00"}}),
+                ),
+            ),
             (t, ev(t, "demo-import-l1", "2024-09-12T08:00:00Z", "imported", json!({"certificate": "RU-2024-0001"}))),
             (t, ev(t, "demo-import-l2", "2024-09-12T09:00:00Z", "imported", json!({"certificate": "BW-2024-0001"}))),
             (t, ev(t, "demo-merge-l3", "2024-09-15T08:00:00Z", "merged", json!({"lots": ["L1", "L2"], "into": {"lot": "L3", "carats": "2500.00"}}))),
-            (t, ev(t, "demo-split-l3", "2024-09-16T08:00:00Z", "split", json!({"lot": "L3", "into": [{"lot": "L4", "carats": "100.00"}, {"lot": "L5", "carats": "2400.00"}]}))),
-            (t, ev(t, "demo-export-l4", "2024-09-20T08:00:00Z", "exported", json!({"lots": ["L4"], "to": pk(c), "to_country": "IN", "certificate": {"number": "AE-2024-0042", "value_usd": "300000.00"}}))),
+            (
+                t,
+                ev(
+                    t,
+                    "demo-split-l3",
+                    "2024-09-16T08:00:00Z",
+                    "split",
+                    json!({"lot": "L3", "into": [{"lot": "L4", "carats": "100.00"}, {"lot": "L5", "carats": "2400.00"}]}),
+                ),
+            ),
+            (
+                t,
+                ev(
+                    t,
+                    "demo-export-l4",
+                    "2024-09-20T08:00:00Z",
+                    "exported",
+                    json!({"lots": ["L4"], "to": pk(c), "to_country": "IN", "certificate": {"number": "AE-2024-0042", "value_usd": "300000.00"}}),
+                ),
+            ),
             (c, ev(c, "demo-import-l4", "2024-09-25T08:00:00Z", "imported", json!({"certificate": "AE-2024-0042"}))),
-            (c, ev(c, "demo-cut-l4", "2024-10-10T08:00:00Z", "processed", json!({"lot": "L4", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "S1", "carats": "0.72"}, {"lot": "S2", "carats": "1.10"}, {"lot": "S3", "carats": "0.30"}]}))),
-            (c, ev(c, "demo-export-stones", "2024-11-01T08:00:00Z", "exported", json!({"lots": ["S1", "S2", "S3"], "to": pk(u), "to_country": "US", "certificate": {"number": "IN-2024-7781", "value_usd": "9800.00"}}))),
+            (
+                c,
+                ev(
+                    c,
+                    "demo-cut-l4",
+                    "2024-10-10T08:00:00Z",
+                    "processed",
+                    json!({"lot": "L4", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "S1", "carats": "0.72"}, {"lot": "S2", "carats": "1.10"}, {"lot": "S3", "carats": "0.30"}]}),
+                ),
+            ),
+            (
+                c,
+                ev(
+                    c,
+                    "demo-export-stones",
+                    "2024-11-01T08:00:00Z",
+                    "exported",
+                    json!({"lots": ["S1", "S2", "S3"], "to": pk(u), "to_country": "US", "certificate": {"number": "IN-2024-7781", "value_usd": "9800.00"}}),
+                ),
+            ),
             (u, ev(u, "demo-import-stones", "2024-11-05T08:00:00Z", "imported", json!({"certificate": "IN-2024-7781"}))),
         ]
     }
@@ -77,7 +130,10 @@ impl Cast {
     /// The worked example's second split of `L3`, which must be refused.
     pub fn second_split(&self) -> (&KeyPair, Value) {
         let t = &self.trader_ae;
-        (t, json!({"id": "demo-split-l3-again", "kind": "split", "actor": t.public_key(), "occurred_at": "2024-09-17T08:00:00Z",
-                   "lot": "L3", "into": [{"lot": "L6", "carats": "2500.00"}]}))
+        (
+            t,
+            json!({"id": "demo-split-l3-again", "kind": "split", "actor": t.public_key(), "occurred_at": "2024-09-17T08:00:00Z",
+                   "lot": "L3", "into": [{"lot": "L6", "carats": "2500.00"}]}),
+        )
     }
 }

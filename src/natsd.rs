@@ -36,11 +36,8 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     if pinned.is_file() {
         return Ok(pinned);
     }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("nats-server"))
-        .find(|p| p.is_file());
+    let on_path =
+        std::env::var_os("PATH").into_iter().flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).map(|d| d.join("nats-server")).find(|p| p.is_file());
     let Some(p) = on_path else {
         bail!("no nats-server found: run deploy/nats-server.sh (installs 2.15.1) or set CUSTODY_NATS_SERVER");
     };

@@ -11,10 +11,8 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 
 /// KP 2022 rough production, million carats, by mining country.
-pub const PRODUCTION: [(&str, f64); 10] = [
-    ("RU", 41.9), ("BW", 24.8), ("CA", 16.3), ("CD", 9.9), ("ZA", 9.7),
-    ("AO", 8.8), ("ZW", 4.5), ("NA", 2.1), ("LS", 0.7), ("SL", 0.7),
-];
+pub const PRODUCTION: [(&str, f64); 10] =
+    [("RU", 41.9), ("BW", 24.8), ("CA", 16.3), ("CD", 9.9), ("ZA", 9.7), ("AO", 8.8), ("ZW", 4.5), ("NA", 2.1), ("LS", 0.7), ("SL", 0.7)];
 const HUBS: [&str; 3] = ["BE", "AE", "IL"];
 const IMPORTERS: [&str; 3] = ["US", "DE", "GB"];
 /// Cutting centres and how often a parcel goes to each.
@@ -134,7 +132,11 @@ pub fn world(authority: &KeyPair, size: Size) -> World {
     let cutters: Vec<usize> = CUTTERS.iter().map(|(c, _)| b.actor("manufacturer", c)).collect();
     let importers: Vec<usize> = IMPORTERS.iter().map(|c| b.actor("trader", c)).collect();
     let auth = b.actors.len();
-    b.actors.push(Actor { key: KeyPair::from_seed(&authority.seed().unwrap_or_default()).unwrap_or_else(|_| KeyPair::new_user()), role: "authority", country: "" });
+    b.actors.push(Actor {
+        key: KeyPair::from_seed(&authority.seed().unwrap_or_default()).unwrap_or_else(|_| KeyPair::new_user()),
+        role: "authority",
+        country: "",
+    });
     for i in 0..auth {
         let (key, role, country) = (b.actors[i].key.public_key(), b.actors[i].role, b.actors[i].country);
         b.ev(auth, "actor.registered", 0, json!({"subject": key, "name": format!("sim {role} {country}"), "roles": [role], "country": country}));
@@ -198,7 +200,13 @@ pub fn world(authority: &KeyPair, size: Size) -> World {
             let parcels = if parcels.len() > 1 { parcels } else { vec![(mixed, total)] };
             for (i, (parcel, hundredths)) in parcels.into_iter().enumerate() {
                 let roll: f64 = b.rng.random_range(0.0..1.0);
-                let c = if roll < CUTTERS[0].1 { 0 } else if roll < CUTTERS[0].1 + CUTTERS[1].1 { 1 } else { 2 };
+                let c = if roll < CUTTERS[0].1 {
+                    0
+                } else if roll < CUTTERS[0].1 + CUTTERS[1].1 {
+                    1
+                } else {
+                    2
+                };
                 b.ship(hub, cutters[c], &[parcel.clone()], day + 6);
                 let stones = b.cut_and_sell(cutters[c], &parcel, hundredths, &importers, &format!("SIM{s}-{}-{r}-{i}", HUBS[hi]), day + 10);
                 if prohibited.is_empty() && ru_hub == Some(hi) {
@@ -211,8 +219,18 @@ pub fn world(authority: &KeyPair, size: Size) -> World {
     }
     // Old stock that entered custody from outside the ledger.
     let undetermined = format!("SIM{s}-OLD-1");
-    b.ev(importers[0], "declared", 1, json!({"lot": undetermined, "carats": "1.20", "state": "polished", "origin": "unknown", "evidence": "pre-ledger inventory"}));
-    b.ev(importers[1], "declared", 1, json!({"lot": format!("SIM{s}-OLD-2"), "carats": "0.90", "state": "polished",
-        "origin": [{"country": "CA", "share": "1.0000"}], "evidence": "supplier statement"}));
+    b.ev(
+        importers[0],
+        "declared",
+        1,
+        json!({"lot": undetermined, "carats": "1.20", "state": "polished", "origin": "unknown", "evidence": "pre-ledger inventory"}),
+    );
+    b.ev(
+        importers[1],
+        "declared",
+        1,
+        json!({"lot": format!("SIM{s}-OLD-2"), "carats": "0.90", "state": "polished",
+        "origin": [{"country": "CA", "share": "1.0000"}], "evidence": "supplier statement"}),
+    );
     World { actors: b.actors, events: b.events, clean, prohibited, undetermined }
 }

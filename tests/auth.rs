@@ -80,8 +80,12 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     let (auth, _) = connect(url, Some(&up.authority)).await.expect("the genesis authority connects");
     let (miner2, regulator) = (KeyPair::new_user(), KeyPair::new_user());
     for (who, role, country) in [(&miner, "miner", "BW"), (&miner2, "miner", "CA"), (&regulator, "regulator", "US")] {
-        let e = event(&up.authority, &format!("reg-{}", &who.public_key()[..8]), "actor.registered",
-            json!({"subject": who.public_key(), "name": role, "roles": [role], "country": country}));
+        let e = event(
+            &up.authority,
+            &format!("reg-{}", &who.public_key()[..8]),
+            "actor.registered",
+            json!({"subject": who.public_key(), "name": role, "roles": [role], "country": country}),
+        );
         assert!(matches!(submit(&auth, &up.authority, &e).await, Outcome::Receipt(_)));
     }
 

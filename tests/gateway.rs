@@ -64,7 +64,16 @@ async fn http_api_answers_the_worked_example_and_refuses_clearly() {
     let (status, _, doc) = get("/v1/openapi.json".into()).await;
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.1.0");
-    for path in ["/v1/lots/{lot}/origin", "/v1/lots/{lot}/admissibility", "/v1/lots/{lot}/genealogy", "/v1/ledger/entries/{seq}", "/v1/ledger/entries/{seq}/proof", "/v1/ledger/checkpoint", "/v1/ledger/consistency", "/v1/ledger/verify"] {
+    for path in [
+        "/v1/lots/{lot}/origin",
+        "/v1/lots/{lot}/admissibility",
+        "/v1/lots/{lot}/genealogy",
+        "/v1/ledger/entries/{seq}",
+        "/v1/ledger/entries/{seq}/proof",
+        "/v1/ledger/checkpoint",
+        "/v1/ledger/consistency",
+        "/v1/ledger/verify",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
 

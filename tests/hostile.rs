@@ -88,8 +88,14 @@ async fn every_hostile_case_gets_its_code_and_changes_nothing() {
     let RefusalWorld { sys, miner_ru: miner, miner_bw: miner2, trader, trader2, cutter, revoked } = refusal_world().await;
     let authority = KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap();
     let keys: HashMap<&str, KeyPair> = HashMap::from([
-        ("miner", miner), ("miner2", miner2), ("trader", trader), ("trader2", trader2), ("cutter", cutter),
-        ("authority", authority), ("stranger", KeyPair::new_user()), ("revoked", revoked),
+        ("miner", miner),
+        ("miner2", miner2),
+        ("trader", trader),
+        ("trader2", trader2),
+        ("cutter", cutter),
+        ("authority", authority),
+        ("stranger", KeyPair::new_user()),
+        ("revoked", revoked),
     ]);
     let corpus: Vec<Value> = serde_json::from_str(include_str!("hostile/corpus.json")).unwrap();
     assert!(corpus.len() >= 60, "{} cases", corpus.len());

@@ -30,7 +30,9 @@ async fn same_envelope_three_times_gives_one_entry_and_three_identical_receipts(
     assert_eq!(after.1.as_deref(), Some(receipts[0].hash.as_str()));
 
     // Re-signed (new signature bytes, same payload): still the first receipt.
-    let Outcome::Receipt(r) = sys.submit(&miner, &event(&miner, "once", "mined", json!({"lot": "O1", "carats": "3.00", "country": "CA"}))).await else { panic!() };
+    let Outcome::Receipt(r) = sys.submit(&miner, &event(&miner, "once", "mined", json!({"lot": "O1", "carats": "3.00", "country": "CA"}))).await else {
+        panic!()
+    };
     assert_eq!(r, receipts[0]);
     assert_eq!(sys.head().await, after);
 }
@@ -50,10 +52,7 @@ async fn inbox_stream_submissions_get_receipts_and_rejections() {
 
     let receipts = js.get_stream(subjects::RECEIPTS_STREAM).await.unwrap();
     let consumer = receipts
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subjects::receipts(&miner.public_key()),
-            ..Default::default()
-        })
+        .create_consumer(consumer::pull::OrderedConfig { filter_subject: subjects::receipts(&miner.public_key()), ..Default::default() })
         .await
         .unwrap();
     let mut messages = consumer.messages().await.unwrap();

@@ -166,7 +166,9 @@ async fn nats_killed_and_restarted_under_the_inbox() {
         let Ok(mut stream) = js.get_stream(subjects::RECEIPTS_STREAM).await else { continue };
         let Ok(info) = stream.info().await else { continue };
         let total = info.state.messages;
-        let Ok(c) = stream.create_consumer(consumer::pull::OrderedConfig { filter_subject: "custody.receipts.>".into(), ..Default::default() }).await else { continue };
+        let Ok(c) = stream.create_consumer(consumer::pull::OrderedConfig { filter_subject: "custody.receipts.>".into(), ..Default::default() }).await else {
+            continue;
+        };
         let Ok(mut messages) = c.messages().await else { continue };
         for _ in 0..total {
             match tokio::time::timeout(Duration::from_secs(5), messages.next()).await {

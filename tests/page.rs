@@ -17,13 +17,22 @@ fn chromium() -> String {
 fn browse(profile: &std::path::Path, args: &[&str], url: &str) -> std::process::Output {
     let mut cmd = Command::new(chromium());
     custody::natsd::die_with_parent(&mut cmd);
-    cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--virtual-time-budget=10000"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("chromium runs: run deploy/chromium.sh or deploy/test.sh")
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=10000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()))
+    .args(args)
+    .arg(url)
+    .output()
+    .expect("chromium runs: run deploy/chromium.sh or deploy/test.sh")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,7 +45,9 @@ async fn the_page_shows_s1_of_the_worked_example() {
     let out = tokio::task::spawn_blocking({
         let (profile, url) = (profile.clone(), url.clone());
         move || browse(&profile, &["--dump-dom"], &url)
-    }).await.unwrap();
+    })
+    .await
+    .unwrap();
     let dom = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(dom.contains(r#"id="shares""#), "the page rendered its answer: {}", &dom[..dom.len().min(2000)]);
 

@@ -39,7 +39,13 @@ impl World {
     async fn ship(&self, from: &KeyPair, lots: &[&str], to: &KeyPair, cert: &str, date: &str) {
         let (fc, tc) = (self.country[&from.public_key()], self.country[&to.public_key()]);
         let number = format!("{fc}-{cert}");
-        self.ev(from, "exported", date, json!({"lots": lots, "to": to.public_key(), "to_country": tc, "certificate": {"number": number, "value_usd": "100.00"}})).await;
+        self.ev(
+            from,
+            "exported",
+            date,
+            json!({"lots": lots, "to": to.public_key(), "to_country": tc, "certificate": {"number": number, "value_usd": "100.00"}}),
+        )
+        .await;
         self.ev(to, "imported", date, json!({"certificate": number})).await;
     }
 
@@ -91,7 +97,13 @@ async fn origin_and_admissibility_table() {
     w.merge(&ae, &["R1", "B1"], "RB", "2500.00").await;
     w.split(&ae, "RB", &[("RB1", "100.00"), ("RB2", "2400.00")]).await;
     w.ship(&ae, &["RB1"], &cut_in, "RB1", "2024-09-20").await;
-    w.process(&cut_in, "RB1", "cutting_polishing", &[("T049", "0.49"), ("T050", "0.50"), ("T051", "0.51"), ("T072", "0.72"), ("T099", "0.99"), ("T100", "1.00")]).await;
+    w.process(
+        &cut_in,
+        "RB1",
+        "cutting_polishing",
+        &[("T049", "0.49"), ("T050", "0.50"), ("T051", "0.51"), ("T072", "0.72"), ("T099", "0.99"), ("T100", "1.00")],
+    )
+    .await;
 
     // Grandfathering: Russian rough that left before the applicable dates.
     for (lot, left) in [("G1", "2024-08-15"), ("G2", "2024-02-20"), ("G3", "2024-03-01")] {
@@ -170,7 +182,13 @@ async fn origin_and_admissibility_table() {
 
     // Declared stock: unknown, claimed, and unknown mixed with Russian.
     w.ev(&ae, "declared", "2024-10-01", json!({"lot": "DU", "carats": "5.00", "state": "rough", "origin": "unknown"})).await;
-    w.ev(&ae, "declared", "2024-10-01", json!({"lot": "DC", "carats": "1.50", "state": "polished", "origin": [{"country": "BW", "share": "1.0000"}], "evidence": "old invoice"})).await;
+    w.ev(
+        &ae,
+        "declared",
+        "2024-10-01",
+        json!({"lot": "DC", "carats": "1.50", "state": "polished", "origin": [{"country": "BW", "share": "1.0000"}], "evidence": "old invoice"}),
+    )
+    .await;
     w.ev(&ae, "declared", "2024-10-01", json!({"lot": "DU2", "carats": "10.00", "state": "rough", "origin": "unknown"})).await;
     w.mine(&ru, "Q1", "10.00", "2024-09-15").await;
     w.ship(&ru, &["Q1"], &ae, "Q1", "2024-10-01").await;
@@ -179,18 +197,46 @@ async fn origin_and_admissibility_table() {
     use Expect::*;
     let bw_only = json!([{"country": "BW", "share": "1.0000"}]);
     let cases: Vec<(&str, &str, Expect)> = vec![
-        ("deep chain of 12 splits keeps its origin", "D12", Origin(json!({"mine_origin": bw_only, "custody_model": "identity_preserved", "customs_origin": "BW", "kp_origin": "BW", "carats": "88.00"}))),
-        ("merge of merges", "M3", Origin(json!({"mine_origin": [{"country": "BW", "share": "0.7000"}, {"country": "CA", "share": "0.2000"}, {"country": "RU", "share": "0.1000"}], "custody_model": "mass_balance", "kp_origin": "mixed", "customs_origin": "mixed"}))),
-        ("two cutters merged: customs mixed", "XM", Origin(json!({"customs_origin": "mixed", "mine_origin": bw_only, "custody_model": "segregated", "state": "polished"}))),
+        (
+            "deep chain of 12 splits keeps its origin",
+            "D12",
+            Origin(json!({"mine_origin": bw_only, "custody_model": "identity_preserved", "customs_origin": "BW", "kp_origin": "BW", "carats": "88.00"})),
+        ),
+        (
+            "merge of merges",
+            "M3",
+            Origin(
+                json!({"mine_origin": [{"country": "BW", "share": "0.7000"}, {"country": "CA", "share": "0.2000"}, {"country": "RU", "share": "0.1000"}], "custody_model": "mass_balance", "kp_origin": "mixed", "customs_origin": "mixed"}),
+            ),
+        ),
+        (
+            "two cutters merged: customs mixed",
+            "XM",
+            Origin(json!({"customs_origin": "mixed", "mine_origin": bw_only, "custody_model": "segregated", "state": "polished"})),
+        ),
         ("a piece of a split into many", "Y1-57", Origin(json!({"mine_origin": bw_only, "carats": "1.00", "custody_model": "identity_preserved"}))),
         ("sawn in CN, cut in IN: customs IN", "Z3", Origin(json!({"customs_origin": "IN", "state": "polished"}))),
         ("sawn rough stays rough", "Z2", Origin(json!({"customs_origin": "BW", "state": "rough"}))),
         ("rough never transformed", "K1", Origin(json!({"customs_origin": "RU", "kp_origin": "RU", "state": "rough"}))),
         ("one mining country merged: segregated", "SS", Origin(json!({"custody_model": "segregated", "kp_origin": "BW", "mine_origin": bw_only}))),
-        ("declared unknown", "DU", Origin(json!({"mine_origin": [{"country": "unknown", "share": "1.0000"}], "traced": false, "customs_origin": "unknown", "kp_origin": "unknown"}))),
+        (
+            "declared unknown",
+            "DU",
+            Origin(json!({"mine_origin": [{"country": "unknown", "share": "1.0000"}], "traced": false, "customs_origin": "unknown", "kp_origin": "unknown"})),
+        ),
         ("declared claim shown, not traced", "DC", Origin(json!({"mine_origin": bw_only, "traced": false, "customs_origin": "unknown"}))),
-        ("unknown mixed with Russian", "QM", Origin(json!({"mine_origin": [{"country": "RU", "share": "0.5000"}, {"country": "unknown", "share": "0.5000"}], "traced": false}))),
-        ("40/60 merge, cut in India", "T072", Origin(json!({"mine_origin": [{"country": "BW", "share": "0.6000"}, {"country": "RU", "share": "0.4000"}], "customs_origin": "IN", "kp_origin": "mixed"}))),
+        (
+            "unknown mixed with Russian",
+            "QM",
+            Origin(json!({"mine_origin": [{"country": "RU", "share": "0.5000"}, {"country": "unknown", "share": "0.5000"}], "traced": false})),
+        ),
+        (
+            "40/60 merge, cut in India",
+            "T072",
+            Origin(
+                json!({"mine_origin": [{"country": "BW", "share": "0.6000"}, {"country": "RU", "share": "0.4000"}], "customs_origin": "IN", "kp_origin": "mixed"}),
+            ),
+        ),
         ("0.49 ct on 2024-11-15", "T049", Verdict("us-2024", "2024-11-15", "admissible")),
         ("exactly 0.50 ct on 2024-11-15", "T050", Verdict("us-2024", "2024-11-15", "prohibited")),
         ("0.51 ct on 2024-11-15", "T051", Verdict("us-2024", "2024-11-15", "prohibited")),

@@ -21,7 +21,8 @@ async fn history(sys: &System, tag: &str) {
     let mut inflight = FuturesUnordered::new();
     for i in 0..3_000 {
         let (m, c) = &miners[i % 4];
-        let env = sign(m, &event(m, &format!("{tag}-m{i}"), "mined", json!({"lot": format!("{tag}-L{i}"), "carats": format!("{}.25", 1 + i % 7), "country": c})));
+        let env =
+            sign(m, &event(m, &format!("{tag}-m{i}"), "mined", json!({"lot": format!("{tag}-L{i}"), "carats": format!("{}.25", 1 + i % 7), "country": c})));
         inflight.push(custody::client::submit(&sys.client, env.into()));
         if inflight.len() >= 128 {
             inflight.next().await.unwrap().unwrap();
@@ -34,9 +35,23 @@ async fn history(sys: &System, tag: &str) {
     for (mi, (m, _)) in miners.iter().enumerate() {
         for g in 0..5 {
             let lots: Vec<String> = (0..10).map(|k| format!("{tag}-L{}", mi + 4 * (g * 10 + k))).collect();
-            let total: u64 = (0..10).map(|k| { let i = mi + 4 * (g * 10 + k); (1 + i % 7) as u64 * 100 + 25 }).sum();
+            let total: u64 = (0..10)
+                .map(|k| {
+                    let i = mi + 4 * (g * 10 + k);
+                    (1 + i % 7) as u64 * 100 + 25
+                })
+                .sum();
             let into = format!("{tag}-M{mi}-{g}");
-            sys.accept(m, &event(m, &format!("{tag}-merge-{mi}-{g}"), "merged", json!({"lots": lots, "into": {"lot": into, "carats": format!("{}.{:02}", total / 100, total % 100)}}))).await;
+            sys.accept(
+                m,
+                &event(
+                    m,
+                    &format!("{tag}-merge-{mi}-{g}"),
+                    "merged",
+                    json!({"lots": lots, "into": {"lot": into, "carats": format!("{}.{:02}", total / 100, total % 100)}}),
+                ),
+            )
+            .await;
         }
     }
 }
@@ -87,15 +102,24 @@ async fn a_foreign_entry_on_the_stream_halts_the_projection_and_the_ledger() {
     // Someone with publish rights on the stream appends an entry whose
     // prev_hash does not link (issue 6 takes that right away from them).
     let head = sys.head().await.0;
-    let forged = custody_proto::Entry::next(Some((head, custody_proto::Hash([9; 32]))), custody_proto::Timestamp::now(),
-        sign(&m, &event(&m, "forged", "mined", json!({"lot": "F1", "carats": "1.00", "country": "BW"}))));
+    let forged = custody_proto::Entry::next(
+        Some((head, custody_proto::Hash([9; 32]))),
+        custody_proto::Timestamp::now(),
+        sign(&m, &event(&m, "forged", "mined", json!({"lot": "F1", "carats": "1.00", "country": "BW"}))),
+    );
     let mut headers = async_nats::HeaderMap::new();
     for (k, v) in forged.headers() {
         headers.insert(k, v.as_str());
     }
     let js = jetstream::new(sys.client.clone());
-    js.send_publish(subjects::ENTRIES_SUBJECT, jetstream::message::PublishMessage::build().payload(forged.envelope.clone().into()).headers(headers).expected_last_sequence(head))
-        .await.unwrap().await.unwrap();
+    js.send_publish(
+        subjects::ENTRIES_SUBJECT,
+        jetstream::message::PublishMessage::build().payload(forged.envelope.clone().into()).headers(headers).expected_last_sequence(head),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
 
     let (status, _) = sys.projection.take().unwrap().exit_within(Duration::from_secs(10)).await;
     let status = status.expect("the projection halts");

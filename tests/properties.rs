@@ -68,8 +68,13 @@ impl World {
             lost: 0,
             n: 0,
         };
-        let regs: Vec<(String, &str, &str)> = w.miners.iter().zip(["RU", "BW", "CA"]).map(|(k, c)| (k.public_key(), "miner", c))
-            .chain([(w.trader.public_key(), "trader", "AE"), (w.cutter.public_key(), "manufacturer", "IN")]).collect();
+        let regs: Vec<(String, &str, &str)> = w
+            .miners
+            .iter()
+            .zip(["RU", "BW", "CA"])
+            .map(|(k, c)| (k.public_key(), "miner", c))
+            .chain([(w.trader.public_key(), "trader", "AE"), (w.cutter.public_key(), "manufacturer", "IN")])
+            .collect();
         for (key, role, country) in regs {
             let a = KeyPair::from_seed(&w.authority.seed().unwrap()).unwrap();
             w.push(&a, "actor.registered", json!({"subject": key, "name": role, "roles": [role], "country": country}));
@@ -103,7 +108,11 @@ impl World {
                 let c = ["RU", "BW", "CA"][*country];
                 self.push(&miner, "mined", json!({"lot": lot, "carats": ct(*hundredths), "country": c}));
                 let cert = format!("{c}-{}", self.n);
-                self.push(&miner, "exported", json!({"lots": [lot], "to": self.trader.public_key(), "to_country": "AE", "certificate": {"number": cert, "value_usd": "1.00"}}));
+                self.push(
+                    &miner,
+                    "exported",
+                    json!({"lots": [lot], "to": self.trader.public_key(), "to_country": "AE", "certificate": {"number": cert, "value_usd": "1.00"}}),
+                );
                 let t = KeyPair::from_seed(&self.trader.seed().unwrap()).unwrap();
                 self.push(&t, "imported", json!({"certificate": cert}));
                 self.live.push((lot, *hundredths));
@@ -114,7 +123,9 @@ impl World {
                 let sum: u64 = weights.iter().sum();
                 let mut parts: Vec<u64> = weights.iter().map(|w| total * w / sum).filter(|p| *p > 0).collect();
                 let assigned: u64 = parts.iter().sum();
-                if parts.is_empty() { parts.push(0) }
+                if parts.is_empty() {
+                    parts.push(0)
+                }
                 parts[0] += total - assigned;
                 let outs: Vec<(String, u64)> = parts.iter().map(|p| (self.lot(), *p)).collect();
                 let t = KeyPair::from_seed(&self.trader.seed().unwrap()).unwrap();
@@ -125,7 +136,9 @@ impl World {
             Op::Merge { picks } if self.live.len() >= 2 => {
                 let mut taken = Vec::new();
                 for p in picks {
-                    if self.live.is_empty() { break }
+                    if self.live.is_empty() {
+                        break;
+                    }
                     taken.push(self.live.remove(p % self.live.len()));
                 }
                 if taken.len() < 2 {
@@ -143,7 +156,11 @@ impl World {
                 let (lot, total) = self.live.remove(pick % self.live.len());
                 let t = KeyPair::from_seed(&self.trader.seed().unwrap()).unwrap();
                 let cert = format!("AE-{}", self.n);
-                self.push(&t, "exported", json!({"lots": [lot], "to": self.cutter.public_key(), "to_country": "IN", "certificate": {"number": cert, "value_usd": "1.00"}}));
+                self.push(
+                    &t,
+                    "exported",
+                    json!({"lots": [lot], "to": self.cutter.public_key(), "to_country": "IN", "certificate": {"number": cert, "value_usd": "1.00"}}),
+                );
                 let c = KeyPair::from_seed(&self.cutter.seed().unwrap()).unwrap();
                 self.push(&c, "imported", json!({"certificate": cert}));
                 let out = (total * yield_pct / 100).max(*stones as u64).min(total);

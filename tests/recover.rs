@@ -5,7 +5,6 @@
 
 mod common;
 
-
 use async_nats::jetstream;
 use common::*;
 use custody_ledger::subjects;

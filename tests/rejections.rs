@@ -74,28 +74,83 @@ async fn every_rejection_has_its_code_and_changes_nothing() {
         ("event id reused for another event", conflict, "id_conflict"),
         ("unregistered actor", sign(&stranger, &mined(&stranger, "e-stranger", "1.00")), "unknown_actor"),
         ("trader mines", sign(t, &event(t, "e-role", "mined", json!({"lot": "TT", "carats": "1.00", "country": "AE"}))), "role_not_allowed"),
-        ("authority registers an actor twice", sign(&w.sys.authority, &event(&w.sys.authority, "e-twice", "actor.registered",
-            json!({"subject": m.public_key(), "name": "again", "roles": ["miner"], "country": "RU"}))), "actor_exists"),
+        (
+            "authority registers an actor twice",
+            sign(
+                &w.sys.authority,
+                &event(
+                    &w.sys.authority,
+                    "e-twice",
+                    "actor.registered",
+                    json!({"subject": m.public_key(), "name": "again", "roles": ["miner"], "country": "RU"}),
+                ),
+            ),
+            "actor_exists",
+        ),
         ("miner mines abroad", sign(m, &event(m, "e-abroad", "mined", json!({"lot": "AB", "carats": "1.00", "country": "BW"}))), "wrong_country"),
         ("unknown lot", sign(m, &event(m, "e-unknown", "split", json!({"lot": "NOPE", "into": [{"lot": "N1", "carats": "1.00"}]}))), "unknown_lot"),
         ("consumed lot", sign(m, &event(m, "e-consumed", "split", json!({"lot": "SP", "into": [{"lot": "SP3", "carats": "10.00"}]}))), "lot_consumed"),
         ("lot in transit", sign(m, &event(m, "e-transit", "split", json!({"lot": "X", "into": [{"lot": "X1", "carats": "20.00"}]}))), "lot_in_transit"),
         ("not the holder", sign(m2, &event(m2, "e-holder", "split", json!({"lot": "A", "into": [{"lot": "A1", "carats": "100.00"}]}))), "not_holder"),
-        ("split does not add up", sign(m, &event(m, "e-split", "split", json!({"lot": "A", "into": [{"lot": "A1", "carats": "60.00"}, {"lot": "A2", "carats": "30.00"}]}))), "carats_mismatch"),
-        ("merge does not add up", sign(m, &event(m, "e-merge", "merged", json!({"lots": ["A", "B"], "into": {"lot": "AB1", "carats": "140.00"}}))), "carats_mismatch"),
-        ("processing creates carats", sign(c, &event(c, "e-grow", "processed", json!({"lot": "K2", "process": "sawing", "country": "IN", "into": [{"lot": "K3", "carats": "6.00"}]}))), "carats_created"),
-        ("processing abroad", sign(c, &event(c, "e-where", "processed", json!({"lot": "K2", "process": "sawing", "country": "BE", "into": [{"lot": "K4", "carats": "1.00"}]}))), "wrong_country"),
-        ("rough merged with polished", sign(c, &event(c, "e-state", "merged", json!({"lots": ["P1", "K2"], "into": {"lot": "PK", "carats": "17.00"}}))), "state_mismatch"),
+        (
+            "split does not add up",
+            sign(m, &event(m, "e-split", "split", json!({"lot": "A", "into": [{"lot": "A1", "carats": "60.00"}, {"lot": "A2", "carats": "30.00"}]}))),
+            "carats_mismatch",
+        ),
+        (
+            "merge does not add up",
+            sign(m, &event(m, "e-merge", "merged", json!({"lots": ["A", "B"], "into": {"lot": "AB1", "carats": "140.00"}}))),
+            "carats_mismatch",
+        ),
+        (
+            "processing creates carats",
+            sign(c, &event(c, "e-grow", "processed", json!({"lot": "K2", "process": "sawing", "country": "IN", "into": [{"lot": "K3", "carats": "6.00"}]}))),
+            "carats_created",
+        ),
+        (
+            "processing abroad",
+            sign(c, &event(c, "e-where", "processed", json!({"lot": "K2", "process": "sawing", "country": "BE", "into": [{"lot": "K4", "carats": "1.00"}]}))),
+            "wrong_country",
+        ),
+        (
+            "rough merged with polished",
+            sign(c, &event(c, "e-state", "merged", json!({"lots": ["P1", "K2"], "into": {"lot": "PK", "carats": "17.00"}}))),
+            "state_mismatch",
+        ),
         ("lot id used twice", sign(m, &event(m, "e-twice-lot", "mined", json!({"lot": "A", "carats": "1.00", "country": "RU"}))), "lot_exists"),
         ("lot id reused across kinds", sign(m, &event(m, "e-across", "split", json!({"lot": "B", "into": [{"lot": "P1", "carats": "50.00"}]}))), "lot_exists"),
-        ("KP certificate reused", sign(m, &event(m, "e-cert", "exported", json!({"lots": ["B"], "to": t.public_key(), "to_country": "AE", "certificate": cert("RU-X-1")}))), "certificate_reused"),
-        ("KP certificate of another country", sign(m, &event(m, "e-prefix", "exported", json!({"lots": ["B"], "to": t.public_key(), "to_country": "AE", "certificate": cert("BW-2024-9")}))), "certificate_country"),
+        (
+            "KP certificate reused",
+            sign(m, &event(m, "e-cert", "exported", json!({"lots": ["B"], "to": t.public_key(), "to_country": "AE", "certificate": cert("RU-X-1")}))),
+            "certificate_reused",
+        ),
+        (
+            "KP certificate of another country",
+            sign(m, &event(m, "e-prefix", "exported", json!({"lots": ["B"], "to": t.public_key(), "to_country": "AE", "certificate": cert("BW-2024-9")}))),
+            "certificate_country",
+        ),
         ("transfer across a border", sign(m, &event(m, "e-border", "transferred", json!({"lots": ["B"], "to": t.public_key()}))), "wrong_country"),
         ("import by someone else", sign(t2, &event(t2, "e-consignee", "imported", json!({"certificate": "RU-X-1"}))), "not_consignee"),
-        ("a revoked actor signs", sign(&w.revoked, &event(&w.revoked, "e-revoked", "mined", json!({"lot": "RV", "carats": "1.00", "country": "RU"}))), "actor_revoked"),
-        ("an actor revoked twice", sign(&w.sys.authority, &event(&w.sys.authority, "e-revoke-2", "actor.revoked", json!({"subject": w.revoked.public_key(), "reason": "again"}))), "actor_revoked"),
-        ("the genesis authority revoked", sign(&w.sys.authority, &event(&w.sys.authority, "e-revoke-root", "actor.revoked", json!({"subject": w.sys.authority.public_key(), "reason": "x"}))), "role_not_allowed"),
-        ("a stranger revoked", sign(&w.sys.authority, &event(&w.sys.authority, "e-revoke-none", "actor.revoked", json!({"subject": stranger.public_key(), "reason": "x"}))), "unknown_actor"),
+        (
+            "a revoked actor signs",
+            sign(&w.revoked, &event(&w.revoked, "e-revoked", "mined", json!({"lot": "RV", "carats": "1.00", "country": "RU"}))),
+            "actor_revoked",
+        ),
+        (
+            "an actor revoked twice",
+            sign(&w.sys.authority, &event(&w.sys.authority, "e-revoke-2", "actor.revoked", json!({"subject": w.revoked.public_key(), "reason": "again"}))),
+            "actor_revoked",
+        ),
+        (
+            "the genesis authority revoked",
+            sign(&w.sys.authority, &event(&w.sys.authority, "e-revoke-root", "actor.revoked", json!({"subject": w.sys.authority.public_key(), "reason": "x"}))),
+            "role_not_allowed",
+        ),
+        (
+            "a stranger revoked",
+            sign(&w.sys.authority, &event(&w.sys.authority, "e-revoke-none", "actor.revoked", json!({"subject": stranger.public_key(), "reason": "x"}))),
+            "unknown_actor",
+        ),
         ("a miner revokes", sign(m, &event(m, "e-revoke-by-miner", "actor.revoked", json!({"subject": m2.public_key(), "reason": "x"}))), "role_not_allowed"),
         ("import of an unknown certificate", sign(t, &event(t, "e-nocert", "imported", json!({"certificate": "RU-NOPE-1"}))), "unknown_certificate"),
     ];
@@ -115,6 +170,7 @@ async fn every_rejection_has_its_code_and_changes_nothing() {
     }
 
     // The service still serves, and the lots refused above are untouched.
-    let r = w.sys.accept(m, &event(m, "after", "split", json!({"lot": "A", "into": [{"lot": "A1", "carats": "60.00"}, {"lot": "A2", "carats": "40.00"}]}))).await;
+    let r =
+        w.sys.accept(m, &event(m, "after", "split", json!({"lot": "A", "into": [{"lot": "A1", "carats": "60.00"}, {"lot": "A2", "carats": "40.00"}]}))).await;
     assert_eq!(r.seq, before.0 + 1);
 }

@@ -58,7 +58,9 @@ fn the_schema_refuses_what_the_ledger_refuses() {
         mined(&|v| v["lot"] = json!("L 1")),
         mined(&|v| v["occurred_at"] = json!("2024-09-02T08:00:00+02:00")),
         mined(&|v| v["actor"] = json!("not-a-key")),
-        mined(&|v| { v.as_object_mut().unwrap().remove("lot"); }),
+        mined(&|v| {
+            v.as_object_mut().unwrap().remove("lot");
+        }),
         json!({"id": "e", "kind": "split", "actor": k, "occurred_at": "2024-09-02T08:00:00Z", "lot": "L1", "into": []}),
         json!({"id": "e", "kind": "imported", "actor": k, "occurred_at": "2024-09-02T08:00:00Z"}),
     ];

@@ -48,8 +48,8 @@ async fn cli_keygen_and_submit_print_one_line_per_event() {
     assert!(public.starts_with('U') && public.len() == 56, "{public}");
     assert!(std::fs::read_to_string(&key_file).unwrap().starts_with("SU"));
 
-    let reg = event(&sys.authority, "reg-cli", "actor.registered",
-        serde_json::json!({"subject": public, "name": "CLI Miner", "roles": ["miner"], "country": "CA"}));
+    let reg =
+        event(&sys.authority, "reg-cli", "actor.registered", serde_json::json!({"subject": public, "name": "CLI Miner", "roles": ["miner"], "country": "CA"}));
     sys.accept(&sys.authority, &reg).await;
 
     let lines = [

@@ -10,7 +10,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(entry) = Entry::decode(7, data) {
         let again = Entry::decode(7, &entry.encode()).expect("an encoded entry decodes");
         assert_eq!(again, entry, "decode(encode(e)) == e");
-        assert_eq!(again.check_after(Some((entry.seq.wrapping_sub(1), entry.prev_hash))).is_ok(),
-                   entry.check_after(Some((entry.seq.wrapping_sub(1), entry.prev_hash))).is_ok());
+        assert_eq!(
+            again.check_after(Some((entry.seq.wrapping_sub(1), entry.prev_hash))).is_ok(),
+            entry.check_after(Some((entry.seq.wrapping_sub(1), entry.prev_hash))).is_ok()
+        );
     }
 });

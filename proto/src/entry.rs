@@ -154,17 +154,8 @@ impl Entry {
         if bytes.len() < ts_end {
             return Err(bad("truncated time"));
         }
-        let recorded_at = std::str::from_utf8(&bytes[75..ts_end])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("recorded_at is not a time"))?;
-        Ok(Entry {
-            seq: u64::from_be_bytes(seq_bytes),
-            prev_hash: take32(9),
-            hash: take32(41),
-            recorded_at,
-            envelope: bytes[ts_end..].to_vec(),
-        })
+        let recorded_at = std::str::from_utf8(&bytes[75..ts_end]).ok().and_then(|s| s.parse().ok()).ok_or_else(|| bad("recorded_at is not a time"))?;
+        Ok(Entry { seq: u64::from_be_bytes(seq_bytes), prev_hash: take32(9), hash: take32(41), recorded_at, envelope: bytes[ts_end..].to_vec() })
     }
 }
 
@@ -178,12 +169,7 @@ pub const HDR_RECORDED_AT: &str = "Custody-Recorded-At";
 impl Entry {
     /// The chain fields as message headers.
     pub fn headers(&self) -> [(&'static str, String); 4] {
-        [
-            (HDR_SEQ, self.seq.to_string()),
-            (HDR_HASH, self.hash.to_hex()),
-            (HDR_PREV, self.prev_hash.to_hex()),
-            (HDR_RECORDED_AT, self.recorded_at.to_rfc3339()),
-        ]
+        [(HDR_SEQ, self.seq.to_string()), (HDR_HASH, self.hash.to_hex()), (HDR_PREV, self.prev_hash.to_hex()), (HDR_RECORDED_AT, self.recorded_at.to_rfc3339())]
     }
 
     /// Rebuilds an entry from message headers and payload. Does not check

@@ -102,18 +102,11 @@ impl Opened {
     /// [`Opened::open`], reusing decompressed keys.
     pub fn open_with(raw: Vec<u8>, keys: &mut KeyCache) -> Result<Opened, Rejection> {
         if raw.len() > MAX_ENVELOPE_BYTES {
-            return Err(Rejection::new(
-                Code::EnvelopeTooLarge,
-                format!("envelope is {} bytes; at most {MAX_ENVELOPE_BYTES}", raw.len()),
-            ));
+            return Err(Rejection::new(Code::EnvelopeTooLarge, format!("envelope is {} bytes; at most {MAX_ENVELOPE_BYTES}", raw.len())));
         }
-        let env: Envelope = serde_json::from_slice(&raw)
-            .map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("not a DSSE envelope: {e}")))?;
+        let env: Envelope = serde_json::from_slice(&raw).map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("not a DSSE envelope: {e}")))?;
         if env.payload_type != PAYLOAD_TYPE {
-            return Err(Rejection::new(
-                Code::WrongPayloadType,
-                format!("payloadType is {:?}; expected {PAYLOAD_TYPE:?}", truncate(&env.payload_type)),
-            ));
+            return Err(Rejection::new(Code::WrongPayloadType, format!("payloadType is {:?}; expected {PAYLOAD_TYPE:?}", truncate(&env.payload_type))));
         }
         let [s] = env.signatures.as_slice() else {
             return Err(Rejection::new(
@@ -121,18 +114,10 @@ impl Opened {
                 format!("an event carries exactly one signature, its actor's; found {}", env.signatures.len()),
             ));
         };
-        let signer: ActorKey = s
-            .keyid
-            .parse()
-            .map_err(|e| Rejection::new(Code::BadSignature, format!("keyid: {e}")))?;
-        let payload = B64
-            .decode(&env.payload)
-            .map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("payload is not base64: {e}")))?;
-        let sig_bytes = B64
-            .decode(&s.sig)
-            .map_err(|e| Rejection::new(Code::BadSignature, format!("sig is not base64: {e}")))?;
-        let sig = EdSignature::from_slice(&sig_bytes)
-            .map_err(|_| Rejection::new(Code::BadSignature, "sig is not a 64-byte ed25519 signature"))?;
+        let signer: ActorKey = s.keyid.parse().map_err(|e| Rejection::new(Code::BadSignature, format!("keyid: {e}")))?;
+        let payload = B64.decode(&env.payload).map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("payload is not base64: {e}")))?;
+        let sig_bytes = B64.decode(&s.sig).map_err(|e| Rejection::new(Code::BadSignature, format!("sig is not base64: {e}")))?;
+        let sig = EdSignature::from_slice(&sig_bytes).map_err(|_| Rejection::new(Code::BadSignature, "sig is not a 64-byte ed25519 signature"))?;
         let key = keys.key(signer.raw())?;
         Ok(Opened { raw, payload, signer, key, sig })
     }
@@ -140,16 +125,13 @@ impl Opened {
     /// The payload of an envelope already in the ledger, without the
     /// signature work: for followers that trust the chain (projections).
     pub fn payload_of(raw: &[u8]) -> Result<Vec<u8>, Rejection> {
-        let env: Envelope = serde_json::from_slice(raw)
-            .map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("not a DSSE envelope: {e}")))?;
+        let env: Envelope = serde_json::from_slice(raw).map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("not a DSSE envelope: {e}")))?;
         B64.decode(&env.payload).map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("payload is not base64: {e}")))
     }
 
     /// Verifies this one signature.
     pub fn verify(&self) -> Result<(), Rejection> {
-        self.key
-            .verify_strict(&pae(PAYLOAD_TYPE, &self.payload), &self.sig)
-            .map_err(|_| bad_signature(&self.signer))
+        self.key.verify_strict(&pae(PAYLOAD_TYPE, &self.payload), &self.sig).map_err(|_| bad_signature(&self.signer))
     }
 
     /// Verifies many signatures; one result per item, in order. A batch that

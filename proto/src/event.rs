@@ -144,11 +144,9 @@ impl<'de> Deserialize<'de> for DeclaredOrigin {
         match Wire::deserialize(d).map_err(|_| de::Error::custom("origin must be \"unknown\" or a list of {country, share}"))? {
             Wire::Text(t) if t == "unknown" => Ok(DeclaredOrigin::Unknown),
             Wire::Text(t) => Err(de::Error::custom(format!("origin {:?} must be \"unknown\" or a list", truncate(&t)))),
-            Wire::Shares(v) => v
-                .into_iter()
-                .map(|x| serde_json::from_value(x).map_err(de::Error::custom))
-                .collect::<Result<_, _>>()
-                .map(DeclaredOrigin::Claimed),
+            Wire::Shares(v) => {
+                v.into_iter().map(|x| serde_json::from_value(x).map_err(de::Error::custom)).collect::<Result<_, _>>().map(DeclaredOrigin::Claimed)
+            }
         }
     }
 }
@@ -257,10 +255,7 @@ impl Event {
     fn check(&self, now: Timestamp) -> Result<(), Rejection> {
         let skew = self.occurred_at.as_datetime() - now.as_datetime();
         if skew.num_seconds() > MAX_CLOCK_SKEW_SECS {
-            return Err(Rejection::new(
-                Code::InvalidTime,
-                format!("occurred_at {} is in the future (now {now})", self.occurred_at),
-            ));
+            return Err(Rejection::new(Code::InvalidTime, format!("occurred_at {} is in the future (now {now})", self.occurred_at)));
         }
         match &self.body {
             Body::ActorRegistered { subject, name, roles, .. } => {
@@ -365,8 +360,7 @@ fn text(name: &str, value: &str, not_blank: bool) -> Result<(), Rejection> {
 
 /// KP certificate numbers follow the id rules, and start `CC-`.
 fn certificate_number(n: &str) -> Result<(), Rejection> {
-    n.parse::<LotId>()
-        .map_err(|e| field(format!("certificate number: {e}")))?;
+    n.parse::<LotId>().map_err(|e| field(format!("certificate number: {e}")))?;
     if n.len() < 4 || n.as_bytes()[2] != b'-' {
         return Err(Rejection::new(
             Code::CertificateCountry,
@@ -389,10 +383,7 @@ mod tests {
     }
 
     fn mined(carats: &str) -> String {
-        format!(
-            r#"{{"id":"e1","kind":"mined","actor":"{}","occurred_at":"2024-09-02T00:00:00Z","lot":"L1","carats":"{carats}","country":"RU"}}"#,
-            key()
-        )
+        format!(r#"{{"id":"e1","kind":"mined","actor":"{}","occurred_at":"2024-09-02T00:00:00Z","lot":"L1","carats":"{carats}","country":"RU"}}"#, key())
     }
 
     #[test]
@@ -434,8 +425,14 @@ mod tests {
             (format!(r#"{{{base},"kind":"split","lot":"L1","into":[{{"lot":"L1","carats":"1"}}]}}"#), Code::InvalidField),
             (format!(r#"{{{base},"kind":"merged","lots":["A"],"into":{{"lot":"B","carats":"1"}}}}"#), Code::InvalidField),
             (format!(r#"{{{base},"kind":"imported"}}"#), Code::InvalidField),
-            (format!(r#"{{{base},"kind":"exported","lots":["A"],"to":"{k}","to_country":"AE","certificate":{{"number":"2024-1","value_usd":"1"}}}}"#), Code::CertificateCountry),
-            (format!(r#"{{{base},"kind":"declared","lot":"D","carats":"1","state":"rough","origin":[{{"country":"RU","share":"0.5000"}}]}}"#), Code::InvalidField),
+            (
+                format!(r#"{{{base},"kind":"exported","lots":["A"],"to":"{k}","to_country":"AE","certificate":{{"number":"2024-1","value_usd":"1"}}}}"#),
+                Code::CertificateCountry,
+            ),
+            (
+                format!(r#"{{{base},"kind":"declared","lot":"D","carats":"1","state":"rough","origin":[{{"country":"RU","share":"0.5000"}}]}}"#),
+                Code::InvalidField,
+            ),
             (format!(r#"{{{base},"kind":"declared","lot":"D","carats":"1","state":"rough","origin":"somewhere"}}"#), Code::MalformedEvent),
         ];
         for (payload, code) in cases {

@@ -137,9 +137,7 @@ impl Country {
 impl std::str::FromStr for Country {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let known = s.len() == 2
-            && s.bytes().all(|b| b.is_ascii_uppercase())
-            && isocountry::CountryCode::for_alpha2(s).is_ok();
+        let known = s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase()) && isocountry::CountryCode::for_alpha2(s).is_ok();
         if !known {
             return Err(format!("{:?} is not an ISO 3166-1 alpha-2 country code", truncate(s)));
         }
@@ -185,8 +183,7 @@ impl Timestamp {
 impl std::str::FromStr for Timestamp {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let t = DateTime::parse_from_rfc3339(s)
-            .map_err(|e| format!("{:?} is not an RFC 3339 time: {e}", truncate(s)))?;
+        let t = DateTime::parse_from_rfc3339(s).map_err(|e| format!("{:?} is not an RFC 3339 time: {e}", truncate(s)))?;
         if t.offset().local_minus_utc() != 0 {
             return Err(format!("{s:?} is not in UTC; write it with Z"));
         }

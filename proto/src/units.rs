@@ -110,10 +110,7 @@ impl std::str::FromStr for Share {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let v = parse_fixed(s, 4)?;
-        u32::try_from(v)
-            .ok()
-            .and_then(Share::from_ten_thousandths)
-            .ok_or_else(|| format!("{s:?} is more than 1"))
+        u32::try_from(v).ok().and_then(Share::from_ten_thousandths).ok_or_else(|| format!("{s:?} is more than 1"))
     }
 }
 
@@ -163,8 +160,7 @@ mod tests {
         for (s, h) in ok {
             assert_eq!(s.parse::<Carats>().map(Carats::hundredths), Ok(h), "{s}");
         }
-        let bad = ["1.001", "-1", "1e3", "0", "0.00", "", " 1.00", "1.00 ", "+1", ".5", "5.", "NaN",
-            "1,5", "9999999999999999", "1e9", "0x10", "١"];
+        let bad = ["1.001", "-1", "1e3", "0", "0.00", "", " 1.00", "1.00 ", "+1", ".5", "5.", "NaN", "1,5", "9999999999999999", "1e9", "0x10", "١"];
         for s in bad {
             assert!(s.parse::<Carats>().is_err(), "{s:?} must be refused");
         }

@@ -67,11 +67,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let tmp = tempfile_dir()?;
     let nats = NatsServer::start(&tmp.join("nats"))?;
     let authority = nkeys::KeyPair::new_user();
-    let config = custody_ledger::Config::new(
-        nats.url.clone(),
-        tmp.join("ledger"),
-        authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?,
-    );
+    let config = custody_ledger::Config::new(nats.url.clone(), tmp.join("ledger"), authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ledger = tokio::spawn(custody_ledger::run(config, async move {
         let _ = stop_rx.await;
@@ -161,16 +157,19 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let rate = total as f64 / elapsed;
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
-    println!("{}", json!({
-        "bench": "ingest",
-        "events": total,
-        "producers": producers,
-        "window": window,
-        "receipted_per_s": rate.round(),
-        "receipt_latency_ms": {"p50": pct(0.50), "p99": pct(0.99)},
-        "baseline_jetstream_publish_per_s": raw_rate.round(),
-        "ratio_to_baseline": (rate / raw_rate * 1000.0).round() / 1000.0,
-    }));
+    println!(
+        "{}",
+        json!({
+            "bench": "ingest",
+            "events": total,
+            "producers": producers,
+            "window": window,
+            "receipted_per_s": rate.round(),
+            "receipt_latency_ms": {"p50": pct(0.50), "p99": pct(0.99)},
+            "baseline_jetstream_publish_per_s": raw_rate.round(),
+            "ratio_to_baseline": (rate / raw_rate * 1000.0).round() / 1000.0,
+        })
+    );
     let _ = stop_tx.send(());
     ledger.await?.context("ledger")?;
     drop(nats);

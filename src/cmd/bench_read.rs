@@ -121,9 +121,17 @@ pub async fn query(fan_ins: &[usize], n: usize) -> anyhow::Result<()> {
             round += 1;
         }
         let (top, _) = &level[0];
-        chain.push(&miner, "exported", json!({"lots": [top], "to": cutter.public_key(), "to_country": "IN", "certificate": {"number": format!("RU-F{f}"), "value_usd": "1.00"}}))?;
+        chain.push(
+            &miner,
+            "exported",
+            json!({"lots": [top], "to": cutter.public_key(), "to_country": "IN", "certificate": {"number": format!("RU-F{f}"), "value_usd": "1.00"}}),
+        )?;
         chain.push(&cutter, "imported", json!({"certificate": format!("RU-F{f}")}))?;
-        chain.push(&cutter, "processed", json!({"lot": top, "process": "cutting_polishing", "country": "IN", "into": [{"lot": format!("STONE-{f}"), "carats": "0.50"}]}))?;
+        chain.push(
+            &cutter,
+            "processed",
+            json!({"lot": top, "process": "cutting_polishing", "country": "IN", "into": [{"lot": format!("STONE-{f}"), "carats": "0.50"}]}),
+        )?;
     }
     let dir = tempdir()?;
     let (nats, client) = stream_of(&dir, &chain).await?;
@@ -215,7 +223,10 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
     let state = custody_projection::service::replay(config).await?;
     let rate = state.checkpoint.map_or(0, |c| c.0) as f64 / t.elapsed().as_secs_f64();
     let seq = state.checkpoint.map_or(0, |c| c.0);
-    println!("{}", json!({"bench": "replay", "entries": seq, "replayed_per_s": rate.round(), "baseline_stream_read_per_s": baseline.round(), "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0}));
+    println!(
+        "{}",
+        json!({"bench": "replay", "entries": seq, "replayed_per_s": rate.round(), "baseline_stream_read_per_s": baseline.round(), "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0})
+    );
     drop(nats);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

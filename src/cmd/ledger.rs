@@ -57,11 +57,14 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             let client = custody::client::connect(nats).await?;
             let js = async_nats::jetstream::new(client);
             let (entries, moved) = custody_ledger::recover::recover(&js, &a.data, &authority).await?;
-            println!("{}", serde_json::json!({
-                "recovered": entries,
-                "store": a.data.display().to_string(),
-                "old_store_moved_to": moved.map(|p| p.display().to_string()),
-            }));
+            println!(
+                "{}",
+                serde_json::json!({
+                    "recovered": entries,
+                    "store": a.data.display().to_string(),
+                    "old_store_moved_to": moved.map(|p| p.display().to_string()),
+                })
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

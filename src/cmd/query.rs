@@ -78,15 +78,31 @@ fn finish(answer: Result<Value, Value>, json: bool, human: impl Fn(&Value) -> St
 pub async fn origin(nats: &str, a: OriginArgs) -> anyhow::Result<ExitCode> {
     let answer = ask(nats, subjects::QUERY_ORIGIN, json!({"lot": a.lot})).await?;
     Ok(finish(answer, a.json, |v| {
-        let shares: Vec<String> = v["mine_origin"].as_array().into_iter().flatten().map(|s| format!("{} {}", s["country"].as_str().unwrap_or("?"), s["share"].as_str().unwrap_or("?"))).collect();
+        let shares: Vec<String> = v["mine_origin"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| format!("{} {}", s["country"].as_str().unwrap_or("?"), s["share"].as_str().unwrap_or("?")))
+            .collect();
         let mut out = format!(
             "{} ({} ct, {})\n  mined in:       {}\n  customs origin: {}\n  KP origin:      {}\n  custody model:  {}\n  traced:         {}",
-            v["lot"].as_str().unwrap_or(""), v["carats"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or(""),
-            shares.join(", "), v["customs_origin"].as_str().unwrap_or(""), v["kp_origin"].as_str().unwrap_or(""),
-            v["custody_model"].as_str().unwrap_or(""), v["traced"]
+            v["lot"].as_str().unwrap_or(""),
+            v["carats"].as_str().unwrap_or(""),
+            v["state"].as_str().unwrap_or(""),
+            shares.join(", "),
+            v["customs_origin"].as_str().unwrap_or(""),
+            v["kp_origin"].as_str().unwrap_or(""),
+            v["custody_model"].as_str().unwrap_or(""),
+            v["traced"]
         );
         for s in v["path"].as_array().into_iter().flatten() {
-            out.push_str(&format!("\n  seq {:>6} {} {}  {}", s["seq"], s["date"].as_str().unwrap_or(""), s["note"].as_str().unwrap_or(""), &s["hash"].as_str().unwrap_or("")[..12.min(s["hash"].as_str().unwrap_or("").len())]));
+            out.push_str(&format!(
+                "\n  seq {:>6} {} {}  {}",
+                s["seq"],
+                s["date"].as_str().unwrap_or(""),
+                s["note"].as_str().unwrap_or(""),
+                &s["hash"].as_str().unwrap_or("")[..12.min(s["hash"].as_str().unwrap_or("").len())]
+            ));
         }
         for w in v["warnings"].as_array().into_iter().flatten() {
             out.push_str(&format!("\n  warning: {}", w.as_str().unwrap_or("")));
@@ -97,16 +113,24 @@ pub async fn origin(nats: &str, a: OriginArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn admissible(nats: &str, a: AdmissibleArgs) -> anyhow::Result<ExitCode> {
     // A path to a file sends its text; anything else is a preset name.
-    let rules = if Path::new(&a.rules).is_file() {
-        std::fs::read_to_string(&a.rules).with_context(|| format!("cannot read {}", a.rules))?
-    } else {
-        a.rules.clone()
-    };
+    let rules =
+        if Path::new(&a.rules).is_file() { std::fs::read_to_string(&a.rules).with_context(|| format!("cannot read {}", a.rules))? } else { a.rules.clone() };
     let answer = ask(nats, subjects::QUERY_ADMISSIBILITY, json!({"lot": a.lot, "rules": rules, "date": a.date})).await?;
     Ok(finish(answer, a.json, |v| {
-        let mut out = format!("{} under {} on {}: {}", v["lot"].as_str().unwrap_or(""), v["rules"].as_str().unwrap_or(""), v["date"].as_str().unwrap_or(""), v["verdict"].as_str().unwrap_or(""));
+        let mut out = format!(
+            "{} under {} on {}: {}",
+            v["lot"].as_str().unwrap_or(""),
+            v["rules"].as_str().unwrap_or(""),
+            v["date"].as_str().unwrap_or(""),
+            v["verdict"].as_str().unwrap_or("")
+        );
         for r in v["reasons"].as_array().into_iter().flatten() {
-            out.push_str(&format!("\n  {:<13} {}: {}", r["finding"].as_str().unwrap_or(""), r["rule"].as_str().unwrap_or(""), r["text"].as_str().unwrap_or("")));
+            out.push_str(&format!(
+                "\n  {:<13} {}: {}",
+                r["finding"].as_str().unwrap_or(""),
+                r["rule"].as_str().unwrap_or(""),
+                r["text"].as_str().unwrap_or("")
+            ));
         }
         out
     }))
@@ -115,7 +139,16 @@ pub async fn admissible(nats: &str, a: AdmissibleArgs) -> anyhow::Result<ExitCod
 pub async fn genealogy(nats: &str, a: GenealogyArgs) -> anyhow::Result<ExitCode> {
     let answer = ask(nats, subjects::QUERY_GENEALOGY, json!({"lot": a.lot})).await?;
     Ok(finish(answer, a.json, |v| {
-        let line = |n: &Value| format!("{} {} ct ({} at seq {}, {})", n["lot"].as_str().unwrap_or(""), n["carats"].as_str().unwrap_or(""), n["event"].as_str().unwrap_or(""), n["seq"], n["country"].as_str().unwrap_or(""));
+        let line = |n: &Value| {
+            format!(
+                "{} {} ct ({} at seq {}, {})",
+                n["lot"].as_str().unwrap_or(""),
+                n["carats"].as_str().unwrap_or(""),
+                n["event"].as_str().unwrap_or(""),
+                n["seq"],
+                n["country"].as_str().unwrap_or("")
+            )
+        };
         let mut out = line(&v["node"]);
         for n in v["ancestors"].as_array().into_iter().flatten() {
             out.push_str(&format!("\n  from  {}", line(n)));

@@ -41,11 +41,14 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     let authority = custody::keys::load(&a.authority)?;
     let client = custody::client::connect(nats).await?;
     let world = submit(&client, &authority, sim::Size { seed: a.seed, rounds: a.rounds }).await?;
-    println!("{}", serde_json::json!({
-        "events": world.events.len(),
-        "clean": world.clean,
-        "prohibited_us_2024": world.prohibited,
-        "undetermined": world.undetermined,
-    }));
+    println!(
+        "{}",
+        serde_json::json!({
+            "events": world.events.len(),
+            "clean": world.clean,
+            "prohibited_us_2024": world.prohibited,
+            "undetermined": world.undetermined,
+        })
+    );
     Ok(ExitCode::SUCCESS)
 }

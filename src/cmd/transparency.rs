@@ -133,7 +133,14 @@ pub async fn prove(nats: &str, a: ProveArgs) -> anyhow::Result<ExitCode> {
 
 /// `custody verify --checkpoint FILE --key KEY [--proof FILE] [--previous FILE --consistency FILE]`:
 /// offline, with nothing but the ledger's public key.
-pub fn verify_offline(checkpoint: &std::path::Path, key: &str, proof: Option<&std::path::Path>, previous: Option<&std::path::Path>, consistency: Option<&std::path::Path>, json_out: bool) -> anyhow::Result<ExitCode> {
+pub fn verify_offline(
+    checkpoint: &std::path::Path,
+    key: &str,
+    proof: Option<&std::path::Path>,
+    previous: Option<&std::path::Path>,
+    consistency: Option<&std::path::Path>,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
     let c = load_checkpoint(checkpoint)?;
     let mut checks = vec![];
     let mut result = c.verify(key).map(|_| ()).map_err(|e| e.to_string());

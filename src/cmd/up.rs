@@ -98,11 +98,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }))
     });
 
-    let mut config = custody_ledger::Config::new(
-        nats.url.clone(),
-        a.data.join("ledger"),
-        authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?,
-    );
+    let mut config =
+        custody_ledger::Config::new(nats.url.clone(), a.data.join("ledger"), authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
     config.nkey = seed(&ledger_id);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut ledger = tokio::spawn(custody_ledger::run(config, async move {
@@ -120,9 +117,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let gateway_url = nats.url.clone();
     let gateway_seed = seed(&gateway_id);
     let gateway = tokio::spawn(async move {
-        custody_gateway::run(&gateway_url, gateway_seed.as_deref(), a.http, |addr| { let _ = bound_tx.send(addr); }, async move {
-            let _ = gstop_rx.await;
-        })
+        custody_gateway::run(
+            &gateway_url,
+            gateway_seed.as_deref(),
+            a.http,
+            |addr| {
+                let _ = bound_tx.send(addr);
+            },
+            async move {
+                let _ = gstop_rx.await;
+            },
+        )
         .await
     });
     let http = bound_rx.await.context("the HTTP gateway did not start")?;

@@ -301,8 +301,12 @@ impl System {
     /// Registers a new actor with one role in a country.
     pub async fn actor(&self, name: &str, role: &str, country: &str) -> KeyPair {
         let kp = KeyPair::new_user();
-        let ev = event(&self.authority, &format!("reg-{name}"), "actor.registered",
-            json!({"subject": kp.public_key(), "name": name, "roles": [role], "country": country}));
+        let ev = event(
+            &self.authority,
+            &format!("reg-{name}"),
+            "actor.registered",
+            json!({"subject": kp.public_key(), "name": name, "roles": [role], "country": country}),
+        );
         self.accept(&self.authority, &ev).await;
         kp
     }
@@ -353,10 +357,19 @@ pub async fn refusal_world() -> RefusalWorld {
     }
     sys.accept(m, &event(m, "split-sp", "split", json!({"lot": "SP", "into": [{"lot": "SP1", "carats": "4.00"}, {"lot": "SP2", "carats": "6.00"}]}))).await;
     let cert = |n: &str| json!({"number": n, "value_usd": "1000.00"});
-    sys.accept(m, &event(m, "export-x", "exported", json!({"lots": ["X"], "to": trader.public_key(), "to_country": "AE", "certificate": cert("RU-X-1")}))).await;
-    sys.accept(m, &event(m, "export-k", "exported", json!({"lots": ["K", "K2"], "to": cutter.public_key(), "to_country": "IN", "certificate": cert("RU-K-1")}))).await;
+    sys.accept(m, &event(m, "export-x", "exported", json!({"lots": ["X"], "to": trader.public_key(), "to_country": "AE", "certificate": cert("RU-X-1")})))
+        .await;
+    sys.accept(
+        m,
+        &event(m, "export-k", "exported", json!({"lots": ["K", "K2"], "to": cutter.public_key(), "to_country": "IN", "certificate": cert("RU-K-1")})),
+    )
+    .await;
     sys.accept(&cutter, &event(&cutter, "import-k", "imported", json!({"certificate": "RU-K-1"}))).await;
-    sys.accept(&cutter, &event(&cutter, "cut-k", "processed", json!({"lot": "K", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "P1", "carats": "12.00"}]}))).await;
+    sys.accept(
+        &cutter,
+        &event(&cutter, "cut-k", "processed", json!({"lot": "K", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "P1", "carats": "12.00"}]})),
+    )
+    .await;
     RefusalWorld { sys, miner_ru, miner_bw, trader, trader2, cutter, revoked }
 }
 
@@ -455,4 +468,3 @@ pub fn up() -> Up {
     let authority = custody::keys::load(&dir.path().join("authority.nk")).unwrap();
     Up { _process: process, dir, url: url.expect("up printed the NATS address"), authority }
 }
-

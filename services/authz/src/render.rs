@@ -53,14 +53,7 @@ fn read_stream(stream: &str) -> Vec<String> {
 
 /// Questions anyone connected may ask.
 fn ask() -> Vec<String> {
-    vec![
-        "$JS.API.INFO".into(),
-        "custody.query.>".into(),
-        HEAD_SUBJECT.into(),
-        CHECKPOINT_SUBJECT.into(),
-        PROOF_SUBJECT.into(),
-        CONSISTENCY_SUBJECT.into(),
-    ]
+    vec!["$JS.API.INFO".into(), "custody.query.>".into(), HEAD_SUBJECT.into(), CHECKPOINT_SUBJECT.into(), PROOF_SUBJECT.into(), CONSISTENCY_SUBJECT.into()]
 }
 
 fn own_inbox(key: &str) -> String {

@@ -63,7 +63,13 @@ pub fn router(nats: async_nats::Client) -> Router {
 
 /// Serves on `listen` until `shutdown`; `on_bound` learns the real address
 /// (for a port 0).
-pub async fn run(nats_url: &str, nkey: Option<&str>, listen: SocketAddr, on_bound: impl FnOnce(SocketAddr), shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    nats_url: &str,
+    nkey: Option<&str>,
+    listen: SocketAddr,
+    on_bound: impl FnOnce(SocketAddr),
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let nats = custody_ledger::connect::connect(nats_url, "custody-gateway", nkey).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     on_bound(listener.local_addr()?);
@@ -105,12 +111,18 @@ fn segment(p: Result<Path<String>, PathRejection>) -> Result<String, Response> {
 }
 
 async fn origin(State(app): State<App>, lot: Result<Path<String>, PathRejection>) -> Response {
-    let lot = match segment(lot) { Ok(l) => l, Err(r) => return r };
+    let lot = match segment(lot) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     app.query(subjects::QUERY_ORIGIN, json!({"lot": lot})).await
 }
 
 async fn admissibility(State(app): State<App>, lot: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let lot = match segment(lot) { Ok(l) => l, Err(r) => return r };
+    let lot = match segment(lot) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
     let (Some(rules), Some(date)) = (q.get("rules"), q.get("date")) else {
         return error(StatusCode::BAD_REQUEST, "missing_parameter", "admissibility needs ?rules=NAME&date=YYYY-MM-DD");
     };
@@ -118,10 +130,18 @@ async fn admissibility(State(app): State<App>, lot: Result<Path<String>, PathRej
 }
 
 /// JSON, or an SVG picture with `?format=svg` or `Accept: image/svg+xml`.
-async fn genealogy(State(app): State<App>, lot: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>, headers: axum::http::HeaderMap) -> Response {
-    let lot = match segment(lot) { Ok(l) => l, Err(r) => return r };
-    let wants_svg = q.get("format").is_some_and(|f| f == "svg")
-        || headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("image/svg+xml"));
+async fn genealogy(
+    State(app): State<App>,
+    lot: Result<Path<String>, PathRejection>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let lot = match segment(lot) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let wants_svg =
+        q.get("format").is_some_and(|f| f == "svg") || headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("image/svg+xml"));
     let answer = app.query(subjects::QUERY_GENEALOGY, json!({"lot": lot})).await;
     if !wants_svg || answer.status() != StatusCode::OK {
         return answer;
@@ -188,9 +208,16 @@ async fn entry(State(app): State<App>, seq: Result<Path<String>, PathRejection>,
         Ok(c) => c,
         Err(r) => return r,
     };
-    let seq = match segment(seq) { Ok(s) => s, Err(r) => return r };
+    let seq = match segment(seq) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let Some(seq) = seq.parse::<u64>().ok().filter(|s| *s >= 1) else {
-        return error(StatusCode::BAD_REQUEST, "invalid_seq", format!("{:?} is not a ledger seq (a whole number from 1)", seq.chars().take(40).collect::<String>()));
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_seq",
+            format!("{:?} is not a ledger seq (a whole number from 1)", seq.chars().take(40).collect::<String>()),
+        );
     };
     let stream = match app.js.get_stream(subjects::LEDGER_STREAM).await {
         Ok(s) => s,
@@ -242,7 +269,11 @@ fn seq_of(seq: Result<Path<String>, PathRejection>) -> Result<u64, Response> {
 /// A tree size from the query string, or our JSON 400.
 fn size_param(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Response> {
     q.get(name)
-        .map(|v| v.parse::<u64>().map_err(|_| error(StatusCode::BAD_REQUEST, "invalid_parameter", format!("{name} must be a whole number, not {:?}", v.chars().take(40).collect::<String>()))))
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                error(StatusCode::BAD_REQUEST, "invalid_parameter", format!("{name} must be a whole number, not {:?}", v.chars().take(40).collect::<String>()))
+            })
+        })
         .transpose()
 }
 
@@ -254,7 +285,10 @@ async fn checkpoint(State(app): State<App>) -> Response {
 /// Entry `seq`'s inclusion proof, in the tree of `?tree_size=` entries or
 /// in the latest checkpoint's (which then comes with it).
 async fn proof(State(app): State<App>, seq: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let seq = match seq_of(seq) { Ok(s) => s, Err(r) => return r };
+    let seq = match seq_of(seq) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
     let mut body = json!({"seq": seq});
     match size_param(&q, "tree_size") {
         Ok(Some(n)) => body["tree_size"] = json!(n),

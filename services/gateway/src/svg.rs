@@ -29,7 +29,14 @@ pub fn genealogy(g: &Value) -> String {
         }
     }
     let parents = |id: &str| -> Vec<String> {
-        nodes.get(id).and_then(|n| n["parents"].as_array()).into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).filter(|p| nodes.contains_key(p)).collect()
+        nodes
+            .get(id)
+            .and_then(|n| n["parents"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().map(str::to_owned))
+            .filter(|p| nodes.contains_key(p))
+            .collect()
     };
     let mut children: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for id in nodes.keys() {
@@ -121,8 +128,11 @@ pub fn genealogy(g: &Value) -> String {
     }
     for (l, count) in hidden {
         let y = (l - top) * LAYER_H + 20 + NODE_H / 2;
-        out.push_str(&format!(r#"<text x="{}" y="{y}" text-anchor="end">+{count} more not drawn</text>
-"#, width - 8));
+        out.push_str(&format!(
+            r#"<text x="{}" y="{y}" text-anchor="end">+{count} more not drawn</text>
+"#,
+            width - 8
+        ));
     }
     out.push_str("</svg>\n");
     out

@@ -125,10 +125,7 @@ impl Auditor {
         if c.tree_size <= self.tree.len() {
             let ours = self.tree.root_at(c.tree_size).map_err(|e| Finding(e.to_string()))?;
             if ours != root {
-                return Err(Finding(format!(
-                    "checkpoint of {} signs root {} for {} entries, but those entries have root {ours}",
-                    c.time, c.root, c.tree_size
-                )));
+                return Err(Finding(format!("checkpoint of {} signs root {} for {} entries, but those entries have root {ours}", c.time, c.root, c.tree_size)));
             }
             self.verified += 1;
         }
@@ -179,7 +176,10 @@ impl Auditor {
                 .await?;
             let mut messages = c.messages().await?;
             while self.checkpoints_read < clast {
-                let msg = tokio::time::timeout(Duration::from_secs(30), messages.next()).await.context("the checkpoints stream stalled")?.context("the checkpoints stream ended")??;
+                let msg = tokio::time::timeout(Duration::from_secs(30), messages.next())
+                    .await
+                    .context("the checkpoints stream stalled")?
+                    .context("the checkpoints stream ended")??;
                 self.checkpoints_read = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
                 let cp: Checkpoint = match serde_json::from_slice(&msg.payload) {
                     Ok(cp) => cp,
@@ -219,11 +219,16 @@ impl Auditor {
         if elast > self.tree.len() {
             let (_, mut messages) = crate::follow::from_seq(js, self.tree.len() + 1).await?;
             while self.tree.len() < elast {
-                let msg = tokio::time::timeout(Duration::from_secs(30), messages.next()).await.context("the committed stream stalled")?.context("the committed stream ended")??;
+                let msg = tokio::time::timeout(Duration::from_secs(30), messages.next())
+                    .await
+                    .context("the committed stream stalled")?
+                    .context("the committed stream ended")??;
                 let at = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
                 let entry = match crate::follow::entry_of(&msg) {
                     Ok(e) if e.seq == at && at == self.tree.len() + 1 => e,
-                    Ok(e) => return Ok(Err(Finding(format!("committed stream position {at} holds entry {} where entry {} belongs", e.seq, self.tree.len() + 1)))),
+                    Ok(e) => {
+                        return Ok(Err(Finding(format!("committed stream position {at} holds entry {} where entry {} belongs", e.seq, self.tree.len() + 1))))
+                    }
                     Err(why) => return Ok(Err(Finding(format!("entry {at}: {why}")))),
                 };
                 if let Err(f) = self.entry(entry) {

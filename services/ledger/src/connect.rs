@@ -37,7 +37,11 @@ pub async fn connect_client(url: &str, name: &str, seed: Option<&str>) -> anyhow
         match options(name, seed)?.connect(url).await {
             Ok(c) => return Ok(c),
             Err(e) if matches!(e.kind(), ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication) => {
-                let who = if seed.is_some() { "this --nkey is not a registered (or not a live) actor" } else { "it checks identities: give --nkey (or CUSTODY_NKEY)" };
+                let who = if seed.is_some() {
+                    "this --nkey is not a registered (or not a live) actor"
+                } else {
+                    "it checks identities: give --nkey (or CUSTODY_NKEY)"
+                };
                 anyhow::bail!("NATS at {url} refused the connection ({e}): {who}");
             }
             Err(e) => last = Some(e),

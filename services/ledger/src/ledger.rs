@@ -69,9 +69,7 @@ impl Ledger {
     pub fn open(dir: &Path, authority: &ActorKey) -> Result<Ledger, OpenError> {
         let store = Store::open(dir)?;
         match store.authority()? {
-            Some(recorded) if recorded != authority.as_str() => {
-                return Err(OpenError::AuthorityChanged { recorded, given: authority.to_string() })
-            }
+            Some(recorded) if recorded != authority.as_str() => return Err(OpenError::AuthorityChanged { recorded, given: authority.to_string() }),
             Some(_) => {}
             None => store.set_authority(authority.as_str())?,
         }

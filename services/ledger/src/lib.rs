@@ -18,8 +18,8 @@
 //!   stopped store) from seq 1.
 
 pub mod audit;
-pub mod connect;
 pub mod auditor;
+pub mod connect;
 pub mod crashpoint;
 pub mod follow;
 pub mod keyfile;

@@ -6,9 +6,7 @@
 use std::collections::HashMap;
 
 use custody_proto::event::Certificate;
-use custody_proto::{
-    ActorKey, Body, Carats, Code, Country, Event, EventId, LotId, LotState, Receipt, Rejection, Role,
-};
+use custody_proto::{ActorKey, Body, Carats, Code, Country, Event, EventId, LotId, LotState, Receipt, Rejection, Role};
 
 /// A registered organisation.
 #[derive(Debug, Clone)]
@@ -104,10 +102,7 @@ impl Model {
     /// Checks every custody rule for `event`, signed by `event.actor`.
     pub fn check(&self, event: &Event) -> Result<(), Rejection> {
         let signer = &event.actor;
-        let actor = self
-            .actors
-            .get(signer)
-            .ok_or_else(|| reject(Code::UnknownActor, format!("{signer} is not a registered actor")))?;
+        let actor = self.actors.get(signer).ok_or_else(|| reject(Code::UnknownActor, format!("{signer} is not a registered actor")))?;
         if actor.revoked {
             return Err(reject(Code::ActorRevoked, format!("{signer} was revoked by the authority and may sign nothing")));
         }
@@ -143,7 +138,10 @@ impl Model {
                 self.fresh_all(into.iter().map(|p| &p.lot))?;
                 let out = sum(into.iter().map(|p| &p.carats))?;
                 if out != input.carats.hundredths() {
-                    return Err(reject(Code::CaratsMismatch, format!("split of {lot} ({} ct) into {} ct: outputs must sum to the input exactly", input.carats, hundredths(out))));
+                    return Err(reject(
+                        Code::CaratsMismatch,
+                        format!("split of {lot} ({} ct) into {} ct: outputs must sum to the input exactly", input.carats, hundredths(out)),
+                    ));
                 }
             }
             Body::Merged { lots, into } => {
@@ -153,7 +151,10 @@ impl Model {
                 self.fresh(&into.lot)?;
                 let total = sum(inputs.iter().map(|l| &l.carats))?;
                 if total != into.carats.hundredths() {
-                    return Err(reject(Code::CaratsMismatch, format!("merge of {} ct into {} ct: the output must equal the inputs' sum exactly", hundredths(total), into.carats)));
+                    return Err(reject(
+                        Code::CaratsMismatch,
+                        format!("merge of {} ct into {} ct: the output must equal the inputs' sum exactly", hundredths(total), into.carats),
+                    ));
                 }
             }
             Body::Transferred { lots, to } => {
@@ -197,7 +198,10 @@ impl Model {
                 self.fresh_all(into.iter().map(|p| &p.lot))?;
                 let out = sum(into.iter().map(|p| &p.carats))?;
                 if out > input.carats.hundredths() {
-                    return Err(reject(Code::CaratsCreated, format!("processing {lot} ({} ct) cannot yield {} ct: outputs weigh at most the input", input.carats, hundredths(out))));
+                    return Err(reject(
+                        Code::CaratsCreated,
+                        format!("processing {lot} ({} ct) cannot yield {} ct: outputs weigh at most the input", input.carats, hundredths(out)),
+                    ));
                 }
             }
             Body::Flagged { lot, .. } => self.known(lot).map(|_| ())?,

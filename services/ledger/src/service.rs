@@ -359,10 +359,7 @@ async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut r
                     };
                     let mut headers = HeaderMap::new();
                     headers.insert(HDR_EVENT_ID, id.as_str());
-                    let publish = jetstream::message::PublishMessage::build()
-                        .payload(body)
-                        .headers(headers)
-                        .message_id(format!("{actor}:{id}:{tag}"));
+                    let publish = jetstream::message::PublishMessage::build().payload(body).headers(headers).message_id(format!("{actor}:{id}:{tag}"));
                     match js.send_publish(receipts(&actor), publish).await {
                         Ok(ack) => durable.push((msg, ack)),
                         Err(e) => tracing::warn!(error = %e, "cannot publish a receipt; the inbox will redeliver"),
@@ -537,9 +534,7 @@ async fn resync(stream: &stream::Stream, store: &Store, published: u64) -> anyho
 
 async fn publish_from_store(js: &jetstream::Context, store: &Store, published: u64, target: u64) -> anyhow::Result<u64> {
     let end = target.min(published + 1024);
-    let entries: Vec<Entry> = tokio::task::block_in_place(|| {
-        store.entries_from(published + 1).take((end - published) as usize).collect::<Result<_, _>>()
-    })?;
+    let entries: Vec<Entry> = tokio::task::block_in_place(|| store.entries_from(published + 1).take((end - published) as usize).collect::<Result<_, _>>())?;
     publish_entries(js, &entries).await?;
     Ok(end)
 }
@@ -561,9 +556,7 @@ async fn publish_entries(js: &jetstream::Context, entries: &[Entry]) -> anyhow::
     for e in rest {
         client.publish_with_headers(ENTRIES_SUBJECT, entry_headers(e), Bytes::from(e.envelope.clone())).await?;
     }
-    let publish = jetstream::message::PublishMessage::build()
-        .payload(Bytes::from(last.envelope.clone()))
-        .headers(entry_headers(last));
+    let publish = jetstream::message::PublishMessage::build().payload(Bytes::from(last.envelope.clone())).headers(entry_headers(last));
     js.send_publish(ENTRIES_SUBJECT, publish).await?.await?;
     Ok(())
 }

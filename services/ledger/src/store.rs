@@ -103,12 +103,7 @@ impl Store {
     /// The head record must name the last entry stored: a store that lost
     /// its tail, or grew one without a head, is refused.
     fn check_head(&self) -> Result<(), StoreError> {
-        let last = self
-            .db
-            .scan_prefix(b"e")
-            .next_back()
-            .transpose()?
-            .map(|(k, _)| k);
+        let last = self.db.scan_prefix(b"e").next_back().transpose()?.map(|(k, _)| k);
         let last_seq = match last {
             Some(k) if k.len() == 9 => Some(u64::from_be_bytes(k[1..].try_into().unwrap_or_default())),
             Some(_) => return Err(StoreError::Corrupt("an entry key has the wrong length".into())),
@@ -116,11 +111,7 @@ impl Store {
         };
         let head = self.head()?;
         if head.map(|h| h.0) != last_seq {
-            return Err(StoreError::Corrupt(format!(
-                "head record says {:?} but the last stored entry is {:?}",
-                head.map(|h| h.0),
-                last_seq
-            )));
+            return Err(StoreError::Corrupt(format!("head record says {:?} but the last stored entry is {:?}", head.map(|h| h.0), last_seq)));
         }
         Ok(())
     }
@@ -141,10 +132,7 @@ impl Store {
         let (seq, hash) = decode_witness(&bytes).ok_or_else(|| StoreError::Corrupt(format!("{WITNESS_FILE} is damaged")))?;
         let head = self.head()?.map_or(0, |h| h.0);
         if seq > head {
-            return Err(StoreError::Corrupt(format!(
-                "entries {}..={seq} were committed but are missing: the store ends at {head}",
-                head + 1
-            )));
+            return Err(StoreError::Corrupt(format!("entries {}..={seq} were committed but are missing: the store ends at {head}", head + 1)));
         }
         if seq > 0 && self.get(seq)?.map(|e| e.hash) != Some(hash) {
             return Err(StoreError::Corrupt(format!("entry {seq} differs from the one committed")));

@@ -312,7 +312,13 @@ mod tests {
     fn broken_rule_files_are_refused() {
         assert!(matches!(RuleSet::load("uk-2030"), Err(RuleError::Unknown(_))));
         assert!(matches!(RuleSet::load("name = \"x\"\n"), Err(RuleError::Invalid(_))));
-        assert!(matches!(RuleSet::load("name = \"x\"\n[[rule]]\nid = \"a\"\nbanned = [\"XX\"]\nbasis = \"mine_origin\"\nfrom = \"2024-01-01\"\n"), Err(RuleError::Invalid(_))));
-        assert!(matches!(RuleSet::load("name = \"x\"\n[[rule]]\nid = \"a\"\nbanned = [\"RU\"]\nbasis = \"mine_origin\"\nfrom = \"2024-01-01\"\nbogus = 1\n"), Err(RuleError::Invalid(_))));
+        assert!(matches!(
+            RuleSet::load("name = \"x\"\n[[rule]]\nid = \"a\"\nbanned = [\"XX\"]\nbasis = \"mine_origin\"\nfrom = \"2024-01-01\"\n"),
+            Err(RuleError::Invalid(_))
+        ));
+        assert!(matches!(
+            RuleSet::load("name = \"x\"\n[[rule]]\nid = \"a\"\nbanned = [\"RU\"]\nbasis = \"mine_origin\"\nfrom = \"2024-01-01\"\nbogus = 1\n"),
+            Err(RuleError::Invalid(_))
+        ));
     }
 }

@@ -63,13 +63,7 @@ impl Store {
             Some(_) => return Err(StoreError::Damaged { key: "checkpoint".into(), why: "wrong length".into() }),
             None => None,
         };
-        Ok(State {
-            checkpoint,
-            lots: load(&self.db, "l/")?,
-            actors: load(&self.db, "a/")?,
-            shipments: load(&self.db, "s/")?,
-            yields: load(&self.db, "y/")?,
-        })
+        Ok(State { checkpoint, lots: load(&self.db, "l/")?, actors: load(&self.db, "a/")?, shipments: load(&self.db, "s/")?, yields: load(&self.db, "y/")? })
     }
 
     /// Writes what `dirty` names, and the checkpoint, as one batch.

@@ -237,7 +237,9 @@ impl State {
                         // New goods: where the rough was exported from no longer describes them.
                         child.exported_from.clear();
                         if pct > MAX_CUTTING_YIELD_PCT {
-                            child.warnings.insert(format!("implausible yield: {pct}% at cutting_polishing of {lot} (seq {}), above {MAX_CUTTING_YIELD_PCT}%", s.seq));
+                            child
+                                .warnings
+                                .insert(format!("implausible yield: {pct}% at cutting_polishing of {lot} (seq {}), above {MAX_CUTTING_YIELD_PCT}%", s.seq));
                         }
                     }
                     push_capped(&mut child.transformations, s.clone(), &mut child.truncated);
@@ -250,7 +252,15 @@ impl State {
                 let inputs: Vec<Lot> = lots.iter().filter_map(|l| self.consume(l, dirty)).collect();
                 let Some(first) = inputs.first() else { return };
                 let composition = Composition::mix(inputs.iter().map(|l| (&l.composition, l.carats.hundredths())));
-                let mut merged = self.new_lot(&into.lot, first.state, into.carats, composition, first.country, &signer, step(kind, first.country.to_string(), format!("merged from {}", lots.iter().map(|l| l.as_str()).collect::<Vec<_>>().join(", "))));
+                let mut merged = self.new_lot(
+                    &into.lot,
+                    first.state,
+                    into.carats,
+                    composition,
+                    first.country,
+                    &signer,
+                    step(kind, first.country.to_string(), format!("merged from {}", lots.iter().map(|l| l.as_str()).collect::<Vec<_>>().join(", "))),
+                );
                 merged.merged = true;
                 let mut all_steps: BTreeSet<Step> = BTreeSet::new();
                 for i in &inputs {
@@ -305,7 +315,10 @@ impl State {
                         dirty.lots.insert(l.to_string());
                     }
                 }
-                self.shipments.insert(certificate.number.clone(), Shipment { lots: lots.iter().map(|l| l.to_string()).collect(), consignee: to.to_string(), to_country: *to_country });
+                self.shipments.insert(
+                    certificate.number.clone(),
+                    Shipment { lots: lots.iter().map(|l| l.to_string()).collect(), consignee: to.to_string(), to_country: *to_country },
+                );
                 dirty.shipments.insert(certificate.number.clone());
             }
             Body::Imported { certificate, lots } => {
