@@ -160,9 +160,9 @@ pub fn world(authority: &KeyPair, size: Size) -> World {
                 let direct = h * DIRECT_SHARE / 100;
                 let (to_hub, straight) = (format!("{lot}-h"), format!("{lot}-d"));
                 b.ev(*m, "split", day, json!({"lot": lot, "into": [{"lot": to_hub, "carats": ct(h - direct)}, {"lot": straight, "carats": ct(direct)}]}));
-                b.ship(*m, hubs[hub], &[to_hub.clone()], day + 1);
+                b.ship(*m, hubs[hub], std::slice::from_ref(&to_hub), day + 1);
                 at_hub[hub].push((to_hub, h - direct));
-                b.ship(*m, cutters[0], &[straight.clone()], day + 1);
+                b.ship(*m, cutters[0], std::slice::from_ref(&straight), day + 1);
                 let stones = b.cut_and_sell(cutters[0], &straight, direct, &importers, &format!("SIM{s}-BWD-{r}"), day + 5);
                 if clean.is_empty() {
                     clean = stones.iter().max_by_key(|x| x.1).map(|x| x.0.clone()).unwrap_or_default();
@@ -171,7 +171,7 @@ pub fn world(authority: &KeyPair, size: Size) -> World {
                 if country == "RU" {
                     ru_hub = Some(hub);
                 }
-                b.ship(*m, hubs[hub], &[lot.clone()], day + 1);
+                b.ship(*m, hubs[hub], std::slice::from_ref(&lot), day + 1);
                 at_hub[hub].push((lot, h));
             }
         }
@@ -207,7 +207,7 @@ pub fn world(authority: &KeyPair, size: Size) -> World {
                 } else {
                     2
                 };
-                b.ship(hub, cutters[c], &[parcel.clone()], day + 6);
+                b.ship(hub, cutters[c], std::slice::from_ref(&parcel), day + 6);
                 let stones = b.cut_and_sell(cutters[c], &parcel, hundredths, &importers, &format!("SIM{s}-{}-{r}-{i}", HUBS[hi]), day + 10);
                 if prohibited.is_empty() && ru_hub == Some(hi) {
                     if let Some(big) = stones.iter().find(|x| x.1 >= 50) {

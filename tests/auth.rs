@@ -71,7 +71,7 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     let url = up.url.as_str();
 
     // Nobody gets in without a key, or with a key the registry lacks.
-    let err = connect(url, None).await.err().expect("an unauthenticated client is refused");
+    let err = connect(url, None).await.expect_err("an unauthenticated client is refused");
     assert!(err.to_lowercase().contains("authorization"), "{err}");
     let miner = KeyPair::new_user();
     assert!(connect(url, Some(&miner)).await.is_err(), "an unregistered key is refused");

@@ -301,7 +301,7 @@ async fn check(sys: &System, lot: &str, expect: &Expect) -> Result<(), String> {
             if got["verdict"] != *verdict {
                 return Err(format!("{rules} on {date}: expected {verdict}, got {}", got));
             }
-            if got["reasons"].as_array().map_or(true, |r| r.is_empty()) {
+            if got["reasons"].as_array().is_none_or(|r| r.is_empty()) {
                 return Err("no reasons".into());
             }
         }

@@ -115,7 +115,7 @@ impl Tree {
     /// MTH(D[lo:hi]) for 0 <= lo < hi <= len.
     fn mth(&self, lo: u64, hi: u64) -> Hash {
         let n = hi - lo;
-        if n.is_power_of_two() && lo % n == 0 {
+        if n.is_power_of_two() && lo.is_multiple_of(n) {
             let k = n.trailing_zeros() as usize;
             return self.levels[k][(lo >> k) as usize];
         }

@@ -120,12 +120,15 @@ fn user(out: &mut String, comment: &str, key: &str, p: Permissions) {
     ));
 }
 
+/// A kind of service: its name, its keys, and what each key may do.
+type ServiceKind<'a> = (&'a str, &'a [String], fn(&str) -> Permissions);
+
 /// The whole file nats-server loads (`-c`): only an authorization block,
 /// so listen address and JetStream stay on its command line.
 pub fn render(registry: &Registry, services: &Services) -> String {
     let mut out = String::from("# Written by custody authz from the ledger's actor registry; do not edit.\nauthorization {\n  users = [\n");
     let mut seen = std::collections::BTreeSet::new();
-    let kinds: [(&str, &[String], fn(&str) -> Permissions); 5] = [
+    let kinds: [ServiceKind; 5] = [
         ("ledger", &services.ledger, |_| ledger()),
         ("projection", &services.projection, projection),
         ("authz", &services.authz, follower),

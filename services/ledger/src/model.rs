@@ -343,7 +343,8 @@ impl Model {
     }
 
     fn fresh_all<'a>(&self, lots: impl Iterator<Item = &'a LotId>) -> Result<(), Rejection> {
-        lots.map(|l| self.fresh(l)).collect()
+        let mut lots = lots;
+        lots.try_for_each(|l| self.fresh(l))
     }
 
     /// A registered actor who can hold lots.

@@ -266,8 +266,8 @@ mod tests {
         let e2 = Entry::next(Some((1, e1.hash)), t, b"b".to_vec());
         {
             let s = Store::open(dir.path()).unwrap();
-            s.append(&[e1.clone()]).unwrap();
-            s.append(&[e2.clone()]).unwrap();
+            s.append(std::slice::from_ref(&e1)).unwrap();
+            s.append(std::slice::from_ref(&e2)).unwrap();
         }
         // What sled would do if recovery dropped the last batch: the head
         // record and entry 2 gone, consistently with each other.

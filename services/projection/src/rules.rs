@@ -248,7 +248,7 @@ fn mine(rule: &Rule, f: &Facts<'_>) -> Reason {
                 }
             }
             Source::Mined(_) if part.traced => {}
-            _ => unknown = unknown + &p.share,
+            _ => unknown += &p.share,
         }
     }
     let de_minimis = rule.de_minimis.map_or_else(BigRational::zero, |s| BigRational::new(BigInt::from(s.ten_thousandths()), BigInt::from(10_000)));

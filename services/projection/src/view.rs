@@ -223,7 +223,7 @@ impl State {
                 let Some(parent) = self.consume(lot, dirty) else { return };
                 let out: u64 = into.iter().map(|p| p.carats.hundredths()).sum();
                 let input = parent.carats.hundredths();
-                let pct = if input == 0 { 0 } else { out * 100 / input };
+                let pct = (out * 100).checked_div(input).unwrap_or(0);
                 let y = self.yields.entry(signer.clone()).or_default();
                 y.steps.push((seq, *process, input, out));
                 dirty.yields.insert(signer.clone());
@@ -357,6 +357,7 @@ impl State {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // one lot's fields, named at each call
     fn new_lot(&self, lot: &LotId, state: LotState, carats: Carats, composition: Composition, country: Country, holder: &str, created: Step) -> Lot {
         Lot {
             lot: lot.to_string(),
