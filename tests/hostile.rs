@@ -5,7 +5,8 @@
 //!
 //! A case sends `raw` text, `raw_hex` bytes, `raw_repeat` ({text, times}), an
 //! `envelope` as given, or a `payload` / `payload_text` signed by `sign_as`,
-//! optionally with a `mutate` applied after signing. `$MINER`, `$TRADER`,
+//! optionally with a `mutate` applied after signing, on the signer's
+//! submission subject or on the one of `subject_of`. `$MINER`, `$TRADER`,
 //! ... stand for the world's keys; `$REPEAT_...` for generated long arrays.
 
 mod common;
@@ -69,7 +70,9 @@ fn build(case: &Value, keys: &HashMap<&str, KeyPair>) -> Vec<u8> {
     };
     let signer = &keys[case["sign_as"].as_str().unwrap()];
     let raw = custody_proto::envelope::sign(signer, payload.as_bytes()).unwrap();
-    let Some(mutate) = case["mutate"].as_str() else { return raw };
+    let Some(mutate) = case["mutate"].as_str() else {
+        return raw;
+    };
     let mut env: Value = serde_json::from_slice(&raw).unwrap();
     match mutate {
         "duplicate_signature" => {
@@ -108,7 +111,11 @@ async fn every_hostile_case_gets_its_code_and_changes_nothing() {
     let mut failures = Vec::new();
     for case in &corpus {
         let name = case["name"].as_str().unwrap();
-        let outcome = sys.submit_raw(build(case, &keys)).await;
+        let raw = bytes::Bytes::from(build(case, &keys));
+        let outcome = match case["subject_of"].as_str() {
+            Some(who) => custody::client::submit_to(&sys.client, custody_ledger::subjects::submit(&keys[who].public_key()), raw).await.expect("an answer"),
+            None => sys.submit_raw(raw.to_vec()).await,
+        };
         match &outcome {
             Outcome::Rejected(r) if r.code == case["expect"] && !r.message.is_empty() => {}
             other => failures.push(format!("{name}: expected {}, got {other:?}", case["expect"])),

@@ -52,6 +52,8 @@ fn the_schema_refuses_what_the_ledger_refuses() {
         mined(&|v| v["carats"] = json!("-1")),
         mined(&|v| v["carats"] = json!("1e3")),
         mined(&|v| v["carats"] = json!(1.5)),
+        mined(&|v| v["carats"] = json!("100000000.01")),
+        mined(&|v| v["carats"] = json!("999999999999999.99")),
         mined(&|v| v["country"] = json!("ru")),
         mined(&|v| v["kind"] = json!("stolen")),
         mined(&|v| v["extra"] = json!(1)),

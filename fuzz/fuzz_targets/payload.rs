@@ -15,7 +15,7 @@
 
 use std::sync::OnceLock;
 
-use custody_ledger::ledger::check_batch;
+use custody_ledger::ledger::{check_batch, Submitted};
 use custody_ledger::model::Model;
 use custody_proto::{Body, KeyCache, Timestamp};
 use libfuzzer_sys::fuzz_target;
@@ -50,7 +50,7 @@ fn expand(payload: &[u8], keys: &[KeyPair]) -> Vec<u8> {
 /// Checks one signed payload; applies it if accepted.
 fn submit(model: &mut Model, keys: &mut KeyCache, signer: &KeyPair, payload: &[u8], now: Timestamp) -> bool {
     let raw = custody_proto::envelope::sign(signer, payload).expect("signing");
-    let Some(checked) = check_batch(vec![raw], now, keys).pop() else { return false };
+    let Some(checked) = check_batch(vec![Submitted::bare(raw)], now, keys).pop() else { return false };
     let (opened, event) = match checked {
         Ok(x) => x,
         Err((_, r)) => {

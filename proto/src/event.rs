@@ -237,6 +237,7 @@ impl Event {
     /// Parses and checks a payload: types, then the structural rules that
     /// need no ledger state. `now` bounds `occurred_at`.
     pub fn parse(payload: &[u8], now: Timestamp) -> Result<Event, Rejection> {
+        unique_keys(payload)?;
         let event: Event = serde_json::from_slice(payload).map_err(|e| Rejection::from_json(&e, Code::MalformedEvent))?;
         event.check(now)?;
         Ok(event)
@@ -318,6 +319,59 @@ impl Event {
         }
         Ok(())
     }
+}
+
+/// Refuses a payload in which any object, at any depth, names a key twice.
+/// JSON readers disagree on which of two equal keys wins, so the signed
+/// bytes must not leave it open: `{"country":"RU",...,"country":"BW"}`
+/// reads as Russian to one verifier and Botswanan to another.
+fn unique_keys(payload: &[u8]) -> Result<(), Rejection> {
+    struct Unique;
+    impl<'de> Deserialize<'de> for Unique {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Unique, D::Error> {
+            d.deserialize_any(UniqueVisitor)
+        }
+    }
+    struct UniqueVisitor;
+    impl<'de> de::Visitor<'de> for UniqueVisitor {
+        type Value = Unique;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key.clone()) {
+                    return Err(de::Error::custom(format!("key {:?} appears twice in one object", truncate(&key))));
+                }
+                map.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
+    }
+    serde_json::from_slice::<Unique>(payload).map(|_| ()).map_err(|e| Rejection::new(Code::MalformedEvent, e.to_string()))
 }
 
 fn field(message: impl Into<String>) -> Rejection {
@@ -408,6 +462,7 @@ mod tests {
             (mined("1").replace("\"country\"", "\"mine\":\"x\",\"extra\":1,\"country\""), Code::MalformedEvent),
             (mined("1").replace("\"lot\":\"L1\"", "\"lot\":\"L1\",\"lot\":\"L2\""), Code::MalformedEvent),
             (mined("1").replace("\"id\":\"e1\"", "\"id\":\"e1\",\"id\":\"e2\""), Code::MalformedEvent),
+            (mined("1").replace("\"lot\":\"L1\"", "\"lot\":\"L1\",\"\\u006cot\":\"L2\""), Code::MalformedEvent),
             ("{".to_owned(), Code::MalformedEvent),
         ];
         for (payload, code) in cases {
@@ -434,6 +489,18 @@ mod tests {
                 Code::InvalidField,
             ),
             (format!(r#"{{{base},"kind":"declared","lot":"D","carats":"1","state":"rough","origin":"somewhere"}}"#), Code::MalformedEvent),
+            // The last key would win in serde_json: 100 % BW, where a
+            // first-wins reader of the signed bytes sees a Russian claim.
+            (
+                format!(r#"{{{base},"kind":"declared","lot":"D","carats":"1","state":"rough","origin":[{{"country":"RU","share":"1.0000","country":"BW"}}]}}"#),
+                Code::MalformedEvent,
+            ),
+            (
+                format!(
+                    r#"{{{base},"kind":"exported","lots":["A"],"to":"{k}","to_country":"AE","certificate":{{"number":"AE-1","value_usd":"1","number":"AE-2"}}}}"#
+                ),
+                Code::MalformedEvent,
+            ),
         ];
         for (payload, code) in cases {
             let got = Event::parse(payload.as_bytes(), now()).map(|_| ()).unwrap_err();

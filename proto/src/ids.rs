@@ -210,7 +210,7 @@ impl<'de> Deserialize<'de> for Timestamp {
 }
 
 /// Keeps hostile input out of error messages: at most 70 characters of it.
-pub(crate) fn truncate(s: &str) -> String {
+pub fn truncate(s: &str) -> String {
     let mut out: String = s.chars().take(70).collect();
     if out.len() < s.len() {
         out.push('…');

@@ -66,10 +66,13 @@ pub enum Code {
     NotConsignee,
     /// Signed by an actor the authority has revoked, or revoking one twice.
     ActorRevoked,
+    /// Submitted on another actor's subject (`custody.submit.<key>`): the
+    /// signer must be the actor the subject names.
+    SubjectMismatch,
 }
 
 impl Code {
-    pub const ALL: [Code; 30] = [
+    pub const ALL: [Code; 31] = [
         Code::MalformedEnvelope,
         Code::EnvelopeTooLarge,
         Code::WrongPayloadType,
@@ -100,6 +103,7 @@ impl Code {
         Code::UnknownCertificate,
         Code::NotConsignee,
         Code::ActorRevoked,
+        Code::SubjectMismatch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -134,6 +138,7 @@ impl Code {
             Code::UnknownCertificate => "unknown_certificate",
             Code::NotConsignee => "not_consignee",
             Code::ActorRevoked => "actor_revoked",
+            Code::SubjectMismatch => "subject_mismatch",
         }
     }
 }

@@ -38,7 +38,15 @@ fn fmt_fixed(v: u64, scale: u32, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     write!(f, "{}.{:0width$}", v / unit, v % unit, width = scale as usize)
 }
 
-/// A positive mass in hundredths of a carat. Zero is not a mass.
+/// The largest mass one lot may have: 100,000,000.00 ct, about 20 tonnes
+/// of rough. World production is about 120 million carats a year and the
+/// largest mines yield 10 to 25 million, so no real lot, parcel or KP
+/// shipment comes near it; anything above is an error or an attack (and
+/// sums of many such lots stay far from overflowing).
+pub const MAX_CARATS: u64 = 10_000_000_000;
+
+/// A positive mass in hundredths of a carat. Zero is not a mass; more than
+/// [`MAX_CARATS`] is refused when parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Carats(u64);
 
@@ -59,6 +67,9 @@ impl std::str::FromStr for Carats {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let v = parse_fixed(s, 2)?;
+        if v > MAX_CARATS {
+            return Err(format!("{s:?} is more than 100000000.00 ct, more than any real lot or parcel"));
+        }
         Carats::from_hundredths(v).ok_or_else(|| format!("{s:?} is zero; a lot has mass"))
     }
 }
@@ -156,11 +167,31 @@ mod tests {
 
     #[test]
     fn carats_table() {
-        let ok = [("1234.56", 123456), ("1", 100), ("0.5", 50), ("0.01", 1), ("007.10", 710)];
+        let ok = [("1234.56", 123456), ("1", 100), ("0.5", 50), ("0.01", 1), ("007.10", 710), ("100000000.00", MAX_CARATS)];
         for (s, h) in ok {
             assert_eq!(s.parse::<Carats>().map(Carats::hundredths), Ok(h), "{s}");
         }
-        let bad = ["1.001", "-1", "1e3", "0", "0.00", "", " 1.00", "1.00 ", "+1", ".5", "5.", "NaN", "1,5", "9999999999999999", "1e9", "0x10", "١"];
+        let bad = [
+            "1.001",
+            "-1",
+            "1e3",
+            "0",
+            "0.00",
+            "",
+            " 1.00",
+            "1.00 ",
+            "+1",
+            ".5",
+            "5.",
+            "NaN",
+            "1,5",
+            "9999999999999999",
+            "1e9",
+            "0x10",
+            "١",
+            "100000000.01",
+            "999999999999999.99",
+        ];
         for s in bad {
             assert!(s.parse::<Carats>().is_err(), "{s:?} must be refused");
         }

@@ -24,20 +24,44 @@ pub enum OpenError {
 /// checked: either an event ready for custody rules, or a refusal.
 pub type Checked = Result<(Opened, Event), (Option<String>, Rejection)>;
 
+/// One submission as it arrived: its bytes and, when it came on a subject
+/// that names an actor (`custody.submit.<key>`, `custody.inbox.<key>`),
+/// that key. The signer must be that actor: NATS lets each actor publish
+/// only on its own subjects, and this makes those subjects mean something.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub bytes: Vec<u8>,
+    pub subject_key: Option<String>,
+}
+
+impl Submitted {
+    /// Bytes that came on no actor's subject (tests, fuzzing, benches).
+    pub fn bare(bytes: Vec<u8>) -> Submitted {
+        Submitted { bytes, subject_key: None }
+    }
+}
+
 /// Opens envelopes, verifies their signatures as one batch and parses their
 /// payloads. Stateless: safe to run off the writer's thread.
-pub fn check_batch(raws: Vec<Vec<u8>>, now: Timestamp, keys: &mut KeyCache) -> Vec<Checked> {
+pub fn check_batch(batch: Vec<Submitted>, now: Timestamp, keys: &mut KeyCache) -> Vec<Checked> {
+    let (raws, subject_keys): (Vec<Vec<u8>>, Vec<Option<String>>) = batch.into_iter().map(|s| (s.bytes, s.subject_key)).unzip();
     let opened: Vec<Result<Opened, Rejection>> = raws.into_iter().map(|r| Opened::open_with(r, keys)).collect();
     let ok: Vec<Opened> = opened.iter().filter_map(|o| o.as_ref().ok().cloned()).collect();
     let mut verdicts = Opened::verify_all(&ok).into_iter();
     opened
         .into_iter()
-        .map(|o| {
+        .zip(subject_keys)
+        .map(|(o, subject_key)| {
             let o = o.map_err(|r| (None, r))?;
             let verdict = verdicts.next().unwrap_or(Ok(()));
             // The id is read again only to name a refusal.
             let id = |o: &Opened| Event::sniff_id(&o.payload);
             verdict.map_err(|r| (id(&o), r))?;
+            if let Some(k) = subject_key.filter(|k| k.as_str() != o.signer.as_str()) {
+                let why =
+                    format!("submitted on the subject of {} but signed by {}: submit on the signer's own subject", custody_proto::ids::truncate(&k), o.signer);
+                return Err((id(&o), Rejection::new(custody_proto::Code::SubjectMismatch, why)));
+            }
             let event = Event::parse(&o.payload, now).map_err(|r| (id(&o), r))?;
             if event.actor != o.signer {
                 let why = format!("actor {} is not the signer {}", event.actor, o.signer);
@@ -159,6 +183,7 @@ fn receipt(event: &Event, entry: &Entry) -> Receipt {
     Receipt { id: event.id.to_string(), seq: entry.seq, hash: entry.hash.to_hex(), recorded_at: entry.recorded_at.to_rfc3339() }
 }
 
-fn refusal(id: Option<String>, r: Rejection) -> Outcome {
+/// The outcome that refuses a submission.
+pub fn refusal(id: Option<String>, r: Rejection) -> Outcome {
     Outcome::Rejected(Refusal { id, code: r.code.as_str().to_owned(), message: r.message })
 }

@@ -19,7 +19,7 @@ use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::ledger::{check_batch, Checked, Ledger};
+use crate::ledger::{check_batch, Checked, Ledger, Submitted};
 use crate::notary::Notary;
 use crate::store::Store;
 use crate::subjects::*;
@@ -54,12 +54,20 @@ enum Reply {
     Core(Subject),
     /// A message of the inbox stream: publish the outcome on the receipts
     /// stream, then ack the message.
-    Inbox(jetstream::Message),
+    Inbox(Box<jetstream::Message>),
 }
 
 struct Submission {
     raw: Bytes,
+    /// The actor key the subject it came on names (its last token).
+    subject_key: Option<String>,
     reply: Reply,
+}
+
+/// The actor a submission subject names: `custody.submit.<key>` or
+/// `custody.inbox.<key>`.
+fn subject_key(subject: &str) -> Option<String> {
+    subject.rsplit_once('.').map(|(_, key)| key.to_owned())
 }
 
 /// Runs the ledger until `shutdown` completes or a stage fails.
@@ -205,7 +213,8 @@ async fn committed_stream_head(s: &stream::Stream) -> anyhow::Result<u64> {
 async fn intake_core(mut sub: async_nats::Subscriber, tx: mpsc::Sender<Submission>) -> anyhow::Result<()> {
     while let Some(msg) = sub.next().await {
         let Some(reply) = msg.reply else { continue };
-        if tx.send(Submission { raw: msg.payload, reply: Reply::Core(reply) }).await.is_err() {
+        let subject_key = subject_key(&msg.subject);
+        if tx.send(Submission { raw: msg.payload, subject_key, reply: Reply::Core(reply) }).await.is_err() {
             break;
         }
     }
@@ -231,7 +240,8 @@ async fn intake_inbox(inbox: stream::Stream, tx: mpsc::Sender<Submission>) -> an
         match msg {
             Ok(msg) => {
                 let raw = msg.payload.clone();
-                if tx.send(Submission { raw, reply: Reply::Inbox(msg) }).await.is_err() {
+                let subject_key = subject_key(&msg.subject);
+                if tx.send(Submission { raw, subject_key, reply: Reply::Inbox(Box::new(msg)) }).await.is_err() {
                     break;
                 }
             }
@@ -278,7 +288,8 @@ async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<Checke
             first = rx.recv(), if open && inflight.len() < CHECKERS => {
                 let Some(first) = first else { open = false; continue };
                 let batch = drain(&mut rx, first, MAX_BATCH);
-                let (replies, raws): (Vec<Reply>, Vec<Vec<u8>>) = batch.into_iter().map(|s| (s.reply, s.raw.to_vec())).unzip();
+                let (replies, raws): (Vec<Reply>, Vec<Submitted>) =
+                    batch.into_iter().map(|s| (s.reply, Submitted { bytes: s.raw.to_vec(), subject_key: s.subject_key })).unzip();
                 let mut cache = caches.pop().unwrap_or_default();
                 let job = tokio::task::spawn_blocking(move || {
                     let checked = check_batch(raws, Timestamp::now(), &mut cache);
@@ -352,17 +363,13 @@ async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut r
                     }
                 }
                 Reply::Inbox(msg) => {
-                    let actor = signer_of(&msg.payload).unwrap_or_else(|| "unattributed".into());
-                    let (id, tag) = match &outcome {
-                        Outcome::Receipt(r) => (r.id.clone(), r.seq.to_string()),
-                        Outcome::Rejected(r) => (r.id.clone().unwrap_or_default(), r.code.clone()),
-                    };
-                    let mut headers = HeaderMap::new();
-                    headers.insert(HDR_EVENT_ID, id.as_str());
-                    let publish = jetstream::message::PublishMessage::build().payload(body).headers(headers).message_id(format!("{actor}:{id}:{tag}"));
-                    match js.send_publish(receipts(&actor), publish).await {
+                    let (subject, headers, message_id) = receipt_message(&msg.payload, &outcome);
+                    let publish = jetstream::message::PublishMessage::build().payload(body).headers(headers).message_id(message_id);
+                    match js.send_publish(subject, publish).await {
                         Ok(ack) => durable.push((msg, ack)),
-                        Err(e) => tracing::warn!(error = %e, "cannot publish a receipt; the inbox will redeliver"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot publish a receipt; the inbox will redeliver")
+                        }
                     }
                 }
             }
@@ -382,6 +389,41 @@ async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut r
         .await;
     }
     Ok(())
+}
+
+/// How an inbox submission's outcome is published: the receipts subject of
+/// its signer, the headers, and the message id that makes a republish a
+/// duplicate. Pure, so that a fuzz target can drive it with any bytes. The
+/// event id comes from input: it is escaped into printable ASCII, never put
+/// in a header as it came (a CR or LF there would break the protocol, and
+/// async-nats panics on one).
+pub fn receipt_message(raw: &[u8], outcome: &Outcome) -> (String, HeaderMap, String) {
+    let actor = signer_of(raw).unwrap_or_else(|| "unattributed".into());
+    let (id, tag) = match outcome {
+        Outcome::Receipt(r) => (r.id.as_str(), r.seq.to_string()),
+        Outcome::Rejected(r) => (r.id.as_deref().unwrap_or_default(), r.code.clone()),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(HDR_EVENT_ID, header_value(id));
+    let message_id = header_text(&format!("{actor}:{id}:{tag}"));
+    (receipts(&actor), headers, message_id)
+}
+
+/// Any text as header-safe printable ASCII: control characters, quotes,
+/// backslashes and non-ASCII are escaped (`\n`, `\u{..}`). Safe text is
+/// unchanged.
+pub fn header_text(s: &str) -> String {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\') {
+        return s.to_owned();
+    }
+    s.escape_default().to_string()
+}
+
+/// A header value that cannot fail: the text escaped by [`header_text`].
+/// `HeaderValue::from(&str)` panics on CR or LF; this never does.
+pub fn header_value(s: &str) -> async_nats::HeaderValue {
+    let text = header_text(s);
+    text.parse().unwrap_or_default()
 }
 
 fn signer_of(raw: &[u8]) -> Option<String> {
@@ -551,7 +593,9 @@ pub async fn publish_committed(js: &jetstream::Context, entries: &[Entry]) -> an
 /// too, and the caller resyncs from the stream's real head. One ack per
 /// batch instead of per entry.
 async fn publish_entries(js: &jetstream::Context, entries: &[Entry]) -> anyhow::Result<()> {
-    let Some((last, rest)) = entries.split_last() else { return Ok(()) };
+    let Some((last, rest)) = entries.split_last() else {
+        return Ok(());
+    };
     let client = js.client();
     for e in rest {
         client.publish_with_headers(ENTRIES_SUBJECT, entry_headers(e), Bytes::from(e.envelope.clone())).await?;
@@ -565,10 +609,10 @@ async fn publish_entries(js: &jetstream::Context, entries: &[Entry]) -> anyhow::
 fn entry_headers(e: &Entry) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (name, value) in e.headers() {
-        h.insert(name, value.as_str());
+        h.insert(name, header_value(&value));
     }
-    h.insert("Nats-Msg-Id", e.seq.to_string().as_str());
-    h.insert("Nats-Expected-Last-Sequence", (e.seq - 1).to_string().as_str());
+    h.insert("Nats-Msg-Id", header_value(&e.seq.to_string()));
+    h.insert("Nats-Expected-Last-Sequence", header_value(&(e.seq - 1).to_string()));
     h
 }
 
@@ -584,4 +628,24 @@ async fn serve_head(client: async_nats::Client, head: watch::Receiver<Option<(u6
         let _ = client.publish(reply, body.to_string().into()).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custody_proto::Refusal;
+
+    #[test]
+    fn input_never_reaches_a_header_unescaped() {
+        // The id of a refused envelope comes from whatever bytes were sent.
+        let refused = Outcome::Rejected(Refusal { id: Some("x\r\ny\u{0}é\\".into()), code: "bad_signature".into(), message: "no".into() });
+        let (subject, headers, message_id) = receipt_message(b"{}", &refused);
+        assert_eq!(subject, "custody.receipts.unattributed");
+        let id = headers.get(HDR_EVENT_ID).expect("the id header").as_str();
+        assert_eq!(id, r"x\r\ny\u{0}\u{e9}\\");
+        assert_eq!(message_id, r"unattributed:x\r\ny\u{0}\u{e9}\\:bad_signature");
+        // Safe text is left as it is.
+        assert_eq!(header_text("lot-1:2024/09"), "lot-1:2024/09");
+        assert_eq!(subject_key("custody.submit.UABC"), Some("UABC".into()));
+    }
 }
