@@ -208,12 +208,12 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
     let (nats, client) = stream_of(&dir, &chain).await?;
 
     // Baseline: reading the same stream, applying nothing.
-    let js = jetstream::new(client.clone());
     let t = Instant::now();
-    let (_, mut messages) = custody_ledger::follow::from_seq(&js, 1).await?;
+    let reader = custody_ledger::follow::Reader::ledger(&client);
+    let mut messages = std::pin::pin!(reader.range(1, chain.entries.len() as u64));
     let mut read = 0;
-    while read < chain.entries.len() {
-        messages.next().await.context("stream ended")??;
+    while let Some(msg) = messages.next().await {
+        msg?;
         read += 1;
     }
     let baseline = read as f64 / t.elapsed().as_secs_f64();

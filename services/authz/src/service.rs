@@ -4,7 +4,6 @@
 //! users it no longer knows (a revoked actor).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use custody_ledger::follow;
@@ -56,51 +55,35 @@ fn reload(pid: u32) -> anyhow::Result<()> {
 /// on every change of the registry.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let client = custody_ledger::connect::connect(&config.nats_url, "custody-authz", config.nkey.as_deref()).await?;
-    let js = async_nats::jetstream::new(client);
+    let reader = follow::Reader::ledger(&client);
     let mut registry = Registry::new(&config.genesis);
     let mut prev: Option<(u64, custody_proto::Hash)> = None;
+    let mut batches = std::pin::pin!(reader.follow(1));
     tokio::pin!(shutdown);
     loop {
-        let from = prev.map_or(1, |p| p.0 + 1);
-        let opened = tokio::select! {
+        let batch = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            o = follow::from_seq(&js, from) => o,
+            b = batches.next() => b,
         };
-        let mut messages = match opened {
-            Ok((_, m)) => m.ready_chunks(1024),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot follow the committed stream yet");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+        let batch = match batch {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the committed stream yet");
                 continue;
             }
+            None => return Err(anyhow::anyhow!("the committed stream follower ended")),
         };
-        loop {
-            let chunk = tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                c = messages.next() => c,
-            };
-            let Some(chunk) = chunk else { break };
-            let mut changed = false;
-            let mut failed = false;
-            for msg in chunk {
-                let Ok(msg) = msg else {
-                    failed = true;
-                    break;
-                };
-                let entry = follow::entry_of(&msg).map_err(|why| anyhow::anyhow!("committed stream message unreadable: {why}"))?;
-                entry.check_after(prev).context("the committed stream breaks the chain; authorization stays as it was")?;
-                changed |= registry.apply(&entry);
-                prev = Some((entry.seq, entry.hash));
-            }
-            if changed {
-                write(&config, &registry)?;
-                reload(config.nats_pid)?;
-                tracing::info!(actors = registry.actors.len(), seq = prev.map(|p| p.0), "authorization reloaded");
-            }
-            if failed {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                break;
-            }
+        let mut changed = false;
+        for msg in batch {
+            let entry = follow::entry_of(&msg).map_err(|why| anyhow::anyhow!("committed stream message unreadable: {why}"))?;
+            entry.check_after(prev).context("the committed stream breaks the chain; authorization stays as it was")?;
+            changed |= registry.apply(&entry);
+            prev = Some((entry.seq, entry.hash));
+        }
+        if changed {
+            write(&config, &registry)?;
+            reload(config.nats_pid)?;
+            tracing::info!(actors = registry.actors.len(), seq = prev.map(|p| p.0), "authorization reloaded");
         }
     }
 }

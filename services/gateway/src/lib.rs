@@ -222,16 +222,12 @@ async fn entry(State(app): State<App>, seq: Result<Path<String>, PathRejection>,
             format!("{:?} is not a ledger seq (a whole number from 1)", seq.chars().take(40).collect::<String>()),
         );
     };
-    let stream = match app.js.get_stream(subjects::LEDGER_STREAM).await {
-        Ok(s) => s,
+    let msg = match custody_ledger::follow::Reader::ledger(&app.nats).get(seq).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "unknown_entry", format!("the ledger has no entry {seq}")),
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the committed stream cannot be read: {e}")),
     };
-    let msg = match stream.get_raw_message(seq).await {
-        Ok(m) => m,
-        Err(_) => return error(StatusCode::NOT_FOUND, "unknown_entry", format!("the ledger has no entry {seq}")),
-    };
-    let headers = msg.headers;
-    let entry = match custody_proto::Entry::from_headers(|n| headers.get(n).map(|v| v.as_str().to_owned()), msg.payload.to_vec()) {
+    let entry = match custody_ledger::follow::entry_of(&msg) {
         Ok(e) => e,
         Err(why) => return error(StatusCode::BAD_GATEWAY, "bad_entry", why),
     };

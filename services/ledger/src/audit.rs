@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -13,7 +12,6 @@ use custody_proto::{Entry, Event, Hash, Opened};
 use futures::StreamExt;
 
 use crate::store::Store;
-use crate::subjects;
 
 /// The first thing wrong, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,18 +93,13 @@ pub fn verify_store(dir: &Path, progress: impl FnOnce(u64) -> Box<dyn FnMut(u64)
 /// Verifies the committed stream from seq 1 to its current end. The outer
 /// error is NATS failing; the inner one is the ledger failing.
 pub async fn verify_stream(js: &jetstream::Context, progress: impl FnOnce(u64) -> Box<dyn FnMut(u64) + Send>) -> anyhow::Result<Result<Head, Bad>> {
-    let stream = js.get_stream(subjects::LEDGER_STREAM).await.context("no committed stream: is a ledger running on this NATS?")?;
-    let last = stream.get_info().await?.state.last_sequence;
+    let reader = crate::follow::Reader::ledger(&js.client());
+    let last = reader.last_seq().await.context("no committed stream: is a ledger running on this NATS?")?;
     let mut checker = Checker::new(progress(last));
-    if last == 0 {
-        return Ok(checker.finish());
-    }
-    let (_, mut messages) = crate::follow::from_seq(js, 1).await?;
-    let mut seen = 0;
-    while seen < last {
-        let Some(msg) = tokio::time::timeout(Duration::from_secs(30), messages.next()).await.context("the committed stream stalled")? else { break };
+    let mut messages = std::pin::pin!(reader.range(1, last));
+    while let Some(msg) = messages.next().await {
         let msg = msg?;
-        seen = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+        let seen = msg.seq;
         let entry = match crate::follow::entry_of(&msg) {
             Ok(e) if e.seq == seen => e,
             Ok(e) => return Ok(Err(Bad { seq: seen, why: format!("message claims seq {} at stream position {seen}", e.seq) })),

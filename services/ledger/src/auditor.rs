@@ -10,10 +10,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use custody_proto::merkle::Tree;
 use custody_proto::Checkpoint;
 use futures::StreamExt;
@@ -165,22 +164,14 @@ impl Auditor {
         // Checkpoints first: each was published only once the entries it
         // covers were on the committed stream, so all of them are covered
         // by the stream as read next, unless the stream went backwards.
-        let cstream = js.get_stream(subjects::CHECKPOINTS_STREAM).await.context("no checkpoints stream: is a ledger running on this NATS?")?;
-        let clast = cstream.get_info().await?.state.last_sequence;
+        let client = js.client();
+        let creader = crate::follow::Reader::checkpoints(&client);
+        let clast = creader.last_seq().await.context("no checkpoints stream: is a ledger running on this NATS?")?;
         if clast > self.checkpoints_read {
-            let c = cstream
-                .create_consumer(consumer::pull::OrderedConfig {
-                    deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: self.checkpoints_read + 1 },
-                    ..Default::default()
-                })
-                .await?;
-            let mut messages = c.messages().await?;
-            while self.checkpoints_read < clast {
-                let msg = tokio::time::timeout(Duration::from_secs(30), messages.next())
-                    .await
-                    .context("the checkpoints stream stalled")?
-                    .context("the checkpoints stream ended")??;
-                self.checkpoints_read = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+            let mut messages = std::pin::pin!(creader.range(self.checkpoints_read + 1, clast));
+            while let Some(msg) = messages.next().await {
+                let msg = msg.context("reading the checkpoints stream")?;
+                self.checkpoints_read = msg.seq;
                 let cp: Checkpoint = match serde_json::from_slice(&msg.payload) {
                     Ok(cp) => cp,
                     Err(e) => return Ok(Err(Finding(format!("checkpoints stream position {}: not a checkpoint: {e}", self.checkpoints_read)))),
@@ -191,8 +182,8 @@ impl Auditor {
             }
         }
 
-        let estream = js.get_stream(subjects::LEDGER_STREAM).await.context("no committed stream")?;
-        let elast = estream.get_info().await?.state.last_sequence;
+        let ereader = crate::follow::Reader::ledger(&client);
+        let elast = ereader.last_seq().await.context("no committed stream")?;
         if let Some((&size, c)) = self.seen.iter().next_back() {
             if size > elast {
                 return Ok(Err(Finding(format!(
@@ -207,8 +198,8 @@ impl Auditor {
         // What was audited must still be there: a stream rewritten to the
         // same length would otherwise go unnoticed by a follower.
         if let Some((seq, hash)) = self.last {
-            let msg = estream.get_raw_message(seq).await.context("cannot read the committed stream's audited head")?;
-            let now = msg.headers.get(subjects::HDR_HASH).map(|v| v.as_str().to_owned());
+            let msg = ereader.get(seq).await.context("cannot read the committed stream's audited head")?;
+            let now = msg.and_then(|m| m.headers.get(subjects::HDR_HASH).map(|v| v.as_str().to_owned()));
             if now.as_deref() != Some(hash.to_hex().as_str()) {
                 return Ok(Err(Finding(format!(
                     "entry {seq} on the committed stream changed since it was audited (hash {hash}, now {}): history was rewritten",
@@ -217,13 +208,10 @@ impl Auditor {
             }
         }
         if elast > self.tree.len() {
-            let (_, mut messages) = crate::follow::from_seq(js, self.tree.len() + 1).await?;
-            while self.tree.len() < elast {
-                let msg = tokio::time::timeout(Duration::from_secs(30), messages.next())
-                    .await
-                    .context("the committed stream stalled")?
-                    .context("the committed stream ended")??;
-                let at = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+            let mut messages = std::pin::pin!(ereader.range(self.tree.len() + 1, elast));
+            while let Some(msg) = messages.next().await {
+                let msg = msg.context("reading the committed stream")?;
+                let at = msg.seq;
                 let entry = match crate::follow::entry_of(&msg) {
                     Ok(e) if e.seq == at && at == self.tree.len() + 1 => e,
                     Ok(e) => {

@@ -1,23 +1,205 @@
-//! Reading the committed stream: for projections, auditors and `verify`.
+//! Reading the ledger's streams: for projections, auditors, `verify`,
+//! `recover`, authz and the gateway. The one stream follower of custody.
+//!
+//! Everything is read by JetStream *direct get*, in batches
+//! (`$JS.API.DIRECT.GET.<stream>` with `{"seq", "batch"}`, nats-server
+//! 2.11+), never through a consumer. Direct get has no side effects and
+//! needs no JetStream in the reader's account: a reader in another NATS
+//! account imports it as a service, and the server answers on a reply
+//! subject it maps itself. Creating a consumer would let a reader choose
+//! where the stream's messages are delivered, which is how an actor once
+//! wrote into the committed stream (see ARCHITECTURE.md, "Who may use
+//! which subject"). Readers learn of new messages from the stream's own
+//! subject, imported as a stream: a message there only wakes them up, and
+//! what they apply always comes from the stream itself.
+//!
 //! An entry travels as one message whose payload is the envelope and whose
 //! headers carry the chain fields.
 
-use async_nats::jetstream::{self, consumer, stream};
+use std::time::Duration;
 
-use crate::subjects::LEDGER_STREAM;
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use futures::{FutureExt as _, StreamExt};
+
+use crate::subjects::{CHECKPOINTS_STREAM, CHECKPOINTS_SUBJECT, ENTRIES_SUBJECT, LEDGER_STREAM};
 use custody_proto::Entry;
 
-/// The entry a committed-stream message carries (hash not yet checked).
-pub fn entry_of(msg: &jetstream::Message) -> Result<Entry, String> {
-    let headers = msg.headers.as_ref().ok_or("message has no headers")?;
-    Entry::from_headers(|name| headers.get(name).map(|v| v.as_str().to_owned()), msg.payload.to_vec())
+/// Messages asked for in one direct-get batch.
+pub const BATCH: usize = 1024;
+/// How long one answer of a batch may take before the read fails.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// How often a caught-up follower looks again when nothing wakes it.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// One message of a stream: its stream sequence, headers and payload.
+#[derive(Debug, Clone)]
+pub struct StreamMsg {
+    pub seq: u64,
+    pub headers: HeaderMap,
+    pub payload: Bytes,
 }
 
-/// Messages of the committed stream from `seq` on, in order.
-pub async fn from_seq(js: &jetstream::Context, seq: u64) -> anyhow::Result<(stream::Stream, consumer::pull::Ordered)> {
-    let stream = js.get_stream(LEDGER_STREAM).await?;
-    let deliver_policy = if seq <= 1 { consumer::DeliverPolicy::All } else { consumer::DeliverPolicy::ByStartSequence { start_sequence: seq } };
-    let consumer = stream.create_consumer(consumer::pull::OrderedConfig { deliver_policy, ..Default::default() }).await?;
-    let messages = consumer.messages().await?;
-    Ok((stream, messages))
+/// Reading a stream failed (NATS, not the ledger): try again later.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot reach the {stream} stream: {why}")]
+    Nats { stream: String, why: String },
+    #[error("the {stream} stream answered {code}: {why}")]
+    Refused { stream: String, code: u16, why: String },
+    #[error("the {stream} stream stopped answering")]
+    Stalled { stream: String },
+    #[error("the {stream} stream sent a message without its position")]
+    NoPosition { stream: String },
+}
+
+/// The entry a committed-stream message carries (hash not yet checked).
+pub fn entry_of(msg: &StreamMsg) -> Result<Entry, String> {
+    Entry::from_headers(|name| msg.headers.get(name).map(|v| v.as_str().to_owned()), msg.payload.to_vec())
+}
+
+/// A reader of one stream, through direct get.
+#[derive(Clone)]
+pub struct Reader {
+    client: Client,
+    stream: &'static str,
+    subject: &'static str,
+}
+
+impl Reader {
+    /// The committed stream (`CUSTODY_LEDGER`).
+    pub fn ledger(client: &Client) -> Reader {
+        Reader { client: client.clone(), stream: LEDGER_STREAM, subject: ENTRIES_SUBJECT }
+    }
+
+    /// The signed checkpoints (`CUSTODY_CHECKPOINTS`).
+    pub fn checkpoints(client: &Client) -> Reader {
+        Reader { client: client.clone(), stream: CHECKPOINTS_STREAM, subject: CHECKPOINTS_SUBJECT }
+    }
+
+    fn nats(&self, why: impl std::fmt::Display) -> ReadError {
+        ReadError::Nats { stream: self.stream.to_owned(), why: why.to_string() }
+    }
+
+    /// Sends one direct-get request and collects its answers: the
+    /// messages, until the end-of-batch marker (or the one answer of a
+    /// single get). "Not found" is an empty answer.
+    async fn ask(&self, body: serde_json::Value, batch: bool) -> Result<Vec<StreamMsg>, ReadError> {
+        let inbox = self.client.new_inbox();
+        let mut answers = self.client.subscribe(inbox.clone()).await.map_err(|e| self.nats(e))?;
+        let subject = format!("$JS.API.DIRECT.GET.{}", self.stream);
+        self.client.publish_with_reply(subject, inbox, body.to_string().into()).await.map_err(|e| self.nats(e))?;
+        let mut out = Vec::new();
+        loop {
+            let msg = match tokio::time::timeout(ANSWER_WAIT, answers.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(self.nats("the connection closed")),
+                Err(_) => return Err(ReadError::Stalled { stream: self.stream.to_owned() }),
+            };
+            match msg.status.map(|s| s.as_u16()) {
+                // End of batch; or nothing at or after that seq.
+                Some(204) | Some(404) => break,
+                Some(code) if code >= 300 => {
+                    let why = msg.description.unwrap_or_default();
+                    return Err(ReadError::Refused { stream: self.stream.to_owned(), code, why });
+                }
+                _ => {}
+            }
+            let headers = msg.headers.unwrap_or_default();
+            let seq = headers.get("Nats-Sequence").and_then(|v| v.as_str().parse().ok());
+            let seq = seq.ok_or_else(|| ReadError::NoPosition { stream: self.stream.to_owned() })?;
+            out.push(StreamMsg { seq, headers, payload: msg.payload });
+            if !batch {
+                break;
+            }
+        }
+        let _ = answers.unsubscribe().await;
+        Ok(out)
+    }
+
+    /// Up to `max` messages from `from` on, in stream order; empty when
+    /// the stream holds nothing at or after `from`.
+    pub async fn batch(&self, from: u64, max: usize) -> Result<Vec<StreamMsg>, ReadError> {
+        self.ask(serde_json::json!({"seq": from.max(1), "batch": max.max(1)}), true).await
+    }
+
+    /// The message at `seq`, if the stream holds it.
+    pub async fn get(&self, seq: u64) -> Result<Option<StreamMsg>, ReadError> {
+        let got = self.ask(serde_json::json!({"seq": seq}), false).await?;
+        Ok(got.into_iter().next().filter(|m| m.seq == seq))
+    }
+
+    /// The stream's last sequence (0 when it is empty).
+    pub async fn last_seq(&self) -> Result<u64, ReadError> {
+        let got = self.ask(serde_json::json!({"last_by_subj": self.subject}), false).await?;
+        Ok(got.first().map_or(0, |m| m.seq))
+    }
+
+    /// Every message from `from` to `last` (inclusive), in order; the
+    /// stream ends after `last`. A message missing in between is an error
+    /// of the item where it should be.
+    pub fn range(&self, from: u64, last: u64) -> impl futures::Stream<Item = Result<StreamMsg, ReadError>> + Send + 'static {
+        let reader = self.clone();
+        futures::stream::unfold((reader, from), move |(reader, next)| async move {
+            if next > last {
+                return None;
+            }
+            let want = usize::try_from(last - next + 1).unwrap_or(BATCH).min(BATCH);
+            match reader.batch(next, want).await {
+                Ok(msgs) if msgs.is_empty() => Some((vec![Err(ReadError::Stalled { stream: reader.stream.to_owned() })], (reader, last + 1))),
+                Ok(msgs) => {
+                    let after = msgs.last().map_or(next, |m| m.seq + 1);
+                    let msgs: Vec<_> = msgs.into_iter().filter(|m| m.seq <= last).map(Ok).collect();
+                    Some((msgs, (reader, after)))
+                }
+                Err(e) => Some((vec![Err(e)], (reader, last + 1))),
+            }
+        })
+        .flat_map(futures::stream::iter)
+    }
+
+    /// Every message from `from` on, in order, and then each new one as it
+    /// arrives, without end. Batches come as they were read (at most
+    /// [`BATCH`]). A read error is an item; the follower goes on from
+    /// where it was after a pause, so a caller may go on or reopen.
+    pub fn follow(&self, from: u64) -> impl futures::Stream<Item = Result<Vec<StreamMsg>, ReadError>> + Send + 'static {
+        let reader = self.clone();
+        struct State {
+            reader: Reader,
+            next: u64,
+            wake: Option<async_nats::Subscriber>,
+            caught_up: bool,
+        }
+        let state = State { reader, next: from.max(1), wake: None, caught_up: false };
+        futures::stream::unfold(state, |mut st| async move {
+            loop {
+                if st.wake.is_none() {
+                    // Best effort: without it the follower polls.
+                    st.wake = st.reader.client.subscribe(st.reader.subject).await.ok();
+                }
+                if st.caught_up {
+                    st.caught_up = false;
+                    match st.wake.as_mut() {
+                        Some(w) => {
+                            let _ = tokio::time::timeout(IDLE_POLL, w.next()).await;
+                            // One read answers every wake-up already queued.
+                            while let Some(Some(_)) = w.next().now_or_never() {}
+                        }
+                        None => tokio::time::sleep(IDLE_POLL).await,
+                    }
+                }
+                match st.reader.batch(st.next, BATCH).await {
+                    Ok(msgs) if msgs.is_empty() => st.caught_up = true,
+                    Ok(msgs) => {
+                        st.next = msgs.last().map_or(st.next, |m| m.seq + 1);
+                        return Some((Ok(msgs), st));
+                    }
+                    Err(e) => {
+                        st.caught_up = true;
+                        return Some((Err(e), st));
+                    }
+                }
+            }
+        })
+    }
 }

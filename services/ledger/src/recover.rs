@@ -5,7 +5,6 @@
 //! needs no command: the ledger's publisher does it at start.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use async_nats::jetstream;
@@ -14,13 +13,12 @@ use futures::StreamExt;
 
 use crate::audit::Checker;
 use crate::store::Store;
-use crate::subjects;
 
 /// Rebuilds the store at `dir` from the stream; returns the entries written
 /// and where the old store was moved, if there was one.
 pub async fn recover(js: &jetstream::Context, dir: &Path, authority: &ActorKey) -> anyhow::Result<(u64, Option<PathBuf>)> {
-    let stream = js.get_stream(subjects::LEDGER_STREAM).await.context("no committed stream to recover from")?;
-    let last = stream.get_info().await?.state.last_sequence;
+    let reader = crate::follow::Reader::ledger(&js.client());
+    let last = reader.last_seq().await.context("no committed stream to recover from")?;
     let moved = if dir.exists() {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S").to_string();
         // Never onto an earlier aside (two recoveries in one second).
@@ -42,14 +40,10 @@ pub async fn recover(js: &jetstream::Context, dir: &Path, authority: &ActorKey) 
     let mut checker = Checker::new(Box::new(|_| {}));
     let mut batch: Vec<Entry> = Vec::with_capacity(1024);
     if last > 0 {
-        let (_, mut messages) = crate::follow::from_seq(js, 1).await?;
-        let mut seen = 0;
-        while seen < last {
-            let msg = tokio::time::timeout(Duration::from_secs(30), messages.next())
-                .await
-                .context("the committed stream stalled")?
-                .context("the committed stream ended")??;
-            seen = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+        let mut messages = std::pin::pin!(reader.range(1, last));
+        while let Some(msg) = messages.next().await {
+            let msg = msg.context("reading the committed stream")?;
+            let seen = msg.seq;
             let entry = crate::follow::entry_of(&msg).map_err(|why| anyhow::anyhow!("entry {seen}: {why}"))?;
             if entry.seq != seen {
                 bail!("stream position {seen} holds entry {}: the stream cannot be trusted", entry.seq);

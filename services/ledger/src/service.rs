@@ -152,10 +152,13 @@ async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<Streams> {
         })
         .await
         .context("cannot create the inbox stream")?;
-    js.get_or_create_stream(stream::Config {
+    // Read by direct get (follow.rs), also by ledgers that created it
+    // before readers needed that: update it in place.
+    js.create_or_update_stream(stream::Config {
         name: CHECKPOINTS_STREAM.into(),
         subjects: vec![CHECKPOINTS_SUBJECT.into()],
         storage: stream::StorageType::File,
+        allow_direct: true,
         ..Default::default()
     })
     .await

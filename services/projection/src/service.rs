@@ -9,7 +9,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use async_nats::jetstream;
 use chrono::NaiveDate;
 use custody_ledger::{follow, subjects};
 use futures::StreamExt;
@@ -46,7 +45,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(client.clone(), state.clone()));
-    tasks.spawn(follow_stream(jetstream::new(client.clone()), store, state, None));
+    tasks.spawn(follow_stream(follow::Reader::ledger(&client), store, state, None));
     tokio::pin!(shutdown);
     let result = tokio::select! {
         () = &mut shutdown => Ok(()),
@@ -71,10 +70,10 @@ pub async fn replay(config: Config) -> anyhow::Result<State> {
     let store = Store::open(&config.data_dir)?;
     store.clear()?;
     let client = custody_ledger::connect::connect(&config.nats_url, "custody-projection-replay", config.nkey.as_deref()).await?;
-    let js = jetstream::new(client);
-    let end = js.get_stream(subjects::LEDGER_STREAM).await?.get_info().await?.state.last_sequence;
+    let reader = follow::Reader::ledger(&client);
+    let end = reader.last_seq().await?;
     let state: Shared = Arc::new(RwLock::new(State::default()));
-    follow_stream(js, store, state.clone(), Some(end)).await?;
+    follow_stream(reader, store, state.clone(), Some(end)).await?;
     let s = state.read().map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
     Ok(s.clone())
 }
@@ -111,70 +110,63 @@ pub fn digest(state: &State) -> String {
 enum Flow {
     /// Reached `until`.
     Done,
-    /// The consumer or the connection went away (a NATS restart forgets
-    /// ephemeral consumers); reopen after the checkpoint and go on.
+    /// Reading failed (NATS restarting, say); go on after the checkpoint.
     Interrupted(anyhow::Error),
 }
 
-async fn follow_stream(js: jetstream::Context, store: Store, state: Shared, until: Option<u64>) -> anyhow::Result<()> {
+async fn follow_stream(reader: follow::Reader, store: Store, state: Shared, until: Option<u64>) -> anyhow::Result<()> {
     loop {
-        // (Re)open after the checkpoint; the ledger creates the stream, so
-        // wait for it, and for NATS to be back.
-        let messages = loop {
-            let next = state.read().map_err(|_| anyhow::anyhow!("state lock poisoned"))?.checkpoint.map_or(1, |c| c.0 + 1);
-            if until.is_some_and(|u| next > u) {
-                return Ok(());
-            }
-            match follow::from_seq(&js, next).await {
-                Ok((_, messages)) => break messages,
-                Err(e) => {
-                    tracing::debug!(error = %e, "committed stream not readable yet");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        };
-        match apply_stream(messages, &store, &state, until).await? {
+        let next = state.read().map_err(|_| anyhow::anyhow!("state lock poisoned"))?.checkpoint.map_or(1, |c| c.0 + 1);
+        if until.is_some_and(|u| next > u) {
+            return Ok(());
+        }
+        match apply_stream(reader.follow(next), &store, &state, until).await? {
             Flow::Done => return Ok(()),
             Flow::Interrupted(e) => {
-                tracing::warn!(error = %e, "the committed stream was interrupted; reopening after the checkpoint");
+                tracing::warn!(error = %e, "reading the committed stream failed; going on after the checkpoint");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
 }
 
-/// Applies chunks as they arrive and saves each with its checkpoint. A
-/// broken chain is an error; a read failure or the stream ending is a
-/// [`Flow::Interrupted`], after what was read has been applied and saved.
-async fn apply_stream<E: std::error::Error + Send + Sync + 'static>(
-    messages: impl futures::Stream<Item = Result<jetstream::Message, E>>,
+/// Applies batches as they arrive, several ready ones as one chunk of up
+/// to [`CHUNK`] entries, and saves each chunk with its checkpoint. A broken
+/// chain is an error; a read failure is a [`Flow::Interrupted`], after what
+/// was read has been applied and saved.
+async fn apply_stream(
+    batches: impl futures::Stream<Item = Result<Vec<follow::StreamMsg>, follow::ReadError>>,
     store: &Store,
     state: &Shared,
     until: Option<u64>,
 ) -> anyhow::Result<Flow> {
-    let mut messages = std::pin::pin!(messages.ready_chunks(CHUNK));
-    while let Some(chunk) = messages.next().await {
+    let mut batches = std::pin::pin!(batches.ready_chunks(CHUNK.div_ceil(follow::BATCH)));
+    while let Some(ready) = batches.next().await {
         let mut dirty = Dirty::default();
         let mut last = 0;
         let mut interrupted = None;
         {
             let mut s = state.write().map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
-            for msg in chunk {
-                let msg = match msg {
-                    Ok(m) => m,
+            'chunk: for batch in ready {
+                let batch = match batch {
+                    Ok(b) => b,
                     Err(e) => {
-                        interrupted = Some(anyhow::Error::new(e).context("reading the committed stream"));
+                        interrupted = Some(anyhow::Error::new(e));
                         break;
                     }
                 };
-                let entry = follow::entry_of(&msg).map_err(|why| anyhow::anyhow!("committed stream message unreadable: {why}"))?;
-                let stream_seq = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-                if entry.seq != stream_seq {
-                    bail!("committed stream position {stream_seq} holds entry {}: halting", entry.seq);
+                for msg in batch {
+                    let entry = follow::entry_of(&msg).map_err(|why| anyhow::anyhow!("committed stream message unreadable: {why}"))?;
+                    if entry.seq != msg.seq {
+                        bail!("committed stream position {} holds entry {}: halting", msg.seq, entry.seq);
+                    }
+                    s.apply(&entry, &mut dirty).with_context(|| "halting: the committed stream breaks the chain")?;
+                    last = entry.seq;
+                    custody_ledger::crashpoint::reached("projection.apply");
+                    if until.is_some_and(|u| last >= u) {
+                        break 'chunk;
+                    }
                 }
-                s.apply(&entry, &mut dirty).with_context(|| "halting: the committed stream breaks the chain")?;
-                last = entry.seq;
-                custody_ledger::crashpoint::reached("projection.apply");
             }
             tokio::task::block_in_place(|| store.save(&s, &dirty))?;
             custody_ledger::crashpoint::reached("projection.saved");
