@@ -70,3 +70,39 @@ pub async fn submit_patiently(client: &async_nats::Client, subject: String, raw:
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
     custody_ledger::connect::connect_client(url, "custody-cli", identity().as_deref()).await
 }
+
+/// The outcomes of an actor's inbox submissions (`custody.inbox.<key>`),
+/// in order: up to `max` from the durable consumer the ledger keeps for
+/// it (named by its key; it exists once the actor's first inbox message
+/// has an outcome), waiting at most `wait` for the first. Each is acked
+/// once read, so the next call returns the ones after it. An actor can
+/// neither create a consumer nor read another's.
+pub async fn receipts(client: &async_nats::Client, actor: &str, max: usize, wait: Duration) -> anyhow::Result<Vec<Outcome>> {
+    use futures::StreamExt as _;
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await?;
+    let next = format!("$JS.API.CONSUMER.MSG.NEXT.{}.{actor}", subjects::RECEIPTS_STREAM);
+    let expires = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+    let body = serde_json::json!({"batch": max.max(1), "expires": expires});
+    client.publish_with_reply(next, inbox, body.to_string().into()).await?;
+    let mut out = Vec::new();
+    while out.len() < max.max(1) {
+        let Ok(Some(msg)) = tokio::time::timeout(wait + Duration::from_secs(1), answers.next()).await else { break };
+        match msg.status.map(|s| s.as_u16()) {
+            // The wait expired, or nothing is pending.
+            Some(404) | Some(408) | Some(409) => break,
+            Some(503) => bail!("no receipts for {actor} yet: its consumer appears with the outcome of its first inbox message"),
+            Some(code) if code >= 300 => bail!("reading receipts failed: {code} {}", msg.description.unwrap_or_default()),
+            _ => {}
+        }
+        out.push(serde_json::from_slice(&msg.payload).context("a receipt is not an outcome")?);
+        if let Some(ack) = msg.reply {
+            client.publish(ack, "+ACK".into()).await?;
+        }
+    }
+    // Send the acks now; never wait on a lost server.
+    if !out.is_empty() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
+    }
+    Ok(out)
+}

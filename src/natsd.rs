@@ -22,7 +22,7 @@ pub struct NatsServer {
     pub port: u16,
     /// JetStream folder, kept across restarts.
     pub store_dir: PathBuf,
-    /// Configuration file (`-c`: the authorization block), if any.
+    /// Configuration file (`-c`: the accounts block), if any.
     pub config: Option<PathBuf>,
 }
 
@@ -58,7 +58,7 @@ impl NatsServer {
         Self::spawn(store_dir, None, None)
     }
 
-    /// The same, loading `config` (for example an authorization block
+    /// The same, loading `config` (for example the accounts block
     /// written by `custody authz`); SIGHUP makes it reload the file.
     pub fn start_with_config(store_dir: &Path, config: &Path) -> anyhow::Result<NatsServer> {
         Self::spawn(store_dir, None, Some(config))

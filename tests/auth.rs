@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -18,46 +17,8 @@ use custody_proto::Outcome;
 use nkeys::KeyPair;
 use serde_json::json;
 
-/// Connects as `key` (or as nobody), without retrying; the server's
-/// complaints (permission violations) are collected.
-async fn connect(url: &str, key: Option<&KeyPair>) -> Result<(async_nats::Client, Arc<Mutex<Vec<String>>>), String> {
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let sink = errors.clone();
-    let mut options = async_nats::ConnectOptions::new().event_callback(move |e| {
-        let sink = sink.clone();
-        async move { sink.lock().unwrap().push(e.to_string()) }
-    });
-    if let Some(k) = key {
-        options = options.nkey(k.seed().unwrap()).custom_inbox_prefix(custody_ledger::connect::inbox_prefix(&k.public_key()));
-    }
-    options.connect(url).await.map(|c| (c, errors)).map_err(|e| e.to_string())
-}
-
-/// Until `key` can connect (the registry reached nats-server), at most 10 s.
-async fn connect_when_allowed(url: &str, key: &KeyPair) -> (async_nats::Client, Arc<Mutex<Vec<String>>>, Duration) {
-    let started = std::time::Instant::now();
-    for _ in 0..200 {
-        if let Ok((c, e)) = connect(url, Some(key)).await {
-            return (c, e, started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never got in", key.public_key());
-}
-
 async fn submit(client: &async_nats::Client, key: &KeyPair, payload: &serde_json::Value) -> Outcome {
     custody::client::submit(client, sign(key, payload).into()).await.expect("an answer")
-}
-
-/// Waits for a permissions violation to be reported to this connection.
-async fn denied(errors: &Arc<Mutex<Vec<String>>>, subject: &str) -> String {
-    for _ in 0..100 {
-        if let Some(e) = errors.lock().unwrap().iter().find(|e| e.contains("Permissions Violation") && e.contains(subject)) {
-            return e.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no permissions violation for {subject}: {:?}", errors.lock().unwrap());
 }
 
 async fn head(client: &async_nats::Client) -> u64 {
@@ -118,28 +79,23 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     let js2 = async_nats::jetstream::new(m2.clone());
     let durable = sign(&miner2, &event(&miner2, "auth-d1", "mined", json!({"lot": "AUTHD1", "carats": "2.00", "country": "CA"})));
     js2.publish(subjects::inbox(&miner2.public_key()), durable.into()).await.unwrap().await.expect("the inbox takes its own actor's envelope");
-    let receipts = js2.get_stream(subjects::RECEIPTS_STREAM).await.expect("it may look up the receipts stream");
-    let own = receipts
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            name: Some("m2-receipts".into()),
-            filter_subject: subjects::receipts(&miner2.public_key()),
-            ..Default::default()
-        })
-        .await
-        .expect("a consumer of its own receipts");
-    let mut outcomes = own.messages().await.unwrap();
-    use futures::StreamExt as _;
-    let msg = tokio::time::timeout(Duration::from_secs(20), outcomes.next()).await.expect("its receipt arrives").unwrap().unwrap();
-    let outcome: Outcome = serde_json::from_slice(&msg.payload).unwrap();
-    assert!(matches!(outcome, Outcome::Receipt(ref r) if r.id == "auth-d1"), "{outcome:?}");
-    let others = receipts
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-            name: Some("m2-spying".into()),
-            filter_subject: subjects::receipts(&miner.public_key()),
-            ..Default::default()
-        })
-        .await;
-    assert!(others.is_err(), "no consumer of another actor's receipts");
+    let mut outcomes = Vec::new();
+    for _ in 0..40 {
+        match custody::client::receipts(&m2, &miner2.public_key(), 10, Duration::from_millis(500)).await {
+            Ok(o) if !o.is_empty() => {
+                outcomes = o;
+                break;
+            }
+            // Its consumer appears with the outcome of its first inbox message.
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(matches!(outcomes.as_slice(), [Outcome::Receipt(r)] if r.id == "auth-d1"), "{outcomes:?}");
+    // Another actor's receipts, or creating a consumer: denied.
+    let (m2b, m2b_errors, _) = connect_when_allowed(url, &miner2).await;
+    let spying = custody::client::receipts(&m2b, &miner.public_key(), 1, Duration::from_millis(300)).await;
+    assert!(spying.map_or(true, |o| o.is_empty()), "no actor reads another's receipts");
+    denied(&m2b_errors, &format!("$JS.API.CONSUMER.MSG.NEXT.{}.{}", subjects::RECEIPTS_STREAM, miner.public_key())).await;
     let before = head(&m).await;
 
     // A regulator queries and reads the stream, and may not submit for others.
@@ -147,9 +103,8 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     let answer = reg.request(subjects::QUERY_ORIGIN, json!({"lot": "AUTH1"}).to_string().into()).await.unwrap();
     let origin: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
     assert!(origin.get("mine_origin").is_some() || origin["code"] == "unknown_lot", "{origin}");
-    let rjs = async_nats::jetstream::new(reg.clone());
-    let info = rjs.get_stream(subjects::LEDGER_STREAM).await.expect("a regulator reads the committed stream").get_info().await.unwrap();
-    assert_eq!(info.state.last_sequence, before);
+    let on_stream = custody_ledger::follow::Reader::ledger(&reg).last_seq().await.expect("a regulator reads the committed stream");
+    assert_eq!(on_stream, before);
     let for_miner = sign(&miner, &event(&miner, "auth-m3", "mined", json!({"lot": "AUTH3", "carats": "1.00", "country": "BW"})));
     reg.publish(subjects::submit(&miner.public_key()), for_miner.into()).await.unwrap();
     denied(&reg_errors, &subjects::submit(&miner.public_key())).await;

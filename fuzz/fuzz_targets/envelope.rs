@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
                 refusal(id, rejection)
             }
         };
-        let (subject, headers, message_id) = receipt_message(data, &outcome);
+        let (subject, headers, message_id) = receipt_message(subject_key.as_deref(), &outcome);
         assert!(subject.starts_with("custody.receipts."));
         let printable = |s: &str| s.bytes().all(|b| (0x20..0x7f).contains(&b));
         assert!(printable(&message_id), "{message_id:?}");

@@ -437,6 +437,19 @@ pub struct Up {
     pub authority: KeyPair,
 }
 
+impl Up {
+    /// Whether `custody up` is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self._process.child_mut().try_wait(), Ok(None))
+    }
+
+    /// Connects with one of `up`'s service keys (`gateway`, `operator`, ...).
+    pub async fn service(&self, name: &str) -> async_nats::Client {
+        let key = custody::keys::load(&self.dir.path().join(format!("keys/services/{name}.nk"))).unwrap();
+        connect(&self.url, Some(&key)).await.expect("a service key connects").0
+    }
+}
+
 pub fn up() -> Up {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(BIN);
@@ -467,4 +480,45 @@ pub fn up() -> Up {
     std::thread::spawn(move || for _ in lines {});
     let authority = custody::keys::load(&dir.path().join("authority.nk")).unwrap();
     Up { _process: process, dir, url: url.expect("up printed the NATS address"), authority }
+}
+
+/// What the server told a connection (permission violations, say).
+pub type Complaints = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Connects as `key` (or as nobody), without retrying; the server's
+/// complaints (permission violations) are collected.
+pub async fn connect(url: &str, key: Option<&KeyPair>) -> Result<(async_nats::Client, Complaints), String> {
+    let errors = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = errors.clone();
+    let mut options = async_nats::ConnectOptions::new().event_callback(move |e| {
+        let sink = sink.clone();
+        async move { sink.lock().unwrap().push(e.to_string()) }
+    });
+    if let Some(k) = key {
+        options = options.nkey(k.seed().unwrap()).custom_inbox_prefix(custody_ledger::connect::inbox_prefix(&k.public_key()));
+    }
+    options.connect(url).await.map(|c| (c, errors)).map_err(|e| e.to_string())
+}
+
+/// Until `key` can connect (the registry reached nats-server), at most 10 s.
+pub async fn connect_when_allowed(url: &str, key: &KeyPair) -> (async_nats::Client, Complaints, Duration) {
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        if let Ok((c, e)) = connect(url, Some(key)).await {
+            return (c, e, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never got in", key.public_key());
+}
+
+/// Waits for a permissions violation to be reported to this connection.
+pub async fn denied(errors: &Complaints, subject: &str) -> String {
+    for _ in 0..100 {
+        if let Some(e) = errors.lock().unwrap().iter().find(|e| e.contains("Permissions Violation") && e.contains(subject)) {
+            return e.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no permissions violation for {subject}: {:?}", errors.lock().unwrap());
 }

@@ -1,7 +1,8 @@
 //! Who may say what on NATS. The registry of actors lives on the ledger
 //! (`actor.registered`, `actor.revoked`); this service follows the committed
-//! stream, renders nats-server's `authorization` block from it (one nkey
-//! user per actor and per service, each with its own subjects) and asks the
+//! stream, renders nats-server's `accounts` block from it (the ledger alone
+//! in the account that holds the streams; one nkey user per actor and per
+//! service, each with its own subjects) and asks the
 //! server to reload. A newly registered actor can connect as soon as the
 //! reload is done; a revoked one is disconnected by it.
 //!

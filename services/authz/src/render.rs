@@ -1,22 +1,51 @@
-//! nats-server's `authorization` block for the registry and the services.
+//! nats-server's `accounts` block for the registry and the services.
+//!
+//! Three NATS accounts, so that nobody but the ledger can reach the
+//! custody streams' JetStream API at all:
+//!
+//! | account | who | holds | reaches the others through |
+//! |---|---|---|---|
+//! | `CUSTODY` | the ledger only | JetStream: every custody stream | exports (below) |
+//! | `SERVICES` | projections, the gateway, authz | no JetStream | imports from `CUSTODY`; exports the queries |
+//! | `ACTORS` | every registered actor, the operator | no JetStream | imports from `CUSTODY` and `SERVICES` |
+//!
+//! `CUSTODY` exports, as services: submission (`custody.submit.*`), the
+//! durable inbox (`custody.inbox.*`), the ledger's head, checkpoint and
+//! proof answers, direct get on the committed and checkpoints streams, and
+//! pulling from and acking the receipts consumers (one per actor, named by
+//! its key, created by the ledger). As streams: the committed and
+//! checkpoint subjects, which only wake followers up. A request that
+//! crosses an account has its reply subject chosen by the server, so no
+//! answer can be steered onto a stream's subject, and since the other
+//! accounts have no JetStream, no consumer can be created, read, deleted
+//! or pointed anywhere by anyone but the ledger.
+//!
+//! Inside each account, every user may still use only its own subjects:
 //!
 //! | who | may publish | may subscribe |
 //! |---|---|---|
-//! | the ledger | everything | everything |
-//! | a projection | read the committed stream | `custody.query.>` (answers) |
-//! | the gateway, a regulator | queries, proofs, read the committed and checkpoints streams; a regulator also its own `custody.submit.<key>` (to flag) | its own inbox |
-//! | authority, miner, trader, manufacturer | its own `custody.submit.<key>` and `custody.inbox.<key>`, a *named* consumer of its own receipts (the filter is then in the subject), queries and proofs | its own inbox |
-//! | the operator (`custody up`'s demo loader) | any `custody.submit.>` and queries | its own inbox |
+//! | the ledger | everything (in `CUSTODY`) | everything |
+//! | a projection | direct get on the committed stream | `custody.query.>` (answers), the committed subject |
+//! | authz | direct get on the committed stream | the committed subject |
+//! | the gateway | queries, proofs, direct get on both streams | the committed and checkpoint subjects |
+//! | any actor | its own `custody.submit.<key>` and `custody.inbox.<key>`, pulling from and acking its own receipts consumer, queries and proofs | — |
+//! | a regulator | also direct get on both streams | also the committed and checkpoint subjects |
+//! | the operator (`custody up`'s demo loader) | any `custody.submit.>`, queries | — |
 //!
-//! Nobody but the ledger may publish on `custody.ledger.entries` or
-//! `custody.ledger.checkpoints`, touch the streams' configuration or read
-//! the inbox. Every user reads replies only on `_INBOX_<its key>.>`.
+//! Every user reads replies only on `_INBOX_<its key>.>`.
 
 use custody_ledger::connect::inbox_prefix;
 use custody_ledger::subjects::*;
 use custody_proto::Role;
 
 use crate::registry::Registry;
+
+/// The account that holds the streams and the ledger.
+pub const CUSTODY_ACCOUNT: &str = "CUSTODY";
+/// The account of the read-side services.
+pub const SERVICES_ACCOUNT: &str = "SERVICES";
+/// The account of every registered actor and the operator.
+pub const ACTORS_ACCOUNT: &str = "ACTORS";
 
 /// Public keys of the services, by kind.
 #[derive(Debug, Clone, Default)]
@@ -35,25 +64,22 @@ struct Permissions {
     responds: bool,
 }
 
-/// Creating, reading and deleting its own consumers on `stream`, and
-/// direct reads: enough to follow it, not to change it.
-fn read_stream(stream: &str) -> Vec<String> {
-    vec![
-        format!("$JS.API.STREAM.INFO.{stream}"),
-        format!("$JS.API.STREAM.MSG.GET.{stream}"),
-        format!("$JS.API.DIRECT.GET.{stream}"),
-        format!("$JS.API.DIRECT.GET.{stream}.>"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}"),
-        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
-        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
-        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
-        format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.>"),
-    ]
+fn direct_get(stream: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}")
+}
+
+/// Receipts consumer of an actor: the ledger names it by the actor's key.
+fn receipts_next(key: &str) -> String {
+    format!("$JS.API.CONSUMER.MSG.NEXT.{RECEIPTS_STREAM}.{key}")
+}
+
+fn receipts_ack(key: &str) -> String {
+    format!("$JS.ACK.{RECEIPTS_STREAM}.{key}.>")
 }
 
 /// Questions anyone connected may ask.
 fn ask() -> Vec<String> {
-    vec!["$JS.API.INFO".into(), "custody.query.>".into(), HEAD_SUBJECT.into(), CHECKPOINT_SUBJECT.into(), PROOF_SUBJECT.into(), CONSISTENCY_SUBJECT.into()]
+    vec!["custody.query.>".into(), HEAD_SUBJECT.into(), CHECKPOINT_SUBJECT.into(), PROOF_SUBJECT.into(), CONSISTENCY_SUBJECT.into()]
 }
 
 fn own_inbox(key: &str) -> String {
@@ -64,10 +90,9 @@ fn ledger() -> Permissions {
     Permissions { publish: vec![">".into()], subscribe: vec![">".into()], responds: true }
 }
 
+/// Follows the committed stream.
 fn follower(key: &str) -> Permissions {
-    let mut publish = vec!["$JS.API.INFO".into()];
-    publish.extend(read_stream(LEDGER_STREAM));
-    Permissions { publish, subscribe: vec![own_inbox(key)], responds: false }
+    Permissions { publish: vec![direct_get(LEDGER_STREAM)], subscribe: vec![own_inbox(key), ENTRIES_SUBJECT.into()], responds: false }
 }
 
 fn projection(key: &str) -> Permissions {
@@ -77,28 +102,17 @@ fn projection(key: &str) -> Permissions {
     p
 }
 
+/// Asks, and reads both streams.
 fn reader(key: &str) -> Permissions {
     let mut publish = ask();
-    publish.extend(read_stream(LEDGER_STREAM));
-    publish.extend(read_stream(CHECKPOINTS_STREAM));
-    Permissions { publish, subscribe: vec![own_inbox(key)], responds: false }
+    publish.extend([direct_get(LEDGER_STREAM), direct_get(CHECKPOINTS_STREAM)]);
+    Permissions { publish, subscribe: vec![own_inbox(key), ENTRIES_SUBJECT.into(), CHECKPOINTS_SUBJECT.into()], responds: false }
 }
 
 fn actor(key: &str, roles: &[Role]) -> Permissions {
-    if roles.contains(&Role::Regulator) {
-        let mut p = reader(key);
-        p.publish.push(submit(key));
-        return p;
-    }
-    let mut publish = ask();
-    publish.push(submit(key));
-    publish.push(inbox(key));
-    publish.push(format!("$JS.API.STREAM.INFO.{RECEIPTS_STREAM}"));
-    publish.push(format!("$JS.API.CONSUMER.CREATE.{RECEIPTS_STREAM}.*.{}", receipts(key)));
-    publish.push(format!("$JS.API.CONSUMER.MSG.NEXT.{RECEIPTS_STREAM}.*"));
-    publish.push(format!("$JS.API.CONSUMER.INFO.{RECEIPTS_STREAM}.*"));
-    publish.push(format!("$JS.API.CONSUMER.DELETE.{RECEIPTS_STREAM}.*"));
-    Permissions { publish, subscribe: vec![own_inbox(key)], responds: false }
+    let mut p = if roles.contains(&Role::Regulator) { reader(key) } else { Permissions { publish: ask(), subscribe: vec![own_inbox(key)], responds: false } };
+    p.publish.extend([submit(key), inbox(key), receipts_next(key), receipts_ack(key)]);
+    p
 }
 
 fn operator(key: &str) -> Permissions {
@@ -113,7 +127,7 @@ fn quoted(list: &[String]) -> String {
 
 fn user(out: &mut String, comment: &str, key: &str, p: Permissions) {
     out.push_str(&format!(
-        "    # {comment}\n    {{ nkey: \"{key}\", permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }}{} }} }}\n",
+        "      # {comment}\n      {{ nkey: \"{key}\", permissions: {{ publish: {{ allow: [{}] }}, subscribe: {{ allow: [{}] }}{} }} }}\n",
         quoted(&p.publish),
         quoted(&p.subscribe),
         if p.responds { ", allow_responses: true" } else { "" }
@@ -123,31 +137,90 @@ fn user(out: &mut String, comment: &str, key: &str, p: Permissions) {
 /// A kind of service: its name, its keys, and what each key may do.
 type ServiceKind<'a> = (&'a str, &'a [String], fn(&str) -> Permissions);
 
-/// The whole file nats-server loads (`-c`): only an authorization block,
-/// so listen address and JetStream stay on its command line.
+/// What `CUSTODY` exports as services (requests; the server picks the
+/// reply subject), with whether more than one answer may come back.
+fn custody_services() -> Vec<(String, bool)> {
+    vec![
+        (format!("{SUBMIT_PREFIX}.*"), false),
+        (format!("{INBOX_PREFIX}.*"), false),
+        (HEAD_SUBJECT.to_owned(), false),
+        (CHECKPOINT_SUBJECT.to_owned(), false),
+        (PROOF_SUBJECT.to_owned(), false),
+        (CONSISTENCY_SUBJECT.to_owned(), false),
+        (direct_get(LEDGER_STREAM), true),
+        (direct_get(CHECKPOINTS_STREAM), true),
+        (format!("$JS.API.CONSUMER.MSG.NEXT.{RECEIPTS_STREAM}.*"), true),
+        (format!("$JS.ACK.{RECEIPTS_STREAM}.>"), false),
+    ]
+}
+
+/// What `CUSTODY` exports as streams: wake-ups for followers.
+fn custody_streams() -> [&'static str; 2] {
+    [ENTRIES_SUBJECT, CHECKPOINTS_SUBJECT]
+}
+
+fn exports(out: &mut String, services: &[(String, bool)], streams: &[&str]) {
+    out.push_str("    exports: [\n");
+    for (subject, many) in services {
+        out.push_str(&format!("      {{ service: \"{subject}\"{} }}\n", if *many { ", response_type: stream" } else { "" }));
+    }
+    for subject in streams {
+        out.push_str(&format!("      {{ stream: \"{subject}\" }}\n"));
+    }
+    out.push_str("    ]\n");
+}
+
+fn imports(out: &mut String, from: &str, services: &[(String, bool)], streams: &[&str]) {
+    for (subject, _) in services {
+        out.push_str(&format!("      {{ service: {{ account: {from}, subject: \"{subject}\" }} }}\n"));
+    }
+    for subject in streams {
+        out.push_str(&format!("      {{ stream: {{ account: {from}, subject: \"{subject}\" }} }}\n"));
+    }
+}
+
+/// The whole file nats-server loads (`-c`): only the accounts, so listen
+/// address and JetStream stay on its command line.
 pub fn render(registry: &Registry, services: &Services) -> String {
-    let mut out = String::from("# Written by custody authz from the ledger's actor registry; do not edit.\nauthorization {\n  users = [\n");
     let mut seen = std::collections::BTreeSet::new();
-    let kinds: [ServiceKind; 5] = [
-        ("ledger", &services.ledger, |_| ledger()),
-        ("projection", &services.projection, projection),
-        ("authz", &services.authz, follower),
-        ("gateway", &services.gateway, reader),
-        ("operator", &services.operator, operator),
-    ];
-    for (kind, keys, permissions) in kinds {
-        for k in keys {
-            if seen.insert(k.clone()) {
-                user(&mut out, &format!("service: {kind}"), k, permissions(k));
+    let mut users = |out: &mut String, kinds: &[ServiceKind]| {
+        for (kind, keys, permissions) in kinds {
+            for k in *keys {
+                if seen.insert(k.clone()) {
+                    user(out, &format!("service: {kind}"), k, permissions(k));
+                }
             }
         }
-    }
+    };
+    let queries = vec![("custody.query.>".to_owned(), false)];
+    let mut out = String::from("# Written by custody authz from the ledger's actor registry; do not edit.\n");
+    out.push_str("# Accounts: CUSTODY (the ledger, JetStream), SERVICES, ACTORS. See ARCHITECTURE.md.\naccounts {\n");
+
+    out.push_str(&format!("  {CUSTODY_ACCOUNT} {{\n    jetstream: enabled\n    users: [\n"));
+    users(&mut out, &[("ledger", &services.ledger, |_| ledger())]);
+    out.push_str("    ]\n");
+    exports(&mut out, &custody_services(), &custody_streams());
+    out.push_str("  }\n");
+
+    out.push_str(&format!("  {SERVICES_ACCOUNT} {{\n    users: [\n"));
+    users(&mut out, &[("projection", &services.projection, projection), ("authz", &services.authz, follower), ("gateway", &services.gateway, reader)]);
+    out.push_str("    ]\n    imports: [\n");
+    imports(&mut out, CUSTODY_ACCOUNT, &custody_services(), &custody_streams());
+    out.push_str("    ]\n");
+    exports(&mut out, &queries, &[]);
+    out.push_str("  }\n");
+
+    out.push_str(&format!("  {ACTORS_ACCOUNT} {{\n    users: [\n"));
+    users(&mut out, &[("operator", &services.operator, operator)]);
     for (k, roles) in &registry.actors {
         if seen.insert(k.clone()) {
             let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
             user(&mut out, &format!("actor: {}", names.join(", ")), k, actor(k, roles));
         }
     }
-    out.push_str("  ]\n}\n");
+    out.push_str("    ]\n    imports: [\n");
+    imports(&mut out, CUSTODY_ACCOUNT, &custody_services(), &custody_streams());
+    imports(&mut out, SERVICES_ACCOUNT, &queries, &[]);
+    out.push_str("    ]\n  }\n}\n");
     out
 }

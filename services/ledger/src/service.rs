@@ -354,7 +354,38 @@ fn outcome_bytes(o: &Outcome) -> Bytes {
     serde_json::to_vec(o).map(Bytes::from).unwrap_or_default()
 }
 
+/// The receipts consumers the ledger keeps, one per actor that used the
+/// inbox: durable, named by the actor's key, filtered to its receipts.
+/// Actors cannot create consumers (their NATS account has no JetStream);
+/// they pull from this one, and only from their own.
+#[derive(Default)]
+struct ReceiptConsumers {
+    made: std::collections::HashSet<String>,
+}
+
+impl ReceiptConsumers {
+    async fn ensure(&mut self, js: &jetstream::Context, actor: &str) {
+        if self.made.contains(actor) {
+            return;
+        }
+        let config = consumer::pull::Config {
+            durable_name: Some(actor.to_owned()),
+            filter_subject: receipts(actor),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            ..Default::default()
+        };
+        match js.create_consumer_on_stream(config, RECEIPTS_STREAM).await {
+            Ok(_) => {
+                self.made.insert(actor.to_owned());
+            }
+            Err(e) => tracing::warn!(error = %e, actor, "cannot create a receipts consumer; trying again with the next receipt"),
+        }
+    }
+}
+
 async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut rx: mpsc::Receiver<Vec<(Reply, Outcome)>>) -> anyhow::Result<()> {
+    let mut consumers = ReceiptConsumers::default();
     while let Some(batch) = rx.recv().await {
         let mut durable = Vec::new();
         for (reply, outcome) in batch {
@@ -366,7 +397,11 @@ async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut r
                     }
                 }
                 Reply::Inbox(msg) => {
-                    let (subject, headers, message_id) = receipt_message(&msg.payload, &outcome);
+                    let key = subject_key(&msg.subject);
+                    if let Some(owner) = receipts_owner(key.as_deref()) {
+                        consumers.ensure(&js, &owner).await;
+                    }
+                    let (subject, headers, message_id) = receipt_message(key.as_deref(), &outcome);
                     let publish = jetstream::message::PublishMessage::build().payload(body).headers(headers).message_id(message_id);
                     match js.send_publish(subject, publish).await {
                         Ok(ack) => durable.push((msg, ack)),
@@ -394,14 +429,15 @@ async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut r
     Ok(())
 }
 
-/// How an inbox submission's outcome is published: the receipts subject of
-/// its signer, the headers, and the message id that makes a republish a
-/// duplicate. Pure, so that a fuzz target can drive it with any bytes. The
-/// event id comes from input: it is escaped into printable ASCII, never put
-/// in a header as it came (a CR or LF there would break the protocol, and
-/// async-nats panics on one).
-pub fn receipt_message(raw: &[u8], outcome: &Outcome) -> (String, HeaderMap, String) {
-    let actor = signer_of(raw).unwrap_or_else(|| "unattributed".into());
+/// How an inbox submission's outcome is published: on the receipts
+/// subject of the actor whose inbox subject it came on (NATS lets only
+/// that actor publish there), with the headers and the message id that
+/// make a republish a duplicate. Pure, so that a fuzz target can drive it
+/// with any bytes. The event id comes from input: it is escaped into
+/// printable ASCII, never put in a header as it came (a CR or LF there
+/// would break the protocol, and async-nats panics on one).
+pub fn receipt_message(subject_key: Option<&str>, outcome: &Outcome) -> (String, HeaderMap, String) {
+    let actor = receipts_owner(subject_key).unwrap_or_else(|| "unattributed".into());
     let (id, tag) = match outcome {
         Outcome::Receipt(r) => (r.id.as_str(), r.seq.to_string()),
         Outcome::Rejected(r) => (r.id.as_deref().unwrap_or_default(), r.code.clone()),
@@ -410,6 +446,11 @@ pub fn receipt_message(raw: &[u8], outcome: &Outcome) -> (String, HeaderMap, Str
     headers.insert(HDR_EVENT_ID, header_value(id));
     let message_id = header_text(&format!("{actor}:{id}:{tag}"));
     (receipts(&actor), headers, message_id)
+}
+
+/// The actor whose receipts an inbox subject's key names, if it is a key.
+fn receipts_owner(subject_key: Option<&str>) -> Option<String> {
+    subject_key.and_then(|k| k.parse::<ActorKey>().ok()).map(|k| k.to_string())
 }
 
 /// Any text as header-safe printable ASCII: control characters, quotes,
@@ -427,12 +468,6 @@ pub fn header_text(s: &str) -> String {
 pub fn header_value(s: &str) -> async_nats::HeaderValue {
     let text = header_text(s);
     text.parse().unwrap_or_default()
-}
-
-fn signer_of(raw: &[u8]) -> Option<String> {
-    let env: custody_proto::Envelope = serde_json::from_slice(raw).ok()?;
-    let key = env.signatures.first()?.keyid.parse::<ActorKey>().ok()?;
-    Some(key.to_string())
 }
 
 /// Publishes committed entries on the committed stream, each with the
@@ -642,7 +677,7 @@ mod tests {
     fn input_never_reaches_a_header_unescaped() {
         // The id of a refused envelope comes from whatever bytes were sent.
         let refused = Outcome::Rejected(Refusal { id: Some("x\r\ny\u{0}é\\".into()), code: "bad_signature".into(), message: "no".into() });
-        let (subject, headers, message_id) = receipt_message(b"{}", &refused);
+        let (subject, headers, message_id) = receipt_message(Some("not a key"), &refused);
         assert_eq!(subject, "custody.receipts.unattributed");
         let id = headers.get(HDR_EVENT_ID).expect("the id header").as_str();
         assert_eq!(id, r"x\r\ny\u{0}\u{e9}\\");

@@ -1,0 +1,190 @@
+//! Attacks by a registered but hostile actor, each run as the attacker
+//! would run it, against `custody up` (real nats-server with the
+//! registry's authorization, the real ledger, projection, gateway and
+//! authz). Every one of them worked once; each test asserts what a user of
+//! the ledger would notice had it worked again: the committed stream
+//! growing by something that is not a ledger entry, the ledger stopping,
+//! an event accepted that must not be.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::*;
+use custody_ledger::follow::Reader;
+use custody_ledger::subjects;
+use custody_proto::Outcome;
+use nkeys::KeyPair;
+use serde_json::json;
+
+/// `custody up`, with a Botswanan and a Russian miner, a trader and a
+/// regulator registered, each connected as itself.
+struct World {
+    up: Up,
+    miner: KeyPair,
+    m: async_nats::Client,
+    m_errors: Complaints,
+    miner_ru: KeyPair,
+    trader: KeyPair,
+    regulator: KeyPair,
+    reg: async_nats::Client,
+}
+
+async fn world() -> World {
+    let up = up();
+    let (auth, _) = connect(&up.url, Some(&up.authority)).await.expect("the genesis authority connects");
+    let (miner, miner_ru, trader, regulator) = (KeyPair::new_user(), KeyPair::new_user(), KeyPair::new_user(), KeyPair::new_user());
+    for (who, role, country) in [(&miner, "miner", "BW"), (&miner_ru, "miner", "RU"), (&trader, "trader", "AE"), (&regulator, "regulator", "US")] {
+        let e = event(
+            &up.authority,
+            &format!("reg-{}", &who.public_key()[..8]),
+            "actor.registered",
+            json!({"subject": who.public_key(), "name": role, "roles": [role], "country": country}),
+        );
+        assert!(matches!(outcome(&auth, &up.authority, &e).await, Outcome::Receipt(_)));
+    }
+    let (m, m_errors, _) = connect_when_allowed(&up.url, &miner).await;
+    let (reg, _, _) = connect_when_allowed(&up.url, &regulator).await;
+    World { up, miner, m, m_errors, miner_ru, trader, regulator, reg }
+}
+
+async fn outcome(client: &async_nats::Client, key: &KeyPair, payload: &serde_json::Value) -> Outcome {
+    custody::client::submit(client, sign(key, payload).into()).await.expect("an answer")
+}
+
+async fn head(client: &async_nats::Client) -> u64 {
+    let msg = client.request(subjects::HEAD_SUBJECT, "".into()).await.expect("the ledger answers its head");
+    serde_json::from_slice::<serde_json::Value>(&msg.payload).unwrap()["seq"].as_u64().unwrap()
+}
+
+/// The outcomes of `key`'s inbox submissions, waiting up to 20 s until
+/// `n` arrived.
+async fn receipts(client: &async_nats::Client, key: &KeyPair, n: usize) -> Vec<Outcome> {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok(more) = custody::client::receipts(client, &key.public_key(), n - got.len(), Duration::from_millis(300)).await {
+            got.extend(more);
+        }
+        if got.len() >= n {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("only {} of {n} receipts arrived: {got:?}", got.len());
+}
+
+/// The committed stream holds exactly the ledger's entries: its last
+/// position is the ledger's head, and every entry verifies.
+async fn stream_is_the_ledger(w: &World) {
+    let (ledger_head, on_stream) = (head(&w.reg).await, Reader::ledger(&w.reg).last_seq().await.expect("a regulator reads the stream"));
+    assert_eq!(on_stream, ledger_head, "the committed stream holds something that is not a ledger entry");
+    let key = w.up.dir.path().join("regulator.nk");
+    std::fs::write(&key, w.regulator.seed().unwrap()).unwrap();
+    let out = run_cli(&w.up.url, &["--nkey", key.to_str().unwrap(), "verify", "--json"], None);
+    assert!(out.status.success(), "verify: {} {}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_actor_can_make_nats_write_onto_the_committed_stream() {
+    let mut w = world().await;
+    let me = w.miner.public_key();
+    // A receipt exists for it to have delivered anywhere.
+    let mined = sign(&w.miner, &event(&w.miner, "adv-m1", "mined", json!({"lot": "ADV1", "carats": "2.00", "country": "BW"})));
+    let js = async_nats::jetstream::new(w.m.clone());
+    js.publish(subjects::inbox(&me), mined.clone().into()).await.unwrap().await.expect("its inbox takes it");
+    assert!(matches!(receipts(&w.m, &w.miner, 1).await.as_slice(), [Outcome::Receipt(_)]));
+    let before = head(&w.m).await;
+
+    // 1. A push consumer of its own receipts delivering onto the committed
+    //    subject (this once put receipts into CUSTODY_LEDGER and stopped
+    //    the ledger for good).
+    let create = format!("$JS.API.CONSUMER.CREATE.{}.probe.{}", subjects::RECEIPTS_STREAM, subjects::receipts(&me));
+    let body = json!({"stream_name": subjects::RECEIPTS_STREAM, "config": {"name": "probe", "filter_subject": subjects::receipts(&me),
+        "deliver_subject": subjects::ENTRIES_SUBJECT, "deliver_policy": "all", "ack_policy": "none"}});
+    let answer = tokio::time::timeout(Duration::from_secs(2), w.m.request(create.clone(), body.to_string().into())).await;
+    if let Ok(Ok(a)) = answer {
+        assert!(String::from_utf8_lossy(&a.payload).contains("error"), "a consumer was created: {:?}", a.payload);
+    }
+    // 2. Answers steered onto the committed subject through the reply
+    //    subject: of the ledger (submit, the inbox's ack), of a projection
+    //    (a query), of JetStream itself (a regulator's direct get).
+    let entries = subjects::ENTRIES_SUBJECT.to_owned();
+    w.m.publish_with_reply(subjects::submit(&me), entries.clone(), mined.clone().into()).await.unwrap();
+    w.m.publish_with_reply(subjects::inbox(&me), entries.clone(), mined.clone().into()).await.unwrap();
+    w.m.publish_with_reply(subjects::QUERY_ORIGIN, entries.clone(), json!({"lot": "ADV1"}).to_string().into()).await.unwrap();
+    let direct = format!("$JS.API.DIRECT.GET.{}", subjects::LEDGER_STREAM);
+    w.reg.publish_with_reply(direct, entries.clone(), json!({"seq": 1, "batch": 5}).to_string().into()).await.unwrap();
+    // 3. Writing or managing the streams outright, or someone else's
+    //    receipts consumer: the server refuses.
+    w.m.publish(entries.clone(), "forged".into()).await.unwrap();
+    denied(&w.m_errors, &entries).await;
+    denied(&w.m_errors, &create).await;
+    let other = w.miner_ru.public_key();
+    for api in ["DELETE", "INFO"] {
+        let subject = format!("$JS.API.CONSUMER.{api}.{}.{other}", subjects::RECEIPTS_STREAM);
+        w.m.publish(subject.clone(), "".into()).await.unwrap();
+        denied(&w.m_errors, &subject).await;
+    }
+    let _ = w.m.flush().await;
+    let _ = w.reg.flush().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Nothing landed: the stream is still exactly the ledger, which still
+    // serves; `custody up` is still running.
+    assert_eq!(head(&w.reg).await, before, "a resent envelope is answered from the first receipt");
+    stream_is_the_ledger(&w).await;
+    let r = outcome(&w.m, &w.miner, &event(&w.miner, "adv-m2", "mined", json!({"lot": "ADV2", "carats": "1.00", "country": "BW"}))).await;
+    assert!(matches!(r, Outcome::Receipt(ref r) if r.seq == before + 1), "{r:?}");
+    stream_is_the_ledger(&w).await;
+    assert!(w.up.alive(), "custody up stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_envelope_on_the_inbox_cannot_stop_the_ledger() {
+    let mut w = world().await;
+    let me = w.miner.public_key();
+    // A refusal whose event id holds a line break: its id once went raw into
+    // a NATS header, async-nats panicked, and the ledger died (and, the
+    // message being durable, would have died again at every start).
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let envelope = json!({"payloadType": "application/vnd.custody.event+json", "payload": b64.encode(br#"{"id":"x\ny"}"#),
+        "signatures": [{"keyid": me, "sig": b64.encode([0u8; 64])}]});
+    let before = head(&w.m).await;
+    let js = async_nats::jetstream::new(w.m.clone());
+    js.publish(subjects::inbox(&me), envelope.to_string().into()).await.unwrap().await.expect("the inbox takes it");
+    let got = receipts(&w.m, &w.miner, 1).await;
+    let [Outcome::Rejected(r)] = got.as_slice() else { panic!("{got:?}") };
+    assert_eq!((r.code.as_str(), r.id.as_deref()), ("bad_signature", Some("x\ny")), "{}", r.message);
+
+    // Still serving, on both paths, and nothing changed.
+    assert_eq!(head(&w.m).await, before);
+    let ok = sign(&w.miner, &event(&w.miner, "adv-after", "mined", json!({"lot": "ADV3", "carats": "1.00", "country": "BW"})));
+    js.publish(subjects::inbox(&me), ok.into()).await.unwrap().await.unwrap();
+    assert!(matches!(receipts(&w.m, &w.miner, 1).await.as_slice(), [Outcome::Receipt(r)] if r.seq == before + 1));
+    assert!(w.up.alive(), "custody up stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_speaks_for_its_own_actor_and_a_key_counts_once() {
+    let mut w = world().await;
+    let before = head(&w.m).await;
+    // Signed by the Russian miner, sent by the Botswanan one on its own
+    // subject: NATS lets it through, the ledger must not.
+    let russian = sign(&w.miner_ru, &event(&w.miner_ru, "adv-ru", "mined", json!({"lot": "ADVRU", "carats": "5.00", "country": "RU"})));
+    let got = custody::client::submit_to(&w.m, subjects::submit(&w.miner.public_key()), russian.into()).await.unwrap();
+    assert_eq!(code(&got), "subject_mismatch", "{got:?}");
+    // A declared origin with "country" twice: Botswana to a last-wins
+    // reader, Russia to a first-wins one. Refused.
+    let (t, _, _) = connect_when_allowed(&w.up.url, &w.trader).await;
+    let payload = format!(
+        r#"{{"id":"adv-dup","kind":"declared","actor":"{}","occurred_at":"2024-09-02T08:00:00Z","lot":"ADVDUP","carats":"10.00","state":"rough","origin":[{{"country":"RU","share":"1.0000","country":"BW"}}]}}"#,
+        w.trader.public_key()
+    );
+    let raw = custody_proto::envelope::sign(&w.trader, payload.as_bytes()).unwrap();
+    let got = custody::client::submit(&t, raw.into()).await.unwrap();
+    assert_eq!(code(&got), "malformed_event", "{got:?}");
+    assert_eq!(head(&w.m).await, before, "nothing was recorded");
+    assert!(w.up.alive());
+}
