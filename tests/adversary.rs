@@ -188,3 +188,78 @@ async fn a_subject_speaks_for_its_own_actor_and_a_key_counts_once() {
     assert_eq!(head(&w.m).await, before, "nothing was recorded");
     assert!(w.up.alive());
 }
+
+/// Waits until the projection knows `lot`, then asks for its verdict.
+async fn verdict(w: &World, lot: &str, rules: &str, date: &str) -> serde_json::Value {
+    for _ in 0..200 {
+        let msg = w.reg.request(subjects::QUERY_ADMISSIBILITY, json!({"lot": lot, "rules": rules, "date": date}).to_string().into()).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        if v["code"] != "unknown_lot" {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the projection never learnt of {lot}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backdated_departure_cannot_launder_russian_rough() {
+    let mut w = world().await;
+    let (ru, trader) = (&w.miner_ru, &w.trader);
+    let (r, t) = (connect_when_allowed(&w.up.url, ru).await.0, connect_when_allowed(&w.up.url, trader).await.0);
+    let now = chrono::Utc::now();
+    let day = |d: chrono::DateTime<chrono::Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let dated = |key: &KeyPair, id: &str, kind: &str, fields: serde_json::Value, at: &str| {
+        let mut e = event(key, id, kind, fields);
+        e["occurred_at"] = json!(at);
+        e
+    };
+    let ship = |lot: &str, at: &str| {
+        dated(
+            ru,
+            &format!("ship-{lot}"),
+            "exported",
+            json!({"lots": [lot], "to": trader.public_key(), "to_country": "AE", "certificate": {"number": format!("RU-{lot}"), "value_usd": "1.00"}}),
+            at,
+        )
+    };
+    let mine = |lot: &str, at: &str| dated(ru, &format!("mine-{lot}"), "mined", json!({"lot": lot, "carats": "5.00", "country": "RU"}), at);
+    let import = |lot: &str| dated(trader, &format!("take-{lot}"), "imported", json!({"certificate": format!("RU-{lot}")}), &day(now));
+
+    // As found: mined today, "exported" on 2023-01-01, before the EU ban.
+    // An export cannot precede the mining of what it ships.
+    assert!(matches!(outcome(&r, ru, &mine("LAUNDER", &day(now - chrono::TimeDelta::minutes(1)))).await, Outcome::Receipt(_)));
+    let before = head(&w.reg).await;
+    assert_eq!(code(&outcome(&r, ru, &ship("LAUNDER", "2023-01-01T00:00:00Z")).await), "predates_lot");
+    assert_eq!(head(&w.reg).await, before);
+
+    // Backdating both mining and export passes custody, but the ledger
+    // recorded the departure years after its claimed date: a late record,
+    // so the grandfathering it would earn cannot be established.
+    assert!(matches!(outcome(&r, ru, &mine("OLDCLAIM", "2022-12-31T00:00:00Z")).await, Outcome::Receipt(_)));
+    assert!(matches!(outcome(&r, ru, &ship("OLDCLAIM", "2023-01-01T00:00:00Z")).await, Outcome::Receipt(_)));
+    assert!(matches!(outcome(&t, trader, &import("OLDCLAIM")).await, Outcome::Receipt(_)));
+    let v = verdict(&w, "OLDCLAIM", "eu-2024", "2024-11-15").await;
+    assert_eq!(v["verdict"], "undetermined", "{v}");
+    assert!(v["reasons"].as_array().unwrap().iter().any(|r| r["text"].as_str().unwrap().contains("only claimed")), "{v}");
+    // Under us-2024, EO 14068 (2022-03-11) bans the rough outright; the
+    // OFAC rules, which once called it grandfathered, cannot.
+    let v = verdict(&w, "OLDCLAIM", "us-2024", "2024-11-15").await;
+    assert_eq!(v["verdict"], "prohibited", "{v}");
+    for r in v["reasons"].as_array().unwrap().iter().filter(|r| r["rule"].as_str().unwrap().starts_with("ofac")) {
+        assert_eq!(r["finding"], "undetermined", "{v}");
+    }
+    // A late record against the actor's interest (left after the ban took
+    // effect) stands as recorded; so does a departure recorded today.
+    assert!(matches!(outcome(&r, ru, &mine("LATEBAN", "2024-09-01T00:00:00Z")).await, Outcome::Receipt(_)));
+    assert!(matches!(outcome(&r, ru, &ship("LATEBAN", "2024-09-05T00:00:00Z")).await, Outcome::Receipt(_)));
+    assert!(matches!(outcome(&t, trader, &import("LATEBAN")).await, Outcome::Receipt(_)));
+    assert!(matches!(outcome(&r, ru, &mine("TODAY", &day(now - chrono::TimeDelta::minutes(1)))).await, Outcome::Receipt(_)));
+    assert!(matches!(outcome(&r, ru, &ship("TODAY", &day(now))).await, Outcome::Receipt(_)));
+    assert!(matches!(outcome(&t, trader, &import("TODAY")).await, Outcome::Receipt(_)));
+    for lot in ["LATEBAN", "TODAY"] {
+        let v = verdict(&w, lot, "eu-2024", "2024-11-15").await;
+        assert_eq!(v["verdict"], "prohibited", "{lot}: {v}");
+    }
+    assert!(w.up.alive());
+}

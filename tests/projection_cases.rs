@@ -17,7 +17,12 @@ struct World {
 
 impl World {
     async fn actor(&mut self, name: &str, role: &str, country: &'static str) -> KeyPair {
-        let k = self.sys.actor(name, role, country).await;
+        let k = KeyPair::new_user();
+        let a = &self.sys.authority;
+        let mut reg =
+            event(a, &format!("reg-{name}"), "actor.registered", json!({"subject": k.public_key(), "name": name, "roles": [role], "country": country}));
+        reg["occurred_at"] = json!("2024-01-01T00:00:00Z");
+        self.sys.accept(a, &reg).await;
         self.country.insert(k.public_key(), country);
         k
     }
@@ -27,6 +32,9 @@ impl World {
         self.next.set(n + 1);
         let mut e = event(k, &format!("case-{n}"), kind, fields);
         e["occurred_at"] = json!(format!("{date}T10:00:00Z"));
+        // The ledger records it the same day: on time, unless the clock
+        // already stands later (recorded_at never goes back).
+        self.sys.set_clock(&format!("{date}T11:00:00Z"));
         self.sys.accept(k, &e).await;
     }
 
@@ -59,9 +67,13 @@ impl World {
     }
 
     async fn process(&self, k: &KeyPair, lot: &str, process: &str, into: &[(&str, &str)]) {
+        self.process_on(k, lot, process, into, "2024-10-20").await;
+    }
+
+    async fn process_on(&self, k: &KeyPair, lot: &str, process: &str, into: &[(&str, &str)], date: &str) {
         let c = self.country[&k.public_key()];
         let into: Vec<Value> = into.iter().map(|(l, ct)| json!({"lot": l, "carats": ct})).collect();
-        self.ev(k, "processed", "2024-10-20", json!({"lot": lot, "process": process, "country": c, "into": into})).await;
+        self.ev(k, "processed", date, json!({"lot": lot, "process": process, "country": c, "into": into})).await;
     }
 }
 
@@ -74,7 +86,8 @@ enum Expect {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_and_admissibility_table() {
-    let mut sys = System::start().await;
+    // Registered before any event of the table, on the ledger's test clock.
+    let mut sys = System::start_with_clock("2024-01-01T00:00:00Z").await;
     sys.start_projection().await;
     let mut w = World { sys, country: HashMap::new(), next: std::cell::Cell::new(0) };
     let ru = w.actor("ru", "miner", "RU").await;
@@ -88,6 +101,19 @@ async fn origin_and_admissibility_table() {
     let cut_cn = w.actor("cutter-cn", "manufacturer", "CN").await;
     let reg = w.actor("regulator", "regulator", "BE").await;
 
+    // Grandfathering: Russian rough that left before the applicable dates,
+    // each departure recorded when it happened (first, while the ledger's
+    // clock still stands early; in date order).
+    for lot in ["G1", "G2", "G3"] {
+        w.mine(&ru, lot, "100.00", "2024-01-10").await;
+    }
+    for (lot, left) in [("G2", "2024-02-20"), ("G3", "2024-03-01"), ("G1", "2024-08-15")] {
+        w.ship(&ru, &[lot], &cut_in, lot, left).await;
+    }
+    w.process(&cut_in, "G1", "cutting_polishing", &[("G1S", "0.72")]).await;
+    w.process(&cut_in, "G2", "cutting_polishing", &[("G2S", "1.20")]).await;
+    w.process(&cut_in, "G3", "cutting_polishing", &[("G3S", "1.20")]).await;
+
     // Thresholds and effective dates: Russian rough that left Russia on
     // 2024-09-10, mixed 40/60 with Botswanan rough, cut in India.
     w.mine(&ru, "R1", "1000.00", "2024-08-01").await;
@@ -96,7 +122,7 @@ async fn origin_and_admissibility_table() {
     w.ship(&bw, &["B1"], &ae, "B1", "2024-09-10").await;
     w.merge(&ae, &["R1", "B1"], "RB", "2500.00").await;
     w.split(&ae, "RB", &[("RB1", "100.00"), ("RB2", "2400.00")]).await;
-    w.ship(&ae, &["RB1"], &cut_in, "RB1", "2024-09-20").await;
+    w.ship(&ae, &["RB1"], &cut_in, "RB1", "2024-10-06").await;
     w.process(
         &cut_in,
         "RB1",
@@ -104,15 +130,6 @@ async fn origin_and_admissibility_table() {
         &[("T049", "0.49"), ("T050", "0.50"), ("T051", "0.51"), ("T072", "0.72"), ("T099", "0.99"), ("T100", "1.00")],
     )
     .await;
-
-    // Grandfathering: Russian rough that left before the applicable dates.
-    for (lot, left) in [("G1", "2024-08-15"), ("G2", "2024-02-20"), ("G3", "2024-03-01")] {
-        w.mine(&ru, lot, "100.00", "2024-01-10").await;
-        w.ship(&ru, &[lot], &cut_in, lot, left).await;
-    }
-    w.process(&cut_in, "G1", "cutting_polishing", &[("G1S", "0.72")]).await;
-    w.process(&cut_in, "G2", "cutting_polishing", &[("G2S", "1.20")]).await;
-    w.process(&cut_in, "G3", "cutting_polishing", &[("G3S", "1.20")]).await;
 
     // Russian rough straight to the US, never cut.
     w.mine(&ru, "K1", "50.00", "2024-05-01").await;
@@ -160,7 +177,7 @@ async fn origin_and_admissibility_table() {
     w.process(&cut_th, "X2", "cutting_polishing", &[("XT", "4.00")]).await;
     w.ship(&cut_in, &["XI"], &be, "XI", "2024-10-25").await;
     w.ship(&cut_th, &["XT"], &be, "XT", "2024-10-25").await;
-    w.merge(&be, &["XI", "XT"], "XM", "8.00").await;
+    w.ev(&be, "merged", "2024-10-26", json!({"lots": ["XI", "XT"], "into": {"lot": "XM", "carats": "8.00"}})).await;
 
     // A split into a hundred.
     w.mine(&bw, "Y1", "100.00", "2024-09-15").await;
@@ -171,7 +188,7 @@ async fn origin_and_admissibility_table() {
     // Sawn in China, cut and polished in India.
     w.mine(&bw, "Z1", "20.00", "2024-09-15").await;
     w.ship(&bw, &["Z1"], &cut_cn, "Z1", "2024-10-01").await;
-    w.process(&cut_cn, "Z1", "sawing", &[("Z2", "18.00")]).await;
+    w.process_on(&cut_cn, "Z1", "sawing", &[("Z2", "18.00")], "2024-10-05").await;
     w.ship(&cut_cn, &["Z2"], &cut_in, "Z2", "2024-10-10").await;
     w.process(&cut_in, "Z2", "cutting_polishing", &[("Z3", "8.00")]).await;
 

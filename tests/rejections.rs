@@ -152,6 +152,16 @@ async fn every_rejection_has_its_code_and_changes_nothing() {
             "unknown_actor",
         ),
         ("a miner revokes", sign(m, &event(m, "e-revoke-by-miner", "actor.revoked", json!({"subject": m2.public_key(), "reason": "x"}))), "role_not_allowed"),
+        (
+            "exported the day before it was mined",
+            sign(m, &{
+                let mut e =
+                    event(m, "e-predates", "exported", json!({"lots": ["B"], "to": t.public_key(), "to_country": "AE", "certificate": cert("RU-PRE-1")}));
+                e["occurred_at"] = json!("2024-09-01T08:00:00Z");
+                e
+            }),
+            "predates_lot",
+        ),
         ("import of an unknown certificate", sign(t, &event(t, "e-nocert", "imported", json!({"certificate": "RU-NOPE-1"}))), "unknown_certificate"),
     ];
 

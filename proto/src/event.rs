@@ -17,6 +17,14 @@ pub const MAX_TEXT: usize = 1_000;
 /// How far in the future an `occurred_at` may lie: clocks drift, but an
 /// event cannot be recorded before it happened.
 pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
+/// The earliest `occurred_at` accepted: the first South African finds.
+/// Nothing in custody is older; history from before the ledger enters as
+/// `declared` stock.
+pub const EARLIEST_DATE: &str = "1870-01-01T00:00:00Z";
+/// An event whose `occurred_at` lies more than this before its
+/// `recorded_at` is a *late record*: its date counts as claimed, not
+/// vouched for by the ledger.
+pub const LATE_RECORD_DAYS: i64 = 7;
 
 /// One custody event as an actor claims it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -253,7 +261,17 @@ impl Event {
         serde_json::from_slice::<IdOnly>(payload).ok().map(|x| truncate(&x.id))
     }
 
+    /// Whether this event, recorded at `recorded_at`, is a late record
+    /// (DOMAIN.md, "Dates the ledger can vouch for").
+    pub fn is_late(&self, recorded_at: Timestamp) -> bool {
+        recorded_at.as_datetime() - self.occurred_at.as_datetime() > chrono::TimeDelta::days(LATE_RECORD_DAYS)
+    }
+
     fn check(&self, now: Timestamp) -> Result<(), Rejection> {
+        let earliest: Timestamp = EARLIEST_DATE.parse().map_err(|e: String| Rejection::new(Code::InvalidTime, e))?;
+        if self.occurred_at < earliest {
+            return Err(Rejection::new(Code::InvalidTime, format!("occurred_at {} is before 1870-01-01; older stock enters as declared", self.occurred_at)));
+        }
         let skew = self.occurred_at.as_datetime() - now.as_datetime();
         if skew.num_seconds() > MAX_CLOCK_SKEW_SECS {
             return Err(Rejection::new(Code::InvalidTime, format!("occurred_at {} is in the future (now {now})", self.occurred_at)));
@@ -458,6 +476,8 @@ mod tests {
             (mined("1").replace("\"L1\"", "\"L 1\""), Code::InvalidId),
             (mined("1").replace("2024-09-02T00:00:00Z", "yesterday"), Code::InvalidTime),
             (mined("1").replace("2024-09-02T00:00:00Z", "2027-01-01T00:00:00Z"), Code::InvalidTime),
+            (mined("1").replace("2024-09-02T00:00:00Z", "1869-12-31T23:59:59Z"), Code::InvalidTime),
+            (mined("1").replace("2024-09-02T00:00:00Z", "0001-01-01T00:00:00Z"), Code::InvalidTime),
             (mined("1").replace("\"mined\"", "\"stolen\""), Code::MalformedEvent),
             (mined("1").replace("\"country\"", "\"mine\":\"x\",\"extra\":1,\"country\""), Code::MalformedEvent),
             (mined("1").replace("\"lot\":\"L1\"", "\"lot\":\"L1\",\"lot\":\"L2\""), Code::MalformedEvent),

@@ -172,6 +172,9 @@ impl Timestamp {
     pub fn now() -> Timestamp {
         Timestamp(Utc::now())
     }
+    pub fn from_datetime(t: DateTime<Utc>) -> Timestamp {
+        Timestamp(t)
+    }
     pub fn as_datetime(&self) -> DateTime<Utc> {
         self.0
     }

@@ -24,7 +24,8 @@ pub enum Code {
     InvalidCarats,
     /// Not an ISO 3166-1 alpha-2 country.
     InvalidCountry,
-    /// `occurred_at` is not RFC 3339 UTC, or lies in the future.
+    /// `occurred_at` is not RFC 3339 UTC, lies in the future, or before
+    /// 1870-01-01.
     InvalidTime,
     /// Some other field is out of range (empty list, duplicates, too long).
     InvalidField,
@@ -69,10 +70,13 @@ pub enum Code {
     /// Submitted on another actor's subject (`custody.submit.<key>`): the
     /// signer must be the actor the subject names.
     SubjectMismatch,
+    /// `occurred_at` is before the latest event of a lot the event acts on
+    /// (exported before it was mined, say).
+    PredatesLot,
 }
 
 impl Code {
-    pub const ALL: [Code; 31] = [
+    pub const ALL: [Code; 32] = [
         Code::MalformedEnvelope,
         Code::EnvelopeTooLarge,
         Code::WrongPayloadType,
@@ -104,6 +108,7 @@ impl Code {
         Code::NotConsignee,
         Code::ActorRevoked,
         Code::SubjectMismatch,
+        Code::PredatesLot,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -139,6 +144,7 @@ impl Code {
             Code::NotConsignee => "not_consignee",
             Code::ActorRevoked => "actor_revoked",
             Code::SubjectMismatch => "subject_mismatch",
+            Code::PredatesLot => "predates_lot",
         }
     }
 }

@@ -15,6 +15,11 @@ pub struct Args {
     /// Seconds between signed checkpoints while entries arrive.
     #[arg(long, default_value_t = 10.0)]
     checkpoint_every: f64,
+    /// TEST SWITCH, never for a real ledger: read the ledger's clock (RFC
+    /// 3339) from FILE at each batch, so that tests can record events on
+    /// time at past dates; the system clock while FILE is absent.
+    #[arg(long, value_name = "FILE")]
+    test_clock_file: Option<PathBuf>,
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -48,6 +53,10 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
         None => {
             let mut config = custody_ledger::Config::new(nats, a.data, authority);
             config.nkey = custody::client::identity();
+            if let Some(file) = a.test_clock_file {
+                tracing::warn!(file = %file.display(), "test clock: recorded_at is read from this file; never use this for a real ledger");
+                config.clock = custody_ledger::clock::Clock::from_file(file);
+            }
             anyhow::ensure!(a.checkpoint_every > 0.0 && a.checkpoint_every.is_finite(), "--checkpoint-every must be a positive number of seconds");
             config.checkpoint_every = std::time::Duration::from_secs_f64(a.checkpoint_every);
             custody_ledger::run(config, super::stop_signal()).await?;

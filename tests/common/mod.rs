@@ -67,16 +67,48 @@ pub struct System {
     pub gateway: Option<ServiceProcess>,
     pub authority: KeyPair,
     pub client: async_nats::Client,
+    /// Extra arguments of every ledger this system starts.
+    pub ledger_args: Vec<String>,
+    /// The test clock's file, if the ledger reads one.
+    pub clock: Option<PathBuf>,
 }
 
 impl System {
     pub async fn start() -> System {
+        System::start_with(&[]).await
+    }
+
+    /// A system whose ledger runs with extra arguments.
+    pub async fn start_with(ledger_args: &[&str]) -> System {
+        let mut s = System::open().await;
+        s.ledger_args = ledger_args.iter().map(|a| a.to_string()).collect();
+        s.start_ledger().await;
+        s
+    }
+
+    /// NATS and a client; no ledger yet.
+    async fn open() -> System {
         let dir = tempfile::tempdir().expect("temp dir");
         let nats = NatsServer::start(&dir.path().join("nats")).expect("nats-server starts");
         let client = custody::client::connect(&nats.url).await.expect("connect");
-        let mut s = System { dir, nats, ledger: None, projection: None, gateway: None, authority: KeyPair::new_user(), client };
+        System { dir, nats, ledger: None, projection: None, gateway: None, authority: KeyPair::new_user(), client, ledger_args: Vec::new(), clock: None }
+    }
+
+    /// A system whose ledger reads its clock from [`System::set_clock`]
+    /// (`custody ledger --test-clock-file`), set to `start` at first.
+    pub async fn start_with_clock(start: &str) -> System {
+        let mut s = System::open().await;
+        let file = s.dir.path().join("clock");
+        std::fs::write(&file, start).expect("clock set");
+        s.ledger_args = vec!["--test-clock-file".into(), file.to_str().expect("a UTF-8 path").into()];
+        s.clock = Some(file);
         s.start_ledger().await;
         s
+    }
+
+    /// Sets the ledger's test clock (RFC 3339) for the next batches.
+    pub fn set_clock(&self, now: &str) {
+        std::fs::write(self.clock.as_ref().expect("started with a test clock"), now).expect("clock set");
     }
 
     pub fn ledger_dir(&self) -> PathBuf {
@@ -100,6 +132,7 @@ impl System {
         die_with_parent(&mut cmd);
         cmd.args(["ledger", "--nats", &self.nats.url, "--authority", &self.authority.public_key(), "--checkpoint-every", "0.2", "--data"])
             .arg(self.ledger_dir())
+            .args(&self.ledger_args)
             .env("CUSTODY_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null());

@@ -85,6 +85,8 @@ pub struct Ledger {
     head: Option<(u64, Hash)>,
     /// The Merkle tree over the replayed entries, until the service takes it.
     tree: Tree,
+    /// The head entry's `recorded_at`.
+    recorded: Option<Timestamp>,
 }
 
 impl Ledger {
@@ -99,6 +101,7 @@ impl Ledger {
         }
         let mut model = Model::new(authority.clone());
         let mut head = None;
+        let mut recorded = None;
         let mut tree = Tree::new();
         for entry in store.entries_from(1) {
             let entry = entry?;
@@ -111,12 +114,13 @@ impl Ledger {
             model.apply(&event);
             model.remember(event.id.clone(), blake3::hash(&opened.payload), receipt(&event, &entry));
             head = Some((entry.seq, entry.hash));
+            recorded = Some(entry.recorded_at);
             tree.push(&entry.hash);
         }
         if head != store.head()? {
             return Err(StoreError::Corrupt(format!("replay ended at {head:?}, head record says {:?}", store.head()?)).into());
         }
-        Ok(Ledger { store, model, head, tree })
+        Ok(Ledger { store, model, head, tree, recorded })
     }
 
     pub fn head(&self) -> Option<(u64, Hash)> {
@@ -133,9 +137,12 @@ impl Ledger {
     }
 
     /// Applies custody rules to each checked submission in order and builds
-    /// entries for the accepted ones. Nothing is durable yet: the caller
-    /// must [`Ledger::commit`] before sending any outcome.
-    pub fn admit(&mut self, batch: Vec<Checked>) -> Admitted {
+    /// entries for the accepted ones, all recorded at `now` (or at the
+    /// head's `recorded_at`, if the clock stepped back: it never goes
+    /// backwards along the chain). Nothing is durable yet: the caller must
+    /// [`Ledger::commit`] before sending any outcome.
+    pub fn admit(&mut self, batch: Vec<Checked>, now: Timestamp) -> Admitted {
+        let now = self.recorded.map_or(now, |head| now.max(head));
         let mut entries = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         for item in batch {
@@ -159,10 +166,8 @@ impl Ledger {
                 continue;
             }
             self.model.apply(&event);
-            // recorded_at never goes backwards within a batch.
-            let now = Timestamp::now();
-            let now = entries.last().map_or(now, |e: &Entry| now.max(e.recorded_at));
             let entry = Entry::next(self.head, now, opened.raw);
+            self.recorded = Some(now);
             self.head = Some((entry.seq, entry.hash));
             let r = receipt(&event, &entry);
             self.model.remember(event.id.clone(), digest, r.clone());

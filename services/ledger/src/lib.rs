@@ -11,6 +11,7 @@
 //! - [`notary`]: the Merkle tree, the ledger's key, checkpoints and proofs.
 //! - [`service`]: the NATS pipeline around it.
 //! - [`crashpoint`]: exact crash places for tests (`CUSTODY_CRASH`).
+//! - [`clock`]: the system clock, or a test clock (`--test-clock-file`).
 //! - [`auditor`]: the independent auditor (`custody audit`).
 //! - [`connect`]: connecting to NATS as an nkey user.
 //! - [`keyfile`]: nkey seed files (the ledger's key, actors' keys).
@@ -19,6 +20,7 @@
 
 pub mod audit;
 pub mod auditor;
+pub mod clock;
 pub mod connect;
 pub mod crashpoint;
 pub mod follow;

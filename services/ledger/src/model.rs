@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use custody_proto::event::Certificate;
-use custody_proto::{ActorKey, Body, Carats, Code, Country, Event, EventId, LotId, LotState, Receipt, Rejection, Role};
+use custody_proto::{ActorKey, Body, Carats, Code, Country, Event, EventId, LotId, LotState, Receipt, Rejection, Role, Timestamp};
 
 /// A registered organisation.
 #[derive(Debug, Clone)]
@@ -40,6 +40,9 @@ struct Lot {
     /// Where it is held (the exporting country, while in transit).
     country: Country,
     status: Status,
+    /// The latest `occurred_at` of the events that made it or acted on it:
+    /// no later event may claim to come before it.
+    last_at: Timestamp,
 }
 
 /// What an event id is bound to: its payload digest and its receipt, so the
@@ -206,7 +209,35 @@ impl Model {
             }
             Body::Flagged { lot, .. } => self.known(lot).map(|_| ())?,
         }
+        // A lot cannot be exported before it was mined, imported, merged or
+        // split: a date before the lot's latest event is a claim the ledger
+        // can see is false (and backdating a departure is how a Russian lot
+        // would pass for grandfathered).
+        for l in self.acted_on(event) {
+            if let Some(lot) = self.lots.get(&l) {
+                if event.occurred_at < lot.last_at {
+                    return Err(reject(
+                        Code::PredatesLot,
+                        format!(
+                            "occurred_at {} is before {}, the date of lot {l}'s latest event; an event cannot precede what it acts on",
+                            event.occurred_at, lot.last_at
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The existing lots an event acts on (not the ones it creates).
+    fn acted_on(&self, event: &Event) -> Vec<LotId> {
+        match &event.body {
+            Body::Split { lot, .. } | Body::Processed { lot, .. } | Body::Flagged { lot, .. } => vec![lot.clone()],
+            Body::Merged { lots, .. } | Body::Transferred { lots, .. } | Body::Exported { lots, .. } => lots.clone(),
+            Body::Imported { certificate: Some(c), .. } => self.certificates.get(c).cloned().unwrap_or_default(),
+            Body::Imported { lots: Some(l), .. } => l.clone(),
+            _ => Vec::new(),
+        }
     }
 
     fn check_export(&self, signer: &ActorKey, lots: &[LotId], to: &ActorKey, to_country: Country, cert: &Certificate) -> Result<(), Rejection> {
@@ -233,6 +264,12 @@ impl Model {
     /// Applies an event that passed [`Model::check`].
     pub fn apply(&mut self, event: &Event) {
         let signer = &event.actor;
+        let at = event.occurred_at;
+        for l in self.acted_on(event) {
+            if let Some(lot) = self.lots.get_mut(&l) {
+                lot.last_at = lot.last_at.max(at);
+            }
+        }
         match &event.body {
             Body::ActorRegistered { subject, roles, country, .. } => {
                 self.actors.insert(subject.clone(), Actor { roles: roles.clone(), country: Some(*country), revoked: false });
@@ -242,12 +279,12 @@ impl Model {
                     a.revoked = true;
                 }
             }
-            Body::Mined { lot, carats, country, .. } => self.create(lot, *carats, LotState::Rough, signer, *country),
+            Body::Mined { lot, carats, country, .. } => self.create(lot, *carats, LotState::Rough, signer, *country, at),
             // The claimed origin matters to projections only.
             Body::Declared { lot, carats, state, .. } => {
                 let country = self.actors.get(signer).and_then(|a| a.country);
                 if let Some(country) = country {
-                    self.create(lot, *carats, *state, signer, country);
+                    self.create(lot, *carats, *state, signer, country, at);
                 }
             }
             Body::Split { lot, into } | Body::Processed { lot, into, .. } => {
@@ -257,7 +294,7 @@ impl Model {
                     _ => state,
                 };
                 for p in into {
-                    self.create(&p.lot, p.carats, state, signer, country);
+                    self.create(&p.lot, p.carats, state, signer, country, at);
                 }
             }
             Body::Merged { lots, into } => {
@@ -266,7 +303,7 @@ impl Model {
                     first = first.or(self.consume(l));
                 }
                 if let Some((state, country)) = first {
-                    self.create(&into.lot, into.carats, state, signer, country);
+                    self.create(&into.lot, into.carats, state, signer, country, at);
                 }
             }
             Body::Transferred { lots, to } => {
@@ -306,8 +343,8 @@ impl Model {
         }
     }
 
-    fn create(&mut self, lot: &LotId, carats: Carats, state: LotState, holder: &ActorKey, country: Country) {
-        self.lots.insert(lot.clone(), Lot { carats, state, holder: holder.clone(), country, status: Status::Held });
+    fn create(&mut self, lot: &LotId, carats: Carats, state: LotState, holder: &ActorKey, country: Country, at: Timestamp) {
+        self.lots.insert(lot.clone(), Lot { carats, state, holder: holder.clone(), country, status: Status::Held, last_at: at });
     }
 
     fn consume(&mut self, lot: &LotId) -> Option<(LotState, Country)> {

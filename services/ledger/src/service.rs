@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
-use custody_proto::{ActorKey, Entry, Hash, KeyCache, Outcome, Timestamp};
+use custody_proto::{ActorKey, Entry, Hash, KeyCache, Outcome};
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -40,11 +40,13 @@ pub struct Config {
     pub checkpoint_every: Duration,
     /// The ledger's NATS identity (an nkey seed), when the server checks one.
     pub nkey: Option<String>,
+    /// What `recorded_at` reads: the system clock outside tests.
+    pub clock: crate::clock::Clock,
 }
 
 impl Config {
     pub fn new(nats_url: impl Into<String>, data_dir: PathBuf, authority: ActorKey) -> Config {
-        Config { nats_url: nats_url.into(), data_dir, authority, checkpoint_every: Duration::from_secs(10), nkey: None }
+        Config { nats_url: nats_url.into(), data_dir, authority, checkpoint_every: Duration::from_secs(10), nkey: None, clock: crate::clock::Clock::system() }
     }
 }
 
@@ -97,8 +99,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let core = client.queue_subscribe(format!("{SUBMIT_PREFIX}.>"), QUEUE_GROUP.to_owned()).await?;
     tasks.spawn(intake_core(core, intake_tx.clone()));
     tasks.spawn(intake_inbox(streams.inbox, intake_tx));
-    tasks.spawn(check_stage(intake_rx, checked_tx));
-    tasks.spawn(write_stage(ledger, notary.clone(), checked_rx, respond_tx, publish_tx, head_tx));
+    tasks.spawn(check_stage(intake_rx, checked_tx, config.clock.clone()));
+    tasks.spawn(write_stage(ledger, config.clock.clone(), notary.clone(), checked_rx, respond_tx, publish_tx, head_tx));
     tasks.spawn(respond_stage(client.clone(), js.clone(), respond_rx));
     let checkpoints = Checkpoints { notary: notary.clone(), every: config.checkpoint_every, last: None };
     tasks.spawn(publish_stage(js.clone(), streams.ledger, store, published, publish_rx, checkpoints));
@@ -274,7 +276,7 @@ const CHECKERS: usize = 2;
 /// Checks batches on blocking threads, up to [`CHECKERS`] at a time, and
 /// hands them to the writer in arrival order: a producer that publishes
 /// `mined` then `split` without waiting must see them applied in that order.
-async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<CheckedBatch>) -> anyhow::Result<()> {
+async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<CheckedBatch>, clock: crate::clock::Clock) -> anyhow::Result<()> {
     let mut caches: Vec<KeyCache> = (0..CHECKERS).map(|_| KeyCache::default()).collect();
     let mut inflight = FuturesOrdered::new();
     let mut open = true;
@@ -294,8 +296,9 @@ async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<Checke
                 let (replies, raws): (Vec<Reply>, Vec<Submitted>) =
                     batch.into_iter().map(|s| (s.reply, Submitted { bytes: s.raw.to_vec(), subject_key: s.subject_key })).unzip();
                 let mut cache = caches.pop().unwrap_or_default();
+                let now = clock.now();
                 let job = tokio::task::spawn_blocking(move || {
-                    let checked = check_batch(raws, Timestamp::now(), &mut cache);
+                    let checked = check_batch(raws, now, &mut cache);
                     (checked, cache)
                 });
                 inflight.push_back(async move {
@@ -313,6 +316,7 @@ async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<Checke
 
 async fn write_stage(
     mut ledger: Ledger,
+    clock: crate::clock::Clock,
     notary: Arc<Notary>,
     mut rx: mpsc::Receiver<CheckedBatch>,
     respond: mpsc::Sender<Vec<(Reply, Outcome)>>,
@@ -329,7 +333,8 @@ async fn write_stage(
         }
         let (replies, checked): (Vec<Reply>, Vec<Checked>) = batch.into_iter().unzip();
         let started = std::time::Instant::now();
-        let admitted = ledger.admit(checked);
+        // One clock reading for the whole batch.
+        let admitted = ledger.admit(checked, clock.now());
         let admit_us = started.elapsed().as_micros() as u64;
         // The receipt promise: nothing is answered before this returns.
         tokio::task::block_in_place(|| ledger.commit(&admitted.entries))

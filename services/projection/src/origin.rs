@@ -51,6 +51,10 @@ pub struct Portion {
     #[serde(with = "ratio_text")]
     pub share: BigRational,
     pub departure: Departure,
+    /// The departure rests on a late record (DOMAIN.md, "Dates the ledger
+    /// can vouch for"): its date is only claimed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub claimed: bool,
 }
 
 /// A lot's mine-origin composition; shares sum to exactly one.
@@ -64,7 +68,7 @@ impl Composition {
     /// All mass from one source.
     pub fn single(source: Source, traced: bool) -> Composition {
         let mut parts = BTreeMap::new();
-        parts.insert(Part { source, traced }, Portion { share: BigRational::one(), departure: Departure::NotLeft });
+        parts.insert(Part { source, traced }, Portion { share: BigRational::one(), departure: Departure::NotLeft, claimed: false });
         Composition { parts }
     }
 
@@ -74,7 +78,7 @@ impl Composition {
             .iter()
             .map(|(c, s)| {
                 let share = BigRational::new(BigInt::from(*s), BigInt::from(10_000));
-                (Part { source: Source::Mined(*c), traced: false }, Portion { share, departure: Departure::NotLeft })
+                (Part { source: Source::Mined(*c), traced: false }, Portion { share, departure: Departure::NotLeft, claimed: false })
             })
             .collect();
         Composition { parts }
@@ -97,18 +101,21 @@ impl Composition {
                     .and_modify(|q| {
                         q.share = &q.share + &add;
                         q.departure = q.departure.max(p.departure);
+                        q.claimed |= p.claimed;
                     })
-                    .or_insert(Portion { share: add, departure: p.departure });
+                    .or_insert(Portion { share: add, departure: p.departure, claimed: p.claimed });
             }
         }
         Composition { parts }
     }
 
-    /// The mass mined in `country` leaves it on `date`.
-    pub fn leave(&mut self, country: Country, date: NaiveDate) {
+    /// The mass mined in `country` leaves it on `date`; `claimed` when the
+    /// export that says so was recorded late.
+    pub fn leave(&mut self, country: Country, date: NaiveDate, claimed: bool) {
         for (part, p) in self.parts.iter_mut() {
             if part.source == Source::Mined(country) {
                 p.departure = Departure::Left(date);
+                p.claimed = claimed;
             }
         }
     }
@@ -219,7 +226,7 @@ mod tests {
     #[test]
     fn departure_is_conservative_across_merges() {
         let mut a = Composition::single(Source::Mined(c("RU")), true);
-        a.leave(c("RU"), NaiveDate::from_ymd_opt(2024, 2, 1).unwrap());
+        a.leave(c("RU"), NaiveDate::from_ymd_opt(2024, 2, 1).unwrap(), false);
         let b = Composition::single(Source::Mined(c("RU")), true);
         let m = Composition::mix([(&a, 1), (&b, 1)]);
         assert_eq!(m.parts().next().unwrap().1.departure, Departure::NotLeft);

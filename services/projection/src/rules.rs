@@ -84,6 +84,9 @@ pub struct RuleSet {
     pub rules: Vec<Rule>,
 }
 
+/// Most rules one set may hold: each gives one reason in an answer.
+pub const MAX_RULES: usize = 64;
+
 impl RuleSet {
     /// A preset by name, or the text of a TOML file.
     pub fn load(name_or_toml: &str) -> Result<RuleSet, RuleError> {
@@ -100,6 +103,9 @@ impl RuleSet {
         let set: RuleSet = toml::from_str(text).map_err(|e| RuleError::Invalid(e.to_string()))?;
         if set.rules.is_empty() {
             return Err(RuleError::Invalid("a rule set needs at least one [[rule]]".into()));
+        }
+        if set.rules.len() > MAX_RULES {
+            return Err(RuleError::Invalid(format!("a rule set has at most {MAX_RULES} rules; this one has {}", set.rules.len())));
         }
         if let Some(r) = set.rules.iter().find(|r| r.banned.is_empty()) {
             return Err(RuleError::Invalid(format!("rule {} bans no country", r.id)));
@@ -119,6 +125,8 @@ pub struct Facts<'a> {
     pub customs_unknown: bool,
     /// Latest export date out of each country, over the lot's history.
     pub exported_from: &'a BTreeMap<Country, NaiveDate>,
+    /// Countries whose export date in `exported_from` is only claimed.
+    pub exported_claimed: &'a BTreeSet<Country>,
     /// A regulator flagged the lot or an ancestor.
     pub flagged: bool,
 }
@@ -195,8 +203,41 @@ fn evaluate_rule(rule: &Rule, f: &Facts<'_>, date: NaiveDate) -> Reason {
     r
 }
 
-fn grandfathered(rule: &Rule, d: Departure) -> bool {
-    rule.grandfather && matches!(d, Departure::Left(left) if left < rule.from)
+/// Whether a rule counts a banned part, given when it left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Left {
+    /// It did not leave before the rule took effect: it counts.
+    Counts,
+    /// It left before, on a date the ledger vouches for: grandfathered.
+    Before,
+    /// It left before only by a late-recorded (claimed) date: the
+    /// grandfathering cannot be established.
+    ClaimedBefore,
+}
+
+fn left(rule: &Rule, d: Departure, claimed: bool) -> Left {
+    match d {
+        Departure::Left(date) if rule.grandfather && date < rule.from => {
+            if claimed {
+                Left::ClaimedBefore
+            } else {
+                Left::Before
+            }
+        }
+        // A departure on or after the date is against the actor's interest:
+        // it stands as recorded, late or not.
+        _ => Left::Counts,
+    }
+}
+
+fn claimed_departure(rule: &Rule, c: Country) -> Reason {
+    let mut r = reason(
+        rule,
+        Verdict::Undetermined,
+        format!("its {c} mass left {c} before {} only by the date of a late record: the departure date is only claimed", rule.from),
+    );
+    r.country = Some(c.to_string());
+    r
 }
 
 fn customs(rule: &Rule, f: &Facts<'_>) -> Reason {
@@ -215,19 +256,27 @@ fn customs(rule: &Rule, f: &Facts<'_>) -> Reason {
     }
     // Rough never transformed: its customs origin is where it was mined.
     let mut unknown = false;
+    let mut claimed = None;
     for (part, p) in f.composition.parts() {
         match part.source {
-            Source::Mined(c) if part.traced && rule.banned.contains(&c) && !grandfathered(rule, p.departure) => {
-                let mut r = reason(rule, Prohibited, format!("rough of {c} origin, never substantially transformed"));
-                r.country = Some(c.to_string());
-                return r;
-            }
+            Source::Mined(c) if part.traced && rule.banned.contains(&c) => match left(rule, p.departure, p.claimed) {
+                Left::Counts => {
+                    let mut r = reason(rule, Prohibited, format!("rough of {c} origin, never substantially transformed"));
+                    r.country = Some(c.to_string());
+                    return r;
+                }
+                Left::ClaimedBefore => claimed = claimed.or(Some(c)),
+                Left::Before => {}
+            },
             Source::Mined(_) if part.traced => {}
             _ => unknown = true,
         }
     }
     if unknown {
         return reason(rule, Undetermined, "part of this rough has unknown or only claimed origin".into());
+    }
+    if let Some(c) = claimed {
+        return claimed_departure(rule, c);
     }
     reason(rule, Admissible, "rough not mined in a banned country".into())
 }
@@ -236,17 +285,20 @@ fn mine(rule: &Rule, f: &Facts<'_>) -> Reason {
     use Verdict::*;
     let mut banned: BTreeMap<Country, BigRational> = BTreeMap::new();
     let mut grand: BTreeSet<Country> = BTreeSet::new();
+    let mut claimed: BTreeMap<Country, BigRational> = BTreeMap::new();
     let mut unknown = BigRational::zero();
     for (part, p) in f.composition.parts() {
         match part.source {
-            Source::Mined(c) if part.traced && rule.banned.contains(&c) => {
-                if grandfathered(rule, p.departure) {
+            Source::Mined(c) if part.traced && rule.banned.contains(&c) => match left(rule, p.departure, p.claimed) {
+                Left::Before => {
                     grand.insert(c);
-                } else {
+                }
+                Left::ClaimedBefore => *claimed.entry(c).or_insert_with(BigRational::zero) += &p.share,
+                Left::Counts => {
                     let e = banned.entry(c).or_insert_with(BigRational::zero);
                     *e = &*e + &p.share;
                 }
-            }
+            },
             Source::Mined(_) if part.traced => {}
             _ => unknown += &p.share,
         }
@@ -272,6 +324,11 @@ fn mine(rule: &Rule, f: &Facts<'_>) -> Reason {
         r.share = Some(crate::view::four_decimals(&unknown));
         return r;
     }
+    if let Some((c, share)) = claimed.iter().find(|(_, s)| **s > de_minimis) {
+        let mut r = claimed_departure(rule, *c);
+        r.share = Some(crate::view::four_decimals(share));
+        return r;
+    }
     if let Some(c) = grand.iter().next() {
         let mut r = reason(rule, Admissible, format!("its {c} mass left {c} before {}: grandfathered", rule.from));
         r.country = Some(c.to_string());
@@ -282,12 +339,23 @@ fn mine(rule: &Rule, f: &Facts<'_>) -> Reason {
 
 fn exported(rule: &Rule, f: &Facts<'_>) -> Reason {
     use Verdict::*;
+    let mut claimed = None;
     for (c, when) in f.exported_from {
-        if rule.banned.contains(c) && !(rule.grandfather && *when < rule.from) {
-            let mut r = reason(rule, Prohibited, format!("exported from {c} on {when}"));
-            r.country = Some(c.to_string());
-            return r;
+        if !rule.banned.contains(c) {
+            continue;
         }
+        match left(rule, Departure::Left(*when), f.exported_claimed.contains(c)) {
+            Left::Counts => {
+                let mut r = reason(rule, Prohibited, format!("exported from {c} on {when}"));
+                r.country = Some(c.to_string());
+                return r;
+            }
+            Left::ClaimedBefore => claimed = claimed.or(Some(*c)),
+            Left::Before => {}
+        }
+    }
+    if let Some(c) = claimed {
+        return claimed_departure(rule, c);
     }
     if f.composition.has_untraced() {
         return reason(rule, Undetermined, "part of its history is only claimed, so where it was exported from is not known".into());

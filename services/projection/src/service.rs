@@ -22,6 +22,9 @@ use crate::view::{self, Dirty, State};
 const CHUNK: usize = 4096;
 /// Most lots a genealogy answer lists on each side.
 const MAX_GENEALOGY: usize = 10_000;
+/// Largest rule set sent inline in a query: the presets are under 2 KB, a
+/// regulator's own file a few KB.
+pub const MAX_INLINE_RULES: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -214,6 +217,16 @@ pub fn answer(state: &State, subject: &str, body: &[u8]) -> Value {
                 return error("invalid_date", format!("{date:?} is not a date of the form YYYY-MM-DD"));
             };
             let rules = req["rules"].as_str().unwrap_or("");
+            if rules.len() > MAX_INLINE_RULES {
+                return error(
+                    "rules_too_large",
+                    format!(
+                        "the inline rule set is {} bytes; at most {MAX_INLINE_RULES} bytes (and {} rules) are accepted",
+                        rules.len(),
+                        crate::rules::MAX_RULES
+                    ),
+                );
+            }
             match RuleSet::load(rules) {
                 Ok(set) => view::admissibility(lot, &set, date),
                 Err(e @ crate::rules::RuleError::Unknown(_)) => error("unknown_rules", e.to_string()),
@@ -264,7 +277,21 @@ async fn serve(client: async_nats::Client, state: Shared) -> anyhow::Result<()> 
             Ok(s) => answer(&s, msg.subject.as_str(), &msg.payload),
             Err(_) => error("internal", "state lock poisoned"),
         };
-        let _ = client.publish(reply, answer.to_string().into()).await;
+        let body = within_limit(answer.to_string(), client.server_info().max_payload);
+        let _ = client.publish(reply, body.into()).await;
     }
     Ok(())
+}
+
+/// The answer, or, when it is larger than NATS carries (the server would
+/// drop it and the asker would time out), a refusal that says so.
+fn within_limit(answer: String, max_payload: usize) -> String {
+    if answer.len() <= max_payload {
+        return answer;
+    }
+    let why = format!(
+        "the answer is {} bytes, more than the {max_payload} bytes NATS carries; ask for less (the genealogy of a lot with this many relatives does not fit)",
+        answer.len()
+    );
+    error("answer_too_large", why).to_string()
 }

@@ -31,6 +31,10 @@ pub struct Step {
     pub date: String,
     /// What happened, in words (e.g. "re-export AE -> IN").
     pub note: String,
+    /// Recorded more than 7 days after the date it claims: the date is
+    /// only claimed (DOMAIN.md, "Dates the ledger can vouch for").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late_record: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +49,10 @@ pub struct Lot {
     pub customs_unknown: bool,
     /// Latest export date out of each country since the last cutting.
     pub exported_from: BTreeMap<Country, NaiveDate>,
+    /// Countries in `exported_from` whose export date rests on a late
+    /// record, so is only claimed.
+    #[serde(default)]
+    pub exported_claimed: BTreeSet<Country>,
     /// Ever merged (with anything).
     pub merged: bool,
     /// Where it is held now.
@@ -159,15 +167,17 @@ impl State {
         let unreadable = |why: String| ApplyError::Unreadable { seq: entry.seq, why };
         let payload = custody_proto::Opened::payload_of(&entry.envelope).map_err(|r| unreadable(r.to_string()))?;
         let event = Event::parse(&payload, entry.recorded_at).map_err(|r| unreadable(r.to_string()))?;
+        let late = event.is_late(entry.recorded_at);
         let step = |kind: &str, country: String, note: String| Step {
             seq: entry.seq,
             hash: entry.hash.to_hex(),
             kind: kind.to_owned(),
             country,
             date: event.occurred_at.as_datetime().date_naive().to_string(),
-            note,
+            note: if late { format!("{note} (late record: recorded {})", entry.recorded_at.as_datetime().date_naive()) } else { note },
+            late_record: late,
         };
-        self.apply_event(&event, entry.seq, &step, dirty);
+        self.apply_event(&event, entry.seq, late, &step, dirty);
         self.checkpoint = Some((entry.seq, entry.hash));
         Ok(true)
     }
@@ -176,7 +186,7 @@ impl State {
         self.actors.get(key.as_str()).and_then(|a| a.country)
     }
 
-    fn apply_event(&mut self, event: &Event, seq: u64, step: &dyn Fn(&str, String, String) -> Step, dirty: &mut Dirty) {
+    fn apply_event(&mut self, event: &Event, seq: u64, late: bool, step: &dyn Fn(&str, String, String) -> Step, dirty: &mut Dirty) {
         let kind = event.body.kind();
         let signer = event.actor.to_string();
         let here = self.actor_country(&event.actor);
@@ -236,6 +246,7 @@ impl State {
                         child.customs_unknown = false;
                         // New goods: where the rough was exported from no longer describes them.
                         child.exported_from.clear();
+                        child.exported_claimed.clear();
                         if pct > MAX_CUTTING_YIELD_PCT {
                             child
                                 .warnings
@@ -270,6 +281,7 @@ impl State {
                         let e = merged.exported_from.entry(*c).or_insert(*d);
                         *e = (*e).max(*d);
                     }
+                    merged.exported_claimed.extend(i.exported_claimed.iter().copied());
                     merged.warnings.extend(i.warnings.iter().cloned());
                     merged.flagged |= i.flagged;
                     merged.truncated |= i.truncated;
@@ -309,9 +321,14 @@ impl State {
                         let word = if mined_here { "export" } else { "re-export" };
                         let s = step(kind, from.to_string(), format!("{word} {from} -> {to_country} under {}", certificate.number));
                         push_capped(&mut lot.path, s, &mut lot.truncated);
-                        lot.composition.leave(from, date);
+                        lot.composition.leave(from, date, late);
                         let e = lot.exported_from.entry(from).or_insert(date);
                         *e = (*e).max(date);
+                        if late {
+                            lot.exported_claimed.insert(from);
+                        } else if *e == date {
+                            lot.exported_claimed.remove(&from);
+                        }
                         dirty.lots.insert(l.to_string());
                     }
                 }
@@ -367,6 +384,7 @@ impl State {
             transformed_in: BTreeSet::new(),
             customs_unknown: false,
             exported_from: BTreeMap::new(),
+            exported_claimed: BTreeSet::new(),
             merged: false,
             country,
             holder: holder.to_owned(),
@@ -456,6 +474,7 @@ pub fn admissibility(lot: &Lot, set: &RuleSet, date: NaiveDate) -> serde_json::V
         transformed_in: &lot.transformed_in,
         customs_unknown: lot.customs_unknown,
         exported_from: &lot.exported_from,
+        exported_claimed: &lot.exported_claimed,
         flagged: lot.flagged,
     };
     let (verdict, reasons) = rules::evaluate(set, &facts, date);
