@@ -121,6 +121,24 @@ async fn no_actor_can_make_nats_write_onto_the_committed_stream() {
     w.m.publish(entries.clone(), "forged".into()).await.unwrap();
     denied(&w.m_errors, &entries).await;
     denied(&w.m_errors, &create).await;
+    // Managing the streams, or the ledger's own inbox consumer: denied to
+    // an actor and to a regulator alike.
+    let (reg_errors, reg2) = {
+        let (c, e) = connect(&w.up.url, Some(&w.regulator)).await.expect("the regulator connects");
+        (e, c)
+    };
+    for subject in [
+        format!("$JS.API.STREAM.DELETE.{}", subjects::LEDGER_STREAM),
+        format!("$JS.API.STREAM.PURGE.{}", subjects::LEDGER_STREAM),
+        format!("$JS.API.STREAM.UPDATE.{}", subjects::LEDGER_STREAM),
+        format!("$JS.API.STREAM.MSG.DELETE.{}", subjects::LEDGER_STREAM),
+        format!("$JS.API.CONSUMER.DELETE.{}.{}", subjects::INBOX_STREAM, subjects::INBOX_CONSUMER),
+    ] {
+        w.m.publish(subject.clone(), "{}".into()).await.unwrap();
+        denied(&w.m_errors, &subject).await;
+        reg2.publish(subject.clone(), "{}".into()).await.unwrap();
+        denied(&reg_errors, &subject).await;
+    }
     let other = w.miner_ru.public_key();
     for api in ["DELETE", "INFO"] {
         let subject = format!("$JS.API.CONSUMER.{api}.{}.{other}", subjects::RECEIPTS_STREAM);
@@ -261,5 +279,55 @@ async fn a_backdated_departure_cannot_launder_russian_rough() {
         let v = verdict(&w, lot, "eu-2024", "2024-11-15").await;
         assert_eq!(v["verdict"], "prohibited", "{lot}: {v}");
     }
+    assert!(w.up.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_questions_get_an_answer_that_says_so() {
+    let mut w = world().await;
+    let ask = |subject: &'static str, body: serde_json::Value| {
+        let reg = w.reg.clone();
+        async move {
+            let msg = tokio::time::timeout(Duration::from_secs(5), reg.request(subject, body.to_string().into()))
+                .await
+                .expect("an answer, not silence")
+                .expect("an answer");
+            serde_json::from_slice::<serde_json::Value>(&msg.payload).unwrap()
+        }
+    };
+    // A rule set of about 800 KB sent inline: once no reply at all.
+    let m = &w.miner;
+    assert!(matches!(outcome(&w.m, m, &event(m, "big-0", "mined", json!({"lot": "BIG", "carats": "10000.00", "country": "BW"}))).await, Outcome::Receipt(_)));
+    let rules = format!("name = \"huge\"\n{}", "[[rule]]\nid = \"r\"\nbanned = [\"RU\"]\nbasis = \"mine_origin\"\nfrom = \"2024-01-01\"\n".repeat(11_000));
+    assert!(rules.len() > 700_000);
+    let v = verdict(&w, "BIG", "us-2024", "2024-11-15").await;
+    assert_eq!(v["verdict"], "admissible", "{v}");
+    let v = ask(subjects::QUERY_ADMISSIBILITY, json!({"lot": "BIG", "rules": rules, "date": "2024-11-15"})).await;
+    assert_eq!(v["code"], "rules_too_large", "{v}");
+
+    // A genealogy of 8,000 descendants is more than NATS carries (1 MB):
+    // once dropped silently, the asker timing out.
+    let pieces = |prefix: &str, n: usize, ct: &str| -> serde_json::Value {
+        json!((0..n).map(|i| json!({"lot": format!("{prefix}-{i}"), "carats": ct})).collect::<Vec<_>>())
+    };
+    assert!(matches!(outcome(&w.m, m, &event(m, "big-1", "split", json!({"lot": "BIG", "into": pieces("BIG", 1000, "10.00")}))).await, Outcome::Receipt(_)));
+    for i in 0..7 {
+        let lot = format!("BIG-{i}");
+        let e = event(m, &format!("big-split-{i}"), "split", json!({"lot": lot, "into": pieces(&lot, 1000, "0.01")}));
+        assert!(matches!(outcome(&w.m, m, &e).await, Outcome::Receipt(_)));
+    }
+    let last = head(&w.reg).await;
+    for _ in 0..200 {
+        let d = ask(subjects::QUERY_DIGEST, json!({})).await;
+        if d["seq"].as_u64() == Some(last) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v = ask(subjects::QUERY_GENEALOGY, json!({"lot": "BIG"})).await;
+    assert_eq!(v["code"], "answer_too_large", "{}", v.to_string().chars().take(300).collect::<String>());
+    // A smaller one still answers.
+    let v = ask(subjects::QUERY_GENEALOGY, json!({"lot": "BIG-0-1"})).await;
+    assert_eq!(v["lot"], "BIG-0-1", "{v}");
     assert!(w.up.alive());
 }

@@ -89,6 +89,10 @@ async fn http_api_answers_the_worked_example_and_refuses_clearly() {
         ("/v1/nothing/here", 404, "not_found"),
         ("/v1/lots/%00%ff/origin", 400, "invalid_path"),
         ("/v1/lots/L%20L/origin", 404, "unknown_lot"),
+        // A lot id is a key to look up, never a file path.
+        ("/v1/lots/..%2F..%2F..%2Fetc%2Fpasswd/origin", 404, "unknown_lot"),
+        ("/v1/../../../etc/passwd", 404, "not_found"),
+        ("/%2e%2e/%2e%2e/etc/passwd", 404, "not_found"),
     ];
     for (path, want_status, want_code) in errors {
         let (status, _, body) = get(path.into()).await;
@@ -96,6 +100,11 @@ async fn http_api_answers_the_worked_example_and_refuses_clearly() {
         assert_eq!(body["code"], want_code, "{path}: {body}");
         assert!(!body["message"].as_str().unwrap_or("").is_empty(), "{path}");
     }
+    // An oversized request (a 60,000-character lot id, near the longest URI
+    // a client can send): refused as the client's error, never a 5xx.
+    let (status, _, body) = get(format!("/v1/lots/{}/origin", "L".repeat(60_000))).await;
+    assert!((400..500).contains(&status), "{status}: {}", body.to_string().chars().take(200).collect::<String>());
+    assert!(body.to_string().len() < 1_000, "the answer does not echo the whole input back");
     let (status, _, _) = get("/v1/lots/S1/origin".into()).await;
     assert_eq!(status, 200, "still serving");
 }

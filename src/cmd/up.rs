@@ -83,8 +83,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     println!("genesis authority {} (key file {})", authority.public_key(), authority_path.display());
     println!("ledger key {} (signs checkpoints; audit with: custody audit --key {})", ledger_key.public_key(), ledger_key.public_key());
 
+    // Every service up runs, by name: the first to end is reported, and
+    // up stops the others rather than run on without it.
+    let mut running: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)> = tokio::task::JoinSet::new();
     let (astop_tx, astop_rx) = tokio::sync::oneshot::channel::<()>();
-    let authz = (!a.no_auth).then(|| {
+    if !a.no_auth {
         let config = custody_authz::Config {
             nats_url: nats.url.clone(),
             nkey: seed(&authz_id),
@@ -93,31 +96,40 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             config_file: auth_file.clone(),
             nats_pid: nats.pid(),
         };
-        tokio::spawn(custody_authz::run(config, async move {
-            let _ = astop_rx.await;
-        }))
-    });
+        running.spawn(async move {
+            let done = custody_authz::run(config, async move {
+                let _ = astop_rx.await;
+            });
+            ("authorization (authz)", done.await)
+        });
+    }
 
     let mut config =
         custody_ledger::Config::new(nats.url.clone(), a.data.join("ledger"), authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
     config.nkey = seed(&ledger_id);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut ledger = tokio::spawn(custody_ledger::run(config, async move {
-        let _ = stop_rx.await;
-    }));
+    running.spawn(async move {
+        let done = custody_ledger::run(config, async move {
+            let _ = stop_rx.await;
+        });
+        ("ledger", done.await)
+    });
 
     let (pstop_tx, pstop_rx) = tokio::sync::oneshot::channel::<()>();
     let projection_config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: a.data.join("projection"), nkey: seed(&projection_id) };
-    let projection = tokio::spawn(custody_projection::run(projection_config, async move {
-        let _ = pstop_rx.await;
-    }));
+    running.spawn(async move {
+        let done = custody_projection::run(projection_config, async move {
+            let _ = pstop_rx.await;
+        });
+        ("projection", done.await)
+    });
 
     let (gstop_tx, gstop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let gateway_url = nats.url.clone();
     let gateway_seed = seed(&gateway_id);
-    let gateway = tokio::spawn(async move {
-        custody_gateway::run(
+    running.spawn(async move {
+        let done = custody_gateway::run(
             &gateway_url,
             gateway_seed.as_deref(),
             a.http,
@@ -128,7 +140,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                 let _ = gstop_rx.await;
             },
         )
-        .await
+        .await;
+        ("gateway", done)
     });
     let http = bound_rx.await.context("the HTTP gateway did not start")?;
 
@@ -183,22 +196,30 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         println!("    | {me} --nkey {auth} submit --key {auth} -      # the authority registers it");
         println!("  {me} --nkey me.nk submit --key me.nk events.ndjson   # it connects as itself, at once");
     }
+    let mut ended = None;
     if !a.exit_after_demo {
         println!("serving; Ctrl-C to stop");
         tokio::select! {
             () = super::stop_signal() => {}
-            done = &mut ledger => done??,
+            first = running.join_next() => ended = first,
         }
     }
     let _ = stop_tx.send(());
     let _ = pstop_tx.send(());
     let _ = gstop_tx.send(());
     let _ = astop_tx.send(());
-    ledger.await??;
-    projection.await??;
-    gateway.await??;
-    if let Some(authz) = authz {
-        authz.await??;
+    if let Some(first) = ended {
+        let (name, why) = match first {
+            Ok((name, Ok(()))) => (name, "it ended by itself".to_owned()),
+            Ok((name, Err(e))) => (name, format!("{e:#}")),
+            Err(e) => ("a service", format!("it crashed: {e}")),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), async { while running.join_next().await.is_some() {} }).await;
+        anyhow::bail!("the {name} stopped ({why}); custody up stops with it, since the system is not whole without it");
+    }
+    while let Some(done) = running.join_next().await {
+        let (name, result) = done?;
+        result.with_context(|| format!("the {name} failed while stopping"))?;
     }
     Ok(ExitCode::SUCCESS)
 }

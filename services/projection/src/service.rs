@@ -200,14 +200,15 @@ pub fn answer(state: &State, subject: &str, body: &[u8]) -> Value {
         let Some(key) = req["key"].as_str() else { return error("bad_request", "the query needs a \"key\"") };
         return match state.actors.get(key) {
             Some(a) => json!({"key": key, "name": a.name, "country": a.country, "roles": a.roles, "revoked": a.revoked}),
-            None => error("unknown_actor", format!("{key:?} is not a registered actor")),
+            None => error("unknown_actor", format!("{:?} is not a registered actor", custody_proto::ids::truncate(key))),
         };
     }
     let Some(lot_id) = req["lot"].as_str() else {
         return error("bad_request", "the query needs a \"lot\"");
     };
     let Some(lot) = state.lots.get(lot_id) else {
-        return error("unknown_lot", format!("lot {lot_id:?} is not in the projection (up to seq {})", state.checkpoint.map_or(0, |c| c.0)));
+        let shown = custody_proto::ids::truncate(lot_id);
+        return error("unknown_lot", format!("lot {shown:?} is not in the projection (up to seq {})", state.checkpoint.map_or(0, |c| c.0)));
     };
     match subject {
         subjects::QUERY_ORIGIN => view::origin(lot),
