@@ -33,17 +33,8 @@ struct World {
 
 async fn world() -> World {
     let up = up();
-    let (auth, _) = connect(&up.url, Some(&up.authority)).await.expect("the genesis authority connects");
     let (miner, miner_ru, trader, regulator) = (KeyPair::new_user(), KeyPair::new_user(), KeyPair::new_user(), KeyPair::new_user());
-    for (who, role, country) in [(&miner, "miner", "BW"), (&miner_ru, "miner", "RU"), (&trader, "trader", "AE"), (&regulator, "regulator", "US")] {
-        let e = event(
-            &up.authority,
-            &format!("reg-{}", &who.public_key()[..8]),
-            "actor.registered",
-            json!({"subject": who.public_key(), "name": role, "roles": [role], "country": country}),
-        );
-        assert!(matches!(outcome(&auth, &up.authority, &e).await, Outcome::Receipt(_)));
-    }
+    up.register(&[(&miner, "miner", "BW"), (&miner_ru, "miner", "RU"), (&trader, "trader", "AE"), (&regulator, "regulator", "US")]).await;
     let (m, m_errors, _) = connect_when_allowed(&up.url, &miner).await;
     let (reg, _, _) = connect_when_allowed(&up.url, &regulator).await;
     World { up, miner, m, m_errors, miner_ru, trader, regulator, reg }

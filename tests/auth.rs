@@ -38,17 +38,8 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     assert!(connect(url, Some(&miner)).await.is_err(), "an unregistered key is refused");
 
     // The authority registers a miner, a second miner and a regulator.
-    let (auth, _) = connect(url, Some(&up.authority)).await.expect("the genesis authority connects");
     let (miner2, regulator) = (KeyPair::new_user(), KeyPair::new_user());
-    for (who, role, country) in [(&miner, "miner", "BW"), (&miner2, "miner", "CA"), (&regulator, "regulator", "US")] {
-        let e = event(
-            &up.authority,
-            &format!("reg-{}", &who.public_key()[..8]),
-            "actor.registered",
-            json!({"subject": who.public_key(), "name": role, "roles": [role], "country": country}),
-        );
-        assert!(matches!(submit(&auth, &up.authority, &e).await, Outcome::Receipt(_)));
-    }
+    up.register(&[(&miner, "miner", "BW"), (&miner2, "miner", "CA"), (&regulator, "regulator", "US")]).await;
 
     // Registered: it connects at once and submits on its own subject.
     let (m, m_errors, waited) = connect_when_allowed(url, &miner).await;
@@ -132,6 +123,7 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
 
     // Revoked: the server drops the miner and lets it in no more.
     let revoke = event(&up.authority, "revoke-m", "actor.revoked", json!({"subject": miner.public_key(), "reason": "licence withdrawn"}));
+    let (auth, _) = connect(url, Some(&up.authority)).await.expect("the genesis authority connects");
     assert!(matches!(submit(&auth, &up.authority, &revoke).await, Outcome::Receipt(_)));
     let mut refused = false;
     for _ in 0..200 {

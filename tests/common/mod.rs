@@ -471,6 +471,23 @@ pub struct Up {
 }
 
 impl Up {
+    /// The genesis authority registers each `(key, role, country)`, over
+    /// its own connection, as any authority would.
+    pub async fn register(&self, actors: &[(&KeyPair, &str, &str)]) {
+        let (auth, _) = connect(&self.url, Some(&self.authority)).await.expect("the genesis authority connects");
+        for (who, role, country) in actors {
+            let e = event(
+                &self.authority,
+                &format!("reg-{}", &who.public_key()[..8]),
+                "actor.registered",
+                json!({"subject": who.public_key(), "name": role, "roles": [role], "country": country}),
+            );
+            let raw = Bytes::from(sign(&self.authority, &e));
+            let outcome = custody::client::submit(&auth, raw).await.expect("an answer");
+            assert!(matches!(outcome, Outcome::Receipt(_)), "{outcome:?}");
+        }
+    }
+
     /// Whether `custody up` is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self._process.child_mut().try_wait(), Ok(None))
