@@ -136,23 +136,18 @@ impl Reader {
     }
 
     /// Every message from `from` to `last` (inclusive), in order; the
-    /// stream ends after `last`. A message missing in between is an error
-    /// of the item where it should be.
+    /// stream ends after `last`, or with an error if the stream ends first.
     pub fn range(&self, from: u64, last: u64) -> impl futures::Stream<Item = Result<StreamMsg, ReadError>> + Send + 'static {
-        let reader = self.clone();
-        futures::stream::unfold((reader, from), move |(reader, next)| async move {
-            if next > last {
+        let ahead = Ahead::new(self.clone(), from, Some(last));
+        futures::stream::unfold((ahead, false), move |(mut ahead, done)| async move {
+            if done {
                 return None;
             }
-            let want = usize::try_from(last - next + 1).unwrap_or(BATCH).min(BATCH);
-            match reader.batch(next, want).await {
-                Ok(msgs) if msgs.is_empty() => Some((vec![Err(ReadError::Stalled { stream: reader.stream.to_owned() })], (reader, last + 1))),
-                Ok(msgs) => {
-                    let after = msgs.last().map_or(next, |m| m.seq + 1);
-                    let msgs: Vec<_> = msgs.into_iter().filter(|m| m.seq <= last).map(Ok).collect();
-                    Some((msgs, (reader, after)))
-                }
-                Err(e) => Some((vec![Err(e)], (reader, last + 1))),
+            match ahead.next().await {
+                Ok(Some(msgs)) => Some((msgs.into_iter().map(Ok).collect::<Vec<_>>(), (ahead, false))),
+                Ok(None) if ahead.expected > last => None,
+                Ok(None) => Some((vec![Err(ReadError::Stalled { stream: ahead.reader.stream.to_owned() })], (ahead, true))),
+                Err(e) => Some((vec![Err(e)], (ahead, true))),
             }
         })
         .flat_map(futures::stream::iter)
@@ -163,19 +158,17 @@ impl Reader {
     /// [`BATCH`]). A read error is an item; the follower goes on from
     /// where it was after a pause, so a caller may go on or reopen.
     pub fn follow(&self, from: u64) -> impl futures::Stream<Item = Result<Vec<StreamMsg>, ReadError>> + Send + 'static {
-        let reader = self.clone();
         struct State {
-            reader: Reader,
-            next: u64,
+            ahead: Ahead,
             wake: Option<async_nats::Subscriber>,
             caught_up: bool,
         }
-        let state = State { reader, next: from.max(1), wake: None, caught_up: false };
+        let state = State { ahead: Ahead::new(self.clone(), from, None), wake: None, caught_up: false };
         futures::stream::unfold(state, |mut st| async move {
             loop {
                 if st.wake.is_none() {
                     // Best effort: without it the follower polls.
-                    st.wake = st.reader.client.subscribe(st.reader.subject).await.ok();
+                    st.wake = st.ahead.reader.client.subscribe(st.ahead.reader.subject).await.ok();
                 }
                 if st.caught_up {
                     st.caught_up = false;
@@ -188,12 +181,9 @@ impl Reader {
                         None => tokio::time::sleep(IDLE_POLL).await,
                     }
                 }
-                match st.reader.batch(st.next, BATCH).await {
-                    Ok(msgs) if msgs.is_empty() => st.caught_up = true,
-                    Ok(msgs) => {
-                        st.next = msgs.last().map_or(st.next, |m| m.seq + 1);
-                        return Some((Ok(msgs), st));
-                    }
+                match st.ahead.next().await {
+                    Ok(Some(msgs)) => return Some((Ok(msgs), st)),
+                    Ok(None) => st.caught_up = true,
                     Err(e) => {
                         st.caught_up = true;
                         return Some((Err(e), st));
@@ -201,5 +191,76 @@ impl Reader {
                 }
             }
         })
+    }
+}
+
+/// Batches requested ahead.
+const DEPTH: usize = 4;
+
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<StreamMsg>, ReadError>> + Send>>;
+
+/// Reading ahead: up to [`DEPTH`] batch requests in flight, answers taken
+/// in order. A batch that comes back short (the stream ended there, or
+/// the server capped it) may leave a hole before the next request's start
+/// that new messages fill meanwhile, so the requests after it are dropped
+/// and asked again from where reading stands.
+struct Ahead {
+    reader: Reader,
+    /// The next sequence to hand out.
+    expected: u64,
+    /// Where the next request starts.
+    next_request: u64,
+    until: Option<u64>,
+    inflight: futures::stream::FuturesOrdered<Pending>,
+}
+
+impl Ahead {
+    fn new(reader: Reader, from: u64, until: Option<u64>) -> Ahead {
+        let from = from.max(1);
+        Ahead { reader, expected: from, next_request: from, until, inflight: futures::stream::FuturesOrdered::new() }
+    }
+
+    fn fill(&mut self) {
+        while self.inflight.len() < DEPTH && self.until.is_none_or(|u| self.next_request <= u) {
+            let (reader, from) = (self.reader.clone(), self.next_request);
+            self.inflight.push_back(Box::pin(async move { reader.batch(from, BATCH).await }));
+            self.next_request = self.next_request.saturating_add(BATCH as u64);
+        }
+    }
+
+    fn reset(&mut self) {
+        self.inflight = futures::stream::FuturesOrdered::new();
+        self.next_request = self.expected;
+    }
+
+    /// The next run of new messages; `None` once caught up (or past `until`).
+    async fn next(&mut self) -> Result<Option<Vec<StreamMsg>>, ReadError> {
+        loop {
+            self.fill();
+            let Some(answer) = self.inflight.next().await else { return Ok(None) };
+            let msgs = match answer {
+                Ok(m) => m,
+                Err(e) => {
+                    self.reset();
+                    return Err(e);
+                }
+            };
+            let short = msgs.len() < BATCH;
+            let empty = msgs.is_empty();
+            let until = self.until;
+            let fresh: Vec<StreamMsg> = msgs.into_iter().filter(|m| m.seq >= self.expected && until.is_none_or(|u| m.seq <= u)).collect();
+            if let Some(last) = fresh.last() {
+                self.expected = last.seq + 1;
+            }
+            if short {
+                self.reset();
+            }
+            if !fresh.is_empty() {
+                return Ok(Some(fresh));
+            }
+            if empty || until.is_some_and(|u| self.expected > u) {
+                return Ok(None);
+            }
+        }
     }
 }
