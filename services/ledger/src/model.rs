@@ -63,6 +63,18 @@ pub struct Model {
     ids: HashMap<EventId, Seen>,
 }
 
+/// The existing lots an event acts on (not the ones it creates), borrowed:
+/// `check` and `apply` both ask, once per admitted event.
+fn acted_on<'a>(certificates: &'a HashMap<String, Vec<LotId>>, event: &'a Event) -> &'a [LotId] {
+    match &event.body {
+        Body::Split { lot, .. } | Body::Processed { lot, .. } | Body::Flagged { lot, .. } => std::slice::from_ref(lot),
+        Body::Merged { lots, .. } | Body::Transferred { lots, .. } | Body::Exported { lots, .. } => lots,
+        Body::Imported { certificate: Some(c), .. } => certificates.get(c).map_or(&[], Vec::as_slice),
+        Body::Imported { lots: Some(l), .. } => l,
+        _ => &[],
+    }
+}
+
 fn reject(code: Code, message: impl Into<String>) -> Rejection {
     Rejection::new(code, message)
 }
@@ -213,8 +225,8 @@ impl Model {
         // split: a date before the lot's latest event is a claim the ledger
         // can see is false (and backdating a departure is how a Russian lot
         // would pass for grandfathered).
-        for l in self.acted_on(event) {
-            if let Some(lot) = self.lots.get(&l) {
+        for l in acted_on(&self.certificates, event) {
+            if let Some(lot) = self.lots.get(l) {
                 if event.occurred_at < lot.last_at {
                     return Err(reject(
                         Code::PredatesLot,
@@ -227,17 +239,6 @@ impl Model {
             }
         }
         Ok(())
-    }
-
-    /// The existing lots an event acts on (not the ones it creates).
-    fn acted_on(&self, event: &Event) -> Vec<LotId> {
-        match &event.body {
-            Body::Split { lot, .. } | Body::Processed { lot, .. } | Body::Flagged { lot, .. } => vec![lot.clone()],
-            Body::Merged { lots, .. } | Body::Transferred { lots, .. } | Body::Exported { lots, .. } => lots.clone(),
-            Body::Imported { certificate: Some(c), .. } => self.certificates.get(c).cloned().unwrap_or_default(),
-            Body::Imported { lots: Some(l), .. } => l.clone(),
-            _ => Vec::new(),
-        }
     }
 
     fn check_export(&self, signer: &ActorKey, lots: &[LotId], to: &ActorKey, to_country: Country, cert: &Certificate) -> Result<(), Rejection> {
@@ -265,8 +266,8 @@ impl Model {
     pub fn apply(&mut self, event: &Event) {
         let signer = &event.actor;
         let at = event.occurred_at;
-        for l in self.acted_on(event) {
-            if let Some(lot) = self.lots.get_mut(&l) {
+        for l in acted_on(&self.certificates, event) {
+            if let Some(lot) = self.lots.get_mut(l) {
                 lot.last_at = lot.last_at.max(at);
             }
         }

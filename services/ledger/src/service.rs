@@ -369,10 +369,14 @@ struct ReceiptConsumers {
 }
 
 impl ReceiptConsumers {
-    async fn ensure(&mut self, js: &jetstream::Context, actor: &str) {
-        if self.made.contains(actor) {
+    /// Makes the consumer of the actor an inbox subject's key names, once;
+    /// a key that is no actor's key gets none.
+    async fn ensure(&mut self, js: &jetstream::Context, subject_key: Option<&str>) {
+        if subject_key.is_some_and(|k| self.made.contains(k)) {
             return;
         }
+        let Some(actor) = receipts_owner(subject_key) else { return };
+        let actor = actor.as_str();
         let config = consumer::pull::Config {
             durable_name: Some(actor.to_owned()),
             filter_subject: receipts(actor),
@@ -403,9 +407,7 @@ async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut r
                 }
                 Reply::Inbox(msg) => {
                     let key = subject_key(&msg.subject);
-                    if let Some(owner) = receipts_owner(key.as_deref()) {
-                        consumers.ensure(&js, &owner).await;
-                    }
+                    consumers.ensure(&js, key.as_deref()).await;
                     let (subject, headers, message_id) = receipt_message(key.as_deref(), &outcome);
                     let publish = jetstream::message::PublishMessage::build().payload(body).headers(headers).message_id(message_id);
                     match js.send_publish(subject, publish).await {
