@@ -59,7 +59,10 @@ async fn history(sys: &System, tag: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_stream_it_resumes_to_the_digest_of_a_clean_replay() {
     let mut sys = System::start().await;
+    // More than one chunk (4,096 entries) of backlog: read ahead, the
+    // first chunk may take up to that many at once.
     history(&sys, "a").await;
+    history(&sys, "a2").await;
     let head = sys.head().await.0;
 
     // Start it on the whole backlog, and kill it while it is catching up.
