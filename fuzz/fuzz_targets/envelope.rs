@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         _ => None,
     };
     let submitted = Submitted { bytes: data.to_vec(), subject_key: subject_key.clone() };
-    for checked in check_batch(vec![submitted], now, &mut keys) {
+    for checked in check_batch(vec![submitted], &mut keys) {
         let outcome = match checked {
             Ok((opened, event)) => {
                 assert_eq!(event.actor, opened.signer);

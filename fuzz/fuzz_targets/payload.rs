@@ -50,7 +50,7 @@ fn expand(payload: &[u8], keys: &[KeyPair]) -> Vec<u8> {
 /// Checks one signed payload; applies it if accepted.
 fn submit(model: &mut Model, keys: &mut KeyCache, signer: &KeyPair, payload: &[u8], now: Timestamp) -> bool {
     let raw = custody_proto::envelope::sign(signer, payload).expect("signing");
-    let Some(checked) = check_batch(vec![Submitted::bare(raw)], now, keys).pop() else { return false };
+    let Some(checked) = check_batch(vec![Submitted::bare(raw)], keys).pop() else { return false };
     let (opened, event) = match checked {
         Ok(x) => x,
         Err((_, r)) => {
@@ -59,7 +59,7 @@ fn submit(model: &mut Model, keys: &mut KeyCache, signer: &KeyPair, payload: &[u
         }
     };
     assert_eq!(event.actor, opened.signer);
-    match model.check(&event) {
+    match event.check_time(now).and_then(|()| model.check(&event)) {
         Ok(()) => {
             let before = model.live_hundredths();
             model.apply(&event);

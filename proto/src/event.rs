@@ -242,13 +242,30 @@ impl Body {
 }
 
 impl Event {
-    /// Parses and checks a payload: types, then the structural rules that
-    /// need no ledger state. `now` bounds `occurred_at`.
+    /// Parses and checks a new submission's payload: types, the structural
+    /// rules that need no ledger state, and `occurred_at` against `now`.
     pub fn parse(payload: &[u8], now: Timestamp) -> Result<Event, Rejection> {
-        unique_keys(payload)?;
-        let event: Event = serde_json::from_slice(payload).map_err(|e| Rejection::from_json(&e, Code::MalformedEvent))?;
-        event.check(now)?;
+        let event = Event::admissible(payload)?;
+        event.check_time(now)?;
         Ok(event)
+    }
+
+    /// Parses a new submission's payload and checks every rule that needs
+    /// neither ledger state nor a clock. The ledger checks the time
+    /// ([`Event::check_time`]) with the same clock reading it records.
+    pub fn admissible(payload: &[u8]) -> Result<Event, Rejection> {
+        unique_keys(payload)?;
+        let event = Event::decode(payload)?;
+        event.check_fields()?;
+        Ok(event)
+    }
+
+    /// Reads a committed entry's payload: types only. History is never
+    /// judged again: an entry the ledger admitted stays readable whatever
+    /// rules a later version adds, so replay (ledger start, projections,
+    /// `verify`, the auditor) applies its effect and judges nothing.
+    pub fn decode(payload: &[u8]) -> Result<Event, Rejection> {
+        serde_json::from_slice(payload).map_err(|e| Rejection::from_json(&e, Code::MalformedEvent))
     }
 
     /// Best effort: the `id` of a payload that may not parse as an event,
@@ -267,7 +284,9 @@ impl Event {
         recorded_at.as_datetime() - self.occurred_at.as_datetime() > chrono::TimeDelta::days(LATE_RECORD_DAYS)
     }
 
-    fn check(&self, now: Timestamp) -> Result<(), Rejection> {
+    /// `occurred_at` is neither before [`EARLIEST_DATE`] nor more than
+    /// [`MAX_CLOCK_SKEW_SECS`] after `now`.
+    pub fn check_time(&self, now: Timestamp) -> Result<(), Rejection> {
         let earliest: Timestamp = EARLIEST_DATE.parse().map_err(|e: String| Rejection::new(Code::InvalidTime, e))?;
         if self.occurred_at < earliest {
             return Err(Rejection::new(Code::InvalidTime, format!("occurred_at {} is before 1870-01-01; older stock enters as declared", self.occurred_at)));
@@ -276,6 +295,10 @@ impl Event {
         if skew.num_seconds() > MAX_CLOCK_SKEW_SECS {
             return Err(Rejection::new(Code::InvalidTime, format!("occurred_at {} is in the future (now {now})", self.occurred_at)));
         }
+        Ok(())
+    }
+
+    fn check_fields(&self) -> Result<(), Rejection> {
         match &self.body {
             Body::ActorRegistered { subject, name, roles, .. } => {
                 if !subject.is_valid_point() {

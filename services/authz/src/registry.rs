@@ -22,7 +22,7 @@ impl Registry {
     /// Applies one committed entry; true if who may connect changed.
     pub fn apply(&mut self, entry: &Entry) -> bool {
         let Ok(payload) = Opened::payload_of(&entry.envelope) else { return false };
-        let Ok(event) = Event::parse(&payload, entry.recorded_at) else { return false };
+        let Ok(event) = Event::decode(&payload) else { return false };
         match event.body {
             Body::ActorRegistered { subject, roles, .. } => {
                 self.actors.insert(subject.to_string(), roles);

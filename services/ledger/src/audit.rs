@@ -43,7 +43,7 @@ impl Checker {
         let seq = entry.seq;
         entry.check_after(self.prev).map_err(|e| Bad { seq: e.seq(), why: e.to_string() })?;
         let opened = Opened::open(entry.envelope).map_err(|r| Bad { seq, why: format!("envelope: {r}") })?;
-        let event = Event::parse(&opened.payload, entry.recorded_at).map_err(|r| Bad { seq, why: format!("event: {r}") })?;
+        let event = Event::decode(&opened.payload).map_err(|r| Bad { seq, why: format!("event: {r}") })?;
         if let Some(first) = self.ids.insert(event.id.to_string(), seq) {
             return Err(Bad { seq, why: format!("event id {} is recorded twice (first at seq {first})", event.id) });
         }

@@ -99,7 +99,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let core = client.queue_subscribe(format!("{SUBMIT_PREFIX}.>"), QUEUE_GROUP.to_owned()).await?;
     tasks.spawn(intake_core(core, intake_tx.clone()));
     tasks.spawn(intake_inbox(streams.inbox, intake_tx));
-    tasks.spawn(check_stage(intake_rx, checked_tx, config.clock.clone()));
+    tasks.spawn(check_stage(intake_rx, checked_tx));
     tasks.spawn(write_stage(ledger, config.clock.clone(), notary.clone(), checked_rx, respond_tx, publish_tx, head_tx));
     tasks.spawn(respond_stage(client.clone(), js.clone(), respond_rx));
     let checkpoints = Checkpoints { notary: notary.clone(), every: config.checkpoint_every, last: None };
@@ -276,7 +276,7 @@ const CHECKERS: usize = 2;
 /// Checks batches on blocking threads, up to [`CHECKERS`] at a time, and
 /// hands them to the writer in arrival order: a producer that publishes
 /// `mined` then `split` without waiting must see them applied in that order.
-async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<CheckedBatch>, clock: crate::clock::Clock) -> anyhow::Result<()> {
+async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<CheckedBatch>) -> anyhow::Result<()> {
     let mut caches: Vec<KeyCache> = (0..CHECKERS).map(|_| KeyCache::default()).collect();
     let mut inflight = FuturesOrdered::new();
     let mut open = true;
@@ -296,9 +296,8 @@ async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<Checke
                 let (replies, raws): (Vec<Reply>, Vec<Submitted>) =
                     batch.into_iter().map(|s| (s.reply, Submitted { bytes: s.raw.to_vec(), subject_key: s.subject_key })).unzip();
                 let mut cache = caches.pop().unwrap_or_default();
-                let now = clock.now();
                 let job = tokio::task::spawn_blocking(move || {
-                    let checked = check_batch(raws, now, &mut cache);
+                    let checked = check_batch(raws, &mut cache);
                     (checked, cache)
                 });
                 inflight.push_back(async move {
@@ -333,7 +332,8 @@ async fn write_stage(
         }
         let (replies, checked): (Vec<Reply>, Vec<Checked>) = batch.into_iter().unzip();
         let started = std::time::Instant::now();
-        // One clock reading for the whole batch.
+        // One clock reading for the whole batch: what `recorded_at` says and
+        // what "the future" means for every `occurred_at` in it.
         let admitted = ledger.admit(checked, clock.now());
         let admit_us = started.elapsed().as_micros() as u64;
         // The receipt promise: nothing is answered before this returns.

@@ -166,7 +166,7 @@ impl State {
         entry.check_after(self.checkpoint)?;
         let unreadable = |why: String| ApplyError::Unreadable { seq: entry.seq, why };
         let payload = custody_proto::Opened::payload_of(&entry.envelope).map_err(|r| unreadable(r.to_string()))?;
-        let event = Event::parse(&payload, entry.recorded_at).map_err(|r| unreadable(r.to_string()))?;
+        let event = Event::decode(&payload).map_err(|r| unreadable(r.to_string()))?;
         let late = event.is_late(entry.recorded_at);
         let step = |kind: &str, country: String, note: String| Step {
             seq: entry.seq,
