@@ -211,6 +211,30 @@ async fn origin_and_admissibility_table() {
     w.ship(&ru, &["Q1"], &ae, "Q1", "2024-10-01").await;
     w.merge(&ae, &["Q1", "DU2"], "QM", "20.00").await;
 
+    // Rough partly declared (a claimed Russian half), cut and polished in
+    // India: the stones are new goods, exported from India. The claim still
+    // weighs in the mine-origin rules, never in "exported from".
+    w.mine(&bw, "E1", "10.00", "2024-11-02").await;
+    w.ship(&bw, &["E1"], &ae, "E1", "2024-11-03").await;
+    let claimed_half = json!([{"country": "RU", "share": "0.5000"}, {"country": "BW", "share": "0.5000"}]);
+    w.ev(&ae, "declared", "2024-11-03", json!({"lot": "ED", "carats": "10.00", "state": "rough", "origin": claimed_half})).await;
+    w.ev(&ae, "merged", "2024-11-04", json!({"lots": ["E1", "ED"], "into": {"lot": "EM", "carats": "20.00"}})).await;
+    w.ev(&ae, "split", "2024-11-04", json!({"lot": "EM", "into": [{"lot": "EM1", "carats": "5.00"}, {"lot": "EM2", "carats": "15.00"}]})).await;
+    w.ship(&ae, &["EM1"], &cut_in, "EM1", "2024-11-05").await;
+    let cut =
+        json!({"lot": "EM1", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "ES", "carats": "0.30"}, {"lot": "EL", "carats": "1.20"}]});
+    w.ev(&cut_in, "processed", "2024-11-06", cut).await;
+
+    // A flag on an early lot after its descendants exist, and on a lot made
+    // after the flag from one made before it.
+    w.mine(&bw, "F0", "30.00", "2024-11-02").await;
+    let split = |lot: &str, a: &str, b: &str, ct: &str| json!({"lot": lot, "into": [{"lot": a, "carats": ct}, {"lot": b, "carats": ct}]});
+    w.ev(&bw, "split", "2024-11-03", split("F0", "F1", "F2", "15.00")).await;
+    w.ev(&bw, "split", "2024-11-03", json!({"lot": "F1", "into": [{"lot": "F11", "carats": "5.00"}, {"lot": "F12", "carats": "10.00"}]})).await;
+    w.ev(&reg, "flagged", "2024-11-04", json!({"lot": "F0", "reason": "mine licence withdrawn"})).await;
+    w.ev(&bw, "split", "2024-11-05", json!({"lot": "F2", "into": [{"lot": "F21", "carats": "5.00"}, {"lot": "F22", "carats": "10.00"}]})).await;
+    w.mine(&bw, "F9", "30.00", "2024-11-05").await;
+
     use Expect::*;
     let bw_only = json!([{"country": "BW", "share": "1.0000"}]);
     let cases: Vec<(&str, &str, Expect)> = vec![
@@ -281,6 +305,13 @@ async fn origin_and_admissibility_table() {
         ("declared claim is not clean", "DC", Verdict("us-2024", "2024-11-15", "undetermined")),
         ("declared claim under customs rules", "DC", Verdict("us-2022", "2024-11-15", "undetermined")),
         ("traced Russian half decides despite unknown half", "QM", Verdict("us-2024", "2024-11-15", "prohibited")),
+        ("0.30 ct cut in India from partly declared rough under eu-2024", "ES", Verdict("eu-2024", "2024-11-15", "admissible")),
+        ("1.20 ct from it: the claimed Russian half still counts by mine", "EL", Verdict("eu-2024", "2024-11-15", "undetermined")),
+        ("partly declared rough never cut: exported from where is not known", "EM2", Verdict("eu-2024", "2024-11-15", "undetermined")),
+        ("descendant of a lot flagged after it was made", "F11", Verdict("us-2024", "2024-11-15", "undetermined")),
+        ("made after the flag from a lot made before it", "F21", Verdict("us-2024", "2024-11-15", "undetermined")),
+        ("the flagged lot itself", "F0", Verdict("us-2024", "2024-11-15", "undetermined")),
+        ("a lot mined after the flag, unrelated", "F9", Verdict("us-2024", "2024-11-15", "admissible")),
     ];
     assert!(cases.len() >= 25);
 
@@ -296,6 +327,15 @@ async fn origin_and_admissibility_table() {
     // Anomalies appear as warnings.
     let h2 = w.sys.origin("H2").await;
     assert!(h2["warnings"].as_array().unwrap().iter().any(|x| x.as_str().unwrap().contains("implausible yield: 70%")), "{h2}");
+    for lot in ["F11", "F12", "F21"] {
+        let o = w.sys.origin(lot).await;
+        assert!(o["warnings"].to_string().contains("F0: flagged by a regulator: mine licence withdrawn"), "{o}");
+    }
+    let f9 = w.sys.origin("F9").await;
+    assert!(!f9["warnings"].to_string().contains("flagged"), "{f9}");
+    let es = w.sys.admissible("ES", "eu-2024", "2024-11-15").await;
+    let exported = es["reasons"].as_array().unwrap().iter().find(|r| r["rule"] == "art3p-exported-from").cloned().unwrap_or_default();
+    assert_eq!(exported["finding"], "admissible", "{es}");
     let w1b = w.sys.origin("W1B").await;
     assert!(w1b["warnings"].to_string().contains("certificate looks altered"), "{w1b}");
     let z3 = w.sys.origin("Z3").await;

@@ -127,6 +127,9 @@ pub struct Facts<'a> {
     pub exported_from: &'a BTreeMap<Country, NaiveDate>,
     /// Countries whose export date in `exported_from` is only claimed.
     pub exported_claimed: &'a BTreeSet<Country>,
+    /// Part of it is declared stock, not cut and polished since: where that
+    /// part was exported from before its declaration is not known.
+    pub exports_unknown: bool,
     /// A regulator flagged the lot or an ancestor.
     pub flagged: bool,
 }
@@ -357,7 +360,9 @@ fn exported(rule: &Rule, f: &Facts<'_>) -> Reason {
     if let Some(c) = claimed {
         return claimed_departure(rule, c);
     }
-    if f.composition.has_untraced() {
+    // A lot cut and polished since its declared part joined is a new good:
+    // its exports are all on the ledger (DOMAIN.md, under the presets).
+    if f.exports_unknown {
         return reason(rule, Undetermined, "part of its history is only claimed, so where it was exported from is not known".into());
     }
     reason(rule, Admissible, "never exported from a banned country".into())

@@ -211,7 +211,7 @@ pub fn answer(state: &State, subject: &str, body: &[u8]) -> Value {
         return error("unknown_lot", format!("lot {shown:?} is not in the projection (up to seq {})", state.checkpoint.map_or(0, |c| c.0)));
     };
     match subject {
-        subjects::QUERY_ORIGIN => view::origin(lot),
+        subjects::QUERY_ORIGIN => view::origin(&state.answerable(lot)),
         subjects::QUERY_ADMISSIBILITY => {
             let Some(date) = req["date"].as_str() else { return error("invalid_date", "a date (YYYY-MM-DD) is needed") };
             let Ok(date) = NaiveDate::parse_from_str(date, "%Y-%m-%d") else {
@@ -229,7 +229,7 @@ pub fn answer(state: &State, subject: &str, body: &[u8]) -> Value {
                 );
             }
             match RuleSet::load(rules) {
-                Ok(set) => view::admissibility(lot, &set, date),
+                Ok(set) => view::admissibility(&state.answerable(lot), &set, date),
                 Err(e @ crate::rules::RuleError::Unknown(_)) => error("unknown_rules", e.to_string()),
                 Err(e) => error("invalid_rules", e.to_string()),
             }

@@ -15,6 +15,10 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::view::{Dirty, State};
 
 const CHECKPOINT: &[u8] = b"m/checkpoint";
+/// The layout of the records: a projection written by another layout is
+/// emptied at load and rebuilt from seq 1 (it is only a projection).
+const FORMAT: &[u8] = b"m/format";
+const FORMAT_VERSION: &[u8] = b"2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -52,8 +56,16 @@ impl Store {
         Ok(Store { db: sled::Config::new().path(dir).open()? })
     }
 
-    /// Everything, as the last written batch left it.
+    /// Everything, as the last written batch left it; nothing (so a replay
+    /// from seq 1) if it was written in another format.
     pub fn load(&self) -> Result<State, StoreError> {
+        if self.db.get(FORMAT)?.as_deref() != Some(FORMAT_VERSION) {
+            if !self.db.is_empty() {
+                tracing::warn!("the projection store was written in another format; rebuilding it from seq 1");
+            }
+            self.clear()?;
+            return Ok(State::default());
+        }
         let checkpoint = match self.db.get(CHECKPOINT)? {
             Some(v) if v.len() == 40 => {
                 let mut h = [0u8; 32];
@@ -63,12 +75,22 @@ impl Store {
             Some(_) => return Err(StoreError::Damaged { key: "checkpoint".into(), why: "wrong length".into() }),
             None => None,
         };
-        Ok(State { checkpoint, lots: load(&self.db, "l/")?, actors: load(&self.db, "a/")?, shipments: load(&self.db, "s/")?, yields: load(&self.db, "y/")? })
+        let mut state = State {
+            checkpoint,
+            lots: load(&self.db, "l/")?,
+            actors: load(&self.db, "a/")?,
+            shipments: load(&self.db, "s/")?,
+            yields: load(&self.db, "y/")?,
+            flags: Vec::new(),
+        };
+        state.index_flags();
+        Ok(state)
     }
 
     /// Writes what `dirty` names, and the checkpoint, as one batch.
     pub fn save(&self, state: &State, dirty: &Dirty) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        batch.insert(FORMAT, FORMAT_VERSION);
         for k in &dirty.lots {
             put(&mut batch, "l/", k, state.lots.get(k));
         }

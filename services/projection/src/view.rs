@@ -53,6 +53,11 @@ pub struct Lot {
     /// record, so is only claimed.
     #[serde(default)]
     pub exported_claimed: BTreeSet<Country>,
+    /// Part of it comes from declared stock whose exports before the
+    /// declaration are not on the ledger, and it was not cut and polished
+    /// since (a cut makes new goods, exported from where they were cut).
+    #[serde(default)]
+    pub exports_unknown: bool,
     /// Ever merged (with anything).
     pub merged: bool,
     /// Where it is held now.
@@ -66,6 +71,15 @@ pub struct Lot {
     pub truncated: bool,
     pub warnings: BTreeSet<String>,
     pub flagged: bool,
+    /// Flags a regulator put on this very lot: (seq, warning).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub own_flags: Vec<(u64, String)>,
+    /// How many of the ledger's flags (in [`State::flags`] order) are
+    /// already in `flagged` and `warnings`: a flag is recorded on its lot
+    /// only, and a lot made later inherits its parents' flags; flags put
+    /// on an ancestor after this lot was made are looked up when answering.
+    #[serde(default)]
+    pub flags_known: usize,
     /// Lots this one was made from, with the event that made it.
     pub parents: Vec<String>,
     pub children: Vec<String>,
@@ -124,6 +138,9 @@ pub struct State {
     pub actors: BTreeMap<String, Actor>,
     pub shipments: BTreeMap<String, Shipment>,
     pub yields: BTreeMap<String, Yields>,
+    /// Every flag, in ledger order: (seq, flagged lot, warning). Derived
+    /// from the lots' `own_flags` (see [`State::index_flags`]).
+    pub flags: Vec<(u64, String, String)>,
 }
 
 /// An output of a split or processing: the parent's origin and history,
@@ -217,6 +234,7 @@ impl State {
                 let note = format!("declared {state:?} stock, origin claimed not traced{}", evidence.as_ref().map(|e| format!(" ({e})")).unwrap_or_default());
                 let mut l = self.new_lot(lot, *state, *carats, composition, country, &signer, step(kind, country.to_string(), note));
                 l.customs_unknown = *state == LotState::Polished;
+                l.exports_unknown = true;
                 l.warnings.insert(format!("{lot}: origin claimed by a declaration, not traced"));
                 self.put(l, dirty);
             }
@@ -247,6 +265,7 @@ impl State {
                         // New goods: where the rough was exported from no longer describes them.
                         child.exported_from.clear();
                         child.exported_claimed.clear();
+                        child.exports_unknown = false;
                         if pct > MAX_CUTTING_YIELD_PCT {
                             child
                                 .warnings
@@ -282,6 +301,8 @@ impl State {
                         *e = (*e).max(*d);
                     }
                     merged.exported_claimed.extend(i.exported_claimed.iter().copied());
+                    merged.exports_unknown |= i.exports_unknown;
+                    merged.flags_known = merged.flags_known.min(i.flags_known);
                     merged.warnings.extend(i.warnings.iter().cloned());
                     merged.flagged |= i.flagged;
                     merged.truncated |= i.truncated;
@@ -358,17 +379,17 @@ impl State {
                     }
                 }
             }
+            // Recorded on the flagged lot alone, so a flag costs the same
+            // however large the lot's genealogy: lots made later inherit it,
+            // and answers about lots made before look it up ([`State::answerable`]).
             Body::Flagged { lot, reason } => {
-                let text = format!("flagged by a regulator: {reason}");
-                let mut todo = vec![lot.to_string()];
-                // A flag reaches every descendant, now and (by inheritance) later.
-                while let Some(l) = todo.pop() {
-                    if let Some(x) = self.lots.get_mut(&l) {
-                        x.flagged = true;
-                        x.warnings.insert(format!("{lot}: {text}"));
-                        todo.extend(x.children.iter().cloned());
-                        dirty.lots.insert(l);
-                    }
+                if let Some(x) = self.lots.get_mut(lot.as_str()) {
+                    let text = format!("{lot}: flagged by a regulator: {reason}");
+                    x.flagged = true;
+                    x.warnings.insert(text.clone());
+                    x.own_flags.push((seq, text.clone()));
+                    self.flags.push((seq, lot.to_string(), text));
+                    dirty.lots.insert(lot.to_string());
                 }
             }
         }
@@ -385,6 +406,7 @@ impl State {
             customs_unknown: false,
             exported_from: BTreeMap::new(),
             exported_claimed: BTreeSet::new(),
+            exports_unknown: false,
             merged: false,
             country,
             holder: holder.to_owned(),
@@ -394,10 +416,62 @@ impl State {
             truncated: false,
             warnings: BTreeSet::new(),
             flagged: false,
+            own_flags: Vec::new(),
+            flags_known: self.flags.len(),
             parents: Vec::new(),
             children: Vec::new(),
             created,
         }
+    }
+
+    /// Rebuilds [`State::flags`] from the lots, after loading them.
+    pub fn index_flags(&mut self) {
+        let mut flags: Vec<(u64, String, String)> =
+            self.lots.values().flat_map(|l| l.own_flags.iter().map(|(seq, text)| (*seq, l.lot.clone(), text.clone()))).collect();
+        flags.sort();
+        self.flags = flags;
+    }
+
+    /// A lot as answers see it: with the flags put on its ancestors after
+    /// it was made. Costs nothing while no flag is newer than the lot; else
+    /// one walk up its ancestry, pruned below the oldest flagged lot.
+    pub fn answerable<'a>(&'a self, lot: &'a Lot) -> std::borrow::Cow<'a, Lot> {
+        let newer = self.flags.get(lot.flags_known..).unwrap_or_default();
+        let candidates: BTreeMap<&str, Vec<&str>> = newer.iter().filter(|(_, l, _)| *l != lot.lot).fold(BTreeMap::new(), |mut m, (_, l, text)| {
+            m.entry(l.as_str()).or_insert_with(Vec::new).push(text.as_str());
+            m
+        });
+        if candidates.is_empty() {
+            return std::borrow::Cow::Borrowed(lot);
+        }
+        // An ancestor made before every candidate cannot descend from one.
+        let oldest = candidates.keys().filter_map(|l| self.lots.get(*l)).map(|l| l.created.seq).min().unwrap_or(0);
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<&str> = lot.parents.iter().map(String::as_str).collect();
+        let mut found = Vec::new();
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id) {
+                continue;
+            }
+            let Some(l) = self.lots.get(id) else { continue };
+            if let Some(texts) = candidates.get(id) {
+                found.extend(texts.iter().copied());
+            }
+            if l.created.seq >= oldest {
+                todo.extend(l.parents.iter().map(String::as_str));
+            }
+        }
+        if found.is_empty() {
+            return std::borrow::Cow::Borrowed(lot);
+        }
+        let mut answered = lot.clone();
+        answered.flagged = true;
+        answered.warnings.extend(found.into_iter().map(str::to_owned));
+        while answered.warnings.len() > MAX_STEPS {
+            answered.warnings.pop_first();
+            answered.truncated = true;
+        }
+        std::borrow::Cow::Owned(answered)
     }
 
     fn consume(&mut self, lot: &LotId, dirty: &mut Dirty) -> Option<Lot> {
@@ -475,8 +549,135 @@ pub fn admissibility(lot: &Lot, set: &RuleSet, date: NaiveDate) -> serde_json::V
         customs_unknown: lot.customs_unknown,
         exported_from: &lot.exported_from,
         exported_claimed: &lot.exported_claimed,
+        exports_unknown: lot.exports_unknown,
         flagged: lot.flagged,
     };
     let (verdict, reasons) = rules::evaluate(set, &facts, date);
     serde_json::json!({"lot": lot.lot, "rules": set.name, "date": date.to_string(), "verdict": verdict, "reasons": reasons})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custody_proto::Timestamp;
+    use nkeys::KeyPair;
+    use serde_json::json;
+
+    /// A projection fed signed entries, as the committed stream would.
+    struct Feed {
+        state: State,
+        authority: KeyPair,
+        n: u64,
+    }
+
+    impl Feed {
+        fn new() -> Feed {
+            Feed { state: State::default(), authority: KeyPair::new_user(), n: 0 }
+        }
+
+        /// Applies one event; returns the lots it wrote.
+        fn apply(&mut self, key: &KeyPair, kind: &str, fields: serde_json::Value) -> BTreeSet<String> {
+            self.n += 1;
+            let mut payload = json!({"id": format!("e{}", self.n), "kind": kind, "actor": key.public_key(), "occurred_at": "2024-11-01T10:00:00Z"});
+            payload.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+            let raw = custody_proto::envelope::sign(key, payload.to_string().as_bytes()).unwrap();
+            let entry = Entry::next(self.state.checkpoint, "2024-11-01T11:00:00Z".parse::<Timestamp>().unwrap(), raw);
+            let mut dirty = Dirty::default();
+            assert!(self.state.apply(&entry, &mut dirty).unwrap());
+            dirty.lots
+        }
+
+        fn actor(&mut self, role: &str, country: &str) -> KeyPair {
+            let k = KeyPair::new_user();
+            let a = std::mem::replace(&mut self.authority, KeyPair::new_user());
+            self.apply(&a, "actor.registered", json!({"subject": k.public_key(), "name": role, "roles": [role], "country": country}));
+            self.authority = a;
+            k
+        }
+
+        fn answer(&self, lot: &str) -> serde_json::Value {
+            origin(&self.state.answerable(&self.state.lots[lot]))
+        }
+    }
+
+    #[test]
+    fn a_flag_writes_one_lot_however_large_its_genealogy() {
+        let mut f = Feed::new();
+        let miner = f.actor("miner", "BW");
+        let regulator = f.actor("regulator", "BE");
+        f.apply(&miner, "mined", json!({"lot": "R", "carats": "1000.00", "country": "BW"}));
+        let into: Vec<_> = (0..500).map(|i| json!({"lot": format!("R{i}"), "carats": "2.00"})).collect();
+        f.apply(&miner, "split", json!({"lot": "R", "into": into}));
+        f.apply(&miner, "split", json!({"lot": "R7", "into": [{"lot": "R7a", "carats": "1.00"}, {"lot": "R7b", "carats": "1.00"}]}));
+        let written = f.apply(&regulator, "flagged", json!({"lot": "R", "reason": "licence withdrawn"}));
+        assert_eq!(written, BTreeSet::from(["R".to_owned()]), "a flag rewrites only its lot");
+        // Answers are what they were when a flag rewrote every descendant.
+        for lot in ["R", "R0", "R499", "R7a"] {
+            let a = f.answer(lot);
+            assert!(a["warnings"].to_string().contains("R: flagged by a regulator: licence withdrawn"), "{lot}: {a}");
+        }
+        // Made after the flag, from a lot made before it.
+        f.apply(&miner, "split", json!({"lot": "R8", "into": [{"lot": "R8a", "carats": "1.00"}, {"lot": "R8b", "carats": "1.00"}]}));
+        assert!(f.answer("R8a")["warnings"].to_string().contains("licence withdrawn"));
+        // Not a descendant.
+        f.apply(&miner, "mined", json!({"lot": "S", "carats": "1.00", "country": "BW"}));
+        assert!(!f.answer("S")["warnings"].to_string().contains("flagged"));
+        // A flag on a descendant names only its own line.
+        f.apply(&regulator, "flagged", json!({"lot": "R8b", "reason": "second look"}));
+        assert!(f.answer("R8b")["warnings"].to_string().contains("second look"));
+        assert!(!f.answer("R8a")["warnings"].to_string().contains("second look"));
+        // Flags survive a save and load (the index is rebuilt from the lots).
+        let mut loaded = State { flags: Vec::new(), ..f.state.clone() };
+        loaded.index_flags();
+        assert_eq!(loaded, f.state);
+    }
+
+    /// What apply makes of each kind, table-driven: (event, lot, field, value).
+    #[test]
+    fn apply_table() {
+        let mut f = Feed::new();
+        let ru = f.actor("miner", "RU");
+        let bw = f.actor("miner", "BW");
+        let ae = f.actor("trader", "AE");
+        let cut = f.actor("manufacturer", "IN");
+        let cert = |n: &str, v: &str| json!({"number": n, "value_usd": v});
+        f.apply(&ru, "mined", json!({"lot": "L1", "carats": "1000.00", "country": "RU", "mine": "Mir"}));
+        f.apply(&bw, "mined", json!({"lot": "L2", "carats": "1500.00", "country": "BW"}));
+        f.apply(&ru, "exported", json!({"lots": ["L1"], "to": ae.public_key(), "to_country": "AE", "certificate": cert("RU-1", "10.00")}));
+        f.apply(&bw, "exported", json!({"lots": ["L2"], "to": ae.public_key(), "to_country": "AE", "certificate": cert("BW-1", "10.00")}));
+        f.apply(&ae, "imported", json!({"certificate": "RU-1"}));
+        f.apply(&ae, "imported", json!({"certificate": "BW-1"}));
+        f.apply(&ae, "merged", json!({"lots": ["L1", "L2"], "into": {"lot": "L3", "carats": "2500.00"}}));
+        f.apply(&ae, "split", json!({"lot": "L3", "into": [{"lot": "L4", "carats": "100.00"}, {"lot": "L5", "carats": "2400.00"}]}));
+        f.apply(&ae, "exported", json!({"lots": ["L4"], "to": cut.public_key(), "to_country": "IN", "certificate": cert("AE-1", "10.00")}));
+        f.apply(&cut, "imported", json!({"certificate": "AE-1"}));
+        f.apply(&cut, "processed", json!({"lot": "L4", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "S1", "carats": "0.72"}]}));
+        f.apply(&ae, "declared", json!({"lot": "D1", "carats": "3.00", "state": "polished", "origin": "unknown"}));
+        let cases: &[(&str, &str, serde_json::Value)] = &[
+            ("L1", "/customs_origin", json!("RU")),
+            ("L1", "/path/0/note", json!("mined in RU at Mir")),
+            ("L3", "/mine_origin", json!([{"country": "BW", "share": "0.6000"}, {"country": "RU", "share": "0.4000"}])),
+            ("L3", "/custody_model", json!("mass_balance")),
+            ("L3", "/kp_origin", json!("mixed")),
+            ("L5", "/carats", json!("2400.00")),
+            ("S1", "/state", json!("polished")),
+            ("S1", "/customs_origin", json!("IN")),
+            ("S1", "/transformations/0/country", json!("IN")),
+            ("D1", "/traced", json!(false)),
+            ("D1", "/customs_origin", json!("unknown")),
+        ];
+        for (lot, pointer, want) in cases {
+            let a = f.answer(lot);
+            assert_eq!(a.pointer(pointer), Some(want), "{lot}{pointer}: {a}");
+        }
+        assert!(f.state.lots["L1"].consumed && f.state.lots["L3"].consumed && !f.state.lots["L5"].consumed);
+        assert_eq!(f.state.lots["S1"].holder, cut.public_key());
+        // An entry again changes nothing; a gap is refused.
+        let last = f.state.checkpoint;
+        let mut dirty = Dirty::default();
+        let stale = Entry { seq: 1, ..Entry::next(None, "2024-11-01T11:00:00Z".parse::<Timestamp>().unwrap(), b"{}".to_vec()) };
+        assert_eq!(f.state.apply(&stale, &mut dirty), Ok(false));
+        let ahead = Entry::next(Some((last.unwrap().0 + 1, last.unwrap().1)), "2024-11-01T11:00:00Z".parse::<Timestamp>().unwrap(), b"{}".to_vec());
+        assert!(matches!(f.state.apply(&ahead, &mut dirty), Err(ApplyError::Gap { .. })));
+    }
 }
