@@ -108,3 +108,59 @@ async fn http_api_answers_the_worked_example_and_refuses_clearly() {
     let (status, _, _) = get("/v1/lots/S1/origin".into()).await;
     assert_eq!(status, 200, "still serving");
 }
+
+/// `/v1/ledger/verify` is open to anyone: fifty callers at once must cost
+/// one verification, and a later call only the entries committed since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_verifications_cost_one_and_later_ones_continue() {
+    const ENTRIES: usize = 20_000;
+    let mut sys = System::start().await;
+    let mut miners = Vec::new();
+    for i in 0..4 {
+        miners.push(sys.actor(&format!("m{i}"), "miner", "BW").await);
+    }
+    let mined = |i: usize| {
+        let m = &miners[i % miners.len()];
+        sign(m, &event(m, &format!("v{i}"), "mined", serde_json::json!({"lot": format!("V{i}"), "carats": "1.00", "country": "BW"})))
+    };
+    sys.accept_all((0..ENTRIES - 4).map(mined)).await;
+    let (head, _) = sys.head().await;
+    assert_eq!(head as usize, ENTRIES);
+    sys.stream_caught_up().await;
+    let http = reqwest::Client::new();
+    let verify = |base: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(format!("{base}/v1/ledger/verify")).send().await.expect("gateway answers");
+            assert_eq!(r.status().as_u16(), 200);
+            r.json::<Value>().await.expect("JSON")
+        }
+    };
+
+    // One caller alone, on a gateway that has verified nothing yet.
+    let alone = sys.start_gateway();
+    let started = std::time::Instant::now();
+    let v = verify(alone).await;
+    let one = started.elapsed();
+    assert_eq!((v["ok"].as_bool(), v["newly_verified"].as_u64()), (Some(true), Some(ENTRIES as u64)), "{v}");
+
+    // Fifty at once, on a fresh gateway (the first one is stopped).
+    let base = sys.start_gateway();
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all((0..50).map(|_| verify(base.clone()))).await;
+    let fifty = started.elapsed();
+    let verified: u64 = answers.iter().map(|a| a["newly_verified"].as_u64().expect("newly_verified")).sum();
+    assert_eq!(verified, ENTRIES as u64, "each entry is verified once, whoever asks");
+    for a in &answers {
+        assert_eq!(a["ok"], true);
+        assert_eq!(a["verified_through"], v["verified_through"], "all answer with the same verified head");
+    }
+    assert!(fifty < one * 3 + std::time::Duration::from_secs(2), "50 concurrent verifications took {fifty:?}; one alone took {one:?}");
+
+    // Later: only the new entries.
+    sys.accept_all((ENTRIES..ENTRIES + 10).map(mined)).await;
+    sys.stream_caught_up().await;
+    let later = verify(base).await;
+    assert_eq!(later["newly_verified"], 10, "{later}");
+    assert_eq!(later["verified_through"]["seq"], ENTRIES as u64 + 10);
+}

@@ -9,7 +9,6 @@ use std::time::Duration;
 use async_nats::jetstream;
 use common::*;
 use custody_ledger::subjects;
-use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 
 /// Thousands of entries: mined lots from four miners, then merges.
@@ -18,19 +17,11 @@ async fn history(sys: &System, tag: &str) {
     for (i, c) in ["RU", "BW", "CA", "ZA"].iter().enumerate() {
         miners.push((sys.actor(&format!("{tag}-miner-{i}"), "miner", c).await, *c));
     }
-    let mut inflight = FuturesUnordered::new();
-    for i in 0..3_000 {
+    sys.accept_all((0..3_000).map(|i| {
         let (m, c) = &miners[i % 4];
-        let env =
-            sign(m, &event(m, &format!("{tag}-m{i}"), "mined", json!({"lot": format!("{tag}-L{i}"), "carats": format!("{}.25", 1 + i % 7), "country": c})));
-        inflight.push(custody::client::submit(&sys.client, env.into()));
-        if inflight.len() >= 128 {
-            inflight.next().await.unwrap().unwrap();
-        }
-    }
-    while let Some(r) = inflight.next().await {
-        r.unwrap();
-    }
+        sign(m, &event(m, &format!("{tag}-m{i}"), "mined", json!({"lot": format!("{tag}-L{i}"), "carats": format!("{}.25", 1 + i % 7), "country": c})))
+    }))
+    .await;
     // Each miner merges its own lots ten at a time, then splits a merge.
     for (mi, (m, _)) in miners.iter().enumerate() {
         for g in 0..5 {

@@ -323,6 +323,26 @@ impl System {
         self.submit_raw(sign(key, payload)).await
     }
 
+    /// Submits many envelopes, up to 128 in flight, and expects a receipt
+    /// for each.
+    pub async fn accept_all(&self, envelopes: impl IntoIterator<Item = Vec<u8>>) {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut inflight = FuturesUnordered::new();
+        let settle = |o: anyhow::Result<Outcome>| match o.expect("ledger answers") {
+            Outcome::Receipt(_) => {}
+            Outcome::Rejected(r) => panic!("refused: {} {}", r.code, r.message),
+        };
+        for env in envelopes {
+            inflight.push(custody::client::submit(&self.client, Bytes::from(env)));
+            if inflight.len() >= 128 {
+                settle(inflight.next().await.expect("one in flight"));
+            }
+        }
+        while let Some(o) = inflight.next().await {
+            settle(o);
+        }
+    }
+
     /// Submits and expects a receipt.
     pub async fn accept(&self, key: &KeyPair, payload: &Value) -> Receipt {
         match self.submit(key, payload).await {

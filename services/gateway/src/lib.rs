@@ -2,7 +2,8 @@
 //! come from any projection (request-reply), entries and verification from
 //! the committed stream. Every error is JSON `{"code", "message"}` with a 4xx
 //! status, or 503/504 when nothing answers; input never causes a panic.
-//! *Invariant: holds no state and no custody rule; it only translates.*
+//! *Invariant: holds no custody rule and no state but how far `verify`
+//! got; it only translates.*
 // Helpers return the HTTP error response itself as their `Err`, as axum
 // handlers do; boxing it would buy nothing on a path that answers HTTP.
 #![allow(clippy::result_large_err)]
@@ -10,10 +11,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -38,8 +39,16 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 struct App {
     /// For queries to the projection.
     nats: async_nats::Client,
-    /// For entries and verification, from the committed stream.
-    js: jetstream::Context,
+    /// What `/v1/ledger/verify` has verified so far. One verification runs
+    /// at a time; the others wait for it and answer from where it ended.
+    verified: Arc<tokio::sync::Mutex<Verified>>,
+}
+
+/// How far the committed stream was verified, or the first thing wrong in
+/// it (an append-only stream that broke stays broken).
+enum Verified {
+    Good(custody_ledger::audit::Checker),
+    Bad(custody_ledger::audit::Bad),
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -48,7 +57,8 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
 
 /// The routes, over a NATS connection.
 pub fn router(nats: async_nats::Client) -> Router {
-    let app = App { js: jetstream::new(nats.clone()), nats };
+    let checker = custody_ledger::audit::Checker::new(Box::new(|_| {}));
+    let app = App { nats, verified: Arc::new(tokio::sync::Mutex::new(Verified::Good(checker))) };
     Router::new()
         .route("/v1/lots/{lot}/origin", get(origin))
         .route("/v1/lots/{lot}/admissibility", get(admissibility))
@@ -307,13 +317,35 @@ async fn consistency(State(app): State<App>, Query(q): Query<HashMap<String, Str
     app.ask("ledger", subjects::CONSISTENCY_SUBJECT, json!({"from": from, "to": to})).await
 }
 
+/// Verifies the committed stream incrementally: each entry is checked once
+/// by this gateway, however many ask, and a request costs the entries
+/// committed since the last one. Concurrent requests queue on the lock and
+/// the later ones find the work done.
 async fn verify(State(app): State<App>) -> Response {
-    match custody_ledger::audit::verify_stream(&app.js, |_| Box::new(|_| {})).await {
+    let bad = |b: &custody_ledger::audit::Bad| Json(json!({"ok": false, "seq": b.seq, "error": b.why})).into_response();
+    let mut verified = app.verified.lock().await;
+    let checker = match &mut *verified {
+        Verified::Bad(b) => return bad(b),
+        Verified::Good(checker) => checker,
+    };
+    let before = match checker.head() {
+        Ok(h) => h.map_or(0, |h| h.0),
+        Err(b) => return bad(&b),
+    };
+    let reader = custody_ledger::follow::Reader::ledger(&app.nats);
+    match custody_ledger::audit::extend_stream(&reader, checker).await {
         Ok(Ok(head)) => {
             let (seq, hash) = head.map_or((0, String::new()), |(s, h)| (s, h.to_hex()));
-            Json(json!({"ok": true, "entries": seq, "head": hash})).into_response()
+            Json(
+                json!({"ok": true, "entries": seq, "head": hash, "verified_through": {"seq": seq, "hash": hash}, "newly_verified": seq.saturating_sub(before)}),
+            )
+            .into_response()
         }
-        Ok(Err(bad)) => Json(json!({"ok": false, "seq": bad.seq, "error": bad.why})).into_response(),
+        Ok(Err(b)) => {
+            let answer = bad(&b);
+            *verified = Verified::Bad(b);
+            answer
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the committed stream cannot be read: {e}")),
     }
 }

@@ -27,8 +27,9 @@ pub type Head = Option<(u64, Hash)>;
 /// Checks entries in order; signatures in batches.
 pub struct Checker {
     prev: Head,
-    /// Where each event id was first seen: an id is in the ledger once.
-    ids: HashMap<String, u64>,
+    /// Where each event id (by a 128-bit digest: 24 bytes an entry, at
+    /// tens of millions of entries) was first seen: an id is in the ledger once.
+    ids: HashMap<[u8; 16], u64>,
     pending: Vec<(u64, Opened)>,
     /// Told how many more entries were fully checked.
     progress: Box<dyn FnMut(u64) + Send>,
@@ -44,7 +45,10 @@ impl Checker {
         entry.check_after(self.prev).map_err(|e| Bad { seq: e.seq(), why: e.to_string() })?;
         let opened = Opened::open(entry.envelope).map_err(|r| Bad { seq, why: format!("envelope: {r}") })?;
         let event = Event::decode(&opened.payload).map_err(|r| Bad { seq, why: format!("event: {r}") })?;
-        if let Some(first) = self.ids.insert(event.id.to_string(), seq) {
+        let digest = blake3::hash(event.id.as_str().as_bytes());
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&digest.as_bytes()[..16]);
+        if let Some(first) = self.ids.insert(id, seq) {
             return Err(Bad { seq, why: format!("event id {} is recorded twice (first at seq {first})", event.id) });
         }
         self.prev = Some((seq, entry.hash));
@@ -66,6 +70,12 @@ impl Checker {
     }
 
     pub fn finish(mut self) -> Result<Head, Bad> {
+        self.flush()?;
+        Ok(self.prev)
+    }
+
+    /// Where the entries pushed so far end, once their signatures are checked.
+    pub fn head(&mut self) -> Result<Head, Bad> {
         self.flush()?;
         Ok(self.prev)
     }
@@ -96,7 +106,22 @@ pub async fn verify_stream(js: &jetstream::Context, progress: impl FnOnce(u64) -
     let reader = crate::follow::Reader::ledger(&js.client());
     let last = reader.last_seq().await.context("no committed stream: is a ledger running on this NATS?")?;
     let mut checker = Checker::new(progress(last));
-    let mut messages = std::pin::pin!(reader.range(1, last));
+    Ok(match extend_stream(&reader, &mut checker).await? {
+        Ok(_) => checker.finish(),
+        Err(bad) => Err(bad),
+    })
+}
+
+/// Goes on verifying the committed stream where `checker` stopped, up to
+/// the stream's current end: a caller that keeps its checker verifies each
+/// entry once however often it asks.
+pub async fn extend_stream(reader: &crate::follow::Reader, checker: &mut Checker) -> anyhow::Result<Result<Head, Bad>> {
+    let last = reader.last_seq().await.context("no committed stream: is a ledger running on this NATS?")?;
+    let from = checker.prev.map_or(1, |p| p.0 + 1);
+    if from > last {
+        return Ok(checker.head());
+    }
+    let mut messages = std::pin::pin!(reader.range(from, last));
     while let Some(msg) = messages.next().await {
         let msg = msg?;
         let seen = msg.seq;
@@ -109,5 +134,5 @@ pub async fn verify_stream(js: &jetstream::Context, progress: impl FnOnce(u64) -
             return Ok(Err(bad));
         }
     }
-    Ok(checker.finish())
+    Ok(checker.head())
 }
