@@ -65,6 +65,54 @@ pub async fn submit_patiently(client: &async_nats::Client, subject: String, raw:
     }
 }
 
+/// Submits envelopes pipelined, `window` at a time, keeping their order:
+/// each is published (on its signer's subject) before the next, so the
+/// ledger admits them in this order, and `outcome` learns each outcome in
+/// the same order (by index). No retry: an answer not back within
+/// `within` is an error. For loaders (`simulate`) whose events depend on
+/// the ones before.
+pub async fn submit_in_order(
+    client: &async_nats::Client,
+    envelopes: impl IntoIterator<Item = Bytes>,
+    window: usize,
+    within: Duration,
+    mut outcome: impl FnMut(usize, Outcome) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let prefix = client.new_inbox();
+    let mut replies = client.subscribe(format!("{prefix}.*")).await.context("cannot subscribe to the reply inbox")?;
+    let mut envelopes = envelopes.into_iter();
+    let mut subjects: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut answered: std::collections::BTreeMap<usize, Outcome> = std::collections::BTreeMap::new();
+    let (mut sent, mut done) = (0usize, 0usize);
+    loop {
+        while sent - done < window.max(1) {
+            let Some(raw) = envelopes.next() else { break };
+            let subject = subjects::submit(&signer(&raw));
+            client.publish_with_reply(subject.clone(), format!("{prefix}.{sent}"), raw).await.context("cannot publish")?;
+            subjects.push_back(subject);
+            sent += 1;
+        }
+        if done == sent {
+            return Ok(());
+        }
+        let msg = match tokio::time::timeout(within, replies.next()).await {
+            Ok(Some(m)) => m,
+            Ok(None) => bail!("the reply subscription ended"),
+            Err(_) => bail!("no answer from the ledger on {} within {within:?}", subjects.front().map_or("?", String::as_str)),
+        };
+        let index = msg.subject.rsplit('.').next().and_then(|i| i.parse::<usize>().ok());
+        if let Some(i) = index.filter(|i| (done..sent).contains(i)) {
+            answered.insert(i, serde_json::from_slice(&msg.payload).context("the ledger's answer is not an outcome")?);
+        }
+        while let Some(o) = answered.remove(&done) {
+            outcome(done, o)?;
+            subjects.pop_front();
+            done += 1;
+        }
+    }
+}
+
 /// Connects as this process's identity (`--nkey`), retrying while the
 /// server comes up.
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {

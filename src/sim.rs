@@ -20,6 +20,21 @@ const CUTTERS: [(&str, f64); 3] = [("IN", 0.90), ("TH", 0.05), ("CN", 0.05)];
 /// Share of Botswana's rough that goes straight to a cutter, unmixed.
 const DIRECT_SHARE: u64 = 20;
 
+/// Days from 2024-09-15 over which the rounds spread: the last round's
+/// last event (13 days after its start) stays before 2026-05-20, in the
+/// past of any ledger's clock, at any number of rounds.
+const WINDOW_DAYS: u32 = 600;
+
+/// The day a round starts: every 3 days, closer together when that would
+/// run past [`WINDOW_DAYS`].
+fn round_day(r: u32, rounds: u32) -> u32 {
+    if rounds.saturating_mul(3) <= WINDOW_DAYS {
+        r * 3
+    } else {
+        (u64::from(r) * u64::from(WINDOW_DAYS) / u64::from(rounds)) as u32
+    }
+}
+
 /// How big a world.
 #[derive(Debug, Clone, Copy)]
 pub struct Size {
@@ -145,7 +160,7 @@ pub fn world(authority: &KeyPair, size: Size) -> World {
     let mut clean = String::new();
     let mut prohibited = String::new();
     for r in 0..size.rounds {
-        let day = r * 3;
+        let day = round_day(r, size.rounds);
         // Mine: one lot per country, 1 ct per million carats of production.
         let mut at_hub: Vec<Vec<(String, u64)>> = vec![Vec::new(); hubs.len()];
         // The hub that received Russian rough this round.
@@ -233,4 +248,23 @@ pub fn world(authority: &KeyPair, size: Size) -> World {
         "origin": [{"country": "CA", "share": "1.0000"}], "evidence": "supplier statement"}),
     );
     World { actors: b.actors, events: b.events, clean, prohibited, undetermined }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simulated_time_stays_in_the_past_at_any_size() {
+        let authority = KeyPair::new_user();
+        for rounds in [1, 10, 200, 300] {
+            let last = world(&authority, Size { seed: 1, rounds }).events.iter().filter_map(|e| e.1["occurred_at"].as_str().map(str::to_owned)).max();
+            assert!(last.as_deref() < Some("2026-06-01"), "{rounds} rounds: {last:?}");
+        }
+        for rounds in [200, 201, 300, 5_000, 4_000_000_000] {
+            assert!(round_day(rounds - 1, rounds) < WINDOW_DAYS, "{rounds} rounds");
+        }
+        // Small worlds keep their three days a round.
+        assert_eq!((round_day(1, 10), round_day(9, 10)), (3, 27));
+    }
 }

@@ -95,3 +95,33 @@ async fn a_seeded_world_conserves_carats_and_matches_production() {
     assert!(out.status.success());
     assert_eq!(sys.head().await, head);
 }
+
+/// As README's `custody up` leaves a machine (authorization on): the
+/// simulation finds the operator's key in the data folder, keeps its dates
+/// in the past at any size, and loads pipelined; without the operator's key
+/// it says which identity it needs instead of waiting a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_against_up_finds_its_identity_and_stays_in_the_past() {
+    let up = up();
+    let authority = up.dir.path().join("authority.nk");
+    let authority = authority.to_str().unwrap();
+    let rounds = 300;
+    let out = run_cli(&up.url, &["--nkey", authority, "simulate", "--authority", authority, "--rounds", &rounds.to_string()], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let plan = sim::world(&up.authority, sim::Size { seed: 1, rounds });
+    assert_eq!(summary["events"], plan.events.len());
+    assert!(plan.events.iter().all(|e| e.1["occurred_at"].as_str().unwrap() < "2026-06-01"), "simulated dates stay in the past");
+
+    // The authority's key alone, with no operator key beside it.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let lone = elsewhere.path().join("authority.nk");
+    std::fs::copy(authority, &lone).unwrap();
+    let lone = lone.to_str().unwrap();
+    let started = std::time::Instant::now();
+    let out = run_cli(&up.url, &["--nkey", lone, "simulate", "--authority", lone, "--seed", "2", "--rounds", "1"], None);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("only the operator may") && said.contains("operator.nk"), "{said}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "it took {:?} to say so", started.elapsed());
+}

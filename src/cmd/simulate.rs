@@ -1,10 +1,12 @@
 //! `custody simulate`: submit a seeded simulated supply chain as real signed
-//! envelopes over NATS, with a progress bar.
+//! envelopes over NATS, pipelined, with a progress bar.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::bail;
+use bytes::Bytes;
 use custody::sim;
 use custody_proto::Outcome;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -12,6 +14,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 #[derive(clap::Args)]
 pub struct Args {
     /// The genesis authority's key file (it registers the simulated actors).
+    /// The operator's key, which may publish for every simulated actor, is
+    /// looked for beside it (`keys/services/operator.nk`, as `custody up`
+    /// writes it) when `--nkey` is not the operator.
     #[arg(long, default_value = "data/authority.nk")]
     authority: PathBuf,
     #[arg(long, default_value_t = 1)]
@@ -21,25 +26,64 @@ pub struct Args {
     rounds: u32,
 }
 
-/// Submits a world; returns it (for the stone ids) after every event is receipted.
+/// Envelopes in flight at once.
+const WINDOW: usize = 256;
+
+/// How long one envelope may wait for its outcome before the simulation
+/// says why it thinks none came.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// Submits a world, pipelined and in order; returns it (for the stone ids)
+/// after every event is receipted.
 pub async fn submit(client: &async_nats::Client, authority: &nkeys::KeyPair, size: sim::Size) -> anyhow::Result<sim::World> {
     let world = sim::world(authority, size);
     let bar = ProgressBar::new(world.events.len() as u64);
     bar.set_style(ProgressStyle::with_template("simulate {bar:40} {pos}/{len} events {per_sec}").unwrap_or_else(|_| ProgressStyle::default_bar()));
-    for (who, payload) in &world.events {
-        let envelope = custody_proto::envelope::sign(&world.actors[*who].key, payload.to_string().as_bytes())?;
-        if let Outcome::Rejected(r) = custody::client::submit(client, envelope.into()).await? {
-            bail!("the simulation's event {} was refused: {} {}", payload["id"], r.code, r.message);
+    let envelopes = world
+        .events
+        .iter()
+        .map(|(who, payload)| custody_proto::envelope::sign(&world.actors[*who].key, payload.to_string().as_bytes()).map(Bytes::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut refused = false;
+    custody::client::submit_in_order(client, envelopes, WINDOW, ANSWER_WITHIN, |i, outcome| match outcome {
+        Outcome::Receipt(_) => {
+            bar.inc(1);
+            Ok(())
         }
-        bar.inc(1);
-    }
+        Outcome::Rejected(r) => {
+            refused = true;
+            bail!("the simulation's event {} was refused: {} {}", world.events[i].1["id"], r.code, r.message)
+        }
+    })
+    .await
+    .map_err(|e| {
+        if refused {
+            return e;
+        }
+        anyhow::anyhow!(
+            "{e}. The simulation publishes for every simulated actor, on each actor's own subject: with authorization on, only the \
+             operator may (--nkey DATA/keys/services/operator.nk, written by `custody up`); or is no ledger running?"
+        )
+    })?;
     bar.finish_and_clear();
     Ok(world)
 }
 
+/// The operator's key file beside the authority's (`custody up`'s layout).
+fn operator_key(authority: &Path) -> PathBuf {
+    authority.parent().unwrap_or(Path::new(".")).join("keys/services/operator.nk")
+}
+
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     let authority = custody::keys::load(&a.authority)?;
-    let client = custody::client::connect(nats).await?;
+    let operator = operator_key(&a.authority);
+    let client = if operator.is_file() {
+        eprintln!("publishing for the simulated actors as the operator ({})", operator.display());
+        let seed = custody::keys::load(&operator)?.seed().map_err(|e| anyhow::anyhow!("{e}"))?;
+        custody_ledger::connect::connect_client(nats, "custody-simulate", Some(&seed)).await?
+    } else {
+        custody::client::connect(nats).await?
+    };
     let world = submit(&client, &authority, sim::Size { seed: a.seed, rounds: a.rounds }).await?;
     println!(
         "{}",
