@@ -84,7 +84,24 @@ async fn the_auditor_passes_an_honest_ledger_and_catches_an_altered_or_dropped_e
             .stderr(std::process::Stdio::null());
         ServiceProcess::new(cmd.spawn().unwrap())
     };
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // Its reported position reaches the head: it audited the honest ledger
+    // and is content with it.
+    let lines = {
+        let stdout = follower.child_mut().stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let mut position = Value::Null;
+    while position["audit"]["entries"].as_u64() != Some(head) {
+        let line = lines.recv_timeout(std::time::Duration::from_secs(30)).expect("the follower reports its position");
+        position = serde_json::from_str(&line).unwrap_or_else(|_| panic!("a JSON line: {line}"));
+        assert_eq!(position["ok"], true, "{line}");
+    }
     assert!(follower.child_mut().try_wait().unwrap().is_none(), "the follower is content with an honest ledger");
 
     sys.kill_ledger();
@@ -99,11 +116,9 @@ async fn the_auditor_passes_an_honest_ledger_and_catches_an_altered_or_dropped_e
     let out = sys.custody(&["verify", "--json"], None);
     assert!(out.status.success(), "the rewritten chain is self-consistent: plain verify cannot tell");
     // The follower notices the rewrite on its own and stops with a finding.
-    let (status, mut follower) = follower.exit_within(std::time::Duration::from_secs(15)).await;
+    let (status, _follower) = follower.exit_within(std::time::Duration::from_secs(15)).await;
     let status = status.expect("the following auditor noticed the rewrite");
-    let mut out = String::new();
-    use std::io::Read as _;
-    follower.child_mut().stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let out: String = lines.iter().collect::<Vec<_>>().join("\n");
     assert_eq!(status.code(), Some(1), "{out}");
     eprintln!("follower: {}", out.trim());
     assert!(["rewritten", "rolled back", "altered"].iter().any(|w| out.contains(w)), "{out}");

@@ -49,8 +49,9 @@ pub struct AuditArgs {
     /// Folder where the checkpoints seen are kept between runs.
     #[arg(long, default_value = "data/auditor")]
     state: PathBuf,
-    /// Keep following, checking again every this many seconds; without
-    /// it, audit up to the current end and exit.
+    /// Keep following, checking again every this many seconds, and print
+    /// one JSON line each time the audited position moves; without it,
+    /// audit up to the current end and exit.
     #[arg(long)]
     follow: Option<f64>,
 }
@@ -189,6 +190,7 @@ pub async fn audit(nats: &str, a: AuditArgs) -> anyhow::Result<ExitCode> {
     let mut auditor = Auditor::new(&a.key, Some(&a.state))?;
     let client = custody::client::connect(nats).await?;
     let js = async_nats::jetstream::new(client);
+    let mut reported = None;
     loop {
         let round = match auditor.catch_up(&js).await {
             Ok(r) => r,
@@ -206,7 +208,12 @@ pub async fn audit(nats: &str, a: AuditArgs) -> anyhow::Result<ExitCode> {
                     println!("{}", json!({"ok": true, "audit": summary}));
                     return Ok(ExitCode::SUCCESS);
                 }
-                tracing::info!(entries = summary.entries, checkpoints = summary.checkpoints_verified, "audited");
+                // Where it stands, whenever that moves: a watcher sees it audit.
+                let position = (summary.entries, summary.checkpoints_verified);
+                if reported != Some(position) {
+                    println!("{}", json!({"ok": true, "audit": summary}));
+                    reported = Some(position);
+                }
             }
             Err(finding) => {
                 println!("{}", json!({"ok": false, "finding": finding.to_string()}));
