@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
-use custody_ledger::subjects;
 use custody_proto::{ActorKey, Envelope, Outcome};
+use custody_wire::subjects;
 
 /// The nkey seed this process connects as (`--nkey`), set once at start.
 static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -116,7 +116,7 @@ pub async fn submit_in_order(
 /// Connects as this process's identity (`--nkey`), retrying while the
 /// server comes up.
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    custody_ledger::connect::connect_client(url, "custody-cli", identity().as_deref()).await
+    Ok(custody_wire::connect::connect_client(url, "custody-cli", identity().as_deref()).await?)
 }
 
 /// The outcomes of an actor's inbox submissions (`custody.inbox.<key>`),

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::*;
-use custody_ledger::follow::Reader;
-use custody_ledger::subjects;
 use custody_proto::Outcome;
+use custody_wire::follow::Reader;
+use custody_wire::subjects;
 use nkeys::KeyPair;
 use serde_json::json;
 

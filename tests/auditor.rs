@@ -7,8 +7,9 @@ mod common;
 
 use async_nats::jetstream;
 use common::*;
-use custody_ledger::{service, subjects, Store};
+use custody_ledger::{service, Store};
 use custody_proto::{Entry, Timestamp};
+use custody_wire::subjects;
 use serde_json::{json, Value};
 
 fn audit(sys: &System, key: &str, state: &str) -> (Option<i32>, Value) {

@@ -12,8 +12,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use custody_ledger::subjects;
 use custody_proto::Outcome;
+use custody_wire::subjects;
 use nkeys::KeyPair;
 use serde_json::json;
 
@@ -94,7 +94,7 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     let answer = reg.request(subjects::QUERY_ORIGIN, json!({"lot": "AUTH1"}).to_string().into()).await.unwrap();
     let origin: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
     assert!(origin.get("mine_origin").is_some() || origin["code"] == "unknown_lot", "{origin}");
-    let on_stream = custody_ledger::follow::Reader::ledger(&reg).last_seq().await.expect("a regulator reads the committed stream");
+    let on_stream = custody_wire::follow::Reader::ledger(&reg).last_seq().await.expect("a regulator reads the committed stream");
     assert_eq!(on_stream, before);
     let for_miner = sign(&miner, &event(&miner, "auth-m3", "mined", json!({"lot": "AUTH3", "carats": "1.00", "country": "BW"})));
     reg.publish(subjects::submit(&miner.public_key()), for_miner.into()).await.unwrap();

@@ -65,7 +65,7 @@ async fn kill_9_under_load_loses_and_duplicates_nothing() {
                 }
                 let client = client.clone();
                 let done = done.clone();
-                let subject = custody_ledger::subjects::submit(&custody::client::signer(&env));
+                let subject = custody_wire::subjects::submit(&custody::client::signer(&env));
                 inflight.push(async move {
                     let out = custody::client::submit_patiently(&client, subject, env, Duration::from_millis(1500)).await.expect("a receipt, eventually");
                     done.fetch_add(1, Ordering::Relaxed);

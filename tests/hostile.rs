@@ -113,7 +113,7 @@ async fn every_hostile_case_gets_its_code_and_changes_nothing() {
         let name = case["name"].as_str().unwrap();
         let raw = bytes::Bytes::from(build(case, &keys));
         let outcome = match case["subject_of"].as_str() {
-            Some(who) => custody::client::submit_to(&sys.client, custody_ledger::subjects::submit(&keys[who].public_key()), raw).await.expect("an answer"),
+            Some(who) => custody::client::submit_to(&sys.client, custody_wire::subjects::submit(&keys[who].public_key()), raw).await.expect("an answer"),
             None => sys.submit_raw(raw.to_vec()).await,
         };
         match &outcome {

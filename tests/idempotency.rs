@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use common::*;
-use custody_ledger::subjects;
 use custody_proto::Outcome;
+use custody_wire::subjects;
 use futures::StreamExt;
 use serde_json::json;
 

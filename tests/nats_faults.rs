@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use custody_ledger::{subjects, Store};
+use custody_ledger::Store;
 use custody_proto::{Outcome, Receipt};
+use custody_wire::subjects;
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 

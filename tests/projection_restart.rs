@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use common::*;
-use custody_ledger::subjects;
+use custody_wire::subjects;
 use serde_json::json;
 
 /// Thousands of entries: mined lots from four miners, then merges.

@@ -71,7 +71,7 @@ async fn the_cli_answers_too_and_errors_are_clear() {
     for lot in ["L4", "L3", "L1", "L2"] {
         assert!(ancestors.contains(&lot), "{ancestors:?}");
     }
-    let g = sys.query(custody_ledger::subjects::QUERY_GENEALOGY, json!({"lot": "L3"})).await.unwrap();
+    let g = sys.query(custody_wire::subjects::QUERY_GENEALOGY, json!({"lot": "L3"})).await.unwrap();
     let descendants: Vec<&str> = g["descendants"].as_array().unwrap().iter().map(|n| n["lot"].as_str().unwrap()).collect();
     for lot in ["L4", "L5", "S1", "S2", "S3"] {
         assert!(descendants.contains(&lot), "{descendants:?}");
@@ -87,11 +87,11 @@ async fn the_cli_answers_too_and_errors_are_clear() {
 
     // Errors: clear codes, and the service keeps answering.
     let cases = [
-        (json!({"lot": "NOPE"}), custody_ledger::subjects::QUERY_ORIGIN, "unknown_lot"),
-        (json!({"lot": "S1", "rules": "us-2024", "date": "15/11/2024"}), custody_ledger::subjects::QUERY_ADMISSIBILITY, "invalid_date"),
-        (json!({"lot": "S1", "rules": "uk-2099", "date": "2024-11-15"}), custody_ledger::subjects::QUERY_ADMISSIBILITY, "unknown_rules"),
-        (json!({"lot": "S1", "rules": "name = \"x\"\n[[rule]]\nid = 1", "date": "2024-11-15"}), custody_ledger::subjects::QUERY_ADMISSIBILITY, "invalid_rules"),
-        (json!("not an object"), custody_ledger::subjects::QUERY_ORIGIN, "bad_request"),
+        (json!({"lot": "NOPE"}), custody_wire::subjects::QUERY_ORIGIN, "unknown_lot"),
+        (json!({"lot": "S1", "rules": "us-2024", "date": "15/11/2024"}), custody_wire::subjects::QUERY_ADMISSIBILITY, "invalid_date"),
+        (json!({"lot": "S1", "rules": "uk-2099", "date": "2024-11-15"}), custody_wire::subjects::QUERY_ADMISSIBILITY, "unknown_rules"),
+        (json!({"lot": "S1", "rules": "name = \"x\"\n[[rule]]\nid = 1", "date": "2024-11-15"}), custody_wire::subjects::QUERY_ADMISSIBILITY, "invalid_rules"),
+        (json!("not an object"), custody_wire::subjects::QUERY_ORIGIN, "bad_request"),
     ];
     for (body, subject, code) in cases {
         let v = sys.query(subject, body.clone()).await.expect("answered");

@@ -7,7 +7,7 @@ mod common;
 
 use async_nats::jetstream;
 use common::*;
-use custody_ledger::subjects;
+use custody_wire::subjects;
 use serde_json::json;
 
 /// 300 events, and the committed stream caught up with them (a receipt

@@ -170,7 +170,7 @@ async fn every_rejection_has_its_code_and_changes_nothing() {
     // one miner, sent on the other's submission subject.
     let before = w.sys.head().await;
     let raw = bytes::Bytes::from(sign(m, &mined(m, "e-subject", "1.00")));
-    let on_other = custody::client::submit_to(&w.sys.client, custody_ledger::subjects::submit(&m2.public_key()), raw).await.unwrap();
+    let on_other = custody::client::submit_to(&w.sys.client, custody_wire::subjects::submit(&m2.public_key()), raw).await.unwrap();
     let Outcome::Rejected(r) = &on_other else { panic!("accepted on another actor's subject") };
     assert_eq!((r.code.as_str(), r.id.as_deref()), ("subject_mismatch", Some("e-subject")), "{}", r.message);
     assert_eq!(w.sys.head().await, before);

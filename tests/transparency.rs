@@ -96,7 +96,7 @@ async fn inclusion_and_consistency_proofs_check_offline_and_forgeries_fail() {
     // nobody can grow the checkpoints stream by asking.
     let js = async_nats::jetstream::new(sys.client.clone());
     let count = |js: async_nats::jetstream::Context| async move {
-        js.get_stream(custody_ledger::subjects::CHECKPOINTS_STREAM).await.unwrap().get_info().await.unwrap().state.messages
+        js.get_stream(custody_wire::subjects::CHECKPOINTS_STREAM).await.unwrap().get_info().await.unwrap().state.messages
     };
     let published = count(js.clone()).await;
     for _ in 0..5 {

@@ -124,7 +124,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut tasks = Vec::new();
     for (envelopes, miner) in signed.into_iter().zip(&miners) {
         let nc = nc.clone();
-        let subject = custody_ledger::subjects::submit(&miner.public_key());
+        let subject = custody_wire::subjects::submit(&miner.public_key());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(envelopes.len());
             let mut inflight = FuturesUnordered::new();

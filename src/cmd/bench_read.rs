@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream;
 use custody::natsd::NatsServer;
-use custody_ledger::subjects;
 use custody_proto::{Entry, Hash, Timestamp};
+use custody_wire::subjects;
 use futures::StreamExt;
 use nkeys::KeyPair;
 use serde_json::{json, Value};
@@ -209,7 +209,7 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
 
     // Baseline: reading the same stream, applying nothing.
     let t = Instant::now();
-    let reader = custody_ledger::follow::Reader::ledger(&client);
+    let reader = custody_wire::follow::Reader::ledger(&client);
     let mut messages = std::pin::pin!(reader.range(1, chain.entries.len() as u64));
     let mut read = 0;
     while let Some(msg) = messages.next().await {

@@ -64,8 +64,10 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
         Some(Action::Key) => {}
         Some(Action::Recover) => {
             let client = custody::client::connect(nats).await?;
-            let js = async_nats::jetstream::new(client);
-            let (entries, moved) = custody_ledger::recover::recover(&js, &a.data, &authority).await?;
+            let reader = custody_wire::follow::Reader::ledger(&client);
+            reader.last_seq().await.context("no committed stream to recover from")?;
+            let (store, moved) = custody_ledger::recovery::fresh_store(&a.data, &authority)?;
+            let entries = custody_audit::recover::verified(&reader, |batch| store.append(batch)).await?;
             println!(
                 "{}",
                 serde_json::json!({

@@ -32,7 +32,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             let (seq, digest) = custody_projection::rebuild(config).await?;
             println!("{}", json!({"seq": seq, "digest": digest}));
         }
-        Some(Action::Digest) => match super::query::ask(nats, custody_ledger::subjects::QUERY_DIGEST, json!({})).await? {
+        Some(Action::Digest) => match super::query::ask(nats, custody_wire::subjects::QUERY_DIGEST, json!({})).await? {
             Ok(v) | Err(v) => println!("{v}"),
         },
     }

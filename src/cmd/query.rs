@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use custody_ledger::subjects;
+use custody_wire::subjects;
 use serde_json::{json, Value};
 
 #[derive(clap::Args)]

@@ -80,7 +80,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     let client = if operator.is_file() {
         eprintln!("publishing for the simulated actors as the operator ({})", operator.display());
         let seed = custody::keys::load(&operator)?.seed().map_err(|e| anyhow::anyhow!("{e}"))?;
-        custody_ledger::connect::connect_client(nats, "custody-simulate", Some(&seed)).await?
+        custody_wire::connect::connect_client(nats, "custody-simulate", Some(&seed)).await?
     } else {
         custody::client::connect(nats).await?
     };

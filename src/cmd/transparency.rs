@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use custody_ledger::auditor::Auditor;
-use custody_ledger::subjects;
+use custody_audit::auditor::Auditor;
 use custody_proto::merkle;
 use custody_proto::{Checkpoint, Hash};
+use custody_wire::subjects;
 use serde_json::{json, Value};
 
 #[derive(clap::Args)]
@@ -189,10 +189,9 @@ pub fn check_consistency(old: &Checkpoint, new: &Checkpoint, key: &str, proof: &
 pub async fn audit(nats: &str, a: AuditArgs) -> anyhow::Result<ExitCode> {
     let mut auditor = Auditor::new(&a.key, Some(&a.state))?;
     let client = custody::client::connect(nats).await?;
-    let js = async_nats::jetstream::new(client);
     let mut reported = None;
     loop {
-        let round = match auditor.catch_up(&js).await {
+        let round = match auditor.catch_up(&client).await {
             Ok(r) => r,
             // Following, NATS going away is not the ledger failing: retry.
             Err(e) if a.follow.is_some() => {
@@ -200,7 +199,7 @@ pub async fn audit(nats: &str, a: AuditArgs) -> anyhow::Result<ExitCode> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         match round {
             Ok(summary) => {

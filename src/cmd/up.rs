@@ -100,7 +100,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             let done = custody_authz::run(config, async move {
                 let _ = astop_rx.await;
             });
-            ("authorization (authz)", done.await)
+            ("authorization (authz)", done.await.map_err(anyhow::Error::from))
         });
     }
 
@@ -121,7 +121,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let done = custody_projection::run(projection_config, async move {
             let _ = pstop_rx.await;
         });
-        ("projection", done.await)
+        ("projection", done.await.map_err(anyhow::Error::from))
     });
 
     let (gstop_tx, gstop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -141,12 +141,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             },
         )
         .await;
-        ("gateway", done)
+        ("gateway", done.map_err(anyhow::Error::from))
     });
     let http = bound_rx.await.context("the HTTP gateway did not start")?;
 
     // The demo loader submits for every actor of the demo: the operator.
-    let nc = custody_ledger::connect::connect(&nats.url, "custody-up", seed(&operator_id).as_deref()).await?;
+    let nc = custody_wire::connect::connect(&nats.url, "custody-up", seed(&operator_id).as_deref()).await?;
     let head = wait_for_head(&nc).await?;
     println!("ledger ready at seq {head}");
     if !a.no_demo && head == 0 {
@@ -227,7 +227,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
 /// Asks the ledger for its head until it answers.
 async fn wait_for_head(nc: &async_nats::Client) -> anyhow::Result<u64> {
     for _ in 0..200 {
-        if let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_millis(500), nc.request(custody_ledger::subjects::HEAD_SUBJECT, "".into())).await {
+        if let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_millis(500), nc.request(custody_wire::subjects::HEAD_SUBJECT, "".into())).await {
             let v: serde_json::Value = serde_json::from_slice(&msg.payload)?;
             return Ok(v["seq"].as_u64().unwrap_or(0));
         }

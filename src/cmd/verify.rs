@@ -5,8 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use async_nats::jetstream;
-use custody_ledger::audit;
+use custody_audit::verify::{self as audit, Bad, Checker, Head};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args)]
@@ -48,6 +47,26 @@ fn progress(total: u64) -> Box<dyn FnMut(u64) + Send> {
     })
 }
 
+/// Verifies a stopped ledger's store folder: its entries, read through the
+/// ledger's store module, go through the same checker as the stream's.
+fn verify_store(dir: &std::path::Path, progress: impl FnOnce(u64) -> Box<dyn FnMut(u64) + Send>) -> Result<Head, Bad> {
+    if !dir.join("db").is_file() {
+        return Err(Bad { seq: 0, why: format!("{} holds no ledger store", dir.display()) });
+    }
+    let store = custody_ledger::Store::open(dir).map_err(|e| Bad { seq: 0, why: format!("the store cannot be read: {e}") })?;
+    let head = store.head().map_err(|e| Bad { seq: 0, why: e.to_string() })?;
+    let mut checker = Checker::new(progress(head.map_or(0, |h| h.0)));
+    for entry in store.entries_from(1) {
+        let next = checker.head()?.map_or(1, |p| p.0 + 1);
+        checker.push(entry.map_err(|e| Bad { seq: next, why: e.to_string() })?)?;
+    }
+    let last = checker.finish()?;
+    if last != head {
+        return Err(Bad { seq: last.map_or(1, |l| l.0 + 1), why: format!("the head record names {head:?} but the chain ends at {last:?}") });
+    }
+    Ok(last)
+}
+
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     if let (Some(c), Some(key)) = (&a.checkpoint, &a.key) {
         return super::transparency::verify_offline(c, key, a.proof.as_deref(), a.previous.as_deref(), a.consistency.as_deref(), a.json);
@@ -55,11 +74,11 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     let result = match &a.data {
         Some(dir) => {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || audit::verify_store(&dir, progress)).await?
+            tokio::task::spawn_blocking(move || verify_store(&dir, progress)).await?
         }
         None => {
             let client = custody::client::connect(nats).await?;
-            audit::verify_stream(&jetstream::new(client), progress).await?
+            audit::verify_stream(&custody_wire::follow::Reader::ledger(&client), progress).await?
         }
     };
     match result {

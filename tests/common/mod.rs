@@ -214,7 +214,7 @@ impl System {
     pub async fn start_projection(&mut self) {
         self.spawn_projection(&[]);
         for _ in 0..300 {
-            if self.query(custody_ledger::subjects::QUERY_DIGEST, json!({})).await.is_some() {
+            if self.query(custody_wire::subjects::QUERY_DIGEST, json!({})).await.is_some() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -256,7 +256,7 @@ impl System {
     pub async fn projection_caught_up(&self) -> Value {
         let head = self.head().await.0;
         for _ in 0..600 {
-            if let Some(d) = self.query(custody_ledger::subjects::QUERY_DIGEST, json!({})).await {
+            if let Some(d) = self.query(custody_wire::subjects::QUERY_DIGEST, json!({})).await {
                 if d["seq"].as_u64() == Some(head) {
                     return d;
                 }
@@ -276,7 +276,7 @@ impl System {
         let js = async_nats::jetstream::new(self.client.clone());
         let mut last = 0;
         for _ in 0..400 {
-            if let Ok(mut s) = js.get_stream(custody_ledger::subjects::LEDGER_STREAM).await {
+            if let Ok(mut s) = js.get_stream(custody_wire::subjects::LEDGER_STREAM).await {
                 if let Ok(info) = s.info().await {
                     last = info.state.last_sequence;
                     if last == head {
@@ -290,11 +290,11 @@ impl System {
     }
 
     pub async fn origin(&self, lot: &str) -> Value {
-        self.query(custody_ledger::subjects::QUERY_ORIGIN, json!({"lot": lot})).await.expect("origin answered")
+        self.query(custody_wire::subjects::QUERY_ORIGIN, json!({"lot": lot})).await.expect("origin answered")
     }
 
     pub async fn admissible(&self, lot: &str, rules: &str, date: &str) -> Value {
-        self.query(custody_ledger::subjects::QUERY_ADMISSIBILITY, json!({"lot": lot, "rules": rules, "date": date})).await.expect("admissibility answered")
+        self.query(custody_wire::subjects::QUERY_ADMISSIBILITY, json!({"lot": lot, "rules": rules, "date": date})).await.expect("admissibility answered")
     }
 
     pub fn kill_ledger(&mut self) {
@@ -304,7 +304,7 @@ impl System {
     }
 
     async fn try_head(&self) -> Option<(u64, Option<String>)> {
-        let req = self.client.request(custody_ledger::subjects::HEAD_SUBJECT, "".into());
+        let req = self.client.request(custody_wire::subjects::HEAD_SUBJECT, "".into());
         let msg = tokio::time::timeout(Duration::from_millis(500), req).await.ok()?.ok()?;
         let v: Value = serde_json::from_slice(&msg.payload).ok()?;
         Some((v["seq"].as_u64()?, v["hash"].as_str().map(str::to_owned)))
@@ -565,7 +565,7 @@ pub async fn connect(url: &str, key: Option<&KeyPair>) -> Result<(async_nats::Cl
         async move { sink.lock().unwrap().push(e.to_string()) }
     });
     if let Some(k) = key {
-        options = options.nkey(k.seed().unwrap()).custom_inbox_prefix(custody_ledger::connect::inbox_prefix(&k.public_key()));
+        options = options.nkey(k.seed().unwrap()).custom_inbox_prefix(custody_wire::connect::inbox_prefix(&k.public_key()));
     }
     options.connect(url).await.map(|c| (c, errors)).map_err(|e| e.to_string())
 }

@@ -34,9 +34,9 @@
 //!
 //! Every user reads replies only on `_INBOX_<its key>.>`.
 
-use custody_ledger::connect::inbox_prefix;
-use custody_ledger::subjects::*;
 use custody_proto::Role;
+use custody_wire::connect::inbox_prefix;
+use custody_wire::subjects::*;
 
 use crate::registry::Registry;
 

@@ -1,13 +1,29 @@
 //! Following the committed stream and keeping nats-server's authorization
-//! in step with the registry: render, write the file whole (temp + rename +
-//! fsync), then SIGHUP the server so it reloads. A reload also disconnects
-//! users it no longer knows (a revoked actor).
+//! in step with the registry: render, write the file whole
+//! ([`custody_wire::files::write_whole`]), then SIGHUP the server so it
+//! reloads. A reload also disconnects users it no longer knows (a revoked
+//! actor).
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
-use custody_ledger::follow;
+use custody_wire::files::{write_whole, FileError, Mode};
+use custody_wire::follow::{FollowError, Reader};
 use futures::StreamExt;
+
+/// Why authz stopped; authorization stays as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthzError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Connect(#[from] custody_wire::connect::ConnectError),
+    #[error("cannot signal nats-server (pid {pid}) to reload: {why}")]
+    Reload { pid: u32, why: String },
+    #[error("the committed stream breaks the chain at entry {seq} ({why}); authorization stays as it was")]
+    Broken { seq: u64, why: String },
+    #[error("the committed stream follower ended")]
+    Ended,
+}
 
 use crate::registry::Registry;
 use crate::render::{render, Services};
@@ -28,62 +44,50 @@ pub struct Config {
 
 /// Writes the authorization file for `registry` (before the server starts,
 /// or on a change).
-pub fn write(config: &Config, registry: &Registry) -> anyhow::Result<()> {
-    let text = render(registry, &config.services);
-    let tmp = config.config_file.with_extension("tmp");
-    {
-        use std::io::Write as _;
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &config.config_file).with_context(|| format!("cannot replace {}", config.config_file.display()))?;
-    Ok(())
+pub fn write(config: &Config, registry: &Registry) -> Result<(), AuthzError> {
+    Ok(write_whole(&config.config_file, render(registry, &config.services).as_bytes(), Mode::Private)?)
 }
 
 /// Asks nats-server to reload its configuration.
-fn reload(pid: u32) -> anyhow::Result<()> {
-    let pid = libc::pid_t::try_from(pid).context("not a process id")?;
+fn reload(pid: u32) -> Result<(), AuthzError> {
+    let target = libc::pid_t::try_from(pid).map_err(|_| AuthzError::Reload { pid, why: "not a process id".into() })?;
     // SAFETY: kill(2) with a plain signal number touches no memory of ours.
-    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot signal nats-server to reload");
+    if unsafe { libc::kill(target, libc::SIGHUP) } != 0 {
+        return Err(AuthzError::Reload { pid, why: std::io::Error::last_os_error().to_string() });
     }
     Ok(())
 }
 
 /// Follows the committed stream until `shutdown`, rewriting and reloading
 /// on every change of the registry.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let client = custody_ledger::connect::connect(&config.nats_url, "custody-authz", config.nkey.as_deref()).await?;
-    let reader = follow::Reader::ledger(&client);
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AuthzError> {
+    let client = custody_wire::connect::connect(&config.nats_url, "custody-authz", config.nkey.as_deref()).await?;
     let mut registry = Registry::new(&config.genesis);
-    let mut prev: Option<(u64, custody_proto::Hash)> = None;
-    let mut batches = std::pin::pin!(reader.follow(1));
+    let mut batches = std::pin::pin!(Reader::ledger(&client).entries(None, None));
     tokio::pin!(shutdown);
     loop {
         let batch = tokio::select! {
             () = &mut shutdown => return Ok(()),
             b = batches.next() => b,
         };
-        let batch = match batch {
+        let entries = match batch {
             Some(Ok(b)) => b,
-            Some(Err(e)) => {
+            Some(Err(FollowError::Read(e))) => {
                 tracing::warn!(error = %e, "cannot read the committed stream yet");
                 continue;
             }
-            None => return Err(anyhow::anyhow!("the committed stream follower ended")),
+            Some(Err(FollowError::Broken { seq, why })) => return Err(AuthzError::Broken { seq, why }),
+            None => return Err(AuthzError::Ended),
         };
         let mut changed = false;
-        for msg in batch {
-            let entry = follow::entry_of(&msg).map_err(|why| anyhow::anyhow!("committed stream message unreadable: {why}"))?;
-            entry.check_after(prev).context("the committed stream breaks the chain; authorization stays as it was")?;
-            changed |= registry.apply(&entry);
-            prev = Some((entry.seq, entry.hash));
+        let last = entries.last().map(|e| e.seq);
+        for entry in &entries {
+            changed |= registry.apply(entry);
         }
         if changed {
             write(&config, &registry)?;
             reload(config.nats_pid)?;
-            tracing::info!(actors = registry.actors.len(), seq = prev.map(|p| p.0), "authorization reloaded");
+            tracing::info!(actors = registry.actors.len(), seq = last, "authorization reloaded");
         }
     }
 }

@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -22,7 +21,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
-use custody_ledger::subjects;
+use custody_wire::query::{AnswerCode, ErrorAnswer};
+use custody_wire::subjects;
 use serde_json::{json, Value};
 
 mod svg;
@@ -47,17 +47,32 @@ struct App {
 /// How far the committed stream was verified, or the first thing wrong in
 /// it (an append-only stream that broke stays broken).
 enum Verified {
-    Good(custody_ledger::audit::Checker),
-    Bad(custody_ledger::audit::Bad),
+    Good(custody_audit::verify::Checker),
+    Bad(custody_audit::verify::Bad),
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"code": code, "message": message.into()}))).into_response()
+/// The HTTP status of each answer code: the one place they are mapped.
+fn status(code: AnswerCode) -> StatusCode {
+    use AnswerCode::*;
+    match code {
+        UnknownLot | NotInTree | TreeTooSmall | UnknownEntry | NotFound => StatusCode::NOT_FOUND,
+        BadCredentials => StatusCode::UNAUTHORIZED,
+        UnknownActor | ActorRevoked => StatusCode::FORBIDDEN,
+        Internal | BadAnswer | BadEntry => StatusCode::BAD_GATEWAY,
+        Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Timeout => StatusCode::GATEWAY_TIMEOUT,
+        BadRequest | InvalidRequest | InvalidDate | UnknownRules | InvalidRules | RulesTooLarge | AnswerTooLarge | InvalidPath | InvalidSeq
+        | InvalidParameter | MissingParameter => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn error(code: AnswerCode, message: impl Into<String>) -> Response {
+    (status(code), Json(custody_wire::query::error_answer(code, message))).into_response()
 }
 
 /// The routes, over a NATS connection.
 pub fn router(nats: async_nats::Client) -> Router {
-    let checker = custody_ledger::audit::Checker::new(Box::new(|_| {}));
+    let checker = custody_audit::verify::Checker::new(Box::new(|_| {}));
     let app = App { nats, verified: Arc::new(tokio::sync::Mutex::new(Verified::Good(checker))) };
     Router::new()
         .route("/v1/lots/{lot}/origin", get(origin))
@@ -70,8 +85,23 @@ pub fn router(nats: async_nats::Client) -> Router {
         .route("/v1/ledger/verify", get(verify))
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such path; see /v1/openapi.json") })
+        .fallback(|| async { error(AnswerCode::NotFound, "no such path; see /v1/openapi.json") })
         .with_state(app)
+}
+
+/// Why the gateway stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Connect(#[from] custody_wire::connect::ConnectError),
+    #[error("cannot listen on {listen}: {source}")]
+    Listen {
+        listen: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[from] std::io::Error),
 }
 
 /// Serves on `listen` until `shutdown`; `on_bound` learns the real address
@@ -82,9 +112,9 @@ pub async fn run(
     listen: SocketAddr,
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let nats = custody_ledger::connect::connect(nats_url, "custody-gateway", nkey).await?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+) -> Result<(), GatewayError> {
+    let nats = custody_wire::connect::connect(nats_url, "custody-gateway", nkey).await?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| GatewayError::Listen { listen, source })?;
     on_bound(listener.local_addr()?);
     axum::serve(listener, router(nats)).with_graceful_shutdown(shutdown).await?;
     Ok(())
@@ -100,19 +130,18 @@ impl App {
     async fn ask(&self, who: &str, subject: &str, body: Value) -> Response {
         let request = self.nats.request(subject.to_owned(), body.to_string().into());
         let msg = match tokio::time::timeout(QUERY_TIMEOUT, request).await {
-            Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "timeout", format!("no {who} answered in time")),
-            Ok(Err(e)) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("no {who} is answering: {e}")),
+            Err(_) => return error(AnswerCode::Timeout, format!("no {who} answered in time")),
+            Ok(Err(e)) => return error(AnswerCode::Unavailable, format!("no {who} is answering: {e}")),
             Ok(Ok(m)) => m,
         };
         let Ok(answer) = serde_json::from_slice::<Value>(&msg.payload) else {
-            return error(StatusCode::BAD_GATEWAY, "bad_answer", format!("the {who}'s answer is not JSON"));
+            return error(AnswerCode::BadAnswer, format!("the {who}'s answer is not JSON"));
         };
-        let status = match answer.get("code").and_then(Value::as_str) {
-            None => StatusCode::OK,
-            Some("unknown_lot" | "not_in_tree" | "tree_too_small") => StatusCode::NOT_FOUND,
-            Some("internal") => StatusCode::BAD_GATEWAY,
-            Some("unavailable") => StatusCode::SERVICE_UNAVAILABLE,
-            Some(_) => StatusCode::BAD_REQUEST,
+        let status = match (answer.get("code"), ErrorAnswer::of(&answer)) {
+            (None, _) => StatusCode::OK,
+            (Some(_), Some(e)) => status(e.code),
+            // A code this gateway does not know (a newer service): the request's fault.
+            (Some(_), None) => StatusCode::BAD_REQUEST,
         };
         (status, Json(answer)).into_response()
     }
@@ -120,7 +149,7 @@ impl App {
 
 /// A path segment axum could not decode (not UTF-8, say) is our JSON 400.
 fn segment(p: Result<Path<String>, PathRejection>) -> Result<String, Response> {
-    p.map(|Path(s)| s).map_err(|e| error(StatusCode::BAD_REQUEST, "invalid_path", format!("the path cannot be read: {e}")))
+    p.map(|Path(s)| s).map_err(|e| error(AnswerCode::InvalidPath, format!("the path cannot be read: {e}")))
 }
 
 async fn origin(State(app): State<App>, lot: Result<Path<String>, PathRejection>) -> Response {
@@ -137,7 +166,7 @@ async fn admissibility(State(app): State<App>, lot: Result<Path<String>, PathRej
         Err(r) => return r,
     };
     let (Some(rules), Some(date)) = (q.get("rules"), q.get("date")) else {
-        return error(StatusCode::BAD_REQUEST, "missing_parameter", "admissibility needs ?rules=NAME&date=YYYY-MM-DD");
+        return error(AnswerCode::MissingParameter, "admissibility needs ?rules=NAME&date=YYYY-MM-DD");
     };
     app.query(subjects::QUERY_ADMISSIBILITY, json!({"lot": lot, "rules": rules, "date": date})).await
 }
@@ -160,10 +189,10 @@ async fn genealogy(
         return answer;
     }
     let Ok(bytes) = axum::body::to_bytes(answer.into_body(), 64 << 20).await else {
-        return error(StatusCode::BAD_GATEWAY, "bad_answer", "the genealogy is too large to draw");
+        return error(AnswerCode::BadAnswer, "the genealogy is too large to draw");
     };
     let Ok(g) = serde_json::from_slice::<Value>(&bytes) else {
-        return error(StatusCode::BAD_GATEWAY, "bad_answer", "the projection's answer is not JSON");
+        return error(AnswerCode::BadAnswer, "the projection's answer is not JSON");
     };
     ([(header::CONTENT_TYPE, "image/svg+xml")], svg::genealogy(&g)).into_response()
 }
@@ -178,19 +207,18 @@ struct Caller {
 /// response when the signature is bad or the key is not a live actor.
 async fn caller(app: &App, headers: &axum::http::HeaderMap, method: &str, path: &str) -> Result<Option<Caller>, Response> {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let value = value.to_str().map_err(|_| error(StatusCode::UNAUTHORIZED, "bad_credentials", "the Authorization header is not text"))?;
-    let key = custody_proto::request::verify(value, method, path, custody_proto::Timestamp::now())
-        .map_err(|why| error(StatusCode::UNAUTHORIZED, "bad_credentials", why))?;
+    let value = value.to_str().map_err(|_| error(AnswerCode::BadCredentials, "the Authorization header is not text"))?;
+    let key = custody_proto::request::verify(value, method, path, custody_proto::Timestamp::now()).map_err(|why| error(AnswerCode::BadCredentials, why))?;
     let request = app.nats.request(subjects::QUERY_ACTOR, json!({"key": key}).to_string().into());
     let answer = match tokio::time::timeout(QUERY_TIMEOUT, request).await {
         Ok(Ok(m)) => serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null),
-        _ => return Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "no projection answered who the caller is")),
+        _ => return Err(error(AnswerCode::Unavailable, "no projection answered who the caller is")),
     };
     if answer.get("code").is_some() {
-        return Err(error(StatusCode::FORBIDDEN, "unknown_actor", format!("{key} is not a registered actor")));
+        return Err(error(AnswerCode::UnknownActor, format!("{key} is not a registered actor")));
     }
     if answer["revoked"] == true {
-        return Err(error(StatusCode::FORBIDDEN, "actor_revoked", format!("{key} was revoked")));
+        return Err(error(AnswerCode::ActorRevoked, format!("{key} was revoked")));
     }
     let regulator = answer["roles"].as_array().is_some_and(|r| r.iter().any(|x| x == "regulator"));
     Ok(Some(Caller { key, regulator }))
@@ -226,20 +254,16 @@ async fn entry(State(app): State<App>, seq: Result<Path<String>, PathRejection>,
         Err(r) => return r,
     };
     let Some(seq) = seq.parse::<u64>().ok().filter(|s| *s >= 1) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_seq",
-            format!("{:?} is not a ledger seq (a whole number from 1)", seq.chars().take(40).collect::<String>()),
-        );
+        return error(AnswerCode::InvalidSeq, format!("{:?} is not a ledger seq (a whole number from 1)", seq.chars().take(40).collect::<String>()));
     };
-    let msg = match custody_ledger::follow::Reader::ledger(&app.nats).get(seq).await {
+    let msg = match custody_wire::follow::Reader::ledger(&app.nats).get(seq).await {
         Ok(Some(m)) => m,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "unknown_entry", format!("the ledger has no entry {seq}")),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the committed stream cannot be read: {e}")),
+        Ok(None) => return error(AnswerCode::UnknownEntry, format!("the ledger has no entry {seq}")),
+        Err(e) => return error(AnswerCode::Unavailable, format!("the committed stream cannot be read: {e}")),
     };
-    let entry = match custody_ledger::follow::entry_of(&msg) {
+    let entry = match custody_wire::follow::entry_of(&msg) {
         Ok(e) => e,
-        Err(why) => return error(StatusCode::BAD_GATEWAY, "bad_entry", why),
+        Err(why) => return error(AnswerCode::BadEntry, why),
     };
     let envelope: Value = serde_json::from_slice(&entry.envelope).unwrap_or(Value::Null);
     let mut event: Value = envelope["payload"]
@@ -270,18 +294,18 @@ async fn entry(State(app): State<App>, seq: Result<Path<String>, PathRejection>,
 /// A seq from the path, or our JSON 400.
 fn seq_of(seq: Result<Path<String>, PathRejection>) -> Result<u64, Response> {
     let seq = segment(seq)?;
-    seq.parse::<u64>().ok().filter(|s| *s >= 1).ok_or_else(|| {
-        error(StatusCode::BAD_REQUEST, "invalid_seq", format!("{:?} is not a ledger seq (a whole number from 1)", seq.chars().take(40).collect::<String>()))
-    })
+    seq.parse::<u64>()
+        .ok()
+        .filter(|s| *s >= 1)
+        .ok_or_else(|| error(AnswerCode::InvalidSeq, format!("{:?} is not a ledger seq (a whole number from 1)", seq.chars().take(40).collect::<String>())))
 }
 
 /// A tree size from the query string, or our JSON 400.
 fn size_param(q: &HashMap<String, String>, name: &str) -> Result<Option<u64>, Response> {
     q.get(name)
         .map(|v| {
-            v.parse::<u64>().map_err(|_| {
-                error(StatusCode::BAD_REQUEST, "invalid_parameter", format!("{name} must be a whole number, not {:?}", v.chars().take(40).collect::<String>()))
-            })
+            v.parse::<u64>()
+                .map_err(|_| error(AnswerCode::InvalidParameter, format!("{name} must be a whole number, not {:?}", v.chars().take(40).collect::<String>())))
         })
         .transpose()
 }
@@ -312,7 +336,7 @@ async fn consistency(State(app): State<App>, Query(q): Query<HashMap<String, Str
     let (from, to) = match (size_param(&q, "from"), size_param(&q, "to")) {
         (Ok(Some(f)), Ok(Some(t))) => (f, t),
         (Err(r), _) | (_, Err(r)) => return r,
-        _ => return error(StatusCode::BAD_REQUEST, "missing_parameter", "consistency needs ?from=SIZE&to=SIZE"),
+        _ => return error(AnswerCode::MissingParameter, "consistency needs ?from=SIZE&to=SIZE"),
     };
     app.ask("ledger", subjects::CONSISTENCY_SUBJECT, json!({"from": from, "to": to})).await
 }
@@ -322,7 +346,7 @@ async fn consistency(State(app): State<App>, Query(q): Query<HashMap<String, Str
 /// committed since the last one. Concurrent requests queue on the lock and
 /// the later ones find the work done.
 async fn verify(State(app): State<App>) -> Response {
-    let bad = |b: &custody_ledger::audit::Bad| Json(json!({"ok": false, "seq": b.seq, "error": b.why})).into_response();
+    let bad = |b: &custody_audit::verify::Bad| Json(json!({"ok": false, "seq": b.seq, "error": b.why})).into_response();
     let mut verified = app.verified.lock().await;
     let checker = match &mut *verified {
         Verified::Bad(b) => return bad(b),
@@ -332,8 +356,8 @@ async fn verify(State(app): State<App>) -> Response {
         Ok(h) => h.map_or(0, |h| h.0),
         Err(b) => return bad(&b),
     };
-    let reader = custody_ledger::follow::Reader::ledger(&app.nats);
-    match custody_ledger::audit::extend_stream(&reader, checker).await {
+    let reader = custody_wire::follow::Reader::ledger(&app.nats);
+    match custody_audit::verify::extend_stream(&reader, checker).await {
         Ok(Ok(head)) => {
             let (seq, hash) = head.map_or((0, String::new()), |(s, h)| (s, h.to_hex()));
             Json(
@@ -346,6 +370,6 @@ async fn verify(State(app): State<App>) -> Response {
             *verified = Verified::Bad(b);
             answer
         }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the committed stream cannot be read: {e}")),
+        Err(e) => error(AnswerCode::Unavailable, format!("the committed stream cannot be read: {e}")),
     }
 }

@@ -4,34 +4,25 @@
 //! entries in order.
 //!
 //! # Layout
-//! - [`subjects`]: the NATS subjects and streams.
 //! - [`store`]: durable entries (the only sled user).
 //! - [`model`]: the write model and custody rules (pure).
 //! - [`ledger`]: open/replay, admit a batch, commit it.
 //! - [`notary`]: the Merkle tree, the ledger's key, checkpoints and proofs.
 //! - [`service`]: the NATS pipeline around it.
-//! - [`crashpoint`]: exact crash places for tests (`CUSTODY_CRASH`).
 //! - [`clock`]: the system clock, or a test clock (`--test-clock-file`).
-//! - [`auditor`]: the independent auditor (`custody audit`).
-//! - [`connect`]: connecting to NATS as an nkey user.
-//! - [`keyfile`]: nkey seed files (the ledger's key, actors' keys).
-//! - [`follow`], [`audit`]: reading and checking the committed stream (or a
-//!   stopped store) from seq 1.
+//! - [`recovery`]: an empty store in place of a damaged one (`ledger recover`).
+//!
+//! Subjects, connecting and following the streams are `custody-wire`'s;
+//! checking the ledger from outside is `custody-audit`'s, which cannot
+//! see this crate.
 
-pub mod audit;
-pub mod auditor;
 pub mod clock;
-pub mod connect;
-pub mod crashpoint;
-pub mod follow;
-pub mod keyfile;
 pub mod ledger;
 pub mod model;
 pub mod notary;
-pub mod recover;
+pub mod recovery;
 pub mod service;
 pub mod store;
-pub mod subjects;
 
 pub use ledger::{Ledger, OpenError};
 pub use service::{run, Config};

@@ -10,6 +10,7 @@ use std::sync::RwLock;
 
 use custody_proto::merkle::{ProofError, Tree};
 use custody_proto::{Checkpoint, Entry, Timestamp};
+use custody_wire::query::AnswerCode;
 use serde_json::{json, Value};
 
 use crate::store::{Store, StoreError};
@@ -19,8 +20,8 @@ pub const KEY_FILE: &str = "ledger.nk";
 
 /// Loads the ledger's signing key (a server nkey) from `dir`, creating it
 /// on first use.
-pub fn load_or_create_key(dir: &Path) -> anyhow::Result<nkeys::KeyPair> {
-    crate::keyfile::load_or_create(&dir.join(KEY_FILE), nkeys::KeyPairType::Server)
+pub fn load_or_create_key(dir: &Path) -> Result<nkeys::KeyPair, custody_wire::files::FileError> {
+    custody_wire::files::load_or_create_key(&dir.join(KEY_FILE), nkeys::KeyPairType::Server)
 }
 
 /// The tree and the key, shared by the writer (which appends) and the
@@ -106,30 +107,30 @@ impl Notary {
         } else {
             match serde_json::from_slice(body) {
                 Ok(v) => v,
-                Err(e) => return error("invalid_request", format!("the request is not JSON: {e}")),
+                Err(e) => return error(AnswerCode::InvalidRequest, format!("the request is not JSON: {e}")),
             }
         };
         let num = |k: &str| req.get(k).and_then(Value::as_u64);
         let result = match subject {
-            crate::subjects::CHECKPOINT_SUBJECT => self.checkpoint(self.published()).map(|c| json!(c)),
-            crate::subjects::PROOF_SUBJECT => {
-                let Some(seq) = num("seq") else { return error("invalid_request", "give \"seq\", a positive integer") };
+            custody_wire::subjects::CHECKPOINT_SUBJECT => self.checkpoint(self.published()).map(|c| json!(c)),
+            custody_wire::subjects::PROOF_SUBJECT => {
+                let Some(seq) = num("seq") else { return error(AnswerCode::InvalidRequest, "give \"seq\", a positive integer") };
                 self.inclusion(seq, num("tree_size"))
             }
-            crate::subjects::CONSISTENCY_SUBJECT => {
+            custody_wire::subjects::CONSISTENCY_SUBJECT => {
                 let (Some(from), Some(to)) = (num("from"), num("to")) else {
-                    return error("invalid_request", "give \"from\" and \"to\", tree sizes with 1 <= from <= to");
+                    return error(AnswerCode::InvalidRequest, "give \"from\" and \"to\", tree sizes with 1 <= from <= to");
                 };
                 self.consistency(from, to)
             }
-            other => return error("invalid_request", format!("no such subject {other}")),
+            other => return error(AnswerCode::InvalidRequest, format!("no such subject {other}")),
         };
         result.unwrap_or_else(|e| match e {
-            NotaryError::Proof(p @ ProofError::NotInTree { .. }) => error("not_in_tree", p.to_string()),
-            NotaryError::Proof(p @ ProofError::TooLarge { .. }) => error("tree_too_small", p.to_string()),
-            NotaryError::Proof(p) => error("invalid_request", p.to_string()),
-            NotaryError::Sign(s) => error("unavailable", s),
-            NotaryError::Store(s) => error("unavailable", s.to_string()),
+            NotaryError::Proof(p @ ProofError::NotInTree { .. }) => error(AnswerCode::NotInTree, p.to_string()),
+            NotaryError::Proof(p @ ProofError::TooLarge { .. }) => error(AnswerCode::TreeTooSmall, p.to_string()),
+            NotaryError::Proof(p) => error(AnswerCode::InvalidRequest, p.to_string()),
+            NotaryError::Sign(s) => error(AnswerCode::Unavailable, s),
+            NotaryError::Store(s) => error(AnswerCode::Unavailable, s.to_string()),
         })
     }
 
@@ -177,6 +178,6 @@ impl Notary {
     }
 }
 
-fn error(code: &str, message: impl Into<String>) -> Value {
-    json!({"code": code, "message": message.into()})
+fn error(code: AnswerCode, message: impl Into<String>) -> Value {
+    custody_wire::query::error_answer(code, message)
 }

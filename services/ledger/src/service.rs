@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use crate::ledger::{check_batch, Checked, Ledger, Submitted};
 use crate::notary::Notary;
 use crate::store::Store;
-use crate::subjects::*;
+use custody_wire::subjects::*;
 
 /// Largest number of submissions checked or written as one batch.
 const MAX_BATCH: usize = 2048;
@@ -83,7 +83,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let notary = Arc::new(Notary::new(ledger.take_tree(), key, ledger.store().clone()));
     tracing::info!(head = ?ledger.head().map(|h| h.0), key = %notary.public_key(), "ledger store open and chain verified");
 
-    let client = crate::connect::connect(&config.nats_url, "custody-ledger", config.nkey.as_deref()).await?;
+    let client = custody_wire::connect::connect(&config.nats_url, "custody-ledger", config.nkey.as_deref()).await?;
     let js = jetstream::new(client.clone());
     let streams = ensure_streams(&js).await?;
     let published = stream_agrees(&streams.ledger, ledger.store()).await?;

@@ -6,17 +6,17 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use chrono::NaiveDate;
-use custody_ledger::{follow, subjects};
+use custody_wire::follow::{FollowError, Reader};
+use custody_wire::query::{ActorQuery, AdmissibilityQuery, AnswerCode, LotQuery};
+use custody_wire::subjects;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
 use crate::rules::RuleSet;
-use crate::store::Store;
-use crate::view::{self, Dirty, State};
+use crate::store::{Store, StoreError};
+use crate::view::{self, ApplyError, Dirty, State};
 
 /// Entries applied and saved as one batch, at most.
 const CHUNK: usize = 4096;
@@ -25,6 +25,35 @@ const MAX_GENEALOGY: usize = 10_000;
 /// Largest rule set sent inline in a query: the presets are under 2 KB, a
 /// regulator's own file a few KB.
 pub const MAX_INLINE_RULES: usize = 64 * 1024;
+
+/// Why the projection stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("cannot open the projection store {}: {source}", dir.display())]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Connect(#[from] custody_wire::connect::ConnectError),
+    #[error("cannot read the committed stream: {0}")]
+    Read(#[from] custody_wire::follow::ReadError),
+    #[error("cannot answer queries: {0}")]
+    Serve(String),
+    /// The committed stream does not give a linked history: halting rather
+    /// than answer from a wrong one.
+    #[error("halting: the committed stream breaks the chain at entry {seq}: {why}")]
+    Broken { seq: u64, why: String },
+    #[error("halting: the committed stream breaks the chain: {0}")]
+    Apply(#[from] ApplyError),
+    #[error("the projection's state lock is poisoned")]
+    Poisoned,
+    #[error("a projection task ended unexpectedly")]
+    Ended,
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -39,22 +68,22 @@ pub struct Config {
 type Shared = Arc<RwLock<State>>;
 
 /// Runs until `shutdown`, or until the stream shows a gap or a broken chain.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let store = Store::open(&config.data_dir).with_context(|| format!("cannot open {}", config.data_dir.display()))?;
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
+    let store = Store::open(&config.data_dir).map_err(|source| ProjectionError::Open { dir: config.data_dir.clone(), source })?;
     let state = store.load()?;
     tracing::info!(checkpoint = ?state.checkpoint.map(|c| c.0), lots = state.lots.len(), "projection store loaded");
     let state: Shared = Arc::new(RwLock::new(state));
-    let client = custody_ledger::connect::connect(&config.nats_url, "custody-projection", config.nkey.as_deref()).await?;
+    let client = custody_wire::connect::connect(&config.nats_url, "custody-projection", config.nkey.as_deref()).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(client.clone(), state.clone()));
-    tasks.spawn(follow_stream(follow::Reader::ledger(&client), store, state, None));
+    tasks.spawn(follow_stream(Reader::ledger(&client), store, state, None));
     tokio::pin!(shutdown);
     let result = tokio::select! {
         () = &mut shutdown => Ok(()),
         Some(done) = tasks.join_next() => match done {
-            Ok(r) => r.and(Err(anyhow::anyhow!("a projection task ended unexpectedly"))),
-            Err(e) => Err(e.into()),
+            Ok(r) => r.and(Err(ProjectionError::Ended)),
+            Err(_) => Err(ProjectionError::Ended),
         },
     };
     tasks.shutdown().await;
@@ -63,21 +92,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// Replays the committed stream from seq 1 into an emptied store, up to the
 /// stream's current end, and returns the final `(seq, digest)`.
-pub async fn rebuild(config: Config) -> anyhow::Result<(u64, String)> {
+pub async fn rebuild(config: Config) -> Result<(u64, String), ProjectionError> {
     let state = replay(config).await?;
     Ok((state.checkpoint.map_or(0, |c| c.0), digest(&state)))
 }
 
 /// [`rebuild`] without the digest: the replayed state.
-pub async fn replay(config: Config) -> anyhow::Result<State> {
+pub async fn replay(config: Config) -> Result<State, ProjectionError> {
     let store = Store::open(&config.data_dir)?;
     store.clear()?;
-    let client = custody_ledger::connect::connect(&config.nats_url, "custody-projection-replay", config.nkey.as_deref()).await?;
-    let reader = follow::Reader::ledger(&client);
+    let client = custody_wire::connect::connect(&config.nats_url, "custody-projection-replay", config.nkey.as_deref()).await?;
+    let reader = Reader::ledger(&client);
     let end = reader.last_seq().await?;
     let state: Shared = Arc::new(RwLock::new(State::default()));
     follow_stream(reader, store, state.clone(), Some(end)).await?;
-    let s = state.read().map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
+    let s = state.read().map_err(|_| ProjectionError::Poisoned)?;
     Ok(s.clone())
 }
 
@@ -109,133 +138,108 @@ pub fn digest(state: &State) -> String {
     h.finalize().to_hex().to_string()
 }
 
-/// How applying a stream ended, short of a broken chain (which is an error).
-enum Flow {
-    /// Reached `until`.
-    Done,
-    /// Reading failed (NATS restarting, say); go on after the checkpoint.
-    Interrupted(anyhow::Error),
-}
-
-async fn follow_stream(reader: follow::Reader, store: Store, state: Shared, until: Option<u64>) -> anyhow::Result<()> {
-    loop {
-        let next = state.read().map_err(|_| anyhow::anyhow!("state lock poisoned"))?.checkpoint.map_or(1, |c| c.0 + 1);
-        if until.is_some_and(|u| next > u) {
-            return Ok(());
-        }
-        match apply_stream(reader.follow(next), &store, &state, until).await? {
-            Flow::Done => return Ok(()),
-            Flow::Interrupted(e) => {
-                tracing::warn!(error = %e, "reading the committed stream failed; going on after the checkpoint");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
+/// Applies the committed stream from the checkpoint on, through the one
+/// follower: batches as they arrive, several ready ones as one chunk of up
+/// to [`CHUNK`] entries, each chunk saved with its checkpoint. A read
+/// failure (NATS restarting, say) is logged after what was read is saved;
+/// the follower goes on by itself. A broken chain is an error. With
+/// `until`, ends there.
+async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Option<u64>) -> Result<(), ProjectionError> {
+    let after = state.read().map_err(|_| ProjectionError::Poisoned)?.checkpoint;
+    if until.is_some_and(|u| after.map_or(0, |a| a.0) >= u) {
+        return Ok(());
     }
-}
-
-/// Applies batches as they arrive, several ready ones as one chunk of up
-/// to [`CHUNK`] entries, and saves each chunk with its checkpoint. A broken
-/// chain is an error; a read failure is a [`Flow::Interrupted`], after what
-/// was read has been applied and saved.
-async fn apply_stream(
-    batches: impl futures::Stream<Item = Result<Vec<follow::StreamMsg>, follow::ReadError>>,
-    store: &Store,
-    state: &Shared,
-    until: Option<u64>,
-) -> anyhow::Result<Flow> {
-    let mut batches = std::pin::pin!(batches.ready_chunks(CHUNK.div_ceil(follow::BATCH)));
+    let batches = reader.entries(after, until);
+    let mut batches = std::pin::pin!(batches.ready_chunks(CHUNK.div_ceil(custody_wire::follow::BATCH)));
     while let Some(ready) = batches.next().await {
         let mut dirty = Dirty::default();
         let mut last = 0;
-        let mut interrupted = None;
+        let mut failed = None;
         {
-            let mut s = state.write().map_err(|_| anyhow::anyhow!("state lock poisoned"))?;
-            'chunk: for batch in ready {
-                let batch = match batch {
-                    Ok(b) => b,
+            let mut s = state.write().map_err(|_| ProjectionError::Poisoned)?;
+            for batch in ready {
+                let entries = match batch {
+                    Ok(entries) => entries,
                     Err(e) => {
-                        interrupted = Some(anyhow::Error::new(e));
+                        failed = Some(e);
                         break;
                     }
                 };
-                for msg in batch {
-                    let entry = follow::entry_of(&msg).map_err(|why| anyhow::anyhow!("committed stream message unreadable: {why}"))?;
-                    if entry.seq != msg.seq {
-                        bail!("committed stream position {} holds entry {}: halting", msg.seq, entry.seq);
-                    }
-                    s.apply(&entry, &mut dirty).with_context(|| "halting: the committed stream breaks the chain")?;
+                for entry in entries {
+                    s.apply(&entry, &mut dirty)?;
                     last = entry.seq;
-                    custody_ledger::crashpoint::reached("projection.apply");
-                    if until.is_some_and(|u| last >= u) {
-                        break 'chunk;
-                    }
+                    custody_wire::crashpoint::reached("projection.apply");
                 }
             }
             tokio::task::block_in_place(|| store.save(&s, &dirty))?;
-            custody_ledger::crashpoint::reached("projection.saved");
+            custody_wire::crashpoint::reached("projection.saved");
         }
-        if let Some(e) = interrupted {
-            return Ok(Flow::Interrupted(e));
+        match failed {
+            Some(FollowError::Broken { seq, why }) => return Err(ProjectionError::Broken { seq, why }),
+            Some(FollowError::Read(e)) if until.is_some() => return Err(e.into()),
+            Some(FollowError::Read(e)) => tracing::warn!(error = %e, "reading the committed stream failed; going on after the checkpoint"),
+            None => {}
         }
         if until.is_some_and(|u| last >= u) {
-            return Ok(Flow::Done);
+            return Ok(());
         }
     }
-    Ok(Flow::Interrupted(anyhow::anyhow!("the committed stream ended")))
+    Err(ProjectionError::Ended)
 }
 
-fn error(code: &str, message: impl Into<String>) -> Value {
-    json!({"code": code, "message": message.into()})
+fn error(code: AnswerCode, message: impl Into<String>) -> Value {
+    custody_wire::query::error_answer(code, message)
+}
+
+/// A query body of the shape `T`, or the `bad_request` that says why not.
+fn query<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Value> {
+    serde_json::from_slice(body).map_err(|e| error(AnswerCode::BadRequest, format!("the query is not of the expected shape: {e}")))
 }
 
 /// Answers one query; never panics on input.
 pub fn answer(state: &State, subject: &str, body: &[u8]) -> Value {
-    let Ok(req) = serde_json::from_slice::<Value>(body) else {
-        return error("bad_request", "the query is not JSON");
-    };
-    if subject == subjects::QUERY_DIGEST {
-        return json!({"seq": state.checkpoint.map_or(0, |c| c.0), "digest": digest(state)});
-    }
-    if subject == subjects::QUERY_ACTOR {
-        let Some(key) = req["key"].as_str() else { return error("bad_request", "the query needs a \"key\"") };
-        return match state.actors.get(key) {
-            Some(a) => json!({"key": key, "name": a.name, "country": a.country, "roles": a.roles, "revoked": a.revoked}),
-            None => error("unknown_actor", format!("{:?} is not a registered actor", custody_proto::ids::truncate(key))),
-        };
-    }
-    let Some(lot_id) = req["lot"].as_str() else {
-        return error("bad_request", "the query needs a \"lot\"");
-    };
-    let Some(lot) = state.lots.get(lot_id) else {
-        let shown = custody_proto::ids::truncate(lot_id);
-        return error("unknown_lot", format!("lot {shown:?} is not in the projection (up to seq {})", state.checkpoint.map_or(0, |c| c.0)));
-    };
+    answer_or_error(state, subject, body).unwrap_or_else(|e| e)
+}
+
+fn answer_or_error(state: &State, subject: &str, body: &[u8]) -> Result<Value, Value> {
     match subject {
-        subjects::QUERY_ORIGIN => view::origin(&state.answerable(lot)),
-        subjects::QUERY_ADMISSIBILITY => {
-            let Some(date) = req["date"].as_str() else { return error("invalid_date", "a date (YYYY-MM-DD) is needed") };
-            let Ok(date) = NaiveDate::parse_from_str(date, "%Y-%m-%d") else {
-                return error("invalid_date", format!("{date:?} is not a date of the form YYYY-MM-DD"));
+        subjects::QUERY_DIGEST => return Ok(json!({"seq": state.checkpoint.map_or(0, |c| c.0), "digest": digest(state)})),
+        subjects::QUERY_ACTOR => {
+            let ActorQuery { key } = query(body)?;
+            return match state.actors.get(&key) {
+                Some(a) => Ok(json!({"key": key, "name": a.name, "country": a.country, "roles": a.roles, "revoked": a.revoked})),
+                None => Err(error(AnswerCode::UnknownActor, format!("{:?} is not a registered actor", custody_proto::ids::truncate(&key)))),
             };
-            let rules = req["rules"].as_str().unwrap_or("");
-            if rules.len() > MAX_INLINE_RULES {
-                return error(
-                    "rules_too_large",
-                    format!(
-                        "the inline rule set is {} bytes; at most {MAX_INLINE_RULES} bytes (and {} rules) are accepted",
-                        rules.len(),
-                        crate::rules::MAX_RULES
-                    ),
-                );
-            }
-            match RuleSet::load(rules) {
-                Ok(set) => view::admissibility(&state.answerable(lot), &set, date),
-                Err(e @ crate::rules::RuleError::Unknown(_)) => error("unknown_rules", e.to_string()),
-                Err(e) => error("invalid_rules", e.to_string()),
-            }
         }
-        subjects::QUERY_GENEALOGY => genealogy(state, lot),
-        _ => error("bad_request", format!("no query {subject}")),
+        subjects::QUERY_ORIGIN | subjects::QUERY_GENEALOGY | subjects::QUERY_ADMISSIBILITY => {}
+        _ => return Err(error(AnswerCode::BadRequest, format!("no query {}", custody_proto::ids::truncate(subject)))),
+    }
+    let lot_of = |id: &str| {
+        state.lots.get(id).ok_or_else(|| {
+            let shown = custody_proto::ids::truncate(id);
+            error(AnswerCode::UnknownLot, format!("lot {shown:?} is not in the projection (up to seq {})", state.checkpoint.map_or(0, |c| c.0)))
+        })
+    };
+    if subject != subjects::QUERY_ADMISSIBILITY {
+        let LotQuery { lot } = query(body)?;
+        let lot = lot_of(&lot)?;
+        return Ok(if subject == subjects::QUERY_ORIGIN { view::origin(&state.answerable(lot)) } else { genealogy(state, lot) });
+    }
+    let AdmissibilityQuery { lot, rules, date } = query(body)?;
+    let lot = lot_of(&lot)?;
+    let Some(date) = date else { return Err(error(AnswerCode::InvalidDate, "a date (YYYY-MM-DD) is needed")) };
+    let Ok(date) = NaiveDate::parse_from_str(&date, "%Y-%m-%d") else {
+        return Err(error(AnswerCode::InvalidDate, format!("{:?} is not a date of the form YYYY-MM-DD", custody_proto::ids::truncate(&date))));
+    };
+    if rules.len() > MAX_INLINE_RULES {
+        let why =
+            format!("the inline rule set is {} bytes; at most {MAX_INLINE_RULES} bytes (and {} rules) are accepted", rules.len(), crate::rules::MAX_RULES);
+        return Err(error(AnswerCode::RulesTooLarge, why));
+    }
+    match RuleSet::load(&rules) {
+        Ok(set) => Ok(view::admissibility(&state.answerable(lot), &set, date)),
+        Err(e @ crate::rules::RuleError::Unknown(_)) => Err(error(AnswerCode::UnknownRules, e.to_string())),
+        Err(e) => Err(error(AnswerCode::InvalidRules, e.to_string())),
     }
 }
 
@@ -270,13 +274,13 @@ fn genealogy(state: &State, lot: &view::Lot) -> Value {
     json!({"lot": lot.lot, "node": node(lot), "ancestors": ancestors, "descendants": descendants, "truncated": a_trunc || d_trunc})
 }
 
-async fn serve(client: async_nats::Client, state: Shared) -> anyhow::Result<()> {
-    let mut sub = client.queue_subscribe("custody.query.>", subjects::PROJECTION_GROUP.to_owned()).await?;
+async fn serve(client: async_nats::Client, state: Shared) -> Result<(), ProjectionError> {
+    let mut sub = client.queue_subscribe("custody.query.>", subjects::PROJECTION_GROUP.to_owned()).await.map_err(|e| ProjectionError::Serve(e.to_string()))?;
     while let Some(msg) = sub.next().await {
         let Some(reply) = msg.reply else { continue };
         let answer = match state.read() {
             Ok(s) => answer(&s, msg.subject.as_str(), &msg.payload),
-            Err(_) => error("internal", "state lock poisoned"),
+            Err(_) => error(AnswerCode::Internal, "state lock poisoned"),
         };
         let body = within_limit(answer.to_string(), client.server_info().max_payload);
         let _ = client.publish(reply, body.into()).await;
@@ -294,5 +298,5 @@ fn within_limit(answer: String, max_payload: usize) -> String {
         "the answer is {} bytes, more than the {max_payload} bytes NATS carries; ask for less (the genealogy of a lot with this many relatives does not fit)",
         answer.len()
     );
-    error("answer_too_large", why).to_string()
+    error(AnswerCode::AnswerTooLarge, why).to_string()
 }

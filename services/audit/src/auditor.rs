@@ -11,15 +11,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
-use async_nats::jetstream;
 use custody_proto::merkle::Tree;
 use custody_proto::Checkpoint;
+use custody_wire::files::{write_whole, FileError, Mode};
+use custody_wire::follow::{FollowError, ReadError, Reader};
+use custody_wire::subjects;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::audit::{Bad, Checker};
-use crate::subjects;
+use crate::verify::{Bad, Checker};
 
 /// File in the state folder: every checkpoint seen, by tree size.
 pub const STATE_FILE: &str = "checkpoints.json";
@@ -33,6 +33,19 @@ impl From<Bad> for Finding {
     fn from(b: Bad) -> Finding {
         Finding(format!("entry {}: {}", b.seq, b.why))
     }
+}
+
+/// The auditor could not work: its key or state is unusable, or NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditorError {
+    #[error("{key:?} is not a public nkey: {why}")]
+    Key { key: String, why: String },
+    #[error("the auditor's state {}: {why}", path.display())]
+    State { path: PathBuf, why: String },
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
 }
 
 /// Where an audit stands.
@@ -62,16 +75,17 @@ pub struct Auditor {
 impl Auditor {
     /// An auditor trusting only the ledger key `key`, keeping what it has
     /// seen in `state` (loaded and re-verified if present).
-    pub fn new(key: &str, state: Option<&Path>) -> anyhow::Result<Auditor> {
-        nkeys::KeyPair::from_public_key(key).with_context(|| format!("{key:?} is not a public nkey"))?;
+    pub fn new(key: &str, state: Option<&Path>) -> Result<Auditor, AuditorError> {
+        nkeys::KeyPair::from_public_key(key).map_err(|e| AuditorError::Key { key: key.to_owned(), why: e.to_string() })?;
         let mut seen = BTreeMap::new();
         if let Some(dir) = state {
             let path = dir.join(STATE_FILE);
+            let bad = |why: String| AuditorError::State { path: path.clone(), why };
             if path.exists() {
-                let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-                let kept: Vec<Checkpoint> = serde_json::from_str(&text).with_context(|| format!("{} is not a list of checkpoints", path.display()))?;
+                let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot be read: {e}")))?;
+                let kept: Vec<Checkpoint> = serde_json::from_str(&text).map_err(|e| bad(format!("is not a list of checkpoints: {e}")))?;
                 for c in kept {
-                    c.verify(key).with_context(|| format!("{} holds a checkpoint not signed by {key}", path.display()))?;
+                    c.verify(key).map_err(|e| bad(format!("holds a checkpoint not signed by {key}: {e}")))?;
                     seen.insert(c.tree_size, c);
                 }
             }
@@ -142,35 +156,27 @@ impl Auditor {
         }
     }
 
-    /// Keeps the checkpoints seen (written whole, then renamed).
-    pub fn save(&self) -> anyhow::Result<()> {
+    /// Keeps the checkpoints seen (written whole).
+    pub fn save(&self) -> Result<(), AuditorError> {
         let Some(dir) = &self.state else { return Ok(()) };
-        std::fs::create_dir_all(dir)?;
         let all: Vec<&Checkpoint> = self.seen.values().collect();
-        let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-        {
-            use std::io::Write as _;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(&all)?)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, dir.join(STATE_FILE))?;
+        let text = serde_json::to_vec_pretty(&all).map_err(|e| AuditorError::State { path: dir.join(STATE_FILE), why: e.to_string() })?;
+        write_whole(&dir.join(STATE_FILE), &text, Mode::Shared)?;
         Ok(())
     }
 
     /// Reads both streams to their current ends. The outer error is NATS
     /// failing; the inner one is the ledger failing the audit.
-    pub async fn catch_up(&mut self, js: &jetstream::Context) -> anyhow::Result<Result<Summary, Finding>> {
+    pub async fn catch_up(&mut self, client: &async_nats::Client) -> Result<Result<Summary, Finding>, AuditorError> {
         // Checkpoints first: each was published only once the entries it
         // covers were on the committed stream, so all of them are covered
         // by the stream as read next, unless the stream went backwards.
-        let client = js.client();
-        let creader = crate::follow::Reader::checkpoints(&client);
-        let clast = creader.last_seq().await.context("no checkpoints stream: is a ledger running on this NATS?")?;
+        let creader = Reader::checkpoints(client);
+        let clast = creader.last_seq().await?;
         if clast > self.checkpoints_read {
             let mut messages = std::pin::pin!(creader.range(self.checkpoints_read + 1, clast));
             while let Some(msg) = messages.next().await {
-                let msg = msg.context("reading the checkpoints stream")?;
+                let msg = msg?;
                 self.checkpoints_read = msg.seq;
                 let cp: Checkpoint = match serde_json::from_slice(&msg.payload) {
                     Ok(cp) => cp,
@@ -182,8 +188,8 @@ impl Auditor {
             }
         }
 
-        let ereader = crate::follow::Reader::ledger(&client);
-        let elast = ereader.last_seq().await.context("no committed stream")?;
+        let ereader = Reader::ledger(client);
+        let elast = ereader.last_seq().await?;
         if let Some((&size, c)) = self.seen.iter().next_back() {
             if size > elast {
                 return Ok(Err(Finding(format!(
@@ -198,7 +204,7 @@ impl Auditor {
         // What was audited must still be there: a stream rewritten to the
         // same length would otherwise go unnoticed by a follower.
         if let Some((seq, hash)) = self.last {
-            let msg = ereader.get(seq).await.context("cannot read the committed stream's audited head")?;
+            let msg = ereader.get(seq).await?;
             let now = msg.and_then(|m| m.headers.get(subjects::HDR_HASH).map(|v| v.as_str().to_owned()));
             if now.as_deref() != Some(hash.to_hex().as_str()) {
                 return Ok(Err(Finding(format!(
@@ -207,18 +213,14 @@ impl Auditor {
                 ))));
             }
         }
-        if elast > self.tree.len() {
-            let mut messages = std::pin::pin!(ereader.range(self.tree.len() + 1, elast));
-            while let Some(msg) = messages.next().await {
-                let msg = msg.context("reading the committed stream")?;
-                let at = msg.seq;
-                let entry = match crate::follow::entry_of(&msg) {
-                    Ok(e) if e.seq == at && at == self.tree.len() + 1 => e,
-                    Ok(e) => {
-                        return Ok(Err(Finding(format!("committed stream position {at} holds entry {} where entry {} belongs", e.seq, self.tree.len() + 1))))
-                    }
-                    Err(why) => return Ok(Err(Finding(format!("entry {at}: {why}")))),
-                };
+        let mut batches = std::pin::pin!(ereader.entries(self.last, Some(elast)));
+        while let Some(batch) = batches.next().await {
+            let entries = match batch {
+                Ok(entries) => entries,
+                Err(FollowError::Read(e)) => return Err(e.into()),
+                Err(FollowError::Broken { seq, why }) => return Ok(Err(Finding(format!("entry {seq}: {why}")))),
+            };
+            for entry in entries {
                 if let Err(f) = self.entry(entry) {
                     return Ok(Err(f));
                 }

@@ -5,18 +5,28 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::ConnectErrorKind;
+
+/// Why connecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("the NATS identity is not an nkey seed: {0}")]
+    Identity(String),
+    #[error("NATS at {url} refused the connection ({why}): {hint}")]
+    Refused { url: String, why: String, hint: &'static str },
+    #[error("cannot connect to NATS at {url}: {why}")]
+    Unreachable { url: String, why: String },
+}
 
 /// The inbox prefix of a user: the only `_INBOX` subjects it may read.
 pub fn inbox_prefix(public_key: &str) -> String {
     format!("_INBOX_{public_key}")
 }
 
-fn options(name: &str, seed: Option<&str>) -> anyhow::Result<async_nats::ConnectOptions> {
+fn options(name: &str, seed: Option<&str>) -> Result<async_nats::ConnectOptions, ConnectError> {
     let mut options = async_nats::ConnectOptions::new().name(name);
     if let Some(seed) = seed {
-        let key = nkeys::KeyPair::from_seed(seed.trim()).context("the NATS identity is not an nkey seed")?;
+        let key = nkeys::KeyPair::from_seed(seed.trim()).map_err(|e| ConnectError::Identity(e.to_string()))?;
         options = options.custom_inbox_prefix(inbox_prefix(&key.public_key())).nkey(seed.trim().to_owned());
     }
     Ok(options)
@@ -24,29 +34,29 @@ fn options(name: &str, seed: Option<&str>) -> anyhow::Result<async_nats::Connect
 
 /// Connects a service as `name`, authenticated by the nkey `seed` when
 /// given; it keeps retrying in the background while the server comes up.
-pub async fn connect(url: &str, name: &str, seed: Option<&str>) -> anyhow::Result<async_nats::Client> {
-    options(name, seed)?.retry_on_initial_connect().connect(url).await.with_context(|| format!("cannot connect to NATS at {url}"))
+pub async fn connect(url: &str, name: &str, seed: Option<&str>) -> Result<async_nats::Client, ConnectError> {
+    options(name, seed)?.retry_on_initial_connect().connect(url).await.map_err(|e| ConnectError::Unreachable { url: url.to_owned(), why: e.to_string() })
 }
 
 /// Connects a command-line client: retries for a few seconds while the
 /// server is unreachable, but gives up at once, and says why, when the
 /// server refuses the identity.
-pub async fn connect_client(url: &str, name: &str, seed: Option<&str>) -> anyhow::Result<async_nats::Client> {
+pub async fn connect_client(url: &str, name: &str, seed: Option<&str>) -> Result<async_nats::Client, ConnectError> {
     let mut last = None;
     for _ in 0..40 {
         match options(name, seed)?.connect(url).await {
             Ok(c) => return Ok(c),
             Err(e) if matches!(e.kind(), ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication) => {
-                let who = if seed.is_some() {
+                let hint = if seed.is_some() {
                     "this --nkey is not a registered (or not a live) actor"
                 } else {
                     "it checks identities: give --nkey (or CUSTODY_NKEY)"
                 };
-                anyhow::bail!("NATS at {url} refused the connection ({e}): {who}");
+                return Err(ConnectError::Refused { url: url.to_owned(), why: e.to_string(), hint });
             }
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Err(anyhow::anyhow!("cannot connect to NATS at {url}: {}", last.map_or_else(|| "no answer".to_owned(), |e| e.to_string())))
+    Err(ConnectError::Unreachable { url: url.to_owned(), why: last.map_or_else(|| "no answer".to_owned(), |e| e.to_string()) })
 }

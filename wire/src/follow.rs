@@ -23,7 +23,11 @@ use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt};
 
 use crate::subjects::{CHECKPOINTS_STREAM, CHECKPOINTS_SUBJECT, ENTRIES_SUBJECT, LEDGER_STREAM};
-use custody_proto::Entry;
+use custody_proto::{Entry, Hash};
+
+/// Where a linked history ends: `(seq, hash)` of its last entry, `None`
+/// before the first.
+pub type Head = Option<(u64, Hash)>;
 
 /// Messages asked for in one direct-get batch.
 pub const BATCH: usize = 1024;
@@ -51,6 +55,34 @@ pub enum ReadError {
     Stalled { stream: String },
     #[error("the {stream} stream sent a message without its position")]
     NoPosition { stream: String },
+}
+
+/// The committed stream did not give a linked history.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// NATS, not the ledger: the follower goes on by itself.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The entry at `seq` cannot be read, is not at its own position, or
+    /// does not link to the one before it: the history cannot be trusted.
+    #[error("entry {seq}: {why}")]
+    Broken { seq: u64, why: String },
+}
+
+/// Decodes a batch of committed-stream messages into entries, each at its
+/// own stream position and linked (hash and `prev_hash`) to the one before.
+fn link(prev: &mut Head, msgs: Vec<StreamMsg>) -> Result<Vec<Entry>, FollowError> {
+    msgs.into_iter()
+        .map(|m| {
+            let e = entry_of(&m).map_err(|why| FollowError::Broken { seq: m.seq, why: format!("unreadable: {why}") })?;
+            if e.seq != m.seq {
+                return Err(FollowError::Broken { seq: m.seq, why: format!("stream position {} holds entry {}", m.seq, e.seq) });
+            }
+            e.check_after(*prev).map_err(|c| FollowError::Broken { seq: c.seq(), why: c.to_string() })?;
+            *prev = Some((e.seq, e.hash));
+            Ok(e)
+        })
+        .collect()
 }
 
 /// The entry a committed-stream message carries (hash not yet checked).
@@ -151,6 +183,36 @@ impl Reader {
             }
         })
         .flat_map(futures::stream::iter)
+    }
+
+    /// The committed stream's entries after `after` (from seq 1 for
+    /// `None`), in batches: each decoded, at its own stream position, and
+    /// linked to the one before it (hash and `prev_hash` checked). The one
+    /// follower of custody: the projection, authz, the auditor, `verify`
+    /// and `recover` read the committed stream through it. With `until`,
+    /// it ends after that seq (or at the first read error); without, it
+    /// follows new entries forever and goes on by itself after a read
+    /// error, which it reports as an item. After a broken link it ends.
+    pub fn entries(&self, after: Head, until: Option<u64>) -> impl futures::Stream<Item = Result<Vec<Entry>, FollowError>> + Send + 'static {
+        let from = after.map_or(1, |h| h.0 + 1);
+        let batches: futures::stream::BoxStream<'static, Result<Vec<StreamMsg>, ReadError>> = match until {
+            Some(last) if last < from => futures::stream::empty().boxed(),
+            Some(last) => self.range(from, last).ready_chunks(BATCH).map(|msgs| msgs.into_iter().collect::<Result<Vec<_>, _>>()).boxed(),
+            None => self.follow(from).boxed(),
+        };
+        futures::stream::unfold((batches, after, false), |(mut batches, mut prev, ended)| async move {
+            if ended {
+                return None;
+            }
+            match batches.next().await? {
+                Ok(msgs) => {
+                    let linked = link(&mut prev, msgs);
+                    let broken = linked.is_err();
+                    Some((linked, (batches, prev, broken)))
+                }
+                Err(e) => Some((Err(FollowError::Read(e)), (batches, prev, false))),
+            }
+        })
     }
 
     /// Every message from `from` on, in order, and then each new one as it

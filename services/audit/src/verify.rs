@@ -1,17 +1,20 @@
 //! Checking a ledger from seq 1: every entry hash, chain link, signature
 //! and event, and that each event id appears once. Used by `custody verify`
-//! and the gateway's `/v1/ledger/verify`; reads a stopped ledger's store or
-//! the committed stream, never the running ledger's memory.
+//! (over the committed stream, or over a stopped ledger's store, whose
+//! entries the command line feeds it) and the gateway's `/v1/ledger/verify`.
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use anyhow::Context as _;
-use async_nats::jetstream;
-use custody_proto::{Entry, Event, Hash, Opened};
+use custody_proto::{Entry, Event, Opened};
+use custody_wire::follow::{FollowError, Reader};
 use futures::StreamExt;
 
-use crate::store::Store;
+pub use custody_wire::follow::Head;
+
+/// Reading the committed stream failed (NATS, not the ledger).
+#[derive(Debug, thiserror::Error)]
+#[error("the committed stream cannot be read: {0}")]
+pub struct Unreadable(#[from] pub custody_wire::follow::ReadError);
 
 /// The first thing wrong, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,9 +23,6 @@ pub struct Bad {
     pub seq: u64,
     pub why: String,
 }
-
-/// Where a good chain ends: `(seq, hash)` of its head, `None` when empty.
-pub type Head = Option<(u64, Hash)>;
 
 /// Checks entries in order; signatures in batches.
 pub struct Checker {
@@ -81,32 +81,12 @@ impl Checker {
     }
 }
 
-/// Verifies a stopped ledger's store folder.
-pub fn verify_store(dir: &Path, progress: impl FnOnce(u64) -> Box<dyn FnMut(u64) + Send>) -> Result<Head, Bad> {
-    if !dir.join("db").is_file() {
-        return Err(Bad { seq: 0, why: format!("{} holds no ledger store", dir.display()) });
-    }
-    let store = Store::open(dir).map_err(|e| Bad { seq: 0, why: format!("the store cannot be read: {e}") })?;
-    let head = store.head().map_err(|e| Bad { seq: 0, why: e.to_string() })?;
-    let mut checker = Checker::new(progress(head.map_or(0, |h| h.0)));
-    for entry in store.entries_from(1) {
-        let entry = entry.map_err(|e| Bad { seq: checker.prev.map_or(1, |p| p.0 + 1), why: e.to_string() })?;
-        checker.push(entry)?;
-    }
-    let last = checker.finish()?;
-    if last != head {
-        return Err(Bad { seq: last.map_or(1, |l| l.0 + 1), why: format!("the head record names {head:?} but the chain ends at {last:?}") });
-    }
-    Ok(last)
-}
-
 /// Verifies the committed stream from seq 1 to its current end. The outer
 /// error is NATS failing; the inner one is the ledger failing.
-pub async fn verify_stream(js: &jetstream::Context, progress: impl FnOnce(u64) -> Box<dyn FnMut(u64) + Send>) -> anyhow::Result<Result<Head, Bad>> {
-    let reader = crate::follow::Reader::ledger(&js.client());
-    let last = reader.last_seq().await.context("no committed stream: is a ledger running on this NATS?")?;
+pub async fn verify_stream(reader: &Reader, progress: impl FnOnce(u64) -> Box<dyn FnMut(u64) + Send>) -> Result<Result<Head, Bad>, Unreadable> {
+    let last = reader.last_seq().await?;
     let mut checker = Checker::new(progress(last));
-    Ok(match extend_stream(&reader, &mut checker).await? {
+    Ok(match extend_stream(reader, &mut checker).await? {
         Ok(_) => checker.finish(),
         Err(bad) => Err(bad),
     })
@@ -115,23 +95,19 @@ pub async fn verify_stream(js: &jetstream::Context, progress: impl FnOnce(u64) -
 /// Goes on verifying the committed stream where `checker` stopped, up to
 /// the stream's current end: a caller that keeps its checker verifies each
 /// entry once however often it asks.
-pub async fn extend_stream(reader: &crate::follow::Reader, checker: &mut Checker) -> anyhow::Result<Result<Head, Bad>> {
-    let last = reader.last_seq().await.context("no committed stream: is a ledger running on this NATS?")?;
-    let from = checker.prev.map_or(1, |p| p.0 + 1);
-    if from > last {
-        return Ok(checker.head());
-    }
-    let mut messages = std::pin::pin!(reader.range(from, last));
-    while let Some(msg) = messages.next().await {
-        let msg = msg?;
-        let seen = msg.seq;
-        let entry = match crate::follow::entry_of(&msg) {
-            Ok(e) if e.seq == seen => e,
-            Ok(e) => return Ok(Err(Bad { seq: seen, why: format!("message claims seq {} at stream position {seen}", e.seq) })),
-            Err(why) => return Ok(Err(Bad { seq: seen, why })),
+pub async fn extend_stream(reader: &Reader, checker: &mut Checker) -> Result<Result<Head, Bad>, Unreadable> {
+    let last = reader.last_seq().await?;
+    let mut batches = std::pin::pin!(reader.entries(checker.prev, Some(last)));
+    while let Some(batch) = batches.next().await {
+        let entries = match batch {
+            Ok(entries) => entries,
+            Err(FollowError::Read(e)) => return Err(e.into()),
+            Err(FollowError::Broken { seq, why }) => return Ok(Err(Bad { seq, why })),
         };
-        if let Err(bad) = checker.push(entry) {
-            return Ok(Err(bad));
+        for entry in entries {
+            if let Err(bad) = checker.push(entry) {
+                return Ok(Err(bad));
+            }
         }
     }
     Ok(checker.head())

@@ -1,0 +1,25 @@
+//! How custody talks over NATS, shared by every service and the command
+//! line: the map of subjects and streams, connecting as an nkey user, the
+//! one follower of the committed stream, the query requests and answer
+//! codes, and the small files every party keeps (key files, written whole).
+//!
+//! *Invariant: knows no custody rule and no storage of any service.* It
+//! depends on `custody-proto` only; the ledger, the projection, the
+//! gateway, authz and the auditor depend on it, never the other way round.
+//!
+//! # Layout
+//! - [`subjects`]: the NATS subjects and streams.
+//! - [`connect`]: connecting to NATS as an nkey user.
+//! - [`follow`]: reading the ledger's streams by direct get; the linked
+//!   entry follower ([`follow::Reader::entries`]).
+//! - [`query`]: query requests and the answer codes, with their meaning.
+//! - [`files`]: writing a file whole (temp, fsync, rename, fsync the
+//!   folder), and nkey seed files.
+//! - [`crashpoint`]: exact crash places for tests (`CUSTODY_CRASH`).
+
+pub mod connect;
+pub mod crashpoint;
+pub mod files;
+pub mod follow;
+pub mod query;
+pub mod subjects;

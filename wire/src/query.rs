@@ -1,0 +1,107 @@
+//! Queries over NATS (request-reply, JSON): what a regulator, the gateway
+//! or the command line asks the projection and the ledger, and the codes
+//! of the error answers `{"code", "message"}`. The gateway maps each code
+//! to an HTTP status in one place.
+
+use serde::{Deserialize, Serialize};
+
+/// The stable code of an error answer (from a projection, the ledger's
+/// proof service, or the gateway itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnswerCode {
+    /// The request is not JSON of the expected shape.
+    BadRequest,
+    /// A ledger request (proof, consistency) names impossible sizes.
+    InvalidRequest,
+    UnknownLot,
+    UnknownActor,
+    /// A request signer the authority revoked.
+    ActorRevoked,
+    InvalidDate,
+    UnknownRules,
+    InvalidRules,
+    RulesTooLarge,
+    /// The answer would exceed what one message may carry.
+    AnswerTooLarge,
+    /// The entry is not in the tree a proof was asked against.
+    NotInTree,
+    TreeTooSmall,
+    /// No such ledger entry.
+    UnknownEntry,
+    /// No such HTTP path.
+    NotFound,
+    InvalidPath,
+    InvalidSeq,
+    InvalidParameter,
+    MissingParameter,
+    /// A signed HTTP request whose signature or time does not verify.
+    BadCredentials,
+    /// What answered is not what it should have been (not JSON, an entry
+    /// whose hash does not verify).
+    BadAnswer,
+    BadEntry,
+    /// A fault of ours.
+    Internal,
+    /// Nothing is answering (yet).
+    Unavailable,
+    /// Nothing answered in time.
+    Timeout,
+}
+
+/// An error answer, as every custody query service sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorAnswer {
+    pub code: AnswerCode,
+    pub message: String,
+}
+
+/// The one builder of an error answer's JSON.
+pub fn error_answer(code: AnswerCode, message: impl Into<String>) -> serde_json::Value {
+    serde_json::to_value(ErrorAnswer { code, message: message.into() }).unwrap_or_default()
+}
+
+impl ErrorAnswer {
+    /// The error an answer carries, if it is one.
+    pub fn of(answer: &serde_json::Value) -> Option<ErrorAnswer> {
+        answer.get("code")?;
+        serde_json::from_value(answer.clone()).ok()
+    }
+}
+
+/// `custody.query.origin` and `custody.query.genealogy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LotQuery {
+    pub lot: String,
+}
+
+/// `custody.query.admissibility`: a preset's name or a rule file's text,
+/// and a date `YYYY-MM-DD`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissibilityQuery {
+    pub lot: String,
+    #[serde(default)]
+    pub rules: String,
+    #[serde(default)]
+    pub date: Option<String>,
+}
+
+/// `custody.query.actor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActorQuery {
+    pub key: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_answers_round_trip_with_snake_case_codes() {
+        let a = error_answer(AnswerCode::UnknownLot, "lot \"X\" is not in the projection");
+        assert_eq!(a["code"], "unknown_lot");
+        assert_eq!(ErrorAnswer::of(&a).map(|e| e.code), Some(AnswerCode::UnknownLot));
+        assert_eq!(ErrorAnswer::of(&serde_json::json!({"lot": "X"})), None);
+        assert_eq!(serde_json::to_value(AnswerCode::AnswerTooLarge).unwrap(), "answer_too_large");
+    }
+}
