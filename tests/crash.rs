@@ -122,7 +122,7 @@ async fn kill_9_under_load_loses_and_duplicates_nothing() {
     let store = Store::open(&sys.ledger_dir()).unwrap();
     for r in receipts.values() {
         let e = store.get(r.seq).unwrap().expect("receipted entry exists");
-        assert_eq!(e.hash.to_hex(), r.hash, "seq {}", r.seq);
+        assert_eq!(e.hash, r.hash, "seq {}", r.seq);
         let opened = Opened::open(e.envelope).unwrap();
         let ev = Event::parse(&opened.payload, e.recorded_at).unwrap();
         assert_eq!(ev.id.as_str(), r.id, "seq {} holds another event", r.seq);

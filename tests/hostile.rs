@@ -117,7 +117,7 @@ async fn every_hostile_case_gets_its_code_and_changes_nothing() {
             None => sys.submit_raw(raw.to_vec()).await,
         };
         match &outcome {
-            Outcome::Rejected(r) if r.code == case["expect"] && !r.message.is_empty() => {}
+            Outcome::Rejected(r) if r.code.as_str() == case["expect"] && !r.message.is_empty() => {}
             other => failures.push(format!("{name}: expected {}, got {other:?}", case["expect"])),
         }
         if sys.head().await != before {

@@ -27,7 +27,7 @@ async fn same_envelope_three_times_gives_one_entry_and_three_identical_receipts(
     assert_eq!(receipts[1], receipts[2]);
     let after = sys.head().await;
     assert_eq!(after.0, before.0 + 1, "one entry, not three");
-    assert_eq!(after.1.as_deref(), Some(receipts[0].hash.as_str()));
+    assert_eq!(after.1.as_deref(), Some(receipts[0].hash.to_hex().as_str()));
 
     // Re-signed (new signature bytes, same payload): still the first receipt.
     let Outcome::Receipt(r) = sys.submit(&miner, &event(&miner, "once", "mined", json!({"lot": "O1", "carats": "3.00", "country": "CA"}))).await else {

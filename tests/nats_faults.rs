@@ -87,7 +87,7 @@ async fn recovered(sys: &mut System, events: u64, receipts: impl Iterator<Item =
     let store = Store::open(&sys.ledger_dir()).unwrap();
     for r in receipts {
         let entry = store.get(r.seq).unwrap().expect("every receipt names a stored entry");
-        assert_eq!(entry.hash.to_hex(), r.hash);
+        assert_eq!(entry.hash, r.hash);
     }
 }
 

@@ -63,10 +63,10 @@ async fn inclusion_and_consistency_proofs_check_offline_and_forgeries_fail() {
     assert_eq!(c1["tree_size"], 41, "registration + 40 mined");
     let c1_file = write(dir, "c1.json", &c1);
     let r = &receipts[5];
-    let out = sys.custody(&["prove", &r.seq.to_string(), "--key", &key, "--checkpoint", &c1_file, "--hash", &r.hash], None);
+    let out = sys.custody(&["prove", &r.seq.to_string(), "--key", &key, "--checkpoint", &c1_file, "--hash", &r.hash.to_hex()], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let bundle: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(bundle["entry_hash"].as_str(), Some(r.hash.as_str()), "the proof starts from the receipt's hash");
+    assert_eq!(bundle["entry_hash"].as_str(), Some(r.hash.to_hex().as_str()), "the proof starts from the receipt's hash");
     let bundle_file = write(dir, "proof.json", &bundle);
     let (ok, v) = verify_offline(&sys, &["--checkpoint", &c1_file, "--key", &key, "--proof", &bundle_file]);
     assert!(ok, "{v}");
@@ -84,7 +84,7 @@ async fn inclusion_and_consistency_proofs_check_offline_and_forgeries_fail() {
     let stranger = nkeys::KeyPair::new_server().public_key();
     let (ok, _) = verify_offline(&sys, &["--checkpoint", &c1_file, "--key", &stranger]);
     assert!(!ok);
-    let out = sys.custody(&["prove", &r.seq.to_string(), "--key", &key, "--hash", &receipts[6].hash], None);
+    let out = sys.custody(&["prove", &r.seq.to_string(), "--key", &key, "--hash", &receipts[6].hash.to_hex()], None);
     assert_eq!(out.status.code(), Some(1), "a proof for another entry's hash is refused");
 
     // More entries, a second checkpoint, and the consistency proof over HTTP.
@@ -152,7 +152,7 @@ async fn inclusion_and_consistency_proofs_check_offline_and_forgeries_fail() {
     assert_eq!(status, 200, "{p}");
     assert_eq!(p["tree_size"], 66);
     assert_eq!(p["checkpoint"]["tree_size"], 66);
-    assert_eq!(p["entry_hash"].as_str(), Some(r.hash.as_str()));
+    assert_eq!(p["entry_hash"].as_str(), Some(r.hash.to_hex().as_str()));
     let (status, p) = get(format!("/v1/ledger/entries/{}/proof?tree_size=41", r.seq)).await;
     assert_eq!((status, &p["path"]), (200, &bundle["path"]));
     let (status, c) = get("/v1/ledger/checkpoint".into()).await;

@@ -15,8 +15,10 @@ async fn worked_example_is_receipted_and_second_split_refused() {
     for (key, payload) in cast.worked_example() {
         let r = sys.accept(key, &payload).await;
         assert_eq!(r.seq, last_seq + 1, "seqs are consecutive from 1");
-        assert_eq!(r.hash.len(), 64);
-        assert!(r.hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        // On the wire the hash is 64 lowercase hex digits (the typed
+        // receipt accepts nothing else), and it is the head's.
+        assert_eq!(serde_json::to_value(&r).unwrap()["hash"].as_str().map(str::len), Some(64));
+        assert_eq!(sys.head().await, (r.seq, Some(r.hash.to_hex())));
         last_seq = r.seq;
     }
     assert_eq!(last_seq, 18);

@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
                 if let Some(k) = &subject_key {
                     assert_eq!(k.as_str(), opened.signer.as_str(), "accepted on another actor's subject");
                 }
-                Outcome::Receipt(Receipt { id: event.id.to_string(), seq: 1, hash: "00".repeat(32), recorded_at: now.to_rfc3339() })
+                Outcome::Receipt(Receipt { id: event.id.to_string(), seq: 1, hash: custody_proto::Hash::GENESIS, recorded_at: now.to_rfc3339() })
             }
             Err((id, rejection)) => {
                 assert!(!rejection.message.is_empty());

@@ -36,6 +36,20 @@ impl fmt::Display for Hash {
     }
 }
 
+/// On the wire: 64 lowercase hex digits, nothing else.
+impl Serialize for Hash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Hash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
+        let text = String::deserialize(d)?;
+        Hash::from_hex(&text).ok_or_else(|| serde::de::Error::custom("a hash is 64 lowercase hex digits"))
+    }
+}
+
 impl fmt::Debug for Hash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Hash({})", self.to_hex())
@@ -198,8 +212,8 @@ pub enum Outcome {
 pub struct Receipt {
     pub id: String,
     pub seq: u64,
-    /// Entry hash, lowercase hex.
-    pub hash: String,
+    /// Entry hash (lowercase hex on the wire).
+    pub hash: Hash,
     pub recorded_at: String,
 }
 
@@ -209,7 +223,7 @@ pub struct Receipt {
 #[serde(deny_unknown_fields)]
 pub struct Refusal {
     pub id: Option<String>,
-    pub code: String,
+    pub code: crate::Code,
     pub message: String,
 }
 

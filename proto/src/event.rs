@@ -265,7 +265,7 @@ impl Event {
     /// rules a later version adds, so replay (ledger start, projections,
     /// `verify`, the auditor) applies its effect and judges nothing.
     pub fn decode(payload: &[u8]) -> Result<Event, Rejection> {
-        serde_json::from_slice(payload).map_err(|e| Rejection::from_json(&e, Code::MalformedEvent))
+        Rejection::parse_json(payload, Code::MalformedEvent)
     }
 
     /// Best effort: the `id` of a payload that may not parse as an event,

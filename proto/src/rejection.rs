@@ -149,6 +149,33 @@ impl Code {
     }
 }
 
+impl std::str::FromStr for Code {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Code, String> {
+        Code::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| format!("{s:?} is not a rejection code"))
+    }
+}
+
+/// On the wire: the snake_case name.
+impl serde::Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Code {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Code, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `code == "lot_consumed"`, for callers that hold the wire name.
+impl PartialEq<&str> for Code {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl fmt::Display for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -169,32 +196,54 @@ impl Rejection {
     }
 }
 
-/// Type-level validation inside serde can only return a string; it prefixes
-/// the string with `[code]` so that [`Rejection::from_json`] can recover the
-/// precise code instead of a generic `malformed_event`.
+thread_local! {
+    /// The code of the validated type whose parse failed last on this
+    /// thread, while [`Rejection::parse_json`] runs.
+    static FAILED: std::cell::Cell<Option<Code>> = const { std::cell::Cell::new(None) };
+}
+
+/// Type-level validation inside serde can only return an error message;
+/// a validated type also records its code here, so that
+/// [`Rejection::parse_json`] can report the precise code (a value, never
+/// read back out of the message) instead of a generic `malformed_event`.
 pub(crate) fn tagged(code: Code, message: impl fmt::Display) -> String {
-    format!("[{code}] {message}")
+    FAILED.with(|f| f.set(Some(code)));
+    message.to_string()
 }
 
 impl Rejection {
-    /// Maps a serde_json failure on a payload to a rejection, recovering the
-    /// code a validated type tagged its message with.
-    pub(crate) fn from_json(err: &serde_json::Error, fallback: Code) -> Rejection {
-        let text = err.to_string();
-        if let Some(rest) = text.strip_prefix('[') {
-            if let Some((code, message)) = rest.split_once("] ") {
-                if let Some(code) = Code::ALL.into_iter().find(|c| c.as_str() == code) {
-                    return Rejection::new(code, message.to_owned());
-                }
-            }
-        }
-        Rejection::new(fallback, text)
+    /// Parses JSON into `T`; a failure is refused with the code of the
+    /// validated type that failed, or `fallback` (bad JSON, a missing or
+    /// unknown field, a wrong type).
+    pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], fallback: Code) -> Result<T, Rejection> {
+        FAILED.with(|f| f.set(None));
+        let parsed = serde_json::from_slice(bytes);
+        // Taken either way: a failure inside an alternative serde went on
+        // to accept must not name the next parse's failure.
+        let failed = FAILED.with(|f| f.take());
+        parsed.map_err(|e| Rejection::new(failed.unwrap_or(fallback), e.to_string()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parse_failure_names_the_validated_type_that_failed() {
+        #[derive(serde::Deserialize, Debug)]
+        struct T {
+            #[allow(dead_code)]
+            carats: crate::Carats,
+        }
+        let bad = Rejection::parse_json::<T>(br#"{"carats": "1.001"}"#, Code::MalformedEvent).unwrap_err();
+        assert_eq!(bad.code, Code::InvalidCarats);
+        assert!(bad.message.contains("1.001") && !bad.message.starts_with('['), "{}", bad.message);
+        // The next failure is judged on its own.
+        let missing = Rejection::parse_json::<T>(br#"{}"#, Code::MalformedEvent).unwrap_err();
+        assert_eq!(missing.code, Code::MalformedEvent);
+        assert!(Rejection::parse_json::<T>(br#"{"carats": "1.00"}"#, Code::MalformedEvent).is_ok());
+    }
 
     #[test]
     fn codes_are_unique_snake_case() {

@@ -112,7 +112,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let done = custody_ledger::run(config, async move {
             let _ = stop_rx.await;
         });
-        ("ledger", done.await)
+        ("ledger", done.await.map_err(anyhow::Error::from))
     });
 
     let (pstop_tx, pstop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -159,7 +159,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             let outcome = client::submit(&nc, envelope.into()).await?;
             let kind = payload["kind"].as_str().unwrap_or("?");
             match outcome {
-                Outcome::Receipt(r) => println!("  seq {:>3} {kind:<16} {} {}", r.seq, r.id, &r.hash[..16]),
+                Outcome::Receipt(r) => println!("  seq {:>3} {kind:<16} {} {}", r.seq, r.id, &r.hash.to_hex()[..16]),
                 Outcome::Rejected(r) => println!("  refused {kind:<13} {}: {} ({})", r.id.unwrap_or_default(), r.code, r.message),
             }
         }

@@ -474,7 +474,7 @@ pub fn event(actor: &KeyPair, id: &str, kind: &str, fields: Value) -> Value {
 pub fn code(o: &Outcome) -> &str {
     match o {
         Outcome::Receipt(_) => "receipt",
-        Outcome::Rejected(r) => &r.code,
+        Outcome::Rejected(r) => r.code.as_str(),
     }
 }
 

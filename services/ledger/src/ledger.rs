@@ -204,12 +204,12 @@ impl Ledger {
 }
 
 fn receipt(event: &Event, entry: &Entry) -> Receipt {
-    Receipt { id: event.id.to_string(), seq: entry.seq, hash: entry.hash.to_hex(), recorded_at: entry.recorded_at.to_rfc3339() }
+    Receipt { id: event.id.to_string(), seq: entry.seq, hash: entry.hash, recorded_at: entry.recorded_at.to_rfc3339() }
 }
 
 /// The outcome that refuses a submission.
 pub fn refusal(id: Option<String>, r: Rejection) -> Outcome {
-    Outcome::Rejected(Refusal { id, code: r.code.as_str().to_owned(), message: r.message })
+    Outcome::Rejected(Refusal { id, code: r.code, message: r.message })
 }
 
 #[cfg(test)]

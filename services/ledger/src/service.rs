@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
@@ -19,10 +18,44 @@ use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::ledger::{check_batch, Checked, Ledger, Submitted};
+use crate::ledger::{check_batch, Checked, Ledger, OpenError, Submitted};
 use crate::notary::Notary;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use custody_wire::subjects::*;
+
+/// Why the ledger stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger store {} refused to open: {source}", dir.display())]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: OpenError,
+    },
+    #[error(transparent)]
+    Key(#[from] custody_wire::files::FileError),
+    #[error(transparent)]
+    Connect(#[from] custody_wire::connect::ConnectError),
+    /// NATS refused or failed an operation the ledger cannot do without.
+    #[error("cannot {what}: {why}")]
+    Nats { what: &'static str, why: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot make entries durable; stopping so that a restart replays the store: {0}")]
+    Commit(#[source] StoreError),
+    /// The committed stream and the store tell two histories.
+    #[error("{0}; refusing to go on")]
+    Disagreement(String),
+    #[error("a ledger stage ended unexpectedly")]
+    Ended,
+    #[error("a ledger stage failed: {0}")]
+    Task(String),
+}
+
+/// The error of a NATS operation the ledger needed, saying which.
+fn nats<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> LedgerError {
+    move |e| LedgerError::Nats { what, why: e.to_string() }
+}
 
 /// Largest number of submissions checked or written as one batch.
 const MAX_BATCH: usize = 2048;
@@ -73,12 +106,13 @@ fn subject_key(subject: &str) -> Option<String> {
 }
 
 /// Runs the ledger until `shutdown` completes or a stage fails.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), LedgerError> {
     let dir = config.data_dir.clone();
     let authority = config.authority.clone();
     let mut ledger = tokio::task::spawn_blocking(move || Ledger::open(&dir, &authority))
-        .await?
-        .with_context(|| format!("ledger store {} refused to open", config.data_dir.display()))?;
+        .await
+        .map_err(|e| LedgerError::Task(e.to_string()))?
+        .map_err(|source| LedgerError::Open { dir: config.data_dir.clone(), source })?;
     let key = crate::notary::load_or_create_key(&config.data_dir)?;
     let notary = Arc::new(Notary::new(ledger.take_tree(), key, ledger.store().clone()));
     tracing::info!(head = ?ledger.head().map(|h| h.0), key = %notary.public_key(), "ledger store open and chain verified");
@@ -96,7 +130,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let store = ledger.store().clone();
 
     let mut tasks = tokio::task::JoinSet::new();
-    let core = client.queue_subscribe(format!("{SUBMIT_PREFIX}.>"), QUEUE_GROUP.to_owned()).await?;
+    let core = client.queue_subscribe(format!("{SUBMIT_PREFIX}.>"), QUEUE_GROUP.to_owned()).await.map_err(nats("subscribe to submissions"))?;
     tasks.spawn(intake_core(core, intake_tx.clone()));
     tasks.spawn(intake_inbox(streams.inbox, intake_tx));
     tasks.spawn(check_stage(intake_rx, checked_tx));
@@ -112,9 +146,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let result = tokio::select! {
         () = &mut shutdown => Ok(()),
         Some(done) = tasks.join_next() => match done {
-            Ok(Ok(())) => Err(anyhow::anyhow!("a ledger stage ended unexpectedly")),
+            Ok(Ok(())) => Err(LedgerError::Ended),
             Ok(Err(e)) => Err(e),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(LedgerError::Task(e.to_string())),
         },
     };
     tasks.shutdown().await;
@@ -129,7 +163,7 @@ struct Streams {
 
 /// The committed stream, created if absent (also used by benchmarks that
 /// build a ledger's stream directly).
-pub async fn committed_stream(js: &jetstream::Context) -> anyhow::Result<stream::Stream> {
+pub async fn committed_stream(js: &jetstream::Context) -> Result<stream::Stream, LedgerError> {
     js.get_or_create_stream(stream::Config {
         name: LEDGER_STREAM.into(),
         subjects: vec![ENTRIES_SUBJECT.into()],
@@ -139,10 +173,10 @@ pub async fn committed_stream(js: &jetstream::Context) -> anyhow::Result<stream:
         ..Default::default()
     })
     .await
-    .context("cannot create the committed stream")
+    .map_err(nats("create the committed stream"))
 }
 
-async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<Streams> {
+async fn ensure_streams(js: &jetstream::Context) -> Result<Streams, LedgerError> {
     let ledger = committed_stream(js).await?;
     let inbox = js
         .get_or_create_stream(stream::Config {
@@ -153,7 +187,7 @@ async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<Streams> {
             ..Default::default()
         })
         .await
-        .context("cannot create the inbox stream")?;
+        .map_err(nats("create the inbox stream"))?;
     // Read by direct get (follow.rs), also by ledgers that created it
     // before readers needed that: update it in place.
     js.create_or_update_stream(stream::Config {
@@ -164,7 +198,7 @@ async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<Streams> {
         ..Default::default()
     })
     .await
-    .context("cannot create the checkpoints stream")?;
+    .map_err(nats("create the checkpoints stream"))?;
     js.get_or_create_stream(stream::Config {
         name: RECEIPTS_STREAM.into(),
         subjects: vec![format!("{RECEIPTS_PREFIX}.>")],
@@ -173,49 +207,42 @@ async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<Streams> {
         ..Default::default()
     })
     .await
-    .context("cannot create the receipts stream")?;
+    .map_err(nats("create the receipts stream"))?;
     Ok(Streams { inbox, ledger })
 }
-
-/// The committed stream and the store tell different histories.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}; refusing to go on")]
-struct Disagreement(String);
 
 /// The committed stream's head, once it is shown to agree with the store:
 /// not longer than it, and its last entry the store's entry at that seq.
 /// Anything else means another writer, or a store that lost entries; the
 /// two histories disagree and the ledger must not go on.
-async fn stream_agrees(s: &stream::Stream, store: &Store) -> anyhow::Result<u64> {
+async fn stream_agrees(s: &stream::Stream, store: &Store) -> Result<u64, LedgerError> {
     let published = committed_stream_head(s).await?;
     let stored = store.head()?.map_or(0, |h| h.0);
     if published > stored {
-        return Err(Disagreement(format!(
+        return Err(LedgerError::Disagreement(format!(
             "the committed stream holds entries up to {published} but the store ends at {stored}: \
              the store lost entries, or something other than this ledger wrote on {ENTRIES_SUBJECT}"
-        ))
-        .into());
+        )));
     }
     if published > 0 {
-        let msg = s.get_raw_message(published).await.context("cannot read the committed stream's head")?;
+        let msg = s.get_raw_message(published).await.map_err(nats("read the committed stream's head"))?;
         let on_stream = msg.headers.get(HDR_HASH).map(|v| v.as_str().to_owned());
         let in_store = store.get(published)?.map(|e| e.hash.to_hex());
         if on_stream.is_none() || on_stream != in_store {
-            return Err(Disagreement(format!(
+            return Err(LedgerError::Disagreement(format!(
                 "entry {published} on the committed stream is not the store's entry {published}: something other than this ledger wrote on {ENTRIES_SUBJECT}"
-            ))
-            .into());
+            )));
         }
     }
     Ok(published)
 }
 
 /// Last ledger seq on the committed stream (its stream sequence).
-async fn committed_stream_head(s: &stream::Stream) -> anyhow::Result<u64> {
-    Ok(s.get_info().await.context("cannot read the committed stream")?.state.last_sequence)
+async fn committed_stream_head(s: &stream::Stream) -> Result<u64, LedgerError> {
+    Ok(s.get_info().await.map_err(nats("read the committed stream"))?.state.last_sequence)
 }
 
-async fn intake_core(mut sub: async_nats::Subscriber, tx: mpsc::Sender<Submission>) -> anyhow::Result<()> {
+async fn intake_core(mut sub: async_nats::Subscriber, tx: mpsc::Sender<Submission>) -> Result<(), LedgerError> {
     while let Some(msg) = sub.next().await {
         let Some(reply) = msg.reply else { continue };
         let subject_key = subject_key(&msg.subject);
@@ -226,7 +253,7 @@ async fn intake_core(mut sub: async_nats::Subscriber, tx: mpsc::Sender<Submissio
     Ok(())
 }
 
-async fn intake_inbox(inbox: stream::Stream, tx: mpsc::Sender<Submission>) -> anyhow::Result<()> {
+async fn intake_inbox(inbox: stream::Stream, tx: mpsc::Sender<Submission>) -> Result<(), LedgerError> {
     let consumer: consumer::PullConsumer = inbox
         .get_or_create_consumer(
             INBOX_CONSUMER,
@@ -239,8 +266,8 @@ async fn intake_inbox(inbox: stream::Stream, tx: mpsc::Sender<Submission>) -> an
             },
         )
         .await
-        .context("cannot create the inbox consumer")?;
-    let mut messages = consumer.messages().await.context("cannot read the inbox")?;
+        .map_err(nats("create the inbox consumer"))?;
+    let mut messages = consumer.messages().await.map_err(nats("read the inbox"))?;
     while let Some(msg) = messages.next().await {
         match msg {
             Ok(msg) => {
@@ -276,7 +303,7 @@ const CHECKERS: usize = 2;
 /// Checks batches on blocking threads, up to [`CHECKERS`] at a time, and
 /// hands them to the writer in arrival order: a producer that publishes
 /// `mined` then `split` without waiting must see them applied in that order.
-async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<CheckedBatch>) -> anyhow::Result<()> {
+async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<CheckedBatch>) -> Result<(), LedgerError> {
     let mut caches: Vec<KeyCache> = (0..CHECKERS).map(|_| KeyCache::default()).collect();
     let mut inflight = FuturesOrdered::new();
     let mut open = true;
@@ -321,7 +348,7 @@ async fn write_stage(
     respond: mpsc::Sender<Vec<(Reply, Outcome)>>,
     publish: mpsc::Sender<Vec<Entry>>,
     head: watch::Sender<Option<(u64, Hash)>>,
-) -> anyhow::Result<()> {
+) -> Result<(), LedgerError> {
     while let Some(first) = rx.recv().await {
         let mut batch = first;
         while batch.len() < MAX_BATCH {
@@ -337,8 +364,7 @@ async fn write_stage(
         let admitted = ledger.admit(checked, clock.now());
         let admit_us = started.elapsed().as_micros() as u64;
         // The receipt promise: nothing is answered before this returns.
-        tokio::task::block_in_place(|| ledger.commit(&admitted.entries))
-            .context("cannot make entries durable; stopping so that a restart replays the store")?;
+        tokio::task::block_in_place(|| ledger.commit(&admitted.entries)).map_err(LedgerError::Commit)?;
         tracing::debug!(n = admitted.outcomes.len(), admit_us, commit_us = started.elapsed().as_micros() as u64 - admit_us, "written");
         // Durable: now the tree may cover them.
         notary.append(&admitted.entries);
@@ -393,7 +419,7 @@ impl ReceiptConsumers {
     }
 }
 
-async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut rx: mpsc::Receiver<Vec<(Reply, Outcome)>>) -> anyhow::Result<()> {
+async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut rx: mpsc::Receiver<Vec<(Reply, Outcome)>>) -> Result<(), LedgerError> {
     let mut consumers = ReceiptConsumers::default();
     while let Some(batch) = rx.recv().await {
         let mut durable = Vec::new();
@@ -447,7 +473,7 @@ pub fn receipt_message(subject_key: Option<&str>, outcome: &Outcome) -> (String,
     let actor = receipts_owner(subject_key).unwrap_or_else(|| "unattributed".into());
     let (id, tag) = match outcome {
         Outcome::Receipt(r) => (r.id.as_str(), r.seq.to_string()),
-        Outcome::Rejected(r) => (r.id.as_deref().unwrap_or_default(), r.code.clone()),
+        Outcome::Rejected(r) => (r.id.as_deref().unwrap_or_default(), r.code.to_string()),
     };
     let mut headers = HeaderMap::new();
     headers.insert(HDR_EVENT_ID, header_value(id));
@@ -487,7 +513,7 @@ async fn publish_stage(
     mut published: u64,
     mut rx: mpsc::Receiver<Vec<Entry>>,
     mut checkpoints: Checkpoints,
-) -> anyhow::Result<()> {
+) -> Result<(), LedgerError> {
     // After a crash: what was committed but not published goes out first.
     let mut target = store.head()?.map_or(0, |h| h.0);
     loop {
@@ -580,18 +606,18 @@ async fn publish_checkpoint(js: &jetstream::Context, c: &custody_proto::Checkpoi
 /// published when it is the first for its size, so auditors see a
 /// checkpoint for every size anyone was given, and asking again and again
 /// cannot grow the stream.
-async fn serve_proofs(client: async_nats::Client, js: jetstream::Context, notary: Arc<Notary>) -> anyhow::Result<()> {
+async fn serve_proofs(client: async_nats::Client, js: jetstream::Context, notary: Arc<Notary>) -> Result<(), LedgerError> {
     let mut subs = futures::stream::select_all([
-        client.subscribe(CHECKPOINT_SUBJECT).await?,
-        client.subscribe(PROOF_SUBJECT).await?,
-        client.subscribe(CONSISTENCY_SUBJECT).await?,
+        client.subscribe(CHECKPOINT_SUBJECT).await.map_err(nats("subscribe to checkpoint requests"))?,
+        client.subscribe(PROOF_SUBJECT).await.map_err(nats("subscribe to proof requests"))?,
+        client.subscribe(CONSISTENCY_SUBJECT).await.map_err(nats("subscribe to consistency requests"))?,
     ]);
     while let Some(msg) = subs.next().await {
         let Some(reply) = msg.reply else { continue };
         let answer = {
             let notary = notary.clone();
             let subject = msg.subject.to_string();
-            tokio::task::spawn_blocking(move || notary.answer(&subject, &msg.payload)).await?
+            tokio::task::spawn_blocking(move || notary.answer(&subject, &msg.payload)).await.map_err(|e| LedgerError::Task(e.to_string()))?
         };
         if msg.subject.as_str() == CHECKPOINT_SUBJECT && answer.get("code").is_none() {
             if let Ok(c) = serde_json::from_value::<custody_proto::Checkpoint>(answer.clone()) {
@@ -608,10 +634,10 @@ async fn serve_proofs(client: async_nats::Client, js: jetstream::Context, notary
 /// After a failed publish: where the stream really ends, checked against
 /// the store. NATS being unreachable is not an error (try again later); a
 /// stream that disagrees with the store is.
-async fn resync(stream: &stream::Stream, store: &Store, published: u64) -> anyhow::Result<u64> {
+async fn resync(stream: &stream::Stream, store: &Store, published: u64) -> Result<u64, LedgerError> {
     match stream_agrees(stream, store).await {
         Ok(p) => Ok(p),
-        Err(e) if e.is::<Disagreement>() => Err(e),
+        Err(e @ LedgerError::Disagreement(_)) => Err(e),
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the committed stream yet");
             Ok(published)
@@ -619,15 +645,16 @@ async fn resync(stream: &stream::Stream, store: &Store, published: u64) -> anyho
     }
 }
 
-async fn publish_from_store(js: &jetstream::Context, store: &Store, published: u64, target: u64) -> anyhow::Result<u64> {
+async fn publish_from_store(js: &jetstream::Context, store: &Store, published: u64, target: u64) -> Result<u64, LedgerError> {
     let end = target.min(published + 1024);
-    let entries: Vec<Entry> = tokio::task::block_in_place(|| store.entries_from(published + 1).take((end - published) as usize).collect::<Result<_, _>>())?;
+    let entries: Vec<Entry> =
+        tokio::task::block_in_place(|| store.entries_from(published + 1).take((end - published) as usize).collect::<Result<_, StoreError>>())?;
     publish_entries(js, &entries).await?;
     Ok(end)
 }
 
 /// Publishes a run of consecutive entries.
-pub async fn publish_committed(js: &jetstream::Context, entries: &[Entry]) -> anyhow::Result<()> {
+pub async fn publish_committed(js: &jetstream::Context, entries: &[Entry]) -> Result<(), LedgerError> {
     publish_entries(js, entries).await
 }
 
@@ -637,16 +664,16 @@ pub async fn publish_committed(js: &jetstream::Context, entries: &[Entry]) -> an
 /// had been refused (a gap, a duplicate) the last one's expectation fails
 /// too, and the caller resyncs from the stream's real head. One ack per
 /// batch instead of per entry.
-async fn publish_entries(js: &jetstream::Context, entries: &[Entry]) -> anyhow::Result<()> {
+async fn publish_entries(js: &jetstream::Context, entries: &[Entry]) -> Result<(), LedgerError> {
     let Some((last, rest)) = entries.split_last() else {
         return Ok(());
     };
     let client = js.client();
     for e in rest {
-        client.publish_with_headers(ENTRIES_SUBJECT, entry_headers(e), Bytes::from(e.envelope.clone())).await?;
+        client.publish_with_headers(ENTRIES_SUBJECT, entry_headers(e), Bytes::from(e.envelope.clone())).await.map_err(nats("publish an entry"))?;
     }
     let publish = jetstream::message::PublishMessage::build().payload(Bytes::from(last.envelope.clone())).headers(entry_headers(last));
-    js.send_publish(ENTRIES_SUBJECT, publish).await?.await?;
+    js.send_publish(ENTRIES_SUBJECT, publish).await.map_err(nats("publish an entry"))?.await.map_err(nats("publish an entry"))?;
     Ok(())
 }
 
@@ -661,8 +688,8 @@ fn entry_headers(e: &Entry) -> HeaderMap {
     h
 }
 
-async fn serve_head(client: async_nats::Client, head: watch::Receiver<Option<(u64, Hash)>>) -> anyhow::Result<()> {
-    let mut sub = client.subscribe(HEAD_SUBJECT).await?;
+async fn serve_head(client: async_nats::Client, head: watch::Receiver<Option<(u64, Hash)>>) -> Result<(), LedgerError> {
+    let mut sub = client.subscribe(HEAD_SUBJECT).await.map_err(nats("subscribe to head requests"))?;
     while let Some(msg) = sub.next().await {
         let Some(reply) = msg.reply else { continue };
         let h = *head.borrow();
@@ -683,7 +710,7 @@ mod tests {
     #[test]
     fn input_never_reaches_a_header_unescaped() {
         // The id of a refused envelope comes from whatever bytes were sent.
-        let refused = Outcome::Rejected(Refusal { id: Some("x\r\ny\u{0}é\\".into()), code: "bad_signature".into(), message: "no".into() });
+        let refused = Outcome::Rejected(Refusal { id: Some("x\r\ny\u{0}é\\".into()), code: custody_proto::Code::BadSignature, message: "no".into() });
         let (subject, headers, message_id) = receipt_message(Some("not a key"), &refused);
         assert_eq!(subject, "custody.receipts.unattributed");
         let id = headers.get(HDR_EVENT_ID).expect("the id header").as_str();
