@@ -224,3 +224,76 @@ pub fn render(registry: &Registry, services: &Services) -> String {
     out.push_str("    ]\n  }\n}\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The permission line of `key` in the rendered file.
+    fn line_of<'a>(text: &'a str, key: &str) -> &'a str {
+        text.lines().find(|l| l.contains(&format!("nkey: \"{key}\""))).unwrap_or_else(|| panic!("no user {key}"))
+    }
+
+    fn allowed(line: &str, which: &str) -> Vec<String> {
+        let start = line.find(&format!("{which}: {{ allow: [")).unwrap_or_else(|| panic!("no {which} in {line}")) + which.len() + 12;
+        let end = start + line[start..].find(']').unwrap();
+        line[start..end].split(", ").filter(|s| !s.is_empty()).map(|s| s.trim_matches('"').to_owned()).collect()
+    }
+
+    #[test]
+    fn each_party_gets_only_its_own_subjects() {
+        let mut registry = Registry::new("UGENESIS");
+        registry.actors.insert("UMINER".into(), vec![Role::Miner]);
+        registry.actors.insert("UREG".into(), vec![Role::Regulator]);
+        let services = Services {
+            ledger: vec!["ULEDGER".into()],
+            projection: vec!["UPROJ".into()],
+            gateway: vec!["UGATE".into()],
+            authz: vec!["UAUTHZ".into()],
+            operator: vec!["UOP".into()],
+        };
+        let text = render(&registry, &services);
+        /// (user, publish must contain, publish must not contain, subscribe must contain)
+        type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+        let table: &[Case] = &[
+            ("ULEDGER", &[">"], &[], &[">"]),
+            (
+                "UMINER",
+                &["custody.submit.UMINER", "custody.inbox.UMINER", "$JS.API.CONSUMER.MSG.NEXT.CUSTODY_RECEIPTS.UMINER", "custody.query.>"],
+                &["custody.submit.UREG", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", ">"],
+                &["_INBOX_UMINER.>"],
+            ),
+            (
+                "UREG",
+                &["custody.submit.UREG", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", "$JS.API.DIRECT.GET.CUSTODY_CHECKPOINTS"],
+                &["custody.submit.UMINER"],
+                &[ENTRIES_SUBJECT],
+            ),
+            ("UPROJ", &["$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.submit.UMINER", "custody.submit.>"], &["custody.query.>", ENTRIES_SUBJECT]),
+            ("UAUTHZ", &["$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.query.>", "custody.submit.>"], &[ENTRIES_SUBJECT]),
+            ("UGATE", &["custody.query.>", "$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.submit.>"], &["_INBOX_UGATE.>"]),
+            ("UOP", &["custody.submit.>"], &["$JS.API.DIRECT.GET.CUSTODY_LEDGER", "custody.inbox.UMINER"], &["_INBOX_UOP.>"]),
+            ("UGENESIS", &["custody.submit.UGENESIS"], &["custody.submit.UMINER"], &["_INBOX_UGENESIS.>"]),
+        ];
+        for (user, may, may_not, hears) in table {
+            let line = line_of(&text, user);
+            let (publish, subscribe) = (allowed(line, "publish"), allowed(line, "subscribe"));
+            for s in *may {
+                assert!(publish.iter().any(|p| p == s), "{user} may publish {s}: {line}");
+            }
+            for s in *may_not {
+                assert!(!publish.iter().any(|p| p == s), "{user} may not publish {s}: {line}");
+            }
+            for s in *hears {
+                assert!(subscribe.iter().any(|p| p == s), "{user} may subscribe to {s}: {line}");
+            }
+        }
+        // Only the ledger's account has JetStream, and only the ledger is in it.
+        let custody = &text[text.find("  CUSTODY {").unwrap()..text.find("  SERVICES {").unwrap()];
+        assert!(custody.contains("jetstream: enabled") && custody.contains("ULEDGER") && !custody.contains("UPROJ"));
+        assert_eq!(text.matches("jetstream").count(), 1, "{text}");
+        // A revoked actor is not in the registry, so not in the file.
+        registry.actors.remove("UMINER");
+        assert!(!render(&registry, &services).contains("UMINER"));
+    }
+}

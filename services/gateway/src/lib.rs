@@ -373,3 +373,42 @@ async fn verify(State(app): State<App>) -> Response {
         Err(e) => error(AnswerCode::Unavailable, format!("the committed stream cannot be read: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confidential_fields_go_only_to_regulators_and_parties() {
+        let event = json!({"kind": "exported", "actor": "UEXPORTER", "to": "UIMPORTER", "lots": ["L1"],
+            "certificate": {"number": "RU-1", "value_usd": "1000.00"}});
+        let caller = |key: &str, regulator: bool| Some(Caller { key: key.into(), regulator });
+        // (who asks, sees everything)
+        let table: Vec<(&str, Option<Caller>, bool)> = vec![
+            ("nobody (unsigned)", None, false),
+            ("a stranger", caller("USTRANGER", false), false),
+            ("the exporter", caller("UEXPORTER", false), true),
+            ("the consignee", caller("UIMPORTER", false), true),
+            ("a regulator", caller("UREGULATOR", true), true),
+        ];
+        for (who, c, sees) in table {
+            let mut e = event.clone();
+            assert_eq!(confidential(&mut e, c.as_ref()), sees, "{who}");
+            for field in ["/actor", "/to", "/certificate/value_usd"] {
+                assert_eq!(e.pointer(field).is_some(), sees, "{who}: {field} in {e}");
+            }
+            // What is not confidential stays for everyone.
+            assert_eq!(e["lots"], json!(["L1"]), "{who}");
+            assert_eq!(e["certificate"]["number"], "RU-1", "{who}");
+        }
+    }
+
+    #[test]
+    fn every_answer_code_has_one_status() {
+        use AnswerCode::*;
+        let table = [(UnknownLot, 404), (BadCredentials, 401), (ActorRevoked, 403), (Timeout, 504), (Unavailable, 503), (Internal, 502), (InvalidDate, 400)];
+        for (code, want) in table {
+            assert_eq!(status(code).as_u16(), want, "{code:?}");
+        }
+    }
+}

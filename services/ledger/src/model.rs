@@ -413,3 +413,242 @@ fn hundredths(h: u64) -> String {
 fn show(c: Option<Country>) -> String {
     c.map_or_else(|| "no country".to_owned(), |c| c.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// A world every case starts from: who is registered, which lots exist.
+    struct World {
+        model: Model,
+        authority: String,
+        keys: HashMap<&'static str, String>,
+        n: u64,
+    }
+
+    impl World {
+        fn event(&mut self, who: &str, kind: &str, fields: Value) -> Event {
+            self.n += 1;
+            let actor = if who == "authority" { self.authority.clone() } else { self.keys[who].clone() };
+            let mut v = json!({"id": format!("e{}", self.n), "kind": kind, "actor": actor, "occurred_at": "2024-09-10T00:00:00Z"});
+            v.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+            Event::decode(v.to_string().as_bytes()).unwrap_or_else(|r| panic!("{v}: {r}"))
+        }
+
+        /// Checks and applies; the setup must be valid.
+        fn ok(&mut self, who: &str, kind: &str, fields: Value) {
+            let e = self.event(who, kind, fields);
+            self.model.check(&e).unwrap_or_else(|r| panic!("setup {kind}: {r}"));
+            self.model.apply(&e);
+        }
+
+        fn key(&self, who: &str) -> String {
+            self.keys[who].clone()
+        }
+    }
+
+    fn world() -> World {
+        let authority = nkeys::KeyPair::new_user().public_key();
+        let mut w = World { model: Model::new(authority.parse().unwrap()), authority, keys: HashMap::new(), n: 0 };
+        let parties = [
+            ("m_ru", "miner", "RU"),
+            ("m_bw", "miner", "BW"),
+            ("t_ae", "trader", "AE"),
+            ("t_ae2", "trader", "AE"),
+            ("c_in", "manufacturer", "IN"),
+            ("reg", "regulator", "BE"),
+            ("gone", "trader", "AE"),
+        ];
+        for (name, role, country) in parties {
+            let k = nkeys::KeyPair::new_user().public_key();
+            w.keys.insert(name, k.clone());
+            w.ok("authority", "actor.registered", json!({"subject": k, "name": name, "roles": [role], "country": country}));
+        }
+        let gone = w.key("gone");
+        w.ok("authority", "actor.revoked", json!({"subject": gone, "reason": "licence withdrawn"}));
+        w.ok("m_ru", "mined", json!({"lot": "R1", "carats": "100.00", "country": "RU"}));
+        w.ok("m_bw", "mined", json!({"lot": "B1", "carats": "50.00", "country": "BW"}));
+        w.ok("m_bw", "mined", json!({"lot": "B2", "carats": "30.00", "country": "BW"}));
+        w.ok("m_bw", "split", json!({"lot": "B2", "into": [{"lot": "B3", "carats": "10.00"}, {"lot": "B4", "carats": "20.00"}]}));
+        // R1 shipped to t_ae, not yet imported.
+        let t_ae = w.key("t_ae");
+        w.ok("m_ru", "exported", json!({"lots": ["R1"], "to": t_ae, "to_country": "AE", "certificate": {"number": "RU-1", "value_usd": "1.00"}}));
+        // B1 shipped to t_ae and imported; then polished stock declared there.
+        w.ok("m_bw", "exported", json!({"lots": ["B1"], "to": t_ae, "to_country": "AE", "certificate": {"number": "BW-1", "value_usd": "1.00"}}));
+        w.ok("t_ae", "imported", json!({"certificate": "BW-1"}));
+        w.ok("t_ae", "declared", json!({"lot": "P1", "carats": "5.00", "state": "polished", "origin": "unknown"}));
+        w
+    }
+
+    /// Every custody rule, one case each: (what, who, kind, fields, code).
+    #[test]
+    fn every_rule_refuses_with_its_code_and_changes_nothing() {
+        let base = world();
+        let k = |who: &str| base.key(who);
+        let cert = |n: &str| json!({"number": n, "value_usd": "1.00"});
+        let stranger = nkeys::KeyPair::new_user().public_key();
+        let cases: Vec<(&str, &str, &str, Value, Code)> = vec![
+            ("an unregistered signer", "stranger", "mined", json!({"lot": "X", "carats": "1.00", "country": "RU"}), Code::UnknownActor),
+            ("a revoked signer", "gone", "declared", json!({"lot": "X", "carats": "1.00", "state": "rough", "origin": "unknown"}), Code::ActorRevoked),
+            ("a kind the role may not sign", "t_ae", "mined", json!({"lot": "X", "carats": "1.00", "country": "AE"}), Code::RoleNotAllowed),
+            ("a regulator mining", "reg", "mined", json!({"lot": "X", "carats": "1.00", "country": "BE"}), Code::RoleNotAllowed),
+            (
+                "registering twice",
+                "authority",
+                "actor.registered",
+                json!({"subject": k("m_ru"), "name": "x", "roles": ["miner"], "country": "RU"}),
+                Code::ActorExists,
+            ),
+            ("revoking the unknown", "authority", "actor.revoked", json!({"subject": stranger, "reason": "x"}), Code::UnknownActor),
+            ("revoking twice", "authority", "actor.revoked", json!({"subject": k("gone"), "reason": "x"}), Code::ActorRevoked),
+            ("revoking the genesis authority", "authority", "actor.revoked", json!({"subject": base.authority, "reason": "x"}), Code::RoleNotAllowed),
+            ("mining abroad", "m_ru", "mined", json!({"lot": "X", "carats": "1.00", "country": "BW"}), Code::WrongCountry),
+            ("a lot id again", "m_bw", "mined", json!({"lot": "B1", "carats": "1.00", "country": "BW"}), Code::LotExists),
+            ("declaring an existing id", "t_ae", "declared", json!({"lot": "R1", "carats": "1.00", "state": "rough", "origin": "unknown"}), Code::LotExists),
+            (
+                "splitting a consumed lot",
+                "m_bw",
+                "split",
+                json!({"lot": "B2", "into": [{"lot": "X1", "carats": "15.00"}, {"lot": "X2", "carats": "15.00"}]}),
+                Code::LotConsumed,
+            ),
+            (
+                "splitting a lot in transit",
+                "m_ru",
+                "split",
+                json!({"lot": "R1", "into": [{"lot": "X1", "carats": "50.00"}, {"lot": "X2", "carats": "50.00"}]}),
+                Code::LotInTransit,
+            ),
+            (
+                "splitting another's lot",
+                "m_ru",
+                "split",
+                json!({"lot": "B3", "into": [{"lot": "X1", "carats": "5.00"}, {"lot": "X2", "carats": "5.00"}]}),
+                Code::NotHolder,
+            ),
+            (
+                "splitting an unknown lot",
+                "m_bw",
+                "split",
+                json!({"lot": "NOPE", "into": [{"lot": "X1", "carats": "5.00"}, {"lot": "X2", "carats": "5.00"}]}),
+                Code::UnknownLot,
+            ),
+            (
+                "a split that creates carats",
+                "m_bw",
+                "split",
+                json!({"lot": "B3", "into": [{"lot": "X1", "carats": "6.00"}, {"lot": "X2", "carats": "5.00"}]}),
+                Code::CaratsMismatch,
+            ),
+            (
+                "a split that loses carats",
+                "m_bw",
+                "split",
+                json!({"lot": "B3", "into": [{"lot": "X1", "carats": "4.00"}, {"lot": "X2", "carats": "5.00"}]}),
+                Code::CaratsMismatch,
+            ),
+            (
+                "a split into an existing id",
+                "m_bw",
+                "split",
+                json!({"lot": "B3", "into": [{"lot": "B4", "carats": "5.00"}, {"lot": "X2", "carats": "5.00"}]}),
+                Code::LotExists,
+            ),
+            ("a merge whose sum is off", "m_bw", "merged", json!({"lots": ["B3", "B4"], "into": {"lot": "X", "carats": "31.00"}}), Code::CaratsMismatch),
+            ("a merge of rough and polished", "t_ae", "merged", json!({"lots": ["B1", "P1"], "into": {"lot": "X", "carats": "55.00"}}), Code::StateMismatch),
+            ("a transfer abroad", "m_bw", "transferred", json!({"lots": ["B3"], "to": k("t_ae")}), Code::WrongCountry),
+            ("a transfer to a regulator", "t_ae", "transferred", json!({"lots": ["B1"], "to": k("reg")}), Code::RoleNotAllowed),
+            (
+                "an export to a receiver elsewhere",
+                "m_bw",
+                "exported",
+                json!({"lots": ["B3"], "to": k("c_in"), "to_country": "AE", "certificate": cert("BW-2")}),
+                Code::WrongCountry,
+            ),
+            (
+                "an export within one country",
+                "t_ae",
+                "exported",
+                json!({"lots": ["B1"], "to": k("t_ae2"), "to_country": "AE", "certificate": cert("AE-2")}),
+                Code::WrongCountry,
+            ),
+            (
+                "a certificate used twice",
+                "m_bw",
+                "exported",
+                json!({"lots": ["B3"], "to": k("t_ae"), "to_country": "AE", "certificate": cert("BW-1")}),
+                Code::CertificateReused,
+            ),
+            (
+                "rough under another country's certificate",
+                "m_bw",
+                "exported",
+                json!({"lots": ["B3"], "to": k("t_ae"), "to_country": "AE", "certificate": cert("ZA-9")}),
+                Code::CertificateCountry,
+            ),
+            ("importing an unknown certificate", "t_ae", "imported", json!({"certificate": "RU-404"}), Code::UnknownCertificate),
+            ("importing another's consignment", "t_ae2", "imported", json!({"certificate": "RU-1"}), Code::NotConsignee),
+            ("importing a lot not in transit", "t_ae", "imported", json!({"lots": ["B1"]}), Code::NotConsignee),
+            (
+                "a trader processing",
+                "t_ae",
+                "processed",
+                json!({"lot": "B1", "process": "sawing", "country": "IN", "into": [{"lot": "X", "carats": "1.00"}]}),
+                Code::RoleNotAllowed,
+            ),
+            ("flagging an unknown lot", "reg", "flagged", json!({"lot": "NOPE", "reason": "x"}), Code::UnknownLot),
+            (
+                "an event before the lot's latest",
+                "m_bw",
+                "split",
+                json!({"lot": "B3", "occurred_at": "2024-01-01T00:00:00Z", "into": [{"lot": "X1", "carats": "5.00"}, {"lot": "X2", "carats": "5.00"}]}),
+                Code::PredatesLot,
+            ),
+        ];
+        for (what, who, kind, fields, code) in cases {
+            let mut w = World { model: base.model.clone(), authority: base.authority.clone(), keys: base.keys.clone(), n: 1000 };
+            w.keys.insert("stranger", stranger.clone());
+            let e = w.event(who, kind, fields);
+            let before = (w.model.lot_count(), w.model.live_hundredths());
+            let got = w.model.check(&e).unwrap_err_or_ok();
+            assert_eq!(got, Some(code), "{what}");
+            assert_eq!((w.model.lot_count(), w.model.live_hundredths()), before, "{what}: a refusal changes nothing");
+        }
+    }
+
+    #[test]
+    fn processing_rules() {
+        let mut w = world();
+        let c_in = w.key("c_in");
+        w.ok("m_bw", "exported", json!({"lots": ["B3"], "to": c_in, "to_country": "IN", "certificate": {"number": "BW-3", "value_usd": "1.00"}}));
+        w.ok("c_in", "imported", json!({"certificate": "BW-3"}));
+        let cases: Vec<(&str, Value, Option<Code>)> = vec![
+            (
+                "yield above the input",
+                json!({"lot": "B3", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "S1", "carats": "10.01"}]}),
+                Some(Code::CaratsCreated),
+            ),
+            (
+                "processing elsewhere than the lot",
+                json!({"lot": "B3", "process": "sawing", "country": "BW", "into": [{"lot": "S1", "carats": "1.00"}]}),
+                Some(Code::WrongCountry),
+            ),
+            ("a plausible cut", json!({"lot": "B3", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "S1", "carats": "4.20"}]}), None),
+        ];
+        for (what, fields, code) in cases {
+            let e = w.event("c_in", "processed", fields);
+            assert_eq!(w.model.check(&e).unwrap_err_or_ok(), code, "{what}");
+        }
+    }
+
+    trait ErrOrOk {
+        fn unwrap_err_or_ok(self) -> Option<Code>;
+    }
+
+    impl ErrOrOk for Result<(), Rejection> {
+        fn unwrap_err_or_ok(self) -> Option<Code> {
+            self.err().map(|r| r.code)
+        }
+    }
+}
