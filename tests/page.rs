@@ -8,8 +8,13 @@ use std::process::Command;
 
 use common::*;
 
+/// The browser; if it is missing, the test says what to set up instead of
+/// failing on a spawn error.
 fn chromium() -> String {
-    std::env::var("CUSTODY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned())
+    let chromium = std::env::var("CUSTODY_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    let ready = Command::new(&chromium).arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(ready, "the page test needs a headless Chromium at {chromium}: run deploy/chromium.sh (Debian's chromium package), or set CUSTODY_CHROMIUM");
+    chromium
 }
 
 /// Headless Chromium with the flags this closed network needs; waits for the

@@ -8,8 +8,17 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 
+/// The interpreter with the producer's packages; if it is missing, the
+/// test says what to set up instead of failing on a spawn error.
 fn python() -> String {
-    std::env::var("CUSTODY_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/.venv/bin/python").to_owned())
+    let python = std::env::var("CUSTODY_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/.venv/bin/python").to_owned());
+    let ready = std::process::Command::new(&python).args(["-c", "import nats, nacl"]).output().is_ok_and(|o| o.status.success());
+    assert!(
+        ready,
+        "the Python producer test needs {python} with nats-py and PyNaCl (examples/requirements.txt): run deploy/python.sh, \
+         or set CUSTODY_PYTHON to such an interpreter"
+    );
+    python
 }
 
 fn producer(sys: &System, args: &[&str]) -> (Option<i32>, Value, String) {
