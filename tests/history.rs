@@ -106,3 +106,44 @@ async fn a_clock_stepping_back_never_leaves_an_entry_replay_refuses() {
         Outcome::Rejected(r) => panic!("{}: {}", r.code, r.message),
     }
 }
+
+/// The ledger reads its test clock from a named pipe that answers each
+/// read with the next time: 12:00, then 11:00 (NTP stepping the clock
+/// back), then 12:00 again, and so on. A ledger that read the clock twice
+/// per batch (once to judge `occurred_at`, once for `recorded_at`) would
+/// accept an event dated 12:04 against 12:00 and record it at 11:00, an
+/// entry in its own future that the next start refuses to replay. With
+/// one reading per batch, it judges and records against the same instant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clock_reading_per_batch_even_when_the_clock_steps_back_between_reads() {
+    use std::io::Write as _;
+    let pipe_dir = tempfile::tempdir().unwrap();
+    let pipe = pipe_dir.path().join("clock");
+    let c_path = std::ffi::CString::new(pipe.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) on a NUL-terminated path we own.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let writer = pipe.clone();
+    std::thread::spawn(move || {
+        for i in 0.. {
+            let now = if i % 2 == 0 { "2026-03-01T12:00:00Z" } else { "2026-03-01T11:00:00Z" };
+            // Each open waits for the ledger's next read.
+            let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&writer) else { break };
+            let _ = f.write_all(now.as_bytes());
+            drop(f);
+            // Let the reader see the end of this answer before the next.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    let mut sys = System::start_with(&["--test-clock-file", pipe.to_str().unwrap()]).await;
+    let m = sys.actor("m", "miner", "BW").await;
+    let ahead = event(&m, "ahead", "mined", json!({"lot": "A", "carats": "1.00", "country": "BW", "occurred_at": "2026-03-01T12:04:00Z"}));
+    let r = sys.accept(&m, &ahead).await;
+    let recorded: Timestamp = r.recorded_at.parse().unwrap();
+    assert!(recorded >= "2026-03-01T11:59:00Z".parse().unwrap(), "recorded at {recorded}, before the instant that judged it");
+
+    sys.kill_ledger();
+    match sys.ledger_start_or_refusal().await {
+        Ok((head, _)) => assert_eq!(head, r.seq),
+        Err(log) => panic!("the ledger refuses to replay what it admitted: {log}"),
+    }
+}
