@@ -57,8 +57,12 @@ fn verify_store(dir: &std::path::Path, progress: impl FnOnce(u64) -> Box<dyn FnM
     let head = store.head().map_err(|e| Bad { seq: 0, why: e.to_string() })?;
     let mut checker = Checker::new(progress(head.map_or(0, |h| h.0)));
     for entry in store.entries_from(1) {
-        let next = checker.head()?.map_or(1, |p| p.0 + 1);
-        checker.push(entry.map_err(|e| Bad { seq: next, why: e.to_string() })?)?;
+        match entry {
+            Ok(entry) => checker.push(entry)?,
+            // Only now ask where the chain stands: asking flushes the
+            // signatures still waiting for their batch.
+            Err(e) => return Err(Bad { seq: checker.head()?.map_or(1, |p| p.0 + 1), why: e.to_string() }),
+        }
     }
     let last = checker.finish()?;
     if last != head {

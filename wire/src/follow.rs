@@ -170,19 +170,29 @@ impl Reader {
     /// Every message from `from` to `last` (inclusive), in order; the
     /// stream ends after `last`, or with an error if the stream ends first.
     pub fn range(&self, from: u64, last: u64) -> impl futures::Stream<Item = Result<StreamMsg, ReadError>> + Send + 'static {
+        self.batches(from, last).flat_map(|batch| {
+            let items: Vec<Result<StreamMsg, ReadError>> = match batch {
+                Ok(msgs) => msgs.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(items)
+        })
+    }
+
+    /// [`Reader::range`] in the batches it was read in.
+    fn batches(&self, from: u64, last: u64) -> impl futures::Stream<Item = Result<Vec<StreamMsg>, ReadError>> + Send + 'static {
         let ahead = Ahead::new(self.clone(), from, Some(last));
         futures::stream::unfold((ahead, false), move |(mut ahead, done)| async move {
             if done {
                 return None;
             }
             match ahead.next().await {
-                Ok(Some(msgs)) => Some((msgs.into_iter().map(Ok).collect::<Vec<_>>(), (ahead, false))),
+                Ok(Some(msgs)) => Some((Ok(msgs), (ahead, false))),
                 Ok(None) if ahead.expected > last => None,
-                Ok(None) => Some((vec![Err(ReadError::Stalled { stream: ahead.reader.stream.to_owned() })], (ahead, true))),
-                Err(e) => Some((vec![Err(e)], (ahead, true))),
+                Ok(None) => Some((Err(ReadError::Stalled { stream: ahead.reader.stream.to_owned() }), (ahead, true))),
+                Err(e) => Some((Err(e), (ahead, true))),
             }
         })
-        .flat_map(futures::stream::iter)
     }
 
     /// The committed stream's entries after `after` (from seq 1 for
@@ -197,7 +207,7 @@ impl Reader {
         let from = after.map_or(1, |h| h.0 + 1);
         let batches: futures::stream::BoxStream<'static, Result<Vec<StreamMsg>, ReadError>> = match until {
             Some(last) if last < from => futures::stream::empty().boxed(),
-            Some(last) => self.range(from, last).ready_chunks(BATCH).map(|msgs| msgs.into_iter().collect::<Result<Vec<_>, _>>()).boxed(),
+            Some(last) => self.batches(from, last).boxed(),
             None => self.follow(from).boxed(),
         };
         futures::stream::unfold((batches, after, false), |(mut batches, mut prev, ended)| async move {

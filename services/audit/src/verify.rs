@@ -70,8 +70,7 @@ impl Checker {
     }
 
     pub fn finish(mut self) -> Result<Head, Bad> {
-        self.flush()?;
-        Ok(self.prev)
+        self.head()
     }
 
     /// Where the entries pushed so far end, once their signatures are checked.

@@ -113,16 +113,16 @@ impl Ledger {
         let mut entries = store.entries_from(1).peekable();
         while entries.peek().is_some() {
             // Signatures are verified as a batch: about half the cost.
-            let mut chunk = Vec::with_capacity(REPLAY_CHUNK);
+            let (mut chunk, mut opened) = (Vec::with_capacity(REPLAY_CHUNK), Vec::with_capacity(REPLAY_CHUNK));
             for entry in entries.by_ref().take(REPLAY_CHUNK) {
                 let entry = entry?;
                 entry.check_after(head).map_err(StoreError::from)?;
-                let opened = Opened::open(entry.envelope.clone()).map_err(|r| OpenError::Replay { seq: entry.seq, why: r.to_string() })?;
+                opened.push(Opened::open(entry.envelope.clone()).map_err(|r| OpenError::Replay { seq: entry.seq, why: r.to_string() })?);
                 head = Some((entry.seq, entry.hash));
-                chunk.push((entry, opened));
+                chunk.push(entry);
             }
-            let opened: Vec<Opened> = chunk.iter().map(|(_, o)| o.clone()).collect();
-            for ((entry, opened), verdict) in chunk.into_iter().zip(Opened::verify_all(&opened)) {
+            let verdicts = Opened::verify_all(&opened);
+            for ((entry, opened), verdict) in chunk.into_iter().zip(opened).zip(verdicts) {
                 let replay_err = |why: String| OpenError::Replay { seq: entry.seq, why };
                 verdict.map_err(|r| replay_err(r.to_string()))?;
                 let event = Event::decode(&opened.payload).map_err(|r| replay_err(r.to_string()))?;
