@@ -12,8 +12,7 @@ use serde_json::json;
 
 /// Appends `payload`, signed by `key`, to a stopped ledger's store through
 /// the store module, chained on its head, recorded at `recorded_at`.
-fn append_directly(sys: &System, key: &nkeys::KeyPair, payload: &serde_json::Value, recorded_at: &str) -> u64 {
-    let store = custody_ledger::Store::open(&sys.ledger_dir()).expect("the stopped ledger's store opens");
+fn append_directly(store: &custody_ledger::Store, key: &nkeys::KeyPair, payload: &serde_json::Value, recorded_at: &str) -> u64 {
     let head = store.head().expect("a head");
     let entry = Entry::next(head, recorded_at.parse::<Timestamp>().expect("a time"), sign(key, payload));
     store.append(std::slice::from_ref(&entry)).expect("appended");
@@ -38,8 +37,12 @@ async fn entries_todays_rules_would_refuse_still_open_verify_and_serve() {
         let todays_verdict = custody_proto::Event::parse(payload.to_string().as_bytes(), now.parse().unwrap()).map(|_| ()).unwrap_err().code;
         assert_eq!(todays_verdict.as_str(), "invalid_time", "{payload}");
     }
-    append_directly(&sys, &m, &old, "2026-01-02T00:00:00Z");
-    let last = append_directly(&sys, &m, &split, "2026-01-03T00:00:00Z");
+    let last = {
+        let store = custody_ledger::Store::open(&sys.ledger_dir()).expect("the stopped ledger's store opens");
+        append_directly(&store, &m, &old, "2026-01-02T00:00:00Z");
+        append_directly(&store, &m, &split, "2026-01-03T00:00:00Z")
+    };
+    wait_for_store_unlocked(&sys.ledger_dir());
 
     // The ledger opens on it, publishes the tail and goes on admitting.
     sys.start_ledger().await;

@@ -51,6 +51,7 @@ async fn an_entry_rewritten_through_sled_is_named_by_verify_and_refused_by_the_l
         db.insert(entry_key(5), e.encode()).unwrap();
         db.flush().unwrap();
     }
+    wait_for_store_unlocked(&sys.ledger_dir());
     let (code, v) = verify_data(&sys, &sys.ledger_dir());
     assert_eq!(code, Some(1));
     assert_eq!(v["seq"], 5, "{v}");
@@ -69,6 +70,7 @@ async fn an_entry_rewritten_through_sled_is_named_by_verify_and_refused_by_the_l
         db.insert(entry_key(5), e.encode()).unwrap();
         db.flush().unwrap();
     }
+    wait_for_store_unlocked(&sys.ledger_dir());
     let (code, v) = verify_data(&sys, &sys.ledger_dir());
     assert_eq!(code, Some(1));
     assert_eq!(v["seq"], 5, "{v}");

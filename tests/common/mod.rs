@@ -458,6 +458,26 @@ pub fn run_cli(nats: &str, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("custody finishes")
 }
 
+/// Waits until no handle holds sled's lock on the store in `dir`. A sled
+/// database this test process opened keeps its lock a moment after it is
+/// dropped (its I/O threads still hold the config), so the next open (by a
+/// child ledger, or here) could be refused with "could not acquire lock".
+pub fn wait_for_store_unlocked(dir: &std::path::Path) {
+    use std::os::unix::io::AsRawFd as _;
+    let db = dir.join("db");
+    for _ in 0..250 {
+        let Ok(f) = std::fs::File::open(&db) else { return };
+        // SAFETY: flock(2) on a file descriptor we own for this call.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            // SAFETY: as above; releases what was just taken.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the store in {} stayed locked", dir.display());
+}
+
 pub fn sign(key: &KeyPair, payload: &Value) -> Vec<u8> {
     custody_proto::envelope::sign(key, payload.to_string().as_bytes()).expect("signs")
 }
