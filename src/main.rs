@@ -9,6 +9,8 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("CUSTODY_LOG").unwrap_or_else(|_| "warn,custody=info,custody_ledger=info".into()))
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal, plain text for a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = cmd::Cli::parse();
     match cmd::run(cli).await {

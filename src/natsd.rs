@@ -1,6 +1,9 @@
 //! A `nats-server` child process on a free loopback port with its own
-//! JetStream folder, killed when dropped. Used by `custody up`, the bench
-//! and the tests: nothing here is mocked.
+//! JetStream folder, killed when dropped; or three of them as one
+//! JetStream cluster. Used by `custody up`, the bench and the tests:
+//! nothing here is mocked. Every server runs JetStream with
+//! `sync_interval: always`, so an acknowledged write is on disk (on a
+//! majority of a cluster's servers), not only in their page caches.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -22,8 +25,20 @@ pub struct NatsServer {
     pub port: u16,
     /// JetStream folder, kept across restarts.
     pub store_dir: PathBuf,
-    /// Configuration file (`-c`: the accounts block), if any.
+    /// Configuration file (the accounts block) the server includes, if any.
     pub config: Option<PathBuf>,
+    /// Its place in a cluster, if it is in one.
+    pub cluster: Option<Member>,
+    /// Set once the server's log names a JetStream metadata leader.
+    meta_leader: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A server's place in a cluster: its name and the route ports of all.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub index: usize,
+    pub route_ports: Vec<u16>,
 }
 
 /// Finds a nats-server: `$CUSTODY_NATS_SERVER`, the one `deploy/nats-server.sh`
@@ -55,13 +70,13 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 impl NatsServer {
     /// Starts a server on a free loopback port, JetStream under `store_dir`.
     pub fn start(store_dir: &Path) -> anyhow::Result<NatsServer> {
-        Self::spawn(store_dir, None, None)
+        Self::spawn(store_dir, None, None, None)
     }
 
     /// The same, loading `config` (for example the accounts block
     /// written by `custody authz`); SIGHUP makes it reload the file.
     pub fn start_with_config(store_dir: &Path, config: &Path) -> anyhow::Result<NatsServer> {
-        Self::spawn(store_dir, None, Some(config))
+        Self::spawn(store_dir, None, Some(config), None)
     }
 
     /// The server's process id (to signal a reload).
@@ -72,23 +87,54 @@ impl NatsServer {
     /// Starts it again on the same port and folder (after [`NatsServer::kill`]).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        let mut fresh = Self::spawn(&self.store_dir.clone(), Some(self.port), self.config.clone().as_deref())?;
+        let mut fresh = Self::spawn(&self.store_dir.clone(), Some(self.port), self.config.clone().as_deref(), self.cluster.clone())?;
         // `fresh` leaves with the dead child; dropping it kills nothing.
         std::mem::swap(&mut self.child, &mut fresh.child);
+        std::mem::swap(&mut self.meta_leader, &mut fresh.meta_leader);
         Ok(())
     }
 
-    fn spawn(store_dir: &Path, port: Option<u16>, config: Option<&Path>) -> anyhow::Result<NatsServer> {
+    /// The server's own configuration file: JetStream under `store_dir`
+    /// with every write synced, the included accounts file, the cluster.
+    /// It sits next to the accounts file, since nats-server resolves an
+    /// include relative to the including file.
+    fn write_config(store_dir: &Path, config: Option<&Path>, cluster: Option<&Member>) -> anyhow::Result<PathBuf> {
+        let store = std::path::absolute(store_dir)?;
+        let mut text = format!("jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n", store.display().to_string());
+        let name = store.file_name().map_or_else(|| "nats".to_owned(), |n| n.to_string_lossy().into_owned());
+        let dir = match config {
+            Some(c) => {
+                let c = std::path::absolute(c)?;
+                let file = c.file_name().context("the accounts file has no name")?.to_string_lossy().into_owned();
+                text.push_str(&format!("include {file:?}\n"));
+                c.parent().map(Path::to_path_buf).unwrap_or_default()
+            }
+            None => store.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        if let Some(m) = cluster {
+            let routes: Vec<String> = m.route_ports.iter().map(|p| format!("\"nats-route://127.0.0.1:{p}\"")).collect();
+            text.push_str(&format!(
+                "server_name: {:?}\ncluster {{\n  name: \"custody\"\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                m.name,
+                m.route_ports[m.index],
+                routes.join(", ")
+            ));
+        }
+        let path = dir.join(format!("{name}.conf"));
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    fn spawn(store_dir: &Path, port: Option<u16>, config: Option<&Path>, cluster: Option<Member>) -> anyhow::Result<NatsServer> {
         std::fs::create_dir_all(store_dir)?;
         let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let own = Self::write_config(store_dir, config, cluster.as_ref())?;
         let mut cmd = Command::new(binary()?);
         die_with_parent(&mut cmd);
-        if let Some(c) = config {
-            cmd.arg("-c").arg(c);
-        }
         let mut child = cmd
-            .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
-            .arg(store_dir)
+            .arg("-c")
+            .arg(&own)
+            .args(["-a", "127.0.0.1", "-p", &port_arg])
             .args(["--http_port", "0", "-m", "0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -97,6 +143,8 @@ impl NatsServer {
             .context("cannot start nats-server")?;
         let stderr = child.stderr.take().context("no stderr")?;
         let (tx, rx) = mpsc::channel();
+        let meta_leader = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = meta_leader.clone();
         // Reads the log for the port, then keeps draining it so the server
         // never blocks on a full pipe.
         std::thread::spawn(move || {
@@ -105,13 +153,17 @@ impl NatsServer {
                 if echo {
                     eprintln!("nats-server: {line}");
                 }
+                if line.contains("JetStream cluster new metadata leader") || line.contains("Self is new JetStream cluster metadata leader") {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
                     let port = rest.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
                     let _ = tx.send(port);
                 }
             }
         });
-        let mut server = NatsServer { child, url: String::new(), port: 0, store_dir: store_dir.to_owned(), config: config.map(Path::to_path_buf) };
+        let mut server =
+            NatsServer { child, url: String::new(), port: 0, store_dir: store_dir.to_owned(), config: config.map(Path::to_path_buf), cluster, meta_leader };
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(Some(port)) => {
                 server.port = port;
@@ -127,6 +179,55 @@ impl NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Three (or `n`) servers as one JetStream cluster on loopback, each with
+/// its own folder `base/nats-<i>`; killed when dropped.
+pub struct NatsCluster {
+    pub servers: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize, base: &Path, config: Option<&Path>) -> anyhow::Result<NatsCluster> {
+        let route_ports = free_ports(n)?;
+        let mut servers = Vec::with_capacity(n);
+        for index in 0..n {
+            let member = Member { name: format!("n{}", index + 1), index, route_ports: route_ports.clone() };
+            servers.push(NatsServer::spawn(&base.join(format!("nats-{}", index + 1)), None, config, Some(member))?);
+        }
+        let cluster = NatsCluster { servers };
+        cluster.ready()?;
+        Ok(cluster)
+    }
+
+    /// Waits until the servers have elected a JetStream metadata leader:
+    /// before that, a JetStream request goes unanswered until it times out.
+    pub fn ready(&self) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !self.servers.iter().any(|s| s.meta_leader.load(std::sync::atomic::Ordering::Relaxed)) {
+            if std::time::Instant::now() > deadline {
+                bail!("the nats-servers elected no JetStream leader within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Every server's URL, comma-separated: what clients connect with.
+    pub fn url(&self) -> String {
+        self.servers.iter().map(|s| s.url.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().map(NatsServer::pid).collect()
+    }
+}
+
+/// Ports free on loopback a moment ago (for cluster routes, which every
+/// server must know before any starts).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<Vec<_>, _>>()?)
 }
 
 /// Asks the kernel to kill the child if its parent dies first, so that not

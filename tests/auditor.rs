@@ -7,7 +7,7 @@ mod common;
 
 use async_nats::jetstream;
 use common::*;
-use custody_ledger::{service, Store};
+use custody_ledger::{commit, Store};
 use custody_proto::{Entry, Timestamp};
 use custody_wire::subjects;
 use serde_json::{json, Value};
@@ -41,8 +41,8 @@ async fn history(sys: &System, m: &nkeys::KeyPair, tag: &str, n: usize) -> u64 {
 async fn replace_stream(sys: &System, entries: &[Entry]) {
     let js = jetstream::new(sys.client.clone());
     js.delete_stream(subjects::LEDGER_STREAM).await.unwrap();
-    service::committed_stream(&js).await.unwrap();
-    service::publish_committed(&js, entries).await.unwrap();
+    commit::committed_stream(&js, 1).await.unwrap();
+    commit::send_all(&js, entries).await.unwrap();
 }
 
 /// Re-chains `envelopes` from seq 1 so that every hash and link is right.

@@ -12,12 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use custody_ledger::Store;
 use custody_proto::{Event, Opened, Outcome, Receipt};
-use futures::stream::{FuturesUnordered, StreamExt};
-use serde_json::json;
 
 const PRODUCERS: usize = 4;
 const PER_PRODUCER: usize = 5_000;
@@ -50,34 +47,8 @@ async fn kill_9_under_load_loses_and_duplicates_nothing() {
     let registrations = sys.head().await.0;
 
     let done = Arc::new(AtomicUsize::new(0));
-    let mut producers = Vec::new();
-    for (p, m) in miners.iter().enumerate() {
-        let envelopes: Vec<Bytes> = (0..PER_PRODUCER)
-            .map(|i| sign(m, &event(m, &format!("c-{p}-{i}"), "mined", json!({"lot": format!("C{p}-{i}"), "carats": "1.25", "country": "ZA"}))).into())
-            .collect();
-        let (client, done) = (sys.client.clone(), done.clone());
-        producers.push(tokio::spawn(async move {
-            let mut receipts = Vec::with_capacity(envelopes.len());
-            let mut inflight = FuturesUnordered::new();
-            for env in envelopes {
-                if inflight.len() >= WINDOW {
-                    receipts.push(inflight.next().await.unwrap());
-                }
-                let client = client.clone();
-                let done = done.clone();
-                let subject = custody_wire::subjects::submit(&custody::client::signer(&env));
-                inflight.push(async move {
-                    let out = custody::client::submit_patiently(&client, subject, env, Duration::from_millis(1500)).await.expect("a receipt, eventually");
-                    done.fetch_add(1, Ordering::Relaxed);
-                    out
-                });
-            }
-            while let Some(r) = inflight.next().await {
-                receipts.push(r);
-            }
-            receipts
-        }));
-    }
+    let lists = miners.iter().enumerate().map(|(p, m)| mined(m, &format!("c-{p}"), PER_PRODUCER)).collect();
+    let producers = produce(&sys.client, lists, WINDOW, Duration::from_millis(1500), done.clone());
 
     eprintln!("crash loop seed {SEED:#x}: kills at {:?}", schedule(SEED));
     for (at, down_ms) in schedule(SEED) {

@@ -127,10 +127,15 @@ async fn a_foreign_entry_on_the_stream_halts_the_projection_and_the_ledger() {
     assert!(err.contains(&format!("entry {}", head + 1)), "{err}");
     assert!(before["seq"].as_u64().unwrap() == head);
 
-    // The ledger commits its next entry (a receipt: it is on disk), finds a
-    // foreign entry where its own should go, and stops loudly rather than
-    // let the stream and the store tell different histories.
-    sys.accept(&m, &event(&m, "ok-2", "mined", json!({"lot": "OK2", "carats": "1.00", "country": "BW"}))).await;
+    // The ledger's next batch expects the stream to end at its own head:
+    // the stream refuses it (10071), so nothing is receipted. Reading the
+    // stream back, the ledger finds a foreign entry where its own would go
+    // and stops loudly rather than let the stream and the store tell
+    // different histories.
+    let next = sign(&m, &event(&m, "ok-2", "mined", json!({"lot": "OK2", "carats": "1.00", "country": "BW"})));
+    let answer = tokio::time::timeout(Duration::from_secs(5), sys.client.request(subjects::submit(&m.public_key()), next.into())).await;
+    let receipted = matches!(&answer, Ok(Ok(msg)) if serde_json::from_slice::<custody_proto::Outcome>(&msg.payload).is_ok_and(|o| matches!(o, custody_proto::Outcome::Receipt(_))));
+    assert!(!receipted, "an event is never receipted past a foreign entry: {answer:?}");
     let (status, _) = sys.ledger.take().unwrap().exit_within(Duration::from_secs(10)).await;
     let status = status.expect("the ledger stops");
     let err = sys.ledger_log();

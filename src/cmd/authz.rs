@@ -48,7 +48,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
         genesis: a.genesis.clone(),
         services,
         config_file: a.config,
-        nats_pid: a.nats_pid.unwrap_or(0),
+        nats_pids: a.nats_pid.into_iter().collect(),
     };
     if a.bootstrap {
         custody_authz::service::write(&config, &custody_authz::Registry::new(&a.genesis))?;

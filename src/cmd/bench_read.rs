@@ -49,10 +49,8 @@ async fn stream_of(dir: &std::path::Path, chain: &Chain) -> anyhow::Result<(Nats
     let nats = NatsServer::start(&dir.join("nats"))?;
     let client = custody::client::connect(&nats.url).await?;
     let js = jetstream::new(client.clone());
-    custody_ledger::service::committed_stream(&js).await?;
-    for chunk in chain.entries.chunks(4096) {
-        custody_ledger::service::publish_committed(&js, chunk).await?;
-    }
+    custody_ledger::commit::committed_stream(&js, 1).await?;
+    custody_ledger::commit::send_all(&js, &chain.entries).await?;
     Ok((nats, client))
 }
 

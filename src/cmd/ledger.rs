@@ -20,6 +20,19 @@ pub struct Args {
     /// time at past dates; the system clock while FILE is absent.
     #[arg(long, value_name = "FILE")]
     test_clock_file: Option<PathBuf>,
+    /// Servers holding each custody stream: 1 on one machine, 3 on a
+    /// three-server cluster (a receipt then waits for two of them).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Seconds the writer lease outlives its holder's last renewal: how
+    /// long a standby waits after the writer dies before it takes over.
+    #[arg(long, default_value_t = 4.0)]
+    lease_ttl: f64,
+    /// This replica's name in the writer lease (default: its host and data
+    /// folder). Unique per store: a replica restarted under its own name
+    /// takes its lease back at once.
+    #[arg(long)]
+    name: Option<String>,
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -59,6 +72,13 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             }
             anyhow::ensure!(a.checkpoint_every > 0.0 && a.checkpoint_every.is_finite(), "--checkpoint-every must be a positive number of seconds");
             config.checkpoint_every = std::time::Duration::from_secs_f64(a.checkpoint_every);
+            anyhow::ensure!(a.lease_ttl >= 1.0 && a.lease_ttl.is_finite(), "--lease-ttl must be at least 1 second");
+            config.lease_ttl = std::time::Duration::from_secs_f64(a.lease_ttl);
+            anyhow::ensure!(matches!(a.replicas, 1..=5), "--replicas must be between 1 and 5");
+            config.replicas = a.replicas;
+            if let Some(name) = a.name {
+                config.name = name;
+            }
             custody_ledger::run(config, super::stop_signal()).await?;
         }
         Some(Action::Key) => {}

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use custody::natsd::NatsServer;
+use custody::natsd::{NatsCluster, NatsServer};
 use custody::{client, demo, keys};
 use custody_proto::Outcome;
 
@@ -33,6 +33,11 @@ pub struct Args {
     /// Where the HTTP gateway listens (port 0: a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     http: std::net::SocketAddr,
+    /// Run a JetStream cluster of this many nats-servers (3) on this
+    /// machine instead of one: every custody stream on all three, two
+    /// ledger replicas (a writer and a standby), two projections.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(3..=3))]
+    cluster: Option<u8>,
     /// Run NATS without authorization (anyone on loopback may publish
     /// anything; the ledger still checks every signature).
     #[arg(long)]
@@ -43,7 +48,17 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.data).with_context(|| format!("cannot create {}", a.data.display()))?;
     let authority_path = a.authority.clone().unwrap_or_else(|| a.data.join("authority.nk"));
     let authority = keys::load_or_create(&authority_path)?;
-    let ledger_key = custody_ledger::notary::load_or_create_key(&a.data.join("ledger"))?;
+    let servers = usize::from(a.cluster.unwrap_or(1));
+    // One ledger on one server; a writer and a standby on a cluster, each
+    // with its own store, signing with the one ledger key auditors trust.
+    let ledger_dirs: Vec<PathBuf> = if servers == 1 { vec![a.data.join("ledger")] } else { (1..=2).map(|i| a.data.join(format!("ledger-{i}"))).collect() };
+    let ledger_key = custody_ledger::notary::load_or_create_key(&ledger_dirs[0])?;
+    for dir in &ledger_dirs[1..] {
+        if !dir.join(custody_ledger::notary::KEY_FILE).exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::copy(ledger_dirs[0].join(custody_ledger::notary::KEY_FILE), dir.join(custody_ledger::notary::KEY_FILE))?;
+        }
+    }
 
     // One nkey per service; the actors' keys come from the registry.
     let service_dir = a.data.join("keys/services");
@@ -63,23 +78,38 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let seed = |id: &(String, String)| (!a.no_auth).then(|| id.1.clone());
 
     let auth_file = a.data.join("nats-auth.conf");
-    let nats = if a.no_auth {
-        NatsServer::start(&a.data.join("nats"))?
-    } else {
+    if !a.no_auth {
         let bootstrap = custody_authz::Config {
             nats_url: String::new(),
             nkey: None,
             genesis: authority.public_key(),
             services: services.clone(),
             config_file: auth_file.clone(),
-            nats_pid: 0,
+            nats_pids: Vec::new(),
         };
         // Services and the genesis authority only, until authz has read
         // the registry off the ledger (a moment after start).
         custody_authz::service::write(&bootstrap, &custody_authz::Registry::new(&authority.public_key()))?;
-        NatsServer::start_with_config(&a.data.join("nats"), &auth_file)?
+    }
+    let auth = (!a.no_auth).then_some(auth_file.as_path());
+    let nats = if servers == 1 {
+        let server = match auth {
+            Some(auth) => NatsServer::start_with_config(&a.data.join("nats"), auth)?,
+            None => NatsServer::start(&a.data.join("nats"))?,
+        };
+        NatsCluster { servers: vec![server] }
+    } else {
+        NatsCluster::start(servers, &a.data, auth)?
     };
-    println!("NATS listening on {}{}", nats.url, if a.no_auth { " (no authorization: --no-auth)" } else { " (nkey authorization from the actor registry)" });
+    let nats_url = nats.url();
+    let authorization = if a.no_auth { " (no authorization: --no-auth)" } else { " (nkey authorization from the actor registry)" };
+    for s in &nats.servers {
+        let folder = s.store_dir.display();
+        println!("NATS listening on {}, JetStream in {folder} (sync_interval: always){authorization}", s.url);
+    }
+    if servers > 1 {
+        println!("  one JetStream cluster of {servers} servers: every custody stream on all of them, a receipt once two hold the entry");
+    }
     println!("genesis authority {} (key file {})", authority.public_key(), authority_path.display());
     println!("ledger key {} (signs checkpoints; audit with: custody audit --key {})", ledger_key.public_key(), ledger_key.public_key());
 
@@ -89,12 +119,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (astop_tx, astop_rx) = tokio::sync::oneshot::channel::<()>();
     if !a.no_auth {
         let config = custody_authz::Config {
-            nats_url: nats.url.clone(),
+            nats_url: nats_url.clone(),
             nkey: seed(&authz_id),
             genesis: authority.public_key(),
             services: services.clone(),
             config_file: auth_file.clone(),
-            nats_pid: nats.pid(),
+            nats_pids: nats.pids(),
         };
         running.spawn(async move {
             let done = custody_authz::run(config, async move {
@@ -104,29 +134,33 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         });
     }
 
-    let mut config =
-        custody_ledger::Config::new(nats.url.clone(), a.data.join("ledger"), authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
-    config.nkey = seed(&ledger_id);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    running.spawn(async move {
-        let done = custody_ledger::run(config, async move {
-            let _ = stop_rx.await;
-        });
-        ("ledger", done.await.map_err(anyhow::Error::from))
-    });
-
-    let (pstop_tx, pstop_rx) = tokio::sync::oneshot::channel::<()>();
-    let projection_config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: a.data.join("projection"), nkey: seed(&projection_id) };
-    running.spawn(async move {
-        let done = custody_projection::run(projection_config, async move {
-            let _ = pstop_rx.await;
-        });
-        ("projection", done.await.map_err(anyhow::Error::from))
-    });
+    // Each service stops when `stop` says so.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let authority_key: custody_proto::ActorKey = authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    for (i, dir) in ledger_dirs.iter().enumerate() {
+        let mut config = custody_ledger::Config::new(nats_url.clone(), dir.clone(), authority_key.clone());
+        config.nkey = seed(&ledger_id);
+        config.replicas = servers;
+        let name: &'static str = if servers == 1 { "ledger" } else { ["ledger 1", "ledger 2"][i] };
+        println!("{name}: store in {} ({})", dir.display(), if servers == 1 { "the writer" } else { "writer or standby: whichever holds the writer lease" });
+        let done = custody_ledger::run(config, stopped(stop.clone()));
+        running.spawn(async move { (name, done.await.map_err(anyhow::Error::from)) });
+    }
+    for i in 0..ledger_dirs.len() {
+        let dir = a.data.join(if servers == 1 { "projection".to_owned() } else { format!("projection-{}", i + 1) });
+        let name: &'static str = if servers == 1 { "projection" } else { ["projection 1", "projection 2"][i] };
+        println!("{name}: store in {} (answers queries with the others)", dir.display());
+        let config = custody_projection::Config { nats_url: nats_url.clone(), data_dir: dir, nkey: seed(&projection_id) };
+        let done = custody_projection::run(config, stopped(stop.clone()));
+        running.spawn(async move { (name, done.await.map_err(anyhow::Error::from)) });
+    }
 
     let (gstop_tx, gstop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let gateway_url = nats.url.clone();
+    let gateway_url = nats_url.clone();
     let gateway_seed = seed(&gateway_id);
     running.spawn(async move {
         let done = custody_gateway::run(
@@ -146,7 +180,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let http = bound_rx.await.context("the HTTP gateway did not start")?;
 
     // The demo loader submits for every actor of the demo: the operator.
-    let nc = custody_wire::connect::connect(&nats.url, "custody-up", seed(&operator_id).as_deref()).await?;
+    let nc = custody_wire::connect::connect(&nats_url, "custody-up", seed(&operator_id).as_deref()).await?;
     let head = wait_for_head(&nc).await?;
     println!("ledger ready at seq {head}");
     if !a.no_demo && head == 0 {
@@ -180,7 +214,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     println!("\nthe page: http://{http}/?lot=S1  (API: http://{http}/v1/openapi.json)");
     println!("try, in another terminal:");
-    println!("  export CUSTODY_NATS={}", nats.url);
+    println!("  export CUSTODY_NATS={nats_url}");
     if !a.no_auth {
         // Reads everything, submits nothing: the gateway's identity.
         println!("  export CUSTODY_NKEY={}   # a read-only identity (the gateway's)", service_dir.join("gateway.nk").display());
@@ -204,8 +238,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             first = running.join_next() => ended = first,
         }
     }
-    let _ = stop_tx.send(());
-    let _ = pstop_tx.send(());
+    let _ = stop_tx.send(true);
     let _ = gstop_tx.send(());
     let _ = astop_tx.send(());
     if let Some(first) = ended {

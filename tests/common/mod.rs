@@ -13,7 +13,58 @@ use custody_proto::{Outcome, Receipt};
 use nkeys::KeyPair;
 use serde_json::{json, Value};
 
+pub mod cluster;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_custody");
+
+/// `n` signed `mined` events of `miner`, ids `<prefix>-<i>`.
+pub fn mined(miner: &KeyPair, prefix: &str, n: usize) -> Vec<Bytes> {
+    (0..n)
+        .map(|i| {
+            sign(miner, &event(miner, &format!("{prefix}-{i}"), "mined", json!({"lot": format!("{prefix}-L{i}"), "carats": "1.25", "country": "ZA"}))).into()
+        })
+        .collect()
+}
+
+/// Producers as a client would write them: one task per list of
+/// envelopes, `window` in flight each, every envelope sent again with the
+/// same bytes until it is answered (`attempt` per try). `done` counts
+/// answers as they come; each task returns its outcomes.
+pub fn produce(
+    client: &async_nats::Client,
+    lists: Vec<Vec<Bytes>>,
+    window: usize,
+    attempt: Duration,
+    done: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<Vec<Outcome>>> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    lists
+        .into_iter()
+        .map(|envelopes| {
+            let (client, done) = (client.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut outcomes = Vec::with_capacity(envelopes.len());
+                let mut inflight = FuturesUnordered::new();
+                for env in envelopes {
+                    if inflight.len() >= window {
+                        outcomes.push(inflight.next().await.expect("one in flight"));
+                    }
+                    let (client, done) = (client.clone(), done.clone());
+                    let subject = custody_wire::subjects::submit(&custody::client::signer(&env));
+                    inflight.push(async move {
+                        let out = custody::client::submit_patiently(&client, subject, env, attempt).await.expect("an answer, eventually");
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        out
+                    });
+                }
+                while let Some(o) = inflight.next().await {
+                    outcomes.push(o);
+                }
+                outcomes
+            })
+        })
+        .collect()
+}
 
 /// A service process (ledger, projection, gateway); killed on drop.
 pub struct ServiceProcess {

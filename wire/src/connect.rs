@@ -32,10 +32,20 @@ fn options(name: &str, seed: Option<&str>) -> Result<async_nats::ConnectOptions,
     Ok(options)
 }
 
+/// The servers a URL names: one, or several separated by commas (a
+/// cluster; the client fails over between them).
+fn servers(url: &str) -> Vec<&str> {
+    url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
 /// Connects a service as `name`, authenticated by the nkey `seed` when
 /// given; it keeps retrying in the background while the server comes up.
 pub async fn connect(url: &str, name: &str, seed: Option<&str>) -> Result<async_nats::Client, ConnectError> {
-    options(name, seed)?.retry_on_initial_connect().connect(url).await.map_err(|e| ConnectError::Unreachable { url: url.to_owned(), why: e.to_string() })
+    options(name, seed)?
+        .retry_on_initial_connect()
+        .connect(servers(url))
+        .await
+        .map_err(|e| ConnectError::Unreachable { url: url.to_owned(), why: e.to_string() })
 }
 
 /// Connects a command-line client: retries for a few seconds while the
@@ -44,7 +54,7 @@ pub async fn connect(url: &str, name: &str, seed: Option<&str>) -> Result<async_
 pub async fn connect_client(url: &str, name: &str, seed: Option<&str>) -> Result<async_nats::Client, ConnectError> {
     let mut last = None;
     for _ in 0..40 {
-        match options(name, seed)?.connect(url).await {
+        match options(name, seed)?.connect(servers(url)).await {
             Ok(c) => return Ok(c),
             Err(e) if matches!(e.kind(), ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication) => {
                 let hint = if seed.is_some() {

@@ -38,8 +38,9 @@ pub struct Config {
     pub services: Services,
     /// The file nats-server was started with (`-c`).
     pub config_file: PathBuf,
-    /// nats-server's process id, to signal a reload.
-    pub nats_pid: u32,
+    /// The process ids of the nats-servers that load the file (one per
+    /// server on this machine), each signalled to reload.
+    pub nats_pids: Vec<u32>,
 }
 
 /// Writes the authorization file for `registry` (before the server starts,
@@ -86,7 +87,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         }
         if changed {
             write(&config, &registry)?;
-            reload(config.nats_pid)?;
+            for pid in &config.nats_pids {
+                reload(*pid)?;
+            }
             tracing::info!(actors = registry.actors.len(), seq = last, "authorization reloaded");
         }
     }

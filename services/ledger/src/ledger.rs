@@ -100,43 +100,72 @@ impl Ledger {
     /// link, naming the seq. A committed entry is never judged again: its
     /// effect is applied whatever today's admission rules would say of it.
     pub fn open(dir: &Path, authority: &ActorKey) -> Result<Ledger, OpenError> {
-        let store = Store::open(dir)?;
+        Ledger::load(Store::open(dir)?, authority)
+    }
+
+    /// [`Ledger::open`] on a store already open: after a writer steps
+    /// down, its in-memory model (ahead of what committed) is rebuilt from
+    /// what is durable.
+    pub fn load(store: Store, authority: &ActorKey) -> Result<Ledger, OpenError> {
         match store.authority()? {
             Some(recorded) if recorded != authority.as_str() => return Err(OpenError::AuthorityChanged { recorded, given: authority.to_string() }),
             Some(_) => {}
             None => store.set_authority(authority.as_str())?,
         }
-        let mut model = Model::new(authority.clone());
-        let mut head = None;
-        let mut recorded = None;
-        let mut tree = Tree::new();
+        let mut ledger = Ledger { store, model: Model::new(authority.clone()), head: None, tree: Tree::new(), recorded: None };
+        let store = ledger.store.clone();
         let mut entries = store.entries_from(1).peekable();
         while entries.peek().is_some() {
-            // Signatures are verified as a batch: about half the cost.
-            let (mut chunk, mut opened) = (Vec::with_capacity(REPLAY_CHUNK), Vec::with_capacity(REPLAY_CHUNK));
-            for entry in entries.by_ref().take(REPLAY_CHUNK) {
-                let entry = entry?;
-                entry.check_after(head).map_err(StoreError::from)?;
-                opened.push(Opened::open(entry.envelope.clone()).map_err(|r| OpenError::Replay { seq: entry.seq, why: r.to_string() })?);
-                head = Some((entry.seq, entry.hash));
-                chunk.push(entry);
-            }
-            let verdicts = Opened::verify_all(&opened);
-            for ((entry, opened), verdict) in chunk.into_iter().zip(opened).zip(verdicts) {
-                let replay_err = |why: String| OpenError::Replay { seq: entry.seq, why };
-                verdict.map_err(|r| replay_err(r.to_string()))?;
-                let event = Event::decode(&opened.payload).map_err(|r| replay_err(r.to_string()))?;
-                model.apply(&event);
-                model.remember(event.id.clone(), blake3::hash(&opened.payload), receipt(&event, &entry));
-                recorded = Some(entry.recorded_at);
-                tree.push(&entry.hash);
-            }
+            let chunk = entries.by_ref().take(REPLAY_CHUNK).collect::<Result<Vec<Entry>, StoreError>>()?;
+            ledger.replay(&chunk)?;
         }
         drop(entries);
-        if head != store.head()? {
-            return Err(StoreError::Corrupt(format!("replay ended at {head:?}, head record says {:?}", store.head()?)).into());
+        if ledger.head != ledger.store.head()? {
+            return Err(StoreError::Corrupt(format!("replay ended at {:?}, head record says {:?}", ledger.head, ledger.store.head()?)).into());
         }
-        Ok(Ledger { store, model, head, tree, recorded })
+        Ok(ledger)
+    }
+
+    /// Applies committed entries that follow the head (each linked to the
+    /// one before, every signature verified as one batch) to the write
+    /// model and the tree. Nothing is judged again. The store is not
+    /// written: see [`Ledger::follow`].
+    fn replay(&mut self, chunk: &[Entry]) -> Result<(), OpenError> {
+        let mut head = self.head;
+        let mut opened = Vec::with_capacity(chunk.len());
+        for entry in chunk {
+            entry.check_after(head).map_err(StoreError::from)?;
+            opened.push(Opened::open(entry.envelope.clone()).map_err(|r| OpenError::Replay { seq: entry.seq, why: r.to_string() })?);
+            head = Some((entry.seq, entry.hash));
+        }
+        // Signatures are verified as a batch: about half the cost.
+        let verdicts = Opened::verify_all(&opened);
+        let mut events = Vec::with_capacity(chunk.len());
+        for ((entry, opened), verdict) in chunk.iter().zip(opened).zip(verdicts) {
+            let replay_err = |why: String| OpenError::Replay { seq: entry.seq, why };
+            verdict.map_err(|r| replay_err(r.to_string()))?;
+            let event = Event::decode(&opened.payload).map_err(|r| replay_err(r.to_string()))?;
+            events.push((event, blake3::hash(&opened.payload)));
+        }
+        // Only a chunk that checked whole touches the model.
+        for (entry, (event, digest)) in chunk.iter().zip(events) {
+            self.model.apply(&event);
+            self.model.remember(event.id.clone(), digest, receipt(&event, entry));
+            self.recorded = Some(entry.recorded_at);
+            self.tree.push(&entry.hash);
+        }
+        self.head = head;
+        Ok(())
+    }
+
+    /// Takes entries another writer committed on the stream: checks and
+    /// applies them like a replay, then makes them durable in the store.
+    /// How a standby follows the active writer, and how any ledger catches
+    /// up with the stream before it writes.
+    pub fn follow(&mut self, entries: &[Entry]) -> Result<(), OpenError> {
+        self.replay(entries)?;
+        self.store.append(entries)?;
+        Ok(())
     }
 
     pub fn head(&self) -> Option<(u64, Hash)> {

@@ -17,6 +17,8 @@
 //! see this crate.
 
 pub mod clock;
+pub mod commit;
+pub mod lease;
 pub mod ledger;
 pub mod model;
 pub mod notary;

@@ -1,9 +1,17 @@
-//! The ledger on NATS: four stages joined by bounded channels, so that
-//! signature checking, the disk and the network overlap.
+//! The ledger on NATS. A replica is either a standby, following the
+//! committed stream into its own store, or the one active writer, holding
+//! the writer lease ([`crate::lease`]). The active writer runs four stages
+//! joined by bounded channels, so that signature checking, the network
+//! and the disk overlap:
 //!
-//! intake (request-reply + inbox stream) → check (open, batch-verify, parse;
-//! off the async threads) → write (custody rules, one atomic batch, one
-//! fsync) → respond (receipts) and publish (committed stream, in seq order).
+//! intake (request-reply + inbox stream) → check (open, batch-verify,
+//! parse; off the async threads) → write (custody rules; one atomic batch
+//! on the committed stream, the commit point; then one fsync of the
+//! store) → respond (receipts).
+//!
+//! A writer that loses the lease, or whose batch the stream fences off,
+//! steps down at once: it answers nothing more, rebuilds its model from
+//! its store and follows the stream as a standby.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -18,9 +26,12 @@ use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use crate::commit::MAX_ATOMIC;
+use crate::lease::Lease;
 use crate::ledger::{check_batch, Checked, Ledger, OpenError, Submitted};
 use crate::notary::Notary;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
+use custody_wire::follow::{entry_of, FollowError, Reader};
 use custody_wire::subjects::*;
 
 /// Why the ledger stopped.
@@ -48,6 +59,9 @@ pub enum LedgerError {
     Disagreement(String),
     #[error("a ledger stage ended unexpectedly")]
     Ended,
+    /// This replica may no longer write; it becomes a standby.
+    #[error("stepping down: {0}")]
+    SteppedDown(String),
     #[error("a ledger stage failed: {0}")]
     Task(String),
 }
@@ -56,6 +70,9 @@ pub enum LedgerError {
 fn nats<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> LedgerError {
     move |e| LedgerError::Nats { what, why: e.to_string() }
 }
+
+/// How long the ledger waits at start for JetStream to take its streams.
+const JETSTREAM_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Largest number of submissions checked or written as one batch.
 const MAX_BATCH: usize = 2048;
@@ -75,11 +92,31 @@ pub struct Config {
     pub nkey: Option<String>,
     /// What `recorded_at` reads: the system clock outside tests.
     pub clock: crate::clock::Clock,
+    /// Servers holding each custody stream: 1 on one machine, 3 on a
+    /// cluster (a receipt then waits for a majority).
+    pub replicas: usize,
+    /// How long the writer lease outlives its holder's last renewal.
+    pub lease_ttl: Duration,
+    /// This replica's name in the writer lease; unique per store.
+    pub name: String,
 }
 
 impl Config {
     pub fn new(nats_url: impl Into<String>, data_dir: PathBuf, authority: ActorKey) -> Config {
-        Config { nats_url: nats_url.into(), data_dir, authority, checkpoint_every: Duration::from_secs(10), nkey: None, clock: crate::clock::Clock::system() }
+        // One store, one replica: its host and folder name it.
+        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into());
+        let name = format!("{host}:{}", std::path::absolute(&data_dir).unwrap_or_else(|_| data_dir.clone()).display());
+        Config {
+            nats_url: nats_url.into(),
+            data_dir,
+            authority,
+            checkpoint_every: Duration::from_secs(10),
+            nkey: None,
+            clock: crate::clock::Clock::system(),
+            replicas: 1,
+            lease_ttl: Duration::from_secs(4),
+            name,
+        }
     }
 }
 
@@ -105,7 +142,9 @@ fn subject_key(subject: &str) -> Option<String> {
     subject.rsplit_once('.').map(|(_, key)| key.to_owned())
 }
 
-/// Runs the ledger until `shutdown` completes or a stage fails.
+/// Runs the ledger until `shutdown` completes or it fails: a standby
+/// until it takes the writer lease, then the writer until it loses it, and
+/// so on.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), LedgerError> {
     let dir = config.data_dir.clone();
     let authority = config.authority.clone();
@@ -114,76 +153,199 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(|e| LedgerError::Task(e.to_string()))?
         .map_err(|source| LedgerError::Open { dir: config.data_dir.clone(), source })?;
     let key = crate::notary::load_or_create_key(&config.data_dir)?;
-    let notary = Arc::new(Notary::new(ledger.take_tree(), key, ledger.store().clone()));
-    tracing::info!(head = ?ledger.head().map(|h| h.0), key = %notary.public_key(), "ledger store open and chain verified");
+    tracing::info!(head = ?ledger.head().map(|h| h.0), "ledger store open and chain verified");
 
     let client = custody_wire::connect::connect(&config.nats_url, "custody-ledger", config.nkey.as_deref()).await?;
     let js = jetstream::new(client.clone());
-    let streams = ensure_streams(&js).await?;
-    let published = stream_agrees(&streams.ledger, ledger.store()).await?;
+    // A cluster elects its JetStream leaders a few seconds after its
+    // servers start: until then, creating a stream times out.
+    let started = std::time::Instant::now();
+    let lease = loop {
+        let ready = async {
+            ensure_streams(&js, config.replicas).await.map(drop)?;
+            Lease::open(&js, config.name.clone(), config.lease_ttl, config.replicas).await
+        }
+        .await;
+        match ready {
+            Ok(lease) => break lease,
+            Err(e @ LedgerError::Nats { .. }) if started.elapsed() < JETSTREAM_PATIENCE => {
+                tracing::warn!(error = %e, "JetStream is not ready yet; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let reader = Reader::ledger(&client);
 
+    tokio::pin!(shutdown);
+    loop {
+        tracing::info!(head = ?ledger.head().map(|h| h.0), name = %config.name, "standby: following the committed stream");
+        let revision = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            taken = standby(&mut ledger, &reader, &lease) => taken?,
+        };
+        let store = ledger.store().clone();
+        let active = async {
+            catch_up(&mut ledger, &reader, &js).await?;
+            let notary = Arc::new(Notary::new(ledger.take_tree(), key.clone(), store.clone()));
+            tracing::info!(head = ?ledger.head().map(|h| h.0), key = %notary.public_key(), name = %config.name, "writer lease taken; serving submissions");
+            serve(ledger, &config, &client, &js, notary, lease.hold(revision)).await
+        };
+        let stepped = tokio::select! {
+            () = &mut shutdown => {
+                lease.release().await;
+                let _ = client.flush().await;
+                return Ok(());
+            }
+            r = active => r,
+        };
+        match stepped {
+            Err(LedgerError::SteppedDown(why)) => tracing::warn!(%why, "no longer the writer: rebuilding from the store, then standby"),
+            Err(e) => return Err(e),
+            Ok(()) => return Err(LedgerError::Ended),
+        }
+        // The model was ahead of what committed: rebuild it from what is durable.
+        let authority = config.authority.clone();
+        ledger = tokio::task::spawn_blocking(move || Ledger::load(store, &authority))
+            .await
+            .map_err(|e| LedgerError::Task(e.to_string()))?
+            .map_err(|source| LedgerError::Open { dir: config.data_dir.clone(), source })?;
+    }
+}
+
+/// Follows the committed stream into the store until this replica takes
+/// the writer lease; returns the lease's revision.
+async fn standby(ledger: &mut Ledger, reader: &Reader, lease: &Lease) -> Result<u64, LedgerError> {
+    let mut entries = std::pin::pin!(reader.entries(ledger.head(), None));
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            batch = entries.next() => match batch {
+                Some(Ok(batch)) => {
+                    tokio::task::block_in_place(|| ledger.follow(&batch)).map_err(|e| disagreement(e.to_string()))?;
+                    tracing::info!(followed = ledger.head().map_or(0, |h| h.0), "standby");
+                }
+                Some(Err(FollowError::Read(e))) => tracing::warn!(error = %e, "cannot read the committed stream yet"),
+                Some(Err(FollowError::Broken { seq, why })) => return Err(broken(seq, &why)),
+                None => return Err(LedgerError::Ended),
+            },
+            _ = tick.tick() => if let Some(revision) = lease.try_acquire().await {
+                return Ok(revision);
+            },
+        }
+    }
+}
+
+fn broken(seq: u64, why: &str) -> LedgerError {
+    disagreement(format!("entry {seq} on the committed stream does not follow this ledger's store ({why})"))
+}
+
+fn disagreement(what: String) -> LedgerError {
+    LedgerError::Disagreement(format!("{what}: something other than this ledger wrote on {ENTRIES_SUBJECT}"))
+}
+
+/// Before writing: takes every entry the stream holds beyond the store
+/// (another writer's, or this one's whose outcome was unknown), and puts
+/// back on the stream what the store holds beyond it (a stream lost or
+/// recreated). Afterwards the two end at the same entry.
+async fn catch_up(ledger: &mut Ledger, reader: &Reader, js: &jetstream::Context) -> Result<(), LedgerError> {
+    let last = reader.last_seq().await.map_err(nats("read the committed stream's end"))?;
+    let mut entries = std::pin::pin!(reader.entries(ledger.head(), Some(last)));
+    while let Some(batch) = entries.next().await {
+        match batch {
+            Ok(batch) => tokio::task::block_in_place(|| ledger.follow(&batch)).map_err(|e| disagreement(e.to_string()))?,
+            Err(FollowError::Read(e)) => return Err(nats("read the committed stream")(e)),
+            Err(FollowError::Broken { seq, why }) => return Err(broken(seq, &why)),
+        }
+    }
+    let stored = ledger.head().map_or(0, |h| h.0);
+    if last < stored {
+        if last > 0 {
+            let on_stream = reader.get(last).await.map_err(nats("read the committed stream"))?.and_then(|m| entry_of(&m).ok()).map(|e| e.hash);
+            let in_store = ledger.store().get(last)?.map(|e| e.hash);
+            if on_stream.is_none() || on_stream != in_store {
+                return Err(disagreement(format!("entry {last} on the committed stream is not the store's entry {last}")));
+            }
+        }
+        tracing::warn!(stream = last, store = stored, "the committed stream lost entries the store holds; publishing them again");
+        let mut from = last + 1;
+        while from <= stored {
+            let entries: Vec<Entry> =
+                tokio::task::block_in_place(|| ledger.store().entries_from(from).take(4 * MAX_ATOMIC).collect::<Result<_, StoreError>>())?;
+            crate::commit::send_all(js, &entries).await?;
+            from += entries.len().max(1) as u64;
+        }
+    }
+    Ok(())
+}
+
+/// The active writer's stages, until one fails or `lease_lost` completes.
+async fn serve(
+    ledger: Ledger,
+    config: &Config,
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    notary: Arc<Notary>,
+    lease_lost: impl Future<Output = String>,
+) -> Result<(), LedgerError> {
+    let streams = ensure_streams(js, config.replicas).await?;
     let (intake_tx, intake_rx) = mpsc::channel::<Submission>(MAX_BATCH * 4);
     let (checked_tx, checked_rx) = mpsc::channel(4);
     let (respond_tx, respond_rx) = mpsc::channel(16);
-    let (publish_tx, publish_rx) = mpsc::channel(64);
     let (head_tx, head_rx) = watch::channel(ledger.head());
-    let store = ledger.store().clone();
+    notary.set_published(ledger.head().map_or(0, |h| h.0));
 
     let mut tasks = tokio::task::JoinSet::new();
     let core = client.queue_subscribe(format!("{SUBMIT_PREFIX}.>"), QUEUE_GROUP.to_owned()).await.map_err(nats("subscribe to submissions"))?;
     tasks.spawn(intake_core(core, intake_tx.clone()));
     tasks.spawn(intake_inbox(streams.inbox, intake_tx));
     tasks.spawn(check_stage(intake_rx, checked_tx));
-    tasks.spawn(write_stage(ledger, config.clock.clone(), notary.clone(), checked_rx, respond_tx, publish_tx, head_tx));
+    let writer = Writer {
+        ledger,
+        clock: config.clock.clone(),
+        notary: notary.clone(),
+        js: js.clone(),
+        reader: Reader::ledger(client),
+        respond: respond_tx,
+        head: head_tx,
+    };
+    tasks.spawn(writer.run(checked_rx));
     tasks.spawn(respond_stage(client.clone(), js.clone(), respond_rx));
     let checkpoints = Checkpoints { notary: notary.clone(), every: config.checkpoint_every, last: None };
-    tasks.spawn(publish_stage(js.clone(), streams.ledger, store, published, publish_rx, checkpoints));
+    tasks.spawn(checkpoint_stage(js.clone(), checkpoints, head_rx.clone()));
     tasks.spawn(serve_head(client.clone(), head_rx));
-    tasks.spawn(serve_proofs(client.clone(), js, notary));
+    tasks.spawn(serve_proofs(client.clone(), js.clone(), notary));
     tracing::info!(url = %config.nats_url, "ledger serving");
 
-    tokio::pin!(shutdown);
     let result = tokio::select! {
-        () = &mut shutdown => Ok(()),
+        why = lease_lost => Err(LedgerError::SteppedDown(why)),
         Some(done) = tasks.join_next() => match done {
             Ok(Ok(())) => Err(LedgerError::Ended),
+            // NATS failed the writer (a leader election, a lost server):
+            // another replica, or this one again, takes over cleanly.
+            Ok(Err(LedgerError::Nats { what, why })) => Err(LedgerError::SteppedDown(format!("cannot {what}: {why}"))),
             Ok(Err(e)) => Err(e),
             Err(e) => Err(LedgerError::Task(e.to_string())),
         },
     };
+    // Stops answering at once: the subscriptions go with their tasks.
     tasks.shutdown().await;
-    let _ = client.flush().await;
     result
 }
 
 struct Streams {
     inbox: stream::Stream,
-    ledger: stream::Stream,
 }
 
-/// The committed stream, created if absent (also used by benchmarks that
-/// build a ledger's stream directly).
-pub async fn committed_stream(js: &jetstream::Context) -> Result<stream::Stream, LedgerError> {
-    js.get_or_create_stream(stream::Config {
-        name: LEDGER_STREAM.into(),
-        subjects: vec![ENTRIES_SUBJECT.into()],
-        storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        allow_direct: true,
-        ..Default::default()
-    })
-    .await
-    .map_err(nats("create the committed stream"))
-}
-
-async fn ensure_streams(js: &jetstream::Context) -> Result<Streams, LedgerError> {
-    let ledger = committed_stream(js).await?;
+async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<Streams, LedgerError> {
+    crate::commit::committed_stream(js, replicas).await?;
     let inbox = js
         .get_or_create_stream(stream::Config {
             name: INBOX_STREAM.into(),
             subjects: vec![format!("{INBOX_PREFIX}.>")],
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::WorkQueue,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
@@ -195,6 +357,7 @@ async fn ensure_streams(js: &jetstream::Context) -> Result<Streams, LedgerError>
         subjects: vec![CHECKPOINTS_SUBJECT.into()],
         storage: stream::StorageType::File,
         allow_direct: true,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
@@ -204,42 +367,12 @@ async fn ensure_streams(js: &jetstream::Context) -> Result<Streams, LedgerError>
         subjects: vec![format!("{RECEIPTS_PREFIX}.>")],
         storage: stream::StorageType::File,
         max_age: Duration::from_secs(7 * 24 * 3600),
+        num_replicas: replicas,
         ..Default::default()
     })
     .await
     .map_err(nats("create the receipts stream"))?;
-    Ok(Streams { inbox, ledger })
-}
-
-/// The committed stream's head, once it is shown to agree with the store:
-/// not longer than it, and its last entry the store's entry at that seq.
-/// Anything else means another writer, or a store that lost entries; the
-/// two histories disagree and the ledger must not go on.
-async fn stream_agrees(s: &stream::Stream, store: &Store) -> Result<u64, LedgerError> {
-    let published = committed_stream_head(s).await?;
-    let stored = store.head()?.map_or(0, |h| h.0);
-    if published > stored {
-        return Err(LedgerError::Disagreement(format!(
-            "the committed stream holds entries up to {published} but the store ends at {stored}: \
-             the store lost entries, or something other than this ledger wrote on {ENTRIES_SUBJECT}"
-        )));
-    }
-    if published > 0 {
-        let msg = s.get_raw_message(published).await.map_err(nats("read the committed stream's head"))?;
-        let on_stream = msg.headers.get(HDR_HASH).map(|v| v.as_str().to_owned());
-        let in_store = store.get(published)?.map(|e| e.hash.to_hex());
-        if on_stream.is_none() || on_stream != in_store {
-            return Err(LedgerError::Disagreement(format!(
-                "entry {published} on the committed stream is not the store's entry {published}: something other than this ledger wrote on {ENTRIES_SUBJECT}"
-            )));
-        }
-    }
-    Ok(published)
-}
-
-/// Last ledger seq on the committed stream (its stream sequence).
-async fn committed_stream_head(s: &stream::Stream) -> Result<u64, LedgerError> {
-    Ok(s.get_info().await.map_err(nats("read the committed stream"))?.state.last_sequence)
+    Ok(Streams { inbox })
 }
 
 async fn intake_core(mut sub: async_nats::Subscriber, tx: mpsc::Sender<Submission>) -> Result<(), LedgerError> {
@@ -340,44 +473,155 @@ async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<Checke
     Ok(())
 }
 
-async fn write_stage(
-    mut ledger: Ledger,
+/// The write stage: admits checked batches, commits their entries on the
+/// stream (up to [`WINDOW`] atomic batches in flight), then makes them
+/// durable in the store and sends their outcomes, in order.
+struct Writer {
+    ledger: Ledger,
     clock: crate::clock::Clock,
     notary: Arc<Notary>,
-    mut rx: mpsc::Receiver<CheckedBatch>,
+    js: jetstream::Context,
+    reader: Reader,
     respond: mpsc::Sender<Vec<(Reply, Outcome)>>,
-    publish: mpsc::Sender<Vec<Entry>>,
     head: watch::Sender<Option<(u64, Hash)>>,
-) -> Result<(), LedgerError> {
-    while let Some(first) = rx.recv().await {
-        let mut batch = first;
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(more) => batch.extend(more),
-                Err(_) => break,
+}
+
+/// Atomic batches awaiting their ack at once.
+const WINDOW: usize = 4;
+
+/// Admitted, not yet answered: its entries (maybe none) and the outcome
+/// of each submission, sent once every entry up to its last is durable.
+struct Pending {
+    entries: Vec<Entry>,
+    answers: Vec<(Reply, Outcome)>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<CheckedBatch>) -> Result<(), LedgerError> {
+        let mut pending: std::collections::VecDeque<Pending> = Default::default();
+        // Acks of the atomic batches sent, in order: (last seq, ack).
+        let mut acks: FuturesOrdered<futures::future::BoxFuture<'static, (u64, Result<u64, String>)>> = FuturesOrdered::new();
+        let mut open = true;
+        loop {
+            self.answer_durable(&mut pending).await?;
+            if !open && pending.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                Some((last, ack)) = acks.next(), if !acks.is_empty() => match ack {
+                    Ok(seq) if seq == last => self.durable(&mut pending, last)?,
+                    outcome => {
+                        let why = outcome.err().unwrap_or_else(|| format!("the stream stored entry {last} elsewhere"));
+                        acks = FuturesOrdered::new();
+                        self.resolve(&mut pending, why, &mut acks).await?;
+                    }
+                },
+                batch = rx.recv(), if open && acks.len() < WINDOW => {
+                    let Some(batch) = batch else { open = false; continue };
+                    let mut batch = batch;
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(more) => batch.extend(more),
+                            Err(_) => break,
+                        }
+                    }
+                    let (replies, checked): (Vec<Reply>, Vec<Checked>) = batch.into_iter().unzip();
+                    // One clock reading for the whole batch: what `recorded_at` says and
+                    // what "the future" means for every `occurred_at` in it.
+                    let admitted = self.ledger.admit(checked, self.clock.now());
+                    for chunk in admitted.entries.chunks(MAX_ATOMIC) {
+                        self.send(chunk, &mut acks).await;
+                    }
+                    pending.push_back(Pending { entries: admitted.entries, answers: replies.into_iter().zip(admitted.outcomes).collect() });
+                }
             }
         }
-        let (replies, checked): (Vec<Reply>, Vec<Checked>) = batch.into_iter().unzip();
-        let started = std::time::Instant::now();
-        // One clock reading for the whole batch: what `recorded_at` says and
-        // what "the future" means for every `occurred_at` in it.
-        let admitted = ledger.admit(checked, clock.now());
-        let admit_us = started.elapsed().as_micros() as u64;
-        // The receipt promise: nothing is answered before this returns.
-        tokio::task::block_in_place(|| ledger.commit(&admitted.entries)).map_err(LedgerError::Commit)?;
-        tracing::debug!(n = admitted.outcomes.len(), admit_us, commit_us = started.elapsed().as_micros() as u64 - admit_us, "written");
-        // Durable: now the tree may cover them.
-        notary.append(&admitted.entries);
-        if let Some(last) = admitted.entries.last() {
-            head.send_replace(Some((last.seq, last.hash)));
-            tracing::debug!(entries = admitted.entries.len(), head = last.seq, "committed");
-        }
-        let _ = respond.send(replies.into_iter().zip(admitted.outcomes).collect()).await;
-        if !admitted.entries.is_empty() && publish.send(admitted.entries).await.is_err() {
-            break;
-        }
     }
-    Ok(())
+
+    async fn send(&self, chunk: &[Entry], acks: &mut FuturesOrdered<futures::future::BoxFuture<'static, (u64, Result<u64, String>)>>) {
+        let last = chunk.last().map_or(0, |e| e.seq);
+        let ack = crate::commit::send(&self.js, chunk).await;
+        acks.push_back(Box::pin(async move { (last, ack.await) }));
+    }
+
+    /// The stream holds every entry through `through`: each pending batch
+    /// whose entries it covers is made durable in the store.
+    fn durable(&self, pending: &mut std::collections::VecDeque<Pending>, through: u64) -> Result<(), LedgerError> {
+        let mut ready: Vec<&Entry> = Vec::new();
+        for p in pending.iter() {
+            match p.entries.last() {
+                Some(last) if last.seq <= through => ready.extend(&p.entries),
+                Some(_) => break,
+                None => {}
+            }
+        }
+        let stored = self.ledger.store().head()?.map_or(0, |h| h.0);
+        let entries: Vec<Entry> = ready.into_iter().filter(|e| e.seq > stored).cloned().collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // The receipt promise: nothing is answered before this returns.
+        tokio::task::block_in_place(|| self.ledger.commit(&entries)).map_err(LedgerError::Commit)?;
+        self.notary.append(&entries);
+        if let Some(last) = entries.last() {
+            self.notary.set_published(last.seq);
+            self.head.send_replace(Some((last.seq, last.hash)));
+            tracing::debug!(entries = entries.len(), head = last.seq, "committed");
+        }
+        Ok(())
+    }
+
+    /// Sends the outcomes of every pending batch at the front whose
+    /// entries are all durable (a batch of refusals only waits for those
+    /// before it: a repeated event's receipt may name one of them).
+    async fn answer_durable(&self, pending: &mut std::collections::VecDeque<Pending>) -> Result<(), LedgerError> {
+        let stored = self.ledger.store().head()?.map_or(0, |h| h.0);
+        while pending.front().is_some_and(|p| p.entries.last().is_none_or(|e| e.seq <= stored)) {
+            if let Some(p) = pending.pop_front() {
+                let _ = self.respond.send(p.answers).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// An ack that was not the expected one: reads the stream back to learn
+    /// which pending entries it holds, makes those durable, and sends the
+    /// rest again. Another writer's entry where ours would go, or a stream
+    /// that refuses our head while holding none of our entries, means this
+    /// ledger is no longer the writer.
+    async fn resolve(
+        &self,
+        pending: &mut std::collections::VecDeque<Pending>,
+        why: String,
+        acks: &mut FuturesOrdered<futures::future::BoxFuture<'static, (u64, Result<u64, String>)>>,
+    ) -> Result<(), LedgerError> {
+        tracing::warn!(%why, "a batch's outcome is unknown; reading the committed stream back");
+        let stored = self.ledger.store().head()?.map_or(0, |h| h.0);
+        let ours: Vec<Entry> = pending.iter().flat_map(|p| p.entries.iter()).filter(|e| e.seq > stored).cloned().collect();
+        let held = loop {
+            match crate::commit::read_back(&self.reader, &ours).await {
+                Ok(held) => break held,
+                Err(crate::commit::ReadBack::Foreign { seq, hash }) => {
+                    return Err(LedgerError::SteppedDown(format!("entry {seq} on the committed stream ({hash}) is another writer's")));
+                }
+                Err(crate::commit::ReadBack::Unreadable(e)) => {
+                    tracing::warn!(error = %e, "cannot read the committed stream back yet");
+                    tokio::time::sleep(crate::commit::RETRY).await;
+                }
+            }
+        };
+        if held == 0 && why.starts_with(crate::commit::FENCED) {
+            return Err(LedgerError::SteppedDown(format!("the committed stream does not end at this ledger's head {stored} ({why})")));
+        }
+        if let Some(last) = ours.get(held.wrapping_sub(1)).filter(|_| held > 0) {
+            self.durable(pending, last.seq)?;
+        }
+        for chunk in ours[held..].chunks(MAX_ATOMIC) {
+            self.send(chunk, acks).await;
+        }
+        Ok(())
+    }
 }
 
 fn outcome_bytes(o: &Outcome) -> Bytes {
@@ -503,54 +747,14 @@ pub fn header_value(s: &str) -> async_nats::HeaderValue {
     text.parse().unwrap_or_default()
 }
 
-/// Publishes committed entries on the committed stream, each with the
-/// stream's expected last sequence set to `seq - 1`: the stream can hold
-/// neither a gap nor a duplicate, and its sequence is the ledger seq.
-async fn publish_stage(
-    js: jetstream::Context,
-    stream: stream::Stream,
-    store: Store,
-    mut published: u64,
-    mut rx: mpsc::Receiver<Vec<Entry>>,
-    mut checkpoints: Checkpoints,
-) -> Result<(), LedgerError> {
-    // After a crash: what was committed but not published goes out first.
-    let mut target = store.head()?.map_or(0, |h| h.0);
+/// Publishes a signed checkpoint now and then while the head moves.
+async fn checkpoint_stage(js: jetstream::Context, mut checkpoints: Checkpoints, mut head: watch::Receiver<Option<(u64, Hash)>>) -> Result<(), LedgerError> {
     loop {
-        checkpoints.notary.set_published(published);
+        let published = head.borrow_and_update().map_or(0, |h| h.0);
         checkpoints.maybe_publish(&js, published).await;
-        while published < target {
-            match publish_from_store(&js, &store, published, target).await {
-                Ok(p) => {
-                    published = p;
-                    checkpoints.notary.set_published(published);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, published, "publishing committed entries failed; resyncing");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                    published = resync(&stream, &store, published).await?;
-                }
-            }
-        }
         // Wake up at least once a period, so the last burst gets its checkpoint.
-        let entries = match tokio::time::timeout(checkpoints.every, rx.recv()).await {
-            Ok(Some(entries)) => entries,
-            Ok(None) => return Ok(()),
-            Err(_) => continue,
-        };
-        let Some(last) = entries.last() else { continue };
-        target = last.seq;
-        if entries[0].seq == published + 1 {
-            match publish_entries(&js, &entries).await {
-                Ok(()) => {
-                    published = target;
-                    checkpoints.notary.set_published(published);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "publishing committed entries failed; resyncing");
-                    published = resync(&stream, &store, published).await?;
-                }
-            }
+        if let Ok(Err(_)) = tokio::time::timeout(checkpoints.every, head.changed()).await {
+            return Ok(());
         }
     }
 }
@@ -629,63 +833,6 @@ async fn serve_proofs(client: async_nats::Client, js: jetstream::Context, notary
         let _ = client.publish(reply, answer.to_string().into()).await;
     }
     Ok(())
-}
-
-/// After a failed publish: where the stream really ends, checked against
-/// the store. NATS being unreachable is not an error (try again later); a
-/// stream that disagrees with the store is.
-async fn resync(stream: &stream::Stream, store: &Store, published: u64) -> Result<u64, LedgerError> {
-    match stream_agrees(stream, store).await {
-        Ok(p) => Ok(p),
-        Err(e @ LedgerError::Disagreement(_)) => Err(e),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the committed stream yet");
-            Ok(published)
-        }
-    }
-}
-
-async fn publish_from_store(js: &jetstream::Context, store: &Store, published: u64, target: u64) -> Result<u64, LedgerError> {
-    let end = target.min(published + 1024);
-    let entries: Vec<Entry> =
-        tokio::task::block_in_place(|| store.entries_from(published + 1).take((end - published) as usize).collect::<Result<_, StoreError>>())?;
-    publish_entries(js, &entries).await?;
-    Ok(end)
-}
-
-/// Publishes a run of consecutive entries.
-pub async fn publish_committed(js: &jetstream::Context, entries: &[Entry]) -> Result<(), LedgerError> {
-    publish_entries(js, entries).await
-}
-
-/// Publishes a run of consecutive entries. Every message carries
-/// `Nats-Expected-Last-Sequence: seq - 1`, but only the last is acked: the
-/// stream applies one connection's messages in order, so if any earlier one
-/// had been refused (a gap, a duplicate) the last one's expectation fails
-/// too, and the caller resyncs from the stream's real head. One ack per
-/// batch instead of per entry.
-async fn publish_entries(js: &jetstream::Context, entries: &[Entry]) -> Result<(), LedgerError> {
-    let Some((last, rest)) = entries.split_last() else {
-        return Ok(());
-    };
-    let client = js.client();
-    for e in rest {
-        client.publish_with_headers(ENTRIES_SUBJECT, entry_headers(e), Bytes::from(e.envelope.clone())).await.map_err(nats("publish an entry"))?;
-    }
-    let publish = jetstream::message::PublishMessage::build().payload(Bytes::from(last.envelope.clone())).headers(entry_headers(last));
-    js.send_publish(ENTRIES_SUBJECT, publish).await.map_err(nats("publish an entry"))?.await.map_err(nats("publish an entry"))?;
-    Ok(())
-}
-
-/// The chain fields of an entry, plus dedup and ordering guards.
-fn entry_headers(e: &Entry) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    for (name, value) in e.headers() {
-        h.insert(name, header_value(&value));
-    }
-    h.insert("Nats-Msg-Id", header_value(&e.seq.to_string()));
-    h.insert("Nats-Expected-Last-Sequence", header_value(&(e.seq - 1).to_string()));
-    h
 }
 
 async fn serve_head(client: async_nats::Client, head: watch::Receiver<Option<(u64, Hash)>>) -> Result<(), LedgerError> {

@@ -1,0 +1,173 @@
+//! The commit point: the committed stream. An entry is committed when the
+//! stream has stored it, as part of one atomic batch whose first message
+//! expects the stream to end where the writer's head ends
+//! (`Nats-Expected-Last-Sequence`). The stream refuses a batch from a
+//! writer whose head is stale (JetStream error 10071) and stores none of
+//! it, so two writers can never both extend the same head: the stream is
+//! the fence, and the writer lease only keeps writers from tripping over
+//! each other. On an R3 stream whose servers run with
+//! `sync_interval: always`, the ack means the batch is fsynced on a
+//! majority.
+//!
+//! An ack that never comes leaves the outcome unknown; it is resolved by
+//! reading the stream back ([`read_back`]), never by guessing.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use custody_proto::Entry;
+use custody_wire::follow::{entry_of, Reader};
+use custody_wire::subjects::*;
+use futures::StreamExt;
+
+use crate::service::{header_value, LedgerError};
+
+/// Most messages in one atomic batch (nats-server's default limit).
+pub const MAX_ATOMIC: usize = 1000;
+
+/// The committed stream's configuration: entries only, kept forever,
+/// atomic batches allowed, nothing ever deleted or purged through the API,
+/// on `replicas` servers.
+pub fn stream_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: LEDGER_STREAM.into(),
+        subjects: vec![ENTRIES_SUBJECT.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        allow_direct: true,
+        allow_atomic_publish: true,
+        deny_delete: true,
+        deny_purge: true,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// The committed stream, created if absent, or brought to
+/// [`stream_config`] (also used by benchmarks that build a ledger's
+/// stream directly).
+pub async fn committed_stream(js: &jetstream::Context, replicas: usize) -> Result<stream::Stream, LedgerError> {
+    let what = "create the committed stream (nats-server 2.12+ for atomic batches)";
+    js.create_or_update_stream(stream_config(replicas)).await.map_err(|e| LedgerError::Nats { what, why: e.to_string() })?;
+    js.get_stream(LEDGER_STREAM).await.map_err(|e| LedgerError::Nats { what, why: e.to_string() })
+}
+
+/// The ack of one atomic batch, to come.
+pub type Ack = futures::future::BoxFuture<'static, Result<u64, String>>;
+
+/// Sends consecutive entries (at most [`MAX_ATOMIC`]) as one atomic batch
+/// expecting the stream to end just before the first. Returns at once;
+/// the ack (the stream sequence of the last entry) comes later. A batch
+/// that could not even be sent gives an ack that is an error.
+pub async fn send(js: &jetstream::Context, entries: &[Entry]) -> Ack {
+    match try_send(js, entries).await {
+        Ok(ack) => ack,
+        Err(why) => Box::pin(async move { Err(why) }),
+    }
+}
+
+async fn try_send(js: &jetstream::Context, entries: &[Entry]) -> Result<Ack, String> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Err("an empty batch".into());
+    };
+    debug_assert!(entries.len() <= MAX_ATOMIC);
+    // Unique per attempt: a batch sent again after an unknown outcome is a
+    // new batch, fenced by its expectation like any other.
+    let batch_id = format!("{}-{}-{}", first.seq, last.seq, &last.hash.to_hex()[..16]);
+    let batch_id = format!("{batch_id}-{}", ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let client = js.client();
+    let n = entries.len();
+    for (i, e) in entries.iter().enumerate() {
+        let mut h = entry_headers(e);
+        h.insert("Nats-Batch-Id", batch_id.as_str());
+        h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
+        if i == 0 {
+            h.insert("Nats-Expected-Last-Sequence", (e.seq - 1).to_string().as_str());
+        }
+        let payload = Bytes::from(e.envelope.clone());
+        if i + 1 < n {
+            client.publish_with_headers(ENTRIES_SUBJECT, h, payload).await.map_err(|e| e.to_string())?;
+        } else {
+            h.insert("Nats-Batch-Commit", "1");
+            let publish = jetstream::message::PublishMessage::build().payload(payload).headers(h);
+            let ack = js.send_publish(ENTRIES_SUBJECT, publish).await.map_err(|e| e.to_string())?;
+            return Ok(Box::pin(async move {
+                match ack.await {
+                    Ok(a) => Ok(a.sequence),
+                    Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Err(format!("{FENCED}: {e}")),
+                    Err(e) => Err(e.to_string()),
+                }
+            }));
+        }
+    }
+    Err("an empty batch".into())
+}
+
+static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What an ack error starts with when the stream refused the batch's
+/// expectation (10071): the stream does not end where the writer thought.
+pub const FENCED: &str = "wrong last sequence";
+
+/// Sends a run of consecutive entries in atomic batches, one after the
+/// other, each awaited: for refilling a stream that lost entries the
+/// store still holds.
+pub async fn send_all(js: &jetstream::Context, entries: &[Entry]) -> Result<(), LedgerError> {
+    for chunk in entries.chunks(MAX_ATOMIC) {
+        let last = chunk.last().map_or(0, |e| e.seq);
+        match send(js, chunk).await.await {
+            Ok(seq) if seq == last => {}
+            Ok(seq) => return Err(LedgerError::Disagreement(format!("the committed stream stored entry {last} at {seq}"))),
+            Err(why) => return Err(LedgerError::Nats { what: "publish committed entries", why }),
+        }
+    }
+    Ok(())
+}
+
+/// The chain fields of an entry, as headers.
+fn entry_headers(e: &Entry) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (name, value) in e.headers() {
+        h.insert(name, header_value(&value));
+    }
+    h
+}
+
+/// How many of `ours` (consecutive, the writer's entries after what it
+/// knows is committed) the stream holds, each compared by hash. A
+/// different entry at one of their positions means another writer
+/// extended the stream: the caller must stop writing.
+pub async fn read_back(reader: &Reader, ours: &[Entry]) -> Result<usize, ReadBack> {
+    let (Some(first), Some(last)) = (ours.first(), ours.last()) else { return Ok(0) };
+    let mut held = 0;
+    let mut msgs = std::pin::pin!(reader.range(first.seq, last.seq));
+    while let Some(msg) = msgs.next().await {
+        let msg = match msg {
+            Ok(m) => m,
+            // The stream ends before our last entry: the rest is not on it.
+            Err(custody_wire::follow::ReadError::Stalled { .. }) => break,
+            Err(e) => return Err(ReadBack::Unreadable(e.to_string())),
+        };
+        let Some(mine) = ours.get(held).filter(|e| e.seq == msg.seq) else { break };
+        match entry_of(&msg) {
+            Ok(theirs) if theirs.hash == mine.hash => held += 1,
+            Ok(theirs) => return Err(ReadBack::Foreign { seq: msg.seq, hash: theirs.hash.to_hex() }),
+            Err(why) => return Err(ReadBack::Foreign { seq: msg.seq, hash: format!("unreadable ({why})") }),
+        }
+    }
+    Ok(held)
+}
+
+/// Why a read-back did not settle an unknown outcome.
+#[derive(Debug)]
+pub enum ReadBack {
+    /// NATS did not answer: try again.
+    Unreadable(String),
+    /// Another writer's entry stands where ours would go.
+    Foreign { seq: u64, hash: String },
+}
+
+/// How long to wait between read-backs while NATS does not answer.
+pub const RETRY: Duration = Duration::from_millis(250);

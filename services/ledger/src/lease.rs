@@ -1,0 +1,111 @@
+//! The writer lease: which of several ledger replicas takes submissions.
+//! A key in a JetStream key-value bucket whose entries expire `ttl` after
+//! they were written (the bucket's `max_age`). A replica holds the lease
+//! while the key holds its name: it creates the key (only possible when
+//! absent, expired or deleted) and renews it by compare-and-set on its
+//! revision. When renewals stop (the process died, or hangs), the key
+//! expires and a standby creates it.
+//!
+//! A lease is not a fence: a paused holder can wake up past its expiry
+//! still believing it writes. What stops it is the committed stream's
+//! expected last sequence (see [`crate::commit`]); the lease only keeps
+//! two live replicas from both trying.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+
+use crate::service::LedgerError;
+
+/// The bucket and the key.
+pub const BUCKET: &str = "CUSTODY_LEASE";
+pub const KEY: &str = "writer";
+
+/// A ledger replica's view of the lease.
+#[derive(Clone)]
+pub struct Lease {
+    kv: kv::Store,
+    /// This replica's name, written into the key.
+    pub holder: String,
+    pub ttl: Duration,
+}
+
+impl Lease {
+    /// The lease bucket, created if absent.
+    pub async fn open(js: &jetstream::Context, holder: String, ttl: Duration, replicas: usize) -> Result<Lease, LedgerError> {
+        let kv = match js.get_key_value(BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: BUCKET.into(),
+                    history: 1,
+                    max_age: ttl,
+                    num_replicas: replicas,
+                    storage: jetstream::stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| LedgerError::Nats { what: "create the writer lease bucket", why: e.to_string() })?,
+        };
+        Ok(Lease { kv, holder, ttl })
+    }
+
+    /// Takes the lease if nobody holds it, or if it still names this
+    /// replica (it restarted within the ttl: no other process can hold this
+    /// replica's store); its revision then.
+    pub async fn try_acquire(&self) -> Option<u64> {
+        match self.kv.create(KEY, self.holder.clone().into()).await {
+            Ok(rev) => Some(rev),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match self.kv.entry(KEY).await {
+                Ok(Some(e)) if e.operation == kv::Operation::Put && e.value.as_ref() == self.holder.as_bytes() => {
+                    self.kv.update(KEY, self.holder.clone().into(), e.revision).await.ok()
+                }
+                _ => None,
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot reach the writer lease");
+                None
+            }
+        }
+    }
+
+    /// Who holds the lease now, if anyone.
+    pub async fn holder(&self) -> Option<String> {
+        match self.kv.entry(KEY).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => Some(String::from_utf8_lossy(&e.value).into_owned()),
+            _ => None,
+        }
+    }
+
+    /// Renews the lease taken at `revision` until it is lost: another
+    /// replica took it, or no renewal succeeded for a whole `ttl` (after
+    /// which another may have). Returns then, saying why.
+    pub async fn hold(&self, mut revision: u64) -> String {
+        let every = self.ttl / 4;
+        let mut renewed = Instant::now();
+        loop {
+            tokio::time::sleep(every).await;
+            let attempt = Instant::now();
+            match tokio::time::timeout(self.ttl / 2, self.kv.update(KEY, self.holder.clone().into(), revision)).await {
+                Ok(Ok(rev)) => {
+                    revision = rev;
+                    renewed = attempt;
+                }
+                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return "another ledger took the writer lease".into(),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the writer lease"),
+                Err(_) => tracing::warn!("renewing the writer lease timed out"),
+            }
+            if renewed.elapsed() >= self.ttl {
+                return format!("the writer lease was not renewed for {:?} and may have passed to another ledger", self.ttl);
+            }
+        }
+    }
+
+    /// Gives the lease up (on a clean stop), so a standby takes over at
+    /// once instead of after the ttl.
+    pub async fn release(&self) {
+        if self.holder().await.as_deref() == Some(self.holder.as_str()) {
+            let _ = self.kv.delete(KEY).await;
+        }
+    }
+}
