@@ -34,6 +34,16 @@ enum What {
         /// Requests each producer keeps in flight.
         #[arg(long, default_value_t = 128)]
         window: usize,
+        /// Also run the ledger on a JetStream cluster of this many
+        /// servers (3: R3, a writer and a standby) and compare it with the
+        /// single-server path measured in the same run; then time
+        /// failovers.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(3..=3))]
+        cluster: Option<u8>,
+        /// Failovers timed on the cluster: kill -9 of the writer to the
+        /// first receipt by the standby.
+        #[arg(long, default_value_t = 5)]
+        failovers: usize,
     },
     /// Origin-query latency and rate at several fan-ins, against a bare
     /// request-reply round trip.
@@ -54,7 +64,10 @@ enum What {
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (events, producers, window) = match a.what {
-        What::Ingest { events, producers, window } => (events, producers, window),
+        What::Ingest { events, producers, window, cluster: Some(servers), failovers } => {
+            return cluster(events, producers, window, usize::from(servers), failovers).await;
+        }
+        What::Ingest { events, producers, window, cluster: None, .. } => (events, producers, window),
         What::Query { fan_in, queries } => {
             super::bench_read::query(&fan_in, queries).await?;
             return Ok(ExitCode::SUCCESS);
@@ -64,7 +77,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let tmp = tempfile_dir()?;
+    let tmp = tempfile_dir("ingest")?;
     let nats = NatsServer::start(&tmp.join("nats"))?;
     let authority = nkeys::KeyPair::new_user();
     let config = custody_ledger::Config::new(nats.url.clone(), tmp.join("ledger"), authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
@@ -74,33 +87,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }));
     let nc = custody::client::connect(&nats.url).await?;
 
-    // One miner per producer, registered before the clock starts.
-    let miners: Vec<nkeys::KeyPair> = (0..producers).map(|_| nkeys::KeyPair::new_user()).collect();
-    for (i, m) in miners.iter().enumerate() {
-        let reg = json!({"id": format!("reg-{i}"), "kind": "actor.registered", "actor": authority.public_key(),
-            "occurred_at": "2024-01-01T00:00:00Z", "subject": m.public_key(), "name": format!("Miner {i}"),
-            "roles": ["miner"], "country": "BW"});
-        match custody::client::submit(&nc, custody_proto::envelope::sign(&authority, reg.to_string().as_bytes())?.into()).await? {
-            Outcome::Receipt(_) => {}
-            Outcome::Rejected(r) => bail!("registration refused: {}", r.message),
-        }
-    }
-    eprintln!("signing {events} envelopes...");
-    let per = events / producers;
-    let signed: Vec<Vec<Bytes>> = miners
-        .iter()
-        .enumerate()
-        .map(|(p, m)| {
-            (0..per)
-                .map(|i| {
-                    let ev = json!({"id": format!("b-{p}-{i}"), "kind": "mined", "actor": m.public_key(),
-                        "occurred_at": "2024-09-02T00:00:00Z", "lot": format!("B{p}-{i}"), "carats": "12.34", "country": "BW"});
-                    custody_proto::envelope::sign(m, ev.to_string().as_bytes()).map(Bytes::from)
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .collect::<Result<_, _>>()?;
-    let total = per * producers;
+    let signed = world(&nc, &authority, events, producers).await?;
+    let total: usize = signed.iter().map(Vec::len).sum();
 
     // Baseline: raw JetStream async publish of the same bytes, no ledger.
     let js = jetstream::new(nc.clone());
@@ -119,12 +107,66 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     js.delete_stream("BENCH_RAW").await?;
 
     // The ledger: request-reply, receipts awaited.
-    let nc = Arc::new(nc);
+    let (rate, p50, p99) = receipted(&nc, signed, window).await?;
+    println!(
+        "{}",
+        json!({
+            "bench": "ingest",
+            "events": total,
+            "producers": producers,
+            "window": window,
+            "receipted_per_s": rate.round(),
+            "receipt_latency_ms": {"p50": p50, "p99": p99},
+            "baseline_jetstream_publish_per_s": raw_rate.round(),
+            "ratio_to_baseline": (rate / raw_rate * 1000.0).round() / 1000.0,
+        })
+    );
+    let _ = stop_tx.send(());
+    ledger.await?.context("ledger")?;
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Registers one miner per producer and signs `events` `mined` envelopes
+/// among them, before any clock starts.
+async fn world(nc: &async_nats::Client, authority: &nkeys::KeyPair, events: usize, producers: usize) -> anyhow::Result<Vec<Vec<Bytes>>> {
+    let miners: Vec<nkeys::KeyPair> = (0..producers).map(|_| nkeys::KeyPair::new_user()).collect();
+    for (i, m) in miners.iter().enumerate() {
+        let reg = json!({"id": format!("reg-{}", m.public_key()), "kind": "actor.registered", "actor": authority.public_key(),
+            "occurred_at": "2024-01-01T00:00:00Z", "subject": m.public_key(), "name": format!("Miner {i}"),
+            "roles": ["miner"], "country": "BW"});
+        match custody::client::submit(nc, custody_proto::envelope::sign(authority, reg.to_string().as_bytes())?.into()).await? {
+            Outcome::Receipt(_) => {}
+            Outcome::Rejected(r) => bail!("registration refused: {}", r.message),
+        }
+    }
+    eprintln!("signing {events} envelopes...");
+    let per = events / producers;
+    miners
+        .iter()
+        .enumerate()
+        .map(|(p, m)| {
+            (0..per)
+                .map(|i| {
+                    let ev = json!({"id": format!("b-{}-{i}", m.public_key()), "kind": "mined", "actor": m.public_key(),
+                        "occurred_at": "2024-09-02T00:00:00Z", "lot": format!("B{p}-{i}-{}", &m.public_key()[..8]), "carats": "12.34", "country": "BW"});
+                    custody_proto::envelope::sign(m, ev.to_string().as_bytes()).map(Bytes::from).map_err(anyhow::Error::from)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .collect()
+}
+
+/// Submits each list from its own producer, `window` in flight, every
+/// receipt awaited: receipts per second, and receipt latency p50 and p99
+/// in ms.
+async fn receipted(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, window: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let total: usize = signed.iter().map(Vec::len).sum();
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (envelopes, miner) in signed.into_iter().zip(&miners) {
+    for envelopes in signed {
         let nc = nc.clone();
-        let subject = custody_wire::subjects::submit(&miner.public_key());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(envelopes.len());
             let mut inflight = FuturesUnordered::new();
@@ -134,10 +176,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
                         latencies.push(r?);
                     }
                 }
-                let (nc, subject) = (nc.clone(), subject.clone());
+                let nc = nc.clone();
                 inflight.push(async move {
                     let t = Instant::now();
-                    match custody::client::submit_to(&nc, subject, env).await? {
+                    match custody::client::submit(&nc, env).await? {
                         Outcome::Receipt(_) => Ok::<Duration, anyhow::Error>(t.elapsed()),
                         Outcome::Rejected(r) => bail!("refused: {}", r.message),
                     }
@@ -153,32 +195,146 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     for t in tasks {
         latencies.extend(t.await??);
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let rate = total as f64 / elapsed;
+    let rate = total as f64 / start.elapsed().as_secs_f64();
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    Ok((rate, pct(0.50), pct(0.99)))
+}
+
+/// A `custody ledger` child process, killed when dropped.
+struct LedgerProcess(std::process::Child);
+
+impl Drop for LedgerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Ledger replica `i` of a rig, as its own process (so it can be killed).
+fn ledger_process(dir: &std::path::Path, url: &str, authority: &str, replicas: usize, i: usize) -> anyhow::Result<LedgerProcess> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join(format!("ledger-{i}.log")))?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    custody::natsd::die_with_parent(&mut cmd);
+    cmd.args(["ledger", "--nats", url, "--authority", authority, "--replicas", &replicas.to_string(), "--lease-ttl", "2"])
+        .args(["--name", &format!("ledger-{i}"), "--data"])
+        .arg(dir.join(format!("ledger-{i}")))
+        .env("CUSTODY_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    Ok(LedgerProcess(cmd.spawn().context("cannot start custody ledger")?))
+}
+
+/// Servers and ledger processes for one measurement.
+struct Rig {
+    dir: std::path::PathBuf,
+    nats: custody::natsd::NatsCluster,
+    ledgers: Vec<Option<LedgerProcess>>,
+    authority: nkeys::KeyPair,
+    nc: async_nats::Client,
+}
+
+impl Rig {
+    async fn start(name: &str, servers: usize, ledgers: usize) -> anyhow::Result<Rig> {
+        let dir = tempfile_dir(name)?;
+        let nats = if servers == 1 {
+            custody::natsd::NatsCluster { servers: vec![NatsServer::start(&dir.join("nats"))?] }
+        } else {
+            custody::natsd::NatsCluster::start(servers, &dir, None)?
+        };
+        let authority = nkeys::KeyPair::new_user();
+        let ledgers = (0..ledgers).map(|i| ledger_process(&dir, &nats.url(), &authority.public_key(), servers, i).map(Some)).collect::<anyhow::Result<_>>()?;
+        let nc = custody::client::connect(&nats.url()).await?;
+        Ok(Rig { dir, nats, ledgers, authority, nc })
+    }
+
+    /// The replica holding the writer lease.
+    async fn writer(&self) -> anyhow::Result<usize> {
+        let kv = jetstream::new(self.nc.clone()).get_key_value(custody_ledger::lease::BUCKET).await?;
+        let e = kv.entry(custody_ledger::lease::KEY).await?.context("nobody holds the writer lease")?;
+        let holder = String::from_utf8_lossy(&e.value).into_owned();
+        holder.strip_prefix("ledger-").and_then(|i| i.parse().ok()).with_context(|| format!("an unknown writer {holder}"))
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.ledgers.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `bench ingest --cluster N`: the single-server path and the cluster,
+/// measured in the same run; then failovers timed on the cluster.
+async fn cluster(events: usize, producers: usize, window: usize, servers: usize, failovers: usize) -> anyhow::Result<ExitCode> {
+    let mut figures = Vec::new();
+    for (name, n, ledgers) in [("single", 1, 1), ("cluster", servers, 2)] {
+        let rig = Rig::start(name, n, ledgers).await?;
+        let signed = world(&rig.nc, &rig.authority, events, producers).await?;
+        let (rate, p50, p99) = receipted(&rig.nc, signed, window).await?;
+        eprintln!("{name}: {rate:.0} receipted/s, p50 {p50:.1} ms, p99 {p99:.1} ms");
+        figures.push(json!({"servers": n, "receipted_per_s": rate.round(), "receipt_latency_ms": {"p50": p50, "p99": p99}}));
+    }
+    let ratio = figures[1]["receipted_per_s"].as_f64().unwrap_or(0.0) / figures[0]["receipted_per_s"].as_f64().unwrap_or(1.0);
+
+    // Failover: a steady load, the writer killed, the first receipt after.
+    let mut rig = Rig::start("failover", servers, 2).await?;
+    let mut times = Vec::new();
+    for run in 0..failovers {
+        let signed = world(&rig.nc, &rig.authority, 4000, 4).await?;
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut load = Vec::new();
+        for envelopes in signed {
+            let (nc, done) = (rig.nc.clone(), done.clone());
+            load.push(tokio::spawn(async move {
+                for env in envelopes {
+                    let subject = custody_wire::subjects::submit(&custody::client::signer(&env));
+                    custody::client::submit_patiently(&nc, subject, env, Duration::from_millis(500)).await?;
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok::<(), anyhow::Error>(())
+            }));
+        }
+        while done.load(std::sync::atomic::Ordering::Relaxed) < 500 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let writer = rig.writer().await?;
+        rig.ledgers[writer] = None;
+        let killed = Instant::now();
+        let before = done.load(std::sync::atomic::Ordering::Relaxed);
+        while done.load(std::sync::atomic::Ordering::Relaxed) <= before {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = killed.elapsed().as_secs_f64();
+        eprintln!("failover {}: {took:.2} s", run + 1);
+        times.push(took);
+        for l in load {
+            l.await??;
+        }
+        // The killed replica comes back as the standby.
+        rig.ledgers[writer] = Some(ledger_process(&rig.dir, &rig.nats.url(), &rig.authority.public_key(), servers, writer)?);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    times.sort_by(f64::total_cmp);
     println!(
         "{}",
         json!({
-            "bench": "ingest",
-            "events": total,
+            "bench": "ingest --cluster",
+            "events": events,
             "producers": producers,
             "window": window,
-            "receipted_per_s": rate.round(),
-            "receipt_latency_ms": {"p50": pct(0.50), "p99": pct(0.99)},
-            "baseline_jetstream_publish_per_s": raw_rate.round(),
-            "ratio_to_baseline": (rate / raw_rate * 1000.0).round() / 1000.0,
+            "single_server": figures[0],
+            "cluster": figures[1],
+            "ratio_cluster_to_single": (ratio * 1000.0).round() / 1000.0,
+            "failover_s": {"runs": times.len(), "median": times.get(times.len() / 2), "worst": times.last()},
         })
     );
-    let _ = stop_tx.send(());
-    ledger.await?.context("ledger")?;
-    drop(nats);
-    let _ = std::fs::remove_dir_all(&tmp);
     Ok(ExitCode::SUCCESS)
 }
 
-fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("custody-bench-{}", std::process::id()));
+fn tempfile_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("custody-bench-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }

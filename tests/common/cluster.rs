@@ -62,7 +62,7 @@ impl Cluster {
         cmd.args(["ledger", "--nats", &self.url(), "--authority", &self.authority.public_key(), "--checkpoint-every", "0.5", "--replicas", "3"])
             .args(["--lease-ttl", LEASE_TTL, "--name", &format!("ledger-{i}"), "--data"])
             .arg(self.ledger_dir(i))
-            .env("CUSTODY_LOG", "warn,custody_ledger=info")
+            .env("CUSTODY_LOG", "warn,custody_ledger=info,custody_ledger::service=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

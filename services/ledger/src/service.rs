@@ -223,7 +223,7 @@ async fn standby(ledger: &mut Ledger, reader: &Reader, lease: &Lease) -> Result<
             batch = entries.next() => match batch {
                 Some(Ok(batch)) => {
                     tokio::task::block_in_place(|| ledger.follow(&batch)).map_err(|e| disagreement(e.to_string()))?;
-                    tracing::info!(followed = ledger.head().map_or(0, |h| h.0), "standby");
+                    tracing::debug!(followed = ledger.head().map_or(0, |h| h.0), "standby");
                 }
                 Some(Err(FollowError::Read(e))) => tracing::warn!(error = %e, "cannot read the committed stream yet"),
                 Some(Err(FollowError::Broken { seq, why })) => return Err(broken(seq, &why)),
