@@ -1,4 +1,4 @@
-//! What the next write path (issue 12: the committed stream as the commit
+//! What the write path (issue 12: the committed stream as the commit
 //! point) relies on in the pinned nats-server, checked against the real
 //! binary rather than trusted: an atomic batch with an expected last
 //! sequence is stored whole or not at all, a stale expectation is refused
@@ -11,31 +11,16 @@ mod common;
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use custody::natsd::NatsServer;
+use custody_wire::atomic::BatchError;
 
 const SUBJECT: &str = "contract.entries";
 
-/// Publishes `payloads` as one atomic batch (`Nats-Batch-*` headers, the
-/// last one committing), the first expecting the stream to end at
-/// `expected_last`; returns the commit's ack, or the server's refusal.
-async fn atomic(js: &jetstream::Context, id: &str, payloads: &[&str], expected_last: u64) -> Result<jetstream::publish::PublishAck, String> {
-    let client = js.client();
-    for (i, p) in payloads.iter().enumerate() {
-        let mut h = HeaderMap::new();
-        h.insert("Nats-Batch-Id", id);
-        h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
-        if i == 0 {
-            h.insert("Nats-Expected-Last-Sequence", expected_last.to_string().as_str());
-        }
-        if i + 1 < payloads.len() {
-            client.publish_with_headers(SUBJECT, h, p.to_string().into()).await.map_err(|e| e.to_string())?;
-        } else {
-            h.insert("Nats-Batch-Commit", "1");
-            let publish = jetstream::message::PublishMessage::build().payload(p.to_string().into()).headers(h);
-            let ack = js.send_publish(SUBJECT, publish).await.map_err(|e| e.to_string())?;
-            return ack.await.map_err(|e| e.to_string());
-        }
-    }
-    Err("an empty batch".into())
+/// Publishes `payloads` as one atomic batch, the first expecting the
+/// stream to end at `expected_last`; returns the last message's stream
+/// sequence, or the server's refusal.
+async fn atomic(js: &jetstream::Context, id: &str, payloads: &[&str], expected_last: u64) -> Result<u64, BatchError> {
+    let msgs = payloads.iter().map(|p| (HeaderMap::new(), bytes::Bytes::from(p.to_string()))).collect();
+    custody_wire::atomic::send(js, SUBJECT, id, msgs, Some(expected_last)).await.await
 }
 
 async fn count(s: &mut stream::Stream) -> u64 {
@@ -61,21 +46,21 @@ async fn atomic_batches_fence_on_the_expected_sequence_and_the_stream_cannot_los
         .expect("a stream with atomic publish (2.12+)");
 
     let ack = atomic(&js, "b1", &["e1", "e2", "e3"], 0).await.expect("a fresh batch commits");
-    assert_eq!(ack.sequence, 3, "the commit's ack names the batch's last seq");
+    assert_eq!(ack, 3, "the commit's ack names the batch's last seq");
     assert_eq!(count(&mut s).await, 3);
 
     // A writer that believes the stream still ends at 0: nothing is stored.
     let stale = atomic(&js, "b2", &["x1", "x2"], 0).await.expect_err("a stale expectation is refused");
-    assert!(stale.contains("10071") || stale.to_lowercase().contains("wrong last sequence"), "{stale}");
+    assert!(matches!(stale, BatchError::WrongLastSequence(_)), "{stale}");
     assert_eq!(count(&mut s).await, 3, "a refused batch stores none of its messages");
 
     // The writer that knows the head goes on.
     let ack = atomic(&js, "b3", &["e4", "e5"], 3).await.expect("the right expectation commits");
-    assert_eq!(ack.sequence, 5);
+    assert_eq!(ack, 5);
     // A writer that lost the ack and sends the same batch again cannot
     // append it twice: its own expectation is now stale.
     let retry = atomic(&js, "b3-again", &["e4", "e5"], 3).await.expect_err("a committed batch sent again is refused");
-    assert!(retry.contains("10071"), "{retry}");
+    assert!(matches!(retry, BatchError::WrongLastSequence(_)), "{retry}");
     assert_eq!(count(&mut s).await, 5);
 
     // Two writers racing for the same seq: exactly one wins.

@@ -105,7 +105,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let authorization = if a.no_auth { " (no authorization: --no-auth)" } else { " (nkey authorization from the actor registry)" };
     for s in &nats.servers {
         let folder = s.store_dir.display();
-        println!("NATS listening on {}, JetStream in {folder} (sync_interval: always){authorization}", s.url);
+        println!("NATS listening on {}{authorization}; JetStream in {folder}, sync_interval: always", s.url);
     }
     if servers > 1 {
         println!("  one JetStream cluster of {servers} servers: every custody stream on all of them, a receipt once two hold the entry");

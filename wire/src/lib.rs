@@ -15,8 +15,10 @@
 //! - [`query`]: query requests and the answer codes, with their meaning.
 //! - [`files`]: writing a file whole (temp, fsync, rename, fsync the
 //!   folder), and nkey seed files.
+//! - [`atomic`]: JetStream atomic batch publish, the ledger's commit.
 //! - [`crashpoint`]: exact crash places for tests (`CUSTODY_CRASH`).
 
+pub mod atomic;
 pub mod connect;
 pub mod crashpoint;
 pub mod files;

@@ -24,8 +24,7 @@ use futures::StreamExt;
 
 use crate::service::{header_value, LedgerError};
 
-/// Most messages in one atomic batch (nats-server's default limit).
-pub const MAX_ATOMIC: usize = 1000;
+pub use custody_wire::atomic::{Ack, BatchError, MAX_ATOMIC};
 
 /// The committed stream's configuration: entries only, kept forever,
 /// atomic batches allowed, nothing ever deleted or purged through the API,
@@ -54,62 +53,22 @@ pub async fn committed_stream(js: &jetstream::Context, replicas: usize) -> Resul
     js.get_stream(LEDGER_STREAM).await.map_err(|e| LedgerError::Nats { what, why: e.to_string() })
 }
 
-/// The ack of one atomic batch, to come.
-pub type Ack = futures::future::BoxFuture<'static, Result<u64, String>>;
-
 /// Sends consecutive entries (at most [`MAX_ATOMIC`]) as one atomic batch
 /// expecting the stream to end just before the first. Returns at once;
-/// the ack (the stream sequence of the last entry) comes later. A batch
-/// that could not even be sent gives an ack that is an error.
+/// the ack (the stream sequence of the last entry) comes later.
 pub async fn send(js: &jetstream::Context, entries: &[Entry]) -> Ack {
-    match try_send(js, entries).await {
-        Ok(ack) => ack,
-        Err(why) => Box::pin(async move { Err(why) }),
-    }
-}
-
-async fn try_send(js: &jetstream::Context, entries: &[Entry]) -> Result<Ack, String> {
     let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-        return Err("an empty batch".into());
+        return Box::pin(async { Err(BatchError::Other("an empty batch".into())) });
     };
-    debug_assert!(entries.len() <= MAX_ATOMIC);
     // Unique per attempt: a batch sent again after an unknown outcome is a
     // new batch, fenced by its expectation like any other.
-    let batch_id = format!("{}-{}-{}", first.seq, last.seq, &last.hash.to_hex()[..16]);
-    let batch_id = format!("{batch_id}-{}", ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let client = js.client();
-    let n = entries.len();
-    for (i, e) in entries.iter().enumerate() {
-        let mut h = entry_headers(e);
-        h.insert("Nats-Batch-Id", batch_id.as_str());
-        h.insert("Nats-Batch-Sequence", (i + 1).to_string().as_str());
-        if i == 0 {
-            h.insert("Nats-Expected-Last-Sequence", (e.seq - 1).to_string().as_str());
-        }
-        let payload = Bytes::from(e.envelope.clone());
-        if i + 1 < n {
-            client.publish_with_headers(ENTRIES_SUBJECT, h, payload).await.map_err(|e| e.to_string())?;
-        } else {
-            h.insert("Nats-Batch-Commit", "1");
-            let publish = jetstream::message::PublishMessage::build().payload(payload).headers(h);
-            let ack = js.send_publish(ENTRIES_SUBJECT, publish).await.map_err(|e| e.to_string())?;
-            return Ok(Box::pin(async move {
-                match ack.await {
-                    Ok(a) => Ok(a.sequence),
-                    Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Err(format!("{FENCED}: {e}")),
-                    Err(e) => Err(e.to_string()),
-                }
-            }));
-        }
-    }
-    Err("an empty batch".into())
+    let attempt = ATTEMPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("{}-{}-{}-{attempt}", first.seq, last.seq, &last.hash.to_hex()[..16]);
+    let msgs = entries.iter().map(|e| (entry_headers(e), Bytes::from(e.envelope.clone()))).collect();
+    custody_wire::atomic::send(js, ENTRIES_SUBJECT, &id, msgs, Some(first.seq - 1)).await
 }
 
 static ATTEMPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// What an ack error starts with when the stream refused the batch's
-/// expectation (10071): the stream does not end where the writer thought.
-pub const FENCED: &str = "wrong last sequence";
 
 /// Sends a run of consecutive entries in atomic batches, one after the
 /// other, each awaited: for refilling a stream that lost entries the
@@ -120,7 +79,7 @@ pub async fn send_all(js: &jetstream::Context, entries: &[Entry]) -> Result<(), 
         match send(js, chunk).await.await {
             Ok(seq) if seq == last => {}
             Ok(seq) => return Err(LedgerError::Disagreement(format!("the committed stream stored entry {last} at {seq}"))),
-            Err(why) => return Err(LedgerError::Nats { what: "publish committed entries", why }),
+            Err(why) => return Err(LedgerError::Nats { what: "publish committed entries", why: why.to_string() }),
         }
     }
     Ok(())

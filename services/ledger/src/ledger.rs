@@ -250,6 +250,18 @@ mod tests {
         Submitted::bare(custody_proto::envelope::sign(key, payload.to_string().as_bytes()).unwrap())
     }
 
+    /// Opens a store just dropped: sled's flusher thread lets go of the
+    /// file lock a moment after the last handle is dropped.
+    fn reopen(dir: &Path, authority: &ActorKey) -> Result<Ledger, OpenError> {
+        for _ in 0..100 {
+            match Ledger::open(dir, authority) {
+                Err(OpenError::Store(e)) if e.to_string().contains("could not acquire lock") => std::thread::sleep(std::time::Duration::from_millis(50)),
+                other => return other,
+            }
+        }
+        Ledger::open(dir, authority)
+    }
+
     fn at(t: &str) -> Timestamp {
         t.parse().unwrap()
     }
@@ -289,11 +301,11 @@ mod tests {
 
         // Across a restart the clock steps back further: recorded_at holds.
         drop(ledger);
-        let mut ledger = Ledger::open(dir.path(), &authority_key).expect("every committed entry replays");
+        let mut ledger = reopen(dir.path(), &authority_key).expect("every committed entry replays");
         let admitted = ledger.admit(check_batch(vec![submitted(&miner, mined("later", "2026-02-01T00:00:00Z"))], &mut keys), at("2026-02-01T00:00:00Z"));
         assert_eq!(admitted.entries[0].recorded_at, at("2026-03-01T11:00:00Z"));
         ledger.commit(&admitted.entries).unwrap();
         drop(ledger);
-        Ledger::open(dir.path(), &authority_key).expect("every committed entry replays");
+        reopen(dir.path(), &authority_key).expect("every committed entry replays");
     }
 }

@@ -300,15 +300,10 @@ async fn serve(
     tasks.spawn(intake_core(core, intake_tx.clone()));
     tasks.spawn(intake_inbox(streams.inbox, intake_tx));
     tasks.spawn(check_stage(intake_rx, checked_tx));
-    let writer = Writer {
-        ledger,
-        clock: config.clock.clone(),
-        notary: notary.clone(),
-        js: js.clone(),
-        reader: Reader::ledger(client),
-        respond: respond_tx,
-        head: head_tx,
-    };
+    let (durable_tx, durable_rx) = mpsc::channel(WINDOW * 2);
+    let committed = ledger.head().map_or(0, |h| h.0);
+    tasks.spawn(durable_stage(ledger.store().clone(), notary.clone(), durable_rx, respond_tx, head_tx));
+    let writer = Writer { ledger, clock: config.clock.clone(), js: js.clone(), reader: Reader::ledger(client), durable: durable_tx, committed };
     tasks.spawn(writer.run(checked_rx));
     tasks.spawn(respond_stage(client.clone(), js.clone(), respond_rx));
     let checkpoints = Checkpoints { notary: notary.clone(), every: config.checkpoint_every, last: None };
@@ -473,21 +468,23 @@ async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<Checke
     Ok(())
 }
 
-/// The write stage: admits checked batches, commits their entries on the
-/// stream (up to [`WINDOW`] atomic batches in flight), then makes them
-/// durable in the store and sends their outcomes, in order.
+/// The write stage: admits checked batches and commits their entries on
+/// the stream, up to [`WINDOW`] atomic batches in flight. What the stream
+/// acked goes, in order, to the durable stage ([`durable_stage`]), which
+/// appends it to the store and only then sends the outcomes; the writer
+/// meanwhile goes on admitting and sending.
 struct Writer {
     ledger: Ledger,
     clock: crate::clock::Clock,
-    notary: Arc<Notary>,
     js: jetstream::Context,
     reader: Reader,
-    respond: mpsc::Sender<Vec<(Reply, Outcome)>>,
-    head: watch::Sender<Option<(u64, Hash)>>,
+    durable: mpsc::Sender<Pending>,
+    /// The stream holds every entry up to here.
+    committed: u64,
 }
 
 /// Atomic batches awaiting their ack at once.
-const WINDOW: usize = 4;
+const WINDOW: usize = 8;
 
 /// Admitted, not yet answered: its entries (maybe none) and the outcome
 /// of each submission, sent once every entry up to its last is durable.
@@ -496,25 +493,27 @@ struct Pending {
     answers: Vec<(Reply, Outcome)>,
 }
 
+type Acks = FuturesOrdered<futures::future::BoxFuture<'static, (u64, Result<u64, crate::commit::BatchError>)>>;
+
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<CheckedBatch>) -> Result<(), LedgerError> {
         let mut pending: std::collections::VecDeque<Pending> = Default::default();
         // Acks of the atomic batches sent, in order: (last seq, ack).
-        let mut acks: FuturesOrdered<futures::future::BoxFuture<'static, (u64, Result<u64, String>)>> = FuturesOrdered::new();
+        let mut acks: Acks = FuturesOrdered::new();
         let mut open = true;
         loop {
-            self.answer_durable(&mut pending).await?;
+            self.hand_on(&mut pending).await?;
             if !open && pending.is_empty() {
                 return Ok(());
             }
             tokio::select! {
                 biased;
                 Some((last, ack)) = acks.next(), if !acks.is_empty() => match ack {
-                    Ok(seq) if seq == last => self.durable(&mut pending, last)?,
+                    Ok(seq) if seq == last => self.committed = last,
                     outcome => {
-                        let why = outcome.err().unwrap_or_else(|| format!("the stream stored entry {last} elsewhere"));
+                        let why = outcome.err().unwrap_or_else(|| crate::commit::BatchError::Other(format!("the stream stored entry {last} elsewhere")));
                         acks = FuturesOrdered::new();
-                        self.resolve(&mut pending, why, &mut acks).await?;
+                        self.resolve(&pending, why, &mut acks).await?;
                     }
                 },
                 batch = rx.recv(), if open && acks.len() < WINDOW => {
@@ -539,66 +538,38 @@ impl Writer {
         }
     }
 
-    async fn send(&self, chunk: &[Entry], acks: &mut FuturesOrdered<futures::future::BoxFuture<'static, (u64, Result<u64, String>)>>) {
+    async fn send(&self, chunk: &[Entry], acks: &mut Acks) {
         let last = chunk.last().map_or(0, |e| e.seq);
+        let (n, sent) = (chunk.len(), std::time::Instant::now());
         let ack = crate::commit::send(&self.js, chunk).await;
-        acks.push_back(Box::pin(async move { (last, ack.await) }));
+        let send_us = sent.elapsed().as_micros() as u64;
+        acks.push_back(Box::pin(async move {
+            let ack = ack.await;
+            tracing::debug!(entries = n, send_us, ack_us = sent.elapsed().as_micros() as u64, "batch on the stream");
+            (last, ack)
+        }));
     }
 
-    /// The stream holds every entry through `through`: each pending batch
-    /// whose entries it covers is made durable in the store.
-    fn durable(&self, pending: &mut std::collections::VecDeque<Pending>, through: u64) -> Result<(), LedgerError> {
-        let mut ready: Vec<&Entry> = Vec::new();
-        for p in pending.iter() {
-            match p.entries.last() {
-                Some(last) if last.seq <= through => ready.extend(&p.entries),
-                Some(_) => break,
-                None => {}
-            }
-        }
-        let stored = self.ledger.store().head()?.map_or(0, |h| h.0);
-        let entries: Vec<Entry> = ready.into_iter().filter(|e| e.seq > stored).cloned().collect();
-        if entries.is_empty() {
-            return Ok(());
-        }
-        // The receipt promise: nothing is answered before this returns.
-        tokio::task::block_in_place(|| self.ledger.commit(&entries)).map_err(LedgerError::Commit)?;
-        self.notary.append(&entries);
-        if let Some(last) = entries.last() {
-            self.notary.set_published(last.seq);
-            self.head.send_replace(Some((last.seq, last.hash)));
-            tracing::debug!(entries = entries.len(), head = last.seq, "committed");
-        }
-        Ok(())
-    }
-
-    /// Sends the outcomes of every pending batch at the front whose
-    /// entries are all durable (a batch of refusals only waits for those
+    /// Hands every pending batch at the front whose entries the stream
+    /// holds to the durable stage (a batch of refusals only follows those
     /// before it: a repeated event's receipt may name one of them).
-    async fn answer_durable(&self, pending: &mut std::collections::VecDeque<Pending>) -> Result<(), LedgerError> {
-        let stored = self.ledger.store().head()?.map_or(0, |h| h.0);
-        while pending.front().is_some_and(|p| p.entries.last().is_none_or(|e| e.seq <= stored)) {
+    async fn hand_on(&self, pending: &mut std::collections::VecDeque<Pending>) -> Result<(), LedgerError> {
+        while pending.front().is_some_and(|p| p.entries.last().is_none_or(|e| e.seq <= self.committed)) {
             if let Some(p) = pending.pop_front() {
-                let _ = self.respond.send(p.answers).await;
+                self.durable.send(p).await.map_err(|_| LedgerError::Ended)?;
             }
         }
         Ok(())
     }
 
     /// An ack that was not the expected one: reads the stream back to learn
-    /// which pending entries it holds, makes those durable, and sends the
-    /// rest again. Another writer's entry where ours would go, or a stream
-    /// that refuses our head while holding none of our entries, means this
-    /// ledger is no longer the writer.
-    async fn resolve(
-        &self,
-        pending: &mut std::collections::VecDeque<Pending>,
-        why: String,
-        acks: &mut FuturesOrdered<futures::future::BoxFuture<'static, (u64, Result<u64, String>)>>,
-    ) -> Result<(), LedgerError> {
+    /// which pending entries it holds, and sends the rest again. Another
+    /// writer's entry where ours would go, or a stream that refuses our
+    /// head while holding none of our entries, means this ledger is no
+    /// longer the writer.
+    async fn resolve(&mut self, pending: &std::collections::VecDeque<Pending>, why: crate::commit::BatchError, acks: &mut Acks) -> Result<(), LedgerError> {
         tracing::warn!(%why, "a batch's outcome is unknown; reading the committed stream back");
-        let stored = self.ledger.store().head()?.map_or(0, |h| h.0);
-        let ours: Vec<Entry> = pending.iter().flat_map(|p| p.entries.iter()).filter(|e| e.seq > stored).cloned().collect();
+        let ours: Vec<Entry> = pending.iter().flat_map(|p| p.entries.iter()).filter(|e| e.seq > self.committed).cloned().collect();
         let held = loop {
             match crate::commit::read_back(&self.reader, &ours).await {
                 Ok(held) => break held,
@@ -611,17 +582,48 @@ impl Writer {
                 }
             }
         };
-        if held == 0 && why.starts_with(crate::commit::FENCED) {
-            return Err(LedgerError::SteppedDown(format!("the committed stream does not end at this ledger's head {stored} ({why})")));
+        if held == 0 && matches!(why, crate::commit::BatchError::WrongLastSequence(_)) {
+            return Err(LedgerError::SteppedDown(format!("the committed stream does not end at this ledger's head {} ({why})", self.committed)));
         }
-        if let Some(last) = ours.get(held.wrapping_sub(1)).filter(|_| held > 0) {
-            self.durable(pending, last.seq)?;
+        if let Some(last) = held.checked_sub(1).and_then(|i| ours.get(i)) {
+            self.committed = last.seq;
         }
         for chunk in ours[held..].chunks(MAX_ATOMIC) {
             self.send(chunk, acks).await;
         }
         Ok(())
     }
+}
+
+/// The durable stage: appends what the stream committed to the store, then
+/// lets the tree cover it, moves the head and sends the outcomes, in
+/// order. Whatever has queued up while the store synced goes in the next
+/// sled batch together: one fsync for all of it.
+async fn durable_stage(
+    store: crate::store::Store,
+    notary: Arc<Notary>,
+    mut rx: mpsc::Receiver<Pending>,
+    respond: mpsc::Sender<Vec<(Reply, Outcome)>>,
+    head: watch::Sender<Option<(u64, Hash)>>,
+) -> Result<(), LedgerError> {
+    while let Some(first) = rx.recv().await {
+        let group = drain(&mut rx, first, WINDOW * 2);
+        let entries: Vec<Entry> = group.iter().flat_map(|p| p.entries.iter().cloned()).collect();
+        if let Some(last) = entries.last() {
+            // The receipt promise: nothing is answered before this returns.
+            tokio::task::block_in_place(|| store.append(&entries)).map_err(LedgerError::Commit)?;
+            notary.append(&entries);
+            notary.set_published(last.seq);
+            head.send_replace(Some((last.seq, last.hash)));
+            tracing::debug!(entries = entries.len(), head = last.seq, "committed");
+        }
+        for p in group {
+            if respond.send(p.answers).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn outcome_bytes(o: &Outcome) -> Bytes {
