@@ -126,6 +126,8 @@ fn followed(log: &str) -> u64 {
 async fn the_server_leading_the_committed_stream_killed_under_load_loses_nothing() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let mut c = Cluster::start(2).await;
+    // A projection follows the stream through the server loss too.
+    c.spawn_projection(0);
     let lists = load(&c, "kl").await;
     let done = Arc::new(AtomicUsize::new(0));
     let producers = produce(&c.client, lists, WINDOW, Duration::from_millis(1500), done.clone());
@@ -141,7 +143,20 @@ async fn the_server_leading_the_committed_stream_killed_under_load_loses_nothing
     c.nats.servers[leader].restart().expect("the server restarts");
 
     let receipts = receipts(producers).await;
-    every_receipt_once(&c, &receipts).await;
+    let head = every_receipt_once(&c, &receipts).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let req = c.client.request(custody_wire::subjects::QUERY_DIGEST, "{}".into());
+        let seq = match tokio::time::timeout(Duration::from_secs(2), req).await {
+            Ok(Ok(msg)) => serde_json::from_slice::<serde_json::Value>(&msg.payload).ok().and_then(|v| v["seq"].as_u64()),
+            _ => None,
+        };
+        if seq == Some(head) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the projection stopped at {seq:?}, the stream ends at {head}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

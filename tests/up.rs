@@ -40,21 +40,23 @@ async fn up_stops_and_names_the_service_that_died() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_cluster_3_serves_the_worked_example_and_comes_back() {
     let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("up.log");
     let run = |dir: &std::path::Path| {
         let mut cmd = Command::new(BIN);
         die_with_parent(&mut cmd);
         cmd.args(["up", "--cluster", "3", "--simulate", "0", "--exit-after-demo", "--data"])
             .arg(dir)
-            .env("CUSTODY_LOG", "error")
+            .env("CUSTODY_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("up.log")).unwrap());
         ServiceProcess::new(cmd.spawn().unwrap())
     };
+    // What it printed, and what it logged (to name a failure).
     let said = |p: &mut ServiceProcess| {
         let mut out = String::new();
         std::io::Read::read_to_string(p.child_mut().stdout.as_mut().unwrap(), &mut out).unwrap();
-        out
+        out + "\n--- log:\n" + &std::fs::read_to_string(&log).unwrap_or_default()
     };
     let mut first = run(dir.path());
     let out = said(&mut first);

@@ -257,9 +257,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Asks the ledger for its head until it answers.
+/// Asks the ledger for its head until it answers (a cluster takes a few
+/// seconds to elect its JetStream leaders first).
 async fn wait_for_head(nc: &async_nats::Client) -> anyhow::Result<u64> {
-    for _ in 0..200 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while tokio::time::Instant::now() < deadline {
         if let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_millis(500), nc.request(custody_wire::subjects::HEAD_SUBJECT, "".into())).await {
             let v: serde_json::Value = serde_json::from_slice(&msg.payload)?;
             return Ok(v["seq"].as_u64().unwrap_or(0));

@@ -159,11 +159,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let js = jetstream::new(client.clone());
     // A cluster elects its JetStream leaders a few seconds after its
     // servers start: until then, creating a stream times out.
+    // A request sent before then is lost, not refused: ask with a short
+    // timeout, and again.
     let started = std::time::Instant::now();
+    let mut setup = js.clone();
+    setup.set_timeout(Duration::from_secs(2));
     let lease = loop {
         let ready = async {
-            ensure_streams(&js, config.replicas).await.map(drop)?;
-            Lease::open(&js, config.name.clone(), config.lease_ttl, config.replicas).await
+            ensure_streams(&setup, config.replicas).await.map(drop)?;
+            Lease::open(&setup, config.name.clone(), config.lease_ttl, config.replicas).await
         }
         .await;
         match ready {
@@ -201,6 +205,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         };
         match stepped {
             Err(LedgerError::SteppedDown(why)) => tracing::warn!(%why, "no longer the writer: rebuilding from the store, then standby"),
+            // NATS failed while taking over (a stream not readable yet
+            // after a restart, a leader election): try again as a standby.
+            Err(e @ LedgerError::Nats { .. }) => tracing::warn!(error = %e, "cannot take over yet: rebuilding from the store, then standby"),
             Err(e) => return Err(e),
             Ok(()) => return Err(LedgerError::Ended),
         }
