@@ -136,7 +136,7 @@ impl Build {
 }
 
 fn ct(hundredths: u64) -> String {
-    format!("{}.{:02}", hundredths / 100, hundredths % 100)
+    custody_proto::units::show_hundredths(hundredths)
 }
 
 /// Builds the world's events for `size`; nothing is sent.

@@ -35,6 +35,11 @@ pub struct Event {
     pub actor: ActorKey,
     /// When the actor says it happened (the ledger adds `recorded_at`).
     pub occurred_at: Timestamp,
+    /// Documents that back the event, by hash (the ledger never holds the
+    /// documents); on `declared`, a free-text note is also accepted, as
+    /// before evidence had a shape.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
     /// What happened, by kind.
     #[serde(flatten)]
     pub body: Body,
@@ -48,6 +53,9 @@ pub enum Role {
     Trader,
     Manufacturer,
     Regulator,
+    /// A verification node (a G7 node such as the Antwerp Diamond Office):
+    /// inspects shipments and attests what it found (`verified`).
+    Verifier,
 }
 
 impl Role {
@@ -59,6 +67,7 @@ impl Role {
             Role::Trader => "trader",
             Role::Manufacturer => "manufacturer",
             Role::Regulator => "regulator",
+            Role::Verifier => "verifier",
         }
     }
 }
@@ -195,16 +204,94 @@ pub enum Body {
     #[serde(rename = "processed")]
     Processed { lot: LotId, process: Process, country: Country, into: Vec<Portion> },
     #[serde(rename = "declared")]
-    Declared {
-        lot: LotId,
-        carats: Carats,
-        state: LotState,
-        origin: DeclaredOrigin,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        evidence: Option<String>,
-    },
+    Declared { lot: LotId, carats: Carats, state: LotState, origin: DeclaredOrigin },
     #[serde(rename = "flagged")]
     Flagged { lot: LotId, reason: String },
+    /// A verification node attests that it inspected a shipment (by its
+    /// KP certificate number, or by lots) and weighed it.
+    #[serde(rename = "verified")]
+    Verified {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        certificate: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lots: Option<Vec<LotId>>,
+        /// What the node weighed, all named lots together.
+        carats: Carats,
+        /// The node's own number for this verification; unique.
+        verification: String,
+        finding: Finding,
+        /// Why it does not conform (required then).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+/// What a verification node found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Finding {
+    Conforms,
+    DoesNotConform,
+}
+
+/// The kinds of document evidence may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DocumentType {
+    KpCertificate,
+    Invoice,
+    TransportDocument,
+    LabReport,
+    Scan,
+    Declaration,
+    VerificationReport,
+}
+
+/// One document, by its hash: `sha256` or `blake3` (64 lowercase hex).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    #[serde(rename = "type")]
+    pub kind: DocumentType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// The document's own number or name (an invoice number, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// Most documents one event may name.
+pub const MAX_DOCUMENTS: usize = 32;
+
+/// What an event's `evidence` holds: documents by hash, or (on `declared`
+/// only, its meaning in DOMAIN.md) a free-text note.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Evidence {
+    Documents(Vec<Document>),
+    Note(String),
+}
+
+impl<'de> Deserialize<'de> for Evidence {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(note) => Ok(Evidence::Note(note)),
+            v @ serde_json::Value::Array(_) => serde_json::from_value(v).map(Evidence::Documents).map_err(|e| de::Error::custom(format!("evidence: {e}"))),
+            _ => Err(de::Error::custom("evidence must be a list of documents {type, sha256 or blake3, reference}")),
+        }
+    }
+}
+
+impl Evidence {
+    /// The documents, if any (a note names none).
+    pub fn documents(&self) -> &[Document] {
+        match self {
+            Evidence::Documents(d) => d,
+            Evidence::Note(_) => &[],
+        }
+    }
 }
 
 impl Body {
@@ -222,6 +309,7 @@ impl Body {
             Body::Processed { .. } => "processed",
             Body::Declared { .. } => "declared",
             Body::Flagged { .. } => "flagged",
+            Body::Verified { .. } => "verified",
         }
     }
 
@@ -237,6 +325,7 @@ impl Body {
             Body::Processed { .. } => &[Manufacturer],
             Body::Declared { .. } => &[Trader, Manufacturer],
             Body::Flagged { .. } => &[Regulator],
+            Body::Verified { .. } => &[Verifier],
         }
     }
 }
@@ -299,6 +388,14 @@ impl Event {
     }
 
     fn check_fields(&self) -> Result<(), Rejection> {
+        match &self.evidence {
+            Some(Evidence::Note(note)) if matches!(self.body, Body::Declared { .. }) => text("evidence", note, false)?,
+            Some(Evidence::Note(_)) => {
+                return Err(field("evidence is a list of documents, each {type, sha256 or blake3, reference}; a free-text note is only for declared"))
+            }
+            Some(Evidence::Documents(docs)) => documents(docs)?,
+            None => {}
+        }
         match &self.body {
             Body::ActorRegistered { subject, name, roles, .. } => {
                 if !subject.is_valid_point() {
@@ -343,10 +440,7 @@ impl Event {
                 }
                 _ => return Err(field("imported names either a certificate or lots, not both or neither")),
             },
-            Body::Declared { origin, evidence, .. } => {
-                if let Some(e) = evidence {
-                    text("evidence", e, false)?;
-                }
+            Body::Declared { origin, .. } => {
                 if let DeclaredOrigin::Claimed(shares) = origin {
                     list("origin", shares)?;
                     distinct("origin", shares.iter().map(|s| s.country))?;
@@ -357,6 +451,22 @@ impl Event {
                 }
             }
             Body::Flagged { reason, .. } | Body::ActorRevoked { reason, .. } => text("reason", reason, false)?,
+            Body::Verified { certificate, lots, verification, finding, reason, .. } => {
+                match (certificate, lots) {
+                    (Some(c), None) => certificate_number(c)?,
+                    (None, Some(l)) => {
+                        list("lots", l)?;
+                        distinct("lots", l.iter())?;
+                    }
+                    _ => return Err(field("verified names either a certificate or lots, not both or neither")),
+                }
+                verification.parse::<LotId>().map_err(|e| field(format!("verification number: {e}")))?;
+                match (finding, reason) {
+                    (Finding::DoesNotConform, None) => return Err(field("a does_not_conform finding needs a reason")),
+                    (_, Some(r)) => text("reason", r, true)?,
+                    _ => {}
+                }
+            }
         }
         Ok(())
     }
@@ -449,6 +559,27 @@ fn text(name: &str, value: &str, not_blank: bool) -> Result<(), Rejection> {
     }
     if not_blank && value.trim().is_empty() {
         return Err(field(format!("{name} must not be blank")));
+    }
+    Ok(())
+}
+
+/// Documents: bounded, each with exactly one well-formed hash.
+fn documents(docs: &[Document]) -> Result<(), Rejection> {
+    if docs.is_empty() || docs.len() > MAX_DOCUMENTS {
+        return Err(field(format!("evidence names 1 to {MAX_DOCUMENTS} documents; this names {}", docs.len())));
+    }
+    distinct("evidence", docs.iter())?;
+    for d in docs {
+        let hash = match (&d.sha256, &d.blake3) {
+            (Some(h), None) | (None, Some(h)) => h,
+            _ => return Err(field("each evidence document gives exactly one hash: sha256 or blake3")),
+        };
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(field(format!("evidence hash {:?} is not 64 lowercase hex digits", truncate(hash))));
+        }
+        if let Some(r) = &d.reference {
+            text("reference", r, true)?;
+        }
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ pub mod units;
 pub use checkpoint::Checkpoint;
 pub use entry::{ChainError, Entry, Hash, Outcome, Receipt, Refusal};
 pub use envelope::{Envelope, KeyCache, Opened, MAX_ENVELOPE_BYTES, PAYLOAD_TYPE};
-pub use event::{Body, DeclaredOrigin, Event, LotState, Process, Role};
+pub use event::{Body, DeclaredOrigin, Document, DocumentType, Event, Evidence, Finding, LotState, Process, Role};
 pub use ids::{ActorKey, Country, EventId, LotId, Timestamp};
 pub use rejection::{Code, Rejection};
 pub use units::{Carats, Share, Usd};

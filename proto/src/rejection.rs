@@ -73,10 +73,12 @@ pub enum Code {
     /// `occurred_at` is before the latest event of a lot the event acts on
     /// (exported before it was mined, say).
     PredatesLot,
+    /// A verification number (a node's stamp on a shipment) already used.
+    VerificationReused,
 }
 
 impl Code {
-    pub const ALL: [Code; 32] = [
+    pub const ALL: [Code; 33] = [
         Code::MalformedEnvelope,
         Code::EnvelopeTooLarge,
         Code::WrongPayloadType,
@@ -109,6 +111,7 @@ impl Code {
         Code::ActorRevoked,
         Code::SubjectMismatch,
         Code::PredatesLot,
+        Code::VerificationReused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -145,6 +148,7 @@ impl Code {
             Code::ActorRevoked => "actor_revoked",
             Code::SubjectMismatch => "subject_mismatch",
             Code::PredatesLot => "predates_lot",
+            Code::VerificationReused => "verification_reused",
         }
     }
 }

@@ -63,6 +63,12 @@ impl Carats {
     }
 }
 
+/// Hundredths of a carat as carats text (`"1234.56"`), zero included: for
+/// sums and differences, which need not be a lot's mass.
+pub fn show_hundredths(h: u64) -> String {
+    format!("{}.{:02}", h / 100, h % 100)
+}
+
 impl std::str::FromStr for Carats {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

@@ -112,7 +112,7 @@ pub async fn query(fan_ins: &[usize], n: usize) -> anyhow::Result<()> {
                 let total: u64 = group.iter().map(|x| x.1).sum();
                 let into = format!("F{f}-m{round}-{g}");
                 let lots: Vec<&str> = group.iter().map(|x| x.0.as_str()).collect();
-                chain.push(&miner, "merged", json!({"lots": lots, "into": {"lot": into, "carats": format!("{}.{:02}", total / 100, total % 100)}}))?;
+                chain.push(&miner, "merged", json!({"lots": lots, "into": {"lot": into, "carats": custody_proto::units::show_hundredths(total)}}))?;
                 next.push((into, total));
             }
             level = next;

@@ -60,13 +60,20 @@ pub struct Model {
     lots: HashMap<LotId, Lot>,
     /// KP certificate numbers used, with the lots still in transit under each.
     certificates: HashMap<String, Vec<LotId>>,
+    /// Every lot each certificate ever shipped: what a verification by
+    /// certificate names, before or after the import.
+    shipped: HashMap<String, Vec<LotId>>,
+    /// Verification numbers used (a node's stamp names one shipment).
+    verifications: std::collections::HashSet<String>,
     ids: HashMap<EventId, Seen>,
 }
 
 /// The existing lots an event acts on (not the ones it creates), borrowed:
 /// `check` and `apply` both ask, once per admitted event.
-fn acted_on<'a>(certificates: &'a HashMap<String, Vec<LotId>>, event: &'a Event) -> &'a [LotId] {
+fn acted_on<'a>(certificates: &'a HashMap<String, Vec<LotId>>, shipped: &'a HashMap<String, Vec<LotId>>, event: &'a Event) -> &'a [LotId] {
     match &event.body {
+        Body::Verified { certificate: Some(c), .. } => shipped.get(c).map_or(&[], Vec::as_slice),
+        Body::Verified { lots: Some(l), .. } => l,
         Body::Split { lot, .. } | Body::Processed { lot, .. } | Body::Flagged { lot, .. } => std::slice::from_ref(lot),
         Body::Merged { lots, .. } | Body::Transferred { lots, .. } | Body::Exported { lots, .. } => lots,
         Body::Imported { certificate: Some(c), .. } => certificates.get(c).map_or(&[], Vec::as_slice),
@@ -220,12 +227,28 @@ impl Model {
                 }
             }
             Body::Flagged { lot, .. } => self.known(lot).map(|_| ())?,
+            Body::Verified { certificate, verification, .. } => {
+                if self.verifications.contains(verification) {
+                    return Err(reject(Code::VerificationReused, format!("verification number {verification} was already used")));
+                }
+                if let Some(c) = certificate {
+                    if !self.shipped.contains_key(c) {
+                        return Err(reject(Code::UnknownCertificate, format!("no shipment was exported under certificate {c}")));
+                    }
+                }
+                // What a node inspects exists now: not a lot consumed into others.
+                for l in acted_on(&self.certificates, &self.shipped, event) {
+                    if self.known(l)?.status == Status::Consumed {
+                        return Err(reject(Code::LotConsumed, format!("lot {l} is consumed; inspect what it became")));
+                    }
+                }
+            }
         }
         // A lot cannot be exported before it was mined, imported, merged or
         // split: a date before the lot's latest event is a claim the ledger
         // can see is false (and backdating a departure is how a Russian lot
         // would pass for grandfathered).
-        for l in acted_on(&self.certificates, event) {
+        for l in acted_on(&self.certificates, &self.shipped, event) {
             if let Some(lot) = self.lots.get(l) {
                 if event.occurred_at < lot.last_at {
                     return Err(reject(
@@ -266,7 +289,7 @@ impl Model {
     pub fn apply(&mut self, event: &Event) {
         let signer = &event.actor;
         let at = event.occurred_at;
-        for l in acted_on(&self.certificates, event) {
+        for l in acted_on(&self.certificates, &self.shipped, event) {
             if let Some(lot) = self.lots.get_mut(l) {
                 lot.last_at = lot.last_at.max(at);
             }
@@ -321,6 +344,7 @@ impl Model {
                     }
                 }
                 self.certificates.insert(certificate.number.clone(), lots.clone());
+                self.shipped.insert(certificate.number.clone(), lots.clone());
             }
             Body::Imported { certificate, lots } => {
                 let named = match (certificate, lots) {
@@ -341,6 +365,9 @@ impl Model {
                 }
             }
             Body::Flagged { .. } => {}
+            Body::Verified { verification, .. } => {
+                self.verifications.insert(verification.clone());
+            }
         }
     }
 
@@ -407,7 +434,7 @@ fn sum<'a>(c: impl IntoIterator<Item = &'a Carats>) -> Result<u64, Rejection> {
 }
 
 fn hundredths(h: u64) -> String {
-    format!("{}.{:02}", h / 100, h % 100)
+    custody_proto::units::show_hundredths(h)
 }
 
 fn show(c: Option<Country>) -> String {

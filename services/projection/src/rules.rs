@@ -19,15 +19,17 @@ use serde::{Deserialize, Serialize};
 use crate::origin::{Composition, Departure, Source};
 
 /// The presets shipped with custody, by name.
-pub const PRESETS: [(&str, &str); 3] = [
+pub const PRESETS: [(&str, &str); 5] = [
     ("us-2022", include_str!("../rules/us-2022.toml")),
     ("us-2024", include_str!("../rules/us-2024.toml")),
     ("eu-2024", include_str!("../rules/eu-2024.toml")),
+    ("eu-2025", include_str!("../rules/eu-2025.toml")),
+    ("uk-2024", include_str!("../rules/uk-2024.toml")),
 ];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {
-    #[error("unknown rule set {0:?}; presets are us-2022, us-2024, eu-2024, or give a TOML file")]
+    #[error("unknown rule set {0:?}; presets are us-2022, us-2024, eu-2024, eu-2025, uk-2024, or give a TOML file")]
     Unknown(String),
     #[error("rule set is not valid: {0}")]
     Invalid(String),
@@ -52,8 +54,14 @@ pub struct Rule {
     pub id: String,
     #[serde(default)]
     pub description: String,
+    /// A ban: the countries, and what it looks at. Or, instead, a
+    /// requirement (`requires`): what must be established for the lot.
+    #[serde(default)]
     pub banned: Vec<Country>,
-    pub basis: Basis,
+    #[serde(default)]
+    pub basis: Option<Basis>,
+    #[serde(default)]
+    pub requires: Option<Requirement>,
     /// Effective day (in force from this day on).
     pub from: NaiveDate,
     /// Applies to stones of at least this mass.
@@ -68,6 +76,24 @@ pub struct Rule {
     /// Mass that left the banned country before `from` does not count.
     #[serde(default)]
     pub grandfather: bool,
+    /// Grandfathering by a fixed day instead of `from`: mass that left the
+    /// banned country before this day does not count (the UK's general
+    /// licence GBSAN0002: outside Russia on 2024-03-01).
+    #[serde(default)]
+    pub grandfather_before: Option<NaiveDate>,
+}
+
+/// What a rule with `requires` needs established, or the verdict is
+/// `undetermined`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requirement {
+    /// A verification node found all of the lot's mass conforming.
+    Verification,
+    /// Every country of mining is traced: no unknown or only claimed mass.
+    MiningCountries,
+    /// Either of the two (the EU's 16th package for mixed rough).
+    MiningCountriesOrVerification,
 }
 
 fn both_states() -> Vec<LotState> {
@@ -107,8 +133,14 @@ impl RuleSet {
         if set.rules.len() > MAX_RULES {
             return Err(RuleError::Invalid(format!("a rule set has at most {MAX_RULES} rules; this one has {}", set.rules.len())));
         }
-        if let Some(r) = set.rules.iter().find(|r| r.banned.is_empty()) {
-            return Err(RuleError::Invalid(format!("rule {} bans no country", r.id)));
+        for r in &set.rules {
+            match (r.requires, r.basis) {
+                (Some(_), None) if r.banned.is_empty() => {}
+                (Some(_), _) => return Err(RuleError::Invalid(format!("rule {} has `requires`: it bans nothing, so it takes no `basis` or `banned`", r.id))),
+                (None, None) => return Err(RuleError::Invalid(format!("rule {} needs a `basis` (or a `requires`)", r.id))),
+                (None, Some(_)) if r.banned.is_empty() => return Err(RuleError::Invalid(format!("rule {} bans no country", r.id))),
+                (None, Some(_)) => {}
+            }
         }
         Ok(set)
     }
@@ -132,6 +164,9 @@ pub struct Facts<'a> {
     pub exports_unknown: bool,
     /// A regulator flagged the lot or an ancestor.
     pub flagged: bool,
+    /// A verification node found all of the lot's mass conforming: who
+    /// and under which number.
+    pub verified: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -197,10 +232,12 @@ fn evaluate_rule(rule: &Rule, f: &Facts<'_>, date: NaiveDate) -> Reason {
             return r;
         }
     }
-    let mut r = match rule.basis {
-        Basis::CustomsOrigin => customs(rule, f),
-        Basis::MineOrigin => mine(rule, f),
-        Basis::ExportedFrom => exported(rule, f),
+    let mut r = match (rule.requires, rule.basis) {
+        (Some(need), _) => required(rule, need, f),
+        (None, Some(Basis::CustomsOrigin)) => customs(rule, f),
+        (None, Some(Basis::MineOrigin)) => mine(rule, f),
+        (None, Some(Basis::ExportedFrom)) => exported(rule, f),
+        (None, None) => reason(rule, Undetermined, "this rule says neither what it bans nor what it requires".into()),
     };
     r.threshold = rule.min_carats.map(|m| m.to_string());
     r
@@ -218,9 +255,36 @@ enum Left {
     ClaimedBefore,
 }
 
+/// What a rule with `requires` finds.
+fn required(rule: &Rule, need: Requirement, f: &Facts<'_>) -> Reason {
+    use Verdict::*;
+    let known = !f.composition.has_untraced();
+    let countries = || f.composition.by_source().keys().map(Source::label).collect::<Vec<_>>().join(", ");
+    match (need, f.verified, known) {
+        (Requirement::Verification | Requirement::MiningCountriesOrVerification, Some(by), _) => {
+            reason(rule, Admissible, format!("verified by a verification node ({by})"))
+        }
+        (Requirement::MiningCountries | Requirement::MiningCountriesOrVerification, _, true) => {
+            reason(rule, Admissible, format!("every country of mining is traced ({})", countries()))
+        }
+        (Requirement::Verification, None, _) => reason(rule, Undetermined, "needs verification by a verification node, and none verified it".into()),
+        (Requirement::MiningCountries, _, false) => {
+            reason(rule, Undetermined, "needs every country of mining known: part of its mass has unknown or only claimed origin".into())
+        }
+        (Requirement::MiningCountriesOrVerification, None, false) => reason(
+            rule,
+            Undetermined,
+            "needs every country of mining known, or verification by a verification node: part of its mass has unknown or only claimed origin, and no node verified it"
+                .into(),
+        ),
+    }
+}
+
 fn left(rule: &Rule, d: Departure, claimed: bool) -> Left {
+    let cutoff = rule.grandfather_before.unwrap_or(rule.from);
+    let grandfather = rule.grandfather || rule.grandfather_before.is_some();
     match d {
-        Departure::Left(date) if rule.grandfather && date < rule.from => {
+        Departure::Left(date) if grandfather && date < cutoff => {
             if claimed {
                 Left::ClaimedBefore
             } else {
@@ -237,7 +301,10 @@ fn claimed_departure(rule: &Rule, c: Country) -> Reason {
     let mut r = reason(
         rule,
         Verdict::Undetermined,
-        format!("its {c} mass left {c} before {} only by the date of a late record: the departure date is only claimed", rule.from),
+        format!(
+            "its {c} mass left {c} before {} only by the date of a late record: the departure date is only claimed",
+            rule.grandfather_before.unwrap_or(rule.from)
+        ),
     );
     r.country = Some(c.to_string());
     r
@@ -333,7 +400,7 @@ fn mine(rule: &Rule, f: &Facts<'_>) -> Reason {
         return r;
     }
     if let Some(c) = grand.iter().next() {
-        let mut r = reason(rule, Admissible, format!("its {c} mass left {c} before {}: grandfathered", rule.from));
+        let mut r = reason(rule, Admissible, format!("its {c} mass left {c} before {}: grandfathered", rule.grandfather_before.unwrap_or(rule.from)));
         r.country = Some(c.to_string());
         return r;
     }

@@ -82,6 +82,7 @@ impl Store {
             shipments: load(&self.db, "s/")?,
             yields: load(&self.db, "y/")?,
             flags: Vec::new(),
+            gaps: Vec::new(),
         };
         state.index_flags();
         Ok(state)

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::NaiveDate;
-use custody_proto::{ActorKey, Body, Carats, Country, DeclaredOrigin, Entry, Event, Hash, LotId, LotState, Process, Role};
+use custody_proto::{ActorKey, Body, Carats, Country, DeclaredOrigin, Document, Entry, Event, Evidence, Finding, Hash, LotId, LotState, Process, Role};
 use num_bigint::BigInt;
 use num_rational::BigRational;
 use num_traits::ToPrimitive;
@@ -20,6 +20,35 @@ use crate::rules::{self, Facts, RuleSet};
 pub const MAX_STEPS: usize = 64;
 /// Yield above which cutting and polishing is implausible.
 pub const MAX_CUTTING_YIELD_PCT: u64 = 60;
+/// How far a verification node's weighing may differ from the ledger's
+/// carats before the lot is warned about: 0.1 % (in thousandths), and
+/// never less than one hundredth of a carat (a scale's last digit).
+pub const WEIGHT_TOLERANCE_PERMILLE: u64 = 1;
+
+/// How a step of a lot's history is vouched for: only by the actor who
+/// signed it, also by documents it names by hash, or by a verification node
+/// that inspected the goods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    #[default]
+    Declared,
+    Evidenced,
+    Verified,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Vouched {
+    pub by: Level,
+    /// The documents the event names, by hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<Document>,
+    /// The verification node's name and its verification number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
+}
 
 /// One ledger entry as a step of a lot's history, with its proof.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -35,6 +64,8 @@ pub struct Step {
     /// only claimed (DOMAIN.md, "Dates the ledger can vouch for").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late_record: bool,
+    #[serde(default)]
+    pub vouched: Vouched,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +116,10 @@ pub struct Lot {
     pub children: Vec<String>,
     /// The entry that created it.
     pub created: Step,
+    /// A verification node found all of its mass conforming: who, and the
+    /// verification number (a merge is verified only if every input was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +166,21 @@ pub struct Dirty {
     pub yields: BTreeSet<String>,
 }
 
+/// Something an entry refers to that the entries applied so far do not
+/// hold: never on the committed stream (the ledger refused such events),
+/// but what an incomplete certificate shows when replayed on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub seq: u64,
+    /// The lot concerned; `None` when no lot of the history can be named
+    /// (an import whose export is missing).
+    pub lot: Option<String>,
+    pub why: String,
+}
+
+/// Most gaps kept: enough to name what is missing.
+const MAX_GAPS: usize = 1_000;
+
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct State {
     pub checkpoint: Option<(u64, Hash)>,
@@ -141,6 +191,8 @@ pub struct State {
     /// Every flag, in ledger order: (seq, flagged lot, warning). Derived
     /// from the lots' `own_flags` (see [`State::index_flags`]).
     pub flags: Vec<(u64, String, String)>,
+    /// References the applied entries could not resolve (see [`Gap`]).
+    pub gaps: Vec<Gap>,
 }
 
 /// An output of a split or processing: the parent's origin and history,
@@ -185,6 +237,9 @@ impl State {
         let payload = custody_proto::Opened::payload_of(&entry.envelope).map_err(|r| unreadable(r.to_string()))?;
         let event = Event::decode(&payload).map_err(|r| unreadable(r.to_string()))?;
         let late = event.is_late(entry.recorded_at);
+        let documents = event.evidence.as_ref().map(Evidence::documents).unwrap_or_default();
+        let vouched =
+            if documents.is_empty() { Vouched::default() } else { Vouched { by: Level::Evidenced, evidence: documents.to_vec(), ..Vouched::default() } };
         let step = |kind: &str, country: String, note: String| Step {
             seq: entry.seq,
             hash: entry.hash.to_hex(),
@@ -193,6 +248,7 @@ impl State {
             date: event.occurred_at.as_datetime().date_naive().to_string(),
             note: if late { format!("{note} (late record: recorded {})", entry.recorded_at.as_datetime().date_naive()) } else { note },
             late_record: late,
+            vouched: vouched.clone(),
         };
         self.apply_event(&event, entry.seq, late, &step, dirty);
         self.checkpoint = Some((entry.seq, entry.hash));
@@ -224,7 +280,12 @@ impl State {
                 let l = self.new_lot(lot, LotState::Rough, *carats, Composition::single(Source::Mined(*country), true), *country, &signer, created);
                 self.put(l, dirty);
             }
-            Body::Declared { lot, carats, state, origin, evidence } => {
+            Body::Declared { lot, carats, state, origin } => {
+                let evidence = match &event.evidence {
+                    Some(Evidence::Note(n)) => Some(n.clone()),
+                    Some(Evidence::Documents(d)) => Some(format!("{} document(s)", d.len())),
+                    None => None,
+                };
                 let composition = match origin {
                     DeclaredOrigin::Unknown => Composition::single(Source::Unknown, false),
                     DeclaredOrigin::Claimed(shares) => Composition::claimed(&shares.iter().map(|s| (s.country, s.share.ten_thousandths())).collect::<Vec<_>>()),
@@ -239,7 +300,7 @@ impl State {
                 self.put(l, dirty);
             }
             Body::Split { lot, into } => {
-                let Some(parent) = self.consume(lot, dirty) else { return };
+                let Some(parent) = self.consume_held(seq, lot, &signer, dirty) else { return };
                 for p in into {
                     let mut child = child_of(&parent, p, step(kind, parent.country.to_string(), format!("split from {lot}")));
                     push_capped(&mut child.path, child.created.clone(), &mut child.truncated);
@@ -248,7 +309,7 @@ impl State {
                 }
             }
             Body::Processed { lot, process, country, into } => {
-                let Some(parent) = self.consume(lot, dirty) else { return };
+                let Some(parent) = self.consume_held(seq, lot, &signer, dirty) else { return };
                 let out: u64 = into.iter().map(|p| p.carats.hundredths()).sum();
                 let input = parent.carats.hundredths();
                 let pct = (out * 100).checked_div(input).unwrap_or(0);
@@ -279,7 +340,11 @@ impl State {
                 }
             }
             Body::Merged { lots, into } => {
-                let inputs: Vec<Lot> = lots.iter().filter_map(|l| self.consume(l, dirty)).collect();
+                let inputs: Vec<Lot> = lots.iter().filter_map(|l| self.consume_held(seq, l, &signer, dirty)).collect();
+                if inputs.len() < lots.len() {
+                    // A merge of what is not all here is no merge to answer about.
+                    return;
+                }
                 let Some(first) = inputs.first() else { return };
                 let composition = Composition::mix(inputs.iter().map(|l| (&l.composition, l.carats.hundredths())));
                 let mut merged = self.new_lot(
@@ -306,6 +371,13 @@ impl State {
                     merged.warnings.extend(i.warnings.iter().cloned());
                     merged.flagged |= i.flagged;
                     merged.truncated |= i.truncated;
+                    merged.verified = match (merged.verified.take(), &i.verified) {
+                        (_, None) => None,
+                        (None, Some(v)) if merged.parents.is_empty() => Some(v.clone()),
+                        (None, Some(_)) => None,
+                        (Some(m), Some(v)) if m.split("; ").any(|x| x == v) => Some(m),
+                        (Some(m), Some(v)) => Some(format!("{m}; {v}")),
+                    };
                     all_steps.extend(i.transformations.iter().cloned());
                     merged.parents.push(i.lot.clone());
                 }
@@ -326,6 +398,7 @@ impl State {
             }
             Body::Transferred { lots, to } => {
                 for l in lots {
+                    self.check_holder(seq, l, &signer);
                     if let Some(lot) = self.lots.get_mut(l.as_str()) {
                         lot.holder = to.to_string();
                         let s = step(kind, lot.country.to_string(), format!("transferred within {}", lot.country));
@@ -336,6 +409,7 @@ impl State {
             }
             Body::Exported { lots, to, to_country, certificate } => {
                 for l in lots {
+                    self.check_holder(seq, l, &signer);
                     if let Some(lot) = self.lots.get_mut(l.as_str()) {
                         let from = lot.country;
                         let mined_here = lot.composition.parts().any(|(p, _)| p.source == Source::Mined(from));
@@ -363,13 +437,19 @@ impl State {
                 let (named, to_country) = match (certificate, lots) {
                     (Some(c), _) => match self.shipments.get(c) {
                         Some(s) => (s.lots.clone(), Some(s.to_country)),
-                        None => (Vec::new(), None),
+                        None => {
+                            self.gap(seq, None, format!("imports under certificate {c}, whose export is not here"));
+                            (Vec::new(), None)
+                        }
                     },
                     (None, Some(l)) => (l.iter().map(|x| x.to_string()).collect(), here),
                     _ => (Vec::new(), None),
                 };
                 let country = to_country.or(here);
                 for l in named {
+                    if !self.lots.contains_key(&l) {
+                        self.gap(seq, Some(l.clone()), format!("imports lot {l}, which no entry here made"));
+                    }
                     if let (Some(lot), Some(country)) = (self.lots.get_mut(&l), country) {
                         lot.country = country;
                         lot.holder = signer.clone();
@@ -382,6 +462,58 @@ impl State {
             // Recorded on the flagged lot alone, so a flag costs the same
             // however large the lot's genealogy: lots made later inherit it,
             // and answers about lots made before look it up ([`State::answerable`]).
+            Body::Verified { certificate, lots, carats, verification, finding, reason } => {
+                let named: Vec<String> = match (certificate, lots) {
+                    (Some(c), _) => self.shipments.get(c).map(|s| s.lots.clone()).unwrap_or_else(|| {
+                        self.gap(seq, None, format!("verifies certificate {c}, whose export is not here"));
+                        Vec::new()
+                    }),
+                    (None, Some(l)) => l.iter().map(|x| x.to_string()).collect(),
+                    _ => Vec::new(),
+                };
+                let node = self.actors.get(signer.as_str()).map_or_else(|| signer.clone(), |a| a.name.clone());
+                let vouch = Vouched { by: Level::Verified, verifier: Some(node.clone()), verification: Some(verification.clone()), ..Vouched::default() };
+                let held: u64 = named.iter().filter_map(|l| self.lots.get(l)).map(|l| l.carats.hundredths()).sum();
+                let weighed = carats.hundredths();
+                let tolerance = (held * WEIGHT_TOLERANCE_PERMILLE / 1000).max(1);
+                let mismatch = (held.abs_diff(weighed) > tolerance).then(|| {
+                    format!(
+                        "weighed {carats} ct at verification {verification} by {node}; the ledger holds {} ct (tolerance {tolerance_ct} ct)",
+                        custody_proto::units::show_hundredths(held),
+                        tolerance_ct = custody_proto::units::show_hundredths(tolerance)
+                    )
+                });
+                let what = match finding {
+                    Finding::Conforms => "conforms".to_owned(),
+                    Finding::DoesNotConform => format!("does not conform: {}", reason.as_deref().unwrap_or_default()),
+                };
+                for l in &named {
+                    let Some(lot) = self.lots.get_mut(l) else {
+                        self.gap(seq, Some(l.clone()), format!("verifies lot {l}, which no entry here made"));
+                        continue;
+                    };
+                    let mut s = step(kind, lot.country.to_string(), format!("verified by {node} ({verification}): {what}, {carats} ct weighed"));
+                    s.vouched = vouch.clone();
+                    if *finding == Finding::Conforms {
+                        // The shipment it inspected: the lot's latest crossing, else its making.
+                        if let Some(crossing) = lot.path.iter_mut().rev().find(|p| p.kind == "exported" || p.kind == "imported") {
+                            crossing.vouched = Vouched { evidence: std::mem::take(&mut crossing.vouched.evidence), ..vouch.clone() };
+                        } else if let Some(first) = lot.path.first_mut() {
+                            first.vouched = Vouched { evidence: std::mem::take(&mut first.vouched.evidence), ..vouch.clone() };
+                        }
+                        lot.verified = Some(format!("{node} {verification}"));
+                    } else {
+                        lot.verified = None;
+                        lot.warnings
+                            .insert(format!("{l}: verification {verification} by {node} found it does not conform: {}", reason.as_deref().unwrap_or_default()));
+                    }
+                    if let Some(m) = &mismatch {
+                        lot.warnings.insert(format!("{l}: {m}"));
+                    }
+                    push_capped(&mut lot.path, s, &mut lot.truncated);
+                    dirty.lots.insert(l.clone());
+                }
+            }
             Body::Flagged { lot, reason } => {
                 if let Some(x) = self.lots.get_mut(lot.as_str()) {
                     let text = format!("{lot}: flagged by a regulator: {reason}");
@@ -421,6 +553,7 @@ impl State {
             parents: Vec::new(),
             children: Vec::new(),
             created,
+            verified: None,
         }
     }
 
@@ -472,6 +605,32 @@ impl State {
             answered.truncated = true;
         }
         std::borrow::Cow::Owned(answered)
+    }
+
+    fn gap(&mut self, seq: u64, lot: Option<String>, why: String) {
+        if self.gaps.len() < MAX_GAPS {
+            self.gaps.push(Gap { seq, lot, why });
+        }
+    }
+
+    /// Notes a gap when `signer` acts on a lot it does not hold, or that
+    /// is not here at all.
+    fn check_holder(&mut self, seq: u64, lot: &LotId, signer: &str) {
+        match self.lots.get(lot.as_str()) {
+            None => self.gap(seq, Some(lot.to_string()), format!("acts on lot {lot}, which no entry here made")),
+            Some(l) if l.consumed => self.gap(seq, Some(lot.to_string()), format!("acts on lot {lot}, which was consumed")),
+            Some(l) if l.holder != signer => {
+                let why = format!("acts on lot {lot}, held by {} here, not by the signer {signer}", l.holder);
+                self.gap(seq, Some(lot.to_string()), why)
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Consumes a lot its signer holds (see [`State::check_holder`]).
+    fn consume_held(&mut self, seq: u64, lot: &LotId, signer: &str, dirty: &mut Dirty) -> Option<Lot> {
+        self.check_holder(seq, lot, signer);
+        self.consume(lot, dirty)
     }
 
     fn consume(&mut self, lot: &LotId, dirty: &mut Dirty) -> Option<Lot> {
@@ -551,6 +710,7 @@ pub fn admissibility(lot: &Lot, set: &RuleSet, date: NaiveDate) -> serde_json::V
         exported_claimed: &lot.exported_claimed,
         exports_unknown: lot.exports_unknown,
         flagged: lot.flagged,
+        verified: lot.verified.as_deref(),
     };
     let (verdict, reasons) = rules::evaluate(set, &facts, date);
     serde_json::json!({"lot": lot.lot, "rules": set.name, "date": date.to_string(), "verdict": verdict, "reasons": reasons})
