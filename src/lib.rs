@@ -7,11 +7,13 @@
 //! - [`client`]: submit envelopes over request-reply, with retries.
 //! - [`keys`]: nkey seed files.
 //! - [`demo`]: DOMAIN.md's worked example as signed events.
+//! - [`filing`]: customs filings filled from an origin certificate.
 //! - [`sim`]: a seeded simulated world shaped like KP 2022 production.
 //! - `cmd/`: one file per command (in the binary).
 
 pub mod client;
 pub mod demo;
+pub mod filing;
 pub mod keys;
 pub mod natsd;
 pub mod sim;

@@ -8,11 +8,13 @@
 //! - [`event`]: the event kinds and their stateless checks.
 //! - [`envelope`]: DSSE, PAE, signing and (batch) verification.
 //! - [`entry`]: ledger entries, the blake3 chain, receipts.
+//! - [`certificate`]: origin certificates and their cryptographic checks.
 //! - [`checkpoint`]: the ledger's signed statement of a tree size and root.
 //! - [`merkle`]: the RFC 9162 tree over entries, inclusion and consistency proofs.
 //! - [`request`]: signed HTTP requests (who is asking the gateway).
 //! - [`rejection`]: the stable rejection codes.
 
+pub mod certificate;
 pub mod checkpoint;
 pub mod entry;
 pub mod envelope;

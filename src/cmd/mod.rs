@@ -3,6 +3,7 @@
 mod authz;
 mod bench;
 mod bench_read;
+mod certificate;
 mod gateway;
 mod keygen;
 mod ledger;
@@ -67,6 +68,14 @@ enum Command {
     Audit(transparency::AuditArgs),
     /// Keep nats-server's authorization in step with the actor registry.
     Authz(authz::Args),
+    /// Make an origin certificate: the answers with every entry they rest
+    /// on and one proof against a signed checkpoint, checkable offline.
+    Certify(certificate::CertifyArgs),
+    /// Check an origin certificate offline with only the ledger's key, and
+    /// recompute its answers from its entries.
+    VerifyCertificate(certificate::VerifyCertificateArgs),
+    /// Fill a customs filing (US, EU, KP) from an origin certificate.
+    Filing(certificate::FilingArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -90,6 +99,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Prove(a) => transparency::prove(&cli.nats, a).await,
         Command::Audit(a) => transparency::audit(&cli.nats, a).await,
         Command::Authz(a) => authz::run(&cli.nats, a).await,
+        Command::Certify(a) => certificate::certify(&cli.nats, a).await,
+        Command::VerifyCertificate(a) => certificate::verify_certificate(a),
+        Command::Filing(a) => certificate::filing(&cli.nats, a).await,
     }
 }
 

@@ -16,9 +16,12 @@
 //! - [`files`]: writing a file whole (temp, fsync, rename, fsync the
 //!   folder), and nkey seed files.
 //! - [`atomic`]: JetStream atomic batch publish, the ledger's commit.
+//! - [`certify`]: assembling an origin certificate from the projection,
+//!   the committed stream and the ledger's proof service.
 //! - [`crashpoint`]: exact crash places for tests (`CUSTODY_CRASH`).
 
 pub mod atomic;
+pub mod certify;
 pub mod connect;
 pub mod crashpoint;
 pub mod files;

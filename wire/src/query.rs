@@ -56,6 +56,40 @@ pub struct ErrorAnswer {
     pub message: String,
 }
 
+impl ErrorAnswer {
+    /// The code's wire name.
+    pub fn code_str(&self) -> String {
+        serde_json::to_value(self.code).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("nothing answered on {subject} within {secs} s")]
+    Timeout { subject: String, secs: u64 },
+    #[error("nothing is answering on {subject}: {why}")]
+    Unavailable { subject: String, why: String },
+    #[error("the answer on {subject} is not JSON")]
+    NotJson { subject: String },
+}
+
+/// One JSON request-reply within `wait`: the answer, which may be an error
+/// answer ([`ErrorAnswer::of`]).
+pub async fn request(
+    client: &async_nats::Client,
+    subject: &str,
+    body: &serde_json::Value,
+    wait: std::time::Duration,
+) -> Result<serde_json::Value, RequestError> {
+    let asked = client.request(subject.to_owned(), body.to_string().into());
+    let msg = match tokio::time::timeout(wait, asked).await {
+        Err(_) => return Err(RequestError::Timeout { subject: subject.to_owned(), secs: wait.as_secs() }),
+        Ok(Err(e)) => return Err(RequestError::Unavailable { subject: subject.to_owned(), why: e.to_string() }),
+        Ok(Ok(m)) => m,
+    };
+    serde_json::from_slice(&msg.payload).map_err(|_| RequestError::NotJson { subject: subject.to_owned() })
+}
+
 /// The one builder of an error answer's JSON.
 pub fn error_answer(code: AnswerCode, message: impl Into<String>) -> serde_json::Value {
     serde_json::to_value(ErrorAnswer { code, message: message.into() }).unwrap_or_default()
@@ -84,6 +118,25 @@ pub struct AdmissibilityQuery {
     pub rules: String,
     #[serde(default)]
     pub date: Option<String>,
+}
+
+/// `custody.query.certificate`: a lot, one or more rule sets (preset
+/// names or TOML text), and a date `YYYY-MM-DD`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateQuery {
+    pub lot: String,
+    pub rules: Vec<String>,
+    pub date: String,
+}
+
+/// `custody.query.verify_certificate`: a certificate, the ledger key the
+/// verifier trusts, and optionally rule sets the verifier insists on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyCertificateQuery {
+    pub certificate: custody_proto::certificate::OriginCertificate,
+    pub key: String,
+    #[serde(default)]
+    pub rules: Vec<String>,
 }
 
 /// `custody.query.actor`.

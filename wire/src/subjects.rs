@@ -45,6 +45,13 @@ pub const QUERY_GENEALOGY: &str = "custody.query.genealogy";
 pub const QUERY_DIGEST: &str = "custody.query.digest";
 /// `{"key"}` → `{"key","name","country","roles","revoked"}`: who an actor is.
 pub const QUERY_ACTOR: &str = "custody.query.actor";
+/// [`crate::query::CertificateQuery`] → the answers for an origin
+/// certificate and the seqs of the entries they rest on (see
+/// [`crate::certify`]).
+pub const QUERY_CERTIFICATE: &str = "custody.query.certificate";
+/// [`crate::query::VerifyCertificateQuery`] → a verification report,
+/// computed from the certificate alone (never from the projection's state).
+pub const QUERY_VERIFY_CERTIFICATE: &str = "custody.query.verify_certificate";
 pub const PROJECTION_GROUP: &str = "custody-projection";
 
 pub fn submit(actor: &str) -> String {

@@ -113,6 +113,12 @@ impl Notary {
         let num = |k: &str| req.get(k).and_then(Value::as_u64);
         let result = match subject {
             custody_wire::subjects::CHECKPOINT_SUBJECT => self.checkpoint(self.published()).map(|c| json!(c)),
+            custody_wire::subjects::PROOF_SUBJECT if req.get("ranges").is_some() => {
+                let Ok(ranges) = serde_json::from_value::<Vec<(u64, u64)>>(req["ranges"].clone()) else {
+                    return error(AnswerCode::InvalidRequest, "give \"ranges\": [[first, last], ...], ascending seqs");
+                };
+                self.multi_inclusion(&ranges)
+            }
             custody_wire::subjects::PROOF_SUBJECT => {
                 let Some(seq) = num("seq") else { return error(AnswerCode::InvalidRequest, "give \"seq\", a positive integer") };
                 self.inclusion(seq, num("tree_size"))
@@ -163,6 +169,22 @@ impl Notary {
             v["checkpoint"] = json!(c);
         }
         Ok(v)
+    }
+
+    /// Most entries one multi-entry proof covers.
+    const MAX_PROVEN: u64 = 1_000_000;
+
+    /// One proof that every seq of `ranges` is in the tree of the current
+    /// checkpoint, with that checkpoint (what an origin certificate carries).
+    fn multi_inclusion(&self, ranges: &[(u64, u64)]) -> Result<Value, NotaryError> {
+        let count: u64 = ranges.iter().map(|(a, b)| b.saturating_sub(*a) + 1).sum();
+        if ranges.iter().any(|(a, b)| a > b) || count > Self::MAX_PROVEN {
+            return Err(ProofError::Unordered.into());
+        }
+        let seqs: Vec<u64> = ranges.iter().flat_map(|(a, b)| *a..=*b).collect();
+        let c = self.checkpoint(self.published())?;
+        let proof = self.read().multi_inclusion(&seqs, c.tree_size)?;
+        Ok(json!({"tree_size": c.tree_size, "proof": proof.iter().map(|h| h.to_hex()).collect::<Vec<_>>(), "checkpoint": c}))
     }
 
     fn consistency(&self, from: u64, to: u64) -> Result<Value, NotaryError> {

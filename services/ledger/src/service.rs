@@ -832,8 +832,11 @@ async fn serve_proofs(client: async_nats::Client, js: jetstream::Context, notary
             let subject = msg.subject.to_string();
             tokio::task::spawn_blocking(move || notary.answer(&subject, &msg.payload)).await.map_err(|e| LedgerError::Task(e.to_string()))?
         };
-        if msg.subject.as_str() == CHECKPOINT_SUBJECT && answer.get("code").is_none() {
-            if let Ok(c) = serde_json::from_value::<custody_proto::Checkpoint>(answer.clone()) {
+        // A checkpoint handed out (alone, or with a proof) is published, so
+        // that what a certificate rests on is on the public record.
+        let issued = if msg.subject.as_str() == CHECKPOINT_SUBJECT { Some(answer.clone()) } else { answer.get("checkpoint").cloned() };
+        if answer.get("code").is_none() {
+            if let Some(Ok(c)) = issued.map(serde_json::from_value::<custody_proto::Checkpoint>) {
                 if notary.first_announcement(c.tree_size) && !publish_checkpoint(&js, &c).await {
                     notary.forget_announcement(c.tree_size);
                 }

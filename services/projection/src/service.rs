@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 
 use chrono::NaiveDate;
 use custody_wire::follow::{FollowError, Reader};
-use custody_wire::query::{ActorQuery, AdmissibilityQuery, AnswerCode, LotQuery};
+use custody_wire::query::{ActorQuery, AdmissibilityQuery, AnswerCode, CertificateQuery, LotQuery, VerifyCertificateQuery};
 use custody_wire::subjects;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -207,19 +207,19 @@ fn answer_or_error(state: &State, subject: &str, body: &[u8]) -> Result<Value, V
         subjects::QUERY_ACTOR => {
             let ActorQuery { key } = query(body)?;
             return match state.actors.get(&key) {
-                Some(a) => Ok(json!({"key": key, "name": a.name, "country": a.country, "roles": a.roles, "revoked": a.revoked})),
+                Some(a) => Ok(json!({"key": key, "name": a.name, "country": a.country, "roles": a.roles, "revoked": a.revoked, "registered": a.registered})),
                 None => Err(error(AnswerCode::UnknownActor, format!("{:?} is not a registered actor", custody_proto::ids::truncate(&key)))),
             };
+        }
+        subjects::QUERY_CERTIFICATE => return certificate(state, query(body)?),
+        subjects::QUERY_VERIFY_CERTIFICATE => {
+            let VerifyCertificateQuery { certificate, key, rules } = query(body)?;
+            return Ok(json!(crate::certificate::verify(&certificate, &key, &rules)));
         }
         subjects::QUERY_ORIGIN | subjects::QUERY_GENEALOGY | subjects::QUERY_ADMISSIBILITY => {}
         _ => return Err(error(AnswerCode::BadRequest, format!("no query {}", custody_proto::ids::truncate(subject)))),
     }
-    let lot_of = |id: &str| {
-        state.lots.get(id).ok_or_else(|| {
-            let shown = custody_proto::ids::truncate(id);
-            error(AnswerCode::UnknownLot, format!("lot {shown:?} is not in the projection (up to seq {})", state.checkpoint.map_or(0, |c| c.0)))
-        })
-    };
+    let lot_of = |id: &str| lot_of(state, id);
     if subject != subjects::QUERY_ADMISSIBILITY {
         let LotQuery { lot } = query(body)?;
         let lot = lot_of(&lot)?;
@@ -227,20 +227,67 @@ fn answer_or_error(state: &State, subject: &str, body: &[u8]) -> Result<Value, V
     }
     let AdmissibilityQuery { lot, rules, date } = query(body)?;
     let lot = lot_of(&lot)?;
+    let date = parse_date(date)?;
+    let set = rule_set(&rules)?;
+    Ok(view::admissibility(&state.answerable(lot), &set, date))
+}
+
+fn lot_of<'a>(state: &'a State, id: &str) -> Result<&'a view::Lot, Value> {
+    state.lots.get(id).ok_or_else(|| {
+        let shown = custody_proto::ids::truncate(id);
+        error(AnswerCode::UnknownLot, format!("lot {shown:?} is not in the projection (up to seq {})", state.checkpoint.map_or(0, |c| c.0)))
+    })
+}
+
+fn parse_date(date: Option<String>) -> Result<NaiveDate, Value> {
     let Some(date) = date else { return Err(error(AnswerCode::InvalidDate, "a date (YYYY-MM-DD) is needed")) };
-    let Ok(date) = NaiveDate::parse_from_str(&date, "%Y-%m-%d") else {
-        return Err(error(AnswerCode::InvalidDate, format!("{:?} is not a date of the form YYYY-MM-DD", custody_proto::ids::truncate(&date))));
-    };
+    NaiveDate::parse_from_str(&date, "%Y-%m-%d")
+        .map_err(|_| error(AnswerCode::InvalidDate, format!("{:?} is not a date of the form YYYY-MM-DD", custody_proto::ids::truncate(&date))))
+}
+
+/// A preset's name or a rule file's text, loaded.
+fn rule_set(rules: &str) -> Result<RuleSet, Value> {
     if rules.len() > MAX_INLINE_RULES {
         let why =
             format!("the inline rule set is {} bytes; at most {MAX_INLINE_RULES} bytes (and {} rules) are accepted", rules.len(), crate::rules::MAX_RULES);
         return Err(error(AnswerCode::RulesTooLarge, why));
     }
-    match RuleSet::load(&rules) {
-        Ok(set) => Ok(view::admissibility(&state.answerable(lot), &set, date)),
-        Err(e @ crate::rules::RuleError::Unknown(_)) => Err(error(AnswerCode::UnknownRules, e.to_string())),
-        Err(e) => Err(error(AnswerCode::InvalidRules, e.to_string())),
+    RuleSet::load(rules).map_err(|e| match e {
+        crate::rules::RuleError::Unknown(_) => error(AnswerCode::UnknownRules, e.to_string()),
+        e => error(AnswerCode::InvalidRules, e.to_string()),
+    })
+}
+
+/// Most rule sets one certificate is made under.
+const MAX_CERTIFICATE_RULES: usize = 8;
+
+/// The answers an origin certificate claims, and the seqs of the entries
+/// they rest on (as inclusive ranges), from one reading of the state.
+fn certificate(state: &State, q: CertificateQuery) -> Result<Value, Value> {
+    let lot = lot_of(state, &q.lot)?;
+    let date = parse_date(Some(q.date))?;
+    if q.rules.is_empty() || q.rules.len() > MAX_CERTIFICATE_RULES {
+        return Err(error(AnswerCode::InvalidRules, format!("a certificate is made under 1 to {MAX_CERTIFICATE_RULES} rule sets")));
     }
+    let answerable = state.answerable(lot);
+    let mut rules = Vec::new();
+    let mut admissibility = Vec::new();
+    for r in &q.rules {
+        let set = rule_set(r)?;
+        let text = crate::rules::PRESETS.iter().find(|(n, _)| *n == r).map_or_else(|| r.clone(), |(_, t)| (*t).to_owned());
+        admissibility.push(view::admissibility(&answerable, &set, date));
+        rules.push(json!({"name": set.name, "text": text}));
+    }
+    let seqs = crate::certificate::history(state, lot);
+    Ok(json!({
+        "lot": lot.lot,
+        "date": date.to_string(),
+        "origin": view::origin(&answerable),
+        "admissibility": admissibility,
+        "rules": rules,
+        "seqs": custody_proto::certificate::ranges(&seqs),
+        "as_of": state.checkpoint.map_or(0, |c| c.0),
+    }))
 }
 
 fn node(l: &view::Lot) -> Value {
@@ -278,6 +325,19 @@ async fn serve(client: async_nats::Client, state: Shared) -> Result<(), Projecti
     let mut sub = client.queue_subscribe("custody.query.>", subjects::PROJECTION_GROUP.to_owned()).await.map_err(|e| ProjectionError::Serve(e.to_string()))?;
     while let Some(msg) = sub.next().await {
         let Some(reply) = msg.reply else { continue };
+        // Checking a certificate needs no state: off the query loop and
+        // without the lock.
+        if msg.subject.as_str() == subjects::QUERY_VERIFY_CERTIFICATE {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let answer = tokio::task::spawn_blocking(move || answer(&State::default(), subjects::QUERY_VERIFY_CERTIFICATE, &msg.payload))
+                    .await
+                    .unwrap_or_else(|_| error(AnswerCode::Internal, "the certificate check failed"));
+                let body = within_limit(answer.to_string(), client.server_info().max_payload);
+                let _ = client.publish(reply, body.into()).await;
+            });
+            continue;
+        }
         let answer = match state.read() {
             Ok(s) => answer(&s, msg.subject.as_str(), &msg.payload),
             Err(_) => error(AnswerCode::Internal, "state lock poisoned"),

@@ -125,6 +125,9 @@ pub struct Lot {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Actor {
     pub name: String,
+    /// The entry that registered it (0 in states saved before it was kept).
+    #[serde(default)]
+    pub registered: u64,
     pub country: Option<Country>,
     pub roles: Vec<Role>,
     /// Withdrawn by the authority (`actor.revoked`).
@@ -233,6 +236,16 @@ impl State {
             return Err(ApplyError::Gap { seq: entry.seq, expected: next });
         }
         entry.check_after(self.checkpoint)?;
+        self.apply_unlinked(entry, dirty)?;
+        self.checkpoint = Some((entry.seq, entry.hash));
+        Ok(true)
+    }
+
+    /// Applies an entry whose place in the ledger is proven otherwise (a
+    /// certificate's Merkle proof): neither its seq nor its link is checked
+    /// against what was applied before, and the checkpoint does not move.
+    /// What the entry refers to and is not here becomes a [`Gap`].
+    pub fn apply_unlinked(&mut self, entry: &Entry, dirty: &mut Dirty) -> Result<(), ApplyError> {
         let unreadable = |why: String| ApplyError::Unreadable { seq: entry.seq, why };
         let payload = custody_proto::Opened::payload_of(&entry.envelope).map_err(|r| unreadable(r.to_string()))?;
         let event = Event::decode(&payload).map_err(|r| unreadable(r.to_string()))?;
@@ -251,8 +264,7 @@ impl State {
             vouched: vouched.clone(),
         };
         self.apply_event(&event, entry.seq, late, &step, dirty);
-        self.checkpoint = Some((entry.seq, entry.hash));
-        Ok(true)
+        Ok(())
     }
 
     fn actor_country(&self, key: &ActorKey) -> Option<Country> {
@@ -266,7 +278,8 @@ impl State {
         let date = event.occurred_at.as_datetime().date_naive();
         match &event.body {
             Body::ActorRegistered { subject, name, roles, country } => {
-                self.actors.insert(subject.to_string(), Actor { name: name.clone(), country: Some(*country), roles: roles.clone(), revoked: false });
+                self.actors
+                    .insert(subject.to_string(), Actor { name: name.clone(), registered: seq, country: Some(*country), roles: roles.clone(), revoked: false });
                 dirty.actors.insert(subject.to_string());
             }
             Body::ActorRevoked { subject, .. } => {

@@ -1,0 +1,164 @@
+//! Customs filings filled from an origin certificate's claims, so that
+//! every line a filing states is one the certificate proves. Pure: a
+//! certificate in, a filing out.
+//!
+//! - `us-country-of-mining`: one line per country of mining with its carats
+//!   and share, the country of origin, and the self-certification CBP asks
+//!   for on entry (CBP Form 167-style text, from 2025-01-27).
+//! - `eu-due-diligence`: the origin facts of the EU's due diligence
+//!   statement on diamond origin, for a polished stone over 0.50 ct.
+//! - `kp-mining-countries`: every country of mining of a rough lot, with
+//!   percentages, as a Kimberley Process certificate for mixed rough must
+//!   now list them (EU 16th package, from 2025-03-01).
+
+use custody_proto::certificate::OriginCertificate;
+use serde_json::{json, Value};
+
+pub const FORMS: [&str; 3] = ["us-country-of-mining", "eu-due-diligence", "kp-mining-countries"];
+
+/// The text an importer certifies on a US entry of non-industrial diamonds.
+pub const US_SELF_CERTIFICATION: &str = "I certify that the non-industrial diamonds in this entry were not mined, extracted, produced, or manufactured wholly or in part in the Russian Federation, notwithstanding whether such diamonds have been substantially transformed into another product outside of the Russian Federation.";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilingError {
+    #[error("no form {0:?}; forms are us-country-of-mining, eu-due-diligence, kp-mining-countries")]
+    UnknownForm(String),
+    #[error("{0}")]
+    NotApplicable(String),
+}
+
+/// Carats per country of mining: the lot's hundredths split by the shares
+/// (largest remainder), so the lines add up to the lot.
+fn carats_by_country(origin: &Value) -> Vec<(String, String, String)> {
+    let total: u64 = origin["carats"].as_str().and_then(|c| c.parse::<custody_proto::Carats>().ok()).map_or(0, |c| c.hundredths());
+    let shares: Vec<(String, String, u64)> = origin["mine_origin"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let share = s["share"].as_str().unwrap_or("0").to_owned();
+            let tt = share.parse::<custody_proto::Share>().map_or(0, |s| u64::from(s.ten_thousandths()));
+            (s["country"].as_str().unwrap_or("unknown").to_owned(), share, tt)
+        })
+        .collect();
+    let mut parts: Vec<(usize, u64, u64)> = shares.iter().enumerate().map(|(i, s)| (i, total * s.2 / 10_000, total * s.2 % 10_000)).collect();
+    let mut left = total.saturating_sub(parts.iter().map(|p| p.1).sum());
+    parts.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.cmp(&b.0)));
+    for p in parts.iter_mut() {
+        if left == 0 {
+            break;
+        }
+        if p.2 > 0 {
+            p.1 += 1;
+            left -= 1;
+        }
+    }
+    parts.sort_by_key(|p| p.0);
+    parts.into_iter().map(|(i, h, _)| (shares[i].0.clone(), custody_proto::units::show_hundredths(h), shares[i].1.clone())).collect()
+}
+
+fn verdict_under<'a>(cert: &'a OriginCertificate, prefix: &str) -> Option<&'a Value> {
+    cert.claims.admissibility.iter().find(|a| a["rules"].as_str().is_some_and(|r| r.starts_with(prefix)))
+}
+
+/// Fills `form` from the certificate whose id (blake3 of its file) is `id`.
+pub fn fill(form: &str, cert: &OriginCertificate, id: &str) -> Result<Value, FilingError> {
+    let o = &cert.claims.origin;
+    let backed = json!({"id": id, "lot": cert.lot, "date": cert.date, "checkpoint": {"tree_size": cert.checkpoint.tree_size, "root": cert.checkpoint.root}});
+    let lines: Vec<Value> =
+        carats_by_country(o).into_iter().map(|(country, carats, share)| json!({"country_of_mining": country, "carats": carats, "share": share})).collect();
+    let countries: Vec<&str> = lines.iter().filter_map(|l| l["country_of_mining"].as_str()).collect();
+    let traced = o["traced"].as_bool().unwrap_or(false);
+    match form {
+        "us-country-of-mining" => {
+            let russian = countries.iter().any(|c| *c == "RU");
+            let unknown = countries.iter().any(|c| *c == "unknown") || !traced;
+            let certification = if russian {
+                json!({"text": null, "cannot_certify": "part of this lot was mined in the Russian Federation"})
+            } else if unknown {
+                json!({"text": null, "cannot_certify": "part of this lot has unknown or only claimed origin"})
+            } else {
+                json!({"text": US_SELF_CERTIFICATION})
+            };
+            Ok(json!({
+                "form": form,
+                "lot": cert.lot,
+                "carats": o["carats"],
+                "country_of_origin": o["customs_origin"],
+                "lines": lines,
+                "self_certification": certification,
+                "verdict": verdict_under(cert, "us-").map(|a| json!({"rules": a["rules"], "verdict": a["verdict"]})),
+                "certificate": backed,
+            }))
+        }
+        "eu-due-diligence" => {
+            let carats = o["carats"].as_str().and_then(|c| c.parse::<custody_proto::Carats>().ok()).map_or(0, |c| c.hundredths());
+            if o["state"] != "polished" || carats <= 50 {
+                return Err(FilingError::NotApplicable(format!(
+                    "the EU due diligence statement concerns polished stones over 0.50 ct; {} is {} and {} ct",
+                    cert.lot,
+                    o["state"].as_str().unwrap_or("?"),
+                    o["carats"].as_str().unwrap_or("?")
+                )));
+            }
+            let verified: Vec<&Value> = o["path"].as_array().into_iter().flatten().filter(|s| s["vouched"]["by"] == "verified").collect();
+            Ok(json!({
+                "form": form,
+                "lot": cert.lot,
+                "carats": o["carats"],
+                "countries_of_mining": lines,
+                "country_of_origin": o["customs_origin"],
+                "kp_origin": o["kp_origin"],
+                "custody_model": o["custody_model"],
+                "traced": traced,
+                "transformations": o["transformations"],
+                "verified_by": verified.iter().map(|s| json!({"verifier": s["vouched"]["verifier"], "verification": s["vouched"]["verification"], "seq": s["seq"]})).collect::<Vec<_>>(),
+                "warnings": o["warnings"],
+                "verdict": verdict_under(cert, "eu-").map(|a| json!({"rules": a["rules"], "verdict": a["verdict"], "reasons": a["reasons"]})),
+                "certificate": backed,
+            }))
+        }
+        "kp-mining-countries" => {
+            if o["state"] != "rough" {
+                return Err(FilingError::NotApplicable(format!("a KP certificate covers rough; {} is {}", cert.lot, o["state"].as_str().unwrap_or("?"))));
+            }
+            let complete = traced && !countries.contains(&"unknown");
+            Ok(json!({
+                "form": form,
+                "lot": cert.lot,
+                "carats": o["carats"],
+                "countries_of_mining": lines.iter().map(|l| json!({"country": l["country_of_mining"], "percent": percent(l["share"].as_str().unwrap_or("0")), "carats": l["carats"]})).collect::<Vec<_>>(),
+                "kp_origin": o["kp_origin"],
+                "every_country_known": complete,
+                "certificate": backed,
+            }))
+        }
+        other => Err(FilingError::UnknownForm(other.chars().take(64).collect())),
+    }
+}
+
+/// `"0.4000"` → `"40.00"`.
+fn percent(share: &str) -> String {
+    let tt = share.parse::<custody_proto::Share>().map_or(0, |s| s.ten_thousandths());
+    format!("{}.{:02}", tt / 100, tt % 100)
+}
+
+/// The filing's lines as CSV (header first): one line per country.
+pub fn csv(filing: &Value) -> String {
+    let lines = filing.get("lines").or_else(|| filing.get("countries_of_mining")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let keys: Vec<String> = lines.first().and_then(Value::as_object).map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let cell = |v: &Value| {
+        let s = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+        if s.contains([',', '"', '\n']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s
+        }
+    };
+    let mut out = format!("form,lot,{},certificate\n", keys.join(","));
+    for l in &lines {
+        let cells: Vec<String> = keys.iter().map(|k| cell(&l[k])).collect();
+        out.push_str(&format!("{},{},{},{}\n", cell(&filing["form"]), cell(&filing["lot"]), cells.join(","), cell(&filing["certificate"]["id"])));
+    }
+    out
+}
