@@ -20,7 +20,7 @@ pub struct OriginArgs {
 #[derive(clap::Args)]
 pub struct AdmissibleArgs {
     lot: String,
-    /// A preset (us-2022, us-2024, eu-2024) or a TOML rule file.
+    /// A preset (us-2022, us-2024, eu-2024, eu-2025, uk-2024) or a TOML rule file.
     #[arg(long)]
     rules: String,
     /// The date of entry, YYYY-MM-DD.
@@ -96,8 +96,13 @@ pub async fn origin(nats: &str, a: OriginArgs) -> anyhow::Result<ExitCode> {
             v["traced"]
         );
         for s in v["path"].as_array().into_iter().flatten() {
+            let vouched = match s["vouched"]["by"].as_str() {
+                Some("verified") => format!("[verified by {} {}]", s["vouched"]["verifier"].as_str().unwrap_or("?"), s["vouched"]["verification"].as_str().unwrap_or("")),
+                Some("evidenced") => format!("[evidenced: {} document(s)]", s["vouched"]["evidence"].as_array().map_or(0, Vec::len)),
+                _ => "[declared]".to_owned(),
+            };
             out.push_str(&format!(
-                "\n  seq {:>6} {} {}  {}",
+                "\n  seq {:>6} {} {} {vouched}  {}",
                 s["seq"],
                 s["date"].as_str().unwrap_or(""),
                 s["note"].as_str().unwrap_or(""),

@@ -18,7 +18,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use custody_wire::query::{AnswerCode, ErrorAnswer};
@@ -78,6 +78,8 @@ pub fn router(nats: async_nats::Client) -> Router {
         .route("/v1/lots/{lot}/origin", get(origin))
         .route("/v1/lots/{lot}/admissibility", get(admissibility))
         .route("/v1/lots/{lot}/genealogy", get(genealogy))
+        .route("/v1/lots/{lot}/certificate", get(certificate))
+        .route("/v1/certificates/verify", post(verify_certificate))
         .route("/v1/ledger/entries/{seq}", get(entry))
         .route("/v1/ledger/entries/{seq}/proof", get(proof))
         .route("/v1/ledger/checkpoint", get(checkpoint))
@@ -195,6 +197,54 @@ async fn genealogy(
         return error(AnswerCode::BadAnswer, "the projection's answer is not JSON");
     };
     ([(header::CONTENT_TYPE, "image/svg+xml")], svg::genealogy(&g)).into_response()
+}
+
+/// An origin certificate: `?rules=us-2024,eu-2025&date=YYYY-MM-DD`.
+async fn certificate(State(app): State<App>, lot: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>) -> Response {
+    use custody_wire::certify::CertifyError;
+    let lot = match segment(lot) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let (Some(rules), Some(date)) = (q.get("rules"), q.get("date")) else {
+        return error(AnswerCode::MissingParameter, "a certificate needs ?rules=NAME[,NAME...]&date=YYYY-MM-DD");
+    };
+    let rules: Vec<String> = rules.split(',').map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned).collect();
+    let query = custody_wire::query::CertificateQuery { lot, rules, date: date.clone() };
+    match custody_wire::certify::certify(&app.nats, &query).await {
+        Ok(cert) => Json(cert).into_response(),
+        Err(CertifyError::Answer(e)) => error(e.code, e.message),
+        Err(CertifyError::Request(custody_wire::query::RequestError::Timeout { .. })) => error(AnswerCode::Timeout, "the certificate took too long to make"),
+        Err(e) => error(AnswerCode::Unavailable, e.to_string()),
+    }
+}
+
+/// Checks a posted certificate against `?key=N...`: a projection checks it
+/// from the certificate alone (never from its own state) and recomputes
+/// its answers. Certificates larger than one NATS message are checked
+/// with `custody verify-certificate` instead.
+async fn verify_certificate(State(app): State<App>, Query(q): Query<HashMap<String, String>>, body: axum::body::Bytes) -> Response {
+    let Some(key) = q.get("key") else {
+        return error(AnswerCode::MissingParameter, "give the ledger's public key you trust: ?key=N...");
+    };
+    let certificate: Value = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return Json(json!({"valid": false, "findings": [{"check": "format", "message": format!("the file is not JSON: {e}")}]})).into_response(),
+    };
+    let request = json!({"certificate": certificate, "key": key});
+    let max = app.nats.server_info().max_payload;
+    if request.to_string().len() > max {
+        let why = format!("the certificate is larger than the {max} bytes one NATS message carries; check it with custody verify-certificate");
+        return error(AnswerCode::AnswerTooLarge, why);
+    }
+    let answer = app.query(subjects::QUERY_VERIFY_CERTIFICATE, request).await;
+    if answer.status() != StatusCode::BAD_REQUEST {
+        return answer;
+    }
+    // Not a certificate at all: a finding, not a fault.
+    let Ok(bytes) = axum::body::to_bytes(answer.into_body(), 1 << 20).await else { return error(AnswerCode::BadAnswer, "unreadable answer") };
+    let e: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    Json(json!({"valid": false, "findings": [{"check": "format", "message": e["message"]}]})).into_response()
 }
 
 /// Who is asking, from a signed request (see `custody_proto::request`).
