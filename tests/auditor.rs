@@ -18,11 +18,6 @@ fn audit(sys: &System, key: &str, state: &str) -> (Option<i32>, Value) {
     (out.status.code(), v)
 }
 
-fn ledger_key(sys: &System) -> String {
-    let out = sys.custody(&["ledger", "key", "--data", sys.ledger_dir().to_str().unwrap()], None);
-    stdout(&out).trim().to_owned()
-}
-
 /// `n` mined events, published, and a checkpoint covering them.
 async fn history(sys: &System, m: &nkeys::KeyPair, tag: &str, n: usize) -> u64 {
     for i in 0..n {
@@ -60,7 +55,7 @@ async fn the_auditor_passes_an_honest_ledger_and_catches_an_altered_or_dropped_e
     let mut sys = System::start().await;
     let m = sys.actor("audited", "miner", "CA").await;
     let head = history(&sys, &m, "A", 30).await;
-    let key = ledger_key(&sys);
+    let key = sys.ledger_key();
     let state = sys.dir.path().join("auditor");
     let state = state.to_str().unwrap();
 
@@ -155,7 +150,7 @@ async fn the_auditor_catches_a_ledger_rolled_back_to_an_earlier_store() {
     copy_dir(&sys.ledger_dir(), &snapshot);
     sys.start_ledger().await;
     let late = history(&sys, &m, "S", 15).await;
-    let key = ledger_key(&sys);
+    let key = sys.ledger_key();
     let state = sys.dir.path().join("auditor");
     let state = state.to_str().unwrap();
     let (code, v) = audit(&sys, &key, state);

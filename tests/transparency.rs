@@ -20,14 +20,6 @@ async fn mine(sys: &System, m: &nkeys::KeyPair, tag: &str, n: usize) -> Vec<Rece
     out
 }
 
-fn ledger_key(sys: &System) -> String {
-    let out = sys.custody(&["ledger", "key", "--data", sys.ledger_dir().to_str().unwrap()], None);
-    assert!(out.status.success());
-    let key = stdout(&out).trim().to_owned();
-    assert!(key.starts_with('N'), "a server nkey: {key}");
-    key
-}
-
 fn write(dir: &Path, name: &str, v: &Value) -> String {
     let p = dir.join(name);
     std::fs::write(&p, serde_json::to_vec_pretty(v).unwrap()).unwrap();
@@ -55,7 +47,7 @@ async fn inclusion_and_consistency_proofs_check_offline_and_forgeries_fail() {
     let base = sys.start_gateway();
     let m = sys.actor("prover", "miner", "CA").await;
     let receipts = mine(&sys, &m, "P", 40).await;
-    let key = ledger_key(&sys);
+    let key = sys.ledger_key();
     let dir = sys.dir.path();
 
     // A checkpoint for everything published, and entry 7's proof against it.

@@ -97,7 +97,9 @@ pub async fn origin(nats: &str, a: OriginArgs) -> anyhow::Result<ExitCode> {
         );
         for s in v["path"].as_array().into_iter().flatten() {
             let vouched = match s["vouched"]["by"].as_str() {
-                Some("verified") => format!("[verified by {} {}]", s["vouched"]["verifier"].as_str().unwrap_or("?"), s["vouched"]["verification"].as_str().unwrap_or("")),
+                Some("verified") => {
+                    format!("[verified by {} {}]", s["vouched"]["verifier"].as_str().unwrap_or("?"), s["vouched"]["verification"].as_str().unwrap_or(""))
+                }
                 Some("evidenced") => format!("[evidenced: {} document(s)]", s["vouched"]["evidence"].as_array().map_or(0, Vec::len)),
                 _ => "[declared]".to_owned(),
             };

@@ -423,6 +423,15 @@ impl System {
         serde_json::from_str(stdout(&out).trim()).expect("rebuild prints JSON")
     }
 
+    /// The ledger's public key (`custody ledger key`): what verifiers trust.
+    pub fn ledger_key(&self) -> String {
+        let out = self.custody(&["ledger", "key", "--data", self.ledger_dir().to_str().expect("a UTF-8 path")], None);
+        assert!(out.status.success());
+        let key = stdout(&out).trim().to_owned();
+        assert!(key.starts_with('N'), "a server nkey: {key}");
+        key
+    }
+
     /// Runs the CLI against this system's NATS.
     pub fn custody(&self, args: &[&str], stdin: Option<&str>) -> Output {
         run_cli(&self.nats.url, args, stdin)

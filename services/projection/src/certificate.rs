@@ -102,6 +102,9 @@ pub fn verify(cert: &OriginCertificate, ledger_key: &str, insist: &[String]) -> 
         None => {
             let why = format!("no entry in the certificate makes lot {}: the entry that made it, or one of its ancestors, is missing", cert.lot);
             findings.push(Finding::new(Check::MissingAncestor, why));
+            for gap in &state.gaps {
+                findings.push(Finding::new(Check::MissingAncestor, format!("entry {} {}", gap.seq, gap.why)));
+            }
             None
         }
         Some(lot) => {
