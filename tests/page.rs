@@ -89,3 +89,51 @@ async fn the_page_shows_s1_of_the_worked_example() {
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 20_000, "a screenshot was taken ({size} bytes): {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A lot's page shows how each step is vouched for; the certificate it
+/// links to, handed back to the page, checks out; a tampered one does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_vouching_and_checks_a_certificate_handed_to_it() {
+    use base64::Engine as _;
+    let mut sys = worked_example().await;
+    let node = nkeys::KeyPair::new_user();
+    let a = &sys.authority;
+    let reg = event(
+        a,
+        "reg-ado",
+        "actor.registered",
+        serde_json::json!({"subject": node.public_key(), "name": "Antwerp Diamond Office", "roles": ["verifier"], "country": "BE"}),
+    );
+    sys.accept(a, &reg).await;
+    let mut check =
+        event(&node, "ado-l5", "verified", serde_json::json!({"lots": ["L5"], "carats": "2400.00", "verification": "ADO-L5", "finding": "conforms"}));
+    check["occurred_at"] = serde_json::json!("2024-09-30T08:00:00Z");
+    sys.accept(&node, &check).await;
+    sys.projection_caught_up().await;
+    let base = sys.start_gateway();
+    let profile = sys.dir.path().join("chromium");
+    let dom_of = |url: String| {
+        let profile = profile.clone();
+        tokio::task::spawn_blocking(move || String::from_utf8_lossy(&browse(&profile, &["--dump-dom"], &url).stdout).into_owned())
+    };
+
+    let l5 = dom_of(format!("{base}/?lot=L5&date=2024-11-15")).await.unwrap();
+    assert!(l5.contains(r#"data-vouched="verified""#) && l5.contains("verified by Antwerp Diamond Office (ADO-L5)"), "{}", &l5[..l5.len().min(3000)]);
+    let s1 = dom_of(format!("{base}/?lot=S1&date=2024-11-15")).await.unwrap();
+    assert!(s1.contains(r#"data-vouched="declared""#) && !s1.contains(r#"data-vouched="verified""#));
+    let href = "/v1/lots/S1/certificate?rules=us-2022,us-2024,eu-2024,eu-2025,uk-2024&amp;date=2024-11-15";
+    assert!(s1.contains(href), "the page links to S1's certificate");
+
+    let cert: serde_json::Value = reqwest::get(format!("{base}{}", href.replace("&amp;", "&"))).await.unwrap().json().await.unwrap();
+    assert_eq!(cert["lot"], "S1");
+    let link = |c: &serde_json::Value| {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.to_string());
+        format!("{base}/?lot=S1&date=2024-11-15#certificate={b64}")
+    };
+    let good = dom_of(link(&cert)).await.unwrap();
+    assert!(good.contains(r#"data-valid="true""#), "{}", &good[good.find("id=\"drop\"").unwrap_or(0)..]);
+    let mut tampered = cert.clone();
+    tampered["claims"]["admissibility"][1]["verdict"] = serde_json::json!("admissible");
+    let bad = dom_of(link(&tampered)).await.unwrap();
+    assert!(bad.contains(r#"data-valid="false""#) && bad.contains(r#"data-check="claim_mismatch""#), "{}", &bad[bad.find("id=\"drop\"").unwrap_or(0)..]);
+}
