@@ -71,8 +71,8 @@ pub fn fill(form: &str, cert: &OriginCertificate, id: &str) -> Result<Value, Fil
     let traced = o["traced"].as_bool().unwrap_or(false);
     match form {
         "us-country-of-mining" => {
-            let russian = countries.iter().any(|c| *c == "RU");
-            let unknown = countries.iter().any(|c| *c == "unknown") || !traced;
+            let russian = countries.contains(&"RU");
+            let unknown = countries.contains(&"unknown") || !traced;
             let certification = if russian {
                 json!({"text": null, "cannot_certify": "part of this lot was mined in the Russian Federation"})
             } else if unknown {

@@ -88,7 +88,7 @@ fn build(case: &Value, keys: &HashMap<&str, KeyPair>) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hostile_case_gets_its_code_and_changes_nothing() {
-    let RefusalWorld { sys, miner_ru: miner, miner_bw: miner2, trader, trader2, cutter, revoked } = refusal_world().await;
+    let RefusalWorld { sys, miner_ru: miner, miner_bw: miner2, trader, trader2, cutter, revoked, verifier } = refusal_world().await;
     let authority = KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap();
     let keys: HashMap<&str, KeyPair> = HashMap::from([
         ("miner", miner),
@@ -99,6 +99,7 @@ async fn every_hostile_case_gets_its_code_and_changes_nothing() {
         ("authority", authority),
         ("stranger", KeyPair::new_user()),
         ("revoked", revoked),
+        ("verifier", verifier),
     ]);
     let corpus: Vec<Value> = serde_json::from_str(include_str!("hostile/corpus.json")).unwrap();
     assert!(corpus.len() >= 60, "{} cases", corpus.len());

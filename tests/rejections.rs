@@ -163,6 +163,14 @@ async fn every_rejection_has_its_code_and_changes_nothing() {
             "predates_lot",
         ),
         ("import of an unknown certificate", sign(t, &event(t, "e-nocert", "imported", json!({"certificate": "RU-NOPE-1"}))), "unknown_certificate"),
+        (
+            "a verification number used twice",
+            sign(
+                &w.verifier,
+                &event(&w.verifier, "e-verify-again", "verified", json!({"lots": ["B"], "carats": "50.00", "verification": "V-USED", "finding": "conforms"})),
+            ),
+            "verification_reused",
+        ),
     ];
 
     let mut codes: std::collections::HashSet<&str> = cases.iter().map(|c| c.2).collect();

@@ -28,13 +28,20 @@ fn every_worked_example_event_is_valid_under_the_schema() {
     events.push(json!({"id": "f1", "kind": "flagged", "actor": k, "occurred_at": "2024-01-01T00:00:00Z", "lot": "D1", "reason": "yield"}));
     events.push(json!({"id": "t1", "kind": "transferred", "actor": k, "occurred_at": "2024-01-01T00:00:00Z", "lots": ["D1"], "to": k}));
     events.push(json!({"id": "i1", "kind": "imported", "actor": k, "occurred_at": "2024-01-01T00:00:00Z", "lots": ["D1"]}));
+    let h = "0".repeat(64);
+    events.push(json!({"id": "v1", "kind": "verified", "actor": k, "occurred_at": "2024-01-01T00:00:00Z", "certificate": "AE-2024-0042", "carats": "100.00",
+                       "verification": "ADO-1", "finding": "conforms", "evidence": [{"type": "verification_report", "blake3": h, "reference": "ADO-1"}]}));
+    events.push(json!({"id": "v2", "kind": "verified", "actor": k, "occurred_at": "2024-01-01T00:00:00Z", "lots": ["D1"], "carats": "3.00",
+                       "verification": "ADO-2", "finding": "does_not_conform", "reason": "synthetic stones in the parcel"}));
+    events.push(json!({"id": "m9", "kind": "mined", "actor": k, "occurred_at": "2024-01-01T00:00:00Z", "lot": "M9", "carats": "3.00", "country": "BW",
+                       "evidence": [{"type": "kp_certificate", "sha256": h}, {"type": "scan", "blake3": h}]}));
     for e in &events {
         let errors: Vec<String> = schema.iter_errors(e).map(|x| x.to_string()).collect();
         assert!(errors.is_empty(), "{e}: {errors:?}");
         Event::parse(e.to_string().as_bytes(), now()).unwrap_or_else(|r| panic!("{e}: {r}"));
         kinds.insert(e["kind"].as_str().unwrap().to_owned());
     }
-    assert_eq!(kinds.len(), 10, "every kind is exercised: {kinds:?}");
+    assert_eq!(kinds.len(), 11, "every kind is exercised: {kinds:?}");
 }
 
 #[test]
@@ -65,6 +72,16 @@ fn the_schema_refuses_what_the_ledger_refuses() {
         }),
         json!({"id": "e", "kind": "split", "actor": k, "occurred_at": "2024-09-02T08:00:00Z", "lot": "L1", "into": []}),
         json!({"id": "e", "kind": "imported", "actor": k, "occurred_at": "2024-09-02T08:00:00Z"}),
+        mined(&|v| v["evidence"] = json!("a photo")),
+        mined(&|v| v["evidence"] = json!([{"type": "scan", "sha256": "ABC"}])),
+        mined(&|v| v["evidence"] = json!([{"type": "scan"}])),
+        mined(&|v| v["evidence"] = json!([{"type": "scan", "sha256": "0".repeat(64), "blake3": "0".repeat(64)}])),
+        mined(&|v| v["evidence"] = json!([{"type": "selfie", "sha256": "0".repeat(64)}])),
+        mined(&|v| v["evidence"] = json!([])),
+        json!({"id": "e", "kind": "verified", "actor": k, "occurred_at": "2024-09-02T08:00:00Z", "lots": ["L1"], "carats": "1.00", "verification": "V1", "finding": "does_not_conform"}),
+        json!({"id": "e", "kind": "verified", "actor": k, "occurred_at": "2024-09-02T08:00:00Z", "lots": ["L1"], "certificate": "RU-1", "carats": "1.00", "verification": "V1", "finding": "conforms"}),
+        json!({"id": "e", "kind": "verified", "actor": k, "occurred_at": "2024-09-02T08:00:00Z", "lots": ["L1"], "carats": "1.00", "verification": "V 1", "finding": "conforms"}),
+        json!({"id": "e", "kind": "verified", "actor": k, "occurred_at": "2024-09-02T08:00:00Z", "lots": ["L1"], "carats": "1.00", "verification": "V1", "finding": "fine"}),
     ];
     for v in bad {
         assert!(!schema.is_valid(&v), "schema accepted {v}");

@@ -55,6 +55,15 @@ enum What {
         #[arg(long, default_value_t = 4000)]
         queries: usize,
     },
+    /// Origin certificates by fan-in: time to make and to check one, and
+    /// its size, against reading its entries and checking its signatures.
+    Certificate {
+        #[arg(long, value_delimiter = ',', default_value = "1,1000,100000")]
+        fan_in: Vec<usize>,
+        /// Certificates made and checked per fan-in (the median is shown).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Projection replay rate, against reading the same stream.
     Replay {
         #[arg(long, default_value_t = 1_000_000)]
@@ -70,6 +79,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         What::Ingest { events, producers, window, cluster: None, .. } => (events, producers, window),
         What::Query { fan_in, queries } => {
             super::bench_read::query(&fan_in, queries).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        What::Certificate { fan_in, runs } => {
+            super::bench_read::certificate(&fan_in, runs).await?;
             return Ok(ExitCode::SUCCESS);
         }
         What::Replay { entries } => {

@@ -86,8 +86,10 @@ async fn measure(client: &async_nats::Client, subject: &str, body: &Value, n: us
     Ok(json!({"p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "queries_per_s": qps.round()}))
 }
 
-/// Origin-query latency for stones whose history fans in from `fan_ins` mined lots.
-pub async fn query(fan_ins: &[usize], n: usize) -> anyhow::Result<()> {
+/// Stones whose histories fan in from `fan_ins` mined lots each: mined,
+/// merged a thousand at a time (then the merges), shipped to India, cut into
+/// `STONE-<fan-in>`. Returns the chain and its genesis authority.
+fn fan_in_chain(fan_ins: &[usize]) -> anyhow::Result<(Chain, KeyPair)> {
     let authority = KeyPair::new_user();
     let (miner, cutter) = (KeyPair::new_user(), KeyPair::new_user());
     let mut chain = Chain::new();
@@ -95,8 +97,6 @@ pub async fn query(fan_ins: &[usize], n: usize) -> anyhow::Result<()> {
     chain.register(&authority, &cutter, "manufacturer", "IN")?;
     eprintln!("building histories for fan-ins {fan_ins:?}...");
     for &f in fan_ins {
-        // Mine f lots, merge them a thousand at a time (then the merges),
-        // ship the result to India and cut one stone from it.
         for i in 0..f {
             chain.push(&miner, "mined", json!({"lot": format!("F{f}-{i}"), "carats": "1.00", "country": "RU"}))?;
         }
@@ -131,14 +131,22 @@ pub async fn query(fan_ins: &[usize], n: usize) -> anyhow::Result<()> {
             json!({"lot": top, "process": "cutting_polishing", "country": "IN", "into": [{"lot": format!("STONE-{f}"), "carats": "0.50"}]}),
         )?;
     }
-    let dir = tempdir()?;
-    let (nats, client) = stream_of(&dir, &chain).await?;
+    Ok((chain, authority))
+}
+
+/// A projection over the private stream, caught up to `end`; stopped by
+/// sending on the returned channel.
+async fn projection_on(
+    nats: &NatsServer,
+    client: &async_nats::Client,
+    dir: &std::path::Path,
+    end: u64,
+) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), custody_projection::service::ProjectionError>>)> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: dir.join("projection"), nkey: None };
     let projection = tokio::spawn(custody_projection::run(config, async move {
         let _ = stop_rx.await;
     }));
-    let end = chain.entries.len() as u64;
     loop {
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), client.request(subjects::QUERY_DIGEST, "{}".into())).await {
             let v: Value = serde_json::from_slice(&m.payload)?;
@@ -148,6 +156,16 @@ pub async fn query(fan_ins: &[usize], n: usize) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok((stop_tx, projection))
+}
+
+/// Origin-query latency for stones whose history fans in from `fan_ins` mined lots.
+pub async fn query(fan_ins: &[usize], n: usize) -> anyhow::Result<()> {
+    let (chain, _) = fan_in_chain(fan_ins)?;
+    let dir = tempdir()?;
+    let (nats, client) = stream_of(&dir, &chain).await?;
+    let end = chain.entries.len() as u64;
+    let (stop_tx, projection) = projection_on(&nats, &client, &dir, end).await?;
 
     // Baseline: a bare request-reply round trip on the same server.
     let mut echo = client.subscribe("bench.echo").await?;
@@ -173,6 +191,92 @@ pub async fn query(fan_ins: &[usize], n: usize) -> anyhow::Result<()> {
     println!("{}", json!({"bench": "query", "entries": end, "baseline_request_reply": baseline, "results": rows}));
     let _ = stop_tx.send(());
     projection.await?.context("projection")?;
+    drop(nats);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Origin certificates for stones of each fan-in: time to make one (over
+/// NATS, as `custody certify` does) against reading its entries off the
+/// stream, time to check one offline against verifying its signatures
+/// alone, and its size. The real ledger (its proof service) runs over the
+/// private stream.
+pub async fn certificate(fan_ins: &[usize], runs: usize) -> anyhow::Result<()> {
+    let (chain, authority) = fan_in_chain(fan_ins)?;
+    let dir = tempdir()?;
+    let (nats, client) = stream_of(&dir, &chain).await?;
+    let end = chain.entries.len() as u64;
+    let ledger_dir = dir.join("ledger");
+    let key = custody_ledger::notary::load_or_create_key(&ledger_dir)?.public_key();
+    let config = custody_ledger::Config::new(nats.url.clone(), ledger_dir, authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
+    let (ledger_stop, ledger_rx) = tokio::sync::oneshot::channel::<()>();
+    let ledger = tokio::spawn(custody_ledger::run(config, async move {
+        let _ = ledger_rx.await;
+    }));
+    eprintln!("the ledger catches up on {end} entries (verifying each), and a projection...");
+    loop {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), client.request(subjects::HEAD_SUBJECT, "".into())).await {
+            if serde_json::from_slice::<Value>(&m.payload)?["seq"].as_u64() == Some(end) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (stop_tx, projection) = projection_on(&nats, &client, &dir, end).await?;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut rows = Vec::new();
+    for &f in fan_ins {
+        let query = custody_wire::query::CertificateQuery { lot: format!("STONE-{f}"), rules: vec!["us-2024".into()], date: "2024-11-15".into() };
+        let (mut make, mut read, mut check, mut sigs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut size = 0;
+        let mut entries = 0;
+        for _ in 0..runs.max(1) {
+            let t = Instant::now();
+            let cert = custody_wire::certify::certify(&client, &query).await?;
+            make.push(t.elapsed().as_secs_f64() * 1e3);
+            // Baseline of making: reading the same entries off the stream.
+            let seqs: Vec<u64> = cert.entries.iter().map(|e| e.seq).collect();
+            let t = Instant::now();
+            let reader = custody_wire::follow::Reader::ledger(&client);
+            for (a, b) in custody_proto::certificate::ranges(&seqs) {
+                let mut msgs = std::pin::pin!(reader.range(a, b));
+                while let Some(m) = msgs.next().await {
+                    m?;
+                }
+            }
+            read.push(t.elapsed().as_secs_f64() * 1e3);
+            let bytes = serde_json::to_vec(&cert)?;
+            size = bytes.len();
+            entries = cert.entries.len();
+            let t = Instant::now();
+            let parsed: custody_proto::certificate::OriginCertificate = serde_json::from_slice(&bytes)?;
+            let report = tokio::task::block_in_place(|| custody_projection::certificate::verify(&parsed, &key, &[]));
+            check.push(t.elapsed().as_secs_f64() * 1e3);
+            anyhow::ensure!(report.valid, "the certificate of STONE-{f} does not verify: {:?}", report.findings);
+            // Baseline of checking: the envelopes' signatures alone.
+            let opened: Vec<custody_proto::Opened> =
+                parsed.entries.iter().map(|e| custody_proto::Opened::open(e.envelope.as_bytes().to_vec())).collect::<Result<_, _>>()?;
+            let t = Instant::now();
+            let ok = custody_proto::Opened::verify_all(&opened).iter().all(Result::is_ok);
+            sigs.push(t.elapsed().as_secs_f64() * 1e3);
+            anyhow::ensure!(ok, "signatures");
+        }
+        let (make, read, check, sigs) = (median(make), median(read), median(check), median(sigs));
+        let r2 = |x: f64| (x * 100.0).round() / 100.0;
+        rows.push(json!({
+            "fan_in": f, "entries": entries, "bytes": size, "bytes_per_entry": size / entries.max(1),
+            "make_ms": r2(make), "baseline_read_entries_ms": r2(read), "make_over_read": r2(make / read),
+            "verify_ms": r2(check), "baseline_signatures_ms": r2(sigs), "verify_over_signatures": r2(check / sigs),
+        }));
+    }
+    println!("{}", json!({"bench": "certificate", "ledger_entries": end, "runs": runs, "results": rows}));
+    let _ = stop_tx.send(());
+    projection.await?.context("projection")?;
+    let _ = ledger_stop.send(());
+    ledger.await?.context("ledger")?;
     drop(nats);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -443,7 +443,8 @@ impl System {
 /// and `B` 50 ct; `SP` is consumed (split into `SP1`, `SP2`); `X` is in
 /// transit to the trader under `RU-X-1`; the cutter holds rough `K2` 5 ct
 /// and polished `P1` 12 ct (cut from `K`). The event id `mine-A` is used.
-/// `revoked` is a miner in RU whom the authority has revoked.
+/// `revoked` is a miner in RU whom the authority has revoked. `verifier` is
+/// a verification node that has used the verification number `V-USED` (on `A`).
 pub struct RefusalWorld {
     pub sys: System,
     pub miner_ru: KeyPair,
@@ -452,6 +453,7 @@ pub struct RefusalWorld {
     pub trader2: KeyPair,
     pub cutter: KeyPair,
     pub revoked: KeyPair,
+    pub verifier: KeyPair,
 }
 
 pub async fn refusal_world() -> RefusalWorld {
@@ -483,7 +485,10 @@ pub async fn refusal_world() -> RefusalWorld {
         &event(&cutter, "cut-k", "processed", json!({"lot": "K", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "P1", "carats": "12.00"}]})),
     )
     .await;
-    RefusalWorld { sys, miner_ru, miner_bw, trader, trader2, cutter, revoked }
+    let verifier = sys.actor("verifier", "verifier", "BE").await;
+    let v = &verifier;
+    sys.accept(v, &event(v, "verify-a", "verified", json!({"lots": ["A"], "carats": "100.00", "verification": "V-USED", "finding": "conforms"}))).await;
+    RefusalWorld { sys, miner_ru, miner_bw, trader, trader2, cutter, revoked, verifier }
 }
 
 /// NATS, a ledger and a projection holding DOMAIN.md's worked example.
