@@ -249,6 +249,9 @@ pub async fn certificate(fan_ins: &[usize], runs: usize) -> anyhow::Result<()> {
             }
             read.push(t.elapsed().as_secs_f64() * 1e3);
             let bytes = serde_json::to_vec(&cert)?;
+            if let Some(keep) = std::env::var_os("CUSTODY_BENCH_KEEP") {
+                std::fs::write(std::path::Path::new(&keep).join(format!("certificate-{f}.json")), &bytes)?;
+            }
             size = bytes.len();
             entries = cert.entries.len();
             let t = Instant::now();
