@@ -291,6 +291,12 @@ async fn origin_and_admissibility_table() {
         ("0.72 ct, Russian part left before 2024-09-01: grandfathered", "G1S", Verdict("us-2024", "2024-11-15", "admissible")),
         ("1.20 ct, left Russia before 2024-03-01: grandfathered", "G2S", Verdict("us-2024", "2024-11-15", "admissible")),
         ("1.20 ct, left Russia on 2024-03-01 itself: not grandfathered", "G3S", Verdict("us-2024", "2024-11-15", "prohibited")),
+        // The UK grandfathers by one day for every threshold (GBSAN0002:
+        // outside Russia on 2024-03-01), where the US and EU take each rule's own.
+        ("0.72 ct that left Russia 2024-08-15: not outside Russia on 2024-03-01", "G1S", Verdict("uk-2024", "2024-11-15", "prohibited")),
+        ("the same stone under eu-2024: left before the 0.50 ct rule", "G1S", Verdict("eu-2024", "2024-11-15", "admissible")),
+        ("1.20 ct that left Russia 2024-02-20: covered by GBSAN0002", "G2S", Verdict("uk-2024", "2024-11-15", "admissible")),
+        ("1.20 ct that left Russia on 2024-03-01 itself", "G3S", Verdict("uk-2024", "2024-11-15", "prohibited")),
         ("Russian rough under us-2022", "K1", Verdict("us-2022", "2024-11-15", "prohibited")),
         ("Russian rough under us-2022 before EO 14068", "K1", Verdict("us-2022", "2022-03-10", "admissible")),
         ("Russian rough exported from Russia under eu-2024", "K1", Verdict("eu-2024", "2024-06-01", "prohibited")),
@@ -298,6 +304,9 @@ async fn origin_and_admissibility_table() {
         ("Russian stone cut in India under us-2024", "P1A", Verdict("us-2024", "2024-11-15", "prohibited")),
         ("0.60 ct Russian stone under eu-2024", "P1A", Verdict("eu-2024", "2024-11-15", "prohibited")),
         ("0.30 ct Russian stone under eu-2024", "P1B", Verdict("eu-2024", "2024-11-15", "admissible")),
+        ("0.30 ct Russian stone under uk-2024", "P1B", Verdict("uk-2024", "2024-11-15", "admissible")),
+        ("0.60 ct Russian stone under uk-2024", "P1A", Verdict("uk-2024", "2024-11-15", "prohibited")),
+        ("Russian rough straight to the US, under eu-2025", "K1", Verdict("eu-2025", "2025-04-01", "prohibited")),
         ("Botswanan stone under us-2024", "W1A", Verdict("us-2024", "2024-11-15", "admissible")),
         ("Botswanan stone under eu-2024", "W1A", Verdict("eu-2024", "2024-11-15", "admissible")),
         ("flagged stone", "W1B", Verdict("us-2024", "2024-11-15", "undetermined")),
