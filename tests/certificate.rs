@@ -307,6 +307,23 @@ async fn verification_evidence_and_the_eu_2025_rough_rule() {
     assert_eq!(rule(&old)["finding"], "admissible", "{old}");
     assert!(rule(&old)["text"].as_str().unwrap().contains("ADO-OLD"));
 
+    // The proof service refuses impossible requests with a code, and goes on.
+    for bad in [
+        json!({"ranges": [[5, 3]]}),
+        json!({"ranges": [[0, 18446744073709551615u64]]}),
+        json!({"ranges": [[3, 4], [2, 9]]}),
+        json!({"ranges": "x"}),
+        json!({"ranges": [[1, 99999]]}),
+    ] {
+        let answer = custody_wire::query::request(&sys.client, custody_wire::subjects::PROOF_SUBJECT, &bad, std::time::Duration::from_secs(5)).await.unwrap();
+        assert!(answer["code"].is_string(), "{bad} -> {answer}");
+    }
+    let good =
+        custody_wire::query::request(&sys.client, custody_wire::subjects::PROOF_SUBJECT, &json!({"ranges": [[1, 3]]}), std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
+    assert!(good["proof"].is_array() && good["checkpoint"]["tree_size"].as_u64() > Some(3), "{good}");
+
     // The KP filing for mixed rough names every country of mining.
     let file = sys.dir.path().join("L8.json");
     let o =

@@ -61,4 +61,25 @@ async fn an_on_time_departure_is_grandfathered_and_a_late_one_is_only_claimed() 
     let (o1, o2) = (sys.origin("ONTIME").await, sys.origin("LATE").await);
     assert!(export_step("ONTIME", &o1).get("late_record").is_none(), "{o1}");
     assert_eq!(export_step("LATE", &o2)["late_record"], true, "{o2}");
+
+    // Another fact vouches for it: a verification node inspects the
+    // shipment in the Emirates, recorded on time. The Russian mass was out
+    // of Russia by then, before any rule took effect: grandfathered after all.
+    let node = nkeys::KeyPair::new_user();
+    let mut reg = event(
+        &sys.authority,
+        "reg-node",
+        "actor.registered",
+        json!({"subject": node.public_key(), "name": "Dubai node", "roles": ["verifier"], "country": "AE"}),
+    );
+    at(&mut reg, "2022-01-01T00:00:00Z");
+    sys.accept(&sys.authority, &reg).await;
+    let mut check =
+        event(&node, "check-late", "verified", json!({"certificate": "RU-LATE", "carats": "10.00", "verification": "DXB-1", "finding": "conforms"}));
+    at(&mut check, "2022-02-19T12:00:00Z");
+    sys.accept(&node, &check).await;
+    sys.projection_caught_up().await;
+    let vouched = sys.admissible("LATE", "us-2024", "2024-11-15").await;
+    assert_eq!(vouched["verdict"], "admissible", "{vouched}");
+    assert!(vouched["reasons"].as_array().unwrap().iter().any(|r| r["text"].as_str().unwrap().contains("grandfathered")), "{vouched}");
 }

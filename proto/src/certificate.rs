@@ -216,7 +216,7 @@ pub fn ranges(seqs: &[u64]) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     for &s in seqs {
         match out.last_mut() {
-            Some(last) if last.1 + 1 == s => last.1 = s,
+            Some(last) if last.1.checked_add(1) == Some(s) => last.1 = s,
             _ => out.push((s, s)),
         }
     }

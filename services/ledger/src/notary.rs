@@ -177,7 +177,7 @@ impl Notary {
     /// One proof that every seq of `ranges` is in the tree of the current
     /// checkpoint, with that checkpoint (what an origin certificate carries).
     fn multi_inclusion(&self, ranges: &[(u64, u64)]) -> Result<Value, NotaryError> {
-        let count: u64 = ranges.iter().map(|(a, b)| b.saturating_sub(*a) + 1).sum();
+        let count = ranges.iter().fold(0u64, |n, (a, b)| n.saturating_add(b.saturating_sub(*a)).saturating_add(1));
         if ranges.iter().any(|(a, b)| a > b) || count > Self::MAX_PROVEN {
             return Err(ProofError::Unordered.into());
         }

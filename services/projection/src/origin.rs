@@ -120,6 +120,23 @@ impl Composition {
         }
     }
 
+    /// A fact the ledger vouches for (a verification node inspecting the
+    /// lot in `here`, recorded on time) shows that by `by` the mass mined
+    /// elsewhere had left its country: a departure only claimed becomes
+    /// vouched, at `by` at the latest. Never earlier than claimed, so it
+    /// can only make a grandfathering stricter.
+    pub fn vouch_departures(&mut self, here: Country, by: NaiveDate) {
+        for (part, p) in self.parts.iter_mut() {
+            match (part.source, p.departure) {
+                (Source::Mined(c), Departure::Left(d)) if p.claimed && c != here => {
+                    p.departure = Departure::Left(d.max(by));
+                    p.claimed = false;
+                }
+                _ => {}
+            }
+        }
+    }
+
     pub fn parts(&self) -> impl Iterator<Item = (&Part, &Portion)> {
         self.parts.iter()
     }

@@ -515,6 +515,21 @@ impl State {
                             first.vouched = Vouched { evidence: std::mem::take(&mut first.vouched.evidence), ..vouch.clone() };
                         }
                         lot.verified = Some(format!("{node} {verification}"));
+                        // On time, the inspection vouches that the goods
+                        // were out of every other country by its date
+                        // (DOMAIN.md: a late-recorded departure stays
+                        // claimed unless another fact vouches for it).
+                        if !late {
+                            let here = lot.country;
+                            lot.composition.vouch_departures(here, date);
+                            for c in std::mem::take(&mut lot.exported_claimed) {
+                                if c == here {
+                                    lot.exported_claimed.insert(c);
+                                } else if let Some(d) = lot.exported_from.get_mut(&c) {
+                                    *d = (*d).max(date);
+                                }
+                            }
+                        }
                     } else {
                         lot.verified = None;
                         lot.warnings
