@@ -21,6 +21,8 @@ pub struct Cast {
     pub cutter_in: KeyPair,
     /// Importer U, United States.
     pub importer_us: KeyPair,
+    /// A verification node in Belgium, like the Antwerp Diamond Office.
+    pub verifier_be: KeyPair,
 }
 
 impl Cast {
@@ -34,6 +36,7 @@ impl Cast {
             trader_ae: k("trader-ae")?,
             cutter_in: k("cutter-in")?,
             importer_us: k("importer-us")?,
+            verifier_be: k("verifier-be")?,
         })
     }
 
@@ -124,6 +127,26 @@ impl Cast {
                 ),
             ),
             (u, ev(u, "demo-import-stones", "2024-11-05T08:00:00Z", "imported", json!({"certificate": "IN-2024-7781"}))),
+        ]
+    }
+
+    /// Beyond the worked example: a verification node is registered and
+    /// inspects trader T's remaining rough, `L5`, naming its report by hash.
+    pub fn inspection(&self) -> Vec<(&KeyPair, Value)> {
+        let v = &self.verifier_be;
+        let report = blake3::hash(b"demo verification report ADO-2024-0005").to_hex().to_string();
+        vec![
+            (
+                &self.authority,
+                json!({"id": "demo-reg-v", "kind": "actor.registered", "actor": self.authority.public_key(), "occurred_at": "2024-01-01T00:00:00Z",
+                       "subject": v.public_key(), "name": "Antwerp Diamond Office", "roles": ["verifier"], "country": "BE"}),
+            ),
+            (
+                v,
+                json!({"id": "demo-verify-l5", "kind": "verified", "actor": v.public_key(), "occurred_at": "2024-09-18T08:00:00Z",
+                       "lots": ["L5"], "carats": "2400.00", "verification": "ADO-2024-0005", "finding": "conforms",
+                       "evidence": [{"type": "verification_report", "blake3": report, "reference": "ADO-2024-0005"}]}),
+            ),
         ]
     }
 

@@ -188,6 +188,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         println!("submitting the demo supply chain (DOMAIN.md's worked example); actor keys in {}", a.data.join("keys").display());
         let mut events = cast.worked_example();
         events.push(cast.second_split());
+        events.extend(cast.inspection());
         for (key, payload) in events {
             let envelope = custody_proto::envelope::sign(key, payload.to_string().as_bytes())?;
             let outcome = client::submit(&nc, envelope.into()).await?;
@@ -219,9 +220,15 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         // Reads everything, submits nothing: the gateway's identity.
         println!("  export CUSTODY_NKEY={}   # a read-only identity (the gateway's)", service_dir.join("gateway.nk").display());
     }
-    for args in ["verify", "origin S1", "admissible S1 --rules us-2024 --date 2024-11-15", "genealogy S1"] {
+    for args in
+        ["verify", "origin S1", "admissible S1 --rules us-2024 --date 2024-11-15", "genealogy S1", "origin L5   # rough inspected by a verification node"]
+    {
         println!("  {me} {args}");
     }
+    println!("at the border (README, \"At the border\"):");
+    println!("  {me} certify S1 --rules us-2024 --rules eu-2025 --date 2024-11-15 --out S1.certificate.json");
+    println!("  {me} verify-certificate S1.certificate.json --key {}   # offline, trusting only the ledger key", ledger_key.public_key());
+    println!("  {me} filing S1 --form us-country-of-mining --certificate S1.certificate.json --csv");
     if !a.no_auth {
         let auth = authority_path.display();
         println!("a new actor gets its credentials in three steps:");
