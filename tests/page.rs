@@ -124,8 +124,19 @@ async fn the_page_shows_vouching_and_checks_a_certificate_handed_to_it() {
     let href = "/v1/lots/S1/certificate?rules=us-2022,us-2024,eu-2024,eu-2025,uk-2024&amp;date=2024-11-15";
     assert!(s1.contains(href), "the page links to S1's certificate");
 
-    let cert: serde_json::Value = reqwest::get(format!("{base}{}", href.replace("&amp;", "&"))).await.unwrap().json().await.unwrap();
-    assert_eq!(cert["lot"], "S1");
+    // It carries every party's envelopes: regulators only, by a signed request.
+    let path = href.replace("&amp;", "&");
+    let anonymous = reqwest::get(format!("{base}{path}")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let trader = custody::demo::Cast::load_or_create(nkeys::KeyPair::new_user(), &sys.dir.path().join("keys")).unwrap().trader_ae;
+    let signed = |k: &nkeys::KeyPair| custody_proto::request::sign(k, "GET", &path, custody_proto::Timestamp::now()).unwrap();
+    let http = reqwest::Client::new();
+    let refused = http.get(format!("{base}{path}")).header("authorization", signed(&trader)).send().await.unwrap();
+    assert_eq!(refused.status(), 403, "a trader may not have every party's envelopes");
+    let regulator = sys.actor("customs", "regulator", "US").await;
+    sys.projection_caught_up().await;
+    let cert: serde_json::Value = http.get(format!("{base}{path}")).header("authorization", signed(&regulator)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(cert["lot"], "S1", "{cert}");
     let link = |c: &serde_json::Value| {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.to_string());
         format!("{base}/?lot=S1&date=2024-11-15#certificate={b64}")

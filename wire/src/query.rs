@@ -37,6 +37,9 @@ pub enum AnswerCode {
     MissingParameter,
     /// A signed HTTP request whose signature or time does not verify.
     BadCredentials,
+    /// A caller who is who it says, but may not have this answer (an
+    /// origin certificate carries every party's envelopes: regulators only).
+    NotPermitted,
     /// What answered is not what it should have been (not JSON, an entry
     /// whose hash does not verify).
     BadAnswer,

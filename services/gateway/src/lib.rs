@@ -57,7 +57,7 @@ fn status(code: AnswerCode) -> StatusCode {
     match code {
         UnknownLot | NotInTree | TreeTooSmall | UnknownEntry | NotFound => StatusCode::NOT_FOUND,
         BadCredentials => StatusCode::UNAUTHORIZED,
-        UnknownActor | ActorRevoked => StatusCode::FORBIDDEN,
+        UnknownActor | ActorRevoked | NotPermitted => StatusCode::FORBIDDEN,
         Internal | BadAnswer | BadEntry => StatusCode::BAD_GATEWAY,
         Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -199,9 +199,28 @@ async fn genealogy(
     ([(header::CONTENT_TYPE, "image/svg+xml")], svg::genealogy(&g)).into_response()
 }
 
-/// An origin certificate: `?rules=us-2024,eu-2025&date=YYYY-MM-DD`.
-async fn certificate(State(app): State<App>, lot: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>) -> Response {
+/// An origin certificate: `?rules=us-2024,eu-2025&date=YYYY-MM-DD`. It
+/// carries every envelope of the lot's history, with the parties' keys and
+/// prices that entries show only to regulators and parties: so it goes only
+/// to a signed request from a regulator.
+async fn certificate(
+    State(app): State<App>,
+    lot: Result<Path<String>, PathRejection>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
     use custody_wire::certify::CertifyError;
+    let path = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+    match caller(&app, &headers, "GET", &path).await {
+        Ok(Some(c)) if c.regulator => {}
+        Ok(Some(c)) => return error(AnswerCode::NotPermitted, format!("{} is not a regulator; a certificate carries every party's envelopes", c.key)),
+        Ok(None) => {
+            let why = "a certificate carries every envelope of the lot's history, with the parties' keys and prices: sign the request as a regulator (Authorization: Custody <key>:<time>:<signature>), or run custody certify with a regulator's key";
+            return error(AnswerCode::BadCredentials, why);
+        }
+        Err(r) => return r,
+    }
     let lot = match segment(lot) {
         Ok(l) => l,
         Err(r) => return r,
@@ -456,7 +475,16 @@ mod tests {
     #[test]
     fn every_answer_code_has_one_status() {
         use AnswerCode::*;
-        let table = [(UnknownLot, 404), (BadCredentials, 401), (ActorRevoked, 403), (Timeout, 504), (Unavailable, 503), (Internal, 502), (InvalidDate, 400)];
+        let table = [
+            (UnknownLot, 404),
+            (BadCredentials, 401),
+            (ActorRevoked, 403),
+            (NotPermitted, 403),
+            (Timeout, 504),
+            (Unavailable, 503),
+            (Internal, 502),
+            (InvalidDate, 400),
+        ];
         for (code, want) in table {
             assert_eq!(status(code).as_u16(), want, "{code:?}");
         }
