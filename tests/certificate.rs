@@ -207,6 +207,34 @@ async fn s1s_certificate_verifies_offline_and_recomputes_the_live_verdicts_and_e
     let other = KeyPair::new_server().public_key();
     assert!(checks(&check(&sys, &cert, &other)).contains(&"checkpoint_signature".to_owned()));
 
+    // Any one byte changed anywhere in the file: it no longer reads as a
+    // certificate, or it does not check out.
+    let bytes = std::fs::read(&file).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut undetected = Vec::new();
+    let mut checked = 0;
+    for _ in 0..400 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let at = (state % bytes.len() as u64) as usize;
+        let mut flipped = bytes.clone();
+        flipped[at] = match flipped[at] {
+            b'0'..=b'8' => flipped[at] + 1,
+            b'9' => b'0',
+            b'a'..=b'y' | b'A'..=b'Y' => flipped[at] + 1,
+            other => other ^ 0x01,
+        };
+        if let Ok(c) = serde_json::from_slice::<OriginCertificate>(&flipped) {
+            checked += 1;
+            if c != cert && custody_projection::certificate::verify(&c, &key, &[]).valid {
+                undetected.push(format!("byte {at}: {:?}", String::from_utf8_lossy(&bytes[at.saturating_sub(30)..(at + 30).min(bytes.len())])));
+            }
+        }
+    }
+    assert!(undetected.is_empty(), "changes that still check out:\n{}", undetected.join("\n"));
+    assert!(checked > 200, "most changes still read as a certificate, and were checked: {checked}");
+
     // Filings name the certificate that backs them.
     let id = format!("blake3:{}", blake3::hash(&std::fs::read(&file).unwrap()).to_hex());
     let o = sys.custody(&["filing", "S1", "--form", "us-country-of-mining", "--certificate", file.to_str().unwrap(), "--json"], None);

@@ -158,6 +158,9 @@ fn recompute(cert: &OriginCertificate, state: &State, lot: &Lot, insist: &[Strin
                 continue;
             }
         };
+        if set.name != r.name {
+            findings.push(Finding::new(Check::RulesMismatch, format!("the rule set named {} in the certificate is {} by its text", r.name, set.name)));
+        }
         let answer = view::admissibility(&lot, &set, date);
         if cert.claims.admissibility.get(i) != Some(&answer) {
             let claimed = cert.claims.admissibility.get(i).and_then(|a| a.get("verdict")).cloned().unwrap_or_default();
