@@ -258,6 +258,9 @@ fn rule_set(rules: &str) -> Result<RuleSet, Value> {
     })
 }
 
+/// Certificates one projection checks at once.
+const CERTIFICATE_CHECKS: usize = 2;
+
 /// Most rule sets one certificate is made under.
 const MAX_CERTIFICATE_RULES: usize = 8;
 
@@ -323,13 +326,21 @@ fn genealogy(state: &State, lot: &view::Lot) -> Value {
 
 async fn serve(client: async_nats::Client, state: Shared) -> Result<(), ProjectionError> {
     let mut sub = client.queue_subscribe("custody.query.>", subjects::PROJECTION_GROUP.to_owned()).await.map_err(|e| ProjectionError::Serve(e.to_string()))?;
+    let checks = Arc::new(tokio::sync::Semaphore::new(CERTIFICATE_CHECKS));
     while let Some(msg) = sub.next().await {
         let Some(reply) = msg.reply else { continue };
         // Checking a certificate needs no state: off the query loop and
-        // without the lock.
+        // without the lock, a few at a time (anyone may ask, and each
+        // costs up to a megabyte of signatures): the rest are told to retry.
         if msg.subject.as_str() == subjects::QUERY_VERIFY_CERTIFICATE {
             let client = client.clone();
+            let Ok(permit) = checks.clone().try_acquire_owned() else {
+                let busy = error(AnswerCode::Unavailable, format!("{CERTIFICATE_CHECKS} certificates are being checked; try again in a moment"));
+                let _ = client.publish(reply, busy.to_string().into()).await;
+                continue;
+            };
             tokio::spawn(async move {
+                let _permit = permit;
                 let answer = tokio::task::spawn_blocking(move || answer(&State::default(), subjects::QUERY_VERIFY_CERTIFICATE, &msg.payload))
                     .await
                     .unwrap_or_else(|_| error(AnswerCode::Internal, "the certificate check failed"));
