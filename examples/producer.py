@@ -10,6 +10,13 @@ a receipt {"id", "seq", "hash", "recorded_at"} or a refusal {"id", "code",
 "message"}. Exit status 0 for a receipt, 1 for a refusal.
 
     CUSTODY_NATS=nats://127.0.0.1:4222 python3 producer.py KEYFILE LOT CARATS COUNTRY
+
+With `--batch N` it records N lots (LOT-1 .. LOT-N, CARATS each) in one
+batch request instead: the envelopes one per line, with the header
+`Custody-Batch: ndjson`; the ledger answers a JSON array with each
+envelope's outcome, in order, exactly as if each had been sent alone. It
+prints the array; exit status 0 if every one was receipted. This is for
+bulk loads: a cutting centre's day of output, historical stock.
 """
 
 import asyncio
@@ -74,15 +81,9 @@ def envelope(key: SigningKey, event: dict) -> bytes:
     }).encode()
 
 
-async def main() -> int:
-    if len(sys.argv) != 5:
-        print(__doc__, file=sys.stderr)
-        return 2
-    key_file, lot, carats, country = sys.argv[1:]
-    key = load_seed(key_file)
-    actor = public_nkey(key)
+def mined(actor: str, lot: str, carats: str, country: str) -> dict:
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    event = {
+    return {
         "id": f"py-{lot}",
         "kind": "mined",
         "actor": actor,
@@ -91,6 +92,20 @@ async def main() -> int:
         "carats": carats,
         "country": country,
     }
+
+
+async def main() -> int:
+    args = sys.argv[1:]
+    batch = None
+    if len(args) == 6 and args[4] == "--batch" and args[5].isdigit():
+        batch = int(args[5])
+        args = args[:4]
+    if len(args) != 4:
+        print(__doc__, file=sys.stderr)
+        return 2
+    key_file, lot, carats, country = args
+    key = load_seed(key_file)
+    actor = public_nkey(key)
     # Connect as the actor itself: the server admits registered keys only,
     # and lets each read replies on its own inbox prefix only.
     with open(key_file) as f:
@@ -101,13 +116,20 @@ async def main() -> int:
         inbox_prefix=f"_INBOX_{actor}",
         allow_reconnect=False,
     )
+    subject = f"custody.submit.{actor}"
     try:
-        reply = await nc.request(f"custody.submit.{actor}", envelope(key, event), timeout=10)
+        if batch is None:
+            reply = await nc.request(subject, envelope(key, mined(actor, lot, carats, country)), timeout=10)
+        else:
+            lines = [envelope(key, mined(actor, f"{lot}-{i}", carats, country)) for i in range(1, batch + 1)]
+            reply = await nc.request(subject, b"\n".join(lines), timeout=30, headers={"Custody-Batch": "ndjson"})
     finally:
         await nc.close()
     answer = json.loads(reply.data)
     print(json.dumps(answer))
-    return 0 if "seq" in answer else 1
+    if batch is None:
+        return 0 if "seq" in answer else 1
+    return 0 if isinstance(answer, list) and all("seq" in a for a in answer) else 1
 
 
 if __name__ == "__main__":

@@ -49,12 +49,67 @@ pub async fn submit_to(client: &async_nats::Client, subject: String, raw: Bytes)
 /// [`submit_to`] waiting at most `attempt` for each answer before sending
 /// the same bytes again.
 pub async fn submit_patiently(client: &async_nats::Client, subject: String, raw: Bytes, attempt: Duration) -> anyhow::Result<Outcome> {
+    let answer = request_patiently(client, subject, None, raw, attempt).await?;
+    serde_json::from_slice(&answer).context("the ledger's answer is not an outcome")
+}
+
+/// Sends envelopes as batch requests (`Custody-Batch: ndjson`): each run of
+/// one signer's envelopes on its subject, at most
+/// [`subjects::BATCH_MAX_ENVELOPES`] and one NATS message each, runs one
+/// after the other. The outcomes, in order, are each what the envelope
+/// alone would have got; a batch sent again after no answer is answered
+/// the same (event ids make a retry harmless).
+pub async fn submit_batch(client: &async_nats::Client, envelopes: &[Bytes]) -> anyhow::Result<Vec<Outcome>> {
+    // Room for the headers and the protocol line.
+    let max_bytes = client.server_info().max_payload.saturating_sub(4096).max(1);
+    let mut out = Vec::with_capacity(envelopes.len());
+    let mut i = 0;
+    while i < envelopes.len() {
+        let key = signer(&envelopes[i]);
+        let mut body = Vec::new();
+        let mut n = 0;
+        while let Some(e) = envelopes.get(i + n) {
+            let fits = n == 0 || (n < subjects::BATCH_MAX_ENVELOPES && body.len() + e.len() < max_bytes);
+            if !fits || signer(e) != key {
+                break;
+            }
+            body.extend_from_slice(e);
+            body.push(b'\n');
+            n += 1;
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(subjects::HDR_BATCH, subjects::BATCH_NDJSON);
+        let answer = request_patiently(client, subjects::submit(&key), Some(headers), body.into(), Duration::from_secs(30)).await?;
+        let outcomes: Vec<Outcome> = match serde_json::from_slice(&answer) {
+            Ok(o) => o,
+            // The whole batch refused (too many envelopes, say).
+            Err(_) => vec![serde_json::from_slice(&answer).context("the ledger's answer is neither outcomes nor a refusal")?; n],
+        };
+        anyhow::ensure!(outcomes.len() == n, "the ledger answered {} outcomes for {n} envelopes", outcomes.len());
+        out.extend(outcomes);
+        i += n;
+    }
+    Ok(out)
+}
+
+/// One request, sent again with the same bytes until the ledger answers
+/// or [`SUBMIT_PATIENCE`] runs out.
+async fn request_patiently(
+    client: &async_nats::Client,
+    subject: String,
+    headers: Option<async_nats::HeaderMap>,
+    raw: Bytes,
+    attempt: Duration,
+) -> anyhow::Result<Bytes> {
     let deadline = tokio::time::Instant::now() + SUBMIT_PATIENCE;
     let mut backoff = Duration::from_millis(20);
     loop {
-        let req = async_nats::Request::new().payload(raw.clone()).timeout(Some(attempt));
+        let mut req = async_nats::Request::new().payload(raw.clone()).timeout(Some(attempt));
+        if let Some(h) = &headers {
+            req = req.headers(h.clone());
+        }
         match client.send_request(subject.clone(), req).await {
-            Ok(msg) => return serde_json::from_slice(&msg.payload).context("the ledger's answer is not an outcome"),
+            Ok(msg) => return Ok(msg.payload),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::debug!(error = %e, "no answer yet; retrying the same envelope");
                 tokio::time::sleep(backoff).await;

@@ -85,3 +85,103 @@ async fn inbox_stream_submissions_get_receipts_and_rejections() {
     }
     assert_eq!(left, 0, "every inbox message was acked after its outcome");
 }
+
+/// A batch request (`Custody-Batch: ndjson`) gets, in order, what each of
+/// its envelopes would get alone: two ledgers with the same actors, one
+/// sent the envelopes one by one, the other as one batch, answer the same
+/// ids, seqs and codes, and end at the same head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_gets_what_each_envelope_would_get_alone_in_order() {
+    let miner = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    let (alone, batched) = (System::start().await, System::start().await);
+    for sys in [&alone, &batched] {
+        for (who, name) in [(&miner, "m"), (&stranger, "s")] {
+            let reg = json!({"subject": who.public_key(), "name": name, "roles": ["miner"], "country": "BW"});
+            sys.accept(&sys.authority, &event(&sys.authority, &format!("reg-{name}"), "actor.registered", reg)).await;
+        }
+    }
+    let mined = sign(&miner, &event(&miner, "b-1", "mined", json!({"lot": "B1", "carats": "10.00", "country": "BW"})));
+    let mut forged = mined.clone();
+    let at = forged.len() / 2;
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    let split = json!({"lot": "B1", "into": [{"lot": "B1a", "carats": "4.00"}, {"lot": "B1b", "carats": "6.00"}]});
+    let envelopes: Vec<Vec<u8>> = vec![
+        mined.clone(),
+        // The same bytes again: the same receipt.
+        mined.clone(),
+        forged,
+        b"not an envelope".to_vec(),
+        // Depends on the first, in the same batch.
+        sign(&miner, &event(&miner, "b-2", "split", split.clone())),
+        // The first id, another event.
+        sign(&miner, &event(&miner, "b-1", "mined", json!({"lot": "B9", "carats": "1.00", "country": "BW"}))),
+        sign(&miner, &event(&miner, "b-3", "split", split)),
+        // Another actor's envelope on the miner's subject.
+        sign(&stranger, &event(&stranger, "b-4", "mined", json!({"lot": "B4", "carats": "1.00", "country": "BW"}))),
+        sign(&miner, &event(&miner, "b-5", "mined", json!({"lot": "B5", "carats": "2.50", "country": "BW"}))),
+    ];
+    let subject = subjects::submit(&miner.public_key());
+    let mut one_by_one = Vec::new();
+    for e in &envelopes {
+        one_by_one.push(custody::client::submit_to(&alone.client, subject.clone(), e.clone().into()).await.unwrap());
+    }
+    let mut body = envelopes.join(&b'\n');
+    // Blank lines and CRLF endings are not envelopes.
+    body.extend_from_slice(b"\r\n\n");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(subjects::HDR_BATCH, subjects::BATCH_NDJSON);
+    let request = async_nats::Request::new().headers(headers.clone()).payload(body.into()).timeout(Some(Duration::from_secs(30)));
+    let answer = batched.client.send_request(subject.clone(), request).await.unwrap();
+    let in_batch: Vec<Outcome> = serde_json::from_slice(&answer.payload).expect("an array of outcomes");
+
+    // What a person compares: the id and seq of a receipt, the id, code
+    // and message of a refusal (the times and hashes differ by ledger).
+    let shown = |o: &Outcome| match o {
+        Outcome::Receipt(r) => json!({"id": r.id, "seq": r.seq}),
+        Outcome::Rejected(r) => json!({"id": r.id, "code": r.code, "message": r.message}),
+    };
+    assert_eq!(in_batch.len(), envelopes.len());
+    let codes: Vec<String> = in_batch.iter().map(|o| code(o).to_owned()).collect();
+    assert_eq!(
+        codes,
+        ["receipt", "receipt", "bad_signature", "malformed_envelope", "receipt", "id_conflict", "lot_consumed", "subject_mismatch", "receipt"],
+        "{in_batch:?}"
+    );
+    for (i, (a, b)) in one_by_one.iter().zip(&in_batch).enumerate() {
+        assert_eq!(shown(a), shown(b), "envelope {i}");
+    }
+    let (Outcome::Receipt(first), Outcome::Receipt(again)) = (&in_batch[0], &in_batch[1]) else { panic!() };
+    assert_eq!(first, again, "a duplicate in a batch gets the first receipt itself");
+    assert_eq!(alone.head().await.0, batched.head().await.0);
+
+    // A batch of more envelopes than the ledger takes, or in a format it
+    // does not read, is refused whole, and nothing of it is written.
+    let head = batched.head().await;
+    let many: Vec<Vec<u8>> = (0..=subjects::BATCH_MAX_ENVELOPES)
+        .map(|i| sign(&miner, &event(&miner, &format!("many-{i}"), "mined", json!({"lot": format!("M{i}"), "carats": "1.00", "country": "BW"}))))
+        .collect();
+    for (format, body) in [(subjects::BATCH_NDJSON, many.join(&b'\n')), ("csv", mined.clone())] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(subjects::HDR_BATCH, format);
+        let request = async_nats::Request::new().headers(headers).payload(body.into()).timeout(Some(Duration::from_secs(30)));
+        let answer = batched.client.send_request(subject.clone(), request).await.unwrap();
+        let refused: Outcome = serde_json::from_slice(&answer.payload).expect("one refusal");
+        assert_eq!(code(&refused), "batch_too_large", "{format}: {refused:?}");
+    }
+    assert_eq!(batched.head().await, head);
+
+    // `custody submit` sends a file as batches: the same outcomes again
+    // (every line now a duplicate or refused as before), and its exit
+    // status says some were refused.
+    let file: String = envelopes.iter().map(|e| format!("{}\n", String::from_utf8_lossy(e))).collect();
+    let out = batched.custody(&["submit", "--signed", "-"], Some(&file));
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<Outcome> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    // The stranger's envelope goes on its own subject from the CLI.
+    let from_cli: Vec<String> = lines.iter().map(|o| code(o).to_owned()).collect();
+    assert_eq!(from_cli, ["receipt", "receipt", "bad_signature", "malformed_envelope", "receipt", "id_conflict", "lot_consumed", "receipt", "receipt"]);
+    assert_eq!(shown(&lines[0]), shown(&in_batch[0]));
+    assert_eq!(shown(&lines[8]), shown(&in_batch[8]));
+    assert_eq!(batched.head().await.0, head.0 + 1, "only the stranger's event is new");
+}

@@ -64,6 +64,15 @@ async fn a_python_producer_gets_a_receipt() {
     let (code, refusal, _) = producer(&sys, &[key_file.to_str().unwrap(), "PY-1", "1.00", "CA"]);
     assert_eq!(code, Some(1));
     assert_eq!(refusal["code"], "id_conflict");
+
+    // A bulk load in one batch request: an outcome per envelope, in order.
+    let (code, outcomes, err) = producer(&sys, &[key_file.to_str().unwrap(), "PYB", "1.50", "CA", "--batch", "3"]);
+    assert_eq!(code, Some(0), "{outcomes} {err}");
+    let ids: Vec<&str> = outcomes.as_array().expect("an array").iter().filter_map(|o| o["id"].as_str()).collect();
+    assert_eq!(ids, ["py-PYB-1", "py-PYB-2", "py-PYB-3"]);
+    let seqs: Vec<u64> = outcomes.as_array().unwrap().iter().filter_map(|o| o["seq"].as_u64()).collect();
+    assert_eq!(seqs, [3, 4, 5]);
+    assert_eq!(sys.head().await.0, 5);
     let out = sys.custody(&["verify", "--json"], None);
     assert!(out.status.success(), "{}", stdout(&out));
 }

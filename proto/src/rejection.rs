@@ -75,10 +75,14 @@ pub enum Code {
     PredatesLot,
     /// A verification number (a node's stamp on a shipment) already used.
     VerificationReused,
+    /// A batch submission (`Custody-Batch: ndjson`) of more envelopes than
+    /// the ledger takes in one request, or in an unknown batch format:
+    /// nothing in it was looked at.
+    BatchTooLarge,
 }
 
 impl Code {
-    pub const ALL: [Code; 33] = [
+    pub const ALL: [Code; 34] = [
         Code::MalformedEnvelope,
         Code::EnvelopeTooLarge,
         Code::WrongPayloadType,
@@ -112,6 +116,7 @@ impl Code {
         Code::SubjectMismatch,
         Code::PredatesLot,
         Code::VerificationReused,
+        Code::BatchTooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -149,6 +154,7 @@ impl Code {
             Code::SubjectMismatch => "subject_mismatch",
             Code::PredatesLot => "predates_lot",
             Code::VerificationReused => "verification_reused",
+            Code::BatchTooLarge => "batch_too_large",
         }
     }
 }

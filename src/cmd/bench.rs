@@ -44,6 +44,10 @@ enum What {
         /// first receipt by the standby.
         #[arg(long, default_value_t = 5)]
         failovers: usize,
+        /// Also submit as many other envelopes in batch requests of this
+        /// many (`Custody-Batch: ndjson`), in the same run, and compare.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(2..=1000))]
+        batch: Option<u16>,
     },
     /// Origin-query latency and rate at several fan-ins, against a bare
     /// request-reply round trip.
@@ -72,11 +76,11 @@ enum What {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let (events, producers, window) = match a.what {
-        What::Ingest { events, producers, window, cluster: Some(servers), failovers } => {
+    let (events, producers, window, batch) = match a.what {
+        What::Ingest { events, producers, window, cluster: Some(servers), failovers, .. } => {
             return cluster(events, producers, window, usize::from(servers), failovers).await;
         }
-        What::Ingest { events, producers, window, cluster: None, .. } => (events, producers, window),
+        What::Ingest { events, producers, window, cluster: None, batch, .. } => (events, producers, window, batch),
         What::Query { fan_in, queries } => {
             super::bench_read::query(&fan_in, queries).await?;
             return Ok(ExitCode::SUCCESS);
@@ -108,19 +112,28 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
 
     // The ledger: request-reply, receipts awaited.
     let (rate, p50, p99) = receipted(&nc, signed, window).await?;
-    println!(
-        "{}",
-        json!({
-            "bench": "ingest",
-            "events": total,
-            "producers": producers,
-            "window": window,
-            "receipted_per_s": rate.round(),
-            "receipt_latency_ms": {"p50": p50, "p99": p99},
-            "baseline_atomic_batches_per_s": raw_rate.round(),
-            "ratio_to_baseline": (rate / raw_rate * 1000.0).round() / 1000.0,
-        })
-    );
+    let mut report = json!({
+        "bench": "ingest",
+        "events": total,
+        "producers": producers,
+        "window": window,
+        "receipted_per_s": rate.round(),
+        "receipt_latency_ms": {"p50": p50, "p99": p99},
+        "baseline_atomic_batches_per_s": raw_rate.round(),
+        "ratio_to_baseline": (rate / raw_rate * 1000.0).round() / 1000.0,
+    });
+    if let Some(batch) = batch {
+        // Other actors and lots, the same number, sent in batch requests.
+        let signed = world(&nc, &authority, events, producers).await?;
+        let (batched, p50, p99) = receipted_in_batches(&nc, signed, usize::from(batch), window).await?;
+        report["batch"] = json!({
+            "envelopes_per_request": batch,
+            "receipted_per_s": batched.round(),
+            "request_latency_ms": {"p50": p50, "p99": p99},
+            "ratio_to_single": (batched / rate * 100.0).round() / 100.0,
+        });
+    }
+    println!("{report}");
     let _ = stop_tx.send(());
     ledger.await?.context("ledger")?;
     drop(nats);
@@ -223,10 +236,57 @@ async fn receipted(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, window: usi
     for t in tasks {
         latencies.extend(t.await??);
     }
-    let rate = total as f64 / start.elapsed().as_secs_f64();
+    Ok(summary(total, start.elapsed(), latencies))
+}
+
+/// [`receipted`] with each producer sending batch requests of `batch`
+/// envelopes, as many requests in flight as hold `window` envelopes (at
+/// least one): receipts per second, and request latency p50 and p99 in ms.
+async fn receipted_in_batches(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, batch: usize, window: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let total: usize = signed.iter().map(Vec::len).sum();
+    let requests = (window / batch).max(1);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for envelopes in signed {
+        let nc = nc.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut inflight = FuturesUnordered::new();
+            for chunk in envelopes.chunks(batch).map(<[Bytes]>::to_vec) {
+                if inflight.len() >= requests {
+                    if let Some(r) = inflight.next().await {
+                        latencies.push(r?);
+                    }
+                }
+                let nc = nc.clone();
+                inflight.push(async move {
+                    let t = Instant::now();
+                    for o in custody::client::submit_batch(&nc, &chunk).await? {
+                        if let Outcome::Rejected(r) = o {
+                            bail!("refused: {}", r.message);
+                        }
+                    }
+                    Ok::<Duration, anyhow::Error>(t.elapsed())
+                });
+            }
+            while let Some(r) = inflight.next().await {
+                latencies.push(r?);
+            }
+            Ok::<_, anyhow::Error>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    Ok(summary(total, start.elapsed(), latencies))
+}
+
+/// Items per second over `elapsed`, and the latencies' p50 and p99 in ms.
+fn summary(total: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> (f64, f64, f64) {
     latencies.sort();
     let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1e3);
-    Ok((rate, pct(0.50), pct(0.99)))
+    (total as f64 / elapsed.as_secs_f64(), pct(0.50), pct(0.99))
 }
 
 /// A `custody ledger` child process, killed when dropped.

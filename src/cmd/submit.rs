@@ -26,20 +26,34 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     };
     let client = custody::client::connect(nats).await?;
     let mut rejected = 0usize;
-    for line in reader.lines() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
+    // Batch requests of up to the ledger's limit: one round trip for each
+    // instead of one per line, with the same outcome for every envelope.
+    let mut chunk: Vec<bytes::Bytes> = Vec::new();
+    let mut lines = reader.lines();
+    loop {
+        let line = lines.next().transpose()?;
+        if let Some(line) = &line {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let envelope = match &key {
+                Some(kp) => custody_proto::envelope::sign(kp, line.trim().as_bytes())?,
+                None => line.trim().as_bytes().to_vec(),
+            };
+            chunk.push(envelope.into());
         }
-        let envelope = match &key {
-            Some(kp) => custody_proto::envelope::sign(kp, line.trim().as_bytes())?,
-            None => line.trim().as_bytes().to_vec(),
-        };
-        let outcome = custody::client::submit(&client, envelope.into()).await?;
-        if matches!(outcome, Outcome::Rejected(Refusal { .. })) {
-            rejected += 1;
+        if chunk.len() == custody_wire::subjects::BATCH_MAX_ENVELOPES || (line.is_none() && !chunk.is_empty()) {
+            for outcome in custody::client::submit_batch(&client, &chunk).await? {
+                if matches!(outcome, Outcome::Rejected(Refusal { .. })) {
+                    rejected += 1;
+                }
+                println!("{}", serde_json::to_string(&outcome)?);
+            }
+            chunk.clear();
         }
-        println!("{}", serde_json::to_string(&outcome)?);
+        if line.is_none() {
+            break;
+        }
     }
     Ok(if rejected == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

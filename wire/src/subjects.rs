@@ -4,6 +4,16 @@
 /// Request-reply submission: `custody.submit.<actor nkey>`; the reply is an
 /// [`custody_proto::Outcome`].
 pub const SUBMIT_PREFIX: &str = "custody.submit";
+/// A request on a submission subject with this header (value
+/// [`BATCH_NDJSON`]) is a batch: its body holds one envelope per line, each
+/// exactly the bytes it would be alone, at most 1,000 of them; the reply is
+/// a JSON array of outcomes, one per non-empty line, in order, each what
+/// that envelope alone would have got.
+pub const HDR_BATCH: &str = "Custody-Batch";
+pub const BATCH_NDJSON: &str = "ndjson";
+/// Most envelopes one batch request may carry: their outcomes, up to a few
+/// hundred bytes each, must fit in one NATS reply.
+pub const BATCH_MAX_ENVELOPES: usize = 1000;
 /// Durable submission: publish on `custody.inbox.<actor nkey>` (stream
 /// [`INBOX_STREAM`]); the outcome arrives on `custody.receipts.<actor nkey>`.
 pub const INBOX_PREFIX: &str = "custody.inbox";

@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
-use custody_proto::{ActorKey, Entry, Hash, KeyCache, Outcome};
+use custody_proto::{ActorKey, Entry, Hash, KeyCache, Outcome, Refusal};
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
@@ -127,6 +127,58 @@ enum Reply {
     /// A message of the inbox stream: publish the outcome on the receipts
     /// stream, then ack the message.
     Inbox(Box<jetstream::Message>),
+    /// One envelope of a batch request: its outcome is kept at its place,
+    /// and the whole array answers once the last one is known.
+    Part(Arc<BatchReply>, usize),
+}
+
+/// The outcomes of a batch request, in the order of its lines.
+struct BatchReply {
+    subject: Subject,
+    outcomes: std::sync::Mutex<Vec<Option<Outcome>>>,
+}
+
+impl BatchReply {
+    /// Records the outcome of part `i`; the whole answer, a JSON array,
+    /// once every part has one.
+    fn set(&self, i: usize, outcome: Outcome) -> Option<Bytes> {
+        let mut outcomes = self.outcomes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = outcomes.get_mut(i) {
+            *slot = Some(outcome);
+        }
+        if outcomes.iter().any(Option::is_none) {
+            return None;
+        }
+        let all: Vec<&Outcome> = outcomes.iter().flatten().collect();
+        serde_json::to_vec(&all).ok().map(Bytes::from)
+    }
+}
+
+/// The envelopes of a batch request: one per non-empty line of an NDJSON
+/// body (`Custody-Batch: ndjson`), each exactly the bytes it would be
+/// alone; or the refusal of the whole request.
+pub fn batch_parts(format: &str, body: &Bytes) -> Result<Vec<Bytes>, Refusal> {
+    let refuse = |message: String| Refusal { id: None, code: custody_proto::Code::BatchTooLarge, message };
+    if format != BATCH_NDJSON {
+        return Err(refuse(format!("{:?} is not a batch format this ledger reads; send {BATCH_NDJSON:?}", custody_proto::ids::truncate(format))));
+    }
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (i, b) in body.iter().enumerate().chain(std::iter::once((body.len(), &b'\n'))) {
+        if *b == b'\n' {
+            let line = body.slice(start..i);
+            start = i + 1;
+            let trimmed = line.strip_suffix(b"\r").unwrap_or(&line);
+            if trimmed.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if parts.len() == BATCH_MAX_ENVELOPES {
+                return Err(refuse(format!("a batch carries at most {BATCH_MAX_ENVELOPES} envelopes; send the rest in another")));
+            }
+            parts.push(line.slice(..trimmed.len()));
+        }
+    }
+    Ok(parts)
 }
 
 struct Submission {
@@ -304,7 +356,7 @@ async fn serve(
 
     let mut tasks = tokio::task::JoinSet::new();
     let core = client.queue_subscribe(format!("{SUBMIT_PREFIX}.>"), QUEUE_GROUP.to_owned()).await.map_err(nats("subscribe to submissions"))?;
-    tasks.spawn(intake_core(core, intake_tx.clone()));
+    tasks.spawn(intake_core(client.clone(), core, intake_tx.clone()));
     tasks.spawn(intake_inbox(streams.inbox, intake_tx));
     tasks.spawn(check_stage(intake_rx, checked_tx));
     let (durable_tx, durable_rx) = mpsc::channel(WINDOW * 2);
@@ -377,12 +429,36 @@ async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<Stre
     Ok(Streams { inbox })
 }
 
-async fn intake_core(mut sub: async_nats::Subscriber, tx: mpsc::Sender<Submission>) -> Result<(), LedgerError> {
+async fn intake_core(client: async_nats::Client, mut sub: async_nats::Subscriber, tx: mpsc::Sender<Submission>) -> Result<(), LedgerError> {
     while let Some(msg) = sub.next().await {
         let Some(reply) = msg.reply else { continue };
         let subject_key = subject_key(&msg.subject);
-        if tx.send(Submission { raw: msg.payload, subject_key, reply: Reply::Core(reply) }).await.is_err() {
-            break;
+        let format = msg.headers.as_ref().and_then(|h| h.get(HDR_BATCH)).map(|v| v.as_str().to_owned());
+        let Some(format) = format else {
+            if tx.send(Submission { raw: msg.payload, subject_key, reply: Reply::Core(reply) }).await.is_err() {
+                break;
+            }
+            continue;
+        };
+        // A batch: each envelope goes through the pipeline as it would
+        // alone, in its place among everything else submitted.
+        let parts = match batch_parts(&format, &msg.payload) {
+            Ok(parts) => parts,
+            Err(refusal) => {
+                let _ = client.publish(reply, outcome_bytes(&Outcome::Rejected(refusal))).await;
+                continue;
+            }
+        };
+        if parts.is_empty() {
+            let _ = client.publish(reply, Bytes::from_static(b"[]")).await;
+            continue;
+        }
+        let batch = Arc::new(BatchReply { subject: reply, outcomes: std::sync::Mutex::new(vec![None; parts.len()]) });
+        for (i, raw) in parts.into_iter().enumerate() {
+            let submission = Submission { raw, subject_key: subject_key.clone(), reply: Reply::Part(batch.clone(), i) };
+            if tx.send(submission).await.is_err() {
+                return Ok(());
+            }
         }
     }
     Ok(())
@@ -682,6 +758,13 @@ async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut r
                 Reply::Core(subject) => {
                     if let Err(e) = client.publish(subject, body).await {
                         tracing::warn!(error = %e, "cannot send a reply");
+                    }
+                }
+                Reply::Part(batch, i) => {
+                    if let Some(all) = batch.set(i, outcome) {
+                        if let Err(e) = client.publish(batch.subject.clone(), all).await {
+                            tracing::warn!(error = %e, "cannot send a batch reply");
+                        }
                     }
                 }
                 Reply::Inbox(msg) => {
