@@ -147,37 +147,63 @@ async fn a_foreign_entry_on_the_stream_halts_the_projection_and_the_ledger() {
     assert!(err.contains("refusing to go on"), "{err}");
 }
 
-/// Crashes at exact places: after some entries of a chunk are applied in
-/// memory but before the chunk is saved, and right after a chunk's sled
-/// batch but before sled flushes it. Each time the restarted projection
-/// resumes from its last saved checkpoint to the digest of a clean replay.
+/// Crashes at exact places: with entries applied in memory since the last
+/// snapshot, while a snapshot is being written (before its rename), and
+/// right after one is written. Each time the restarted projection resumes
+/// from its last whole snapshot to the digest of a clean replay. Then the
+/// newest snapshot is damaged: the projection falls back to the one before
+/// (its checksum fails), or to a full replay, and still ends at the digest
+/// of a clean replay: never serving the damaged state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crashed_inside_a_chunk_it_resumes_to_the_digest_of_a_clean_replay() {
+async fn crashed_while_applying_or_snapshotting_it_resumes_to_the_digest_of_a_clean_replay() {
     use std::os::unix::process::ExitStatusExt as _;
 
     let mut sys = System::start().await;
     history(&sys, "c").await;
     let head = sys.head().await.0;
+    let dir = sys.projection_dir();
+    let store = || custody_projection::store::Store::open(&dir).unwrap();
+    let saved = || store().load().unwrap().checkpoint.map_or(0, |c| c.0);
 
     let mut last_saved = 0;
-    // Visits count per process: the second run resumes where the first
-    // saved, and crashes 500 entries further, mid-chunk again.
-    for point in ["projection.apply:1777", "projection.apply:500", "projection.saved:1"] {
-        sys.spawn_projection(&[("CUSTODY_CRASH", point)]);
+    // Visits count per process: each run resumes where the last snapshot
+    // stands, and crashes further on.
+    for point in ["projection.apply:1777", "projection.snapshot.writing:1", "projection.apply:500", "projection.snapshot.saved:1"] {
+        sys.spawn_projection(&[("CUSTODY_CRASH", point), ("CUSTODY_SNAPSHOT_EVERY", "700")]);
         let status = sys.projection_exit().await;
         assert_eq!(status.signal(), Some(6), "{point}: aborted at the crash point: {}", sys.projection_log());
         assert!(sys.projection_log().contains("crash point"), "{point}");
-        // What survived is a saved checkpoint short of the head: the crash
-        // came before the projection had everything.
-        let store = custody_projection::store::Store::open(&sys.projection_dir()).unwrap();
-        let saved = store.load().unwrap().checkpoint.map_or(0, |c| c.0);
-        assert!(saved >= last_saved && saved < head, "{point}: checkpoint {saved} (before: {last_saved}, head {head})");
-        eprintln!("{point}: resumes from checkpoint {saved} of {head}");
-        last_saved = saved;
+        let now = saved();
+        assert!(now >= last_saved && now < head, "{point}: snapshot at {now} (before: {last_saved}, head {head})");
+        if point == "projection.snapshot.writing:1" {
+            assert_eq!(now, last_saved, "a snapshot cut off while being written is not one");
+        }
+        eprintln!("{point}: resumes from the snapshot at {now} of {head}");
+        last_saved = now;
     }
+    assert!(last_saved > 0, "snapshots were written");
+    let snapshots = store().snapshots().unwrap();
+    assert_eq!(snapshots.len(), 2, "the two newest are kept: {snapshots:?}");
+    let (newest, older) = (snapshots[0].clone(), snapshots[1].clone());
+
+    // One byte changed in the newest: its checksum fails, the older loads.
+    let mut bytes = std::fs::read(&newest.1).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&newest.1, &bytes).unwrap();
+    assert!(matches!(custody_projection::store::read(&newest.1), Err(custody_projection::store::Damage::Checksum)));
+    assert_eq!(saved(), older.0, "falls back to the snapshot before");
+    // Both cut short: nothing loads, and the projection replays from seq 1.
+    for (_, path) in [&newest, &older] {
+        let len = std::fs::metadata(path).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len / 3).unwrap();
+    }
+    assert_eq!(saved(), 0, "no snapshot checks: a full replay");
+
     sys.start_projection().await;
     let resumed = sys.projection_caught_up().await;
     assert_eq!(resumed["seq"].as_u64(), Some(head));
+    assert!(sys.projection_log().contains("skipping a damaged projection snapshot"), "{}", sys.projection_log());
 
     let clean = sys.rebuild(&sys.dir.path().join("clean"));
     assert_eq!(clean["digest"], resumed["digest"], "resumed state equals a clean replay");

@@ -5,7 +5,7 @@
 //! one, and replay is deterministic.
 
 use custody_ledger::model::Model;
-use custody_projection::view::{Dirty, State};
+use custody_projection::view::State;
 use custody_proto::{Code, Entry, Event, Timestamp};
 use nkeys::KeyPair;
 use proptest::prelude::*;
@@ -179,9 +179,8 @@ impl World {
 
 fn replay(entries: &[Entry]) -> State {
     let mut s = State::default();
-    let mut dirty = Dirty::default();
     for e in entries {
-        assert!(s.apply(e, &mut dirty).unwrap(), "entry {} applied", e.seq);
+        assert!(s.apply(e).unwrap(), "entry {} applied", e.seq);
     }
     s
 }

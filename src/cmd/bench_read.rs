@@ -143,7 +143,7 @@ async fn projection_on(
     end: u64,
 ) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), custody_projection::service::ProjectionError>>)> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: dir.join("projection"), nkey: None };
+    let config = custody_projection::Config::new(nats.url.clone(), dir.join("projection"), None);
     let projection = tokio::spawn(custody_projection::run(config, async move {
         let _ = stop_rx.await;
     }));
@@ -323,7 +323,7 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
     }
     let baseline = read as f64 / t.elapsed().as_secs_f64();
 
-    let config = custody_projection::Config { nats_url: nats.url.clone(), data_dir: dir.join("projection"), nkey: None };
+    let config = custody_projection::Config::new(nats.url.clone(), dir.join("projection"), None);
     let t = Instant::now();
     let state = custody_projection::service::replay(config).await?;
     let rate = state.checkpoint.map_or(0, |c| c.0) as f64 / t.elapsed().as_secs_f64();

@@ -11,6 +11,12 @@ pub struct Args {
     /// Folder of the projection's store.
     #[arg(long, global = true, default_value = "data/projection")]
     data: PathBuf,
+    /// Write a snapshot of the state after this many entries...
+    #[arg(long, global = true, env = "CUSTODY_SNAPSHOT_EVERY", default_value_t = 100_000)]
+    snapshot_every: u64,
+    /// ...or this many seconds after the last one, if any entry came since.
+    #[arg(long, global = true, env = "CUSTODY_SNAPSHOT_SECS", default_value_t = 60)]
+    snapshot_secs: u64,
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -25,7 +31,9 @@ enum Action {
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
-    let config = custody_projection::Config { nats_url: nats.to_owned(), data_dir: a.data, nkey: custody::client::identity() };
+    let mut config = custody_projection::Config::new(nats, a.data, custody::client::identity());
+    config.snapshot_every = a.snapshot_every.max(1);
+    config.snapshot_interval = std::time::Duration::from_secs(a.snapshot_secs);
     match a.action {
         None => custody_projection::run(config, super::stop_signal()).await?,
         Some(Action::Rebuild) => {

@@ -153,7 +153,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let dir = a.data.join(if servers == 1 { "projection".to_owned() } else { format!("projection-{}", i + 1) });
         let name: &'static str = if servers == 1 { "projection" } else { ["projection 1", "projection 2"][i] };
         println!("{name}: store in {} (answers queries with the others)", dir.display());
-        let config = custody_projection::Config { nats_url: nats_url.clone(), data_dir: dir, nkey: seed(&projection_id) };
+        let config = custody_projection::Config::new(nats_url.clone(), dir, seed(&projection_id));
         let done = custody_projection::run(config, stopped(stop.clone()));
         running.spawn(async move { (name, done.await.map_err(anyhow::Error::from)) });
     }

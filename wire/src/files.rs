@@ -4,7 +4,7 @@
 //! owner only). The one way custody writes such a file: key files, authz's
 //! server configuration, the auditor's state.
 
-use std::io::Write as _;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use nkeys::{KeyPair, KeyPairType};
@@ -42,6 +42,13 @@ pub enum Mode {
 /// new one, never a mix: written to a temporary file, fsynced, renamed
 /// over `path`, and the folder fsynced so the rename itself survives.
 pub fn write_whole(path: &Path, bytes: &[u8], mode: Mode) -> Result<(), FileError> {
+    write_whole_with(path, mode, |w| w.write_all(bytes))
+}
+
+/// [`write_whole`] for a file too large to hold in memory first: `write`
+/// streams it into the temporary file (buffered). Nothing is renamed if
+/// `write` fails.
+pub fn write_whole_with(path: &Path, mode: Mode, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<(), FileError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io("create the folder of", path))?;
     let tmp = path.with_extension("tmp");
@@ -52,8 +59,10 @@ pub fn write_whole(path: &Path, bytes: &[u8], mode: Mode) -> Result<(), FileErro
         if mode == Mode::Private {
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         }
-        let mut f = opts.open(&tmp).map_err(io("create", &tmp))?;
-        f.write_all(bytes).map_err(io("write", &tmp))?;
+        let f = opts.open(&tmp).map_err(io("create", &tmp))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        write(&mut w).map_err(io("write", &tmp))?;
+        let f = w.into_inner().map_err(|e| e.into_error()).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("sync", &tmp))?;
     }
     std::fs::rename(&tmp, path).map_err(io("replace", path))?;

@@ -13,7 +13,7 @@ use custody_proto::{Body, Event, Opened};
 use serde::Serialize;
 
 use crate::rules::{RuleSet, PRESETS};
-use crate::view::{self, Dirty, Lot, State};
+use crate::view::{self, Lot, State};
 
 /// The lot and every ancestor, by id.
 fn lineage<'a>(state: &'a State, lot: &'a Lot) -> Vec<&'a Lot> {
@@ -79,7 +79,7 @@ pub fn verify(cert: &OriginCertificate, ledger_key: &str, insist: &[String]) -> 
     let mut registered = HashSet::new();
     let mut signers = Vec::new();
     for e in &entries {
-        if let Err(err) = state.apply_unlinked(e, &mut Dirty::default()) {
+        if let Err(err) = state.apply_unlinked(e) {
             findings.push(Finding::new(Check::ClaimMismatch, format!("entry {} cannot be read: {err}", e.seq)));
             continue;
         }

@@ -1,11 +1,15 @@
-//! The projection on NATS: follows the committed stream from its checkpoint,
-//! applies entries strictly in order (halting at a gap or a broken link),
-//! saves each chunk with its checkpoint, and answers queries in a queue group
-//! so that replicas share the load.
+//! The projection on NATS: follows the committed stream from its last
+//! snapshot's checkpoint, applies entries strictly in order (halting at a
+//! gap or a broken link), writes a snapshot now and then, and answers
+//! queries in a queue group so that replicas share the load. Queries never
+//! wait for catch-up: the applier holds the state's lock for a few dozen
+//! entries at a time, never across I/O, and every answer says which seq it
+//! reflects (`as_of_seq`).
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use custody_wire::follow::{FollowError, Reader};
@@ -16,10 +20,14 @@ use serde_json::{json, Value};
 
 use crate::rules::RuleSet;
 use crate::store::{Store, StoreError};
-use crate::view::{self, ApplyError, Dirty, State};
+use crate::view::{self, ApplyError, State};
 
-/// Entries applied and saved as one batch, at most.
-const CHUNK: usize = 4096;
+/// Entries applied under one hold of the state's write lock: a query waits
+/// for at most this many applies (about 10 µs each), never for I/O.
+const SLICE: usize = 64;
+/// Batches of the stream decoded and linked ahead of the applier, by a
+/// task of their own (on the other core).
+const DECODED_AHEAD: usize = 8;
 /// Most lots a genealogy answer lists on each side.
 const MAX_GENEALOGY: usize = 10_000;
 /// Largest rule set sent inline in a query: the presets are under 2 KB, a
@@ -63,6 +71,33 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Its NATS identity (an nkey seed), when the server checks one.
     pub nkey: Option<String>,
+    /// A snapshot is written after this many entries were applied since
+    /// the last one...
+    pub snapshot_every: u64,
+    /// ...or this long after the last one, if any entry was applied since;
+    /// and at the end of a rebuild.
+    pub snapshot_interval: Duration,
+}
+
+impl Config {
+    /// A projection of the stream at `nats_url` kept in `data_dir`: a
+    /// snapshot every 100,000 entries or 60 seconds.
+    pub fn new(nats_url: impl Into<String>, data_dir: PathBuf, nkey: Option<String>) -> Config {
+        Config { nats_url: nats_url.into(), data_dir, nkey, snapshot_every: 100_000, snapshot_interval: Duration::from_secs(60) }
+    }
+}
+
+/// When the follower writes a snapshot.
+#[derive(Debug, Clone, Copy)]
+struct Cadence {
+    every: u64,
+    interval: Duration,
+}
+
+impl From<&Config> for Cadence {
+    fn from(c: &Config) -> Cadence {
+        Cadence { every: c.snapshot_every.max(1), interval: c.snapshot_interval }
+    }
 }
 
 type Shared = Arc<RwLock<State>>;
@@ -71,13 +106,13 @@ type Shared = Arc<RwLock<State>>;
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
     let store = Store::open(&config.data_dir).map_err(|source| ProjectionError::Open { dir: config.data_dir.clone(), source })?;
     let state = store.load()?;
-    tracing::info!(checkpoint = ?state.checkpoint.map(|c| c.0), lots = state.lots.len(), "projection store loaded");
+    tracing::info!(checkpoint = ?state.checkpoint.map(|c| c.0), lots = state.lots.len(), "projection snapshot loaded; replaying the stream from its checkpoint");
     let state: Shared = Arc::new(RwLock::new(state));
     let client = custody_wire::connect::connect(&config.nats_url, "custody-projection", config.nkey.as_deref()).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(client.clone(), state.clone()));
-    tasks.spawn(follow_stream(Reader::ledger(&client), store, state, None));
+    tasks.spawn(follow_stream(Reader::ledger(&client), store, state, None, Cadence::from(&config)));
     tokio::pin!(shutdown);
     let result = tokio::select! {
         () = &mut shutdown => Ok(()),
@@ -105,9 +140,12 @@ pub async fn replay(config: Config) -> Result<State, ProjectionError> {
     let reader = Reader::ledger(&client);
     let end = reader.last_seq().await?;
     let state: Shared = Arc::new(RwLock::new(State::default()));
-    follow_stream(reader, store, state.clone(), Some(end)).await?;
-    let s = state.read().map_err(|_| ProjectionError::Poisoned)?;
-    Ok(s.clone())
+    follow_stream(reader, store, state.clone(), Some(end), Cadence::from(&config)).await?;
+    // The follower is done with it: no copy of a state of millions of lots.
+    match Arc::try_unwrap(state) {
+        Ok(lock) => lock.into_inner().map_err(|_| ProjectionError::Poisoned),
+        Err(shared) => Ok(shared.read().map_err(|_| ProjectionError::Poisoned)?.clone()),
+    }
 }
 
 /// A digest of the whole state: equal states, equal digests.
@@ -138,53 +176,79 @@ pub fn digest(state: &State) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// Ends a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Applies the committed stream from the checkpoint on, through the one
-/// follower: batches as they arrive, several ready ones as one chunk of up
-/// to [`CHUNK`] entries, each chunk saved with its checkpoint. A read
-/// failure (NATS restarting, say) is logged after what was read is saved;
-/// the follower goes on by itself. A broken chain is an error. With
-/// `until`, ends there.
-async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Option<u64>) -> Result<(), ProjectionError> {
+/// follower. A task of its own reads, decodes and links the entries ahead
+/// (up to [`DECODED_AHEAD`] batches); this one applies them, taking the
+/// write lock for [`SLICE`] entries at a time, and writes a snapshot as
+/// `cadence` says. A read failure (NATS restarting, say) is logged; the
+/// follower goes on by itself. A broken chain is an error. With `until`,
+/// ends there, after a snapshot.
+async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Option<u64>, cadence: Cadence) -> Result<(), ProjectionError> {
     let after = state.read().map_err(|_| ProjectionError::Poisoned)?.checkpoint;
     if until.is_some_and(|u| after.map_or(0, |a| a.0) >= u) {
         return Ok(());
     }
-    let batches = reader.entries(after, until);
-    let mut batches = std::pin::pin!(batches.ready_chunks(CHUNK.div_ceil(custody_wire::follow::BATCH)));
-    while let Some(ready) = batches.next().await {
-        let mut dirty = Dirty::default();
-        let mut last = 0;
-        let mut failed = None;
-        {
-            let mut s = state.write().map_err(|_| ProjectionError::Poisoned)?;
-            for batch in ready {
-                let entries = match batch {
-                    Ok(entries) => entries,
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                };
-                for entry in entries {
-                    s.apply(&entry, &mut dirty)?;
-                    last = entry.seq;
-                    custody_wire::crashpoint::reached("projection.apply");
-                }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(DECODED_AHEAD);
+    let _decoder = AbortOnDrop(tokio::spawn(async move {
+        let mut batches = std::pin::pin!(reader.entries(after, until));
+        while let Some(batch) = batches.next().await {
+            if tx.send(batch).await.is_err() {
+                break;
             }
-            tokio::task::block_in_place(|| store.save(&s, &dirty))?;
-            custody_wire::crashpoint::reached("projection.saved");
         }
-        match failed {
-            Some(FollowError::Broken { seq, why }) => return Err(ProjectionError::Broken { seq, why }),
-            Some(FollowError::Read(e)) if until.is_some() => return Err(e.into()),
-            Some(FollowError::Read(e)) => tracing::warn!(error = %e, "reading the committed stream failed; going on after the checkpoint"),
+    }));
+    let mut since_snapshot = 0u64;
+    let mut last_snapshot = Instant::now();
+    loop {
+        let batch = match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
+            Ok(Some(batch)) => Some(batch),
+            Ok(None) => return Err(ProjectionError::Ended),
+            // Nothing new: maybe time for a snapshot of what came before.
+            Err(_) => None,
+        };
+        let mut last = 0;
+        match batch {
             None => {}
+            Some(Err(FollowError::Broken { seq, why })) => return Err(ProjectionError::Broken { seq, why }),
+            Some(Err(FollowError::Read(e))) if until.is_some() => return Err(e.into()),
+            Some(Err(FollowError::Read(e))) => tracing::warn!(error = %e, "reading the committed stream failed; going on after the last applied entry"),
+            Some(Ok(entries)) => {
+                for slice in entries.chunks(SLICE) {
+                    let mut s = state.write().map_err(|_| ProjectionError::Poisoned)?;
+                    for entry in slice {
+                        s.apply(entry)?;
+                        last = entry.seq;
+                        custody_wire::crashpoint::reached("projection.apply");
+                    }
+                }
+                since_snapshot += entries.len() as u64;
+            }
         }
-        if until.is_some_and(|u| last >= u) {
+        let done = until.is_some_and(|u| last >= u);
+        if done || since_snapshot >= cadence.every || (since_snapshot > 0 && last_snapshot.elapsed() >= cadence.interval) {
+            // This task is the state's only writer: while it writes the
+            // snapshot under a read lock, queries read alongside and
+            // nothing waits for the file.
+            let s = state.read().map_err(|_| ProjectionError::Poisoned)?;
+            let t = Instant::now();
+            tokio::task::block_in_place(|| store.save(&s))?;
+            tracing::info!(seq = s.checkpoint.map_or(0, |c| c.0), lots = s.lots.len(), ms = t.elapsed().as_millis() as u64, "projection snapshot written");
+            since_snapshot = 0;
+            last_snapshot = Instant::now();
+        }
+        if done {
             return Ok(());
         }
     }
-    Err(ProjectionError::Ended)
 }
 
 fn error(code: AnswerCode, message: impl Into<String>) -> Value {
@@ -196,9 +260,18 @@ fn query<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Value> {
     serde_json::from_slice(body).map_err(|e| error(AnswerCode::BadRequest, format!("the query is not of the expected shape: {e}")))
 }
 
-/// Answers one query; never panics on input.
+/// Answers one query; never panics on input. An answer about a lot or an
+/// actor says which seq of the ledger it reflects (`as_of_seq`): while the
+/// projection catches up, that is below the ledger's head.
 pub fn answer(state: &State, subject: &str, body: &[u8]) -> Value {
-    answer_or_error(state, subject, body).unwrap_or_else(|e| e)
+    let mut answer = answer_or_error(state, subject, body).unwrap_or_else(|e| e);
+    let about_state = matches!(subject, subjects::QUERY_ORIGIN | subjects::QUERY_GENEALOGY | subjects::QUERY_ADMISSIBILITY | subjects::QUERY_ACTOR);
+    if let (true, Some(fields)) = (about_state, answer.as_object_mut()) {
+        if !fields.contains_key("code") {
+            fields.insert("as_of_seq".into(), json!(state.checkpoint.map_or(0, |c| c.0)));
+        }
+    }
+    answer
 }
 
 fn answer_or_error(state: &State, subject: &str, body: &[u8]) -> Result<Value, Value> {

@@ -160,15 +160,6 @@ pub enum ApplyError {
     Unreadable { seq: u64, why: String },
 }
 
-/// Which records an apply touched, for the store to write.
-#[derive(Debug, Default)]
-pub struct Dirty {
-    pub lots: BTreeSet<String>,
-    pub actors: BTreeSet<String>,
-    pub shipments: BTreeSet<String>,
-    pub yields: BTreeSet<String>,
-}
-
 /// Something an entry refers to that the entries applied so far do not
 /// hold: never on the committed stream (the ledger refused such events),
 /// but what an incomplete certificate shows when replayed on its own.
@@ -227,7 +218,7 @@ fn push_capped(steps: &mut Vec<Step>, step: Step, truncated: &mut bool) {
 impl State {
     /// Applies the next committed entry. Entries at or before the checkpoint
     /// (a redelivery) change nothing; a gap or a broken link is an error.
-    pub fn apply(&mut self, entry: &Entry, dirty: &mut Dirty) -> Result<bool, ApplyError> {
+    pub fn apply(&mut self, entry: &Entry) -> Result<bool, ApplyError> {
         let next = self.checkpoint.map_or(1, |c| c.0 + 1);
         if entry.seq < next {
             return Ok(false);
@@ -236,7 +227,7 @@ impl State {
             return Err(ApplyError::Gap { seq: entry.seq, expected: next });
         }
         entry.check_after(self.checkpoint)?;
-        self.apply_unlinked(entry, dirty)?;
+        self.apply_unlinked(entry)?;
         self.checkpoint = Some((entry.seq, entry.hash));
         Ok(true)
     }
@@ -245,7 +236,7 @@ impl State {
     /// certificate's Merkle proof): neither its seq nor its link is checked
     /// against what was applied before, and the checkpoint does not move.
     /// What the entry refers to and is not here becomes a [`Gap`].
-    pub fn apply_unlinked(&mut self, entry: &Entry, dirty: &mut Dirty) -> Result<(), ApplyError> {
+    pub fn apply_unlinked(&mut self, entry: &Entry) -> Result<(), ApplyError> {
         let unreadable = |why: String| ApplyError::Unreadable { seq: entry.seq, why };
         let payload = custody_proto::Opened::payload_of(&entry.envelope).map_err(|r| unreadable(r.to_string()))?;
         let event = Event::decode(&payload).map_err(|r| unreadable(r.to_string()))?;
@@ -263,7 +254,7 @@ impl State {
             late_record: late,
             vouched: vouched.clone(),
         };
-        self.apply_event(&event, entry.seq, late, &step, dirty);
+        self.apply_event(&event, entry.seq, late, &step);
         Ok(())
     }
 
@@ -271,7 +262,7 @@ impl State {
         self.actors.get(key.as_str()).and_then(|a| a.country)
     }
 
-    fn apply_event(&mut self, event: &Event, seq: u64, late: bool, step: &dyn Fn(&str, String, String) -> Step, dirty: &mut Dirty) {
+    fn apply_event(&mut self, event: &Event, seq: u64, late: bool, step: &dyn Fn(&str, String, String) -> Step) {
         let kind = event.body.kind();
         let signer = event.actor.to_string();
         let here = self.actor_country(&event.actor);
@@ -280,18 +271,16 @@ impl State {
             Body::ActorRegistered { subject, name, roles, country } => {
                 self.actors
                     .insert(subject.to_string(), Actor { name: name.clone(), registered: seq, country: Some(*country), roles: roles.clone(), revoked: false });
-                dirty.actors.insert(subject.to_string());
             }
             Body::ActorRevoked { subject, .. } => {
                 if let Some(a) = self.actors.get_mut(subject.as_str()) {
                     a.revoked = true;
-                    dirty.actors.insert(subject.to_string());
                 }
             }
             Body::Mined { lot, carats, country, mine } => {
                 let created = step(kind, country.to_string(), format!("mined in {country}{}", mine.as_ref().map(|m| format!(" at {m}")).unwrap_or_default()));
                 let l = self.new_lot(lot, LotState::Rough, *carats, Composition::single(Source::Mined(*country), true), *country, &signer, created);
-                self.put(l, dirty);
+                self.put(l);
             }
             Body::Declared { lot, carats, state, origin } => {
                 let evidence = match &event.evidence {
@@ -310,25 +299,24 @@ impl State {
                 l.customs_unknown = *state == LotState::Polished;
                 l.exports_unknown = true;
                 l.warnings.insert(format!("{lot}: origin claimed by a declaration, not traced"));
-                self.put(l, dirty);
+                self.put(l);
             }
             Body::Split { lot, into } => {
-                let Some(parent) = self.consume_held(seq, lot, &signer, dirty) else { return };
+                let Some(parent) = self.consume_held(seq, lot, &signer) else { return };
                 for p in into {
                     let mut child = child_of(&parent, p, step(kind, parent.country.to_string(), format!("split from {lot}")));
                     push_capped(&mut child.path, child.created.clone(), &mut child.truncated);
                     self.link(lot.as_str(), &child.lot);
-                    self.put(child, dirty);
+                    self.put(child);
                 }
             }
             Body::Processed { lot, process, country, into } => {
-                let Some(parent) = self.consume_held(seq, lot, &signer, dirty) else { return };
+                let Some(parent) = self.consume_held(seq, lot, &signer) else { return };
                 let out: u64 = into.iter().map(|p| p.carats.hundredths()).sum();
                 let input = parent.carats.hundredths();
                 let pct = (out * 100).checked_div(input).unwrap_or(0);
                 let y = self.yields.entry(signer.clone()).or_default();
                 y.steps.push((seq, *process, input, out));
-                dirty.yields.insert(signer.clone());
                 let s = step(kind, country.to_string(), format!("{} of {lot} in {country}, yield {pct}%", process.as_str()));
                 for p in into {
                     let mut child = child_of(&parent, p, s.clone());
@@ -349,11 +337,11 @@ impl State {
                     push_capped(&mut child.transformations, s.clone(), &mut child.truncated);
                     push_capped(&mut child.path, s.clone(), &mut child.truncated);
                     self.link(lot.as_str(), &child.lot);
-                    self.put(child, dirty);
+                    self.put(child);
                 }
             }
             Body::Merged { lots, into } => {
-                let inputs: Vec<Lot> = lots.iter().filter_map(|l| self.consume_held(seq, l, &signer, dirty)).collect();
+                let inputs: Vec<Lot> = lots.iter().filter_map(|l| self.consume_held(seq, l, &signer)).collect();
                 if inputs.len() < lots.len() {
                     // A merge of what is not all here is no merge to answer about.
                     return;
@@ -407,7 +395,7 @@ impl State {
                 for l in lots {
                     self.link(l.as_str(), into.lot.as_str());
                 }
-                self.put(merged, dirty);
+                self.put(merged);
             }
             Body::Transferred { lots, to } => {
                 for l in lots {
@@ -416,7 +404,6 @@ impl State {
                         lot.holder = to.to_string();
                         let s = step(kind, lot.country.to_string(), format!("transferred within {}", lot.country));
                         push_capped(&mut lot.path, s, &mut lot.truncated);
-                        dirty.lots.insert(l.to_string());
                     }
                 }
             }
@@ -437,14 +424,12 @@ impl State {
                         } else if *e == date {
                             lot.exported_claimed.remove(&from);
                         }
-                        dirty.lots.insert(l.to_string());
                     }
                 }
                 self.shipments.insert(
                     certificate.number.clone(),
                     Shipment { lots: lots.iter().map(|l| l.to_string()).collect(), consignee: to.to_string(), to_country: *to_country },
                 );
-                dirty.shipments.insert(certificate.number.clone());
             }
             Body::Imported { certificate, lots } => {
                 let (named, to_country) = match (certificate, lots) {
@@ -468,7 +453,6 @@ impl State {
                         lot.holder = signer.clone();
                         let s = step(kind, country.to_string(), format!("imported into {country}"));
                         push_capped(&mut lot.path, s, &mut lot.truncated);
-                        dirty.lots.insert(l);
                     }
                 }
             }
@@ -539,7 +523,6 @@ impl State {
                         lot.warnings.insert(format!("{l}: {m}"));
                     }
                     push_capped(&mut lot.path, s, &mut lot.truncated);
-                    dirty.lots.insert(l.clone());
                 }
             }
             Body::Flagged { lot, reason } => {
@@ -549,7 +532,6 @@ impl State {
                     x.warnings.insert(text.clone());
                     x.own_flags.push((seq, text.clone()));
                     self.flags.push((seq, lot.to_string(), text));
-                    dirty.lots.insert(lot.to_string());
                 }
             }
         }
@@ -656,15 +638,14 @@ impl State {
     }
 
     /// Consumes a lot its signer holds (see [`State::check_holder`]).
-    fn consume_held(&mut self, seq: u64, lot: &LotId, signer: &str, dirty: &mut Dirty) -> Option<Lot> {
+    fn consume_held(&mut self, seq: u64, lot: &LotId, signer: &str) -> Option<Lot> {
         self.check_holder(seq, lot, signer);
-        self.consume(lot, dirty)
+        self.consume(lot)
     }
 
-    fn consume(&mut self, lot: &LotId, dirty: &mut Dirty) -> Option<Lot> {
+    fn consume(&mut self, lot: &LotId) -> Option<Lot> {
         let l = self.lots.get_mut(lot.as_str())?;
         l.consumed = true;
-        dirty.lots.insert(lot.to_string());
         Some(l.clone())
     }
 
@@ -674,8 +655,7 @@ impl State {
         }
     }
 
-    fn put(&mut self, lot: Lot, dirty: &mut Dirty) {
-        dirty.lots.insert(lot.lot.clone());
+    fn put(&mut self, lot: Lot) {
         self.lots.insert(lot.lot.clone(), lot);
     }
 }
@@ -763,16 +743,14 @@ mod tests {
             Feed { state: State::default(), authority: KeyPair::new_user(), n: 0 }
         }
 
-        /// Applies one event; returns the lots it wrote.
-        fn apply(&mut self, key: &KeyPair, kind: &str, fields: serde_json::Value) -> BTreeSet<String> {
+        /// Applies one event.
+        fn apply(&mut self, key: &KeyPair, kind: &str, fields: serde_json::Value) {
             self.n += 1;
             let mut payload = json!({"id": format!("e{}", self.n), "kind": kind, "actor": key.public_key(), "occurred_at": "2024-11-01T10:00:00Z"});
             payload.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
             let raw = custody_proto::envelope::sign(key, payload.to_string().as_bytes()).unwrap();
             let entry = Entry::next(self.state.checkpoint, "2024-11-01T11:00:00Z".parse::<Timestamp>().unwrap(), raw);
-            let mut dirty = Dirty::default();
-            assert!(self.state.apply(&entry, &mut dirty).unwrap());
-            dirty.lots
+            assert!(self.state.apply(&entry).unwrap());
         }
 
         fn actor(&mut self, role: &str, country: &str) -> KeyPair {
@@ -797,8 +775,10 @@ mod tests {
         let into: Vec<_> = (0..500).map(|i| json!({"lot": format!("R{i}"), "carats": "2.00"})).collect();
         f.apply(&miner, "split", json!({"lot": "R", "into": into}));
         f.apply(&miner, "split", json!({"lot": "R7", "into": [{"lot": "R7a", "carats": "1.00"}, {"lot": "R7b", "carats": "1.00"}]}));
-        let written = f.apply(&regulator, "flagged", json!({"lot": "R", "reason": "licence withdrawn"}));
-        assert_eq!(written, BTreeSet::from(["R".to_owned()]), "a flag rewrites only its lot");
+        let before = f.state.lots.clone();
+        f.apply(&regulator, "flagged", json!({"lot": "R", "reason": "licence withdrawn"}));
+        let changed: Vec<&String> = f.state.lots.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, _)| k).collect();
+        assert_eq!(changed, ["R"], "a flag rewrites only its lot");
         // Answers are what they were when a flag rewrote every descendant.
         for lot in ["R", "R0", "R499", "R7a"] {
             let a = f.answer(lot);
@@ -862,10 +842,9 @@ mod tests {
         assert_eq!(f.state.lots["S1"].holder, cut.public_key());
         // An entry again changes nothing; a gap is refused.
         let last = f.state.checkpoint;
-        let mut dirty = Dirty::default();
         let stale = Entry { seq: 1, ..Entry::next(None, "2024-11-01T11:00:00Z".parse::<Timestamp>().unwrap(), b"{}".to_vec()) };
-        assert_eq!(f.state.apply(&stale, &mut dirty), Ok(false));
+        assert_eq!(f.state.apply(&stale), Ok(false));
         let ahead = Entry::next(Some((last.unwrap().0 + 1, last.unwrap().1)), "2024-11-01T11:00:00Z".parse::<Timestamp>().unwrap(), b"{}".to_vec());
-        assert!(matches!(f.state.apply(&ahead, &mut dirty), Err(ApplyError::Gap { .. })));
+        assert!(matches!(f.state.apply(&ahead), Err(ApplyError::Gap { .. })));
     }
 }
