@@ -139,7 +139,7 @@ impl Store {
                 Some((seq, e.path()))
             })
             .collect();
-        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.sort_by_key(|s| std::cmp::Reverse(s.0));
         Ok(found)
     }
 
