@@ -12,8 +12,8 @@ const ENTRY_HASH_CONTEXT: &str = "custody 2026-11 ledger entry v1";
 /// Version byte of the stored encoding.
 const ENCODING_V1: u8 = 1;
 
-/// A 32-byte blake3 hash, shown as lowercase hex.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// A 32-byte blake3 hash, shown as lowercase hex (ordered as its hex is).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Hash(pub [u8; 32]);
 
 impl Hash {

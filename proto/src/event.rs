@@ -295,6 +295,22 @@ impl Evidence {
 }
 
 impl Body {
+    /// Every kind's wire name.
+    pub const KINDS: [&'static str; 12] = [
+        "actor.registered",
+        "actor.revoked",
+        "mined",
+        "split",
+        "merged",
+        "transferred",
+        "exported",
+        "imported",
+        "processed",
+        "declared",
+        "flagged",
+        "verified",
+    ];
+
     /// The wire name of the kind.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -311,11 +311,13 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
     }
     let dir = tempdir()?;
     let (nats, client) = stream_of(&dir, &chain).await?;
+    let total = chain.entries.len() as u64;
+    drop(chain);
 
     // Baseline: reading the same stream, applying nothing.
     let t = Instant::now();
     let reader = custody_wire::follow::Reader::ledger(&client);
-    let mut messages = std::pin::pin!(reader.range(1, chain.entries.len() as u64));
+    let mut messages = std::pin::pin!(reader.range(1, total));
     let mut read = 0;
     while let Some(msg) = messages.next().await {
         msg?;
@@ -324,17 +326,40 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
     let baseline = read as f64 / t.elapsed().as_secs_f64();
 
     let config = custody_projection::Config::new(nats.url.clone(), dir.join("projection"), None);
+    let resident_before = resident_kb("VmRSS");
     let t = Instant::now();
     let state = custody_projection::service::replay(config).await?;
-    let rate = state.checkpoint.map_or(0, |c| c.0) as f64 / t.elapsed().as_secs_f64();
+    let elapsed = t.elapsed().as_secs_f64();
     let seq = state.checkpoint.map_or(0, |c| c.0);
+    let rate = seq as f64 / elapsed;
+    // What the replayed state holds resident (the process's growth).
+    let resident_after = resident_kb("VmRSS");
+    let lots = state.lots.len().max(1) as u64;
+    let per_lot = resident_after.zip(resident_before).map(|(a, b)| a.saturating_sub(b) * 1024 / lots);
+    // The snapshot a rebuild ends with, apart.
+    let store = custody_projection::store::Store::open(&dir.join("snapshot"))?;
+    let t = Instant::now();
+    tokio::task::block_in_place(|| store.save(&state))?;
+    let snapshot_s = t.elapsed().as_secs_f64();
+    let snapshot_bytes = store.snapshots()?.first().and_then(|(_, p)| std::fs::metadata(p).ok()).map_or(0, |m| m.len());
     println!(
         "{}",
-        json!({"bench": "replay", "entries": seq, "replayed_per_s": rate.round(), "baseline_stream_read_per_s": baseline.round(), "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0})
+        json!({"bench": "replay", "entries": seq, "lots": lots, "replayed_per_s": rate.round(), "baseline_stream_read_per_s": baseline.round(),
+            "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0,
+            "state_resident_bytes_per_lot": per_lot, "peak_resident_mb": resident_kb("VmHWM").map(|k| k / 1024),
+            "snapshot_s": (snapshot_s * 100.0).round() / 100.0, "snapshot_bytes_per_lot": snapshot_bytes / lots})
     );
+    drop(state);
     drop(nats);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// A field of this process's `/proc/self/status`, in kB (Linux).
+fn resident_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 fn tempdir() -> anyhow::Result<std::path::PathBuf> {

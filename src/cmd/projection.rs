@@ -12,7 +12,7 @@ pub struct Args {
     #[arg(long, global = true, default_value = "data/projection")]
     data: PathBuf,
     /// Write a snapshot of the state after this many entries...
-    #[arg(long, global = true, env = "CUSTODY_SNAPSHOT_EVERY", default_value_t = 100_000)]
+    #[arg(long, global = true, env = "CUSTODY_SNAPSHOT_EVERY", default_value_t = 1_000_000)]
     snapshot_every: u64,
     /// ...or this many seconds after the last one, if any entry came since.
     #[arg(long, global = true, env = "CUSTODY_SNAPSHOT_SECS", default_value_t = 60)]

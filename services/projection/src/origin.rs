@@ -57,31 +57,38 @@ pub struct Portion {
     pub claimed: bool,
 }
 
-/// A lot's mine-origin composition; shares sum to exactly one.
+/// A lot's mine-origin composition; shares sum to exactly one. The parts
+/// are kept sorted by [`Part`], in a vector sized to fit: most lots have
+/// one or two, and a map's node would cost a kilobyte each.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Composition {
     #[serde(with = "parts_as_list")]
-    parts: BTreeMap<Part, Portion>,
+    parts: Vec<(Part, Portion)>,
+}
+
+/// Sorted by part, each part once, no spare capacity.
+fn sorted(parts: BTreeMap<Part, Portion>) -> Vec<(Part, Portion)> {
+    let mut v: Vec<(Part, Portion)> = parts.into_iter().collect();
+    v.shrink_to_fit();
+    v
 }
 
 impl Composition {
     /// All mass from one source.
     pub fn single(source: Source, traced: bool) -> Composition {
-        let mut parts = BTreeMap::new();
-        parts.insert(Part { source, traced }, Portion { share: BigRational::one(), departure: Departure::NotLeft, claimed: false });
-        Composition { parts }
+        Composition { parts: vec![(Part { source, traced }, Portion { share: BigRational::one(), departure: Departure::NotLeft, claimed: false })] }
     }
 
     /// Claimed shares (in ten-thousandths summing to 10,000), untraced.
     pub fn claimed(shares: &[(Country, u32)]) -> Composition {
-        let parts = shares
+        let parts: BTreeMap<Part, Portion> = shares
             .iter()
             .map(|(c, s)| {
                 let share = BigRational::new(BigInt::from(*s), BigInt::from(10_000));
                 (Part { source: Source::Mined(*c), traced: false }, Portion { share, departure: Departure::NotLeft, claimed: false })
             })
             .collect();
-        Composition { parts }
+        Composition { parts: sorted(parts) }
     }
 
     /// Carat-weighted mix of several lots: `(composition, hundredths)`.
@@ -90,11 +97,11 @@ impl Composition {
         let total: u64 = inputs.iter().map(|(_, c)| c).sum();
         let mut parts: BTreeMap<Part, Portion> = BTreeMap::new();
         if total == 0 {
-            return Composition { parts };
+            return Composition::default();
         }
         for (comp, carats) in inputs {
             let weight = BigRational::new(BigInt::from(carats), BigInt::from(total));
-            for (part, p) in &comp.parts {
+            for (part, p) in comp.parts.iter() {
                 let add = &p.share * &weight;
                 parts
                     .entry(*part)
@@ -106,7 +113,7 @@ impl Composition {
                     .or_insert(Portion { share: add, departure: p.departure, claimed: p.claimed });
             }
         }
-        Composition { parts }
+        Composition { parts: sorted(parts) }
     }
 
     /// The mass mined in `country` leaves it on `date`; `claimed` when the
@@ -138,18 +145,18 @@ impl Composition {
     }
 
     pub fn parts(&self) -> impl Iterator<Item = (&Part, &Portion)> {
-        self.parts.iter()
+        self.parts.iter().map(|(part, p)| (part, p))
     }
 
     /// Whether any of the mass is not traced through the ledger.
     pub fn has_untraced(&self) -> bool {
-        self.parts.keys().any(|p| !p.traced)
+        self.parts.iter().any(|(p, _)| !p.traced)
     }
 
     /// Shares by source, traced and claimed together, exact.
     pub fn by_source(&self) -> BTreeMap<Source, BigRational> {
         let mut out: BTreeMap<Source, BigRational> = BTreeMap::new();
-        for (part, p) in &self.parts {
+        for (part, p) in self.parts.iter() {
             let e = out.entry(part.source).or_insert_with(BigRational::zero);
             *e = &*e + &p.share;
         }
@@ -203,12 +210,12 @@ mod parts_as_list {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use std::collections::BTreeMap;
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<Part, Portion>, s: S) -> Result<S::Ok, S::Error> {
-        m.iter().collect::<Vec<_>>().serialize(s)
+    pub fn serialize<S: Serializer>(m: &[(Part, Portion)], s: S) -> Result<S::Ok, S::Error> {
+        m.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Part, Portion>, D::Error> {
-        Ok(Vec::<(Part, Portion)>::deserialize(d)?.into_iter().collect())
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Part, Portion)>, D::Error> {
+        Ok(super::sorted(Vec::<(Part, Portion)>::deserialize(d)?.into_iter().collect::<BTreeMap<_, _>>()))
     }
 }
 

@@ -81,9 +81,9 @@ pub struct Config {
 
 impl Config {
     /// A projection of the stream at `nats_url` kept in `data_dir`: a
-    /// snapshot every 100,000 entries or 60 seconds.
+    /// snapshot every 1,000,000 entries or 60 seconds.
     pub fn new(nats_url: impl Into<String>, data_dir: PathBuf, nkey: Option<String>) -> Config {
-        Config { nats_url: nats_url.into(), data_dir, nkey, snapshot_every: 100_000, snapshot_interval: Duration::from_secs(60) }
+        Config { nats_url: nats_url.into(), data_dir, nkey, snapshot_every: 1_000_000, snapshot_interval: Duration::from_secs(60) }
     }
 }
 
@@ -126,13 +126,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// Replays the committed stream from seq 1 into an emptied store, up to the
-/// stream's current end, and returns the final `(seq, digest)`.
+/// stream's current end, writes its snapshot, and returns the final
+/// `(seq, digest)`.
 pub async fn rebuild(config: Config) -> Result<(u64, String), ProjectionError> {
+    let dir = config.data_dir.clone();
     let state = replay(config).await?;
+    Store::open(&dir)?.save(&state)?;
     Ok((state.checkpoint.map_or(0, |c| c.0), digest(&state)))
 }
 
-/// [`rebuild`] without the digest: the replayed state.
+/// [`rebuild`] without the last snapshot and the digest: the replayed
+/// state (snapshots along the way as the config says).
 pub async fn replay(config: Config) -> Result<State, ProjectionError> {
     let store = Store::open(&config.data_dir)?;
     store.clear()?;
@@ -176,6 +180,19 @@ pub fn digest(state: &State) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// Writes a snapshot of the shared state; returns how long it took. The
+/// follower is the state's only writer: while it writes the snapshot
+/// under a read lock, queries read alongside and nothing waits for the
+/// file.
+fn snapshot(store: &Store, state: &Shared) -> Result<Duration, ProjectionError> {
+    let s = state.read().map_err(|_| ProjectionError::Poisoned)?;
+    let t = Instant::now();
+    tokio::task::block_in_place(|| store.save(&s))?;
+    let took = t.elapsed();
+    tracing::info!(seq = s.checkpoint.map_or(0, |c| c.0), lots = s.lots.len(), ms = took.as_millis() as u64, "projection snapshot written");
+    Ok(took)
+}
+
 /// Ends a spawned task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -208,6 +225,7 @@ async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Optio
     }));
     let mut since_snapshot = 0u64;
     let mut last_snapshot = Instant::now();
+    let mut snapshot_cost = Duration::ZERO;
     loop {
         let batch = match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
             Ok(Some(batch)) => Some(batch),
@@ -234,19 +252,20 @@ async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Optio
             }
         }
         let done = until.is_some_and(|u| last >= u);
-        if done || since_snapshot >= cadence.every || (since_snapshot > 0 && last_snapshot.elapsed() >= cadence.interval) {
-            // This task is the state's only writer: while it writes the
-            // snapshot under a read lock, queries read alongside and
-            // nothing waits for the file.
-            let s = state.read().map_err(|_| ProjectionError::Poisoned)?;
-            let t = Instant::now();
-            tokio::task::block_in_place(|| store.save(&s))?;
-            tracing::info!(seq = s.checkpoint.map_or(0, |c| c.0), lots = s.lots.len(), ms = t.elapsed().as_millis() as u64, "projection snapshot written");
-            since_snapshot = 0;
-            last_snapshot = Instant::now();
-        }
         if done {
             return Ok(());
+        }
+        // A snapshot costs in proportion to the whole state: besides
+        // `every` entries or `interval`, it waits ten times as long as the
+        // last one took, so that it stays a small share of the work at any
+        // size of the state.
+        let since_last = last_snapshot.elapsed();
+        let by_count = since_snapshot >= cadence.every;
+        let by_time = since_snapshot > 0 && since_last >= cadence.interval;
+        if (by_count || by_time) && since_last >= snapshot_cost * 10 {
+            snapshot_cost = snapshot(&store, &state)?;
+            since_snapshot = 0;
+            last_snapshot = Instant::now();
         }
     }
 }

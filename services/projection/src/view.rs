@@ -50,14 +50,16 @@ pub struct Vouched {
     pub verification: Option<String>,
 }
 
-/// One ledger entry as a step of a lot's history, with its proof.
+/// One ledger entry as a step of a lot's history, with its proof. Kept
+/// compact (a raw hash, a static kind, a country and a date of a few
+/// bytes each); it is shown exactly as the strings it once held.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Step {
     pub seq: u64,
-    pub hash: String,
-    pub kind: String,
-    pub country: String,
-    pub date: String,
+    pub hash: Hash,
+    pub kind: Kind,
+    pub country: Country,
+    pub date: NaiveDate,
     /// What happened, in words (e.g. "re-export AE -> IN").
     pub note: String,
     /// Recorded more than 7 days after the date it claims: the date is
@@ -66,6 +68,35 @@ pub struct Step {
     pub late_record: bool,
     #[serde(default)]
     pub vouched: Vouched,
+}
+
+/// An event kind by its wire name, one of [`Body::KINDS`]: no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Kind(pub &'static str);
+
+impl PartialEq<&str> for Kind {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Kind, D::Error> {
+        let name = String::deserialize(d)?;
+        Body::KINDS.iter().find(|k| **k == name).map(|k| Kind(k)).ok_or_else(|| serde::de::Error::custom(format!("{name:?} is not an event kind")))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -244,12 +275,12 @@ impl State {
         let documents = event.evidence.as_ref().map(Evidence::documents).unwrap_or_default();
         let vouched =
             if documents.is_empty() { Vouched::default() } else { Vouched { by: Level::Evidenced, evidence: documents.to_vec(), ..Vouched::default() } };
-        let step = |kind: &str, country: String, note: String| Step {
+        let step = |kind: &'static str, country: Country, note: String| Step {
             seq: entry.seq,
-            hash: entry.hash.to_hex(),
-            kind: kind.to_owned(),
+            hash: entry.hash,
+            kind: Kind(kind),
             country,
-            date: event.occurred_at.as_datetime().date_naive().to_string(),
+            date: event.occurred_at.as_datetime().date_naive(),
             note: if late { format!("{note} (late record: recorded {})", entry.recorded_at.as_datetime().date_naive()) } else { note },
             late_record: late,
             vouched: vouched.clone(),
@@ -262,7 +293,7 @@ impl State {
         self.actors.get(key.as_str()).and_then(|a| a.country)
     }
 
-    fn apply_event(&mut self, event: &Event, seq: u64, late: bool, step: &dyn Fn(&str, String, String) -> Step) {
+    fn apply_event(&mut self, event: &Event, seq: u64, late: bool, step: &dyn Fn(&'static str, Country, String) -> Step) {
         let kind = event.body.kind();
         let signer = event.actor.to_string();
         let here = self.actor_country(&event.actor);
@@ -278,7 +309,7 @@ impl State {
                 }
             }
             Body::Mined { lot, carats, country, mine } => {
-                let created = step(kind, country.to_string(), format!("mined in {country}{}", mine.as_ref().map(|m| format!(" at {m}")).unwrap_or_default()));
+                let created = step(kind, *country, format!("mined in {country}{}", mine.as_ref().map(|m| format!(" at {m}")).unwrap_or_default()));
                 let l = self.new_lot(lot, LotState::Rough, *carats, Composition::single(Source::Mined(*country), true), *country, &signer, created);
                 self.put(l);
             }
@@ -295,7 +326,7 @@ impl State {
                 // The ledger admits `declared` only from actors with a country.
                 let Some(country) = here else { return };
                 let note = format!("declared {state:?} stock, origin claimed not traced{}", evidence.as_ref().map(|e| format!(" ({e})")).unwrap_or_default());
-                let mut l = self.new_lot(lot, *state, *carats, composition, country, &signer, step(kind, country.to_string(), note));
+                let mut l = self.new_lot(lot, *state, *carats, composition, country, &signer, step(kind, country, note));
                 l.customs_unknown = *state == LotState::Polished;
                 l.exports_unknown = true;
                 l.warnings.insert(format!("{lot}: origin claimed by a declaration, not traced"));
@@ -304,7 +335,7 @@ impl State {
             Body::Split { lot, into } => {
                 let Some(parent) = self.consume_held(seq, lot, &signer) else { return };
                 for p in into {
-                    let mut child = child_of(&parent, p, step(kind, parent.country.to_string(), format!("split from {lot}")));
+                    let mut child = child_of(&parent, p, step(kind, parent.country, format!("split from {lot}")));
                     push_capped(&mut child.path, child.created.clone(), &mut child.truncated);
                     self.link(lot.as_str(), &child.lot);
                     self.put(child);
@@ -317,7 +348,7 @@ impl State {
                 let pct = (out * 100).checked_div(input).unwrap_or(0);
                 let y = self.yields.entry(signer.clone()).or_default();
                 y.steps.push((seq, *process, input, out));
-                let s = step(kind, country.to_string(), format!("{} of {lot} in {country}, yield {pct}%", process.as_str()));
+                let s = step(kind, *country, format!("{} of {lot} in {country}, yield {pct}%", process.as_str()));
                 for p in into {
                     let mut child = child_of(&parent, p, s.clone());
                     if *process == Process::CuttingPolishing {
@@ -355,7 +386,7 @@ impl State {
                     composition,
                     first.country,
                     &signer,
-                    step(kind, first.country.to_string(), format!("merged from {}", lots.iter().map(|l| l.as_str()).collect::<Vec<_>>().join(", "))),
+                    step(kind, first.country, format!("merged from {}", lots.iter().map(|l| l.as_str()).collect::<Vec<_>>().join(", "))),
                 );
                 merged.merged = true;
                 let mut all_steps: BTreeSet<Step> = BTreeSet::new();
@@ -402,7 +433,7 @@ impl State {
                     self.check_holder(seq, l, &signer);
                     if let Some(lot) = self.lots.get_mut(l.as_str()) {
                         lot.holder = to.to_string();
-                        let s = step(kind, lot.country.to_string(), format!("transferred within {}", lot.country));
+                        let s = step(kind, lot.country, format!("transferred within {}", lot.country));
                         push_capped(&mut lot.path, s, &mut lot.truncated);
                     }
                 }
@@ -414,7 +445,7 @@ impl State {
                         let from = lot.country;
                         let mined_here = lot.composition.parts().any(|(p, _)| p.source == Source::Mined(from));
                         let word = if mined_here { "export" } else { "re-export" };
-                        let s = step(kind, from.to_string(), format!("{word} {from} -> {to_country} under {}", certificate.number));
+                        let s = step(kind, from, format!("{word} {from} -> {to_country} under {}", certificate.number));
                         push_capped(&mut lot.path, s, &mut lot.truncated);
                         lot.composition.leave(from, date, late);
                         let e = lot.exported_from.entry(from).or_insert(date);
@@ -451,7 +482,7 @@ impl State {
                     if let (Some(lot), Some(country)) = (self.lots.get_mut(&l), country) {
                         lot.country = country;
                         lot.holder = signer.clone();
-                        let s = step(kind, country.to_string(), format!("imported into {country}"));
+                        let s = step(kind, country, format!("imported into {country}"));
                         push_capped(&mut lot.path, s, &mut lot.truncated);
                     }
                 }
@@ -489,7 +520,7 @@ impl State {
                         self.gap(seq, Some(l.clone()), format!("verifies lot {l}, which no entry here made"));
                         continue;
                     };
-                    let mut s = step(kind, lot.country.to_string(), format!("verified by {node} ({verification}): {what}, {carats} ct weighed"));
+                    let mut s = step(kind, lot.country, format!("verified by {node} ({verification}): {what}, {carats} ct weighed"));
                     s.vouched = vouch.clone();
                     if *finding == Finding::Conforms {
                         // The shipment it inspected: the lot's latest crossing, else its making.
@@ -846,5 +877,87 @@ mod tests {
         assert_eq!(f.state.apply(&stale), Ok(false));
         let ahead = Entry::next(Some((last.unwrap().0 + 1, last.unwrap().1)), "2024-11-01T11:00:00Z".parse::<Timestamp>().unwrap(), b"{}".to_vec());
         assert!(matches!(f.state.apply(&ahead), Err(ApplyError::Gap { .. })));
+    }
+
+    /// The state digest of a fixed history (fixed keys, times and events,
+    /// every kind, a late record, evidence, a verification, a flag) is the
+    /// one the pre-compact layout gave (issue 14, computed at 24cf50c):
+    /// the digest is over the logical state, whatever the layout.
+    #[test]
+    fn the_digest_of_a_fixed_history_is_unchanged_by_the_compact_layout() {
+        let key = |i: u8| KeyPair::new_from_raw(nkeys::KeyPairType::User, [i; 32]).unwrap();
+        let (auth, ru, bw, ae, cut, reg, node) = (key(1), key(2), key(3), key(4), key(5), key(6), key(7));
+        let mut state = State::default();
+        let mut n = 0;
+        let mut apply = |state: &mut State, k: &KeyPair, kind: &str, at: &str, recorded: &str, fields: serde_json::Value| {
+            n += 1;
+            let mut payload = json!({"id": format!("g{n}"), "kind": kind, "actor": k.public_key(), "occurred_at": at});
+            payload.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+            let raw = custody_proto::envelope::sign(k, payload.to_string().as_bytes()).unwrap();
+            let entry = Entry::next(state.checkpoint, recorded.parse::<Timestamp>().unwrap(), raw);
+            assert!(state.apply(&entry).unwrap());
+        };
+        let (t, r) = ("2024-11-01T10:00:00Z", "2024-11-01T11:00:00Z");
+        for (k, role, c) in [
+            (&ru, "miner", "RU"),
+            (&bw, "miner", "BW"),
+            (&ae, "trader", "AE"),
+            (&cut, "manufacturer", "IN"),
+            (&reg, "regulator", "BE"),
+            (&node, "verifier", "BE"),
+        ] {
+            apply(
+                &mut state,
+                &auth,
+                "actor.registered",
+                t,
+                r,
+                json!({"subject": k.public_key(), "name": format!("{role} {c}"), "roles": [role], "country": c}),
+            );
+        }
+        let cert = |n: &str| json!({"number": n, "value_usd": "10.00"});
+        let doc = json!([{"type": "invoice", "sha256": "ab".repeat(32), "reference": "INV-1"}]);
+        apply(&mut state, &ru, "mined", t, r, json!({"lot": "L1", "carats": "1000.00", "country": "RU", "mine": "Mir"}));
+        apply(&mut state, &bw, "mined", t, r, json!({"lot": "L2", "carats": "1500.00", "country": "BW", "evidence": doc}));
+        // Recorded weeks after it claims: a late record.
+        apply(
+            &mut state,
+            &ru,
+            "exported",
+            "2024-08-01T10:00:00Z",
+            r,
+            json!({"lots": ["L1"], "to": ae.public_key(), "to_country": "AE", "certificate": cert("RU-1")}),
+        );
+        apply(&mut state, &bw, "exported", t, r, json!({"lots": ["L2"], "to": ae.public_key(), "to_country": "AE", "certificate": cert("BW-1")}));
+        apply(&mut state, &ae, "imported", t, r, json!({"certificate": "RU-1"}));
+        apply(&mut state, &ae, "imported", t, r, json!({"certificate": "BW-1"}));
+        apply(&mut state, &ae, "merged", t, r, json!({"lots": ["L1", "L2"], "into": {"lot": "L3", "carats": "2500.00"}}));
+        apply(&mut state, &ae, "split", t, r, json!({"lot": "L3", "into": [{"lot": "L4", "carats": "100.00"}, {"lot": "L5", "carats": "2400.00"}]}));
+        apply(&mut state, &ae, "exported", t, r, json!({"lots": ["L4"], "to": cut.public_key(), "to_country": "IN", "certificate": cert("AE-1")}));
+        apply(&mut state, &node, "verified", t, r, json!({"certificate": "AE-1", "carats": "100.00", "verification": "V-1", "finding": "conforms"}));
+        apply(&mut state, &cut, "imported", t, r, json!({"certificate": "AE-1"}));
+        apply(
+            &mut state,
+            &cut,
+            "processed",
+            t,
+            r,
+            json!({"lot": "L4", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "S1", "carats": "0.72"}, {"lot": "S2", "carats": "0.50"}]}),
+        );
+        apply(&mut state, &cut, "merged", t, r, json!({"lots": ["S1", "S2"], "into": {"lot": "S3", "carats": "1.22"}}));
+        apply(&mut state, &ae, "transferred", t, r, json!({"lots": ["L5"], "to": ae.public_key()}));
+        apply(&mut state, &ae, "declared", t, r, json!({"lot": "D1", "carats": "3.00", "state": "polished", "origin": "unknown", "evidence": "old stock"}));
+        apply(
+            &mut state,
+            &node,
+            "verified",
+            t,
+            r,
+            json!({"lots": ["L5"], "carats": "2300.00", "verification": "V-2", "finding": "does_not_conform", "reason": "short"}),
+        );
+        apply(&mut state, &reg, "flagged", t, r, json!({"lot": "L3", "reason": "second look"}));
+        apply(&mut state, &auth, "actor.revoked", t, r, json!({"subject": bw.public_key(), "reason": "licence withdrawn"}));
+        assert!(state.lots.len() >= 9, "{:?}", state.lots.keys());
+        assert_eq!(crate::service::digest(&state), "8d71321ddbcc81fbbc33e4eb4fb4fcfb8bf0012950777d78b88f5628fc9f6aae");
     }
 }
