@@ -137,6 +137,11 @@ impl System {
         s
     }
 
+    /// NATS and a client; no ledger (a test writes the committed stream).
+    pub async fn without_ledger() -> System {
+        System::open().await
+    }
+
     /// NATS and a client; no ledger yet.
     async fn open() -> System {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -8,7 +8,9 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
@@ -57,8 +59,6 @@ pub enum ProjectionError {
     Broken { seq: u64, why: String },
     #[error("halting: the committed stream breaks the chain: {0}")]
     Apply(#[from] ApplyError),
-    #[error("the projection's state lock is poisoned")]
-    Poisoned,
     #[error("a projection task ended unexpectedly")]
     Ended,
 }
@@ -110,9 +110,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let state: Shared = Arc::new(RwLock::new(state));
     let client = custody_wire::connect::connect(&config.nats_url, "custody-projection", config.nkey.as_deref()).await?;
 
+    // The stream is read on a connection of its own: a query must not wait
+    // in line behind thousands of entries on their way in.
+    let reading = custody_wire::connect::connect(&config.nats_url, "custody-projection-reader", config.nkey.as_deref()).await?;
+
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(serve(client.clone(), state.clone()));
-    tasks.spawn(follow_stream(Reader::ledger(&client), store, state, None, Cadence::from(&config)));
+    tasks.spawn(serve_on_own_thread(client.clone(), state.clone()));
+    tasks.spawn(follow_stream(Reader::ledger(&reading), store, state, None, Cadence::from(&config)));
     tokio::pin!(shutdown);
     let result = tokio::select! {
         () = &mut shutdown => Ok(()),
@@ -147,8 +151,8 @@ pub async fn replay(config: Config) -> Result<State, ProjectionError> {
     follow_stream(reader, store, state.clone(), Some(end), Cadence::from(&config)).await?;
     // The follower is done with it: no copy of a state of millions of lots.
     match Arc::try_unwrap(state) {
-        Ok(lock) => lock.into_inner().map_err(|_| ProjectionError::Poisoned),
-        Err(shared) => Ok(shared.read().map_err(|_| ProjectionError::Poisoned)?.clone()),
+        Ok(lock) => Ok(lock.into_inner()),
+        Err(shared) => Ok(shared.read().clone()),
     }
 }
 
@@ -180,12 +184,31 @@ pub fn digest(state: &State) -> String {
     h.finalize().to_hex().to_string()
 }
 
+/// Applies `entries` in order, [`SLICE`] at a time under the write lock;
+/// returns the last seq applied.
+fn apply_all(state: &Shared, entries: &[custody_proto::Entry]) -> Result<u64, ProjectionError> {
+    let mut last = 0;
+    for slice in entries.chunks(SLICE) {
+        let mut s = state.write();
+        for entry in slice {
+            s.apply(entry)?;
+            last = entry.seq;
+            custody_wire::crashpoint::reached("projection.apply");
+        }
+        // Hands the lock to the queries waiting for it, if any, before
+        // taking it again for the next slice: a writer that took it back
+        // at once would keep them waiting for the whole batch.
+        parking_lot::RwLockWriteGuard::unlock_fair(s);
+    }
+    Ok(last)
+}
+
 /// Writes a snapshot of the shared state; returns how long it took. The
 /// follower is the state's only writer: while it writes the snapshot
 /// under a read lock, queries read alongside and nothing waits for the
 /// file.
 fn snapshot(store: &Store, state: &Shared) -> Result<Duration, ProjectionError> {
-    let s = state.read().map_err(|_| ProjectionError::Poisoned)?;
+    let s = state.read();
     let t = Instant::now();
     tokio::task::block_in_place(|| store.save(&s))?;
     let took = t.elapsed();
@@ -210,7 +233,7 @@ impl Drop for AbortOnDrop {
 /// follower goes on by itself. A broken chain is an error. With `until`,
 /// ends there, after a snapshot.
 async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Option<u64>, cadence: Cadence) -> Result<(), ProjectionError> {
-    let after = state.read().map_err(|_| ProjectionError::Poisoned)?.checkpoint;
+    let after = state.read().checkpoint;
     if until.is_some_and(|u| after.map_or(0, |a| a.0) >= u) {
         return Ok(());
     }
@@ -240,14 +263,9 @@ async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Optio
             Some(Err(FollowError::Read(e))) if until.is_some() => return Err(e.into()),
             Some(Err(FollowError::Read(e))) => tracing::warn!(error = %e, "reading the committed stream failed; going on after the last applied entry"),
             Some(Ok(entries)) => {
-                for slice in entries.chunks(SLICE) {
-                    let mut s = state.write().map_err(|_| ProjectionError::Poisoned)?;
-                    for entry in slice {
-                        s.apply(entry)?;
-                        last = entry.seq;
-                        custody_wire::crashpoint::reached("projection.apply");
-                    }
-                }
+                // Applying is all CPU: off the runtime's workers, so that
+                // queries and the decoder keep theirs.
+                last = tokio::task::block_in_place(|| apply_all(&state, &entries))?;
                 since_snapshot += entries.len() as u64;
             }
         }
@@ -416,6 +434,31 @@ fn genealogy(state: &State, lot: &view::Lot) -> Value {
     json!({"lot": lot.lot, "node": node(lot), "ancestors": ancestors, "descendants": descendants, "truncated": a_trunc || d_trunc})
 }
 
+/// [`serve`] on a thread and runtime of its own: however busy the
+/// follower keeps the other workers (a replay from seq 1), a query does not
+/// wait for one of them. Ends when the returned future is dropped.
+async fn serve_on_own_thread(client: async_nats::Client, state: Shared) -> Result<(), ProjectionError> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("projection-queries".into())
+        .spawn(move || {
+            let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt.block_on(async move {
+                    tokio::select! {
+                        r = serve(client, state) => r,
+                        _ = stop_rx => Ok(()),
+                    }
+                }),
+                Err(e) => Err(ProjectionError::Serve(e.to_string())),
+            };
+            let _ = done_tx.send(result);
+        })
+        .map_err(|e| ProjectionError::Serve(e.to_string()))?;
+    let _stop = stop_tx;
+    done_rx.await.unwrap_or(Err(ProjectionError::Ended))
+}
+
 async fn serve(client: async_nats::Client, state: Shared) -> Result<(), ProjectionError> {
     let mut sub = client.queue_subscribe("custody.query.>", subjects::PROJECTION_GROUP.to_owned()).await.map_err(|e| ProjectionError::Serve(e.to_string()))?;
     let checks = Arc::new(tokio::sync::Semaphore::new(CERTIFICATE_CHECKS));
@@ -441,10 +484,8 @@ async fn serve(client: async_nats::Client, state: Shared) -> Result<(), Projecti
             });
             continue;
         }
-        let answer = match state.read() {
-            Ok(s) => answer(&s, msg.subject.as_str(), &msg.payload),
-            Err(_) => error(AnswerCode::Internal, "state lock poisoned"),
-        };
+        // The read lock is held for the answer only, never for sending it.
+        let answer = answer(&state.read(), msg.subject.as_str(), &msg.payload);
         let body = within_limit(answer.to_string(), client.server_info().max_payload);
         let _ = client.publish(reply, body.into()).await;
     }
