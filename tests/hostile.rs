@@ -104,7 +104,9 @@ async fn every_hostile_case_gets_its_code_and_changes_nothing() {
     let corpus: Vec<Value> = serde_json::from_str(include_str!("hostile/corpus.json")).unwrap();
     assert!(corpus.len() >= 60, "{} cases", corpus.len());
     let codes: std::collections::HashSet<&str> = corpus.iter().map(|c| c["expect"].as_str().unwrap()).collect();
-    for code in custody_proto::Code::ALL {
+    // A batch request's own refusal is about the request, not an envelope:
+    // tests/idempotency.rs sends such batches.
+    for code in custody_proto::Code::ALL.into_iter().filter(|c| *c != custody_proto::Code::BatchTooLarge) {
         assert!(codes.contains(code.as_str()), "the corpus has no case for {code}");
     }
 

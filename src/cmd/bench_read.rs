@@ -294,10 +294,16 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
         chain.register(&authority, m, "miner", "BW")?;
     }
     eprintln!("building a {entries}-entry ledger...");
-    // Mostly mined lots, and every 100th entry a merge of ten of them.
+    let dir = tempdir()?;
+    let (nats, client) = stream_of(&dir, &chain).await?;
+    let js = jetstream::new(client.clone());
+    let mut total = chain.entries.len() as u64;
+    chain.entries.clear();
+    // Mostly mined lots, and every 100th entry a merge of ten of them;
+    // published 100,000 at a time, so that ten million fit in memory.
     let mut i = 0;
     let mut pending: Vec<Vec<String>> = vec![Vec::new(); miners.len()];
-    while chain.entries.len() < entries {
+    while (total as usize) < entries {
         let m = i % miners.len();
         if pending[m].len() == 10 {
             let lots = std::mem::take(&mut pending[m]);
@@ -308,10 +314,12 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
             pending[m].push(lot);
         }
         i += 1;
+        total += 1;
+        if chain.entries.len() == 100_000 || total as usize == entries {
+            custody_ledger::commit::send_all(&js, &chain.entries).await?;
+            chain.entries.clear();
+        }
     }
-    let dir = tempdir()?;
-    let (nats, client) = stream_of(&dir, &chain).await?;
-    let total = chain.entries.len() as u64;
     drop(chain);
 
     // Baseline: reading the same stream, applying nothing.
