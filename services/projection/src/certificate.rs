@@ -25,7 +25,7 @@ fn lineage<'a>(state: &'a State, lot: &'a Lot) -> Vec<&'a Lot> {
             continue;
         }
         out.push(l);
-        todo.extend(l.parents.iter().filter_map(|p| state.lots.get(p)));
+        todo.extend(l.parents.iter().filter_map(|p| state.lots.get(p).map(|b| &**b)));
     }
     out
 }

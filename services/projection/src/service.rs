@@ -343,7 +343,7 @@ fn answer_or_error(state: &State, subject: &str, body: &[u8]) -> Result<Value, V
 }
 
 fn lot_of<'a>(state: &'a State, id: &str) -> Result<&'a view::Lot, Value> {
-    state.lots.get(id).ok_or_else(|| {
+    state.lots.get(id).map(|b| &**b).ok_or_else(|| {
         let shown = custody_proto::ids::truncate(id);
         error(AnswerCode::UnknownLot, format!("lot {shown:?} is not in the projection (up to seq {})", state.checkpoint.map_or(0, |c| c.0)))
     })

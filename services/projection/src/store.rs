@@ -72,7 +72,7 @@ struct Header {
 
 #[derive(Serialize)]
 struct RecordsRef<'a> {
-    lots: &'a BTreeMap<String, Lot>,
+    lots: &'a BTreeMap<String, Box<Lot>>,
     actors: &'a BTreeMap<String, Actor>,
     shipments: &'a BTreeMap<String, Shipment>,
     yields: &'a BTreeMap<String, Yields>,
@@ -80,7 +80,7 @@ struct RecordsRef<'a> {
 
 #[derive(Deserialize)]
 struct Records {
-    lots: BTreeMap<String, Lot>,
+    lots: BTreeMap<String, Box<Lot>>,
     actors: BTreeMap<String, Actor>,
     shipments: BTreeMap<String, Shipment>,
     yields: BTreeMap<String, Yields>,
@@ -161,14 +161,17 @@ impl Store {
         let Some((seq, hash)) = state.checkpoint else { return Ok(()) };
         let path = self.dir.join(format!("snapshot-{seq:020}.json"));
         files::write_whole_with(&path, Mode::Shared, |w| {
-            let mut h = Hashing { inner: w, hasher: blake3::Hasher::new() };
+            // Buffered above the hasher too: serde writes in pieces of a
+            // few bytes, and blake3 is fast on large ones.
+            let mut h = std::io::BufWriter::with_capacity(1 << 20, Hashing { inner: w, hasher: blake3::Hasher::new() });
             let header = Header { format: FORMAT.to_owned(), version: VERSION, seq, hash: hash.to_hex() };
             serde_json::to_writer(&mut h, &header)?;
             h.write_all(b"\n")?;
             let records = RecordsRef { lots: &state.lots, actors: &state.actors, shipments: &state.shipments, yields: &state.yields };
             serde_json::to_writer(&mut h, &records)?;
             h.write_all(b"\n")?;
-            let sum = h.hasher.finalize();
+            let Hashing { inner: w, hasher } = h.into_inner().map_err(|e| e.into_error())?;
+            let sum = hasher.finalize();
             custody_wire::crashpoint::reached("projection.snapshot.writing");
             writeln!(w, "blake3 {}", sum.to_hex())
         })?;

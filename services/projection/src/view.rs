@@ -67,7 +67,39 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late_record: bool,
     #[serde(default)]
-    pub vouched: Vouched,
+    pub vouched: Vouching,
+}
+
+/// A step's [`Vouched`], boxed only when it says more than "declared by
+/// its signer" (as most steps do: then it costs one word); shown exactly
+/// as the `Vouched` it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Vouching(Option<Box<Vouched>>);
+
+impl Vouching {
+    pub fn new(v: Vouched) -> Vouching {
+        Vouching((v != Vouched::default()).then(|| Box::new(v)))
+    }
+
+    /// The documents it names, taken out.
+    pub fn take_evidence(&mut self) -> Vec<Document> {
+        self.0.as_mut().map(|v| std::mem::take(&mut v.evidence)).unwrap_or_default()
+    }
+}
+
+impl Serialize for Vouching {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(v) => v.serialize(s),
+            None => Vouched::default().serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Vouching {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Vouching, D::Error> {
+        Vouched::deserialize(d).map(Vouching::new)
+    }
 }
 
 /// An event kind by its wire name, one of [`Body::KINDS`]: no allocation.
@@ -209,7 +241,9 @@ const MAX_GAPS: usize = 1_000;
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct State {
     pub checkpoint: Option<(u64, Hash)>,
-    pub lots: BTreeMap<String, Lot>,
+    /// Boxed: a map node holds eleven slots whether used or not, and a
+    /// lot is half a kilobyte.
+    pub lots: BTreeMap<String, Box<Lot>>,
     pub actors: BTreeMap<String, Actor>,
     pub shipments: BTreeMap<String, Shipment>,
     pub yields: BTreeMap<String, Yields>,
@@ -273,8 +307,11 @@ impl State {
         let event = Event::decode(&payload).map_err(|r| unreadable(r.to_string()))?;
         let late = event.is_late(entry.recorded_at);
         let documents = event.evidence.as_ref().map(Evidence::documents).unwrap_or_default();
-        let vouched =
-            if documents.is_empty() { Vouched::default() } else { Vouched { by: Level::Evidenced, evidence: documents.to_vec(), ..Vouched::default() } };
+        let vouched = Vouching::new(if documents.is_empty() {
+            Vouched::default()
+        } else {
+            Vouched { by: Level::Evidenced, evidence: documents.to_vec(), ..Vouched::default() }
+        });
         let step = |kind: &'static str, country: Country, note: String| Step {
             seq: entry.seq,
             hash: entry.hash,
@@ -521,13 +558,13 @@ impl State {
                         continue;
                     };
                     let mut s = step(kind, lot.country, format!("verified by {node} ({verification}): {what}, {carats} ct weighed"));
-                    s.vouched = vouch.clone();
+                    s.vouched = Vouching::new(vouch.clone());
                     if *finding == Finding::Conforms {
                         // The shipment it inspected: the lot's latest crossing, else its making.
                         if let Some(crossing) = lot.path.iter_mut().rev().find(|p| p.kind == "exported" || p.kind == "imported") {
-                            crossing.vouched = Vouched { evidence: std::mem::take(&mut crossing.vouched.evidence), ..vouch.clone() };
+                            crossing.vouched = Vouching::new(Vouched { evidence: crossing.vouched.take_evidence(), ..vouch.clone() });
                         } else if let Some(first) = lot.path.first_mut() {
-                            first.vouched = Vouched { evidence: std::mem::take(&mut first.vouched.evidence), ..vouch.clone() };
+                            first.vouched = Vouching::new(Vouched { evidence: first.vouched.take_evidence(), ..vouch.clone() });
                         }
                         lot.verified = Some(format!("{node} {verification}"));
                         // On time, the inspection vouches that the goods
@@ -677,7 +714,7 @@ impl State {
     fn consume(&mut self, lot: &LotId) -> Option<Lot> {
         let l = self.lots.get_mut(lot.as_str())?;
         l.consumed = true;
-        Some(l.clone())
+        Some((**l).clone())
     }
 
     fn link(&mut self, parent: &str, child: &str) {
@@ -687,7 +724,7 @@ impl State {
     }
 
     fn put(&mut self, lot: Lot) {
-        self.lots.insert(lot.lot.clone(), lot);
+        self.lots.insert(lot.lot.clone(), Box::new(lot));
     }
 }
 
