@@ -123,9 +123,13 @@ async fn request_patiently(
 /// Submits envelopes pipelined, `window` at a time, keeping their order:
 /// each is published (on its signer's subject) before the next, so the
 /// ledger admits them in this order, and `outcome` learns each outcome in
-/// the same order (by index). No retry: an answer not back within
-/// `within` is an error. For loaders (`simulate`) whose events depend on
-/// the ones before.
+/// the same order (by index). An answer not back within `within` is an
+/// error. While no ledger takes submissions (NATS answers "no responders":
+/// a writer stepping down, another taking over), everything not yet
+/// answered is sent again, in order, with the same bytes, for up to
+/// [`SUBMIT_PATIENCE`]: what the ledger already admitted gets its first
+/// receipt again. For loaders (`simulate`) whose events depend on the
+/// ones before.
 pub async fn submit_in_order(
     client: &async_nats::Client,
     envelopes: impl IntoIterator<Item = Bytes>,
@@ -137,32 +141,57 @@ pub async fn submit_in_order(
     let prefix = client.new_inbox();
     let mut replies = client.subscribe(format!("{prefix}.*")).await.context("cannot subscribe to the reply inbox")?;
     let mut envelopes = envelopes.into_iter();
-    let mut subjects: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    // Sent and not yet answered, in order: (subject, bytes).
+    let mut inflight: std::collections::VecDeque<(String, Bytes)> = std::collections::VecDeque::new();
     let mut answered: std::collections::BTreeMap<usize, Outcome> = std::collections::BTreeMap::new();
     let (mut sent, mut done) = (0usize, 0usize);
+    let mut unserved_since: Option<tokio::time::Instant> = None;
+    let mut resend = false;
     loop {
         while sent - done < window.max(1) {
             let Some(raw) = envelopes.next() else { break };
             let subject = subjects::submit(&signer(&raw));
-            client.publish_with_reply(subject.clone(), format!("{prefix}.{sent}"), raw).await.context("cannot publish")?;
-            subjects.push_back(subject);
+            client.publish_with_reply(subject.clone(), format!("{prefix}.{sent}"), raw.clone()).await.context("cannot publish")?;
+            inflight.push_back((subject, raw));
             sent += 1;
         }
         if done == sent {
             return Ok(());
         }
-        let msg = match tokio::time::timeout(within, replies.next()).await {
+        // Once "no responders" came back, everything unanswered goes again
+        // after a quarter second without news.
+        let wait = if resend { Duration::from_millis(250) } else { within };
+        let msg = match tokio::time::timeout(wait, replies.next()).await {
             Ok(Some(m)) => m,
             Ok(None) => bail!("the reply subscription ended"),
-            Err(_) => bail!("no answer from the ledger on {} within {within:?}", subjects.front().map_or("?", String::as_str)),
+            Err(_) if resend => {
+                resend = false;
+                tracing::debug!("no ledger took submissions; sending the unanswered ones again");
+                for (k, (subject, raw)) in inflight.iter().enumerate() {
+                    let index = done + k;
+                    if !answered.contains_key(&index) {
+                        client.publish_with_reply(subject.clone(), format!("{prefix}.{index}"), raw.clone()).await.context("cannot publish")?;
+                    }
+                }
+                continue;
+            }
+            Err(_) => bail!("no answer from the ledger on {} within {within:?}", inflight.front().map_or("?", |f| f.0.as_str())),
         };
-        let index = msg.subject.rsplit('.').next().and_then(|i| i.parse::<usize>().ok());
-        if let Some(i) = index.filter(|i| (done..sent).contains(i)) {
-            answered.insert(i, serde_json::from_slice(&msg.payload).context("the ledger's answer is not an outcome")?);
+        let index = msg.subject.rsplit('.').next().and_then(|i| i.parse::<usize>().ok()).filter(|i| (done..sent).contains(i));
+        let Some(i) = index else { continue };
+        if msg.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+            let since = *unserved_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() > SUBMIT_PATIENCE {
+                bail!("no ledger took submissions on {} for {SUBMIT_PATIENCE:?}", inflight.front().map_or("?", |f| f.0.as_str()));
+            }
+            resend = true;
+            continue;
         }
+        unserved_since = None;
+        answered.insert(i, serde_json::from_slice(&msg.payload).context("the ledger's answer is not an outcome")?);
         while let Some(o) = answered.remove(&done) {
             outcome(done, o)?;
-            subjects.pop_front();
+            inflight.pop_front();
             done += 1;
         }
     }

@@ -185,3 +185,40 @@ async fn a_batch_gets_what_each_envelope_would_get_alone_in_order() {
     assert_eq!(shown(&lines[8]), shown(&in_batch[8]));
     assert_eq!(batched.head().await.0, head.0 + 1, "only the stranger's event is new");
 }
+
+/// A loader that starts before any ledger takes submissions (NATS answers
+/// "no responders") sends everything unanswered again, in order, and gets
+/// every receipt once a ledger is up: nothing is lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loader_waits_through_no_ledger_and_loses_nothing() {
+    let mut sys = System::without_ledger().await;
+    let miner = nkeys::KeyPair::new_user();
+    let reg = json!({"subject": miner.public_key(), "name": "m", "roles": ["miner"], "country": "BW"});
+    let mut envelopes = vec![sign(&sys.authority, &event(&sys.authority, "reg-m", "actor.registered", reg))];
+    for i in 0..20 {
+        envelopes.push(sign(&miner, &event(&miner, &format!("w-{i}"), "mined", json!({"lot": format!("W{i}"), "carats": "1.00", "country": "BW"}))));
+    }
+    let client = sys.client.clone();
+    let load = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        custody::client::submit_in_order(&client, envelopes.into_iter().map(bytes::Bytes::from), 8, Duration::from_secs(20), |i, o| {
+            outcomes.push((i, o));
+            Ok(())
+        })
+        .await
+        .map(|()| outcomes)
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!load.is_finished(), "it waits for a ledger");
+    sys.start_ledger().await;
+    let outcomes = load.await.unwrap().expect("every envelope answered");
+    let seqs: Vec<u64> = outcomes
+        .iter()
+        .map(|(_, o)| match o {
+            Outcome::Receipt(r) => r.seq,
+            Outcome::Rejected(r) => panic!("refused: {} {}", r.code, r.message),
+        })
+        .collect();
+    assert_eq!(seqs, (1..=21).collect::<Vec<u64>>(), "in order, each once");
+    assert_eq!(sys.head().await.0, 21);
+}
