@@ -111,7 +111,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let raw_rate = atomic_baseline(&nc, 1, &all).await?;
 
     // The ledger: request-reply, receipts awaited.
-    let (rate, p50, p99) = receipted(&nc, signed, window).await?;
+    let (rate, p50, p99) = receipted(&nc, signed, 1, window).await?;
     let mut report = json!({
         "bench": "ingest",
         "events": total,
@@ -125,7 +125,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(batch) = batch {
         // Other actors and lots, the same number, sent in batch requests.
         let signed = world(&nc, &authority, events, producers).await?;
-        let (batched, p50, p99) = receipted_in_batches(&nc, signed, usize::from(batch), window).await?;
+        let (batched, p50, p99) = receipted(&nc, signed, usize::from(batch), window).await?;
         report["batch"] = json!({
             "envelopes_per_request": batch,
             "receipted_per_s": batched.round(),
@@ -199,52 +199,15 @@ async fn world(nc: &async_nats::Client, authority: &nkeys::KeyPair, events: usiz
         .collect()
 }
 
-/// Submits each list from its own producer, `window` in flight, every
-/// receipt awaited: receipts per second, and receipt latency p50 and p99
-/// in ms.
-async fn receipted(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, window: usize) -> anyhow::Result<(f64, f64, f64)> {
+/// Submits each list from its own producer, every outcome awaited: one
+/// envelope per request (`per_request` 1) or batch requests of
+/// `per_request`, with as many requests in flight as hold `window`
+/// envelopes (at least one). Receipts per second, and request latency p50
+/// and p99 in ms.
+async fn receipted(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, per_request: usize, window: usize) -> anyhow::Result<(f64, f64, f64)> {
     let total: usize = signed.iter().map(Vec::len).sum();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for envelopes in signed {
-        let nc = nc.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::with_capacity(envelopes.len());
-            let mut inflight = FuturesUnordered::new();
-            for env in envelopes {
-                if inflight.len() >= window {
-                    if let Some(r) = inflight.next().await {
-                        latencies.push(r?);
-                    }
-                }
-                let nc = nc.clone();
-                inflight.push(async move {
-                    let t = Instant::now();
-                    match custody::client::submit(&nc, env).await? {
-                        Outcome::Receipt(_) => Ok::<Duration, anyhow::Error>(t.elapsed()),
-                        Outcome::Rejected(r) => bail!("refused: {}", r.message),
-                    }
-                });
-            }
-            while let Some(r) = inflight.next().await {
-                latencies.push(r?);
-            }
-            Ok::<_, anyhow::Error>(latencies)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(total);
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    Ok(summary(total, start.elapsed(), latencies))
-}
-
-/// [`receipted`] with each producer sending batch requests of `batch`
-/// envelopes, as many requests in flight as hold `window` envelopes (at
-/// least one): receipts per second, and request latency p50 and p99 in ms.
-async fn receipted_in_batches(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, batch: usize, window: usize) -> anyhow::Result<(f64, f64, f64)> {
-    let total: usize = signed.iter().map(Vec::len).sum();
-    let requests = (window / batch).max(1);
+    let per_request = per_request.max(1);
+    let requests = (window / per_request).max(1);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for envelopes in signed {
@@ -252,7 +215,7 @@ async fn receipted_in_batches(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, 
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut inflight = FuturesUnordered::new();
-            for chunk in envelopes.chunks(batch).map(<[Bytes]>::to_vec) {
+            for chunk in envelopes.chunks(per_request).map(<[Bytes]>::to_vec) {
                 if inflight.len() >= requests {
                     if let Some(r) = inflight.next().await {
                         latencies.push(r?);
@@ -261,10 +224,12 @@ async fn receipted_in_batches(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, 
                 let nc = nc.clone();
                 inflight.push(async move {
                     let t = Instant::now();
-                    for o in custody::client::submit_batch(&nc, &chunk).await? {
-                        if let Outcome::Rejected(r) = o {
-                            bail!("refused: {}", r.message);
-                        }
+                    let outcomes = match chunk.as_slice() {
+                        [one] if per_request == 1 => vec![custody::client::submit(&nc, one.clone()).await?],
+                        _ => custody::client::submit_batch(&nc, &chunk).await?,
+                    };
+                    if let Some(Outcome::Rejected(r)) = outcomes.iter().find(|o| matches!(o, Outcome::Rejected(_))) {
+                        bail!("refused: {}", r.message);
                     }
                     Ok::<Duration, anyhow::Error>(t.elapsed())
                 });
@@ -275,7 +240,7 @@ async fn receipted_in_batches(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, 
             Ok::<_, anyhow::Error>(latencies)
         }));
     }
-    let mut latencies = Vec::new();
+    let mut latencies = Vec::with_capacity(total);
     for t in tasks {
         latencies.extend(t.await??);
     }
@@ -363,7 +328,7 @@ async fn cluster(events: usize, producers: usize, window: usize, servers: usize,
         let signed = world(&rig.nc, &rig.authority, events, producers).await?;
         let all: Vec<Bytes> = signed.iter().flatten().cloned().collect();
         let baseline = atomic_baseline(&rig.nc, n, &all).await?;
-        let (rate, p50, p99) = receipted(&rig.nc, signed, window).await?;
+        let (rate, p50, p99) = receipted(&rig.nc, signed, 1, window).await?;
         eprintln!("{name}: {rate:.0} receipted/s, p50 {p50:.1} ms, p99 {p99:.1} ms; atomic batches alone {baseline:.0}/s");
         figures.push(json!({"servers": n, "receipted_per_s": rate.round(), "receipt_latency_ms": {"p50": p50, "p99": p99},
             "baseline_atomic_batches_per_s": baseline.round(), "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0}));

@@ -46,7 +46,8 @@ pub fn write_whole(path: &Path, bytes: &[u8], mode: Mode) -> Result<(), FileErro
 }
 
 /// [`write_whole`] for a file too large to hold in memory first: `write`
-/// streams it into the temporary file (buffered). Nothing is renamed if
+/// streams it into the temporary file (unbuffered: a writer of small
+/// pieces wraps it in a `BufWriter` of its own). Nothing is renamed if
 /// `write` fails.
 pub fn write_whole_with(path: &Path, mode: Mode, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<(), FileError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -59,10 +60,8 @@ pub fn write_whole_with(path: &Path, mode: Mode, write: impl FnOnce(&mut dyn Wri
         if mode == Mode::Private {
             std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         }
-        let f = opts.open(&tmp).map_err(io("create", &tmp))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-        write(&mut w).map_err(io("write", &tmp))?;
-        let f = w.into_inner().map_err(|e| e.into_error()).map_err(io("write", &tmp))?;
+        let mut f = opts.open(&tmp).map_err(io("create", &tmp))?;
+        write(&mut f).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("sync", &tmp))?;
     }
     std::fs::rename(&tmp, path).map_err(io("replace", path))?;

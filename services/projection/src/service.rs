@@ -115,7 +115,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let reading = custody_wire::connect::connect(&config.nats_url, "custody-projection-reader", config.nkey.as_deref()).await?;
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(serve_on_own_thread(client.clone(), state.clone()));
+    tasks.spawn(serve(client.clone(), state.clone()));
     tasks.spawn(follow_stream(Reader::ledger(&reading), store, state, None, Cadence::from(&config)));
     tokio::pin!(shutdown);
     let result = tokio::select! {
@@ -231,7 +231,7 @@ impl Drop for AbortOnDrop {
 /// write lock for [`SLICE`] entries at a time, and writes a snapshot as
 /// `cadence` says. A read failure (NATS restarting, say) is logged; the
 /// follower goes on by itself. A broken chain is an error. With `until`,
-/// ends there, after a snapshot.
+/// ends there (the caller writes the last snapshot).
 async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Option<u64>, cadence: Cadence) -> Result<(), ProjectionError> {
     let after = state.read().checkpoint;
     if until.is_some_and(|u| after.map_or(0, |a| a.0) >= u) {
@@ -432,31 +432,6 @@ fn genealogy(state: &State, lot: &view::Lot) -> Value {
     let (ancestors, a_trunc) = walk(&|l| l.parents.clone());
     let (descendants, d_trunc) = walk(&|l| l.children.clone());
     json!({"lot": lot.lot, "node": node(lot), "ancestors": ancestors, "descendants": descendants, "truncated": a_trunc || d_trunc})
-}
-
-/// [`serve`] on a thread and runtime of its own: however busy the
-/// follower keeps the other workers (a replay from seq 1), a query does not
-/// wait for one of them. Ends when the returned future is dropped.
-async fn serve_on_own_thread(client: async_nats::Client, state: Shared) -> Result<(), ProjectionError> {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("projection-queries".into())
-        .spawn(move || {
-            let result = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(async move {
-                    tokio::select! {
-                        r = serve(client, state) => r,
-                        _ = stop_rx => Ok(()),
-                    }
-                }),
-                Err(e) => Err(ProjectionError::Serve(e.to_string())),
-            };
-            let _ = done_tx.send(result);
-        })
-        .map_err(|e| ProjectionError::Serve(e.to_string()))?;
-    let _stop = stop_tx;
-    done_rx.await.unwrap_or(Err(ProjectionError::Ended))
 }
 
 async fn serve(client: async_nats::Client, state: Shared) -> Result<(), ProjectionError> {

@@ -191,22 +191,35 @@ impl Store {
     }
 }
 
-/// One snapshot, checked: checksum, format, records.
+/// The last line of a snapshot: `blake3 <64 hex>\n`.
+const TRAILER: u64 = 72;
+
+/// One snapshot, checked: checksum, format, records. Read twice, in
+/// pieces, never whole: once for the checksum, once to parse what it
+/// vouched for (a snapshot of ten million lots is about 10 GB).
 pub fn read(path: &Path) -> Result<State, Damage> {
-    let bytes = std::fs::read(path).map_err(|e| Damage::Unreadable(e.to_string()))?;
-    let body_end = bytes.strip_suffix(b"\n").and_then(|b| b.iter().rposition(|c| *c == b'\n')).map(|i| i + 1).ok_or(Damage::NoChecksum)?;
-    let (body, trailer) = bytes.split_at(body_end);
-    let sum = std::str::from_utf8(trailer).ok().and_then(|t| t.trim_end().strip_prefix("blake3 ")).ok_or(Damage::NoChecksum)?;
-    if blake3::hash(body).to_hex().as_str() != sum {
+    use std::io::{BufRead as _, Read as _, Seek as _};
+    let unreadable = |e: std::io::Error| Damage::Unreadable(e.to_string());
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let body_len = file.metadata().map_err(unreadable)?.len().checked_sub(TRAILER).ok_or(Damage::NoChecksum)?;
+    let mut hasher = blake3::Hasher::new();
+    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, (&mut file).take(body_len)), &mut hasher).map_err(unreadable)?;
+    let mut trailer = String::new();
+    file.read_to_string(&mut trailer).map_err(|_| Damage::NoChecksum)?;
+    let sum = trailer.strip_prefix("blake3 ").and_then(|t| t.strip_suffix('\n')).ok_or(Damage::NoChecksum)?;
+    if hasher.finalize().to_hex().as_str() != sum {
         return Err(Damage::Checksum);
     }
-    let newline = body.iter().position(|c| *c == b'\n').ok_or(Damage::Format)?;
-    let header: Header = serde_json::from_slice(&body[..newline]).map_err(|_| Damage::Format)?;
+    file.rewind().map_err(unreadable)?;
+    let mut body = std::io::BufReader::with_capacity(1 << 20, file.take(body_len));
+    let mut line = Vec::new();
+    body.read_until(b'\n', &mut line).map_err(unreadable)?;
+    let header: Header = serde_json::from_slice(&line).map_err(|_| Damage::Format)?;
     if header.format != FORMAT || header.version != VERSION {
         return Err(Damage::Format);
     }
     let hash = Hash::from_hex(&header.hash).ok_or(Damage::Format)?;
-    let records: Records = serde_json::from_slice(&body[newline + 1..]).map_err(|e| Damage::Records(e.to_string()))?;
+    let records: Records = serde_json::from_reader(body).map_err(|e| Damage::Records(e.to_string()))?;
     let mut state = State {
         checkpoint: Some((header.seq, hash)),
         lots: records.lots,
