@@ -53,13 +53,62 @@ pub async fn submit_patiently(client: &async_nats::Client, subject: String, raw:
     serde_json::from_slice(&answer).context("the ledger's answer is not an outcome")
 }
 
+/// What an edge answers a submission with (`custody edge`): JetStream's
+/// acknowledgement that the envelope, or the batch, is durably queued in
+/// the edge's outbox. The ledger's own outcome comes later, once the edge
+/// reaches the hub, on the actor's receipts ([`receipts`], or `custody
+/// edge receipts`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Queued {
+    pub stream: String,
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+/// The answer to one envelope: the ledger's outcome, or an edge's word
+/// that it is queued.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Outcome(Outcome),
+    Queued(Queued),
+}
+
+impl Answer {
+    /// The ledger's outcome; an error if an edge only queued it.
+    pub fn outcome(self) -> anyhow::Result<Outcome> {
+        match self {
+            Answer::Outcome(o) => Ok(o),
+            Answer::Queued(q) => bail!("queued at an edge ({} seq {}), not yet answered by the ledger", q.stream, q.seq),
+        }
+    }
+}
+
+/// The outcomes a reply to a batch request of `n` envelopes carries: an
+/// array of them, one refusal of the whole request (as many times), or an
+/// edge's acknowledgement that the batch is queued. `n` = `None` takes an
+/// array of any length.
+pub fn answers_of(reply: &[u8], n: Option<usize>) -> anyhow::Result<Vec<Answer>> {
+    if let Ok(outcomes) = serde_json::from_slice::<Vec<Outcome>>(reply) {
+        if let Some(n) = n {
+            anyhow::ensure!(outcomes.len() == n, "the ledger answered {} outcomes for {n} envelopes", outcomes.len());
+        }
+        return Ok(outcomes.into_iter().map(Answer::Outcome).collect());
+    }
+    let one = match serde_json::from_slice::<Outcome>(reply) {
+        Ok(o) => Answer::Outcome(o),
+        Err(_) => Answer::Queued(serde_json::from_slice(reply).context("the answer is neither outcomes, a refusal nor an edge's acknowledgement")?),
+    };
+    Ok(vec![one; n.unwrap_or(1)])
+}
+
 /// Sends envelopes as batch requests (`Custody-Batch: ndjson`): each run of
 /// one signer's envelopes on its subject, at most
 /// [`subjects::BATCH_MAX_ENVELOPES`] and one NATS message each, runs one
 /// after the other. The outcomes, in order, are each what the envelope
 /// alone would have got; a batch sent again after no answer is answered
 /// the same (event ids make a retry harmless).
-pub async fn submit_batch(client: &async_nats::Client, envelopes: &[Bytes]) -> anyhow::Result<Vec<Outcome>> {
+pub async fn submit_batch(client: &async_nats::Client, envelopes: &[Bytes]) -> anyhow::Result<Vec<Answer>> {
     // Room for the headers and the protocol line.
     let max_bytes = client.server_info().max_payload.saturating_sub(4096).max(1);
     let mut out = Vec::with_capacity(envelopes.len());
@@ -80,13 +129,7 @@ pub async fn submit_batch(client: &async_nats::Client, envelopes: &[Bytes]) -> a
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(subjects::HDR_BATCH, subjects::BATCH_NDJSON);
         let answer = request_patiently(client, subjects::submit(&key), Some(headers), body.into(), Duration::from_secs(30)).await?;
-        let outcomes: Vec<Outcome> = match serde_json::from_slice(&answer) {
-            Ok(o) => o,
-            // The whole batch refused (too many envelopes, say).
-            Err(_) => vec![serde_json::from_slice(&answer).context("the ledger's answer is neither outcomes nor a refusal")?; n],
-        };
-        anyhow::ensure!(outcomes.len() == n, "the ledger answered {} outcomes for {n} envelopes", outcomes.len());
-        out.extend(outcomes);
+        out.extend(answers_of(&answer, Some(n))?);
         i += n;
     }
     Ok(out)
@@ -101,7 +144,20 @@ async fn request_patiently(
     raw: Bytes,
     attempt: Duration,
 ) -> anyhow::Result<Bytes> {
-    let deadline = tokio::time::Instant::now() + SUBMIT_PATIENCE;
+    request_within(client, subject, headers, raw, attempt, SUBMIT_PATIENCE).await
+}
+
+/// [`request_patiently`] for `patience` instead: an edge waits as long as
+/// its link to the hub is down.
+pub async fn request_within(
+    client: &async_nats::Client,
+    subject: String,
+    headers: Option<async_nats::HeaderMap>,
+    raw: Bytes,
+    attempt: Duration,
+    patience: Duration,
+) -> anyhow::Result<Bytes> {
+    let deadline = tokio::time::Instant::now() + patience;
     let mut backoff = Duration::from_millis(20);
     loop {
         let mut req = async_nats::Request::new().payload(raw.clone()).timeout(Some(attempt));
@@ -115,7 +171,7 @@ async fn request_patiently(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
             }
-            Err(e) => bail!("no answer from the ledger within {SUBMIT_PATIENCE:?}: {e}"),
+            Err(e) => bail!("no answer from the ledger within {patience:?}: {e}"),
         }
     }
 }

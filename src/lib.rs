@@ -5,6 +5,8 @@
 //! # Layout
 //! - [`natsd`]: start, restart and kill a nats-server on loopback.
 //! - [`client`]: submit envelopes over request-reply, with retries.
+//! - [`edge`]: a mine's edge: a leaf node with a durable outbox.
+//! - [`link`]: a TCP relay on loopback that can be cut (tests, benches).
 //! - [`keys`]: nkey seed files.
 //! - [`demo`]: DOMAIN.md's worked example as signed events.
 //! - [`filing`]: customs filings filled from an origin certificate.
@@ -13,7 +15,9 @@
 
 pub mod client;
 pub mod demo;
+pub mod edge;
 pub mod filing;
 pub mod keys;
+pub mod link;
 pub mod natsd;
 pub mod sim;

@@ -25,12 +25,31 @@ pub struct NatsServer {
     pub port: u16,
     /// JetStream folder, kept across restarts.
     pub store_dir: PathBuf,
-    /// Configuration file (the accounts block) the server includes, if any.
-    pub config: Option<PathBuf>,
-    /// Its place in a cluster, if it is in one.
-    pub cluster: Option<Member>,
+    /// What it runs besides JetStream; kept for a restart.
+    pub setup: Setup,
+    /// Where leaf nodes (edges) connect, `nats-leaf://127.0.0.1:PORT`, if
+    /// it takes them.
+    pub leaf_url: Option<String>,
     /// Set once the server's log names a JetStream metadata leader.
     meta_leader: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// What a server runs besides JetStream with every write synced.
+#[derive(Debug, Clone, Default)]
+pub struct Setup {
+    /// A configuration file to include: the accounts block written by
+    /// `custody authz`, or an edge's accounts and leaf remote.
+    pub include: Option<PathBuf>,
+    /// Its place in a cluster, if it is in one.
+    pub cluster: Option<Member>,
+    /// Its own JetStream domain (an edge's), so that its streams are never
+    /// mistaken for the hub's.
+    pub domain: Option<String>,
+    /// Take leaf node connections (edges) on loopback: on this port, or a
+    /// free one for 0. The port found is kept for restarts.
+    pub leaf_port: Option<u16>,
+    /// The client port (a free one when absent).
+    pub port: Option<u16>,
 }
 
 /// A server's place in a cluster: its name and the route ports of all.
@@ -70,13 +89,18 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 impl NatsServer {
     /// Starts a server on a free loopback port, JetStream under `store_dir`.
     pub fn start(store_dir: &Path) -> anyhow::Result<NatsServer> {
-        Self::spawn(store_dir, None, None, None)
+        Self::spawn(store_dir, Setup::default())
     }
 
     /// The same, loading `config` (for example the accounts block
     /// written by `custody authz`); SIGHUP makes it reload the file.
     pub fn start_with_config(store_dir: &Path, config: &Path) -> anyhow::Result<NatsServer> {
-        Self::spawn(store_dir, None, Some(config), None)
+        Self::spawn(store_dir, Setup { include: Some(config.to_owned()), ..Setup::default() })
+    }
+
+    /// A server with everything `setup` says.
+    pub fn start_as(store_dir: &Path, setup: Setup) -> anyhow::Result<NatsServer> {
+        Self::spawn(store_dir, setup)
     }
 
     /// The server's process id (to signal a reload).
@@ -87,9 +111,11 @@ impl NatsServer {
     /// Starts it again on the same port and folder (after [`NatsServer::kill`]).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        let mut fresh = Self::spawn(&self.store_dir.clone(), Some(self.port), self.config.clone().as_deref(), self.cluster.clone())?;
+        let setup = Setup { port: Some(self.port), ..self.setup.clone() };
+        let mut fresh = Self::spawn(&self.store_dir.clone(), setup)?;
         // `fresh` leaves with the dead child; dropping it kills nothing.
         std::mem::swap(&mut self.child, &mut fresh.child);
+        self.leaf_url = fresh.leaf_url.take();
         std::mem::swap(&mut self.meta_leader, &mut fresh.meta_leader);
         Ok(())
     }
@@ -98,11 +124,19 @@ impl NatsServer {
     /// with every write synced, the included accounts file, the cluster.
     /// It sits next to the accounts file, since nats-server resolves an
     /// include relative to the including file.
-    fn write_config(store_dir: &Path, config: Option<&Path>, cluster: Option<&Member>) -> anyhow::Result<PathBuf> {
+    fn write_config(store_dir: &Path, setup: &Setup) -> anyhow::Result<PathBuf> {
         let store = std::path::absolute(store_dir)?;
-        let mut text = format!("jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n", store.display().to_string());
+        let domain = setup.domain.as_ref().map(|d| format!("  domain: {d:?}\n")).unwrap_or_default();
+        let mut text = format!("jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n{domain}}}\n", store.display().to_string());
+        if let Some(port) = setup.leaf_port {
+            let port = if port == 0 { "-1".to_owned() } else { port.to_string() };
+            // Edges reach the hub by the URLs they are given (`--hub`), never
+            // by addresses the hub advertises: a mine's link is what its
+            // operator configured.
+            text.push_str(&format!("leafnodes {{\n  listen: \"127.0.0.1:{port}\"\n  no_advertise: true\n}}\n"));
+        }
         let name = store.file_name().map_or_else(|| "nats".to_owned(), |n| n.to_string_lossy().into_owned());
-        let dir = match config {
+        let dir = match setup.include.as_deref() {
             Some(c) => {
                 let c = std::path::absolute(c)?;
                 let file = c.file_name().context("the accounts file has no name")?.to_string_lossy().into_owned();
@@ -111,7 +145,7 @@ impl NatsServer {
             }
             None => store.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
-        if let Some(m) = cluster {
+        if let Some(m) = &setup.cluster {
             let routes: Vec<String> = m.route_ports.iter().map(|p| format!("\"nats-route://127.0.0.1:{p}\"")).collect();
             text.push_str(&format!(
                 "server_name: {:?}\ncluster {{\n  name: \"custody\"\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
@@ -125,10 +159,10 @@ impl NatsServer {
         Ok(path)
     }
 
-    fn spawn(store_dir: &Path, port: Option<u16>, config: Option<&Path>, cluster: Option<Member>) -> anyhow::Result<NatsServer> {
+    fn spawn(store_dir: &Path, setup: Setup) -> anyhow::Result<NatsServer> {
         std::fs::create_dir_all(store_dir)?;
-        let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let own = Self::write_config(store_dir, config, cluster.as_ref())?;
+        let port_arg = setup.port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let own = Self::write_config(store_dir, &setup)?;
         let mut cmd = Command::new(binary()?);
         die_with_parent(&mut cmd);
         let mut child = cmd
@@ -143,6 +177,7 @@ impl NatsServer {
             .context("cannot start nats-server")?;
         let stderr = child.stderr.take().context("no stderr")?;
         let (tx, rx) = mpsc::channel();
+        let (leaf_tx, leaf_rx) = mpsc::channel();
         let meta_leader = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = meta_leader.clone();
         // Reads the log for the port, then keeps draining it so the server
@@ -156,14 +191,27 @@ impl NatsServer {
                 if line.contains("JetStream cluster new metadata leader") || line.contains("Self is new JetStream cluster metadata leader") {
                     seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
+                if let Some(rest) = line.split("Listening for leafnode connections on ").nth(1) {
+                    let _ = leaf_tx.send(rest.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()));
+                }
                 if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
                     let port = rest.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
                     let _ = tx.send(port);
                 }
             }
         });
-        let mut server =
-            NatsServer { child, url: String::new(), port: 0, store_dir: store_dir.to_owned(), config: config.map(Path::to_path_buf), cluster, meta_leader };
+        let takes_leaves = setup.leaf_port.is_some();
+        let mut server = NatsServer { child, url: String::new(), port: 0, store_dir: store_dir.to_owned(), setup, leaf_url: None, meta_leader };
+        // The server names its leaf port before its client port.
+        if takes_leaves {
+            match leaf_rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(Some(port)) => {
+                    server.setup.leaf_port = Some(port);
+                    server.leaf_url = Some(format!("nats-leaf://127.0.0.1:{port}"));
+                }
+                _ => bail!("nats-server did not start listening for leaf nodes"),
+            }
+        }
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(Some(port)) => {
                 server.port = port;
@@ -193,7 +241,8 @@ impl NatsCluster {
         let mut servers = Vec::with_capacity(n);
         for index in 0..n {
             let member = Member { name: format!("n{}", index + 1), index, route_ports: route_ports.clone() };
-            servers.push(NatsServer::spawn(&base.join(format!("nats-{}", index + 1)), None, config, Some(member))?);
+            let setup = Setup { include: config.map(Path::to_path_buf), cluster: Some(member), leaf_port: Some(0), ..Setup::default() };
+            servers.push(NatsServer::spawn(&base.join(format!("nats-{}", index + 1)), setup)?);
         }
         let cluster = NatsCluster { servers };
         cluster.ready()?;

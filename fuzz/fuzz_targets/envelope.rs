@@ -7,7 +7,7 @@
 #![no_main]
 
 use custody_ledger::ledger::{check_batch, refusal, Submitted};
-use custody_ledger::service::receipt_message;
+use custody_wire::receipts::message as receipt_message;
 use custody_proto::{KeyCache, Outcome, Receipt, Timestamp};
 use libfuzzer_sys::fuzz_target;
 

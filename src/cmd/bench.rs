@@ -226,7 +226,11 @@ async fn receipted(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, per_request
                     let t = Instant::now();
                     let outcomes = match chunk.as_slice() {
                         [one] if per_request == 1 => vec![custody::client::submit(&nc, one.clone()).await?],
-                        _ => custody::client::submit_batch(&nc, &chunk).await?,
+                        _ => custody::client::submit_batch(&nc, &chunk)
+                            .await?
+                            .into_iter()
+                            .map(custody::client::Answer::outcome)
+                            .collect::<anyhow::Result<Vec<_>>>()?,
                     };
                     if let Some(Outcome::Rejected(r)) = outcomes.iter().find(|o| matches!(o, Outcome::Rejected(_))) {
                         bail!("refused: {}", r.message);

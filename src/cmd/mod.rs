@@ -4,6 +4,7 @@ mod authz;
 mod bench;
 mod bench_read;
 mod certificate;
+mod edge;
 mod gateway;
 mod keygen;
 mod ledger;
@@ -74,6 +75,9 @@ enum Command {
     /// Check an origin certificate offline with only the ledger's key, and
     /// recompute its answers from its entries.
     VerifyCertificate(certificate::VerifyCertificateArgs),
+    /// Run a mine's edge: a leaf node of the hub that takes the mine's
+    /// submissions while the link is down and forwards them in order.
+    Edge(edge::Args),
     /// Fill a customs filing (US, EU, KP) from an origin certificate.
     Filing(certificate::FilingArgs),
 }
@@ -101,6 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Authz(a) => authz::run(&cli.nats, a).await,
         Command::Certify(a) => certificate::certify(&cli.nats, a).await,
         Command::VerifyCertificate(a) => certificate::verify_certificate(a),
+        Command::Edge(a) => edge::run(&cli.nats, a).await,
         Command::Filing(a) => certificate::filing(&cli.nats, a).await,
     }
 }

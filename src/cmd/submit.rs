@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use custody::client::Answer;
 use custody_proto::{Outcome, Refusal};
 
 #[derive(clap::Args)]
@@ -43,11 +44,24 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             chunk.push(envelope.into());
         }
         if chunk.len() == custody_wire::subjects::BATCH_MAX_ENVELOPES || (line.is_none() && !chunk.is_empty()) {
-            for outcome in custody::client::submit_batch(&client, &chunk).await? {
-                if matches!(outcome, Outcome::Rejected(Refusal { .. })) {
-                    rejected += 1;
+            for (answer, envelope) in custody::client::submit_batch(&client, &chunk).await?.into_iter().zip(&chunk) {
+                match answer {
+                    Answer::Outcome(outcome) => {
+                        if matches!(outcome, Outcome::Rejected(Refusal { .. })) {
+                            rejected += 1;
+                        }
+                        println!("{}", serde_json::to_string(&outcome)?);
+                    }
+                    // At an edge: durably queued; the receipt follows
+                    // (`custody edge receipts`).
+                    Answer::Queued(queued) => {
+                        let id = custody_proto::envelope::Opened::payload_of(envelope)
+                            .ok()
+                            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+                            .and_then(|v| v.get("id").cloned());
+                        println!("{}", serde_json::json!({"id": id, "queued": queued}));
+                    }
                 }
-                println!("{}", serde_json::to_string(&outcome)?);
             }
             chunk.clear();
         }

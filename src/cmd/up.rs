@@ -3,12 +3,12 @@
 //! the ledger, the projection and the HTTP gateway, and on an empty ledger
 //! submits the demo supply chain.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use custody::natsd::{NatsCluster, NatsServer};
+use custody::natsd::{NatsCluster, NatsServer, Setup};
 use custody::{client, demo, keys};
 use custody_proto::Outcome;
 
@@ -93,10 +93,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let auth = (!a.no_auth).then_some(auth_file.as_path());
     let nats = if servers == 1 {
-        let server = match auth {
-            Some(auth) => NatsServer::start_with_config(&a.data.join("nats"), auth)?,
-            None => NatsServer::start(&a.data.join("nats"))?,
-        };
+        let setup = Setup { include: auth.map(Path::to_path_buf), leaf_port: Some(0), ..Setup::default() };
+        let server = NatsServer::start_as(&a.data.join("nats"), setup)?;
         NatsCluster { servers: vec![server] }
     } else {
         NatsCluster::start(servers, &a.data, auth)?
@@ -107,6 +105,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let folder = s.store_dir.display();
         println!("NATS listening on {}{authorization}; JetStream in {folder}, sync_interval: always", s.url);
     }
+    let leaves: Vec<&str> = nats.servers.iter().filter_map(|s| s.leaf_url.as_deref()).collect();
+    println!("edges connect with: custody edge --hub {} --key ACTOR.nk --data DIR", leaves.join(","));
     if servers > 1 {
         println!("  one JetStream cluster of {servers} servers: every custody stream on all of them, a receipt once two hold the entry");
     }

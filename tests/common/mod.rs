@@ -577,6 +577,8 @@ pub struct Up {
     _process: ServiceProcess,
     pub dir: tempfile::TempDir,
     pub url: String,
+    /// Where edges connect (`nats-leaf://127.0.0.1:PORT`).
+    pub leaf: String,
     pub authority: KeyPair,
 }
 
@@ -625,9 +627,12 @@ pub fn up() -> Up {
         .unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
     let process = ServiceProcess::new(child);
-    let mut url = None;
+    let (mut url, mut leaf) = (None, None);
     for line in lines.by_ref() {
         let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("edges connect with: custody edge --hub ") {
+            leaf = rest.split_whitespace().next().map(str::to_owned);
+        }
         if let Some(rest) = line.strip_prefix("NATS listening on ") {
             assert!(rest.contains("authorization"), "authorization is on by default: {line}");
             url = rest.split_whitespace().next().map(str::to_owned);
@@ -639,7 +644,47 @@ pub fn up() -> Up {
     // Keep draining what it prints.
     std::thread::spawn(move || for _ in lines {});
     let authority = custody::keys::load(&dir.path().join("authority.nk")).unwrap();
-    Up { _process: process, dir, url: url.expect("up printed the NATS address"), authority }
+    Up { _process: process, dir, url: url.expect("up printed the NATS address"), leaf: leaf.expect("up printed where edges connect"), authority }
+}
+
+/// `custody edge` for `key`'s actor, a leaf node of `hub`; killed on drop.
+pub struct EdgeProcess {
+    pub process: ServiceProcess,
+    /// Where the mine's producers connect.
+    pub url: String,
+}
+
+impl EdgeProcess {
+    pub fn start(hub: &str, key: &std::path::Path, data: &std::path::Path) -> EdgeProcess {
+        let mut cmd = Command::new(BIN);
+        die_with_parent(&mut cmd);
+        let log = std::fs::File::create(data.with_extension("log")).expect("edge log");
+        let mut child = cmd
+            .args(["edge", "--hub", hub, "--port", "0", "--key"])
+            .arg(key)
+            .arg("--data")
+            .arg(data)
+            .env("CUSTODY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("custody edge starts");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        let process = ServiceProcess::new(child);
+        let mut url = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("edge listening on ") {
+                url = rest.split_whitespace().next().map(str::to_owned);
+            }
+            if line == "edge ready" {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        EdgeProcess { process, url: url.expect("the edge printed its address") }
+    }
 }
 
 /// What the server told a connection (permission violations, say).

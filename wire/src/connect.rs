@@ -24,10 +24,17 @@ pub fn inbox_prefix(public_key: &str) -> String {
 }
 
 fn options(name: &str, seed: Option<&str>) -> Result<async_nats::ConnectOptions, ConnectError> {
+    options_replying_as(name, seed, None)
+}
+
+/// Options for a user with the inbox prefix of `replies_for` (its own key
+/// when `None`).
+fn options_replying_as(name: &str, seed: Option<&str>, replies_for: Option<&str>) -> Result<async_nats::ConnectOptions, ConnectError> {
     let mut options = async_nats::ConnectOptions::new().name(name);
     if let Some(seed) = seed {
         let key = nkeys::KeyPair::from_seed(seed.trim()).map_err(|e| ConnectError::Identity(e.to_string()))?;
-        options = options.custom_inbox_prefix(inbox_prefix(&key.public_key())).nkey(seed.trim().to_owned());
+        let owner = replies_for.map_or_else(|| key.public_key(), str::to_owned);
+        options = options.custom_inbox_prefix(inbox_prefix(&owner)).nkey(seed.trim().to_owned());
     }
     Ok(options)
 }
@@ -42,6 +49,17 @@ fn servers(url: &str) -> Vec<&str> {
 /// given; it keeps retrying in the background while the server comes up.
 pub async fn connect(url: &str, name: &str, seed: Option<&str>) -> Result<async_nats::Client, ConnectError> {
     options(name, seed)?
+        .retry_on_initial_connect()
+        .connect(servers(url))
+        .await
+        .map_err(|e| ConnectError::Unreachable { url: url.to_owned(), why: e.to_string() })
+}
+
+/// [`connect`], with replies on the inbox prefix of another key: an edge's
+/// uplink, whose requests reach the hub over a leaf connection made with
+/// that actor's key, where only the actor's own inbox may be delivered.
+pub async fn connect_replying_as(url: &str, name: &str, seed: &str, replies_for: &str) -> Result<async_nats::Client, ConnectError> {
+    options_replying_as(name, Some(seed), Some(replies_for))?
         .retry_on_initial_connect()
         .connect(servers(url))
         .await

@@ -109,6 +109,13 @@ impl Reader {
         Reader { client: client.clone(), stream: CHECKPOINTS_STREAM, subject: CHECKPOINTS_SUBJECT }
     }
 
+    /// Another stream read the same way (it must allow direct get); its
+    /// `subject` wakes a follower. [`Reader::last_seq`] needs a subject
+    /// without wildcards.
+    pub fn of(client: &Client, stream: &'static str, subject: &'static str) -> Reader {
+        Reader { client: client.clone(), stream, subject }
+    }
+
     fn nats(&self, why: impl std::fmt::Display) -> ReadError {
         ReadError::Nats { stream: self.stream.to_owned(), why: why.to_string() }
     }

@@ -18,6 +18,8 @@
 //! - [`atomic`]: JetStream atomic batch publish, the ledger's commit.
 //! - [`certify`]: assembling an origin certificate from the projection,
 //!   the committed stream and the ledger's proof service.
+//! - [`receipts`]: keeping the outcomes of durable submissions on a
+//!   receipts stream, one consumer per actor (the ledger and the edge).
 //! - [`crashpoint`]: exact crash places for tests (`CUSTODY_CRASH`).
 
 pub mod atomic;
@@ -27,4 +29,5 @@ pub mod crashpoint;
 pub mod files;
 pub mod follow;
 pub mod query;
+pub mod receipts;
 pub mod subjects;

@@ -24,6 +24,10 @@ pub const INBOX_CONSUMER: &str = "ledger";
 /// envelope could not be read).
 pub const RECEIPTS_PREFIX: &str = "custody.receipts";
 pub const RECEIPTS_STREAM: &str = "CUSTODY_RECEIPTS";
+/// An edge's outbox (`custody edge`): what its actor submitted on
+/// `custody.submit.<key>` or `custody.inbox.<key>` at the edge, durably
+/// queued until the hub's ledger answered it. The hub never sees it.
+pub const OUTBOX_STREAM: &str = "CUSTODY_OUTBOX";
 /// Committed entries, in seq order; stream sequence = ledger seq.
 pub const ENTRIES_SUBJECT: &str = "custody.ledger.entries";
 pub const LEDGER_STREAM: &str = "CUSTODY_LEDGER";

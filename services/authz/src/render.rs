@@ -28,7 +28,7 @@
 //! | a projection | direct get on the committed stream | `custody.query.>` (answers), the committed subject |
 //! | authz | direct get on the committed stream | the committed subject |
 //! | the gateway | queries, proofs, direct get on both streams | the committed and checkpoint subjects |
-//! | any actor | its own `custody.submit.<key>` and `custody.inbox.<key>`, pulling from and acking its own receipts consumer, queries and proofs | — |
+//! | any actor | its own `custody.submit.<key>` and `custody.inbox.<key>`, pulling from and acking its own receipts consumer, queries and proofs, its own inbox (for an edge's leaf connection) | — |
 //! | a regulator | also direct get on both streams | also the committed and checkpoint subjects |
 //! | the operator (`custody up`'s demo loader) | any `custody.submit.>`, queries | — |
 //!
@@ -109,9 +109,14 @@ fn reader(key: &str) -> Permissions {
     Permissions { publish, subscribe: vec![own_inbox(key), ENTRIES_SUBJECT.into(), CHECKPOINTS_SUBJECT.into()], responds: false }
 }
 
+/// An actor. Its own inbox is also among what it may publish: an actor's
+/// key is how an edge's leaf node connects (`custody edge`), and on a leaf
+/// connection nats-server checks what it delivers to the leaf, and what
+/// the leaf may send, against the publish permissions; so the leaf
+/// carries this actor's subjects and its replies, nothing else.
 fn actor(key: &str, roles: &[Role]) -> Permissions {
     let mut p = if roles.contains(&Role::Regulator) { reader(key) } else { Permissions { publish: ask(), subscribe: vec![own_inbox(key)], responds: false } };
-    p.publish.extend([submit(key), inbox(key), receipts_next(key), receipts_ack(key)]);
+    p.publish.extend([submit(key), inbox(key), receipts_next(key), receipts_ack(key), own_inbox(key)]);
     p
 }
 
@@ -259,8 +264,8 @@ mod tests {
             ("ULEDGER", &[">"], &[], &[">"]),
             (
                 "UMINER",
-                &["custody.submit.UMINER", "custody.inbox.UMINER", "$JS.API.CONSUMER.MSG.NEXT.CUSTODY_RECEIPTS.UMINER", "custody.query.>"],
-                &["custody.submit.UREG", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", ">"],
+                &["custody.submit.UMINER", "custody.inbox.UMINER", "$JS.API.CONSUMER.MSG.NEXT.CUSTODY_RECEIPTS.UMINER", "custody.query.>", "_INBOX_UMINER.>"],
+                &["custody.submit.UREG", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", ">", "_INBOX_UREG.>", "_INBOX_>"],
                 &["_INBOX_UMINER.>"],
             ),
             (

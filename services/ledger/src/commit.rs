@@ -22,7 +22,8 @@ use custody_wire::follow::{entry_of, Reader};
 use custody_wire::subjects::*;
 use futures::StreamExt;
 
-use crate::service::{header_value, LedgerError};
+use crate::service::LedgerError;
+use custody_wire::receipts::header_value;
 
 pub use custody_wire::atomic::{Ack, BatchError, MAX_ATOMIC};
 

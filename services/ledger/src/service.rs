@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
-use async_nats::{HeaderMap, Subject};
+use async_nats::Subject;
 use bytes::Bytes;
 use custody_proto::{ActorKey, Entry, Hash, KeyCache, Outcome, Refusal};
 use futures::stream::FuturesOrdered;
@@ -416,16 +416,7 @@ async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<Stre
     })
     .await
     .map_err(nats("create the checkpoints stream"))?;
-    js.get_or_create_stream(stream::Config {
-        name: RECEIPTS_STREAM.into(),
-        subjects: vec![format!("{RECEIPTS_PREFIX}.>")],
-        storage: stream::StorageType::File,
-        max_age: Duration::from_secs(7 * 24 * 3600),
-        num_replicas: replicas,
-        ..Default::default()
-    })
-    .await
-    .map_err(nats("create the receipts stream"))?;
+    js.get_or_create_stream(custody_wire::receipts::stream_config(replicas)).await.map_err(nats("create the receipts stream"))?;
     Ok(Streams { inbox })
 }
 
@@ -714,42 +705,8 @@ fn outcome_bytes(o: &Outcome) -> Bytes {
     serde_json::to_vec(o).map(Bytes::from).unwrap_or_default()
 }
 
-/// The receipts consumers the ledger keeps, one per actor that used the
-/// inbox: durable, named by the actor's key, filtered to its receipts.
-/// Actors cannot create consumers (their NATS account has no JetStream);
-/// they pull from this one, and only from their own.
-#[derive(Default)]
-struct ReceiptConsumers {
-    made: std::collections::HashSet<String>,
-}
-
-impl ReceiptConsumers {
-    /// Makes the consumer of the actor an inbox subject's key names, once;
-    /// a key that is no actor's key gets none.
-    async fn ensure(&mut self, js: &jetstream::Context, subject_key: Option<&str>) {
-        if subject_key.is_some_and(|k| self.made.contains(k)) {
-            return;
-        }
-        let Some(actor) = receipts_owner(subject_key) else { return };
-        let actor = actor.as_str();
-        let config = consumer::pull::Config {
-            durable_name: Some(actor.to_owned()),
-            filter_subject: receipts(actor),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
-            ..Default::default()
-        };
-        match js.create_consumer_on_stream(config, RECEIPTS_STREAM).await {
-            Ok(_) => {
-                self.made.insert(actor.to_owned());
-            }
-            Err(e) => tracing::warn!(error = %e, actor, "cannot create a receipts consumer; trying again with the next receipt"),
-        }
-    }
-}
-
 async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut rx: mpsc::Receiver<Vec<(Reply, Outcome)>>) -> Result<(), LedgerError> {
-    let mut consumers = ReceiptConsumers::default();
+    let mut consumers = custody_wire::receipts::Consumers::default();
     while let Some(batch) = rx.recv().await {
         let mut durable = Vec::new();
         for (reply, outcome) in batch {
@@ -770,7 +727,7 @@ async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut r
                 Reply::Inbox(msg) => {
                     let key = subject_key(&msg.subject);
                     consumers.ensure(&js, key.as_deref()).await;
-                    let (subject, headers, message_id) = receipt_message(key.as_deref(), &outcome);
+                    let (subject, headers, message_id) = custody_wire::receipts::message(key.as_deref(), &outcome);
                     let publish = jetstream::message::PublishMessage::build().payload(body).headers(headers).message_id(message_id);
                     match js.send_publish(subject, publish).await {
                         Ok(ack) => durable.push((msg, ack)),
@@ -796,47 +753,6 @@ async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut r
         .await;
     }
     Ok(())
-}
-
-/// How an inbox submission's outcome is published: on the receipts
-/// subject of the actor whose inbox subject it came on (NATS lets only
-/// that actor publish there), with the headers and the message id that
-/// make a republish a duplicate. Pure, so that a fuzz target can drive it
-/// with any bytes. The event id comes from input: it is escaped into
-/// printable ASCII, never put in a header as it came (a CR or LF there
-/// would break the protocol, and async-nats panics on one).
-pub fn receipt_message(subject_key: Option<&str>, outcome: &Outcome) -> (String, HeaderMap, String) {
-    let actor = receipts_owner(subject_key).unwrap_or_else(|| "unattributed".into());
-    let (id, tag) = match outcome {
-        Outcome::Receipt(r) => (r.id.as_str(), r.seq.to_string()),
-        Outcome::Rejected(r) => (r.id.as_deref().unwrap_or_default(), r.code.to_string()),
-    };
-    let mut headers = HeaderMap::new();
-    headers.insert(HDR_EVENT_ID, header_value(id));
-    let message_id = header_text(&format!("{actor}:{id}:{tag}"));
-    (receipts(&actor), headers, message_id)
-}
-
-/// The actor whose receipts an inbox subject's key names, if it is a key.
-fn receipts_owner(subject_key: Option<&str>) -> Option<String> {
-    subject_key.and_then(|k| k.parse::<ActorKey>().ok()).map(|k| k.to_string())
-}
-
-/// Any text as header-safe printable ASCII: control characters, quotes,
-/// backslashes and non-ASCII are escaped (`\n`, `\u{..}`). Safe text is
-/// unchanged.
-pub fn header_text(s: &str) -> String {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\') {
-        return s.to_owned();
-    }
-    s.escape_default().to_string()
-}
-
-/// A header value that cannot fail: the text escaped by [`header_text`].
-/// `HeaderValue::from(&str)` panics on CR or LF; this never does.
-pub fn header_value(s: &str) -> async_nats::HeaderValue {
-    let text = header_text(s);
-    text.parse().unwrap_or_default()
 }
 
 /// Publishes a signed checkpoint now and then while the head moves.
@@ -947,19 +863,9 @@ async fn serve_head(client: async_nats::Client, head: watch::Receiver<Option<(u6
 #[cfg(test)]
 mod tests {
     use super::*;
-    use custody_proto::Refusal;
 
     #[test]
-    fn input_never_reaches_a_header_unescaped() {
-        // The id of a refused envelope comes from whatever bytes were sent.
-        let refused = Outcome::Rejected(Refusal { id: Some("x\r\ny\u{0}é\\".into()), code: custody_proto::Code::BadSignature, message: "no".into() });
-        let (subject, headers, message_id) = receipt_message(Some("not a key"), &refused);
-        assert_eq!(subject, "custody.receipts.unattributed");
-        let id = headers.get(HDR_EVENT_ID).expect("the id header").as_str();
-        assert_eq!(id, r"x\r\ny\u{0}\u{e9}\\");
-        assert_eq!(message_id, r"unattributed:x\r\ny\u{0}\u{e9}\\:bad_signature");
-        // Safe text is left as it is.
-        assert_eq!(header_text("lot-1:2024/09"), "lot-1:2024/09");
+    fn a_subject_names_its_key() {
         assert_eq!(subject_key("custody.submit.UABC"), Some("UABC".into()));
     }
 }
