@@ -68,6 +68,14 @@ enum What {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// A mine's edge: how long 5,000 events queued offline take to be
+    /// receipted once the link returns, against submitting them straight
+    /// to the hub in the same batches; and the edge's acknowledgement
+    /// latency offline, against a bare round trip to the same server.
+    Edge {
+        #[arg(long, default_value_t = 5000)]
+        events: usize,
+    },
     /// Projection replay rate, against reading the same stream.
     Replay {
         #[arg(long, default_value_t = 1_000_000)]
@@ -87,6 +95,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         What::Certificate { fan_in, runs } => {
             super::bench_read::certificate(&fan_in, runs).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        What::Edge { events } => {
+            super::bench_edge::edge(events).await?;
             return Ok(ExitCode::SUCCESS);
         }
         What::Replay { entries } => {
@@ -173,6 +185,19 @@ async fn atomic_baseline(nc: &async_nats::Client, replicas: usize, all: &[Bytes]
 /// among them, before any clock starts.
 async fn world(nc: &async_nats::Client, authority: &nkeys::KeyPair, events: usize, producers: usize) -> anyhow::Result<Vec<Vec<Bytes>>> {
     let miners: Vec<nkeys::KeyPair> = (0..producers).map(|_| nkeys::KeyPair::new_user()).collect();
+    world_of(nc, authority, &miners, events, "b").await
+}
+
+/// [`world`] for these miners, event ids and lots tagged `tag` (so that
+/// one miner may have several worlds; one character: an id holds at most
+/// 64).
+pub(super) async fn world_of(
+    nc: &async_nats::Client,
+    authority: &nkeys::KeyPair,
+    miners: &[nkeys::KeyPair],
+    events: usize,
+    tag: &str,
+) -> anyhow::Result<Vec<Vec<Bytes>>> {
     for (i, m) in miners.iter().enumerate() {
         let reg = json!({"id": format!("reg-{}", m.public_key()), "kind": "actor.registered", "actor": authority.public_key(),
             "occurred_at": "2024-01-01T00:00:00Z", "subject": m.public_key(), "name": format!("Miner {i}"),
@@ -183,15 +208,15 @@ async fn world(nc: &async_nats::Client, authority: &nkeys::KeyPair, events: usiz
         }
     }
     eprintln!("signing {events} envelopes...");
-    let per = events / producers;
+    let per = events / miners.len().max(1);
     miners
         .iter()
         .enumerate()
         .map(|(p, m)| {
             (0..per)
                 .map(|i| {
-                    let ev = json!({"id": format!("b-{}-{i}", m.public_key()), "kind": "mined", "actor": m.public_key(),
-                        "occurred_at": "2024-09-02T00:00:00Z", "lot": format!("B{p}-{i}-{}", &m.public_key()[..8]), "carats": "12.34", "country": "BW"});
+                    let ev = json!({"id": format!("{tag}-{}-{i}", m.public_key()), "kind": "mined", "actor": m.public_key(),
+                        "occurred_at": "2024-09-02T00:00:00Z", "lot": format!("{tag}{p}-{i}-{}", &m.public_key()[..8]), "carats": "12.34", "country": "BW"});
                     custody_proto::envelope::sign(m, ev.to_string().as_bytes()).map(Bytes::from).map_err(anyhow::Error::from)
                 })
                 .collect::<anyhow::Result<Vec<_>>>()
@@ -204,7 +229,7 @@ async fn world(nc: &async_nats::Client, authority: &nkeys::KeyPair, events: usiz
 /// `per_request`, with as many requests in flight as hold `window`
 /// envelopes (at least one). Receipts per second, and request latency p50
 /// and p99 in ms.
-async fn receipted(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, per_request: usize, window: usize) -> anyhow::Result<(f64, f64, f64)> {
+pub(super) async fn receipted(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, per_request: usize, window: usize) -> anyhow::Result<(f64, f64, f64)> {
     let total: usize = signed.iter().map(Vec::len).sum();
     let per_request = per_request.max(1);
     let requests = (window / per_request).max(1);
@@ -252,7 +277,7 @@ async fn receipted(nc: &async_nats::Client, signed: Vec<Vec<Bytes>>, per_request
 }
 
 /// Items per second over `elapsed`, and the latencies' p50 and p99 in ms.
-fn summary(total: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> (f64, f64, f64) {
+pub(super) fn summary(total: usize, elapsed: Duration, mut latencies: Vec<Duration>) -> (f64, f64, f64) {
     latencies.sort();
     let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).map_or(0.0, |d| d.as_secs_f64() * 1e3);
     (total as f64 / elapsed.as_secs_f64(), pct(0.50), pct(0.99))
@@ -394,7 +419,7 @@ async fn cluster(events: usize, producers: usize, window: usize, servers: usize,
     Ok(ExitCode::SUCCESS)
 }
 
-fn tempfile_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {
+pub(super) fn tempfile_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("custody-bench-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

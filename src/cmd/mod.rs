@@ -2,6 +2,7 @@
 
 mod authz;
 mod bench;
+mod bench_edge;
 mod bench_read;
 mod certificate;
 mod edge;
