@@ -17,6 +17,12 @@ batch request instead: the envelopes one per line, with the header
 envelope's outcome, in order, exactly as if each had been sent alone. It
 prints the array; exit status 0 if every one was receipted. This is for
 bulk loads: a cutting centre's day of output, historical stock.
+
+At a mine's edge (`custody edge`, CUSTODY_NATS pointing at it) the same
+script works unchanged: the answer is then the edge's acknowledgement
+{"stream": "CUSTODY_OUTBOX", "seq", "domain"}, meaning the envelope (or
+the batch) is on the edge's disk; the ledger's receipt follows once the
+link is up (`custody edge receipts`).
 """
 
 import asyncio
