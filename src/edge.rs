@@ -36,14 +36,15 @@
 //! use which subject"). Forwarding as a client keeps the hub's layout and
 //! its one write path, and the order is the outbox's.
 
-use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use custody_proto::Outcome;
-use custody_wire::follow::Reader;
+use custody_wire::follow::{Reader, StreamMsg};
 use custody_wire::subjects::{self, BATCH_MAX_ENVELOPES, BATCH_NDJSON, HDR_BATCH, OUTBOX_STREAM, RECEIPTS_PREFIX, RECEIPTS_STREAM};
 
 use crate::client::{answers_of, request_within, Answer};
@@ -52,7 +53,7 @@ use crate::natsd::{NatsServer, Setup};
 /// The forwarder's key in `MINE` (full use of the edge's JetStream).
 pub const FORWARDER_KEY: &str = "edge.nk";
 /// The uplink's key in `UPLINK`.
-pub const UPLINK_KEY: &str = "uplink.nk";
+const UPLINK_KEY: &str = "uplink.nk";
 /// The accounts and the leaf remote; it holds the actor's seed, so only
 /// its owner may read it.
 const ACCOUNTS_FILE: &str = "edge-accounts.conf";
@@ -60,6 +61,9 @@ const ACCOUNTS_FILE: &str = "edge-accounts.conf";
 const ATTEMPT: Duration = Duration::from_secs(30);
 /// How often an idle forwarder looks at the outbox.
 const IDLE: Duration = Duration::from_millis(50);
+/// At most this much of the outbox is held in memory (a producer's batch
+/// may be as large as a NATS message).
+const READ_BYTES: usize = 8 << 20;
 
 /// What `custody edge` runs.
 pub struct Config {
@@ -189,9 +193,9 @@ struct Forwarding {
 /// `max_bytes`; a producer's own batch, or an envelope that could not
 /// travel inside a batch unchanged (empty, or holding a line break), alone
 /// and as it came.
-fn next_request(msgs: &[custody_wire::follow::StreamMsg], max_bytes: usize) -> Option<Forwarding> {
+fn next_request(msgs: &[StreamMsg], max_bytes: usize) -> Option<Forwarding> {
     let first = msgs.first()?;
-    let alone = |m: &custody_wire::follow::StreamMsg| {
+    let alone = |m: &StreamMsg| {
         m.headers.get(HDR_BATCH).is_some() || m.payload.iter().all(u8::is_ascii_whitespace) || m.payload.iter().any(|b| *b == b'\n' || *b == b'\r')
     };
     if alone(first) {
@@ -229,25 +233,31 @@ impl Forwarder {
 
     async fn run(mut self) -> anyhow::Result<()> {
         let outbox = Reader::of(&self.local, OUTBOX_STREAM, "custody.>");
-        let mut stream = self.js.get_stream(OUTBOX_STREAM).await.context("no outbox")?;
+        let stream = self.js.get_stream(OUTBOX_STREAM).await.context("no outbox")?;
         self.consumers.ensure(&self.js, Some(&self.actor)).await;
+        // Read and not yet answered, in order; each message is read once.
+        let mut pending: VecDeque<StreamMsg> = VecDeque::new();
+        let mut next = stream.cached_info().state.first_sequence;
         loop {
-            let state = stream.info().await.context("cannot read the outbox's state")?.state.clone();
-            if state.messages == 0 {
-                tokio::time::sleep(IDLE).await;
-                continue;
+            if pending.is_empty() {
+                let read = outbox.batch_within(next, BATCH_MAX_ENVELOPES, READ_BYTES).await?;
+                let Some(last) = read.last() else {
+                    tokio::time::sleep(IDLE).await;
+                    continue;
+                };
+                next = last.seq + 1;
+                pending.extend(read);
             }
-            let msgs = outbox.batch(state.first_sequence, BATCH_MAX_ENVELOPES).await?;
             let max_bytes = self.uplink.server_info().max_payload.saturating_sub(4096).max(1);
-            let Some(request) = next_request(&msgs, max_bytes) else { continue };
+            let Some(request) = next_request(pending.make_contiguous(), max_bytes) else { continue };
             let started = Instant::now();
             let outcomes = self.send(&request).await?;
-            let (refused, n) = (outcomes.iter().filter(|o| matches!(o, Outcome::Rejected(_))).count(), outcomes.len());
+            let refused = outcomes.iter().filter(|o| matches!(o, Outcome::Rejected(_))).count();
             self.keep(&outcomes).await?;
             // Only now: a crash before this sends them again, harmlessly.
             stream.purge().sequence(request.last + 1).await.context("cannot trim the outbox")?;
-            let queued = state.last_sequence.saturating_sub(request.last);
-            tracing::info!(envelopes = n, refused, through = request.last, queued, took_ms = started.elapsed().as_millis() as u64, "forwarded to the hub");
+            pending.retain(|m| m.seq > request.last);
+            tracing::info!(envelopes = outcomes.len(), refused, through = request.last, took_ms = started.elapsed().as_millis() as u64, "forwarded to the hub");
         }
     }
 
@@ -318,15 +328,9 @@ pub async fn receipts(local: &async_nats::Client) -> anyhow::Result<(Vec<Outcome
     Ok((out, queued))
 }
 
-/// The forwarder's key file in an edge's folder.
-pub fn forwarder_key(data: &Path) -> PathBuf {
-    data.join(FORWARDER_KEY)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use custody_wire::follow::StreamMsg;
 
     fn msg(seq: u64, body: &str, batch: bool) -> StreamMsg {
         let mut headers = async_nats::HeaderMap::new();

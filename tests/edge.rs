@@ -95,22 +95,14 @@ async fn an_offline_mine_records_5000_events_and_each_is_receipted_once_in_order
     // The link goes down. The mine goes on recording.
     link.cut();
     let mut envelopes: Vec<Bytes> = mined(&miner, "off", 5000);
+    let export = |id: &str, lot: &str, number: &str| -> Bytes {
+        let fields = json!({"lots": [lot], "to": trader.public_key(), "to_country": "AE", "certificate": {"number": number, "value_usd": "1.00"}});
+        sign(&miner, &event(&miner, id, "exported", fields)).into()
+    };
     // Custody across the gap: an export of a lot mined offline, after it.
-    let export = event(
-        &miner,
-        "off-export",
-        "exported",
-        json!({"lots": ["off-L4999"], "to": trader.public_key(), "to_country": "AE", "certificate": {"number": "ZA-EDGE-1", "value_usd": "1.00"}}),
-    );
-    envelopes.push(sign(&miner, &export).into());
+    envelopes.push(export("off-export", "off-L4999", "ZA-EDGE-1"));
     // And one that rests on nothing the hub has: refused, and the mine sees it.
-    let orphan = event(
-        &miner,
-        "off-orphan",
-        "exported",
-        json!({"lots": ["NOT-MINED-ANYWHERE"], "to": trader.public_key(), "to_country": "AE", "certificate": {"number": "ZA-EDGE-2", "value_usd": "1.00"}}),
-    );
-    envelopes.push(sign(&miner, &orphan).into());
+    envelopes.push(export("off-orphan", "NOT-MINED-ANYWHERE", "ZA-EDGE-2"));
     let both: Bytes = sign(&miner, &event(&miner, "off-both", "mined", json!({"lot": "BOTH", "carats": "1.00", "country": "ZA"}))).into();
     envelopes.push(both.clone());
 

@@ -109,11 +109,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let tmp = tempfile_dir("ingest")?;
     let nats = NatsServer::start(&tmp.join("nats"))?;
     let authority = nkeys::KeyPair::new_user();
-    let config = custody_ledger::Config::new(nats.url.clone(), tmp.join("ledger"), authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let ledger = tokio::spawn(custody_ledger::run(config, async move {
-        let _ = stop_rx.await;
-    }));
+    let ledger = InProcessLedger::start(&nats.url, tmp.join("ledger"), &authority)?;
     let nc = custody::client::connect(&nats.url).await?;
 
     let signed = world(&nc, &authority, events, producers).await?;
@@ -146,11 +142,35 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         });
     }
     println!("{report}");
-    let _ = stop_tx.send(());
-    ledger.await?.context("ledger")?;
+    ledger.stop().await?;
     drop(nats);
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The real ledger, run in this process against a private server; its
+/// store in `dir`.
+pub(super) struct InProcessLedger {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), custody_ledger::service::LedgerError>>,
+}
+
+impl InProcessLedger {
+    pub(super) fn start(url: &str, dir: std::path::PathBuf, authority: &nkeys::KeyPair) -> anyhow::Result<InProcessLedger> {
+        let config = custody_ledger::Config::new(url, dir, authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(custody_ledger::run(config, async move {
+            let _ = stopped.await;
+        }));
+        Ok(InProcessLedger { stop, task })
+    }
+
+    /// Stops it and waits until it has.
+    pub(super) async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await?.context("ledger")?;
+        Ok(())
+    }
 }
 
 /// The baseline of the write path: the same bytes published straight to a

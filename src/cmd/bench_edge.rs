@@ -19,18 +19,14 @@ use custody_wire::subjects;
 use futures::StreamExt as _;
 use serde_json::json;
 
-use super::bench::{receipted, summary, tempfile_dir, world_of};
+use super::bench::{receipted, summary, tempfile_dir, world_of, InProcessLedger};
 
 pub async fn edge(events: usize) -> anyhow::Result<()> {
     let tmp = tempfile_dir("edge")?;
     let hub = NatsServer::start_as(&tmp.join("hub"), Setup { leaf_port: Some(0), ..Setup::default() })?;
     let leaf_port = hub.setup.leaf_port.context("the hub takes no leaf nodes")?;
     let authority = nkeys::KeyPair::new_user();
-    let config = custody_ledger::Config::new(hub.url.clone(), tmp.join("ledger"), authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let ledger = tokio::spawn(custody_ledger::run(config, async move {
-        let _ = stop_rx.await;
-    }));
+    let ledger = InProcessLedger::start(&hub.url, tmp.join("ledger"), &authority)?;
     let nc = custody::client::connect(&hub.url).await?;
     let miner = nkeys::KeyPair::new_user();
     let direct = world_of(&nc, &authority, std::slice::from_ref(&miner), events, "d").await?;
@@ -130,8 +126,7 @@ pub async fn edge(events: usize) -> anyhow::Result<()> {
     let _ = fstop_tx.send(());
     let edge = forwarding.await??;
     drop(edge);
-    let _ = stop_tx.send(());
-    ledger.await?.context("ledger")?;
+    ledger.stop().await?;
     drop(hub);
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())

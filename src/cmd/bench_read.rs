@@ -208,11 +208,7 @@ pub async fn certificate(fan_ins: &[usize], runs: usize) -> anyhow::Result<()> {
     let end = chain.entries.len() as u64;
     let ledger_dir = dir.join("ledger");
     let key = custody_ledger::notary::load_or_create_key(&ledger_dir)?.public_key();
-    let config = custody_ledger::Config::new(nats.url.clone(), ledger_dir, authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
-    let (ledger_stop, ledger_rx) = tokio::sync::oneshot::channel::<()>();
-    let ledger = tokio::spawn(custody_ledger::run(config, async move {
-        let _ = ledger_rx.await;
-    }));
+    let ledger = super::bench::InProcessLedger::start(&nats.url, ledger_dir, &authority)?;
     eprintln!("the ledger catches up on {end} entries (verifying each), and a projection...");
     loop {
         if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), client.request(subjects::HEAD_SUBJECT, "".into())).await {
@@ -278,8 +274,7 @@ pub async fn certificate(fan_ins: &[usize], runs: usize) -> anyhow::Result<()> {
     println!("{}", json!({"bench": "certificate", "ledger_entries": end, "runs": runs, "results": rows}));
     let _ = stop_tx.send(());
     projection.await?.context("projection")?;
-    let _ = ledger_stop.send(());
-    ledger.await?.context("ledger")?;
+    ledger.stop().await?;
     drop(nats);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -38,7 +38,7 @@ enum Action {
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     match a.action {
         Some(Action::Receipts) => {
-            let key = custody::keys::load(&custody::edge::forwarder_key(&a.data))?;
+            let key = custody::keys::load(&a.data.join(custody::edge::FORWARDER_KEY))?;
             let seed = key.seed().map_err(|e| anyhow::anyhow!("{e}"))?;
             let local = custody_wire::connect::connect_client(nats, "custody-edge-receipts", Some(&seed)).await?;
             let (outcomes, queued) = custody::edge::receipts(&local).await?;

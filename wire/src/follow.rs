@@ -162,6 +162,13 @@ impl Reader {
         self.ask(serde_json::json!({"seq": from.max(1), "batch": max.max(1)}), true).await
     }
 
+    /// [`Reader::batch`], stopping once about `max_bytes` are read (at
+    /// least one message): for streams whose messages may each be as
+    /// large as NATS allows.
+    pub async fn batch_within(&self, from: u64, max: usize, max_bytes: usize) -> Result<Vec<StreamMsg>, ReadError> {
+        self.ask(serde_json::json!({"seq": from.max(1), "batch": max.max(1), "max_bytes": max_bytes.max(1)}), true).await
+    }
+
     /// The message at `seq`, if the stream holds it.
     pub async fn get(&self, seq: u64) -> Result<Option<StreamMsg>, ReadError> {
         let got = self.ask(serde_json::json!({"seq": seq}), false).await?;
