@@ -184,8 +184,10 @@ pub async fn request_within(
 /// a writer stepping down, another taking over), everything not yet
 /// answered is sent again, in order, with the same bytes, for up to
 /// [`SUBMIT_PATIENCE`]: what the ledger already admitted gets its first
-/// receipt again. For loaders (`simulate`) whose events depend on the
-/// ones before.
+/// receipt again. An answer that overtakes an unanswered envelope means
+/// that one was lost: it is sent again, and a refusal that overtook it is
+/// not taken until it has been (it may rest on it). For loaders
+/// (`simulate`) whose events depend on the ones before.
 pub async fn submit_in_order(
     client: &async_nats::Client,
     envelopes: impl IntoIterator<Item = Bytes>,
@@ -244,7 +246,20 @@ pub async fn submit_in_order(
             continue;
         }
         unserved_since = None;
-        answered.insert(i, serde_json::from_slice(&msg.payload).context("the ledger's answer is not an outcome")?);
+        let answer: Outcome = serde_json::from_slice(&msg.payload).context("the ledger's answer is not an outcome")?;
+        // The ledger answers in the order it was sent to: an earlier
+        // envelope still unanswered was lost (a writer stepped down holding
+        // it). It goes again, and so does this one if it was refused: the
+        // refusal may rest on the lost one (`unknown_lot` for a lot it
+        // makes). A receipt stands; a refusal is judged afresh when sent
+        // again.
+        if (done..i).any(|k| !answered.contains_key(&k)) {
+            resend = true;
+            if matches!(answer, Outcome::Rejected(_)) {
+                continue;
+            }
+        }
+        answered.insert(i, answer);
         while let Some(o) = answered.remove(&done) {
             outcome(done, o)?;
             inflight.pop_front();

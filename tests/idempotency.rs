@@ -222,3 +222,65 @@ async fn a_loader_waits_through_no_ledger_and_loses_nothing() {
     assert_eq!(seqs, (1..=21).collect::<Vec<u64>>(), "in order, each once");
     assert_eq!(sys.head().await.0, 21);
 }
+
+/// A writer that steps down can lose a request it held without a word,
+/// and answer the next one (from the same loader) as the writer after it.
+/// Between the loader and a real ledger, a relay drops one request, once:
+/// the `mined` that makes a lot. The `split` of that lot, sent right
+/// after, overtakes it and is refused (`unknown_lot`). The loader sees an
+/// answer overtake an unanswered envelope, sends both again in order, and
+/// ends with every envelope receipted, in order, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_order_loader_sends_again_what_a_writer_lost_and_takes_no_refusal_that_overtook_it() {
+    use futures::StreamExt as _;
+    let sys = System::start().await;
+    let front = custody::natsd::NatsServer::start(&sys.dir.path().join("front")).expect("the loader's nats-server");
+    let loader = custody::client::connect(&front.url).await.unwrap();
+    let miner = nkeys::KeyPair::new_user();
+    let reg = json!({"subject": miner.public_key(), "name": "m", "roles": ["miner"], "country": "BW"});
+    let envelopes: Vec<bytes::Bytes> = vec![
+        sign(&sys.authority, &event(&sys.authority, "reg-lost", "actor.registered", reg)).into(),
+        sign(&miner, &event(&miner, "lost-mined", "mined", json!({"lot": "LOST", "carats": "2.00", "country": "BW"}))).into(),
+        sign(
+            &miner,
+            &event(&miner, "lost-split", "split", json!({"lot": "LOST", "into": [{"lot": "LOST-A", "carats": "1.00"}, {"lot": "LOST-B", "carats": "1.00"}]})),
+        )
+        .into(),
+    ];
+    let lost = envelopes[1].clone();
+
+    // The relay: one request at a time, in order, to the real ledger; the
+    // `mined` is lost the first time it comes.
+    let mut requests = loader.subscribe("custody.submit.>").await.unwrap();
+    loader.flush().await.unwrap();
+    let (ledger, relay_side) = (sys.client.clone(), loader.clone());
+    let relay = tokio::spawn(async move {
+        let mut dropped = 0;
+        while let Some(msg) = requests.next().await {
+            if msg.payload == lost && dropped == 0 {
+                dropped += 1;
+                continue;
+            }
+            let answer = ledger.request(msg.subject.to_string(), msg.payload).await.expect("the ledger answers");
+            relay_side.publish(msg.reply.expect("a request"), answer.payload).await.unwrap();
+        }
+    });
+
+    let mut outcomes = Vec::new();
+    custody::client::submit_in_order(&loader, envelopes, 8, Duration::from_secs(20), |i, o| {
+        outcomes.push((i, o));
+        Ok(())
+    })
+    .await
+    .expect("every envelope answered");
+    relay.abort();
+    let ids: Vec<(usize, &str, u64)> = outcomes
+        .iter()
+        .map(|(i, o)| match o {
+            Outcome::Receipt(r) => (*i, r.id.as_str(), r.seq),
+            Outcome::Rejected(r) => panic!("{i} refused: {} {}", r.code, r.message),
+        })
+        .collect();
+    assert_eq!(ids, [(0, "reg-lost", 1), (1, "lost-mined", 2), (2, "lost-split", 3)], "in order, each once");
+    assert_eq!(sys.head().await.0, 3);
+}
