@@ -45,7 +45,9 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use custody_proto::Outcome;
 use custody_wire::follow::{Reader, StreamMsg};
+use custody_wire::health::Health;
 use custody_wire::subjects::{self, BATCH_MAX_ENVELOPES, BATCH_NDJSON, HDR_BATCH, OUTBOX_STREAM, RECEIPTS_PREFIX, RECEIPTS_STREAM};
+use futures::FutureExt as _;
 
 use crate::client::{answers_of, request_within, Answer};
 use crate::natsd::{NatsServer, Setup};
@@ -78,6 +80,9 @@ pub struct Config {
     pub port: Option<u16>,
     /// The edge's JetStream domain.
     pub domain: String,
+    /// How the edge says how it is (`/readyz`, `custody.status.edge` on
+    /// its own server).
+    pub health: Health,
 }
 
 /// A running edge server.
@@ -156,13 +161,35 @@ impl Edge {
         Ok(())
     }
 
-    /// Forwards the outbox to the hub until `stop`, in order.
-    pub async fn forward(&self, local: async_nats::Client, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    /// Forwards the outbox to the hub until `stop`, in order. `health`
+    /// (ready while the edge runs: it takes submissions, link or no link)
+    /// and `custody_edge_outbox_depth` say how many wait for the hub.
+    pub async fn forward(&self, local: async_nats::Client, health: Health, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let uplink = custody_wire::connect::connect_replying_as(&self.server.url, "custody-edge-uplink", &self.uplink_seed, &self.actor).await?;
-        let forwarder = Forwarder::new(local, uplink, self.actor.clone());
+        let forwarder = Forwarder::new(local.clone(), uplink, self.actor.clone());
+        health.update(|s| s.role = "forwarding".into());
+        health.set_ready(Ok(()));
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(custody_wire::health::answer_status(local.clone(), health.clone()).map(drop));
+        background.spawn(watch_outbox(jetstream::new(local), health));
         tokio::select! {
             () = stop => Ok(()),
             done = forwarder.run() => done,
+        }
+    }
+}
+
+/// Every second, how many envelopes wait in the outbox: the edge's lag.
+async fn watch_outbox(js: jetstream::Context, health: Health) {
+    let depth = metrics::gauge!("custody_edge_outbox_depth");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if let Ok(mut outbox) = js.get_stream(OUTBOX_STREAM).await {
+            if let Ok(info) = outbox.info().await {
+                depth.set(info.state.messages as f64);
+                health.update(|s| s.lag = Some(info.state.messages));
+            }
         }
     }
 }
@@ -299,7 +326,7 @@ pub async fn run(config: Config, ready: impl FnOnce(&Edge), stop: impl std::futu
     let local = edge.local().await?;
     edge.streams(&local).await?;
     ready(&edge);
-    edge.forward(local, stop).await
+    edge.forward(local, config.health.clone(), stop).await
 }
 
 /// What the edge holds for its actor: each outcome once (a receipt stored

@@ -7,6 +7,7 @@
 //! - [`client`]: submit envelopes over request-reply, with retries.
 //! - [`edge`]: a mine's edge: a leaf node with a durable outbox.
 //! - [`link`]: a TCP relay on loopback that can be cut (tests, benches).
+//! - [`ops`]: the ops listener: Prometheus metrics, `/healthz`, `/readyz`.
 //! - [`keys`]: nkey seed files.
 //! - [`demo`]: DOMAIN.md's worked example as signed events.
 //! - [`filing`]: customs filings filled from an origin certificate.
@@ -20,4 +21,5 @@ pub mod filing;
 pub mod keys;
 pub mod link;
 pub mod natsd;
+pub mod ops;
 pub mod sim;

@@ -122,6 +122,21 @@ async fn an_offline_mine_records_5000_events_and_each_is_receipted_once_in_order
     let (answered, queued) = edge_receipts(&edge.url, &edge_dir);
     assert_eq!((answered.len(), queued), (1, envelopes.len() as u64), "nothing crossed the cut link, nothing acknowledged was lost");
     assert_eq!(head(&at_hub).await, before + 1);
+    // Its operator sees the same: an edge ready to take submissions, with
+    // everything queued (the depth is read once a second).
+    let http = reqwest::Client::new();
+    let depth = |text: &str| metric_sum(text, "custody_edge_outbox_depth", &[]);
+    let mut metrics = scrape(&http, &edge.ops).await;
+    for _ in 0..50 {
+        if depth(&metrics) == envelopes.len() as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = scrape(&http, &edge.ops).await;
+    }
+    assert_eq!(depth(&metrics), envelopes.len() as f64, "the outbox depth while offline");
+    let ready: serde_json::Value = http.get(format!("{}/readyz", edge.ops)).send().await.unwrap().json().await.unwrap();
+    assert_eq!((ready["ready"].as_bool(), ready["services"][0]["lag"].as_u64()), (Some(true), Some(envelopes.len() as u64)), "{ready}");
 
     // The link returns: everything flows, in order, each answered once.
     let back = Instant::now();
@@ -135,6 +150,15 @@ async fn an_offline_mine_records_5000_events_and_each_is_receipted_once_in_order
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let drained = back.elapsed();
+    let mut metrics = scrape(&http, &edge.ops).await;
+    for _ in 0..50 {
+        if depth(&metrics) == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = scrape(&http, &edge.ops).await;
+    }
+    assert_eq!(depth(&metrics), 0.0, "the outbox drained");
     eprintln!("link back: {} events receipted in {drained:?}", envelopes.len());
     assert_eq!(queued, 0);
     assert_eq!(answered.len(), envelopes.len() + 1, "one outcome per envelope, none twice");

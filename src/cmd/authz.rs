@@ -25,6 +25,8 @@ pub struct Args {
     /// (before nats-server first starts), then exit.
     #[arg(long)]
     bootstrap: bool,
+    #[command(flatten)]
+    ops: custody::ops::OpsArgs,
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
@@ -54,6 +56,8 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
         custody_authz::service::write(&config, &custody_authz::Registry::new(&a.genesis))?;
         return Ok(ExitCode::SUCCESS);
     }
-    custody_authz::run(config, super::stop_signal()).await?;
+    let health = custody_wire::health::Health::new("authz", "authz");
+    a.ops.start(vec![health.clone()]).await?;
+    custody_authz::run(config, health, super::stop_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

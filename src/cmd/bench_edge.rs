@@ -42,6 +42,7 @@ pub async fn edge(events: usize) -> anyhow::Result<()> {
         data: tmp.join("edge"),
         port: None,
         domain: "edge".into(),
+        health: custody_wire::health::Health::new("edge", "edge"),
     })?;
     let local = edge.local().await?;
     edge.streams(&local).await?;
@@ -49,7 +50,7 @@ pub async fn edge(events: usize) -> anyhow::Result<()> {
     let (fstop_tx, fstop_rx) = tokio::sync::oneshot::channel::<()>();
     let forwarder_local = local.clone();
     let forwarding = tokio::spawn(async move {
-        edge.forward(forwarder_local, async move {
+        edge.forward(forwarder_local, custody_wire::health::Health::new("edge", "edge"), async move {
             let _ = fstop_rx.await;
         })
         .await

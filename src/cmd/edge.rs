@@ -24,6 +24,8 @@ pub struct Args {
     /// The edge's own JetStream domain.
     #[arg(long, default_value = "edge")]
     domain: String,
+    #[command(flatten)]
+    ops: custody::ops::OpsArgs,
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -57,7 +59,9 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
                 data: a.data.clone(),
                 port: (a.port != 0).then_some(a.port),
                 domain: a.domain,
+                health: custody_wire::health::Health::new("edge", "edge"),
             };
+            a.ops.start(vec![config.health.clone()]).await?;
             custody::edge::run(
                 config,
                 |edge| {

@@ -33,6 +33,8 @@ pub struct Args {
     /// takes its lease back at once.
     #[arg(long)]
     name: Option<String>,
+    #[command(flatten)]
+    ops: custody::ops::OpsArgs,
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -77,8 +79,10 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(matches!(a.replicas, 1..=5), "--replicas must be between 1 and 5");
             config.replicas = a.replicas;
             if let Some(name) = a.name {
+                config.health = custody_wire::health::Health::new("ledger", &name);
                 config.name = name;
             }
+            a.ops.start(vec![config.health.clone()]).await?;
             custody_ledger::run(config, super::stop_signal()).await?;
         }
         Some(Action::Key) => {}

@@ -12,6 +12,7 @@ mod ledger;
 mod projection;
 mod query;
 mod simulate;
+mod status;
 mod submit;
 mod transparency;
 mod up;
@@ -81,6 +82,9 @@ enum Command {
     Edge(edge::Args),
     /// Fill a customs filing (US, EU, KP) from an origin certificate.
     Filing(certificate::FilingArgs),
+    /// One line per running service: role, head or lag, leader, version,
+    /// ready (ask with the operator's key when NATS checks identities).
+    Status(status::Args),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -108,6 +112,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::VerifyCertificate(a) => certificate::verify_certificate(a),
         Command::Edge(a) => edge::run(&cli.nats, a).await,
         Command::Filing(a) => certificate::filing(&cli.nats, a).await,
+        Command::Status(a) => status::run(&cli.nats, a).await,
     }
 }
 

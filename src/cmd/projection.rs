@@ -17,6 +17,8 @@ pub struct Args {
     /// ...or this many seconds after the last one, if any entry came since.
     #[arg(long, global = true, env = "CUSTODY_SNAPSHOT_SECS", default_value_t = 60)]
     snapshot_secs: u64,
+    #[command(flatten)]
+    ops: custody::ops::OpsArgs,
     #[command(subcommand)]
     action: Option<Action>,
 }
@@ -35,7 +37,10 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     config.snapshot_every = a.snapshot_every.max(1);
     config.snapshot_interval = std::time::Duration::from_secs(a.snapshot_secs);
     match a.action {
-        None => custody_projection::run(config, super::stop_signal()).await?,
+        None => {
+            a.ops.start(vec![config.health.clone()]).await?;
+            custody_projection::run(config, super::stop_signal()).await?
+        }
         Some(Action::Rebuild) => {
             let (seq, digest) = custody_projection::rebuild(config).await?;
             println!("{}", json!({"seq": seq, "digest": digest}));

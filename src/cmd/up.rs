@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use custody::natsd::{NatsCluster, NatsServer, Setup};
 use custody::{client, demo, keys};
 use custody_proto::Outcome;
+use custody_wire::health::Health;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,6 +43,10 @@ pub struct Args {
     /// anything; the ledger still checks every signature).
     #[arg(long)]
     no_auth: bool,
+    /// Where Prometheus metrics (/metrics) and health (/healthz, /readyz)
+    /// of every service here are served (port 0: a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    ops: std::net::SocketAddr,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -113,6 +118,27 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     println!("genesis authority {} (key file {})", authority.public_key(), authority_path.display());
     println!("ledger key {} (signs checkpoints; audit with: custody audit --key {})", ledger_key.public_key(), ledger_key.public_key());
 
+    // Each service's health, by the name it has in this process; the ops
+    // listener serves them all, with the metrics.
+    let names = |kind: &str| -> Vec<String> {
+        if servers == 1 {
+            vec![kind.to_owned()]
+        } else {
+            (1..=2).map(|i| format!("{kind} {i}")).collect()
+        }
+    };
+    let ledger_health: Vec<Health> = names("ledger").iter().map(|n| Health::new("ledger", n)).collect();
+    let projection_health: Vec<Health> = names("projection").iter().map(|n| Health::new("projection", n)).collect();
+    let gateway_health = Health::new("gateway", "gateway");
+    let authz_health = Health::new("authz", "authz");
+    let mut healths: Vec<Health> = ledger_health.iter().chain(&projection_health).cloned().collect();
+    healths.push(gateway_health.clone());
+    if !a.no_auth {
+        healths.push(authz_health.clone());
+    }
+    let ops = custody::ops::serve(a.ops, healths).await?;
+    println!("{}", custody::ops::announce(ops));
+
     // Every service up runs, by name: the first to end is reported, and
     // up stops the others rather than run on without it.
     let mut running: tokio::task::JoinSet<(&'static str, anyhow::Result<()>)> = tokio::task::JoinSet::new();
@@ -127,7 +153,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             nats_pids: nats.pids(),
         };
         running.spawn(async move {
-            let done = custody_authz::run(config, async move {
+            let done = custody_authz::run(config, authz_health, async move {
                 let _ = astop_rx.await;
             });
             ("authorization (authz)", done.await.map_err(anyhow::Error::from))
@@ -144,6 +170,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let mut config = custody_ledger::Config::new(nats_url.clone(), dir.clone(), authority_key.clone());
         config.nkey = seed(&ledger_id);
         config.replicas = servers;
+        config.health = ledger_health[i].clone();
         let name: &'static str = if servers == 1 { "ledger" } else { ["ledger 1", "ledger 2"][i] };
         println!("{name}: store in {} ({})", dir.display(), if servers == 1 { "the writer" } else { "writer or standby: whichever holds the writer lease" });
         let done = custody_ledger::run(config, stopped(stop.clone()));
@@ -153,7 +180,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let dir = a.data.join(if servers == 1 { "projection".to_owned() } else { format!("projection-{}", i + 1) });
         let name: &'static str = if servers == 1 { "projection" } else { ["projection 1", "projection 2"][i] };
         println!("{name}: store in {} (answers queries with the others)", dir.display());
-        let config = custody_projection::Config::new(nats_url.clone(), dir, seed(&projection_id));
+        let mut config = custody_projection::Config::new(nats_url.clone(), dir, seed(&projection_id));
+        config.health = projection_health[i].clone();
         let done = custody_projection::run(config, stopped(stop.clone()));
         running.spawn(async move { (name, done.await.map_err(anyhow::Error::from)) });
     }
@@ -167,6 +195,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             &gateway_url,
             gateway_seed.as_deref(),
             a.http,
+            gateway_health,
             |addr| {
                 let _ = bound_tx.send(addr);
             },
@@ -225,6 +254,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     {
         println!("  {me} {args}");
     }
+    let operator = if a.no_auth { String::new() } else { format!(" --nkey {}", service_dir.join("operator.nk").display()) };
+    println!("  {me} --nats {nats_url}{operator} status   # one line per service; metrics: http://{ops}/metrics");
     println!("at the border (README, \"At the border\"):");
     println!("  {me} certify S1 --rules us-2024 --rules eu-2025 --date 2024-11-15 --out S1.certificate.json");
     println!("  {me} verify-certificate S1.certificate.json --key {}   # offline, trusting only the ledger key", ledger_key.public_key());

@@ -579,6 +579,10 @@ pub struct Up {
     pub url: String,
     /// Where edges connect (`nats-leaf://127.0.0.1:PORT`).
     pub leaf: String,
+    /// The ops listener (`http://127.0.0.1:PORT`): metrics and health.
+    pub ops: String,
+    /// The HTTP gateway (`http://127.0.0.1:PORT`).
+    pub http: String,
     pub authority: KeyPair,
 }
 
@@ -612,24 +616,32 @@ impl Up {
     }
 }
 
-pub fn up() -> Up {
-    let dir = tempfile::tempdir().unwrap();
+/// What a spawned command prints, line by line.
+pub type Printed = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+/// `custody ARGS` (logging warnings only, stderr dropped), killed on drop,
+/// with what it prints.
+pub fn custody_printing<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (ServiceProcess, Printed) {
     let mut cmd = Command::new(BIN);
     die_with_parent(&mut cmd);
-    let mut child = cmd
-        .args(["up", "--no-demo", "--data"])
-        .arg(dir.path())
-        .env("CUSTODY_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    let process = ServiceProcess::new(child);
-    let (mut url, mut leaf) = (None, None);
+    let mut child =
+        cmd.args(args).env("CUSTODY_LOG", "warn").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("custody starts");
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("its stdout")));
+    (ServiceProcess::new(child), lines)
+}
+
+pub fn up() -> Up {
+    let dir = tempfile::tempdir().unwrap();
+    let (process, mut lines) = custody_printing(&["up".as_ref(), "--no-demo".as_ref(), "--data".as_ref(), dir.path().as_os_str()]);
+    let (mut url, mut leaf, mut ops, mut http) = (None, None, None, None);
     for line in lines.by_ref() {
         let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("ops listening on ") {
+            ops = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(rest) = line.strip_prefix("the page: ") {
+            http = rest.split("/?").next().map(str::to_owned);
+        }
         if let Some(rest) = line.strip_prefix("edges connect with: custody edge --hub ") {
             leaf = rest.split_whitespace().next().map(str::to_owned);
         }
@@ -637,14 +649,22 @@ pub fn up() -> Up {
             assert!(rest.contains("authorization"), "authorization is on by default: {line}");
             url = rest.split_whitespace().next().map(str::to_owned);
         }
-        if line.starts_with("ledger ready") {
+        if line.starts_with("serving; Ctrl-C") {
             break;
         }
     }
     // Keep draining what it prints.
     std::thread::spawn(move || for _ in lines {});
     let authority = custody::keys::load(&dir.path().join("authority.nk")).unwrap();
-    Up { _process: process, dir, url: url.expect("up printed the NATS address"), leaf: leaf.expect("up printed where edges connect"), authority }
+    Up {
+        _process: process,
+        dir,
+        url: url.expect("up printed the NATS address"),
+        leaf: leaf.expect("up printed where edges connect"),
+        ops: ops.expect("up printed its ops listener"),
+        http: http.expect("up printed the gateway's page"),
+        authority,
+    }
 }
 
 /// `custody edge` for `key`'s actor, a leaf node of `hub`; killed on drop.
@@ -652,6 +672,8 @@ pub struct EdgeProcess {
     pub process: ServiceProcess,
     /// Where the mine's producers connect.
     pub url: String,
+    /// Its ops listener (`http://127.0.0.1:PORT`): metrics and health.
+    pub ops: String,
 }
 
 impl EdgeProcess {
@@ -660,7 +682,7 @@ impl EdgeProcess {
         die_with_parent(&mut cmd);
         let log = std::fs::File::create(data.with_extension("log")).expect("edge log");
         let mut child = cmd
-            .args(["edge", "--hub", hub, "--port", "0", "--key"])
+            .args(["edge", "--hub", hub, "--port", "0", "--ops", "127.0.0.1:0", "--key"])
             .arg(key)
             .arg("--data")
             .arg(data)
@@ -672,9 +694,12 @@ impl EdgeProcess {
             .expect("custody edge starts");
         let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
         let process = ServiceProcess::new(child);
-        let mut url = None;
+        let (mut url, mut ops) = (None, None);
         for line in lines.by_ref() {
             let line = line.unwrap();
+            if let Some(rest) = line.strip_prefix("ops listening on ") {
+                ops = rest.split_whitespace().next().map(str::to_owned);
+            }
             if let Some(rest) = line.strip_prefix("edge listening on ") {
                 url = rest.split_whitespace().next().map(str::to_owned);
             }
@@ -683,7 +708,7 @@ impl EdgeProcess {
             }
         }
         std::thread::spawn(move || for _ in lines {});
-        EdgeProcess { process, url: url.expect("the edge printed its address") }
+        EdgeProcess { process, url: url.expect("the edge printed its address"), ops: ops.expect("the edge printed its ops listener") }
     }
 }
 
@@ -726,4 +751,28 @@ pub async fn denied(errors: &Complaints, subject: &str) -> String {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!("no permissions violation for {subject}: {:?}", errors.lock().unwrap());
+}
+
+/// The sum of every sample of `name` whose labels include `labels`, in a
+/// Prometheus text exposition (0 when there is none).
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if metric != name {
+                return None;
+            }
+            let have = rest.trim_end_matches('}');
+            labels.iter().all(|(k, v)| have.split(',').any(|kv| kv == format!("{k}=\"{v}\""))).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// `/metrics` of an ops listener (`http://127.0.0.1:PORT`).
+pub async fn scrape(http: &reqwest::Client, ops: &str) -> String {
+    let r = http.get(format!("{ops}/metrics")).send().await.expect("metrics answer");
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
 }

@@ -20,6 +20,8 @@
 //!   the committed stream and the ledger's proof service.
 //! - [`receipts`]: keeping the outcomes of durable submissions on a
 //!   receipts stream, one consumer per actor (the ledger and the edge).
+//! - [`health`]: each service's status (role, head or lag, leader,
+//!   ready), answered over NATS and read by the ops listener.
 //! - [`crashpoint`]: exact crash places for tests (`CUSTODY_CRASH`).
 
 pub mod atomic;
@@ -28,6 +30,7 @@ pub mod connect;
 pub mod crashpoint;
 pub mod files;
 pub mod follow;
+pub mod health;
 pub mod query;
 pub mod receipts;
 pub mod subjects;

@@ -6,14 +6,15 @@
 //! | account | who | holds | reaches the others through |
 //! |---|---|---|---|
 //! | `CUSTODY` | the ledger only | JetStream: every custody stream | exports (below) |
-//! | `SERVICES` | projections, the gateway, authz | no JetStream | imports from `CUSTODY`; exports the queries |
+//! | `SERVICES` | projections, the gateway, authz | no JetStream | imports from `CUSTODY`; exports the queries and its services' status |
 //! | `ACTORS` | every registered actor, the operator | no JetStream | imports from `CUSTODY` and `SERVICES` |
 //!
 //! `CUSTODY` exports, as services: submission (`custody.submit.*`), the
 //! durable inbox (`custody.inbox.*`), the ledger's head, checkpoint and
 //! proof answers, direct get on the committed and checkpoints streams, and
 //! pulling from and acking the receipts consumers (one per actor, named by
-//! its key, created by the ledger). As streams: the committed and
+//! its key, created by the ledger), and the ledgers' status
+//! (`custody.status.ledger`, many answers). As streams: the committed and
 //! checkpoint subjects, which only wake followers up. A request that
 //! crosses an account has its reply subject chosen by the server, so no
 //! answer can be steered onto a stream's subject, and since the other
@@ -25,12 +26,12 @@
 //! | who | may publish | may subscribe |
 //! |---|---|---|
 //! | the ledger | everything (in `CUSTODY`) | everything |
-//! | a projection | direct get on the committed stream | `custody.query.>` (answers), the committed subject |
-//! | authz | direct get on the committed stream | the committed subject |
-//! | the gateway | queries, proofs, direct get on both streams | the committed and checkpoint subjects |
+//! | a projection | direct get on the committed stream | `custody.query.>` (answers), the committed subject, `custody.status.projection` |
+//! | authz | direct get on the committed stream | the committed subject, `custody.status.authz` |
+//! | the gateway | queries, proofs, direct get on both streams | the committed and checkpoint subjects, `custody.status.gateway` |
 //! | any actor | its own `custody.submit.<key>` and `custody.inbox.<key>`, pulling from and acking its own receipts consumer, queries and proofs, its own inbox (for an edge's leaf connection) | — |
 //! | a regulator | also direct get on both streams | also the committed and checkpoint subjects |
-//! | the operator (`custody up`'s demo loader) | any `custody.submit.>`, queries | — |
+//! | the operator (`custody up`'s demo loader, `custody status`) | any `custody.submit.>`, queries, `custody.status.>` | — |
 //!
 //! Every user reads replies only on `_INBOX_<its key>.>`.
 
@@ -90,14 +91,33 @@ fn ledger() -> Permissions {
     Permissions { publish: vec![">".into()], subscribe: vec![">".into()], responds: true }
 }
 
+/// Where a kind of service is asked how it is (`custody status`).
+fn status(kind: &str) -> String {
+    format!("{STATUS_PREFIX}.{kind}")
+}
+
 /// Follows the committed stream.
 fn follower(key: &str) -> Permissions {
     Permissions { publish: vec![direct_get(LEDGER_STREAM)], subscribe: vec![own_inbox(key), ENTRIES_SUBJECT.into()], responds: false }
 }
 
+fn authz(key: &str) -> Permissions {
+    let mut p = follower(key);
+    p.subscribe.push(status("authz"));
+    p.responds = true;
+    p
+}
+
 fn projection(key: &str) -> Permissions {
     let mut p = follower(key);
-    p.subscribe.push("custody.query.>".into());
+    p.subscribe.extend(["custody.query.>".into(), status("projection")]);
+    p.responds = true;
+    p
+}
+
+fn gateway(key: &str) -> Permissions {
+    let mut p = reader(key);
+    p.subscribe.push(status("gateway"));
     p.responds = true;
     p
 }
@@ -122,7 +142,7 @@ fn actor(key: &str, roles: &[Role]) -> Permissions {
 
 fn operator(key: &str) -> Permissions {
     let mut publish = ask();
-    publish.push(format!("{SUBMIT_PREFIX}.>"));
+    publish.extend([format!("{SUBMIT_PREFIX}.>"), format!("{STATUS_PREFIX}.>")]);
     Permissions { publish, subscribe: vec![own_inbox(key)], responds: false }
 }
 
@@ -156,7 +176,13 @@ fn custody_services() -> Vec<(String, bool)> {
         (direct_get(CHECKPOINTS_STREAM), true),
         (format!("$JS.API.CONSUMER.MSG.NEXT.{RECEIPTS_STREAM}.*"), true),
         (format!("$JS.ACK.{RECEIPTS_STREAM}.>"), false),
+        (status("ledger"), true),
     ]
+}
+
+/// What `SERVICES` exports: the queries, and how its services are.
+fn services_services() -> Vec<(String, bool)> {
+    vec![("custody.query.>".to_owned(), false), (status("projection"), true), (status("gateway"), true), (status("authz"), true)]
 }
 
 /// What `CUSTODY` exports as streams: wake-ups for followers.
@@ -197,7 +223,6 @@ pub fn render(registry: &Registry, services: &Services) -> String {
             }
         }
     };
-    let queries = vec![("custody.query.>".to_owned(), false)];
     let mut out = String::from("# Written by custody authz from the ledger's actor registry; do not edit.\n");
     out.push_str("# Accounts: CUSTODY (the ledger, JetStream), SERVICES, ACTORS. See ARCHITECTURE.md.\naccounts {\n");
 
@@ -208,11 +233,11 @@ pub fn render(registry: &Registry, services: &Services) -> String {
     out.push_str("  }\n");
 
     out.push_str(&format!("  {SERVICES_ACCOUNT} {{\n    users: [\n"));
-    users(&mut out, &[("projection", &services.projection, projection), ("authz", &services.authz, follower), ("gateway", &services.gateway, reader)]);
+    users(&mut out, &[("projection", &services.projection, projection), ("authz", &services.authz, authz), ("gateway", &services.gateway, gateway)]);
     out.push_str("    ]\n    imports: [\n");
     imports(&mut out, CUSTODY_ACCOUNT, &custody_services(), &custody_streams());
     out.push_str("    ]\n");
-    exports(&mut out, &queries, &[]);
+    exports(&mut out, &services_services(), &[]);
     out.push_str("  }\n");
 
     out.push_str(&format!("  {ACTORS_ACCOUNT} {{\n    users: [\n"));
@@ -225,7 +250,7 @@ pub fn render(registry: &Registry, services: &Services) -> String {
     }
     out.push_str("    ]\n    imports: [\n");
     imports(&mut out, CUSTODY_ACCOUNT, &custody_services(), &custody_streams());
-    imports(&mut out, SERVICES_ACCOUNT, &queries, &[]);
+    imports(&mut out, SERVICES_ACCOUNT, &services_services(), &[]);
     out.push_str("    ]\n  }\n}\n");
     out
 }
@@ -265,7 +290,7 @@ mod tests {
             (
                 "UMINER",
                 &["custody.submit.UMINER", "custody.inbox.UMINER", "$JS.API.CONSUMER.MSG.NEXT.CUSTODY_RECEIPTS.UMINER", "custody.query.>", "_INBOX_UMINER.>"],
-                &["custody.submit.UREG", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", ">", "_INBOX_UREG.>", "_INBOX_>"],
+                &["custody.submit.UREG", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", ">", "_INBOX_UREG.>", "_INBOX_>", "custody.status.>"],
                 &["_INBOX_UMINER.>"],
             ),
             (
@@ -274,10 +299,15 @@ mod tests {
                 &["custody.submit.UMINER"],
                 &[ENTRIES_SUBJECT],
             ),
-            ("UPROJ", &["$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.submit.UMINER", "custody.submit.>"], &["custody.query.>", ENTRIES_SUBJECT]),
+            (
+                "UPROJ",
+                &["$JS.API.DIRECT.GET.CUSTODY_LEDGER"],
+                &["custody.submit.UMINER", "custody.submit.>"],
+                &["custody.query.>", ENTRIES_SUBJECT, "custody.status.projection"],
+            ),
             ("UAUTHZ", &["$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.query.>", "custody.submit.>"], &[ENTRIES_SUBJECT]),
             ("UGATE", &["custody.query.>", "$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.submit.>"], &["_INBOX_UGATE.>"]),
-            ("UOP", &["custody.submit.>"], &["$JS.API.DIRECT.GET.CUSTODY_LEDGER", "custody.inbox.UMINER"], &["_INBOX_UOP.>"]),
+            ("UOP", &["custody.submit.>", "custody.status.>"], &["$JS.API.DIRECT.GET.CUSTODY_LEDGER", "custody.inbox.UMINER"], &["_INBOX_UOP.>"]),
             ("UGENESIS", &["custody.submit.UGENESIS"], &["custody.submit.UMINER"], &["_INBOX_UGENESIS.>"]),
         ];
         for (user, may, may_not, hears) in table {

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use custody_wire::files::{write_whole, FileError, Mode};
 use custody_wire::follow::{FollowError, Reader};
-use futures::StreamExt;
+use custody_wire::health::Health;
+use futures::{FutureExt as _, StreamExt};
 
 /// Why authz stopped; authorization stays as it was.
 #[derive(Debug, thiserror::Error)]
@@ -60,9 +61,14 @@ fn reload(pid: u32) -> Result<(), AuthzError> {
 }
 
 /// Follows the committed stream until `shutdown`, rewriting and reloading
-/// on every change of the registry.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AuthzError> {
+/// on every change of the registry. `health` is ready once it has read the
+/// whole stream, so that the file names every registered actor.
+pub async fn run(config: Config, health: Health, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AuthzError> {
     let client = custody_wire::connect::connect(&config.nats_url, "custody-authz", config.nkey.as_deref()).await?;
+    health.update(|s| s.role = "following".into());
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(custody_wire::health::answer_status(client.clone(), health.clone()).map(drop));
+    background.spawn(custody_wire::health::watch_lag(Reader::ledger(&client), health.clone(), |_| {}));
     let mut registry = Registry::new(&config.genesis);
     let mut batches = std::pin::pin!(Reader::ledger(&client).entries(None, None));
     tokio::pin!(shutdown);
@@ -91,6 +97,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 reload(*pid)?;
             }
             tracing::info!(actors = registry.actors.len(), seq = last, "authorization reloaded");
+        }
+        if let Some(last) = last {
+            health.update(|s| s.head = Some(last));
         }
     }
 }

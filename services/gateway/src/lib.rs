@@ -15,14 +15,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use custody_wire::health::Health;
 use custody_wire::query::{AnswerCode, ErrorAnswer};
 use custody_wire::subjects;
+use futures::FutureExt as _;
 use serde_json::{json, Value};
 
 mod svg;
@@ -87,8 +89,32 @@ pub fn router(nats: async_nats::Client) -> Router {
         .route("/v1/ledger/verify", get(verify))
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }))
-        .fallback(|| async { error(AnswerCode::NotFound, "no such path; see /v1/openapi.json") })
+        .route_layer(axum::middleware::from_fn(counted))
+        .fallback(|| async {
+            let response = error(AnswerCode::NotFound, "no such path; see /v1/openapi.json");
+            count("unmatched", response.status(), None);
+            response
+        })
         .with_state(app)
+}
+
+/// Counts a request by route (its pattern, never the path itself: the
+/// asker chooses that) and status, and times it.
+async fn counted(request: Request, next: axum::middleware::Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    count(&route, response.status(), Some(started.elapsed()));
+    response
+}
+
+/// `custody_gateway_requests_total{route, status}` and, when timed,
+/// `custody_gateway_request_seconds{route}`.
+fn count(route: &str, status: StatusCode, took: Option<Duration>) {
+    metrics::counter!("custody_gateway_requests_total", "route" => route.to_owned(), "status" => status.as_u16().to_string()).increment(1);
+    if let Some(took) = took {
+        metrics::histogram!("custody_gateway_request_seconds", "route" => route.to_owned()).record(took.as_secs_f64());
+    }
 }
 
 /// Why the gateway stopped.
@@ -107,17 +133,31 @@ pub enum GatewayError {
 }
 
 /// Serves on `listen` until `shutdown`; `on_bound` learns the real address
-/// (for a port 0).
+/// (for a port 0). `health` says whether it can serve: while connected to
+/// NATS.
 pub async fn run(
     nats_url: &str,
     nkey: Option<&str>,
     listen: SocketAddr,
+    health: Health,
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let nats = custody_wire::connect::connect(nats_url, "custody-gateway", nkey).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| GatewayError::Listen { listen, source })?;
     on_bound(listener.local_addr()?);
+    health.update(|s| s.role = "serving".into());
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(custody_wire::health::answer_status(nats.clone(), health.clone()).map(drop));
+    let watched = nats.clone();
+    background.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let connected = watched.connection_state() == async_nats::connection::State::Connected;
+            health.set_ready(if connected { Ok(()) } else { Err("not connected to NATS".into()) });
+        }
+    });
     axum::serve(listener, router(nats)).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }

@@ -20,6 +20,7 @@ pub mod clock;
 pub mod commit;
 pub mod lease;
 pub mod ledger;
+pub mod meters;
 pub mod model;
 pub mod notary;
 pub mod recovery;

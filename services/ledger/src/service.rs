@@ -29,9 +29,11 @@ use tokio::sync::{mpsc, watch};
 use crate::commit::MAX_ATOMIC;
 use crate::lease::Lease;
 use crate::ledger::{check_batch, Checked, Ledger, OpenError, Submitted};
+use crate::meters::Meters;
 use crate::notary::Notary;
 use crate::store::StoreError;
 use custody_wire::follow::{entry_of, FollowError, Reader};
+use custody_wire::health::Health;
 use custody_wire::subjects::*;
 
 /// Why the ledger stopped.
@@ -99,6 +101,9 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// This replica's name in the writer lease; unique per store.
     pub name: String,
+    /// How this replica says how it is (`custody status`, `/readyz`); its
+    /// name labels the replica's metrics.
+    pub health: Health,
 }
 
 impl Config {
@@ -115,6 +120,7 @@ impl Config {
             clock: crate::clock::Clock::system(),
             replicas: 1,
             lease_ttl: Duration::from_secs(4),
+            health: Health::new("ledger", &name),
             name,
         }
     }
@@ -182,6 +188,9 @@ pub fn batch_parts(format: &str, body: &Bytes) -> Result<Vec<Bytes>, Refusal> {
 }
 
 struct Submission {
+    /// When it was taken in: a batch's receipt latency counts from its
+    /// first submission's.
+    received: std::time::Instant,
     raw: Bytes,
     /// The actor key the subject it came on names (its last token).
     subject_key: Option<String>,
@@ -232,20 +241,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     };
     let reader = Reader::ledger(&client);
+    let health = config.health.clone();
+    let meters = Meters::new(&health);
+    // Answers `custody status` for as long as this replica runs.
+    let mut background = tokio::task::JoinSet::new();
+    background.spawn(custody_wire::health::answer_status(client.clone(), health.clone()));
 
     tokio::pin!(shutdown);
     loop {
         tracing::info!(head = ?ledger.head().map(|h| h.0), name = %config.name, "standby: following the committed stream");
+        meters.writer(false);
+        health.update(|s| s.role = "standby".into());
         let revision = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            taken = standby(&mut ledger, &reader, &lease) => taken?,
+            taken = standby(&mut ledger, &reader, &lease, &health, &meters) => taken?,
         };
         let store = ledger.store().clone();
         let active = async {
             catch_up(&mut ledger, &reader, &js).await?;
             let notary = Arc::new(Notary::new(ledger.take_tree(), key.clone(), store.clone()));
             tracing::info!(head = ?ledger.head().map(|h| h.0), key = %notary.public_key(), name = %config.name, "writer lease taken; serving submissions");
-            serve(ledger, &config, &client, &js, notary, lease.hold(revision)).await
+            serve(ledger, &config, &client, &js, notary, lease.hold(revision), &meters).await
         };
         let stepped = tokio::select! {
             () = &mut shutdown => {
@@ -273,24 +289,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// Follows the committed stream into the store until this replica takes
-/// the writer lease; returns the lease's revision.
-async fn standby(ledger: &mut Ledger, reader: &Reader, lease: &Lease) -> Result<u64, LedgerError> {
+/// the writer lease; returns the lease's revision. Ready (able to take
+/// over at once) while it keeps up with the stream.
+async fn standby(ledger: &mut Ledger, reader: &Reader, lease: &Lease, health: &Health, meters: &Meters) -> Result<u64, LedgerError> {
     let mut entries = std::pin::pin!(reader.entries(ledger.head(), None));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             batch = entries.next() => match batch {
                 Some(Ok(batch)) => {
                     tokio::task::block_in_place(|| ledger.follow(&batch)).map_err(|e| disagreement(e.to_string()))?;
-                    tracing::debug!(followed = ledger.head().map_or(0, |h| h.0), "standby");
+                    let head = ledger.head().map_or(0, |h| h.0);
+                    meters.head(head);
+                    tracing::debug!(followed = head, "standby");
                 }
                 Some(Err(FollowError::Read(e))) => tracing::warn!(error = %e, "cannot read the committed stream yet"),
                 Some(Err(FollowError::Broken { seq, why })) => return Err(broken(seq, &why)),
                 None => return Err(LedgerError::Ended),
             },
-            _ = tick.tick() => if let Some(revision) = lease.try_acquire().await {
-                return Ok(revision);
-            },
+            _ = tick.tick() => {
+                if let Some(revision) = lease.try_acquire().await {
+                    return Ok(revision);
+                }
+                // Once a second: who writes, and how far behind this one is.
+                ticks += 1;
+                if ticks % 4 == 1 {
+                    let leader = lease.holder().await;
+                    let head = ledger.head().map_or(0, |h| h.0);
+                    match reader.last_seq().await {
+                        Ok(end) => health.followed(head, end),
+                        Err(e) => health.set_ready(Err(format!("cannot read the committed stream: {e}"))),
+                    }
+                    health.update(|s| s.leader = leader);
+                }
+            }
         }
     }
 }
@@ -346,6 +379,7 @@ async fn serve(
     js: &jetstream::Context,
     notary: Arc<Notary>,
     lease_lost: impl Future<Output = String>,
+    meters: &Meters,
 ) -> Result<(), LedgerError> {
     let streams = ensure_streams(js, config.replicas).await?;
     let (intake_tx, intake_rx) = mpsc::channel::<Submission>(MAX_BATCH * 4);
@@ -361,15 +395,26 @@ async fn serve(
     tasks.spawn(check_stage(intake_rx, checked_tx));
     let (durable_tx, durable_rx) = mpsc::channel(WINDOW * 2);
     let committed = ledger.head().map_or(0, |h| h.0);
-    tasks.spawn(durable_stage(ledger.store().clone(), notary.clone(), durable_rx, respond_tx, head_tx));
-    let writer = Writer { ledger, clock: config.clock.clone(), js: js.clone(), reader: Reader::ledger(client), durable: durable_tx, committed };
+    tasks.spawn(durable_stage(ledger.store().clone(), notary.clone(), durable_rx, respond_tx, head_tx, meters.clone()));
+    let writer =
+        Writer { ledger, clock: config.clock.clone(), js: js.clone(), reader: Reader::ledger(client), durable: durable_tx, committed, meters: meters.clone() };
     tasks.spawn(writer.run(checked_rx));
-    tasks.spawn(respond_stage(client.clone(), js.clone(), respond_rx));
+    tasks.spawn(respond_stage(client.clone(), js.clone(), respond_rx, meters.clone()));
     let checkpoints = Checkpoints { notary: notary.clone(), every: config.checkpoint_every, last: None };
     tasks.spawn(checkpoint_stage(js.clone(), checkpoints, head_rx.clone()));
     tasks.spawn(serve_head(client.clone(), head_rx));
     tasks.spawn(serve_proofs(client.clone(), js.clone(), notary));
     tracing::info!(url = %config.nats_url, "ledger serving");
+    meters.head(committed);
+    meters.writer(true);
+    config.health.update(|s| {
+        s.role = "writer".into();
+        s.head = Some(committed);
+        s.lag = None;
+        s.leader = Some(config.name.clone());
+        s.ready = true;
+        s.why = None;
+    });
 
     let result = tokio::select! {
         why = lease_lost => Err(LedgerError::SteppedDown(why)),
@@ -426,7 +471,7 @@ async fn intake_core(client: async_nats::Client, mut sub: async_nats::Subscriber
         let subject_key = subject_key(&msg.subject);
         let format = msg.headers.as_ref().and_then(|h| h.get(HDR_BATCH)).map(|v| v.as_str().to_owned());
         let Some(format) = format else {
-            if tx.send(Submission { raw: msg.payload, subject_key, reply: Reply::Core(reply) }).await.is_err() {
+            if tx.send(Submission { received: std::time::Instant::now(), raw: msg.payload, subject_key, reply: Reply::Core(reply) }).await.is_err() {
                 break;
             }
             continue;
@@ -445,8 +490,9 @@ async fn intake_core(client: async_nats::Client, mut sub: async_nats::Subscriber
             continue;
         }
         let batch = Arc::new(BatchReply { subject: reply, outcomes: std::sync::Mutex::new(vec![None; parts.len()]) });
+        let received = std::time::Instant::now();
         for (i, raw) in parts.into_iter().enumerate() {
-            let submission = Submission { raw, subject_key: subject_key.clone(), reply: Reply::Part(batch.clone(), i) };
+            let submission = Submission { received, raw, subject_key: subject_key.clone(), reply: Reply::Part(batch.clone(), i) };
             if tx.send(submission).await.is_err() {
                 return Ok(());
             }
@@ -475,7 +521,8 @@ async fn intake_inbox(inbox: stream::Stream, tx: mpsc::Sender<Submission>) -> Re
             Ok(msg) => {
                 let raw = msg.payload.clone();
                 let subject_key = subject_key(&msg.subject);
-                if tx.send(Submission { raw, subject_key, reply: Reply::Inbox(Box::new(msg)) }).await.is_err() {
+                let submission = Submission { received: std::time::Instant::now(), raw, subject_key, reply: Reply::Inbox(Box::new(msg)) };
+                if tx.send(submission).await.is_err() {
                     break;
                 }
             }
@@ -497,7 +544,12 @@ fn drain<T>(rx: &mut mpsc::Receiver<T>, first: T, max: usize) -> Vec<T> {
     batch
 }
 
-type CheckedBatch = Vec<(Reply, Checked)>;
+/// Checked submissions with where their outcomes go, and when the first
+/// of them was taken in.
+struct CheckedBatch {
+    received: std::time::Instant,
+    items: Vec<(Reply, Checked)>,
+}
 
 /// Batches checked at once, in order: one per core.
 const CHECKERS: usize = 2;
@@ -513,14 +565,15 @@ async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<Checke
         tokio::select! {
             biased;
             Some(done) = inflight.next(), if !inflight.is_empty() => {
-                let (replies, (checked, cache)): (Vec<Reply>, (Vec<Checked>, KeyCache)) = done;
+                let (received, replies, (checked, cache)): (std::time::Instant, Vec<Reply>, (Vec<Checked>, KeyCache)) = done;
                 caches.push(cache);
-                if tx.send(replies.into_iter().zip(checked).collect()).await.is_err() {
+                if tx.send(CheckedBatch { received, items: replies.into_iter().zip(checked).collect() }).await.is_err() {
                     break;
                 }
             }
             first = rx.recv(), if open && inflight.len() < CHECKERS => {
                 let Some(first) = first else { open = false; continue };
+                let received = first.received;
                 let batch = drain(&mut rx, first, MAX_BATCH);
                 let (replies, raws): (Vec<Reply>, Vec<Submitted>) =
                     batch.into_iter().map(|s| (s.reply, Submitted { bytes: s.raw.to_vec(), subject_key: s.subject_key })).unzip();
@@ -532,7 +585,7 @@ async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<Checke
                 inflight.push_back(async move {
                     // A panic while checking is a bug of ours, not input: stop.
                     match job.await {
-                        Ok(done) => (replies, done),
+                        Ok(done) => (received, replies, done),
                         Err(e) => std::panic::resume_unwind(e.into_panic()),
                     }
                 });
@@ -555,6 +608,7 @@ struct Writer {
     durable: mpsc::Sender<Pending>,
     /// The stream holds every entry up to here.
     committed: u64,
+    meters: Meters,
 }
 
 /// Atomic batches awaiting their ack at once.
@@ -565,6 +619,7 @@ const WINDOW: usize = 8;
 struct Pending {
     entries: Vec<Entry>,
     answers: Vec<(Reply, Outcome)>,
+    received: std::time::Instant,
 }
 
 type Acks = FuturesOrdered<futures::future::BoxFuture<'static, (u64, Result<u64, crate::commit::BatchError>)>>;
@@ -593,20 +648,22 @@ impl Writer {
                 batch = rx.recv(), if open && acks.len() < WINDOW => {
                     let Some(batch) = batch else { open = false; continue };
                     let mut batch = batch;
-                    while batch.len() < MAX_BATCH {
+                    while batch.items.len() < MAX_BATCH {
                         match rx.try_recv() {
-                            Ok(more) => batch.extend(more),
+                            Ok(more) => batch.items.extend(more.items),
                             Err(_) => break,
                         }
                     }
-                    let (replies, checked): (Vec<Reply>, Vec<Checked>) = batch.into_iter().unzip();
+                    self.meters.batch.record(batch.items.len() as f64);
+                    let (replies, checked): (Vec<Reply>, Vec<Checked>) = batch.items.into_iter().unzip();
                     // One clock reading for the whole batch: what `recorded_at` says and
                     // what "the future" means for every `occurred_at` in it.
                     let admitted = self.ledger.admit(checked, self.clock.now());
                     for chunk in admitted.entries.chunks(MAX_ATOMIC) {
                         self.send(chunk, &mut acks).await;
                     }
-                    pending.push_back(Pending { entries: admitted.entries, answers: replies.into_iter().zip(admitted.outcomes).collect() });
+                    let answers = replies.into_iter().zip(admitted.outcomes).collect();
+                    pending.push_back(Pending { entries: admitted.entries, answers, received: batch.received });
                 }
             }
         }
@@ -617,8 +674,10 @@ impl Writer {
         let (n, sent) = (chunk.len(), std::time::Instant::now());
         let ack = crate::commit::send(&self.js, chunk).await;
         let send_us = sent.elapsed().as_micros() as u64;
+        let commit = self.meters.commit.clone();
         acks.push_back(Box::pin(async move {
             let ack = ack.await;
+            commit.record(sent.elapsed().as_secs_f64());
             tracing::debug!(entries = n, send_us, ack_us = sent.elapsed().as_micros() as u64, "batch on the stream");
             (last, ack)
         }));
@@ -677,22 +736,26 @@ async fn durable_stage(
     store: crate::store::Store,
     notary: Arc<Notary>,
     mut rx: mpsc::Receiver<Pending>,
-    respond: mpsc::Sender<Vec<(Reply, Outcome)>>,
+    respond: mpsc::Sender<(std::time::Instant, Vec<(Reply, Outcome)>)>,
     head: watch::Sender<Option<(u64, Hash)>>,
+    meters: Meters,
 ) -> Result<(), LedgerError> {
     while let Some(first) = rx.recv().await {
         let group = drain(&mut rx, first, WINDOW * 2);
         let entries: Vec<Entry> = group.iter().flat_map(|p| p.entries.iter().cloned()).collect();
         if let Some(last) = entries.last() {
             // The receipt promise: nothing is answered before this returns.
+            let appending = std::time::Instant::now();
             tokio::task::block_in_place(|| store.append(&entries)).map_err(LedgerError::Commit)?;
+            meters.store.record(appending.elapsed().as_secs_f64());
             notary.append(&entries);
             notary.set_published(last.seq);
             head.send_replace(Some((last.seq, last.hash)));
+            meters.head(last.seq);
             tracing::debug!(entries = entries.len(), head = last.seq, "committed");
         }
         for p in group {
-            if respond.send(p.answers).await.is_err() {
+            if respond.send((p.received, p.answers)).await.is_err() {
                 return Ok(());
             }
         }
@@ -705,9 +768,16 @@ fn outcome_bytes(o: &Outcome) -> Bytes {
     serde_json::to_vec(o).map(Bytes::from).unwrap_or_default()
 }
 
-async fn respond_stage(client: async_nats::Client, js: jetstream::Context, mut rx: mpsc::Receiver<Vec<(Reply, Outcome)>>) -> Result<(), LedgerError> {
+async fn respond_stage(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    mut rx: mpsc::Receiver<(std::time::Instant, Vec<(Reply, Outcome)>)>,
+    meters: Meters,
+) -> Result<(), LedgerError> {
     let mut consumers = custody_wire::receipts::Consumers::default();
-    while let Some(batch) = rx.recv().await {
+    while let Some((received, batch)) = rx.recv().await {
+        meters.outcomes(batch.iter().map(|(_, o)| o));
+        meters.receipt.record(received.elapsed().as_secs_f64());
         let mut durable = Vec::new();
         for (reply, outcome) in batch {
             let body = outcome_bytes(&outcome);

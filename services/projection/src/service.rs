@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use custody_wire::follow::{FollowError, Reader};
+use custody_wire::health::Health;
 use custody_wire::query::{ActorQuery, AdmissibilityQuery, AnswerCode, CertificateQuery, LotQuery, VerifyCertificateQuery};
 use custody_wire::subjects;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use serde_json::{json, Value};
 
 use crate::rules::RuleSet;
@@ -77,13 +78,18 @@ pub struct Config {
     /// ...or this long after the last one, if any entry was applied since;
     /// and at the end of a rebuild.
     pub snapshot_interval: Duration,
+    /// How it says how it is (`custody status`, `/readyz`): ready once it
+    /// has caught up with the committed stream. Its name labels the
+    /// projection's metrics.
+    pub health: Health,
 }
 
 impl Config {
     /// A projection of the stream at `nats_url` kept in `data_dir`: a
     /// snapshot every 1,000,000 entries or 60 seconds.
     pub fn new(nats_url: impl Into<String>, data_dir: PathBuf, nkey: Option<String>) -> Config {
-        Config { nats_url: nats_url.into(), data_dir, nkey, snapshot_every: 1_000_000, snapshot_interval: Duration::from_secs(60) }
+        let health = Health::new("projection", &data_dir.display().to_string());
+        Config { nats_url: nats_url.into(), data_dir, nkey, snapshot_every: 1_000_000, snapshot_interval: Duration::from_secs(60), health }
     }
 }
 
@@ -114,9 +120,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // in line behind thousands of entries on their way in.
     let reading = custody_wire::connect::connect(&config.nats_url, "custody-projection-reader", config.nkey.as_deref()).await?;
 
+    let health = config.health.clone();
+    let meters = Meters::new(&health);
+    health.update(|s| s.role = "following".into());
+    meters.applied(state.read().checkpoint.map_or(0, |c| c.0));
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(serve(client.clone(), state.clone()));
-    tasks.spawn(follow_stream(Reader::ledger(&reading), store, state, None, Cadence::from(&config)));
+    tasks.spawn(serve(client.clone(), state.clone(), meters.clone()));
+    tasks.spawn(follow_stream(Reader::ledger(&reading), store, state, None, Cadence::from(&config), meters.clone()));
+    let lag = meters.lag.clone();
+    tasks.spawn(custody_wire::health::watch_lag(Reader::ledger(&reading), health.clone(), move |n| lag.set(n as f64)).map(|()| Ok(())));
+    tasks.spawn(async move { custody_wire::health::answer_status(client, health).await.map_err(|e| ProjectionError::Serve(e.to_string())) });
     tokio::pin!(shutdown);
     let result = tokio::select! {
         () = &mut shutdown => Ok(()),
@@ -148,7 +161,7 @@ pub async fn replay(config: Config) -> Result<State, ProjectionError> {
     let reader = Reader::ledger(&client);
     let end = reader.last_seq().await?;
     let state: Shared = Arc::new(RwLock::new(State::default()));
-    follow_stream(reader, store, state.clone(), Some(end), Cadence::from(&config)).await?;
+    follow_stream(reader, store, state.clone(), Some(end), Cadence::from(&config), Meters::new(&config.health)).await?;
     // The follower is done with it: no copy of a state of millions of lots.
     match Arc::try_unwrap(state) {
         Ok(lock) => Ok(lock.into_inner()),
@@ -232,7 +245,7 @@ impl Drop for AbortOnDrop {
 /// `cadence` says. A read failure (NATS restarting, say) is logged; the
 /// follower goes on by itself. A broken chain is an error. With `until`,
 /// ends there (the caller writes the last snapshot).
-async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Option<u64>, cadence: Cadence) -> Result<(), ProjectionError> {
+async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Option<u64>, cadence: Cadence, meters: Meters) -> Result<(), ProjectionError> {
     let after = state.read().checkpoint;
     if until.is_some_and(|u| after.map_or(0, |a| a.0) >= u) {
         return Ok(());
@@ -267,6 +280,7 @@ async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Optio
                 // queries and the decoder keep theirs.
                 last = tokio::task::block_in_place(|| apply_all(&state, &entries))?;
                 since_snapshot += entries.len() as u64;
+                meters.applied(last);
             }
         }
         let done = until.is_some_and(|u| last >= u);
@@ -284,6 +298,61 @@ async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Optio
             snapshot_cost = snapshot(&store, &state)?;
             since_snapshot = 0;
             last_snapshot = Instant::now();
+        }
+    }
+}
+
+/// The projection's metrics (through the `metrics` facade; the command
+/// line installs the exporter), labelled with its name, and its health.
+#[derive(Clone)]
+struct Meters {
+    health: Health,
+    applied: metrics::Gauge,
+    lag: metrics::Gauge,
+    /// Query latency by kind, for the kinds there are (a subject is the
+    /// asker's to choose: anything else counts as `other`).
+    queries: Arc<std::collections::HashMap<&'static str, metrics::Histogram>>,
+}
+
+/// The query kinds timed apart.
+const QUERY_KINDS: [&str; 7] = [
+    subjects::QUERY_ORIGIN,
+    subjects::QUERY_ADMISSIBILITY,
+    subjects::QUERY_GENEALOGY,
+    subjects::QUERY_DIGEST,
+    subjects::QUERY_ACTOR,
+    subjects::QUERY_CERTIFICATE,
+    subjects::QUERY_VERIFY_CERTIFICATE,
+];
+
+impl Meters {
+    fn new(health: &Health) -> Meters {
+        let service = health.name();
+        let labels = [("service", service.clone())];
+        let queries = QUERY_KINDS
+            .iter()
+            .chain(std::iter::once(&"other"))
+            .map(|subject| {
+                let kind = subject.rsplit('.').next().unwrap_or(subject);
+                (*subject, metrics::histogram!("custody_query_seconds", "service" => service.clone(), "query" => kind))
+            })
+            .collect();
+        Meters {
+            health: health.clone(),
+            applied: metrics::gauge!("custody_projection_applied_seq", &labels),
+            lag: metrics::gauge!("custody_projection_lag", &labels),
+            queries: Arc::new(queries),
+        }
+    }
+
+    fn applied(&self, seq: u64) {
+        self.applied.set(seq as f64);
+        self.health.update(|s| s.head = Some(seq));
+    }
+
+    fn query(&self, subject: &str, took: Duration) {
+        if let Some(h) = self.queries.get(subject).or_else(|| self.queries.get("other")) {
+            h.record(took.as_secs_f64());
         }
     }
 }
@@ -434,7 +503,7 @@ fn genealogy(state: &State, lot: &view::Lot) -> Value {
     json!({"lot": lot.lot, "node": node(lot), "ancestors": ancestors, "descendants": descendants, "truncated": a_trunc || d_trunc})
 }
 
-async fn serve(client: async_nats::Client, state: Shared) -> Result<(), ProjectionError> {
+async fn serve(client: async_nats::Client, state: Shared, meters: Meters) -> Result<(), ProjectionError> {
     let mut sub = client.queue_subscribe("custody.query.>", subjects::PROJECTION_GROUP.to_owned()).await.map_err(|e| ProjectionError::Serve(e.to_string()))?;
     let checks = Arc::new(tokio::sync::Semaphore::new(CERTIFICATE_CHECKS));
     while let Some(msg) = sub.next().await {
@@ -449,18 +518,23 @@ async fn serve(client: async_nats::Client, state: Shared) -> Result<(), Projecti
                 let _ = client.publish(reply, busy.to_string().into()).await;
                 continue;
             };
+            let meters = meters.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let started = Instant::now();
                 let answer = tokio::task::spawn_blocking(move || answer(&State::default(), subjects::QUERY_VERIFY_CERTIFICATE, &msg.payload))
                     .await
                     .unwrap_or_else(|_| error(AnswerCode::Internal, "the certificate check failed"));
+                meters.query(subjects::QUERY_VERIFY_CERTIFICATE, started.elapsed());
                 let body = within_limit(answer.to_string(), client.server_info().max_payload);
                 let _ = client.publish(reply, body.into()).await;
             });
             continue;
         }
         // The read lock is held for the answer only, never for sending it.
+        let started = Instant::now();
         let answer = answer(&state.read(), msg.subject.as_str(), &msg.payload);
+        meters.query(msg.subject.as_str(), started.elapsed());
         let body = within_limit(answer.to_string(), client.server_info().max_payload);
         let _ = client.publish(reply, body.into()).await;
     }

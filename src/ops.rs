@@ -1,0 +1,104 @@
+//! What an operator reads off a running process (`--ops ADDR`): the
+//! Prometheus metrics of every service in it at `/metrics`, `/healthz`
+//! (the process answers) and `/readyz` (every service in it is ready:
+//! 200, or 503 with why not), from the services' own
+//! [`Health`](custody_wire::health::Health) handles.
+//!
+//! The services write their metrics through the `metrics` facade; this
+//! module installs the one Prometheus recorder of the process.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use custody_wire::health::{Health, Status};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// `--ops`, for every command that runs a service.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OpsArgs {
+    /// Serve Prometheus metrics (/metrics) and health (/healthz, /readyz)
+    /// on this address (port 0: a free one); none when absent.
+    #[arg(long, env = "CUSTODY_OPS", value_name = "ADDR")]
+    pub ops: Option<SocketAddr>,
+}
+
+impl OpsArgs {
+    /// Starts the listener if asked for, and says where it is.
+    pub async fn start(&self, healths: Vec<Health>) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(addr) = self.ops else { return Ok(None) };
+        let bound = serve(addr, healths).await?;
+        println!("{}", announce(bound));
+        Ok(Some(bound))
+    }
+}
+
+/// The line that says where the ops listener is.
+pub fn announce(bound: SocketAddr) -> String {
+    format!("ops listening on http://{bound} (/metrics, /healthz, /readyz)")
+}
+
+/// Latency buckets, in seconds: 100 µs to 10 s.
+const SECONDS: [f64; 15] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+/// Submissions per batch: 1 to the ledger's largest batch.
+const SUBMISSIONS: [f64; 12] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 1500.0, 2048.0];
+
+/// The process's Prometheus recorder, installed on first use.
+fn recorder() -> anyhow::Result<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h);
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)?
+        .set_buckets_for_metric(Matcher::Full("custody_ledger_batch_submissions".into()), &SUBMISSIONS)?
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    // Histograms are folded in as they are scraped, and now and then
+    // without a scrape, so that they hold no more than a few seconds.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(HANDLE.get_or_init(|| handle))
+}
+
+/// Serves the ops endpoints on `addr` in the background; returns where.
+pub async fn serve(addr: SocketAddr, healths: Vec<Health>) -> anyhow::Result<SocketAddr> {
+    let metrics = recorder()?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for --ops"))?;
+    let bound = listener.local_addr()?;
+    let statuses = move || healths.iter().map(Health::status).collect::<Vec<Status>>();
+    let ready = statuses.clone();
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || async move {
+                metrics.run_upkeep();
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+            }),
+        )
+        .route("/healthz", get(move || async move { Json(serde_json::json!({"alive": true, "services": statuses()})) }))
+        .route("/readyz", get(move || async move { readiness(ready()) }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the ops listener stopped");
+        }
+    });
+    Ok(bound)
+}
+
+/// 200 when every service is ready, else 503; each one's status either way.
+fn readiness(statuses: Vec<Status>) -> Response {
+    let ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, Json(serde_json::json!({"ready": ready, "services": statuses}))).into_response()
+}

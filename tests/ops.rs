@@ -1,0 +1,222 @@
+//! What an operator sees of a running system: Prometheus metrics that
+//! count what was really sent, health and readiness, and `custody status`.
+//! Real `custody up` (authorization on) and real processes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use custody_proto::Outcome;
+use nkeys::KeyPair;
+use serde_json::{json, Value};
+
+/// The metric names the Grafana dashboard's queries use.
+fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let dashboard: Value = serde_json::from_str(include_str!("../deploy/grafana/custody.json")).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("custody_") {
+                let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                names.insert(name);
+            }
+        }
+    }
+    assert!(names.len() >= 8, "{names:?}");
+    names
+}
+
+/// Outcomes by code, as the producer saw them.
+fn by_code(outcomes: &[Outcome]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for o in outcomes {
+        *counts.entry(code(o).to_owned()).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_what_was_sent_and_status_names_every_service() {
+    let up = up();
+    let http = reqwest::Client::new();
+    let miner = KeyPair::new_user();
+    up.register(&[(&miner, "miner", "BW")]).await;
+    let (nc, _, _) = connect_when_allowed(&up.url, &miner).await;
+    let before = scrape(&http, &up.ops).await;
+
+    // A load with receipts and two kinds of refusal, sent while metrics
+    // are being scraped.
+    let mined = |id: String, lot: String| sign(&miner, &event(&miner, &id, "mined", json!({"lot": lot, "carats": "2.50", "country": "BW"})));
+    let mut envelopes: Vec<Bytes> = (0..300).map(|i| Bytes::from(mined(format!("m-{i}"), format!("L{i}")))).collect();
+    envelopes.extend((0..17).map(|i| Bytes::from(mined(format!("again-{i}"), format!("L{i}")))));
+    envelopes.extend((0..11).map(|i| {
+        let split = event(&miner, &format!("s-{i}"), "split", json!({"lot": format!("NOWHERE{i}"), "into": [{"lot": format!("N{i}"), "carats": "1.00"}]}));
+        Bytes::from(sign(&miner, &split))
+    }));
+    let scraping = {
+        let (http, ops) = (http.clone(), up.ops.clone());
+        tokio::spawn(async move {
+            let mut scrapes = 0;
+            while scrapes < 1000 {
+                scrape(&http, &ops).await;
+                scrapes += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut outcomes = Vec::new();
+    for chunk in envelopes.chunks(100) {
+        let answers = custody::client::submit_batch(&nc, chunk).await.expect("the ledger answers");
+        outcomes.extend(answers.into_iter().map(|a| a.outcome().expect("an outcome at the hub")));
+    }
+    scraping.abort();
+    let sent = by_code(&outcomes);
+    assert_eq!(sent.get("receipt"), Some(&300), "{sent:?}");
+    assert_eq!(sent.get("lot_exists"), Some(&17), "{sent:?}");
+    assert_eq!(sent.get("unknown_lot"), Some(&11), "{sent:?}");
+
+    // Lot answers through the gateway: 5 found, 3 unknown, 2 on no route.
+    for i in 0..5 {
+        assert_eq!(http.get(format!("{}/v1/lots/L{i}/origin", up.http)).send().await.unwrap().status(), 200);
+    }
+    for i in 0..3 {
+        assert_eq!(http.get(format!("{}/v1/lots/NOPE{i}/origin", up.http)).send().await.unwrap().status(), 404);
+    }
+    for _ in 0..2 {
+        assert_eq!(http.get(format!("{}/v1/nothing/here", up.http)).send().await.unwrap().status(), 404);
+    }
+
+    let head = {
+        let (op, _) = connect(&up.url, Some(&custody::keys::load(&up.dir.path().join("keys/services/operator.nk")).unwrap())).await.unwrap();
+        let msg = op.request(custody_wire::subjects::HEAD_SUBJECT, "".into()).await.unwrap();
+        serde_json::from_slice::<Value>(&msg.payload).unwrap()["seq"].as_u64().unwrap()
+    };
+    // The projection's lag is measured every half second.
+    let mut after = String::new();
+    for _ in 0..100 {
+        after = scrape(&http, &up.ops).await;
+        if metric_sum(&after, "custody_projection_applied_seq", &[]) == head as f64 && metric_sum(&after, "custody_projection_lag", &[]) == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let delta = |name: &str, labels: &[(&str, &str)]| metric_sum(&after, name, labels) - metric_sum(&before, name, labels);
+    assert_eq!(delta("custody_submissions_total", &[("outcome", "receipt")]), 300.0);
+    assert_eq!(delta("custody_submissions_total", &[("outcome", "refused"), ("code", "lot_exists")]), 17.0);
+    assert_eq!(delta("custody_submissions_total", &[("outcome", "refused"), ("code", "unknown_lot")]), 11.0);
+    assert_eq!(delta("custody_submissions_total", &[("outcome", "refused")]), 28.0, "no refusal of another code");
+    assert_eq!(metric_sum(&after, "custody_ledger_head_seq", &[]), head as f64);
+    assert_eq!(metric_sum(&after, "custody_ledger_writer", &[("service", "ledger")]), 1.0);
+    assert_eq!(metric_sum(&after, "custody_projection_applied_seq", &[]), head as f64, "{after}");
+    assert_eq!(metric_sum(&after, "custody_projection_lag", &[]), 0.0);
+    assert!(delta("custody_ledger_commit_seconds_count", &[]) >= 1.0);
+    assert!(delta("custody_ledger_batch_submissions_sum", &[]) >= 328.0, "every submission went through a batch");
+    let origin = [("route", "/v1/lots/{lot}/origin")];
+    assert_eq!(delta("custody_gateway_requests_total", &[origin[0], ("status", "200")]), 5.0);
+    assert_eq!(delta("custody_gateway_requests_total", &[origin[0], ("status", "404")]), 3.0);
+    assert_eq!(delta("custody_gateway_requests_total", &[("route", "unmatched"), ("status", "404")]), 2.0);
+    assert_eq!(delta("custody_gateway_request_seconds_count", &origin), 8.0);
+    assert_eq!(delta("custody_query_seconds_count", &[("query", "origin")]), 8.0, "each origin request was one query");
+    assert!(!after.contains("NOPE"), "a lot id, the asker's to choose, never becomes a label");
+
+    // Every series the dashboard draws is one the system serves (the
+    // edge's, from an edge: tests/edge.rs).
+    for metric in dashboard_metrics() {
+        if !metric.starts_with("custody_edge_") {
+            assert!(after.lines().any(|l| l.starts_with(&metric)), "the dashboard draws {metric}, which nothing serves");
+        }
+    }
+
+    // Health: alive, and every service ready.
+    let health = http.get(format!("{}/healthz", up.ops)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    // (A registration reloads NATS's authorization, and its services
+    // reconnect: ready again within a second or two.)
+    let mut ready = Value::Null;
+    for _ in 0..100 {
+        let r = http.get(format!("{}/readyz", up.ops)).send().await.unwrap();
+        let code = r.status();
+        ready = r.json().await.unwrap();
+        if code == 200 {
+            break;
+        }
+        assert_eq!(code, 503);
+        assert_eq!(ready["ready"], false);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready["ready"], true, "{ready}");
+    let kinds: Vec<&str> = ready["services"].as_array().unwrap().iter().map(|s| s["service"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["ledger", "projection", "gateway", "authz"], "{ready}");
+
+    // `custody status` over NATS, as the operator: one line per service.
+    let operator = up.dir.path().join("keys/services/operator.nk");
+    let out = run_cli(&up.url, &["--nkey", operator.to_str().unwrap(), "status"], None);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("ledger") && lines[0].contains("writer") && lines[0].contains(&format!("head {head}")), "{text}");
+    assert!(lines[1].starts_with("projection") && lines[1].contains(&format!("head {head} lag 0")), "{text}");
+    assert!(lines[2].starts_with("gateway") && lines[3].starts_with("authz"), "{text}");
+    assert!(lines.iter().all(|l| l.ends_with("ready") && l.contains(concat!("v", env!("CARGO_PKG_VERSION")))), "{text}");
+    // An actor is not the operator: it may not ask.
+    let key_file = up.dir.path().join("miner.nk");
+    std::fs::write(&key_file, miner.seed().unwrap()).unwrap();
+    let out = run_cli(&up.url, &["--nkey", key_file.to_str().unwrap(), "status", "--wait", "0.5"], None);
+    assert!(!out.status.success() && stdout(&out).is_empty(), "{}", stdout(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_is_not_ready_while_it_catches_up_and_ready_after() {
+    let sys = System::start().await;
+    let miner = sys.actor("miner", "miner", "ZA").await;
+    let envelopes = mined(&miner, "r", 30_000);
+    for chunk in envelopes.chunks(1000) {
+        for answer in custody::client::submit_batch(&sys.client, chunk).await.expect("the ledger answers") {
+            assert!(matches!(answer.outcome().unwrap(), Outcome::Receipt(_)));
+        }
+    }
+    let end = sys.stream_caught_up().await;
+
+    // A new projection, from nothing, with its ops listener.
+    let data = sys.dir.path().join("fresh-projection");
+    let (_projection, mut printed) = custody_printing(&[
+        "projection".as_ref(),
+        "--nats".as_ref(),
+        sys.nats.url.as_ref(),
+        "--ops".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ]);
+    let first = printed.next().expect("a line").unwrap();
+    let ops = first.strip_prefix("ops listening on ").and_then(|r| r.split_whitespace().next()).expect("the ops address").to_owned();
+
+    let http = reqwest::Client::new();
+    let mut seen = Vec::new();
+    let last = loop {
+        let r = http.get(format!("{ops}/readyz")).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        seen.push((status, body["services"][0].clone()));
+        if status == 200 {
+            break body;
+        }
+        assert!(seen.len() < 3000, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (status, while_behind) = &seen[0];
+    assert_eq!(*status, 503, "not ready before it has caught up: {while_behind}");
+    assert_eq!(while_behind["ready"], false);
+    assert!(seen.iter().any(|(s, b)| *s == 503 && b["lag"].as_u64().is_some_and(|l| l > 0)), "a lag was seen while catching up: {seen:?}");
+    let caught_up = &last["services"][0];
+    assert_eq!(caught_up["head"].as_u64(), Some(end), "{last}");
+    assert_eq!(caught_up["lag"].as_u64(), Some(0), "{last}");
+    assert_eq!(caught_up["ready"], true);
+    // And it answers from the state it caught up to.
+    assert_eq!(sys.origin("r-L29999").await["as_of_seq"].as_u64(), Some(end));
+}

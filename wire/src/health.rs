@@ -1,0 +1,159 @@
+//! How a service says how it is: one [`Status`] per running instance,
+//! kept up to date by the service itself through its [`Health`] handle,
+//! and read two ways: over NATS (`custody.status.<kind>`, answered by
+//! [`answer_status`]; what `custody status` asks) and over HTTP (`/healthz`,
+//! `/readyz`, served by the command line's ops listener next to the
+//! Prometheus metrics).
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::subjects::STATUS_PREFIX;
+
+/// A follower counts as ready once it has caught up with the committed
+/// stream, and for as long as it stays within this many entries of its end.
+pub const READY_LAG: u64 = 10_000;
+
+/// One instance of a service, as it says it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The kind: `ledger`, `projection`, `gateway`, `authz`, `edge`.
+    pub service: String,
+    /// This instance: `ledger`, `ledger 2`, `projection`, a host and folder.
+    pub name: String,
+    /// What it is doing: `writer`, `standby`, `following`, `serving`,
+    /// `starting`, `forwarding`, `offline`.
+    pub role: String,
+    /// Able to serve: caught up (a follower), holding or able to take the
+    /// writer lease (a ledger), connected (the gateway).
+    pub ready: bool,
+    /// Why not ready, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// The last seq in this instance's store (a ledger) or applied (a
+    /// follower).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<u64>,
+    /// Entries on the committed stream not yet applied (a follower), or
+    /// envelopes not yet forwarded (an edge's outbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+    /// Who holds the writer lease, as far as this instance knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// The custody version it runs.
+    pub version: String,
+}
+
+/// The handle a service keeps its [`Status`] up to date through; clones
+/// share it.
+#[derive(Debug, Clone)]
+pub struct Health(Arc<Mutex<Status>>);
+
+impl Health {
+    /// An instance of `service` named `name`, starting, not ready.
+    pub fn new(service: &str, name: &str) -> Health {
+        Health(Arc::new(Mutex::new(Status {
+            service: service.to_owned(),
+            name: name.to_owned(),
+            role: "starting".into(),
+            ready: false,
+            why: Some("starting".into()),
+            head: None,
+            lag: None,
+            leader: None,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })))
+    }
+
+    /// The instance's name, which labels its metrics.
+    pub fn name(&self) -> String {
+        self.status().name
+    }
+
+    pub fn status(&self) -> Status {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn update(&self, change: impl FnOnce(&mut Status)) {
+        change(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Ready (`why` is then cleared) or not, and why.
+    pub fn set_ready(&self, ready: Result<(), String>) {
+        self.update(|s| {
+            s.ready = ready.is_ok();
+            s.why = ready.err();
+        });
+    }
+
+    /// A follower at `applied` of a stream ending at `end`: ready once it
+    /// has reached the end, and while it stays within [`READY_LAG`].
+    pub fn followed(&self, applied: u64, end: u64) {
+        self.update(|s| {
+            let lag = end.saturating_sub(applied);
+            let caught_up_before = s.lag.is_some() && s.ready;
+            s.head = Some(applied);
+            s.lag = Some(lag);
+            s.ready = lag == 0 || (caught_up_before && lag <= READY_LAG);
+            s.why = (!s.ready).then(|| format!("catching up: {lag} entries behind the committed stream"));
+        });
+    }
+}
+
+/// How often [`watch_lag`] reads the committed stream's end.
+pub const LAG_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// For a follower of the committed stream whose `health` head is the last
+/// seq it applied: every [`LAG_EVERY`], reads the stream's end, updates
+/// its lag and readiness ([`Health::followed`]) and tells `lag` the lag.
+/// Runs until dropped.
+pub async fn watch_lag(reader: crate::follow::Reader, health: Health, lag: impl Fn(u64)) {
+    let mut tick = tokio::time::interval(LAG_EVERY);
+    loop {
+        tick.tick().await;
+        match reader.last_seq().await {
+            Ok(end) => {
+                let applied = health.status().head.unwrap_or(0);
+                lag(end.saturating_sub(applied));
+                health.followed(applied, end);
+            }
+            Err(e) => health.set_ready(Err(format!("cannot read the committed stream: {e}"))),
+        }
+    }
+}
+
+/// Answers `custody.status.<kind>` with this instance's status until the
+/// subscription ends.
+pub async fn answer_status(client: async_nats::Client, health: Health) -> Result<(), async_nats::SubscribeError> {
+    let kind = health.status().service;
+    let mut requests = client.subscribe(format!("{STATUS_PREFIX}.{kind}")).await?;
+    while let Some(msg) = requests.next().await {
+        let Some(reply) = msg.reply else { continue };
+        let body = serde_json::to_vec(&health.status()).unwrap_or_default();
+        let _ = client.publish(reply, body.into()).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_is_ready_once_caught_up_and_while_close() {
+        let h = Health::new("projection", "projection");
+        assert!(!h.status().ready);
+        h.followed(10, 20_000);
+        assert!(!h.status().ready, "behind from the start: catching up");
+        h.followed(20_000, 20_000);
+        assert!(h.status().ready);
+        h.followed(20_000, 20_500);
+        assert!(h.status().ready, "a little behind after catching up: still serving");
+        h.followed(20_000, 40_001);
+        let s = h.status();
+        assert!(!s.ready && s.why.unwrap().contains("20001 entries"));
+    }
+}
