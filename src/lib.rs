@@ -3,6 +3,7 @@
 //! client, key files and the demo supply chain.
 //!
 //! # Layout
+//! - [`backup`]: backups of a running ledger, and restoring one.
 //! - [`natsd`]: start, restart and kill a nats-server on loopback.
 //! - [`client`]: submit envelopes over request-reply, with retries.
 //! - [`edge`]: a mine's edge: a leaf node with a durable outbox.
@@ -14,6 +15,7 @@
 //! - [`sim`]: a seeded simulated world shaped like KP 2022 production.
 //! - `cmd/`: one file per command (in the binary).
 
+pub mod backup;
 pub mod client;
 pub mod demo;
 pub mod edge;

@@ -84,6 +84,15 @@ impl CertifiedEntry {
             envelope: std::str::from_utf8(&entry.envelope)?.to_owned(),
         })
     }
+
+    /// The entry it stands for, its hash recomputed; `None` when
+    /// `prev_hash` is not a hash.
+    pub fn entry(&self) -> Option<Entry> {
+        let prev_hash = Hash::from_hex(&self.prev_hash)?;
+        let envelope = self.envelope.as_bytes().to_vec();
+        let hash = Entry::compute_hash(self.seq, &prev_hash, &self.recorded_at, &envelope);
+        Some(Entry { seq: self.seq, prev_hash, recorded_at: self.recorded_at, envelope, hash })
+    }
 }
 
 /// What a check of a certificate found wrong, by kind: each tampering is
@@ -156,7 +165,7 @@ pub fn check_evidence(cert: &OriginCertificate, ledger_key: &str) -> (Vec<Entry>
     }
     let mut entries = Vec::with_capacity(cert.entries.len());
     for e in &cert.entries {
-        let Some(prev) = Hash::from_hex(&e.prev_hash) else {
+        let Some(entry) = e.entry() else {
             findings.push(Finding::new(Check::Inclusion, format!("entry {}: prev_hash is not a 64-digit hex hash", e.seq)));
             continue;
         };
@@ -169,9 +178,7 @@ pub fn check_evidence(cert: &OriginCertificate, ledger_key: &str) -> (Vec<Entry>
             findings.push(Finding::new(Check::CheckpointMismatch, why));
             continue;
         }
-        let envelope = e.envelope.as_bytes().to_vec();
-        let hash = Entry::compute_hash(e.seq, &prev, &e.recorded_at, &envelope);
-        entries.push(Entry { seq: e.seq, prev_hash: prev, recorded_at: e.recorded_at, envelope, hash });
+        entries.push(entry);
     }
     if entries.is_empty() {
         findings.push(Finding::new(Check::MissingAncestor, "the certificate holds no entries"));

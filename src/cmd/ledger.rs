@@ -88,10 +88,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
         Some(Action::Key) => {}
         Some(Action::Recover) => {
             let client = custody::client::connect(nats).await?;
-            let reader = custody_wire::follow::Reader::ledger(&client);
-            reader.last_seq().await.context("no committed stream to recover from")?;
-            let (store, moved) = custody_ledger::recovery::fresh_store(&a.data, &authority)?;
-            let entries = custody_audit::recover::verified(&reader, |batch| store.append(batch)).await?;
+            let (entries, moved) = custody::backup::recover_store(&client, &a.data, &authority).await?;
             println!(
                 "{}",
                 serde_json::json!({

@@ -1,6 +1,7 @@
 //! The commands of DOMAIN.md's CLI, one module each.
 
 mod authz;
+mod backup;
 mod bench;
 mod bench_edge;
 mod bench_read;
@@ -85,6 +86,12 @@ enum Command {
     /// One line per running service: role, head or lag, leader, version,
     /// ready (ask with the operator's key when NATS checks identities).
     Status(status::Args),
+    /// Copy the ledger while it runs: its entries up to a fresh signed
+    /// checkpoint, audited on the way, and its checkpoints.
+    Backup(backup::BackupArgs),
+    /// Audit a backup offline, then put it back onto an empty deployment
+    /// (connect as the ledger) and rebuild the ledger's store from it.
+    Restore(backup::RestoreArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -113,6 +120,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Edge(a) => edge::run(&cli.nats, a).await,
         Command::Filing(a) => certificate::filing(&cli.nats, a).await,
         Command::Status(a) => status::run(&cli.nats, a).await,
+        Command::Backup(a) => backup::backup(&cli.nats, a).await,
+        Command::Restore(a) => backup::restore(&cli.nats, a).await,
     }
 }
 

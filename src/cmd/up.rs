@@ -47,6 +47,15 @@ pub struct Args {
     /// of every service here are served (port 0: a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     ops: std::net::SocketAddr,
+    /// Start from a backup (`custody backup --out`) on an empty data
+    /// folder: audited, then restored before the ledger starts.
+    #[arg(long, value_name = "BACKUP", requires = "ledger_key")]
+    restore: Option<PathBuf>,
+    /// With --restore: the ledger's signing key file, which must be the
+    /// key the backup is signed with (pass the genesis authority's key
+    /// file with --authority too).
+    #[arg(long, value_name = "FILE")]
+    ledger_key: Option<PathBuf>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -57,6 +66,23 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     // One ledger on one server; a writer and a standby on a cluster, each
     // with its own store, signing with the one ledger key auditors trust.
     let ledger_dirs: Vec<PathBuf> = if servers == 1 { vec![a.data.join("ledger")] } else { (1..=2).map(|i| a.data.join(format!("ledger-{i}"))).collect() };
+    let backup = match &a.restore {
+        Some(from) => {
+            let checked = custody::backup::check(from, None)?;
+            let m = &checked.manifest;
+            anyhow::ensure!(
+                m.authority == authority.public_key(),
+                "the backup's genesis authority is {}; pass its key file with --authority (this one is {})",
+                m.authority,
+                authority.public_key()
+            );
+            let key_file = a.ledger_key.as_deref().context("--restore needs --ledger-key")?;
+            super::backup::install_ledger_key(key_file, &ledger_dirs[0], &m.ledger_key)?;
+            println!("backup {} audited: {} entries, root {}", from.display(), m.tree_size, m.root);
+            Some(checked)
+        }
+        None => None,
+    };
     let ledger_key = custody_ledger::notary::load_or_create_key(&ledger_dirs[0])?;
     for dir in &ledger_dirs[1..] {
         if !dir.join(custody_ledger::notary::KEY_FILE).exists() {
@@ -117,6 +143,12 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     println!("genesis authority {} (key file {})", authority.public_key(), authority_path.display());
     println!("ledger key {} (signs checkpoints; audit with: custody audit --key {})", ledger_key.public_key(), ledger_key.public_key());
+
+    if let Some(backup) = &backup {
+        let client = custody_wire::connect::connect(&nats_url, "custody-restore", seed(&ledger_id).as_deref()).await?;
+        let entries = custody::backup::restore(&client, backup, &ledger_dirs[0], servers).await?;
+        println!("restored {entries} entries onto the committed stream and into {}", ledger_dirs[0].display());
+    }
 
     // Each service's health, by the name it has in this process; the ops
     // listener serves them all, with the metrics.

@@ -584,6 +584,8 @@ pub struct Up {
     /// The HTTP gateway (`http://127.0.0.1:PORT`).
     pub http: String,
     pub authority: KeyPair,
+    /// The ledger's head when up started serving.
+    pub ready_at: u64,
 }
 
 impl Up {
@@ -631,11 +633,25 @@ pub fn custody_printing<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (ServiceProces
 }
 
 pub fn up() -> Up {
+    up_with(&[], None)
+}
+
+/// `custody up` on a new data folder with `extra` arguments; the genesis
+/// authority's key is `authority` (`--authority`), or up's own.
+pub fn up_with(extra: &[&std::ffi::OsStr], authority: Option<&std::path::Path>) -> Up {
     let dir = tempfile::tempdir().unwrap();
-    let (process, mut lines) = custody_printing(&["up".as_ref(), "--no-demo".as_ref(), "--data".as_ref(), dir.path().as_os_str()]);
-    let (mut url, mut leaf, mut ops, mut http) = (None, None, None, None);
+    let mut args: Vec<&std::ffi::OsStr> = vec!["up".as_ref(), "--no-demo".as_ref(), "--data".as_ref(), dir.path().as_os_str()];
+    if let Some(a) = authority {
+        args.extend(["--authority".as_ref(), a.as_os_str()]);
+    }
+    args.extend(extra);
+    let (process, mut lines) = custody_printing(&args);
+    let (mut url, mut leaf, mut ops, mut http, mut ready_at) = (None, None, None, None, None);
     for line in lines.by_ref() {
         let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("ledger ready at seq ") {
+            ready_at = rest.trim().parse().ok();
+        }
         if let Some(rest) = line.strip_prefix("ops listening on ") {
             ops = rest.split_whitespace().next().map(str::to_owned);
         }
@@ -655,8 +671,9 @@ pub fn up() -> Up {
     }
     // Keep draining what it prints.
     std::thread::spawn(move || for _ in lines {});
-    let authority = custody::keys::load(&dir.path().join("authority.nk")).unwrap();
+    let authority = custody::keys::load(&authority.map_or_else(|| dir.path().join("authority.nk"), std::path::Path::to_path_buf)).unwrap();
     Up {
+        ready_at: ready_at.expect("up printed where the ledger is ready"),
         _process: process,
         dir,
         url: url.expect("up printed the NATS address"),

@@ -31,7 +31,7 @@
 //! | the gateway | queries, proofs, direct get on both streams | the committed and checkpoint subjects, `custody.status.gateway` |
 //! | any actor | its own `custody.submit.<key>` and `custody.inbox.<key>`, pulling from and acking its own receipts consumer, queries and proofs, its own inbox (for an edge's leaf connection) | — |
 //! | a regulator | also direct get on both streams | also the committed and checkpoint subjects |
-//! | the operator (`custody up`'s demo loader, `custody status`) | any `custody.submit.>`, queries, `custody.status.>` | — |
+//! | the operator (`custody up`'s demo loader, `custody status`, `custody backup`) | any `custody.submit.>`, queries, `custody.status.>`, direct get on both streams | — |
 //!
 //! Every user reads replies only on `_INBOX_<its key>.>`.
 
@@ -140,9 +140,11 @@ fn actor(key: &str, roles: &[Role]) -> Permissions {
     p
 }
 
+/// The operator: submits for the demo, asks how services are, and reads
+/// both streams (`custody backup`, `custody audit`).
 fn operator(key: &str) -> Permissions {
     let mut publish = ask();
-    publish.extend([format!("{SUBMIT_PREFIX}.>"), format!("{STATUS_PREFIX}.>")]);
+    publish.extend([format!("{SUBMIT_PREFIX}.>"), format!("{STATUS_PREFIX}.>"), direct_get(LEDGER_STREAM), direct_get(CHECKPOINTS_STREAM)]);
     Permissions { publish, subscribe: vec![own_inbox(key)], responds: false }
 }
 
@@ -307,7 +309,7 @@ mod tests {
             ),
             ("UAUTHZ", &["$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.query.>", "custody.submit.>"], &[ENTRIES_SUBJECT]),
             ("UGATE", &["custody.query.>", "$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.submit.>"], &["_INBOX_UGATE.>"]),
-            ("UOP", &["custody.submit.>", "custody.status.>"], &["$JS.API.DIRECT.GET.CUSTODY_LEDGER", "custody.inbox.UMINER"], &["_INBOX_UOP.>"]),
+            ("UOP", &["custody.submit.>", "custody.status.>", "$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.inbox.UMINER", ">"], &["_INBOX_UOP.>"]),
             ("UGENESIS", &["custody.submit.UGENESIS"], &["custody.submit.UMINER"], &["_INBOX_UGENESIS.>"]),
         ];
         for (user, may, may_not, hears) in table {

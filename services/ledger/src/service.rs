@@ -432,11 +432,15 @@ async fn serve(
     result
 }
 
-struct Streams {
-    inbox: stream::Stream,
+/// The ledger's streams, made by [`ensure_streams`].
+pub struct Streams {
+    pub inbox: stream::Stream,
 }
 
-async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<Streams, LedgerError> {
+/// Creates the ledger's streams on `replicas` servers if they are not
+/// there (the committed, inbox, checkpoints and receipts streams), or
+/// brings them to this version's configuration.
+pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<Streams, LedgerError> {
     crate::commit::committed_stream(js, replicas).await?;
     let inbox = js
         .get_or_create_stream(stream::Config {
