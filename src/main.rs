@@ -2,8 +2,6 @@
 
 mod cmd;
 
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -12,7 +10,7 @@ async fn main() -> std::process::ExitCode {
         // Colour for a person at a terminal, plain text for a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = cmd::Cli::parse();
+    let cli = cmd::config::parse();
     match cmd::run(cli).await {
         Ok(code) => code,
         Err(e) => {

@@ -78,3 +78,44 @@ async fn up_cluster_3_serves_the_worked_example_and_comes_back() {
     assert_eq!(status.map(|s| s.success()), Some(true), "{out}");
     assert!(out.contains(&format!("ledger ready at seq {receipted}")), "{out}");
 }
+
+/// One TOML file sets up's flags (`--config`, or `CUSTODY_CONFIG`); a flag
+/// typed on the command line wins; a misspelt setting stops it before
+/// anything starts.
+#[test]
+fn a_config_file_sets_the_flags_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("custody.toml");
+    let from_file = dir.path().join("from-file");
+    let typed = dir.path().join("typed");
+    std::fs::write(
+        &config,
+        format!("[up]\ndata = {:?}\nno_demo = true\nexit_after_demo = true\nsimulate = 0\n\n[ledger]\ncheckpoint_every = 2.5\n", from_file.to_str().unwrap()),
+    )
+    .unwrap();
+    let run = |args: &[&str], env: Option<&std::path::Path>| {
+        let mut cmd = Command::new(BIN);
+        die_with_parent(&mut cmd);
+        cmd.args(args).env("CUSTODY_LOG", "error").env_remove("CUSTODY_CONFIG").stdin(Stdio::null());
+        if let Some(file) = env {
+            cmd.env("CUSTODY_CONFIG", file);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&["--config", config.to_str().unwrap(), "up"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(from_file.join("nats").is_dir() && from_file.join("ledger").is_dir(), "up ran in the file's data folder");
+    assert!(!stdout(&out).contains("submitting the demo"), "no_demo = true");
+
+    let out = run(&["up", "--data", typed.to_str().unwrap()], Some(&config));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(typed.join("ledger").is_dir(), "the typed --data won over the file's");
+
+    std::fs::write(&config, "[up]\nno_dem = true\n").unwrap();
+    let elsewhere = dir.path().join("never");
+    let out = run(&["--config", config.to_str().unwrap(), "up", "--data", elsewhere.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("[up] no_dem: `custody up` has no flag --no-dem"), "{said}");
+    assert!(!elsewhere.exists(), "nothing started");
+}

@@ -13,7 +13,7 @@ pub struct Args {
     genesis: String,
     /// The file nats-server loads with `-c`; rewritten whole on each change.
     #[arg(long)]
-    config: PathBuf,
+    auth_file: PathBuf,
     /// nats-server's process id, signalled (SIGHUP) to reload.
     #[arg(long, required_unless_present = "bootstrap")]
     nats_pid: Option<u32>,
@@ -49,7 +49,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
         nkey: custody::client::identity(),
         genesis: a.genesis.clone(),
         services,
-        config_file: a.config,
+        config_file: a.auth_file,
         nats_pids: a.nats_pid.into_iter().collect(),
     };
     if a.bootstrap {

@@ -6,6 +6,7 @@ mod bench;
 mod bench_edge;
 mod bench_read;
 mod certificate;
+pub mod config;
 mod edge;
 mod gateway;
 mod keygen;
@@ -34,6 +35,11 @@ pub struct Cli {
     /// or a service key when the server checks identities.
     #[arg(long, global = true, env = "CUSTODY_NKEY")]
     nkey: Option<std::path::PathBuf>,
+    /// A TOML file of settings for this deployment: global flags at the
+    /// top, each command's in its table ([up], [ledger], ...); a flag
+    /// typed here wins. See deploy/custody.toml.
+    #[arg(long, global = true, env = "CUSTODY_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
