@@ -95,6 +95,8 @@ async fn a_backup_taken_under_load_restores_onto_a_fresh_machine_and_audits_with
     let restored =
         up_with(&["--restore".as_ref(), backup.as_os_str(), "--ledger-key".as_ref(), keys.join("ledger.nk").as_os_str()], Some(&keys.join("authority.nk")));
     assert_eq!(restored.ready_at, size, "the restored ledger serves from the backup's head");
+    let aside: Vec<_> = std::fs::read_dir(restored.dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("damaged")).collect();
+    assert!(aside.is_empty(), "a fresh folder has no old store to move aside: {aside:?}");
     let op = restored.dir.path().join("keys/services/operator.nk");
     let state = restored.dir.path().join("auditor");
     let audit = json_of(&cli(&restored.url, &["--nkey", path(&op), "audit", "--key", &ledger_key, "--state", path(&state)]).await);

@@ -137,6 +137,11 @@ async fn an_offline_mine_records_5000_events_and_each_is_receipted_once_in_order
     assert_eq!(depth(&metrics), envelopes.len() as f64, "the outbox depth while offline");
     let ready: serde_json::Value = http.get(format!("{}/readyz", edge.ops)).send().await.unwrap().json().await.unwrap();
     assert_eq!((ready["ready"].as_bool(), ready["services"][0]["lag"].as_u64()), (Some(true), Some(envelopes.len() as u64)), "{ready}");
+    let forwarder = edge_dir.join(custody::edge::FORWARDER_KEY);
+    let status = run_cli(&edge.url, &["--nkey", forwarder.to_str().unwrap(), "status"], None);
+    let said = stdout(&status);
+    assert!(status.status.success(), "{said}{}", String::from_utf8_lossy(&status.stderr));
+    assert!(said.starts_with("edge") && said.contains("forwarding") && said.contains(&format!("lag {}", envelopes.len())), "{said}");
 
     // The link returns: everything flows, in order, each answered once.
     let back = Instant::now();

@@ -48,10 +48,11 @@ pub const QUEUE_GROUP: &str = "custody-ledger";
 
 /// How each service says how it is (`custody status`):
 /// `custody.status.<kind>`, one answer from every instance of that kind
-/// (ledger, projection, gateway, authz; an edge answers on its own server).
+/// (ledger, projection, gateway, authz at the hub; an edge on its own
+/// server).
 pub const STATUS_PREFIX: &str = "custody.status";
-/// The kinds of service that answer status requests at the hub.
-pub const STATUS_KINDS: [&str; 4] = ["ledger", "projection", "gateway", "authz"];
+/// The kinds of service `custody status` asks.
+pub const STATUS_KINDS: [&str; 5] = ["ledger", "projection", "gateway", "authz", "edge"];
 
 /// Headers on each committed-stream message (its payload is the envelope).
 pub use custody_proto::entry::{HDR_HASH, HDR_PREV, HDR_RECORDED_AT, HDR_SEQ};

@@ -27,7 +27,10 @@ pub enum RecoveryError {
 /// genesis `authority`, with the old ledger key; returns it and where the
 /// old store went.
 pub fn fresh_store(dir: &Path, authority: &ActorKey) -> Result<(Store, Option<PathBuf>), RecoveryError> {
-    let moved = if dir.exists() {
+    // A folder that holds only the ledger key (put there for a restore)
+    // has no store to keep.
+    let only_key = std::fs::read_dir(dir).is_ok_and(|d| d.flatten().all(|e| e.file_name() == crate::notary::KEY_FILE));
+    let moved = if dir.exists() && !only_key {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S").to_string();
         // Never onto an earlier aside (two recoveries in one second).
         let aside = (1..)
