@@ -17,6 +17,10 @@ use serde_json::json;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Serve the benchmark's metrics while it runs (the ledger's, with the
+    /// Prometheus recorder installed, as a deployment runs it).
+    #[command(flatten)]
+    ops: custody::ops::OpsArgs,
     #[command(subcommand)]
     what: What,
 }
@@ -84,6 +88,7 @@ enum What {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    a.ops.start(Vec::new()).await?;
     let (events, producers, window, batch) = match a.what {
         What::Ingest { events, producers, window, cluster: Some(servers), failovers, .. } => {
             return cluster(events, producers, window, usize::from(servers), failovers).await;
