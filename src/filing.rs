@@ -25,6 +25,24 @@ pub enum FilingError {
     UnknownForm(String),
     #[error("{0}")]
     NotApplicable(String),
+    #[error("the certificate has no verdict under {rules}, the rule set in force on {date}: make one with --rules {rules}")]
+    NoVerdict { rules: String, date: String },
+}
+
+/// The rule set a form's verdict must be under: the preset of its
+/// jurisdiction in force on the date of entry (`None` for a form that
+/// states no verdict).
+pub fn rules_for(form: &str, date: &str) -> Result<Option<&'static str>, FilingError> {
+    let jurisdiction = match form {
+        "us-country-of-mining" => "us-",
+        "eu-due-diligence" => "eu-",
+        "kp-mining-countries" => return Ok(None),
+        other => return Err(FilingError::UnknownForm(other.chars().take(64).collect())),
+    };
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| FilingError::NotApplicable(format!("{date:?} is not a date YYYY-MM-DD")))?;
+    custody_projection::rules::in_force(jurisdiction, day)
+        .map(Some)
+        .ok_or_else(|| FilingError::NotApplicable(format!("no {jurisdiction}rule set on diamonds of Russian origin was in force on {date}")))
 }
 
 /// Carats per country of mining: the lot's hundredths split by the shares
@@ -57,8 +75,12 @@ fn carats_by_country(origin: &Value) -> Vec<(String, String, String)> {
     parts.into_iter().map(|(i, h, _)| (shares[i].0.clone(), custody_proto::units::show_hundredths(h), shares[i].1.clone())).collect()
 }
 
-fn verdict_under<'a>(cert: &'a OriginCertificate, prefix: &str) -> Option<&'a Value> {
-    cert.claims.admissibility.iter().find(|a| a["rules"].as_str().is_some_and(|r| r.starts_with(prefix)))
+/// The certificate's verdict under the form's rule set (by exact name:
+/// the caller has checked that a preset's name carries the preset's text).
+fn verdict_for(form: &str, cert: &OriginCertificate) -> Result<Option<Value>, FilingError> {
+    let Some(rules) = rules_for(form, &cert.date)? else { return Ok(None) };
+    let verdict = cert.claims.admissibility.iter().find(|a| a["rules"] == rules);
+    verdict.cloned().map(Some).ok_or_else(|| FilingError::NoVerdict { rules: rules.to_owned(), date: cert.date.clone() })
 }
 
 /// Fills `form` from the certificate whose id (blake3 of its file) is `id`.
@@ -71,12 +93,16 @@ pub fn fill(form: &str, cert: &OriginCertificate, id: &str) -> Result<Value, Fil
     let traced = o["traced"].as_bool().unwrap_or(false);
     match form {
         "us-country-of-mining" => {
+            let verdict = verdict_for(form, cert)?;
             let russian = countries.contains(&"RU");
             let unknown = countries.contains(&"unknown") || !traced;
+            let warnings: Vec<&str> = o["warnings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
             let certification = if russian {
                 json!({"text": null, "cannot_certify": "part of this lot was mined in the Russian Federation"})
             } else if unknown {
                 json!({"text": null, "cannot_certify": "part of this lot has unknown or only claimed origin"})
+            } else if !warnings.is_empty() {
+                json!({"text": null, "cannot_certify": format!("the lot's history carries warnings an importer must resolve first: {}", warnings.join("; "))})
             } else {
                 json!({"text": US_SELF_CERTIFICATION})
             };
@@ -87,7 +113,7 @@ pub fn fill(form: &str, cert: &OriginCertificate, id: &str) -> Result<Value, Fil
                 "country_of_origin": o["customs_origin"],
                 "lines": lines,
                 "self_certification": certification,
-                "verdict": verdict_under(cert, "us-").map(|a| json!({"rules": a["rules"], "verdict": a["verdict"]})),
+                "verdict": verdict.map(|a| json!({"rules": a["rules"], "verdict": a["verdict"]})),
                 "certificate": backed,
             }))
         }
@@ -101,6 +127,7 @@ pub fn fill(form: &str, cert: &OriginCertificate, id: &str) -> Result<Value, Fil
                     o["carats"].as_str().unwrap_or("?")
                 )));
             }
+            let verdict = verdict_for(form, cert)?;
             let verified: Vec<&Value> = o["path"].as_array().into_iter().flatten().filter(|s| s["vouched"]["by"] == "verified").collect();
             Ok(json!({
                 "form": form,
@@ -114,7 +141,7 @@ pub fn fill(form: &str, cert: &OriginCertificate, id: &str) -> Result<Value, Fil
                 "transformations": o["transformations"],
                 "verified_by": verified.iter().map(|s| json!({"verifier": s["vouched"]["verifier"], "verification": s["vouched"]["verification"], "seq": s["seq"]})).collect::<Vec<_>>(),
                 "warnings": o["warnings"],
-                "verdict": verdict_under(cert, "eu-").map(|a| json!({"rules": a["rules"], "verdict": a["verdict"], "reasons": a["reasons"]})),
+                "verdict": verdict.map(|a| json!({"rules": a["rules"], "verdict": a["verdict"], "reasons": a["reasons"]})),
                 "certificate": backed,
             }))
         }

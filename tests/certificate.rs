@@ -243,7 +243,7 @@ async fn s1s_certificate_verifies_offline_and_recomputes_the_live_verdicts_and_e
 
     // Filings name the certificate that backs them.
     let id = format!("blake3:{}", blake3::hash(&std::fs::read(&file).unwrap()).to_hex());
-    let o = sys.custody(&["filing", "S1", "--form", "us-country-of-mining", "--certificate", file.to_str().unwrap(), "--json"], None);
+    let o = sys.custody(&["filing", "S1", "--form", "us-country-of-mining", "--certificate", file.to_str().unwrap(), "--key", &key, "--json"], None);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let us: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(
@@ -253,15 +253,16 @@ async fn s1s_certificate_verifies_offline_and_recomputes_the_live_verdicts_and_e
     assert_eq!(us["country_of_origin"], "IN");
     assert_eq!(us["self_certification"]["text"], Value::Null, "no one may certify a partly Russian stone: {us}");
     assert_eq!(us["certificate"]["id"], id);
-    let o = sys.custody(&["filing", "S1", "--form", "us-country-of-mining", "--certificate", file.to_str().unwrap(), "--csv"], None);
+    let o = sys.custody(&["filing", "S1", "--form", "us-country-of-mining", "--certificate", file.to_str().unwrap(), "--key", &key, "--csv"], None);
     assert_eq!(stdout(&o).lines().count(), 3, "a header and one line per country: {}", stdout(&o));
-    let o = sys.custody(&["filing", "S1", "--form", "eu-due-diligence", "--certificate", file.to_str().unwrap(), "--json"], None);
+    let o = sys.custody(&["filing", "S1", "--form", "eu-due-diligence", "--certificate", file.to_str().unwrap(), "--key", &key, "--json"], None);
     let eu: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(eu["verified_by"][0]["verifier"], "Antwerp Diamond Office", "{eu}");
     // S3 (0.30 ct) is below the statement's 0.50 ct.
     let s3 = certify(&sys, "S3", &sys.dir.path().join("S3.json"));
     assert_eq!(check(&sys, &s3, &key)["valid"], true);
-    let o = sys.custody(&["filing", "S3", "--form", "eu-due-diligence", "--certificate", sys.dir.path().join("S3.json").to_str().unwrap()], None);
+    let o =
+        sys.custody(&["filing", "S3", "--form", "eu-due-diligence", "--certificate", sys.dir.path().join("S3.json").to_str().unwrap(), "--key", &key], None);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("0.50 ct"));
 }
 

@@ -121,8 +121,17 @@ pub enum Check {
     /// What the certificate claims differs from what its entries give.
     ClaimMismatch,
     /// A rule set's text is not the preset it names (or not the one the
-    /// verifier insisted on).
+    /// verifier insisted on), or its name imitates a preset's.
     RulesMismatch,
+    /// An envelope signed by a key that is not its event's `actor`.
+    KeyNotActor,
+    /// A signer that was not registered when it signed, had been revoked
+    /// by then, or whose roles do not allow what it signed.
+    SignerNotAdmitted,
+    /// A `mined` event whose country is not its miner's registered country.
+    MinedCountry,
+    /// The date asked about comes before the lot existed.
+    DateBeforeLot,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,10 +46,16 @@ pub struct FilingArgs {
     /// us-country-of-mining, eu-due-diligence or kp-mining-countries.
     #[arg(long)]
     form: String,
-    /// The certificate to file from; without it one is made now (and
-    /// written to LOT.certificate.json, or --certificate-out).
-    #[arg(long)]
+    /// The certificate to file from, checked against --key before anything
+    /// is filled; without it one is made now (and written to
+    /// LOT.certificate.json, or --certificate-out).
+    #[arg(long, requires = "key")]
     certificate: Option<PathBuf>,
+    /// The ledger's public key (`N...`) to check the certificate against
+    /// (needed with --certificate; a certificate made now is checked
+    /// against the key of the ledger that made it).
+    #[arg(long)]
+    key: Option<String>,
     #[arg(long)]
     certificate_out: Option<PathBuf>,
     /// The date of entry for a certificate made now (default: today).
@@ -156,8 +162,9 @@ pub fn verify_certificate(a: VerifyCertificateArgs) -> anyhow::Result<ExitCode> 
                 .map(|s| format!("{} {}", s["country"].as_str().unwrap_or("?"), s["share"].as_str().unwrap_or("?")))
                 .collect();
             println!("  mined in (recomputed): {}; customs origin {}", shares.join(", "), r.origin["customs_origin"].as_str().unwrap_or("?"));
-            for v in &r.admissibility {
-                println!("  {} on {}: {}", v["rules"].as_str().unwrap_or(""), v["date"].as_str().unwrap_or(""), v["verdict"].as_str().unwrap_or(""));
+            for (i, v) in r.admissibility.iter().enumerate() {
+                let rules = report.rule_sets.get(i).map_or_else(|| v["rules"].as_str().unwrap_or("").to_owned(), |s| s.describe());
+                println!("  {rules} on {}: {}", v["date"].as_str().unwrap_or(""), v["verdict"].as_str().unwrap_or(""));
             }
         }
         for f in &report.findings {
@@ -168,19 +175,24 @@ pub fn verify_certificate(a: VerifyCertificateArgs) -> anyhow::Result<ExitCode> 
 }
 
 pub async fn filing(nats: &str, a: FilingArgs) -> anyhow::Result<ExitCode> {
-    let rules: &[&str] = match a.form.as_str() {
-        "us-country-of-mining" => &["us-2024"],
-        "eu-due-diligence" | "kp-mining-countries" => &["eu-2025"],
-        other => {
-            eprintln!("custody: {}", custody::filing::FilingError::UnknownForm(other.to_owned()));
-            return Ok(ExitCode::from(2));
-        }
-    };
+    if !custody::filing::FORMS.contains(&a.form.as_str()) {
+        eprintln!("custody: {}", custody::filing::FilingError::UnknownForm(a.form.clone()));
+        return Ok(ExitCode::from(2));
+    }
     let (cert, bytes) = match &a.certificate {
         Some(path) => read_certificate(path)?,
         None => {
             let date = a.date.clone().unwrap_or_else(|| chrono::Utc::now().date_naive().to_string());
-            let rules: Vec<String> = rules.iter().map(|r| (*r).to_owned()).collect();
+            // The form's rule set in force on the date (the KP form states
+            // no verdict; its certificate is made under the EU's).
+            let form = if a.form == "kp-mining-countries" { "eu-due-diligence" } else { a.form.as_str() };
+            let rules = match custody::filing::rules_for(form, &date) {
+                Ok(rules) => rules.into_iter().map(str::to_owned).collect::<Vec<_>>(),
+                Err(e) => {
+                    eprintln!("custody: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
             let cert = match make(nats, &a.lot, &rules, &date).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -197,6 +209,16 @@ pub async fn filing(nats: &str, a: FilingArgs) -> anyhow::Result<ExitCode> {
     };
     if cert.lot != a.lot {
         eprintln!("custody: the certificate is for {}, not {}", cert.lot, a.lot);
+        return Ok(ExitCode::from(1));
+    }
+    // Nothing is filled from a certificate that does not check out.
+    let key = a.key.clone().unwrap_or_else(|| cert.checkpoint.key.clone());
+    let report = custody_projection::certificate::verify(&cert, &key, &[]);
+    if !report.valid {
+        eprintln!("custody: the certificate does not check out against the ledger key {key}, so nothing is filed:");
+        for f in &report.findings {
+            eprintln!("  {}: {}", serde_json::to_value(f.check)?.as_str().unwrap_or(""), f.message);
+        }
         return Ok(ExitCode::from(1));
     }
     let filing: Value = match custody::filing::fill(&a.form, &cert, &certificate_id(&bytes)) {

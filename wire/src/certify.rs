@@ -82,16 +82,20 @@ pub async fn certify(client: &Client, query: &CertificateQuery) -> Result<Origin
     let history: Vec<u64> = answers.seqs.iter().flat_map(|(a, b)| *a..=*b).collect();
     let reader = Reader::ledger(client);
     let mut entries = read(&reader, &history).await?;
-    // Who signed them: their registrations (what the answers say of
-    // verifiers and countries rests on them).
+    // Who signed them: their registrations and revocations (what the
+    // answers say of verifiers and countries rests on them).
     let signers: BTreeSet<String> =
         entries.iter().filter_map(|e| Opened::payload_of(&e.envelope).ok().and_then(|p| Event::decode(&p).ok())).map(|e| e.actor.to_string()).collect();
     let mut more = BTreeSet::new();
     for key in signers {
         match ask::<Value>(client, subjects::QUERY_ACTOR, json!({"key": key})).await {
             Ok(actor) => {
-                if let Some(seq) = actor.get("registered").and_then(Value::as_u64).filter(|s| *s > 0 && !history.contains(s)) {
-                    more.insert(seq);
+                // Its registration, and its revocation if any: a checker
+                // asks whether it could still sign when it did.
+                for field in ["registered", "revoked_at"] {
+                    if let Some(seq) = actor.get(field).and_then(Value::as_u64).filter(|s| *s > 0 && !history.contains(s)) {
+                        more.insert(seq);
+                    }
                 }
             }
             // The genesis authority is given to the ledger, not registered.

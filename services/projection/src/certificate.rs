@@ -5,14 +5,14 @@
 //! The cryptographic half (checkpoint, proof, signatures) is
 //! [`custody_proto::certificate`].
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::NaiveDate;
 use custody_proto::certificate::{check_evidence, Check, Claims, Finding, OriginCertificate};
-use custody_proto::{Body, Event, Opened};
+use custody_proto::{Body, Country, Event, Opened, Role};
 use serde::Serialize;
 
-use crate::rules::{RuleSet, PRESETS};
+use crate::rules::{imitated_preset, is_preset, RuleSet, PRESETS};
 use crate::view::{self, Lot, State};
 
 /// The lot and every ancestor, by id.
@@ -58,7 +58,11 @@ pub struct Report {
     pub recomputed: Option<Claims>,
     pub checkpoint: CheckpointSeen,
     pub entries: usize,
+    /// The names of the rule sets the verdicts are under.
     pub rules: Vec<String>,
+    /// What each rule set is: a preset (its exact name and text) or a
+    /// regulator's own, which is shown by name and hash, never as a preset.
+    pub rule_sets: Vec<RuleSetSeen>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -66,6 +70,27 @@ pub struct CheckpointSeen {
     pub tree_size: u64,
     pub root: String,
     pub time: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleSetSeen {
+    pub name: String,
+    /// Exactly a preset this verifier ships, name and text.
+    pub preset: bool,
+    /// blake3 of the text the verdict was recomputed under.
+    pub blake3: String,
+}
+
+impl RuleSetSeen {
+    /// How a person is shown it: a preset by its name, anything else as a
+    /// custom rule set with the start of its hash.
+    pub fn describe(&self) -> String {
+        if self.preset {
+            self.name.clone()
+        } else {
+            format!("custom rule set {:?} (blake3 {})", self.name, &self.blake3[..16])
+        }
+    }
 }
 
 /// Checks a certificate with only the ledger's public key (`N...`), then
@@ -76,28 +101,18 @@ pub struct CheckpointSeen {
 pub fn verify(cert: &OriginCertificate, ledger_key: &str, insist: &[String]) -> Report {
     let (entries, mut findings) = check_evidence(cert, ledger_key);
     let mut state = State::default();
-    let mut registered = HashSet::new();
-    let mut signers = Vec::new();
+    let mut signed = Vec::with_capacity(entries.len());
     for e in &entries {
         if let Err(err) = state.apply_unlinked(e) {
             findings.push(Finding::new(Check::ClaimMismatch, format!("entry {} cannot be read: {err}", e.seq)));
             continue;
         }
-        if let Some(event) = Opened::payload_of(&e.envelope).ok().and_then(|p| Event::decode(&p).ok()) {
-            match &event.body {
-                Body::ActorRegistered { subject, .. } => {
-                    registered.insert(subject.to_string());
-                }
-                _ => signers.push((e.seq, event.actor.to_string())),
-            }
+        if let Some((key, event)) = Opened::open(e.envelope.clone()).ok().and_then(|o| Some((o.signer.to_string(), Event::decode(&o.payload).ok()?))) {
+            signed.push((e.seq, key, event));
         }
     }
-    for (seq, signer) in signers {
-        if !registered.contains(&signer) {
-            let why = format!("entry {seq} is signed by {signer}, whom no registration in the certificate admits: it is not from this ledger's history");
-            findings.push(Finding::new(Check::ForeignEntry, why));
-        }
-    }
+    findings.extend(admission(&signed));
+    let mut rule_sets = Vec::new();
     let recomputed = match state.lots.get(&cert.lot) {
         None => {
             let why = format!("no entry in the certificate makes lot {}: the entry that made it, or one of its ancestors, is missing", cert.lot);
@@ -112,7 +127,7 @@ pub fn verify(cert: &OriginCertificate, ledger_key: &str, insist: &[String]) -> 
             for gap in state.gaps.iter().filter(|g| g.lot.as_deref().is_none_or(|l| ids.contains(l))) {
                 findings.push(Finding::new(Check::MissingAncestor, format!("entry {} {}: part of the lot's history is missing", gap.seq, gap.why)));
             }
-            Some(recompute(cert, &state, lot, insist, &mut findings))
+            Some(recompute(cert, &state, lot, insist, &mut findings, &mut rule_sets))
         }
     };
     let mut rules: Vec<String> = cert.rules.iter().map(|r| r.name.clone()).collect();
@@ -126,10 +141,78 @@ pub fn verify(cert: &OriginCertificate, ledger_key: &str, insist: &[String]) -> 
         checkpoint: CheckpointSeen { tree_size: cert.checkpoint.tree_size, root: cert.checkpoint.root.clone(), time: cert.checkpoint.time.to_string() },
         entries: entries.len(),
         rules,
+        rule_sets,
     }
 }
 
-fn recompute(cert: &OriginCertificate, state: &State, lot: &Lot, insist: &[String], findings: &mut Vec<Finding>) -> Claims {
+/// Who a registration admitted, as the certificate's entries tell.
+struct Admitted {
+    registered: u64,
+    roles: Vec<Role>,
+    country: Country,
+    revoked: Option<u64>,
+}
+
+/// What the ledger checked of each signer when it admitted an event, which
+/// a forger holding only the ledger's key could get wrong: that the key
+/// that signed is the event's actor, that the actor was registered (and not
+/// yet revoked) when it signed and holds a role for what it signed, and
+/// that a miner mines in its own country. `signed`: (seq, signing key,
+/// event), ascending.
+fn admission(signed: &[(u64, String, Event)]) -> Vec<Finding> {
+    let mut actors: HashMap<&str, Admitted> = HashMap::new();
+    for (seq, _, event) in signed {
+        match &event.body {
+            Body::ActorRegistered { subject, roles, country, .. } => {
+                actors.entry(subject.as_str()).or_insert(Admitted { registered: *seq, roles: roles.clone(), country: *country, revoked: None });
+            }
+            Body::ActorRevoked { subject, .. } => {
+                if let Some(a) = actors.get_mut(subject.as_str()) {
+                    a.revoked = Some(a.revoked.map_or(*seq, |r| r.min(*seq)));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut findings = Vec::new();
+    for (seq, key, event) in signed {
+        let actor = event.actor.as_str();
+        if key != actor {
+            findings.push(Finding::new(Check::KeyNotActor, format!("entry {seq} is signed by {key} but names {actor} as its actor")));
+        }
+        let Some(a) = actors.get(actor) else {
+            // The genesis authority is given to the ledger, never registered.
+            if !matches!(event.body, Body::ActorRegistered { .. } | Body::ActorRevoked { .. }) {
+                let why = format!("entry {seq} is signed by {actor}, whom no registration in the certificate admits: it is not from this ledger's history");
+                findings.push(Finding::new(Check::ForeignEntry, why));
+            }
+            continue;
+        };
+        let kind = event.body.kind();
+        if a.registered > *seq {
+            let why = format!("entry {seq} ({kind}) is signed by {actor}, who was registered only later, at entry {}", a.registered);
+            findings.push(Finding::new(Check::SignerNotAdmitted, why));
+        }
+        if let Some(r) = a.revoked.filter(|r| r < seq) {
+            findings.push(Finding::new(Check::SignerNotAdmitted, format!("entry {seq} ({kind}) is signed by {actor}, revoked at entry {r}")));
+        }
+        if !event.body.allowed_roles().iter().any(|r| a.roles.contains(r)) {
+            let roles: Vec<&str> = a.roles.iter().map(|r| r.as_str()).collect();
+            let why = format!("entry {seq} is a {kind}, which {actor} (roles {}) may not sign", roles.join(", "));
+            findings.push(Finding::new(Check::SignerNotAdmitted, why));
+        }
+        if let Body::Mined { country, lot, .. } = &event.body {
+            if *country != a.country {
+                let why = format!("entry {seq} says lot {lot} was mined in {country}, but its miner {actor} is registered in {}", a.country);
+                findings.push(Finding::new(Check::MinedCountry, why));
+            }
+        }
+    }
+    findings
+}
+
+fn recompute(cert: &OriginCertificate, state: &State, lot: &Lot, insist: &[String], findings: &mut Vec<Finding>, seen: &mut Vec<RuleSetSeen>) -> Claims {
+    let made = lot.created.date;
     let lot = state.answerable(lot);
     let origin = view::origin(&lot);
     if origin != cert.claims.origin {
@@ -141,6 +224,10 @@ fn recompute(cert: &OriginCertificate, state: &State, lot: &Lot, insist: &[Strin
         findings.push(Finding::new(Check::ClaimMismatch, format!("date {:?} is not YYYY-MM-DD", cert.date)));
         return Claims { origin, admissibility };
     };
+    if date < made {
+        let why = format!("the verdicts are for {date}, before lot {} existed (it was made on {made}): they say nothing about it", lot.lot);
+        findings.push(Finding::new(Check::DateBeforeLot, why));
+    }
     if cert.claims.admissibility.len() != cert.rules.len() {
         findings.push(Finding::new(Check::ClaimMismatch, "the certificate does not claim one verdict per rule set"));
     }
@@ -150,7 +237,13 @@ fn recompute(cert: &OriginCertificate, state: &State, lot: &Lot, insist: &[Strin
                 findings.push(Finding::new(Check::RulesMismatch, format!("rule set {} is not the {} preset this verifier ships", r.name, r.name)));
             }
         }
+        if let Some(preset) = imitated_preset(&r.name) {
+            let why = format!("rule set {:?} is named like the preset {preset} but is not it: a rule set of one's own must not pass for a preset", r.name);
+            findings.push(Finding::new(Check::RulesMismatch, why));
+        }
         let text = insist.iter().find(|n| **n == r.name || RuleSet::load(n).is_ok_and(|s| s.name == r.name)).cloned().unwrap_or_else(|| r.text.clone());
+        let text = PRESETS.iter().find(|(n, _)| *n == text).map_or(text, |(_, t)| (*t).to_owned());
+        seen.push(RuleSetSeen { name: r.name.clone(), preset: is_preset(&r.name, &text), blake3: blake3::hash(text.as_bytes()).to_hex().to_string() });
         let set = match RuleSet::load(&text) {
             Ok(set) => set,
             Err(e) => {

@@ -146,6 +146,51 @@ impl RuleSet {
     }
 }
 
+/// The preset a rule set's name imitates without being it: the same
+/// letters and digits once case, spacing, dashes and look-alike characters
+/// (UTS #39 confusables: a Cyrillic `ѕ`, a Unicode hyphen) are set aside.
+/// A rule set is a preset only under the preset's exact name and text;
+/// anything named like one is refused, so that `us‐2024` with a loosened
+/// threshold can never be read as `us-2024`.
+pub fn imitated_preset(name: &str) -> Option<&'static str> {
+    fn fold(s: &str) -> String {
+        let lower = s.to_lowercase();
+        let skeleton: String = unicode_security::confusable_detection::skeleton(&lower).collect();
+        skeleton.to_lowercase().chars().filter(char::is_ascii_alphanumeric).collect()
+    }
+    let folded = fold(name);
+    PRESETS.iter().map(|(n, _)| *n).find(|n| *n != name && fold(n) == folded)
+}
+
+/// Whether `name` and `text` are exactly a shipped preset.
+pub fn is_preset(name: &str, text: &str) -> bool {
+    PRESETS.iter().any(|(n, t)| *n == name && *t == text)
+}
+
+/// The preset of one jurisdiction (`us-`, `eu-`, `uk-`) in force on
+/// `date`: each preset of a jurisdiction (by name, oldest first) takes
+/// over from the one before on the first day a rule the earlier one lacks
+/// is in force (us-2024 on 2024-03-01, when its 1.00 ct rule began). A
+/// filing uses it, never the first of that jurisdiction's names it finds.
+pub fn in_force(jurisdiction: &str, date: NaiveDate) -> Option<&'static str> {
+    let mut named: Vec<(&'static str, BTreeSet<NaiveDate>)> = PRESETS
+        .iter()
+        .filter(|(n, _)| n.starts_with(jurisdiction))
+        .filter_map(|(n, text)| Some((*n, RuleSet::parse(text).ok()?.rules.iter().map(|r| r.from).collect())))
+        .collect();
+    named.sort_by_key(|(n, _)| *n);
+    let mut current = None;
+    let mut before = BTreeSet::new();
+    for (name, dates) in named {
+        let takes_over = dates.difference(&before).next().or(dates.first()).copied();
+        if takes_over.is_some_and(|d| d <= date) {
+            current = Some(name);
+        }
+        before = dates;
+    }
+    current
+}
+
 /// What the engine needs to know of a lot.
 pub struct Facts<'a> {
     pub carats: Carats,
@@ -446,6 +491,31 @@ mod tests {
             assert_eq!(set.name, name);
             assert!(text.contains("# Source:"), "{name} cites its legal source");
         }
+    }
+
+    #[test]
+    fn a_name_like_a_presets_is_told_apart_from_the_preset() {
+        for look_alike in ["us\u{2010}2024", "us-2024 ", "US-2024", "us\u{2013}2024", "u\u{0455}-2024", "us 2024", "\u{FF55}s-2024"] {
+            assert_eq!(imitated_preset(look_alike), Some("us-2024"), "{look_alike:?}");
+        }
+        for own in ["us-2024", "eu-2024", "ofac-diamonds-2025", "us-2024-strict"] {
+            assert_eq!(imitated_preset(own), None, "{own:?}");
+        }
+        assert!(is_preset("us-2024", PRESETS[1].1));
+        assert!(!is_preset("us-2024", &PRESETS[1].1.replace("\"0.50\"", "\"5.00\"")));
+    }
+
+    #[test]
+    fn the_preset_in_force_is_the_newest_whose_new_rules_began() {
+        let on = |d: &str| NaiveDate::parse_from_str(d, "%Y-%m-%d").unwrap();
+        assert_eq!(in_force("us-", on("2021-12-31")), None);
+        assert_eq!(in_force("us-", on("2022-03-11")), Some("us-2022"));
+        assert_eq!(in_force("us-", on("2024-02-29")), Some("us-2022"));
+        assert_eq!(in_force("us-", on("2024-03-01")), Some("us-2024"));
+        assert_eq!(in_force("us-", on("2026-12-02")), Some("us-2024"));
+        assert_eq!(in_force("eu-", on("2024-11-15")), Some("eu-2024"));
+        assert_eq!(in_force("eu-", on("2025-03-01")), Some("eu-2025"));
+        assert_eq!(in_force("uk-", on("2024-11-15")), Some("uk-2024"));
     }
 
     #[test]

@@ -386,7 +386,9 @@ fn answer_or_error(state: &State, subject: &str, body: &[u8]) -> Result<Value, V
         subjects::QUERY_ACTOR => {
             let ActorQuery { key } = query(body)?;
             return match state.actors.get(&key) {
-                Some(a) => Ok(json!({"key": key, "name": a.name, "country": a.country, "roles": a.roles, "revoked": a.revoked, "registered": a.registered})),
+                Some(a) => Ok(
+                    json!({"key": key, "name": a.name, "country": a.country, "roles": a.roles, "revoked": a.revoked, "registered": a.registered, "revoked_at": a.revoked_at}),
+                ),
                 None => Err(error(AnswerCode::UnknownActor, format!("{:?} is not a registered actor", custody_proto::ids::truncate(&key)))),
             };
         }
@@ -448,6 +450,10 @@ const MAX_CERTIFICATE_RULES: usize = 8;
 fn certificate(state: &State, q: CertificateQuery) -> Result<Value, Value> {
     let lot = lot_of(state, &q.lot)?;
     let date = parse_date(Some(q.date))?;
+    if date < lot.created.date {
+        let why = format!("{} did not exist on {date}: it was made on {} (entry {}); ask about a day since", lot.lot, lot.created.date, lot.created.seq);
+        return Err(error(AnswerCode::InvalidDate, why));
+    }
     if q.rules.is_empty() || q.rules.len() > MAX_CERTIFICATE_RULES {
         return Err(error(AnswerCode::InvalidRules, format!("a certificate is made under 1 to {MAX_CERTIFICATE_RULES} rule sets")));
     }

@@ -241,7 +241,10 @@ mod tests {
     fn state(seq: u64, actors: usize) -> State {
         let mut s = State { checkpoint: Some((seq, Hash([seq as u8; 32]))), ..State::default() };
         for i in 0..actors {
-            s.actors.insert(format!("U{i}"), Actor { name: format!("actor {i}"), registered: i as u64 + 1, country: None, roles: Vec::new(), revoked: false });
+            s.actors.insert(
+                format!("U{i}"),
+                Actor { name: format!("actor {i}"), registered: i as u64 + 1, country: None, roles: Vec::new(), revoked: false, revoked_at: 0 },
+            );
         }
         s
     }

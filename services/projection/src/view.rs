@@ -196,6 +196,14 @@ pub struct Actor {
     /// Withdrawn by the authority (`actor.revoked`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub revoked: bool,
+    /// The entry that revoked it (0: not revoked, or revoked in a state
+    /// saved before it was kept): a certificate carries it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revoked_at: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A shipment in transit under a certificate.
@@ -337,12 +345,15 @@ impl State {
         let date = event.occurred_at.as_datetime().date_naive();
         match &event.body {
             Body::ActorRegistered { subject, name, roles, country } => {
-                self.actors
-                    .insert(subject.to_string(), Actor { name: name.clone(), registered: seq, country: Some(*country), roles: roles.clone(), revoked: false });
+                self.actors.insert(
+                    subject.to_string(),
+                    Actor { name: name.clone(), registered: seq, country: Some(*country), roles: roles.clone(), revoked: false, revoked_at: 0 },
+                );
             }
             Body::ActorRevoked { subject, .. } => {
                 if let Some(a) = self.actors.get_mut(subject.as_str()) {
                     a.revoked = true;
+                    a.revoked_at = seq;
                 }
             }
             Body::Mined { lot, carats, country, mine } => {
@@ -995,6 +1006,14 @@ mod tests {
         apply(&mut state, &reg, "flagged", t, r, json!({"lot": "L3", "reason": "second look"}));
         apply(&mut state, &auth, "actor.revoked", t, r, json!({"subject": bw.public_key(), "reason": "licence withdrawn"}));
         assert!(state.lots.len() >= 9, "{:?}", state.lots.keys());
+        // Issue 24 keeps which entry revoked an actor (a certificate carries
+        // it): the one logical change since 24cf50c. Without it, the digest
+        // is the old one; with it, this one.
+        let bw_record = state.actors.get_mut(&bw.public_key()).unwrap();
+        assert_eq!(bw_record.revoked_at, 24);
+        bw_record.revoked_at = 0;
         assert_eq!(crate::service::digest(&state), "8d71321ddbcc81fbbc33e4eb4fb4fcfb8bf0012950777d78b88f5628fc9f6aae");
+        state.actors.get_mut(&bw.public_key()).unwrap().revoked_at = 24;
+        assert_eq!(crate::service::digest(&state), "4e4fa383f9bb910e61f89d21777f5c8bd8460709aaf002b4ce787ddaadbda2c8");
     }
 }

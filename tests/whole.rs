@@ -1,0 +1,282 @@
+//! Issue 24's attacks on certificates, each against a real nats-server,
+//! ledger, projection and CLI: what a hostile importer edits in a genuine
+//! certificate, and what a holder of the ledger's key (stolen, or a rogue
+//! operator) forges, must be refused by `verify-certificate` and by
+//! `filing`, each with its own finding.
+
+mod common;
+
+use common::*;
+use custody_proto::certificate::{CertifiedEntry, Claims, OriginCertificate, Proof, RulesText, FORMAT};
+use custody_proto::{Checkpoint, Entry};
+use futures::StreamExt;
+use nkeys::KeyPair;
+use serde_json::{json, Value};
+
+const DATE: &str = "2024-11-15";
+
+fn write(sys: &System, cert: &OriginCertificate) -> std::path::PathBuf {
+    let path = sys.dir.path().join(format!("cert-{}.json", &KeyPair::new_user().public_key()[..12]));
+    std::fs::write(&path, serde_json::to_vec(cert).unwrap()).unwrap();
+    path
+}
+
+/// `verify-certificate` of a certificate: its JSON report and, apart, what
+/// it prints for people.
+fn check(sys: &System, cert: &OriginCertificate, key: &str) -> (Value, String) {
+    let path = write(sys, cert);
+    let o = sys.custody(&["verify-certificate", path.to_str().unwrap(), "--key", key, "--json"], None);
+    let report: Value = serde_json::from_str(stdout(&o).trim()).unwrap_or_else(|_| panic!("a report: {}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(o.status.success(), report["valid"] == true, "the exit status says what the report says");
+    let human = sys.custody(&["verify-certificate", path.to_str().unwrap(), "--key", key], None);
+    (report, stdout(&human))
+}
+
+fn checks(report: &Value) -> Vec<String> {
+    report["findings"].as_array().into_iter().flatten().map(|f| f["check"].as_str().unwrap_or("").to_owned()).collect()
+}
+
+fn certify(sys: &System, lot: &str, rules: &[&str], date: &str) -> Result<OriginCertificate, String> {
+    let out = sys.dir.path().join(format!("{lot}-{date}.json"));
+    let mut args = vec!["certify", lot, "--date", date, "--out", out.to_str().unwrap()];
+    for r in rules {
+        args.extend(["--rules", r]);
+    }
+    let o = sys.custody(&args, None);
+    if !o.status.success() {
+        return Err(String::from_utf8_lossy(&o.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&std::fs::read(out).unwrap()).expect("a certificate"))
+}
+
+/// The claims a verifier recomputes, pasted in: what a forger does so that
+/// only the checks that matter can catch it.
+fn reclaimed(mut cert: OriginCertificate, key: &str) -> OriginCertificate {
+    let report = custody_projection::certificate::verify(&cert, key, &[]);
+    let Some(claims) = report.recomputed else { panic!("nothing recomputed: {:?}", report.findings) };
+    cert.claims = claims;
+    cert
+}
+
+/// Every entry of the committed stream, in order.
+async fn history(sys: &System) -> Vec<Entry> {
+    let reader = custody_wire::follow::Reader::ledger(&sys.client);
+    let end = sys.stream_caught_up().await;
+    let mut all = std::pin::pin!(reader.range(1, end));
+    let mut out = Vec::new();
+    while let Some(m) = all.next().await {
+        out.push(custody_wire::follow::entry_of(&m.unwrap()).unwrap());
+    }
+    out
+}
+
+/// A certificate for `lot` from a history the holder of the ledger's key
+/// wrote itself: `forged` envelopes chained after the real entries, a tree
+/// over all of them, a checkpoint signed with the stolen key, and the
+/// entries of `include` (seqs) with the claims their check recomputes.
+fn forge(real: &[Entry], forged: &[Vec<u8>], include: &[u64], lot: &str, ledger: &KeyPair) -> OriginCertificate {
+    let mut all = real.to_vec();
+    for raw in forged {
+        let last = all.last().map(|e| (e.seq, e.hash));
+        all.push(Entry::next(last, "2024-10-01T00:00:00Z".parse().unwrap(), raw.clone()));
+    }
+    let mut tree = custody_proto::merkle::Tree::new();
+    for e in &all {
+        tree.push(&e.hash);
+    }
+    let size = all.len() as u64;
+    let checkpoint = Checkpoint::sign(ledger, size, &tree.root(), "2024-11-01T00:00:00Z".parse().unwrap()).unwrap();
+    let mut seqs = include.to_vec();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let proof = tree.multi_inclusion(&seqs, size).unwrap();
+    let cert = OriginCertificate {
+        format: FORMAT.to_owned(),
+        lot: lot.to_owned(),
+        date: DATE.to_owned(),
+        claims: Claims { origin: Value::Null, admissibility: vec![Value::Null] },
+        rules: vec![RulesText { name: "us-2024".into(), text: custody_projection::rules::PRESETS[1].1.to_owned() }],
+        checkpoint,
+        proof: Proof { tree_size: size, hashes: proof.iter().map(|h| h.to_hex()).collect() },
+        entries: seqs.iter().map(|s| CertifiedEntry::of(&all[*s as usize - 1]).unwrap()).collect(),
+    };
+    reclaimed(cert, &ledger.public_key())
+}
+
+fn seq_of(entries: &[Entry], id: &str) -> u64 {
+    entries
+        .iter()
+        .find(|e| {
+            let payload = custody_proto::Opened::payload_of(&e.envelope).unwrap();
+            serde_json::from_slice::<Value>(&payload).unwrap()["id"] == id
+        })
+        .unwrap_or_else(|| panic!("no entry {id}"))
+        .seq
+}
+
+fn ledger_secret(sys: &System) -> KeyPair {
+    KeyPair::from_seed(std::fs::read_to_string(sys.ledger_dir().join("ledger.nk")).unwrap().trim()).unwrap()
+}
+
+fn key_file(sys: &System, name: &str) -> KeyPair {
+    KeyPair::from_seed(std::fs::read_to_string(sys.dir.path().join(format!("keys/{name}.nk"))).unwrap().trim()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_ledger_key_alone_can_forge_is_refused() {
+    let sys = worked_example().await;
+    let key = sys.ledger_key();
+    let ledger = ledger_secret(&sys);
+    let authority = KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap();
+    let (ru, bw) = (key_file(&sys, "miner-ru"), key_file(&sys, "miner-bw"));
+    let real = history(&sys).await;
+    let n = real.len() as u64;
+    let reg_ru = seq_of(&real, "demo-reg-a");
+    let reg_bw = seq_of(&real, "demo-reg-b");
+
+    // A Russian-registered miner's stone stated to be mined in Botswana.
+    let mut laundered = event(&ru, "forged-bw", "mined", json!({"lot": "F1", "carats": "10.00", "country": "BW"}));
+    laundered["occurred_at"] = json!("2024-10-01T00:00:00Z");
+    let cert = forge(&real, &[sign(&ru, &laundered)], &[reg_ru, n + 1], "F1", &ledger);
+    let (r, _) = check(&sys, &cert, &key);
+    assert_eq!(checks(&r), ["mined_country"], "{r}");
+    assert!(r["findings"][0]["message"].as_str().unwrap().contains("registered in RU"), "{r}");
+
+    // An envelope signed by the Russian miner whose event names the
+    // Botswana miner as its actor.
+    let mut borrowed = event(&bw, "forged-actor", "mined", json!({"lot": "F2", "carats": "10.00", "country": "BW"}));
+    borrowed["occurred_at"] = json!("2024-10-01T00:00:00Z");
+    let cert = forge(&real, &[sign(&ru, &borrowed)], &[reg_bw, n + 1], "F2", &ledger);
+    let (r, _) = check(&sys, &cert, &key);
+    assert_eq!(checks(&r), ["key_not_actor"], "{r}");
+
+    // A miner that signs first and is registered after.
+    let late = KeyPair::new_user();
+    let mut early = event(&late, "forged-early", "mined", json!({"lot": "F3", "carats": "10.00", "country": "BW"}));
+    early["occurred_at"] = json!("2024-10-01T00:00:00Z");
+    let reg = event(&authority, "forged-reg", "actor.registered", json!({"subject": late.public_key(), "name": "Late", "roles": ["miner"], "country": "BW"}));
+    let cert = forge(&real, &[sign(&late, &early), sign(&authority, &reg)], &[n + 1, n + 2], "F3", &ledger);
+    let (r, _) = check(&sys, &cert, &key);
+    assert_eq!(checks(&r), ["signer_not_admitted"], "{r}");
+    assert!(r["findings"][0]["message"].as_str().unwrap().contains(&format!("registered only later, at entry {}", n + 2)), "{r}");
+
+    // A miner that signs after its revocation; and a trader's `mined`.
+    let revoked = KeyPair::new_user();
+    let reg =
+        event(&authority, "forged-reg-2", "actor.registered", json!({"subject": revoked.public_key(), "name": "Gone", "roles": ["trader"], "country": "BW"}));
+    let revoke = event(&authority, "forged-revoke", "actor.revoked", json!({"subject": revoked.public_key(), "reason": "licence withdrawn"}));
+    let mut after = event(&revoked, "forged-after", "mined", json!({"lot": "F4", "carats": "10.00", "country": "BW"}));
+    after["occurred_at"] = json!("2024-10-01T00:00:00Z");
+    let forged = [sign(&authority, &reg), sign(&authority, &revoke), sign(&revoked, &after)];
+    let cert = forge(&real, &forged, &[n + 1, n + 2, n + 3], "F4", &ledger);
+    let (r, _) = check(&sys, &cert, &key);
+    assert_eq!(checks(&r), ["signer_not_admitted", "signer_not_admitted"], "revoked, and no miner: {r}");
+
+    // The same forging hand, honest about all of that: valid, so the
+    // checks above are what refused.
+    let mut honest = event(&bw, "forged-honest", "mined", json!({"lot": "F5", "carats": "10.00", "country": "BW"}));
+    honest["occurred_at"] = json!("2024-10-01T00:00:00Z");
+    let cert = forge(&real, &[sign(&bw, &honest)], &[reg_bw, n + 1], "F5", &ledger);
+    assert_eq!(check(&sys, &cert, &key).0["valid"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn look_alike_rule_names_a_date_before_the_stone_and_edited_filings_are_refused() {
+    let sys = worked_example().await;
+    let key = sys.ledger_key();
+    let genuine = certify(&sys, "S1", &["us-2024"], DATE).unwrap();
+    let (r, human) = check(&sys, &genuine, &key);
+    assert_eq!(r["valid"], true, "{r}");
+    assert!(human.contains("us-2024 on 2024-11-15: prohibited"), "{human}");
+
+    // A rule set named like us-2024 with its 0.50 ct rule loosened: the
+    // verdict it gives is admissible, and the checker refuses it by name.
+    for name in ["us\u{2010}2024", "us-2024 ", "US-2024"] {
+        let mut lax = genuine.clone();
+        lax.rules[0] = RulesText {
+            name: name.to_owned(),
+            text: lax.rules[0].text.replace("name = \"us-2024\"", &format!("name = {name:?}")).replace("\"0.50\"", "\"5.00\""),
+        };
+        let lax = reclaimed(lax, &key);
+        assert_eq!(lax.claims.admissibility[0]["verdict"], "admissible", "the loosened rule clears S1");
+        let (r, human) = check(&sys, &lax, &key);
+        assert_eq!(checks(&r), ["rules_mismatch"], "{name:?}: {r}");
+        assert!(r["findings"][0]["message"].as_str().unwrap().contains("named like the preset us-2024"), "{r}");
+        assert!(human.contains(&format!("custom rule set {name:?} (blake3 ")), "shown as what it is: {human}");
+        assert!(!human.contains("  us-2024 on"), "never shown as the preset: {human}");
+    }
+    // A regulator's own rule set under its own name is shown as such, and valid.
+    let mut own = genuine.clone();
+    own.rules[0] = RulesText { name: "ofac-strict".into(), text: own.rules[0].text.replace("name = \"us-2024\"", "name = \"ofac-strict\"") };
+    let own = reclaimed(own, &key);
+    let (r, human) = check(&sys, &own, &key);
+    assert_eq!(r["valid"], true, "{r}");
+    assert_eq!(r["rule_sets"][0]["preset"], false);
+    assert!(human.contains("custom rule set \"ofac-strict\" (blake3 "), "{human}");
+
+    // A day before the stone existed: no certificate, and a certificate
+    // edited to such a day is refused.
+    let err = certify(&sys, "S1", &["us-2024"], "1999-01-01").unwrap_err();
+    assert!(err.contains("S1 did not exist on 1999-01-01"), "{err}");
+    let mut before = genuine.clone();
+    before.date = "1999-01-01".into();
+    let (r, _) = check(&sys, &reclaimed(before, &key), &key);
+    assert_eq!(checks(&r), ["date_before_lot"], "{r}");
+
+    // A filing checks the certificate first: an edited one, with a broken
+    // checkpoint signature, gives no self-certification, nothing at all.
+    let mut edited = genuine.clone();
+    edited.claims.origin["mine_origin"] = json!([{"country": "BW", "share": "1.0000"}]);
+    edited.claims.admissibility[0]["verdict"] = json!("admissible");
+    edited.checkpoint.signature = edited.checkpoint.signature.chars().rev().collect();
+    let path = write(&sys, &edited);
+    let o = sys.custody(&["filing", "S1", "--form", "us-country-of-mining", "--certificate", path.to_str().unwrap(), "--key", &key], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).is_empty(), "nothing filed: {}", stdout(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("does not check out") && err.contains("checkpoint_signature") && err.contains("claim_mismatch"), "{err}");
+    let o = sys.custody(&["filing", "S1", "--form", "us-country-of-mining", "--certificate", path.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(2), "a certificate is checked against a key the filer names");
+
+    // The US rule set in force on the date decides, never the first US name.
+    let both = certify(&sys, "S1", &["us-2022", "us-2024"], DATE).unwrap();
+    let path = write(&sys, &both);
+    let o = sys.custody(&["filing", "S1", "--form", "us-country-of-mining", "--certificate", path.to_str().unwrap(), "--key", &key, "--json"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let us: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(us["verdict"], json!({"rules": "us-2024", "verdict": "prohibited"}), "{us}");
+    let old = certify(&sys, "S1", &["us-2022"], DATE).unwrap();
+    let path = write(&sys, &old);
+    let o = sys.custody(&["filing", "S1", "--form", "us-country-of-mining", "--certificate", path.to_str().unwrap(), "--key", &key], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no verdict under us-2024, the rule set in force on 2024-11-15"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lot_with_a_warning_gets_no_self_certification() {
+    let sys = worked_example().await;
+    let key = sys.ledger_key();
+    let bw = key_file(&sys, "miner-bw");
+    let regulator = sys.actor("regulator-be", "regulator", "BE").await;
+    for lot in ["W1", "W2"] {
+        sys.accept(&bw, &event(&bw, &format!("mine-{lot}"), "mined", json!({"lot": lot, "carats": "2.00", "country": "BW"}))).await;
+    }
+    sys.accept(&regulator, &event(&regulator, "flag-w2", "flagged", json!({"lot": "W2", "reason": "seen in a seized parcel"}))).await;
+    sys.projection_caught_up().await;
+    let filed = |lot: &str| {
+        let cert = certify(&sys, lot, &["us-2024"], DATE).unwrap();
+        let path = write(&sys, &cert);
+        let o = sys.custody(&["filing", lot, "--form", "us-country-of-mining", "--certificate", path.to_str().unwrap(), "--key", &key, "--json"], None);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_str::<Value>(stdout(&o).trim()).unwrap()
+    };
+    let clean = filed("W1");
+    assert_eq!(clean["self_certification"]["text"], custody::filing::US_SELF_CERTIFICATION, "{clean}");
+    let flagged = filed("W2");
+    assert_eq!(flagged["self_certification"]["text"], Value::Null, "{flagged}");
+    assert!(flagged["self_certification"]["cannot_certify"].as_str().unwrap().contains("seen in a seized parcel"), "{flagged}");
+}
