@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use custody_proto::certificate::{CertifiedEntry, Claims, OriginCertificate, Proof, RulesText, FORMAT};
+use custody_proto::lotmap::{Recomputed, Subject};
 use custody_proto::{Checkpoint, Entry};
 use futures::StreamExt;
 use nkeys::KeyPair;
@@ -80,16 +81,26 @@ fn forge(real: &[Entry], forged: &[Vec<u8>], include: &[u64], lot: &str, ledger:
         let last = all.last().map(|e| (e.seq, e.hash));
         all.push(Entry::next(last, "2024-10-01T00:00:00Z".parse().unwrap(), raw.clone()));
     }
+    // The forger's tree and lot map, over its whole history.
     let mut tree = custody_proto::merkle::Tree::new();
+    let mut map = Recomputed::default();
     for e in &all {
         tree.push(&e.hash);
+        map.apply(e.seq, &e.hash, &event_of(e));
     }
     let size = all.len() as u64;
-    let checkpoint = Checkpoint::sign(ledger, size, &tree.root(), "2024-11-01T00:00:00Z".parse().unwrap()).unwrap();
+    let checkpoint = Checkpoint::sign(ledger, size, &tree.root(), Some(&map.map.root()), "2024-11-01T00:00:00Z".parse().unwrap()).unwrap();
     let mut seqs = include.to_vec();
     seqs.sort_unstable();
     seqs.dedup();
     let proof = tree.multi_inclusion(&seqs, size).unwrap();
+    // The lot map proof of what the checker asks about: the lot and its
+    // ancestors, and every signer.
+    let carried: Vec<custody_proto::Event> = seqs.iter().map(|s| event_of(&all[*s as usize - 1])).collect();
+    let lots = custody_proto::lotmap::lineage(lot, &carried).into_iter().map(Subject::Lot);
+    let signers = carried.iter().map(|e| Subject::Actor(e.actor.to_string()));
+    let subjects: Vec<Subject> = lots.chain(signers).collect();
+    let map_proof = map.map.prove(&subjects);
     let cert = OriginCertificate {
         format: FORMAT.to_owned(),
         lot: lot.to_owned(),
@@ -98,9 +109,14 @@ fn forge(real: &[Entry], forged: &[Vec<u8>], include: &[u64], lot: &str, ledger:
         rules: vec![RulesText { name: "us-2024".into(), text: custody_projection::rules::PRESETS[1].1.to_owned() }],
         checkpoint,
         proof: Proof { tree_size: size, hashes: proof.iter().map(|h| h.to_hex()).collect() },
+        map: vec![map_proof],
         entries: seqs.iter().map(|s| CertifiedEntry::of(&all[*s as usize - 1]).unwrap()).collect(),
     };
     reclaimed(cert, &ledger.public_key())
+}
+
+fn event_of(e: &Entry) -> custody_proto::Event {
+    custody_proto::Event::decode(&custody_proto::Opened::payload_of(&e.envelope).unwrap()).unwrap()
 }
 
 fn seq_of(entries: &[Entry], id: &str) -> u64 {
@@ -279,4 +295,144 @@ async fn a_lot_with_a_warning_gets_no_self_certification() {
     let flagged = filed("W2");
     assert_eq!(flagged["self_certification"]["text"], Value::Null, "{flagged}");
     assert!(flagged["self_certification"]["cannot_certify"].as_str().unwrap().contains("seen in a seized parcel"), "{flagged}");
+}
+
+/// The same certificate with entries left out and a proof made anew for
+/// what is left (the forger has the whole stream), claims pasted in.
+fn without(cert: &OriginCertificate, all: &[Entry], drop: &[u64], key: &str) -> OriginCertificate {
+    let mut c = cert.clone();
+    c.entries.retain(|e| !drop.contains(&e.seq));
+    let mut tree = custody_proto::merkle::Tree::new();
+    for e in &all[..cert.checkpoint.tree_size as usize] {
+        tree.push(&e.hash);
+    }
+    let left: Vec<u64> = c.entries.iter().map(|e| e.seq).collect();
+    c.proof.hashes = tree.multi_inclusion(&left, cert.checkpoint.tree_size).unwrap().iter().map(|h| h.to_hex()).collect();
+    reclaimed(c, key)
+}
+
+fn verdicts(cert: &OriginCertificate) -> Vec<String> {
+    cert.claims.admissibility.iter().map(|a| a["verdict"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_out_the_last_moves_a_flag_a_failed_inspection_or_a_revocation_is_caught() {
+    let mut sys = System::start().await;
+    sys.start_projection().await;
+    let key = sys.ledger_key();
+    let miner = sys.actor("Debswana", "miner", "BW").await;
+    let cutter = sys.actor("Surat-Cutters", "manufacturer", "IN").await;
+    let ru = sys.actor("Moscow-Trading", "trader", "RU").await;
+    let be = sys.actor("Antwerp-Trading", "trader", "BE").await;
+    let regulator = sys.actor("Customs-BE", "regulator", "BE").await;
+    let node = sys.actor("ADO", "verifier", "BE").await;
+    // Recorded as they happen, so that no date is only claimed.
+    let now = chrono::Utc::now();
+    let today = now.date_naive().to_string();
+    let mut n = 0;
+    let mut at = |k: &KeyPair, id: &str, kind: &str, fields: Value| {
+        n += 1;
+        let mut e = event(k, id, kind, fields);
+        e["occurred_at"] = json!((now - chrono::Duration::minutes(60 - n)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        e
+    };
+    let cert_no = |n: &str| json!({"number": n, "value_usd": "1000.00"});
+    let moves = [
+        (&miner, at(&miner, "g-mine", "mined", json!({"lot": "R1", "carats": "10.00", "country": "BW"}))),
+        (&miner, at(&miner, "g-x1", "exported", json!({"lots": ["R1"], "to": cutter.public_key(), "to_country": "IN", "certificate": cert_no("BW-G-1")}))),
+        (&cutter, at(&cutter, "g-i1", "imported", json!({"certificate": "BW-G-1"}))),
+        (
+            &cutter,
+            at(&cutter, "g-cut", "processed", json!({"lot": "R1", "process": "cutting_polishing", "country": "IN", "into": [{"lot": "G1", "carats": "1.20"}]})),
+        ),
+        (&cutter, at(&cutter, "g-x2", "exported", json!({"lots": ["G1"], "to": ru.public_key(), "to_country": "RU", "certificate": cert_no("IN-G-2")}))),
+        (&ru, at(&ru, "g-i2", "imported", json!({"certificate": "IN-G-2"}))),
+        (&ru, at(&ru, "g-x3", "exported", json!({"lots": ["G1"], "to": be.public_key(), "to_country": "BE", "certificate": cert_no("RU-G-3")}))),
+        (&be, at(&be, "g-i3", "imported", json!({"certificate": "RU-G-3"}))),
+    ];
+    for (k, e) in &moves {
+        sys.accept(k, e).await;
+    }
+    sys.projection_caught_up().await;
+    let rules = ["eu-2024", "uk-2024"];
+    let genuine = certify(&sys, "G1", &rules, &today).unwrap();
+    assert_eq!(check(&sys, &genuine, &key).0["valid"], true);
+    assert_eq!(verdicts(&genuine), ["prohibited", "prohibited"], "exported from Russia: {:?}", genuine.claims.admissibility);
+    let all = history(&sys).await;
+    let seq = |id: &str| seq_of(&all, id);
+
+    // The last two moves (out of Russia), or four (into it too), left out:
+    // what is left gives admissible, and the lot map says what is missing.
+    for (dropped, missing) in [(vec![seq("g-x3"), seq("g-i3")], 2), (vec![seq("g-x2"), seq("g-i2"), seq("g-x3"), seq("g-i3")], 4)] {
+        let cut = without(&genuine, &all, &dropped, &key);
+        assert_eq!(verdicts(&cut), ["admissible", "admissible"], "what is left clears it");
+        let (r, human) = check(&sys, &cut, &key);
+        assert_eq!(checks(&r), ["incomplete_history"], "{r}");
+        let message = r["findings"][0]["message"].as_str().unwrap();
+        assert!(message.starts_with("lot G1: the ledger holds") && message.ends_with(&format!("{missing} missing")), "{message}");
+        assert!(human.starts_with("INVALID"), "{human}");
+    }
+
+    // A flag on the rough, a failed inspection of the stone: each left out.
+    sys.accept(&regulator, &at(&regulator, "g-flag", "flagged", json!({"lot": "R1", "reason": "parcel mixed with seized goods"}))).await;
+    let finding =
+        json!({"lots": ["G1"], "carats": "1.20", "verification": "ADO-G1", "finding": "does_not_conform", "reason": "the stone does not match its papers"});
+    sys.accept(&node, &at(&node, "g-check", "verified", finding)).await;
+    sys.projection_caught_up().await;
+    let flagged = certify(&sys, "G1", &rules, &today).unwrap();
+    assert_eq!(check(&sys, &flagged, &key).0["valid"], true);
+    let all = history(&sys).await;
+    let seq = |id: &str| seq_of(&all, id);
+    for (id, lot) in [("g-flag", "R1"), ("g-check", "G1")] {
+        let cut = without(&flagged, &all, &[seq(id)], &key);
+        assert_ne!(cut.claims.origin["warnings"], flagged.claims.origin["warnings"], "{id} changed the answer");
+        let (r, _) = check(&sys, &cut, &key);
+        assert_eq!(checks(&r), ["incomplete_history"], "{id}: {r}");
+        assert!(r["findings"][0]["message"].as_str().unwrap().starts_with(&format!("lot {lot}: ")), "{r}");
+    }
+
+    // A signer revoked after it signed: its revocation is part of the
+    // history a checker is owed.
+    let revoke = event(&sys.authority, "revoke-be", "actor.revoked", json!({"subject": be.public_key(), "reason": "licence withdrawn"}));
+    sys.accept(&sys.authority, &revoke).await;
+    sys.projection_caught_up().await;
+    let revoked = certify(&sys, "G1", &rules, &today).unwrap();
+    assert_eq!(check(&sys, &revoked, &key).0["valid"], true);
+    let all = history(&sys).await;
+    let cut = without(&revoked, &all, &[seq_of(&all, "revoke-be")], &key);
+    let (r, _) = check(&sys, &cut, &key);
+    assert_eq!(checks(&r), ["incomplete_history"], "{r}");
+    assert!(r["findings"][0]["message"].as_str().unwrap().starts_with(&format!("actor {}: ", be.public_key())), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auditor_recomputes_the_lot_map_and_catches_a_map_root_that_misstates_a_history() {
+    let sys = worked_example().await;
+    let key = sys.ledger_key();
+    let state = sys.dir.path().join("auditor");
+    let audit = |state: &std::path::Path| {
+        let o = sys.custody(&["audit", "--key", &key, "--state", state.to_str().unwrap()], None);
+        (o.status.code(), serde_json::from_str::<Value>(stdout(&o).trim()).unwrap_or_else(|_| json!({"raw": stdout(&o)})))
+    };
+    let o = sys.custody(&["checkpoint"], None);
+    assert!(o.status.success());
+    let (code, v) = audit(&state);
+    assert_eq!(code, Some(0), "{v}");
+    assert!(v["audit"]["map_roots_verified"].as_u64().unwrap() >= 1, "{v}");
+
+    // The ledger's key signs, for the same entries and tree root, a map
+    // that leaves the last entry out of its lots' histories.
+    let all = history(&sys).await;
+    let mut map = Recomputed::default();
+    for e in &all[..all.len() - 1] {
+        map.apply(e.seq, &e.hash, &event_of(e));
+    }
+    let mut tree = custody_proto::merkle::Tree::new();
+    all.iter().for_each(|e| tree.push(&e.hash));
+    let lie = Checkpoint::sign(&ledger_secret(&sys), all.len() as u64, &tree.root(), Some(&map.map.root()), custody_proto::Timestamp::now()).unwrap();
+    let js = async_nats::jetstream::new(sys.client.clone());
+    js.publish(custody_wire::subjects::CHECKPOINTS_SUBJECT, serde_json::to_vec(&lie).unwrap().into()).await.unwrap().await.unwrap();
+    let (code, v) = audit(&sys.dir.path().join("auditor-2"));
+    assert_eq!(code, Some(1), "{v}");
+    assert!(v["finding"].as_str().unwrap().contains("lot-map root"), "{v}");
 }

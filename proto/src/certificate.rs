@@ -17,10 +17,15 @@ use crate::checkpoint::Checkpoint;
 use crate::entry::{Entry, Hash};
 use crate::envelope::{KeyCache, Opened};
 use crate::ids::Timestamp;
+use crate::lotmap::MapProof;
 use crate::merkle;
 
-/// The `format` line of version 1.
-pub const FORMAT: &str = "custody origin certificate v1";
+/// The `format` line of certificates that prove their history whole (a
+/// lot-map proof of the lot, its ancestors and its signers).
+pub const FORMAT: &str = "custody origin certificate v2";
+/// The `format` line of certificates made before: still read, but they
+/// cannot prove that nothing was left out.
+pub const FORMAT_V1: &str = "custody origin certificate v1";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +40,12 @@ pub struct OriginCertificate {
     pub rules: Vec<RulesText>,
     pub checkpoint: Checkpoint,
     pub proof: Proof,
+    /// Proofs, against the checkpoint's map root, of the history heads of
+    /// the lot, each ancestor and each signer (one proof, or several when
+    /// they are too many for one message): what shows that `entries` holds
+    /// all of their history ([`crate::lotmap`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub map: Vec<MapProof>,
     /// Every entry the answer rests on, ascending by seq.
     pub entries: Vec<CertifiedEntry>,
 }
@@ -132,6 +143,10 @@ pub enum Check {
     MinedCountry,
     /// The date asked about comes before the lot existed.
     DateBeforeLot,
+    /// Entries about the lot, an ancestor or a signer are left out: the
+    /// ledger's lot map holds more of their history than the certificate
+    /// carries (a last export, a flag, a failed verification, a revocation).
+    IncompleteHistory,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,7 +167,7 @@ impl Finding {
 /// Returns the entries (as the ledger holds them) and what was wrong.
 pub fn check_evidence(cert: &OriginCertificate, ledger_key: &str) -> (Vec<Entry>, Vec<Finding>) {
     let mut findings = Vec::new();
-    if cert.format != FORMAT {
+    if cert.format != FORMAT && cert.format != FORMAT_V1 {
         findings.push(Finding::new(Check::Format, format!("format {:?} is not {FORMAT:?}", crate::ids::truncate(&cert.format))));
         return (Vec::new(), findings);
     }

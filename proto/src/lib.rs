@@ -11,6 +11,7 @@
 //! - [`certificate`]: origin certificates and their cryptographic checks.
 //! - [`checkpoint`]: the ledger's signed statement of a tree size and root.
 //! - [`merkle`]: the RFC 9162 tree over entries, inclusion and consistency proofs.
+//! - [`lotmap`]: the verifiable index of every lot's and actor's history.
 //! - [`request`]: signed HTTP requests (who is asking the gateway).
 //! - [`rejection`]: the stable rejection codes.
 
@@ -20,6 +21,7 @@ pub mod entry;
 pub mod envelope;
 pub mod event;
 pub mod ids;
+pub mod lotmap;
 pub mod merkle;
 pub mod rejection;
 pub mod request;

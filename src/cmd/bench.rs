@@ -52,6 +52,11 @@ enum What {
         /// many (`Custody-Batch: ndjson`), in the same run, and compare.
         #[arg(long, value_parser = clap::value_parser!(u16).range(2..=1000))]
         batch: Option<u16>,
+        /// Instead, measure what the lot map costs: this many rounds, each
+        /// a ledger with the map and one without it (a fresh server and
+        /// store each), alternating, the same number of envelopes.
+        #[arg(long, conflicts_with_all = ["cluster", "batch"])]
+        lot_map_cost: Option<usize>,
     },
     /// Origin-query latency and rate at several fan-ins, against a bare
     /// request-reply round trip.
@@ -92,6 +97,9 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     let (events, producers, window, batch) = match a.what {
         What::Ingest { events, producers, window, cluster: Some(servers), failovers, .. } => {
             return cluster(events, producers, window, usize::from(servers), failovers).await;
+        }
+        What::Ingest { events, producers, window, lot_map_cost: Some(rounds), .. } => {
+            return lot_map_cost(events, producers, window, rounds).await;
         }
         What::Ingest { events, producers, window, cluster: None, batch, .. } => (events, producers, window, batch),
         What::Query { fan_in, queries } => {
@@ -153,6 +161,35 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Receipted ingest with the lot map and without it, alternating, each
+/// round on a fresh server and store: the ratio is what the map costs.
+async fn lot_map_cost(events: usize, producers: usize, window: usize, rounds: usize) -> anyhow::Result<ExitCode> {
+    let mut runs = Vec::new();
+    for round in 0..rounds.max(1) {
+        let mut pair = Vec::new();
+        for lot_map in [true, false] {
+            let tmp = tempfile_dir(&format!("lotmap-{round}-{lot_map}"))?;
+            let nats = NatsServer::start(&tmp.join("nats"))?;
+            let authority = nkeys::KeyPair::new_user();
+            let ledger = InProcessLedger::start_with(&nats.url, tmp.join("ledger"), &authority, lot_map)?;
+            let nc = custody::client::connect(&nats.url).await?;
+            let signed = world(&nc, &authority, events, producers).await?;
+            let (rate, p50, p99) = receipted(&nc, signed, 1, window).await?;
+            pair.push(json!({"lot_map": lot_map, "receipted_per_s": rate.round(), "receipt_latency_ms": {"p50": p50, "p99": p99}}));
+            ledger.stop().await?;
+            drop(nats);
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        let ratio = pair[0]["receipted_per_s"].as_f64().unwrap_or(0.0) / pair[1]["receipted_per_s"].as_f64().unwrap_or(1.0).max(1.0);
+        runs.push(json!({"with": pair[0], "without": pair[1], "ratio_with_to_without": (ratio * 1000.0).round() / 1000.0}));
+    }
+    let mut ratios: Vec<f64> = runs.iter().filter_map(|r| r["ratio_with_to_without"].as_f64()).collect();
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
+    println!("{}", json!({"bench": "ingest-lot-map-cost", "events": events, "producers": producers, "window": window, "rounds": runs, "median_ratio": median}));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The real ledger, run in this process against a private server; its
 /// store in `dir`.
 pub(super) struct InProcessLedger {
@@ -162,7 +199,13 @@ pub(super) struct InProcessLedger {
 
 impl InProcessLedger {
     pub(super) fn start(url: &str, dir: std::path::PathBuf, authority: &nkeys::KeyPair) -> anyhow::Result<InProcessLedger> {
-        let config = custody_ledger::Config::new(url, dir, authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
+        InProcessLedger::start_with(url, dir, authority, true)
+    }
+
+    /// [`InProcessLedger::start`], with or without its lot map.
+    pub(super) fn start_with(url: &str, dir: std::path::PathBuf, authority: &nkeys::KeyPair, lot_map: bool) -> anyhow::Result<InProcessLedger> {
+        let mut config = custody_ledger::Config::new(url, dir, authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
+        config.lot_map = lot_map;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(custody_ledger::run(config, async move {
             let _ = stopped.await;

@@ -152,16 +152,30 @@ impl Cluster {
     }
 
     /// Every entry of the committed stream, read from any server and
-    /// linked (hash and prev_hash checked).
+    /// linked (hash and prev_hash checked). A direct get may be answered by
+    /// a replica still catching up after a restart (it answers "nothing
+    /// there" short of the end): read again until every server has it; a
+    /// broken link is never retried.
     pub async fn stream_entries(&self) -> Vec<Entry> {
         let reader = custody_wire::follow::Reader::ledger(&self.client);
         let last = reader.last_seq().await.expect("the stream's end");
-        let mut out = Vec::new();
-        let mut batches = std::pin::pin!(reader.entries(None, Some(last)));
-        while let Some(b) = batches.next().await {
-            out.extend(b.expect("a linked committed stream"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        'again: loop {
+            let mut out = Vec::new();
+            let mut batches = std::pin::pin!(reader.entries(None, Some(last)));
+            while let Some(b) = batches.next().await {
+                match b {
+                    Ok(entries) => out.extend(entries),
+                    Err(custody_wire::follow::FollowError::Read(e)) if std::time::Instant::now() < deadline => {
+                        eprintln!("reading the committed stream again: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        continue 'again;
+                    }
+                    Err(e) => panic!("a linked committed stream: {e}"),
+                }
+            }
+            return out;
         }
-        out
     }
 
     /// `custody verify --json` over the committed stream: hashes, links,

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use async_nats::Client;
 use custody_proto::certificate::{CertifiedEntry, Claims, OriginCertificate, Proof, RulesText, FORMAT};
+use custody_proto::lotmap::{lineage, shortfalls, MapProof, Recomputed, Subject};
 use custody_proto::{Checkpoint, Entry, Event, Opened};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::follow::{entry_of, Reader};
-use crate::query::{request, CertificateQuery, ErrorAnswer, RequestError};
+use crate::query::{request, AnswerCode, CertificateQuery, ErrorAnswer, RequestError};
 use crate::subjects;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum CertifyError {
     Shape(String),
     #[error("the ledger's checkpoint covers {have} entries and the history needs {need}; it did not catch up in time")]
     Behind { have: u64, need: u64 },
+    #[error("the lot's history kept changing while the certificate was made; try again in a moment")]
+    Changing,
 }
 
 /// How long one request may take (a proof of many entries takes longest).
@@ -53,6 +56,19 @@ struct ProofAnswer {
     tree_size: u64,
     proof: Vec<String>,
     checkpoint: Checkpoint,
+    /// One proof per request: the first comes with the checkpoint.
+    #[serde(deserialize_with = "one_proof")]
+    map: Vec<MapProof>,
+}
+
+fn one_proof<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<MapProof>, D::Error> {
+    MapProof::deserialize(d).map(|p| vec![p])
+}
+
+/// The lot-map proof of more subjects against a checkpoint already given.
+#[derive(Deserialize)]
+struct MapAnswer {
+    map: MapProof,
 }
 
 async fn ask<T: serde::de::DeserializeOwned>(client: &Client, subject: &str, body: Value) -> Result<T, CertifyError> {
@@ -76,51 +92,119 @@ async fn read(reader: &Reader, seqs: &[u64]) -> Result<Vec<Entry>, CertifyError>
     Ok(out)
 }
 
-/// Makes the certificate for `query`.
+/// Lots and actors proven per lot-map request: an answer stays well
+/// within one NATS message (about 250 bytes a subject).
+const SUBJECTS_PER_REQUEST: usize = 2_000;
+
+/// Makes the certificate for `query`: its answers from one reading of a
+/// projection, the entries they rest on, and proofs against one signed
+/// checkpoint that those entries are in the ledger and are the whole
+/// history of the lot, its ancestors and its signers. When something
+/// acted on them between the projection's reading and the checkpoint, it
+/// asks again (the projection has moved on by then).
 pub async fn certify(client: &Client, query: &CertificateQuery) -> Result<OriginCertificate, CertifyError> {
-    let answers: Answers = ask(client, subjects::QUERY_CERTIFICATE, json!(query)).await?;
-    let history: Vec<u64> = answers.seqs.iter().flat_map(|(a, b)| *a..=*b).collect();
     let reader = Reader::ledger(client);
-    let mut entries = read(&reader, &history).await?;
-    // Who signed them: their registrations and revocations (what the
-    // answers say of verifiers and countries rests on them).
-    let signers: BTreeSet<String> =
-        entries.iter().filter_map(|e| Opened::payload_of(&e.envelope).ok().and_then(|p| Event::decode(&p).ok())).map(|e| e.actor.to_string()).collect();
-    let mut more = BTreeSet::new();
-    for key in signers {
-        match ask::<Value>(client, subjects::QUERY_ACTOR, json!({"key": key})).await {
-            Ok(actor) => {
-                // Its registration, and its revocation if any: a checker
-                // asks whether it could still sign when it did.
-                for field in ["registered", "revoked_at"] {
-                    if let Some(seq) = actor.get(field).and_then(Value::as_u64).filter(|s| *s > 0 && !history.contains(s)) {
-                        more.insert(seq);
-                    }
-                }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let answers: Answers = ask(client, subjects::QUERY_CERTIFICATE, json!(query)).await?;
+        let history: Vec<u64> = answers.seqs.iter().flat_map(|(a, b)| *a..=*b).collect();
+        let mut entries = read(&reader, &history).await?;
+        let signers = add_signers(client, &reader, &mut entries).await?;
+        let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+        let need = seqs.last().copied().unwrap_or(0);
+        let events: Vec<Event> = entries.iter().filter_map(|e| Opened::payload_of(&e.envelope).ok().and_then(|p| Event::decode(&p).ok())).collect();
+        let subjects: Vec<Subject> = lineage(&answers.lot, &events).into_iter().map(Subject::Lot).chain(signers.into_iter().map(Subject::Actor)).collect();
+        let mut chunks = subjects.chunks(SUBJECTS_PER_REQUEST);
+        let request = |chunk: &[Subject]| {
+            let (lots, actors): (Vec<&Subject>, Vec<&Subject>) = chunk.iter().partition(|s| matches!(s, Subject::Lot(_)));
+            let name = |s: &&Subject| match s {
+                Subject::Lot(x) | Subject::Actor(x) => x.clone(),
+            };
+            json!({"lots": lots.iter().map(name).collect::<Vec<_>>(), "actors": actors.iter().map(name).collect::<Vec<_>>()})
+        };
+        let mut first = request(chunks.next().unwrap_or_default());
+        first["ranges"] = json!(custody_proto::certificate::ranges(&seqs));
+        // The ledger signs what it has made durable; a projection can be a
+        // moment ahead of that.
+        let mut proof = loop {
+            match ask::<ProofAnswer>(client, subjects::PROOF_SUBJECT, first.clone()).await {
+                Ok(p) if p.tree_size >= need => break p,
+                Ok(_) | Err(CertifyError::Answer(ErrorAnswer { code: AnswerCode::NotInTree, .. })) if tokio::time::Instant::now() < deadline => {}
+                Ok(p) => return Err(CertifyError::Behind { have: p.tree_size, need }),
+                Err(e) => return Err(e),
             }
-            // The genesis authority is given to the ledger, not registered.
-            Err(CertifyError::Answer(e)) if e.code == crate::query::AnswerCode::UnknownActor => {}
-            Err(e) => return Err(e),
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // The rest of the subjects, against the same checkpoint.
+        for chunk in chunks {
+            let mut more = request(chunk);
+            more["at"] = json!(proof.tree_size);
+            let answer: MapAnswer = ask(client, subjects::PROOF_SUBJECT, more).await?;
+            proof.map.push(answer.map);
         }
-    }
-    entries.extend(read(&reader, &more.into_iter().collect::<Vec<_>>()).await?);
-    entries.sort_by_key(|e| e.seq);
-    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
-    let need = seqs.last().copied().unwrap_or(0);
-    let ranges = custody_proto::certificate::ranges(&seqs);
-    // The ledger signs what it has made durable; a projection can be a
-    // moment ahead of that.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let proof = loop {
-        let p: ProofAnswer = ask(client, subjects::PROOF_SUBJECT, json!({"ranges": ranges})).await?;
-        if p.tree_size >= need {
-            break p;
+        if whole(&entries, &proof)? {
+            return assemble(answers, proof, &entries);
         }
         if tokio::time::Instant::now() > deadline {
-            return Err(CertifyError::Behind { have: p.tree_size, need });
+            return Err(CertifyError::Changing);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    }
+}
+
+/// Adds the registrations and revocations of everyone who signed the
+/// entries (and of whoever signed those), and gives the signers' keys.
+async fn add_signers(client: &Client, reader: &Reader, entries: &mut Vec<Entry>) -> Result<BTreeSet<String>, CertifyError> {
+    let mut asked = BTreeSet::new();
+    loop {
+        let signers: BTreeSet<String> = entries
+            .iter()
+            .filter_map(|e| Opened::payload_of(&e.envelope).ok().and_then(|p| Event::decode(&p).ok()))
+            .map(|e| e.actor.to_string())
+            .filter(|k| !asked.contains(k))
+            .collect();
+        if signers.is_empty() {
+            return Ok(asked);
+        }
+        let have: BTreeSet<u64> = entries.iter().map(|e| e.seq).collect();
+        let mut more = BTreeSet::new();
+        for key in signers {
+            match ask::<Value>(client, subjects::QUERY_ACTOR, json!({"key": key})).await {
+                // Its registration, and its revocation if any: a checker
+                // asks whether it could still sign when it did.
+                Ok(actor) => more
+                    .extend(["registered", "revoked_at"].iter().filter_map(|f| actor.get(*f).and_then(Value::as_u64)).filter(|s| *s > 0 && !have.contains(s))),
+                // The genesis authority is given to the ledger, not registered.
+                Err(CertifyError::Answer(e)) if e.code == AnswerCode::UnknownActor => {}
+                Err(e) => return Err(e),
+            }
+            asked.insert(key);
+        }
+        entries.extend(read(reader, &more.into_iter().collect::<Vec<_>>()).await?);
+        entries.sort_by_key(|e| e.seq);
+    }
+}
+
+/// Whether `entries` hold the whole history of every subject the map
+/// proof proves, up to its checkpoint: the heads they give are the ones
+/// its lot map signs.
+fn whole(entries: &[Entry], proof: &ProofAnswer) -> Result<bool, CertifyError> {
+    let mut carried = Recomputed::default();
+    for e in entries {
+        if let Some(event) = Opened::payload_of(&e.envelope).ok().and_then(|p| Event::decode(&p).ok()) {
+            carried.apply(e.seq, &e.hash, &event);
+        }
+    }
+    let root = proof.checkpoint.map_root_hash().ok().flatten().ok_or_else(|| CertifyError::Shape("the checkpoint signs no lot map".into()))?;
+    for p in &proof.map {
+        if !shortfalls(p, &root, &carried.map).map_err(|e| CertifyError::Shape(format!("the ledger's lot-map proof: {e}")))?.is_empty() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn assemble(answers: Answers, proof: ProofAnswer, entries: &[Entry]) -> Result<OriginCertificate, CertifyError> {
     let entries =
         entries.iter().map(|e| CertifiedEntry::of(e).map_err(|why| CertifyError::Entry { seq: e.seq, why: why.to_string() })).collect::<Result<Vec<_>, _>>()?;
     Ok(OriginCertificate {
@@ -131,6 +215,7 @@ pub async fn certify(client: &Client, query: &CertificateQuery) -> Result<Origin
         rules: answers.rules,
         checkpoint: proof.checkpoint,
         proof: Proof { tree_size: proof.tree_size, hashes: proof.proof },
+        map: proof.map,
         entries,
     })
 }

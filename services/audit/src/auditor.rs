@@ -3,7 +3,11 @@
 //! every entry (hash, link, signature, event, unique id) as `verify` does,
 //! rebuilds the Merkle tree itself, checks every checkpoint's signature
 //! against the ledger key it was given, and checks that each checkpoint's
-//! root is the root of the history it was shown. The checkpoints it has
+//! root is the root of the history it was shown. It also recomputes the
+//! lot map (every lot's and actor's history, `custody_proto::lotmap`) and
+//! checks each checkpoint's map root against it: witnesses check that
+//! checkpoints are consistent, an auditor that the map says what the
+//! entries say. The checkpoints it has
 //! seen are kept in its state folder, so a ledger that later shows another
 //! history (rolled back, rewritten, an entry dropped) contradicts its own
 //! signature and is caught.
@@ -11,8 +15,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use custody_proto::lotmap::Recomputed;
 use custody_proto::merkle::Tree;
-use custody_proto::Checkpoint;
+use custody_proto::{Checkpoint, Event, Opened};
 use custody_wire::files::{write_whole, FileError, Mode};
 use custody_wire::follow::{FollowError, ReadError, Reader};
 use custody_wire::subjects;
@@ -56,6 +61,9 @@ pub struct Summary {
     pub checkpoints_seen: usize,
     /// Checkpoints whose root was recomputed from the entries and matched.
     pub checkpoints_verified: usize,
+    /// Checkpoints whose lot-map root was recomputed from the entries and
+    /// matched (those signed before the map existed have none).
+    pub map_roots_verified: usize,
     pub latest_checkpoint: Option<Checkpoint>,
 }
 
@@ -63,6 +71,9 @@ pub struct Auditor {
     key: String,
     checker: Checker,
     tree: Tree,
+    /// The lot map, recomputed from the entries as the ledger builds it.
+    map: Recomputed,
+    map_verified: usize,
     /// The last entry audited, to notice it changing under a follower.
     last: Option<(u64, custody_proto::Hash)>,
     seen: BTreeMap<u64, Checkpoint>,
@@ -94,6 +105,8 @@ impl Auditor {
             key: key.to_owned(),
             checker: Checker::new(Box::new(|_| {})),
             tree: Tree::new(),
+            map: Recomputed::default(),
+            map_verified: 0,
             last: None,
             seen,
             verified: 0,
@@ -105,8 +118,13 @@ impl Auditor {
     /// One more entry of the committed stream, in order.
     pub fn entry(&mut self, e: custody_proto::Entry) -> Result<(), Finding> {
         let (seq, hash) = (e.seq, e.hash);
+        // An entry that does not decode is the checker's finding, below.
+        let event = Opened::payload_of(&e.envelope).ok().and_then(|p| Event::decode(&p).ok());
         self.checker.push(e)?;
         self.tree.push(&hash);
+        if let Some(event) = event {
+            self.map.apply(seq, &hash, &event);
+        }
         self.last = Some((seq, hash));
         let size = self.tree.len();
         if let Some(c) = self.seen.get(&size) {
@@ -119,6 +137,17 @@ impl Auditor {
                 )));
             }
             self.verified += 1;
+            if let Some(signed) = &c.map_root {
+                let ours = self.map.map.root();
+                if *signed != ours.to_hex() {
+                    return Err(Finding(format!(
+                        "the ledger signed lot-map root {signed} for its first {size} entries (checkpoint of {}), but those entries give {ours}: \
+                         the map misstates some lot's or actor's history",
+                        c.time
+                    )));
+                }
+                self.map_verified += 1;
+            }
         }
         Ok(())
     }
@@ -132,6 +161,14 @@ impl Auditor {
                     "the ledger signed two different roots for its first {} entries: {} (at {}) and {} (at {}); it has shown two histories",
                     c.tree_size, earlier.root, earlier.time, c.root, c.time
                 )));
+            }
+            if let (Some(a), Some(b)) = (&earlier.map_root, &c.map_root) {
+                if a != b {
+                    return Err(Finding(format!(
+                        "the ledger signed two different lot-map roots for its first {} entries: {a} (at {}) and {b} (at {}); one misstates some lot's or actor's history",
+                        c.tree_size, earlier.time, c.time
+                    )));
+                }
             }
             return Ok(());
         }
@@ -152,6 +189,7 @@ impl Auditor {
             root: self.tree.root().to_hex(),
             checkpoints_seen: self.seen.len(),
             checkpoints_verified: self.verified,
+            map_roots_verified: self.map_verified,
             latest_checkpoint: self.seen.values().next_back().cloned(),
         }
     }

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::model::Model;
 use crate::store::{Store, StoreError};
+use custody_proto::lotmap::LotMap;
 use custody_proto::merkle::Tree;
 use custody_proto::ActorKey;
 
@@ -78,6 +79,8 @@ pub fn check_batch(batch: Vec<Submitted>, keys: &mut KeyCache) -> Vec<Checked> {
 /// per submission, in order, to send only after they are.
 pub struct Admitted {
     pub entries: Vec<Entry>,
+    /// For each entry, the lot-map keys of what it acts on.
+    pub subjects: Vec<Vec<Hash>>,
     pub outcomes: Vec<Outcome>,
 }
 
@@ -90,6 +93,10 @@ pub struct Ledger {
     head: Option<(u64, Hash)>,
     /// The Merkle tree over the replayed entries, until the service takes it.
     tree: Tree,
+    /// The lot map after the replayed entries, taken with the tree.
+    map: LotMap,
+    /// Whether the lot map is kept (off only to measure its cost).
+    lot_map: bool,
     /// The head entry's `recorded_at`.
     recorded: Option<Timestamp>,
 }
@@ -112,7 +119,8 @@ impl Ledger {
             Some(_) => {}
             None => store.set_authority(authority.as_str())?,
         }
-        let mut ledger = Ledger { store, model: Model::new(authority.clone()), head: None, tree: Tree::new(), recorded: None };
+        let mut ledger =
+            Ledger { store, model: Model::new(authority.clone()), head: None, tree: Tree::new(), map: LotMap::new(), lot_map: true, recorded: None };
         let store = ledger.store.clone();
         let mut entries = store.entries_from(1).peekable();
         while entries.peek().is_some() {
@@ -149,6 +157,11 @@ impl Ledger {
         }
         // Only a chunk that checked whole touches the model.
         for (entry, (event, digest)) in chunk.iter().zip(events) {
+            if self.lot_map {
+                for key in self.model.subjects(&event) {
+                    self.map.touch(&key, entry.seq, &entry.hash);
+                }
+            }
             self.model.apply(&event);
             self.model.remember(event.id.clone(), digest, receipt(&event, entry));
             self.recorded = Some(entry.recorded_at);
@@ -172,9 +185,21 @@ impl Ledger {
         self.head
     }
 
-    /// The Merkle tree over the entries replayed at open (left empty).
-    pub fn take_tree(&mut self) -> Tree {
-        std::mem::take(&mut self.tree)
+    /// The Merkle tree and the lot map over the entries replayed (left
+    /// empty): what the notary signs from then on; `None` for the map when
+    /// it is not kept.
+    pub fn take_transparency(&mut self) -> (Tree, Option<LotMap>) {
+        (std::mem::take(&mut self.tree), self.lot_map.then(|| std::mem::take(&mut self.map)))
+    }
+
+    /// Keeps the lot map, or not (off only to measure what it costs: a
+    /// ledger without it signs checkpoints without a map root).
+    pub fn with_lot_map(mut self, on: bool) -> Ledger {
+        self.lot_map = on;
+        if !on {
+            self.map = LotMap::new();
+        }
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -192,6 +217,7 @@ impl Ledger {
     pub fn admit(&mut self, batch: Vec<Checked>, now: Timestamp) -> Admitted {
         let now = self.recorded.map_or(now, |head| now.max(head));
         let mut entries = Vec::new();
+        let mut subjects = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         for item in batch {
             let (opened, event) = match item {
@@ -213,6 +239,7 @@ impl Ledger {
                 outcomes.push(refusal(Some(event.id.to_string()), r));
                 continue;
             }
+            subjects.push(if self.lot_map { self.model.subjects(&event) } else { Vec::new() });
             self.model.apply(&event);
             let entry = Entry::next(self.head, now, opened.raw);
             self.recorded = Some(now);
@@ -222,7 +249,7 @@ impl Ledger {
             outcomes.push(Outcome::Receipt(r));
             entries.push(entry);
         }
-        Admitted { entries, outcomes }
+        Admitted { entries, subjects, outcomes }
     }
 
     /// Makes admitted entries durable. On error the in-memory model is ahead

@@ -121,6 +121,16 @@ impl Model {
         self.ids.insert(id, Seen { payload: digest, receipt });
     }
 
+    /// The keys of what `event` acts on in the lot map
+    /// ([`custody_proto::lotmap`]); asked before the event is applied, so
+    /// that an import by certificate names the lots its export shipped.
+    pub fn subjects(&self, event: &Event) -> Vec<custody_proto::Hash> {
+        custody_proto::lotmap::subjects(event, |c| custody_proto::lotmap::shipped_lots(&self.shipped, c))
+            .iter()
+            .map(custody_proto::lotmap::Subject::key)
+            .collect()
+    }
+
     /// Checks every custody rule for `event`, signed by `event.actor`.
     pub fn check(&self, event: &Event) -> Result<(), Rejection> {
         let signer = &event.actor;

@@ -1,15 +1,17 @@
 //! The ledger's transparency: the Merkle tree over its committed entries,
-//! its own signing key, and the answers built from them (signed
-//! checkpoints, inclusion and consistency proofs). The tree grows only
-//! after entries are durable, so a checkpoint never covers an entry a crash
-//! could take back.
+//! the lot map over the same entries (every lot's and actor's history,
+//! [`custody_proto::lotmap`]), its own signing key, and the answers built
+//! from them (signed checkpoints of both roots, inclusion, consistency and
+//! map proofs). Both grow only after entries are durable, so a checkpoint
+//! never covers an entry a crash could take back.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 
+use custody_proto::lotmap::{LotMap, MapProof, Subject};
 use custody_proto::merkle::{ProofError, Tree};
-use custody_proto::{Checkpoint, Entry, Timestamp};
+use custody_proto::{Checkpoint, Entry, Hash, Timestamp};
 use custody_wire::query::AnswerCode;
 use serde_json::{json, Value};
 
@@ -28,6 +30,17 @@ pub fn load_or_create_key(dir: &Path) -> Result<nkeys::KeyPair, custody_wire::fi
 /// tasks that sign and prove.
 pub struct Notary {
     tree: RwLock<Tree>,
+    /// The lot map over the same entries as the tree. Its lock is taken
+    /// first and held while both grow, so whoever holds it sees the two of
+    /// one size: what a checkpoint signs.
+    map: Mutex<LotMap>,
+    /// Whether checkpoints sign the map (off only to measure its cost).
+    signs_map: bool,
+    /// The map as each recent checkpoint handed out with a map proof
+    /// signed it (a copy shares every node it did not see change), so that
+    /// a certificate's maker can ask for the rest of its subjects against
+    /// the same checkpoint, a message at a time.
+    kept: Mutex<std::collections::VecDeque<Kept>>,
     key: nkeys::KeyPair,
     /// For the entry hash an inclusion proof starts from.
     store: Store,
@@ -49,8 +62,12 @@ pub enum NotaryError {
 }
 
 impl Notary {
-    pub fn new(tree: Tree, key: nkeys::KeyPair, store: Store) -> Notary {
-        Notary { tree: RwLock::new(tree), key, store, published: AtomicU64::new(0), announced: AtomicU64::new(0) }
+    /// The notary of `tree` and `map` (`None`: no lot map is kept).
+    pub fn new((tree, map): (Tree, Option<LotMap>), key: nkeys::KeyPair, store: Store) -> Notary {
+        let signs_map = map.is_some();
+        let map = Mutex::new(map.unwrap_or_default());
+        let kept = Mutex::new(Default::default());
+        Notary { tree: RwLock::new(tree), map, signs_map, kept, key, store, published: AtomicU64::new(0), announced: AtomicU64::new(0) }
     }
 
     /// Records how far the committed stream goes.
@@ -82,8 +99,20 @@ impl Notary {
         self.tree.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends durable entries, in order.
-    pub fn append(&self, entries: &[Entry]) {
+    fn map(&self) -> std::sync::MutexGuard<'_, LotMap> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends durable entries, in order, each with the lot-map keys of
+    /// what it acts on. The caller has set [`Notary::set_published`]
+    /// first: they are on the committed stream.
+    pub fn append(&self, entries: &[Entry], subjects: &[Vec<Hash>]) {
+        let mut map = self.map();
+        for (e, keys) in entries.iter().zip(subjects) {
+            for k in keys {
+                map.touch(k, e.seq, &e.hash);
+            }
+        }
         let mut t = self.tree.write().unwrap_or_else(|p| p.into_inner());
         for e in entries {
             t.push(&e.hash);
@@ -94,10 +123,46 @@ impl Notary {
         self.read().len()
     }
 
-    /// A checkpoint for the first `size` entries, signed now.
-    pub fn checkpoint(&self, size: u64) -> Result<Checkpoint, NotaryError> {
-        let root = self.read().root_at(size)?;
-        Checkpoint::sign(&self.key, size, &root, Timestamp::now()).map_err(|e| NotaryError::Sign(e.to_string()))
+    /// A checkpoint of every durable entry and the lot map after them,
+    /// signed now.
+    pub fn checkpoint(&self) -> Result<Checkpoint, NotaryError> {
+        self.checkpoint_proving(&[]).map(|(c, _)| c)
+    }
+
+    /// [`Notary::checkpoint`], with one proof of the heads of `subjects` in
+    /// the lot map it signs.
+    fn checkpoint_proving(&self, subjects: &[Subject]) -> Result<(Checkpoint, MapProof), NotaryError> {
+        let mut map = self.map();
+        let map_root = self.signs_map.then(|| map.root());
+        let proof = if self.signs_map { map.prove(subjects) } else { MapProof::default() };
+        let (size, root) = {
+            let t = self.read();
+            let size = t.len().min(self.published.load(Ordering::Acquire));
+            (size, t.root_at(size)?)
+        };
+        debug_assert_eq!(size, self.size(), "the map covers every entry in the tree");
+        let c = Checkpoint::sign(&self.key, size, &root, map_root.as_ref(), Timestamp::now()).map_err(|e| NotaryError::Sign(e.to_string()))?;
+        if !subjects.is_empty() && self.signs_map {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.retain(|k| k.at.elapsed() < KEPT_FOR && k.size != size);
+            if kept.len() >= KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(Kept { size, map: map.clone(), at: std::time::Instant::now() });
+        }
+        Ok((c, proof))
+    }
+
+    /// One proof of the heads of `subjects` in the map a recent checkpoint
+    /// of `size` entries signed (one handed out with a map proof).
+    fn prove_at(&self, size: u64, subjects: &[Subject]) -> Result<Value, NotaryError> {
+        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|k| k.at.elapsed() < KEPT_FOR);
+        let Some(k) = kept.iter_mut().find(|k| k.size == size) else {
+            let why = format!("no checkpoint of {size} entries handed out in the last {} s is kept for map proofs: ask for a new one", KEPT_FOR.as_secs());
+            return Err(NotaryError::Sign(why));
+        };
+        Ok(json!({"tree_size": size, "map": k.map.prove(subjects)}))
     }
 
     /// Answers a request on one of the proof subjects.
@@ -112,12 +177,23 @@ impl Notary {
         };
         let num = |k: &str| req.get(k).and_then(Value::as_u64);
         let result = match subject {
-            custody_wire::subjects::CHECKPOINT_SUBJECT => self.checkpoint(self.published()).map(|c| json!(c)),
-            custody_wire::subjects::PROOF_SUBJECT if req.get("ranges").is_some() => {
+            custody_wire::subjects::CHECKPOINT_SUBJECT => self.checkpoint().map(|c| json!(c)),
+            custody_wire::subjects::PROOF_SUBJECT if req.get("ranges").is_some() || req.get("at").is_some() => {
+                let names = |field: &str| serde_json::from_value::<Vec<String>>(req.get(field).cloned().unwrap_or_else(|| json!([])));
+                let (Ok(lots), Ok(actors)) = (names("lots"), names("actors")) else {
+                    return error(AnswerCode::InvalidRequest, "\"lots\" and \"actors\" are lists of lot ids and actor keys");
+                };
+                let subjects: Vec<Subject> = lots.into_iter().map(Subject::Lot).chain(actors.into_iter().map(Subject::Actor)).collect();
+                if subjects.len() as u64 > Self::MAX_PROVEN {
+                    return error(AnswerCode::InvalidRequest, format!("at most {} lots and actors in one map proof", Self::MAX_PROVEN));
+                }
+                if let Some(at) = num("at") {
+                    return self.prove_at(at, &subjects).unwrap_or_else(|e| error(AnswerCode::Unavailable, e.to_string()));
+                }
                 let Ok(ranges) = serde_json::from_value::<Vec<(u64, u64)>>(req["ranges"].clone()) else {
                     return error(AnswerCode::InvalidRequest, "give \"ranges\": [[first, last], ...], ascending seqs");
                 };
-                self.multi_inclusion(&ranges)
+                self.multi_inclusion(&ranges, &subjects)
             }
             custody_wire::subjects::PROOF_SUBJECT => {
                 let Some(seq) = num("seq") else { return error(AnswerCode::InvalidRequest, "give \"seq\", a positive integer") };
@@ -146,7 +222,7 @@ impl Notary {
         let (checkpoint, size) = match size {
             Some(s) => (None, s),
             None => {
-                let c = self.checkpoint(self.published())?;
+                let c = self.checkpoint()?;
                 let s = c.tree_size;
                 (Some(c), s)
             }
@@ -175,16 +251,17 @@ impl Notary {
     const MAX_PROVEN: u64 = 1_000_000;
 
     /// One proof that every seq of `ranges` is in the tree of the current
-    /// checkpoint, with that checkpoint (what an origin certificate carries).
-    fn multi_inclusion(&self, ranges: &[(u64, u64)]) -> Result<Value, NotaryError> {
+    /// checkpoint, and one proof of the heads of `subjects` in its lot map,
+    /// with that checkpoint (what an origin certificate carries).
+    fn multi_inclusion(&self, ranges: &[(u64, u64)], subjects: &[Subject]) -> Result<Value, NotaryError> {
         let count = ranges.iter().fold(0u64, |n, (a, b)| n.saturating_add(b.saturating_sub(*a)).saturating_add(1));
         if ranges.iter().any(|(a, b)| a > b) || count > Self::MAX_PROVEN {
             return Err(ProofError::Unordered.into());
         }
         let seqs: Vec<u64> = ranges.iter().flat_map(|(a, b)| *a..=*b).collect();
-        let c = self.checkpoint(self.published())?;
+        let (c, map) = self.checkpoint_proving(subjects)?;
         let proof = self.read().multi_inclusion(&seqs, c.tree_size)?;
-        Ok(json!({"tree_size": c.tree_size, "proof": proof.iter().map(|h| h.to_hex()).collect::<Vec<_>>(), "checkpoint": c}))
+        Ok(json!({"tree_size": c.tree_size, "proof": proof.iter().map(|h| h.to_hex()).collect::<Vec<_>>(), "checkpoint": c, "map": map}))
     }
 
     fn consistency(&self, from: u64, to: u64) -> Result<Value, NotaryError> {
@@ -199,6 +276,19 @@ impl Notary {
         }))
     }
 }
+
+/// A copy of the map as a checkpoint handed out with a map proof signed it.
+struct Kept {
+    size: u64,
+    map: LotMap,
+    at: std::time::Instant,
+}
+
+/// Copies kept at once, and for how long: enough for a certificate's maker
+/// to ask for the rest of its subjects (each copy holds only the nodes the
+/// live map changed since).
+const KEPT: usize = 8;
+const KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(120);
 
 fn error(code: AnswerCode, message: impl Into<String>) -> Value {
     custody_wire::query::error_answer(code, message)

@@ -104,6 +104,10 @@ pub struct Config {
     /// How this replica says how it is (`custody status`, `/readyz`); its
     /// name labels the replica's metrics.
     pub health: Health,
+    /// Keep the lot map and sign its root in every checkpoint. Off only to
+    /// measure what the map costs (`custody bench ingest --lot-map-cost`):
+    /// certificates from such a ledger cannot show a history whole.
+    pub lot_map: bool,
 }
 
 impl Config {
@@ -122,6 +126,7 @@ impl Config {
             lease_ttl: Duration::from_secs(4),
             health: Health::new("ledger", &name),
             name,
+            lot_map: true,
         }
     }
 }
@@ -209,7 +214,8 @@ fn subject_key(subject: &str) -> Option<String> {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), LedgerError> {
     let dir = config.data_dir.clone();
     let authority = config.authority.clone();
-    let mut ledger = tokio::task::spawn_blocking(move || Ledger::open(&dir, &authority))
+    let lot_map = config.lot_map;
+    let mut ledger = tokio::task::spawn_blocking(move || Ledger::open(&dir, &authority).map(|l| l.with_lot_map(lot_map)))
         .await
         .map_err(|e| LedgerError::Task(e.to_string()))?
         .map_err(|source| LedgerError::Open { dir: config.data_dir.clone(), source })?;
@@ -259,7 +265,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let store = ledger.store().clone();
         let active = async {
             catch_up(&mut ledger, &reader, &js).await?;
-            let notary = Arc::new(Notary::new(ledger.take_tree(), key.clone(), store.clone()));
+            let notary = Arc::new(Notary::new(ledger.take_transparency(), key.clone(), store.clone()));
             tracing::info!(head = ?ledger.head().map(|h| h.0), key = %notary.public_key(), name = %config.name, "writer lease taken; serving submissions");
             serve(ledger, &config, &client, &js, notary, lease.hold(revision), &meters).await
         };
@@ -281,7 +287,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         // The model was ahead of what committed: rebuild it from what is durable.
         let authority = config.authority.clone();
-        ledger = tokio::task::spawn_blocking(move || Ledger::load(store, &authority))
+        ledger = tokio::task::spawn_blocking(move || Ledger::load(store, &authority).map(|l| l.with_lot_map(lot_map)))
             .await
             .map_err(|e| LedgerError::Task(e.to_string()))?
             .map_err(|source| LedgerError::Open { dir: config.data_dir.clone(), source })?;
@@ -622,6 +628,8 @@ const WINDOW: usize = 8;
 /// of each submission, sent once every entry up to its last is durable.
 struct Pending {
     entries: Vec<Entry>,
+    /// For each entry, the lot-map keys of what it acts on.
+    subjects: Vec<Vec<Hash>>,
     answers: Vec<(Reply, Outcome)>,
     received: std::time::Instant,
 }
@@ -667,7 +675,7 @@ impl Writer {
                         self.send(chunk, &mut acks).await;
                     }
                     let answers = replies.into_iter().zip(admitted.outcomes).collect();
-                    pending.push_back(Pending { entries: admitted.entries, answers, received: batch.received });
+                    pending.push_back(Pending { entries: admitted.entries, subjects: admitted.subjects, answers, received: batch.received });
                 }
             }
         }
@@ -747,13 +755,16 @@ async fn durable_stage(
     while let Some(first) = rx.recv().await {
         let group = drain(&mut rx, first, WINDOW * 2);
         let entries: Vec<Entry> = group.iter().flat_map(|p| p.entries.iter().cloned()).collect();
+        let subjects: Vec<Vec<Hash>> = group.iter().flat_map(|p| p.subjects.iter().cloned()).collect();
         if let Some(last) = entries.last() {
             // The receipt promise: nothing is answered before this returns.
             let appending = std::time::Instant::now();
             tokio::task::block_in_place(|| store.append(&entries)).map_err(LedgerError::Commit)?;
             meters.store.record(appending.elapsed().as_secs_f64());
-            notary.append(&entries);
+            // On the stream (the writer handed them on after its ack), and
+            // now in the store: the tree and the map may cover them.
             notary.set_published(last.seq);
+            notary.append(&entries, &subjects);
             head.send_replace(Some((last.seq, last.hash)));
             meters.head(last.seq);
             tracing::debug!(entries = entries.len(), head = last.seq, "committed");
@@ -859,17 +870,16 @@ impl Checkpoints {
         if !due {
             return;
         }
-        if !self.notary.first_announcement(published) {
-            // Someone asked for this size already: it is on the stream.
-            self.last = Some((std::time::Instant::now(), published));
-            return;
-        }
-        match self.notary.checkpoint(published) {
+        match self.notary.checkpoint() {
+            Ok(c) if !self.notary.first_announcement(c.tree_size) => {
+                // Someone asked for this size already: it is on the stream.
+                self.last = Some((std::time::Instant::now(), c.tree_size));
+            }
             Ok(c) => {
                 if publish_checkpoint(js, &c).await {
-                    self.last = Some((std::time::Instant::now(), published));
+                    self.last = Some((std::time::Instant::now(), c.tree_size));
                 } else {
-                    self.notary.forget_announcement(published);
+                    self.notary.forget_announcement(c.tree_size);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot sign a checkpoint"),

@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::NaiveDate;
 use custody_proto::certificate::{check_evidence, Check, Claims, Finding, OriginCertificate};
+use custody_proto::lotmap::{LotMap, Recomputed, Subject};
 use custody_proto::{Body, Country, Event, Opened, Role};
 use serde::Serialize;
 
@@ -30,16 +31,15 @@ fn lineage<'a>(state: &'a State, lot: &'a Lot) -> Vec<&'a Lot> {
     out
 }
 
-/// The seqs of every entry a lot's answer rests on: what made it and each
-/// ancestor, and every step and flag on any of them. (The registrations of
+/// A lot's whole history: the seqs of every entry that acts on it or any
+/// ancestor (what made each, every move, flag and verification), what the
+/// lot map chains for each of them. (The registrations and revocations of
 /// their signers are added by whoever reads the entries.)
 pub fn history(state: &State, lot: &Lot) -> Vec<u64> {
     let mut seqs = BTreeSet::new();
     for l in lineage(state, lot) {
         seqs.insert(l.created.seq);
-        seqs.extend(l.path.iter().map(|s| s.seq));
-        seqs.extend(l.transformations.iter().map(|s| s.seq));
-        seqs.extend(l.own_flags.iter().map(|f| f.0));
+        seqs.extend(l.touched.iter().copied());
     }
     seqs.into_iter().collect()
 }
@@ -102,16 +102,23 @@ pub fn verify(cert: &OriginCertificate, ledger_key: &str, insist: &[String]) -> 
     let (entries, mut findings) = check_evidence(cert, ledger_key);
     let mut state = State::default();
     let mut signed = Vec::with_capacity(entries.len());
+    let mut carried = Recomputed::default();
     for e in &entries {
         if let Err(err) = state.apply_unlinked(e) {
             findings.push(Finding::new(Check::ClaimMismatch, format!("entry {} cannot be read: {err}", e.seq)));
             continue;
         }
         if let Some((key, event)) = Opened::open(e.envelope.clone()).ok().and_then(|o| Some((o.signer.to_string(), Event::decode(&o.payload).ok()?))) {
+            carried.apply(e.seq, &e.hash, &event);
             signed.push((e.seq, key, event));
         }
     }
     findings.extend(admission(&signed));
+    // Whole: the lot, every ancestor its entries name, and every signer.
+    let lots = custody_proto::lotmap::lineage(&cert.lot, signed.iter().map(|(_, _, e)| e));
+    let signers: BTreeSet<&str> = signed.iter().map(|(_, _, e)| e.actor.as_str()).collect();
+    let subjects: Vec<Subject> = lots.into_iter().map(Subject::Lot).chain(signers.into_iter().map(|a| Subject::Actor(a.to_owned()))).collect();
+    findings.extend(whole(cert, &carried.map, &subjects));
     let mut rule_sets = Vec::new();
     let recomputed = match state.lots.get(&cert.lot) {
         None => {
@@ -143,6 +150,60 @@ pub fn verify(cert: &OriginCertificate, ledger_key: &str, insist: &[String]) -> 
         rules,
         rule_sets,
     }
+}
+
+/// Whether the certificate carries the whole history of each subject up
+/// to its checkpoint: the lot map the checkpoint signs holds each one's
+/// head (the chain of every entry that acts on it, their count and the
+/// last seq), and the heads recomputed from the certificate's entries
+/// must be those. Anything left out (a last export, a flag, a failed
+/// verification, a revocation) leaves a head short.
+fn whole(cert: &OriginCertificate, carried: &LotMap, subjects: &[Subject]) -> Vec<Finding> {
+    let incomplete = |why: String| vec![Finding::new(Check::IncompleteHistory, why)];
+    if cert.map.is_empty() {
+        return incomplete(
+            "the certificate carries no lot-map proof, so nothing shows its history whole (it was made before certificates did): ask for a new one".into(),
+        );
+    }
+    let root = match cert.checkpoint.map_root_hash() {
+        Ok(Some(root)) => root,
+        _ => return incomplete("its checkpoint signs no lot map, so nothing shows the history whole".into()),
+    };
+    let mut short = Vec::new();
+    for proof in &cert.map {
+        match custody_proto::lotmap::shortfalls(proof, &root, carried) {
+            Ok(s) => short.extend(s),
+            Err(e) => return incomplete(format!("the lot-map proof does not check out against the checkpoint's map root ({e})")),
+        }
+    }
+    // What the entries show the answer rests on must be among what is proven.
+    let proven: HashSet<&Subject> = cert.map.iter().flat_map(|p| &p.subjects).collect();
+    let unproven = subjects.iter().filter(|s| !proven.contains(s)).map(|s| {
+        let what = match s {
+            Subject::Lot(l) => format!("lot {l}"),
+            Subject::Actor(a) => format!("actor {a}"),
+        };
+        Finding::new(Check::IncompleteHistory, format!("{what}: the answer rests on it, and the certificate does not prove its history whole"))
+    });
+    let unproven: Vec<Finding> = unproven.collect();
+    short
+        .into_iter()
+        .map(|s| {
+            let what = match &s.subject {
+                Subject::Lot(l) => format!("lot {l}"),
+                Subject::Actor(a) => format!("actor {a}"),
+            };
+            let (held, have) = (s.held.map_or(0, |h| h.count), s.carried.map_or(0, |h| h.count));
+            let why = if held > have {
+                let (size, last) = (cert.checkpoint.tree_size, s.held.map_or(0, |h| h.last));
+                format!("{what}: the ledger holds {held} entries about it up to its checkpoint of {size} entries (the last at entry {last}); the certificate carries {have}: {} missing", held - have)
+            } else {
+                format!("{what}: the entries carried about it are not the ledger's history of it (the ledger holds {held}, the certificate {have})")
+            };
+            Finding::new(Check::IncompleteHistory, why)
+        })
+        .chain(unproven)
+        .collect()
 }
 
 /// Who a registration admitted, as the certificate's entries tell.

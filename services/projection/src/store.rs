@@ -31,7 +31,7 @@ use crate::view::{Actor, Lot, Shipment, State, Yields};
 const FORMAT: &str = "custody projection snapshot";
 /// The layout of the records: a snapshot of another layout is skipped at
 /// load, and the projection rebuilds from seq 1 (it is only a projection).
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 /// Snapshots kept: the newest and the one before, to fall back to.
 const KEEP: usize = 2;
 

@@ -183,6 +183,11 @@ pub struct Lot {
     /// verification number (a merge is verified only if every input was).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<String>,
+    /// Every entry that acts on this very lot, in seq order: what the lot
+    /// map chains for it ([`custody_proto::lotmap::subjects`]), so a
+    /// certificate carries them all, however long its path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub touched: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -330,7 +335,24 @@ impl State {
             late_record: late,
             vouched: vouched.clone(),
         };
+        let subjects = custody_proto::lotmap::subjects(&event, |c| self.shipments.get(c).map(|s| s.lots.clone()).unwrap_or_default());
+        let lots: Vec<(String, bool)> = subjects
+            .into_iter()
+            .filter_map(|s| match s {
+                custody_proto::lotmap::Subject::Lot(l) => Some((l.clone(), self.lots.contains_key(&l))),
+                custody_proto::lotmap::Subject::Actor(_) => None,
+            })
+            .collect();
         self.apply_event(&event, entry.seq, late, &step);
+        for (l, existed) in lots {
+            if let Some(lot) = self.lots.get_mut(&l) {
+                // A lot made from another starts its own list.
+                if !existed {
+                    lot.touched.clear();
+                }
+                lot.touched.push(entry.seq);
+            }
+        }
         Ok(())
     }
 
@@ -643,6 +665,7 @@ impl State {
             children: Vec::new(),
             created,
             verified: None,
+            touched: Vec::new(),
         }
     }
 
@@ -1006,14 +1029,18 @@ mod tests {
         apply(&mut state, &reg, "flagged", t, r, json!({"lot": "L3", "reason": "second look"}));
         apply(&mut state, &auth, "actor.revoked", t, r, json!({"subject": bw.public_key(), "reason": "licence withdrawn"}));
         assert!(state.lots.len() >= 9, "{:?}", state.lots.keys());
-        // Issue 24 keeps which entry revoked an actor (a certificate carries
-        // it): the one logical change since 24cf50c. Without it, the digest
-        // is the old one; with it, this one.
-        let bw_record = state.actors.get_mut(&bw.public_key()).unwrap();
+        // Issue 24 keeps which entry revoked an actor and every entry that
+        // acts on each lot (a certificate carries them): the logical
+        // changes since 24cf50c. Without them the digest is the old one;
+        // with them, the last.
+        let mut old = state.clone();
+        let bw_record = old.actors.get_mut(&bw.public_key()).unwrap();
         assert_eq!(bw_record.revoked_at, 24);
         bw_record.revoked_at = 0;
-        assert_eq!(crate::service::digest(&state), "8d71321ddbcc81fbbc33e4eb4fb4fcfb8bf0012950777d78b88f5628fc9f6aae");
-        state.actors.get_mut(&bw.public_key()).unwrap().revoked_at = 24;
-        assert_eq!(crate::service::digest(&state), "4e4fa383f9bb910e61f89d21777f5c8bd8460709aaf002b4ce787ddaadbda2c8");
+        assert_eq!(old.lots["L1"].touched, [7, 9, 11, 13], "mined, exported, imported, merged");
+        assert_eq!(old.lots["L4"].touched, [14, 15, 16, 17, 18], "split off, exported, verified by certificate, imported, cut");
+        old.lots.values_mut().for_each(|l| l.touched.clear());
+        assert_eq!(crate::service::digest(&old), "8d71321ddbcc81fbbc33e4eb4fb4fcfb8bf0012950777d78b88f5628fc9f6aae");
+        assert_eq!(crate::service::digest(&state), "67c10f1e253e6deaa54f5eb6071a4a120b9057baafffe9b607edf9b461581e26");
     }
 }
