@@ -304,6 +304,8 @@ fn hashed(node: &Node) -> Hash {
 fn prove(node: &Node, depth: usize, keys: &[Hash], out: &mut Vec<Step>) {
     match node {
         Node::Empty => out.push(Step::Empty),
+        // The one key asked for here, present: its key goes without saying.
+        Node::Leaf(l) if keys == [l.key] => out.push(Step::Own { head: l.head }),
         Node::Leaf(l) => out.push(Step::Leaf { key: l.key, head: l.head }),
         Node::Branch(b) => {
             out.push(Step::Branch);
@@ -320,8 +322,7 @@ fn prove(node: &Node, depth: usize, keys: &[Hash], out: &mut Vec<Step>) {
 }
 
 /// One step of a [`MapProof`], in depth-first order from the root.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// A node with subjects on both sides; its two children follow.
     Branch,
@@ -332,6 +333,102 @@ pub enum Step {
     /// The one subject in this subtree: a proven key, or the subject whose
     /// place a proven key would take (then that key is absent).
     Leaf { key: Hash, head: Head },
+    /// The leaf of the one proven key that leads here: its head.
+    Own { head: Head },
+}
+
+/// Steps on the wire: one base64 string of tagged steps (a hash is 32
+/// bytes, a count and a seq are varints), about a third of the same in
+/// JSON; a certificate carries one step per proven subject and the hashes
+/// beside their paths.
+mod steps_b64 {
+    use super::{Head, Step};
+    use crate::entry::Hash;
+    use base64::Engine as _;
+
+    pub fn serialize<S: serde::Serializer>(steps: &[Step], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = Vec::with_capacity(steps.len() * 34);
+        for step in steps {
+            match step {
+                Step::Branch => out.push(0),
+                Step::Empty => out.push(1),
+                Step::Hash(h) => {
+                    out.push(2);
+                    out.extend_from_slice(&h.0);
+                }
+                Step::Leaf { key, head } => {
+                    out.push(3);
+                    out.extend_from_slice(&key.0);
+                    put_head(&mut out, head);
+                }
+                Step::Own { head } => {
+                    out.push(4);
+                    put_head(&mut out, head);
+                }
+            }
+        }
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(out))
+    }
+
+    fn put_head(out: &mut Vec<u8>, head: &Head) {
+        out.extend_from_slice(&head.head.0);
+        for mut n in [head.count, head.last] {
+            while n >= 0x80 {
+                out.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Step>, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(text).map_err(|_| serde::de::Error::custom("map proof steps are not base64"))?;
+        decode(&bytes).ok_or_else(|| serde::de::Error::custom("map proof steps are malformed"))
+    }
+
+    fn decode(mut b: &[u8]) -> Option<Vec<Step>> {
+        let mut steps = Vec::new();
+        while let Some((&tag, rest)) = b.split_first() {
+            b = rest;
+            steps.push(match tag {
+                0 => Step::Branch,
+                1 => Step::Empty,
+                2 => Step::Hash(hash(&mut b)?),
+                3 => {
+                    let key = hash(&mut b)?;
+                    Step::Leaf { key, head: head(&mut b)? }
+                }
+                4 => Step::Own { head: head(&mut b)? },
+                _ => return None,
+            });
+        }
+        Some(steps)
+    }
+
+    fn hash(b: &mut &[u8]) -> Option<Hash> {
+        let (h, rest) = b.split_first_chunk::<32>()?;
+        *b = rest;
+        Some(Hash(*h))
+    }
+
+    fn head(b: &mut &[u8]) -> Option<Head> {
+        let h = hash(b)?;
+        Some(Head { head: h, count: varint(b)?, last: varint(b)? })
+    }
+
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut n = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            n |= u64::from(byte & 0x7f).checked_shl(shift)?;
+            if byte & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
+    }
 }
 
 /// A proof of many subjects' heads at once against a map root.
@@ -340,6 +437,7 @@ pub enum Step {
 pub struct MapProof {
     /// What it proves: each subject's head, or that nothing acts on it.
     pub subjects: Vec<Subject>,
+    #[serde(with = "steps_b64")]
     pub steps: Vec<Step>,
 }
 
@@ -386,6 +484,13 @@ fn walk(steps: &mut std::slice::Iter<'_, Step>, depth: usize, keys: &[Hash], fou
             found.extend(keys.iter().map(|k| (*k, (k == key).then_some(*head))));
             Ok(leaf_hash(key, head))
         }
+        Step::Own { head } => match keys {
+            [key] => {
+                found.insert(*key, Some(*head));
+                Ok(leaf_hash(key, head))
+            }
+            _ => Err(MapError::Malformed),
+        },
         Step::Branch if depth < 256 => {
             let (left, right) = keys.split_at(keys.partition_point(|k| !bit(k, depth)));
             let mut side = |keys: &[Hash]| {
@@ -522,10 +627,13 @@ mod tests {
         }
         // A changed head, a dropped step, another root: refused.
         let mut bent = proof.clone();
-        let at = bent.steps.iter().position(|s| matches!(s, Step::Leaf { .. })).unwrap();
-        if let Step::Leaf { head, .. } = &mut bent.steps[at] {
+        let at = bent.steps.iter().position(|s| matches!(s, Step::Own { .. })).unwrap();
+        if let Step::Own { head } = &mut bent.steps[at] {
             head.count += 1;
         }
+        // On the wire and back: the same proof.
+        let wire: MapProof = serde_json::from_str(&serde_json::to_string(&proof).unwrap()).unwrap();
+        assert_eq!(wire, proof);
         assert_eq!(bent.verify(&root), Err(MapError::Mismatch));
         let mut short = proof.clone();
         short.steps.pop();

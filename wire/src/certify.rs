@@ -92,8 +92,10 @@ async fn read(reader: &Reader, seqs: &[u64]) -> Result<Vec<Entry>, CertifyError>
     Ok(out)
 }
 
-/// Lots and actors proven per lot-map request: an answer stays well
-/// within one NATS message (about 250 bytes a subject).
+/// Lots and actors first asked for per lot-map request (a subject's leaf
+/// and the hashes of the subtrees beside its path: 300 to 400 bytes when
+/// they are scattered over a large map); halved while an answer would not
+/// fit in one NATS message.
 const SUBJECTS_PER_REQUEST: usize = 2_000;
 
 /// Makes the certificate for `query`: its answers from one reading of a
@@ -114,7 +116,6 @@ pub async fn certify(client: &Client, query: &CertificateQuery) -> Result<Origin
         let need = seqs.last().copied().unwrap_or(0);
         let events: Vec<Event> = entries.iter().filter_map(|e| Opened::payload_of(&e.envelope).ok().and_then(|p| Event::decode(&p).ok())).collect();
         let subjects: Vec<Subject> = lineage(&answers.lot, &events).into_iter().map(Subject::Lot).chain(signers.into_iter().map(Subject::Actor)).collect();
-        let mut chunks = subjects.chunks(SUBJECTS_PER_REQUEST);
         let request = |chunk: &[Subject]| {
             let (lots, actors): (Vec<&Subject>, Vec<&Subject>) = chunk.iter().partition(|s| matches!(s, Subject::Lot(_)));
             let name = |s: &&Subject| match s {
@@ -122,25 +123,36 @@ pub async fn certify(client: &Client, query: &CertificateQuery) -> Result<Origin
             };
             json!({"lots": lots.iter().map(name).collect::<Vec<_>>(), "actors": actors.iter().map(name).collect::<Vec<_>>()})
         };
-        let mut first = request(chunks.next().unwrap_or_default());
-        first["ranges"] = json!(custody_proto::certificate::ranges(&seqs));
+        let mut per = SUBJECTS_PER_REQUEST.min(subjects.len()).max(1);
         // The ledger signs what it has made durable; a projection can be a
         // moment ahead of that.
         let mut proof = loop {
-            match ask::<ProofAnswer>(client, subjects::PROOF_SUBJECT, first.clone()).await {
+            let mut first = request(&subjects[..per.min(subjects.len())]);
+            first["ranges"] = json!(custody_proto::certificate::ranges(&seqs));
+            match ask::<ProofAnswer>(client, subjects::PROOF_SUBJECT, first).await {
                 Ok(p) if p.tree_size >= need => break p,
-                Ok(_) | Err(CertifyError::Answer(ErrorAnswer { code: AnswerCode::NotInTree, .. })) if tokio::time::Instant::now() < deadline => {}
+                Err(CertifyError::Answer(ErrorAnswer { code: AnswerCode::AnswerTooLarge, .. })) if per > 1 => per /= 2,
+                Ok(_) | Err(CertifyError::Answer(ErrorAnswer { code: AnswerCode::NotInTree, .. })) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
                 Ok(p) => return Err(CertifyError::Behind { have: p.tree_size, need }),
                 Err(e) => return Err(e),
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         };
         // The rest of the subjects, against the same checkpoint.
-        for chunk in chunks {
+        let mut done = per.min(subjects.len());
+        while done < subjects.len() {
+            let chunk = &subjects[done..(done + per).min(subjects.len())];
             let mut more = request(chunk);
             more["at"] = json!(proof.tree_size);
-            let answer: MapAnswer = ask(client, subjects::PROOF_SUBJECT, more).await?;
-            proof.map.push(answer.map);
+            match ask::<MapAnswer>(client, subjects::PROOF_SUBJECT, more).await {
+                Ok(answer) => {
+                    proof.map.push(answer.map);
+                    done += chunk.len();
+                }
+                Err(CertifyError::Answer(ErrorAnswer { code: AnswerCode::AnswerTooLarge, .. })) if per > 1 => per /= 2,
+                Err(e) => return Err(e),
+            }
         }
         if whole(&entries, &proof)? {
             return assemble(answers, proof, &entries);

@@ -93,6 +93,16 @@ pub async fn request(
     serde_json::from_slice(&msg.payload).map_err(|_| RequestError::NotJson { subject: subject.to_owned() })
 }
 
+/// The answer, or, when it is larger than NATS carries (the server would
+/// drop it and the asker would time out), a refusal that says so.
+pub fn within_limit(answer: String, max_payload: usize) -> String {
+    if answer.len() <= max_payload {
+        return answer;
+    }
+    let why = format!("the answer is {} bytes, more than the {max_payload} bytes NATS carries; ask for less (fewer lots, a smaller genealogy)", answer.len());
+    error_answer(AnswerCode::AnswerTooLarge, why).to_string()
+}
+
 /// The one builder of an error answer's JSON.
 pub fn error_answer(code: AnswerCode, message: impl Into<String>) -> serde_json::Value {
     serde_json::to_value(ErrorAnswer { code, message: message.into() }).unwrap_or_default()

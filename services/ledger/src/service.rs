@@ -263,20 +263,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             taken = standby(&mut ledger, &reader, &lease, &health, &meters) => taken?,
         };
         let store = ledger.store().clone();
+        // The lease is renewed from the moment it is taken: catching up on
+        // a long way (a fresh disk) must not let it lapse.
+        let (lost_tx, mut lost) = tokio::sync::oneshot::channel::<String>();
+        let renewing = {
+            let lease = lease.clone();
+            tokio::spawn(async move {
+                let _ = lost_tx.send(lease.hold(revision).await);
+            })
+        };
         let active = async {
-            catch_up(&mut ledger, &reader, &js).await?;
+            tokio::select! {
+                caught = catch_up(&mut ledger, &reader, &js) => caught?,
+                why = &mut lost => return Err(LedgerError::SteppedDown(why.unwrap_or_else(|_| "the writer lease stopped being renewed".into()))),
+            }
             let notary = Arc::new(Notary::new(ledger.take_transparency(), key.clone(), store.clone()));
             tracing::info!(head = ?ledger.head().map(|h| h.0), key = %notary.public_key(), name = %config.name, "writer lease taken; serving submissions");
-            serve(ledger, &config, &client, &js, notary, lease.hold(revision), &meters).await
+            let lost = async { lost.await.unwrap_or_else(|_| "the writer lease stopped being renewed".into()) };
+            serve(ledger, &config, &client, &js, notary, lost, &meters).await
         };
         let stepped = tokio::select! {
             () = &mut shutdown => {
+                renewing.abort();
                 lease.release().await;
                 let _ = client.flush().await;
                 return Ok(());
             }
             r = active => r,
         };
+        renewing.abort();
         match stepped {
             Err(LedgerError::SteppedDown(why)) => tracing::warn!(%why, "no longer the writer: rebuilding from the store, then standby"),
             // NATS failed while taking over (a stream not readable yet
@@ -910,11 +925,13 @@ async fn serve_proofs(client: async_nats::Client, js: jetstream::Context, notary
     ]);
     while let Some(msg) = subs.next().await {
         let Some(reply) = msg.reply else { continue };
+        let started = std::time::Instant::now();
         let answer = {
             let notary = notary.clone();
             let subject = msg.subject.to_string();
             tokio::task::spawn_blocking(move || notary.answer(&subject, &msg.payload)).await.map_err(|e| LedgerError::Task(e.to_string()))?
         };
+        tracing::debug!(subject = %msg.subject, ms = started.elapsed().as_millis() as u64, "answered");
         // A checkpoint handed out (alone, or with a proof) is published, so
         // that what a certificate rests on is on the public record.
         let issued = if msg.subject.as_str() == CHECKPOINT_SUBJECT { Some(answer.clone()) } else { answer.get("checkpoint").cloned() };
@@ -925,7 +942,8 @@ async fn serve_proofs(client: async_nats::Client, js: jetstream::Context, notary
                 }
             }
         }
-        let _ = client.publish(reply, answer.to_string().into()).await;
+        let body = custody_wire::query::within_limit(answer.to_string(), client.server_info().max_payload);
+        let _ = client.publish(reply, body.into()).await;
     }
     Ok(())
 }

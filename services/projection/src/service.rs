@@ -532,7 +532,7 @@ async fn serve(client: async_nats::Client, state: Shared, meters: Meters) -> Res
                     .await
                     .unwrap_or_else(|_| error(AnswerCode::Internal, "the certificate check failed"));
                 meters.query(subjects::QUERY_VERIFY_CERTIFICATE, started.elapsed());
-                let body = within_limit(answer.to_string(), client.server_info().max_payload);
+                let body = custody_wire::query::within_limit(answer.to_string(), client.server_info().max_payload);
                 let _ = client.publish(reply, body.into()).await;
             });
             continue;
@@ -541,21 +541,8 @@ async fn serve(client: async_nats::Client, state: Shared, meters: Meters) -> Res
         let started = Instant::now();
         let answer = answer(&state.read(), msg.subject.as_str(), &msg.payload);
         meters.query(msg.subject.as_str(), started.elapsed());
-        let body = within_limit(answer.to_string(), client.server_info().max_payload);
+        let body = custody_wire::query::within_limit(answer.to_string(), client.server_info().max_payload);
         let _ = client.publish(reply, body.into()).await;
     }
     Ok(())
-}
-
-/// The answer, or, when it is larger than NATS carries (the server would
-/// drop it and the asker would time out), a refusal that says so.
-fn within_limit(answer: String, max_payload: usize) -> String {
-    if answer.len() <= max_payload {
-        return answer;
-    }
-    let why = format!(
-        "the answer is {} bytes, more than the {max_payload} bytes NATS carries; ask for less (the genealogy of a lot with this many relatives does not fit)",
-        answer.len()
-    );
-    error(AnswerCode::AnswerTooLarge, why).to_string()
 }
