@@ -12,6 +12,7 @@
 //! - [`keys`]: nkey seed files.
 //! - [`demo`]: DOMAIN.md's worked example as signed events.
 //! - [`filing`]: customs filings filled from an origin certificate.
+//! - [`freshness`]: how current a certificate's evidence is (`--max-age`, `--online`).
 //! - [`sim`]: a seeded simulated world shaped like KP 2022 production.
 //! - `cmd/`: one file per command (in the binary).
 
@@ -20,6 +21,7 @@ pub mod client;
 pub mod demo;
 pub mod edge;
 pub mod filing;
+pub mod freshness;
 pub mod keys;
 pub mod link;
 pub mod natsd;

@@ -370,7 +370,7 @@ async fn leaving_out_the_last_moves_a_flag_a_failed_inspection_or_a_revocation_i
         assert_eq!(checks(&r), ["incomplete_history"], "{r}");
         let message = r["findings"][0]["message"].as_str().unwrap();
         assert!(message.starts_with("lot G1: the ledger holds") && message.ends_with(&format!("{missing} missing")), "{message}");
-        assert!(human.starts_with("INVALID"), "{human}");
+        assert!(human.lines().nth(1).is_some_and(|l| l.starts_with("INVALID")), "after the evidence's age: {human}");
     }
 
     // A flag on the rough, a failed inspection of the stone: each left out.
@@ -435,4 +435,55 @@ async fn the_auditor_recomputes_the_lot_map_and_catches_a_map_root_that_misstate
     let (code, v) = audit(&sys.dir.path().join("auditor-2"));
     assert_eq!(code, Some(1), "{v}");
     assert!(v["finding"].as_str().unwrap().contains("lot-map root"), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_made_before_a_flag_is_current_until_the_flag_and_stale_online_after() {
+    let mut sys = worked_example().await;
+    let url = sys.start_gateway();
+    let key = sys.ledger_key();
+    let cert = certify(&sys, "S1", &["us-2024"], DATE).unwrap();
+    let path = write(&sys, &cert);
+    let online = |extra: &[&str]| {
+        let mut args = vec!["verify-certificate", path.to_str().unwrap(), "--key", &key, "--online", &url];
+        args.extend_from_slice(extra);
+        let o = sys.custody(&args, None);
+        (o.status.code(), stdout(&o))
+    };
+    let (code, out) = online(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    let first = out.lines().next().unwrap_or_default();
+    assert!(first.starts_with("evidence as of the ledger's checkpoint of") && first.contains("cosigned by no witness"), "age and vouching first: {out}");
+    assert!(out.contains("nothing about the lot, its ancestors or its signers has happened since the certificate"), "{out}");
+
+    // A regulator flags the Russian rough S1 was cut from, after the
+    // certificate: offline it still checks out; online it is stale.
+    let regulator = sys.actor("regulator-be", "regulator", "BE").await;
+    let mut flag = event(&regulator, "flag-l1", "flagged", json!({"lot": "L1", "reason": "sanctions evasion inquiry"}));
+    flag["occurred_at"] = json!("2024-10-01T08:00:00Z");
+    sys.accept(&regulator, &flag).await;
+    let o = sys.custody(&["verify-certificate", path.to_str().unwrap(), "--key", &key], None);
+    assert!(o.status.success(), "offline, the certificate holds for its checkpoint: {}", stdout(&o));
+    let (code, out) = online(&[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("CHANGED since the certificate: lot L1: 1 new entry") && out.contains("flagged)"), "{out}");
+    let (_, json_out) = online(&["--json"]);
+    let v: Value = serde_json::from_str(json_out.trim()).unwrap();
+    assert_eq!((v["valid"].clone(), v["accepted"].clone()), (json!(true), json!(false)), "{v}");
+    assert_eq!(v["freshness"]["changed"][0]["latest_kind"], "flagged", "{v}");
+    // Nor is anything filed from it.
+    let o = sys.custody(&["filing", "S1", "--form", "us-country-of-mining", "--certificate", path.to_str().unwrap(), "--key", &key, "--online", &url], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not current enough"), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A gateway that withholds what happened can only show an old
+    // checkpoint: --max-age refuses old evidence.
+    while chrono::Utc::now() - cert.checkpoint.time.as_datetime() < chrono::TimeDelta::seconds(2) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let o = sys.custody(&["verify-certificate", path.to_str().unwrap(), "--key", &key, "--max-age", "1s"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stdout(&o).contains("refused: the evidence is"), "{}", stdout(&o));
+    let o = sys.custody(&["verify-certificate", path.to_str().unwrap(), "--key", &key, "--max-age", "1d"], None);
+    assert!(o.status.success(), "{}", stdout(&o));
 }

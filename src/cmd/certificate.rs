@@ -36,6 +36,9 @@ pub struct VerifyCertificateArgs {
     /// instead of the text the certificate carries.
     #[arg(long)]
     rules: Vec<String>,
+    #[command(flatten)]
+    policy: custody::freshness::Policy,
+    /// Print the report as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -56,6 +59,8 @@ pub struct FilingArgs {
     /// against the key of the ledger that made it).
     #[arg(long)]
     key: Option<String>,
+    #[command(flatten)]
+    policy: custody::freshness::Policy,
     #[arg(long)]
     certificate_out: Option<PathBuf>,
     /// The date of entry for a certificate made now (default: today).
@@ -128,7 +133,7 @@ fn read_certificate(path: &Path) -> anyhow::Result<(OriginCertificate, Vec<u8>)>
     Ok((cert, bytes))
 }
 
-pub fn verify_certificate(a: VerifyCertificateArgs) -> anyhow::Result<ExitCode> {
+pub async fn verify_certificate(a: VerifyCertificateArgs) -> anyhow::Result<ExitCode> {
     let (cert, _) = match read_certificate(&a.file) {
         Ok(c) => c,
         Err(e) => {
@@ -142,9 +147,17 @@ pub fn verify_certificate(a: VerifyCertificateArgs) -> anyhow::Result<ExitCode> 
     };
     let insist = a.rules.iter().map(|r| rules_arg(r)).collect::<anyhow::Result<Vec<_>>>()?;
     let report = custody_projection::certificate::verify(&cert, &a.key, &insist);
+    let fresh = custody::freshness::check(&cert, &a.key, &a.policy).await?;
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        v["freshness"] = serde_json::to_value(&fresh)?;
+        v["accepted"] = json!(report.valid && fresh.holds());
+        println!("{v}");
     } else {
+        // How old the evidence is, and who vouches for it, first.
+        for line in fresh.describe() {
+            println!("{line}");
+        }
         println!(
             "{}: certificate for {} on {}, {} entries under the checkpoint of {} entries ({})",
             if report.valid { "VALID" } else { "INVALID" },
@@ -171,7 +184,7 @@ pub fn verify_certificate(a: VerifyCertificateArgs) -> anyhow::Result<ExitCode> 
             println!("  finding {}: {}", serde_json::to_value(f.check)?.as_str().unwrap_or(""), f.message);
         }
     }
-    Ok(if report.valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.valid && fresh.holds() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub async fn filing(nats: &str, a: FilingArgs) -> anyhow::Result<ExitCode> {
@@ -218,6 +231,14 @@ pub async fn filing(nats: &str, a: FilingArgs) -> anyhow::Result<ExitCode> {
         eprintln!("custody: the certificate does not check out against the ledger key {key}, so nothing is filed:");
         for f in &report.findings {
             eprintln!("  {}: {}", serde_json::to_value(f.check)?.as_str().unwrap_or(""), f.message);
+        }
+        return Ok(ExitCode::from(1));
+    }
+    let fresh = custody::freshness::check(&cert, &key, &a.policy).await?;
+    if !fresh.holds() {
+        eprintln!("custody: the certificate is not current enough to file from:");
+        for line in fresh.describe() {
+            eprintln!("  {line}");
         }
         return Ok(ExitCode::from(1));
     }

@@ -122,7 +122,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(a) => transparency::audit(&cli.nats, a).await,
         Command::Authz(a) => authz::run(&cli.nats, a).await,
         Command::Certify(a) => certificate::certify(&cli.nats, a).await,
-        Command::VerifyCertificate(a) => certificate::verify_certificate(a),
+        Command::VerifyCertificate(a) => certificate::verify_certificate(a).await,
         Command::Edge(a) => edge::run(&cli.nats, a).await,
         Command::Filing(a) => certificate::filing(&cli.nats, a).await,
         Command::Status(a) => status::run(&cli.nats, a).await,

@@ -86,6 +86,7 @@ pub fn router(nats: async_nats::Client) -> Router {
         .route("/v1/ledger/entries/{seq}/proof", get(proof))
         .route("/v1/ledger/checkpoint", get(checkpoint))
         .route("/v1/ledger/consistency", get(consistency))
+        .route("/v1/ledger/map", post(map))
         .route("/v1/ledger/verify", get(verify))
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }))
@@ -448,6 +449,39 @@ async fn consistency(State(app): State<App>, Query(q): Query<HashMap<String, Str
         _ => return error(AnswerCode::MissingParameter, "consistency needs ?from=SIZE&to=SIZE"),
     };
     app.ask("ledger", subjects::CONSISTENCY_SUBJECT, json!({"from": from, "to": to})).await
+}
+
+/// Most lots and actors one map request names.
+const MAX_MAP_SUBJECTS: usize = 2_000;
+
+/// The lot map's heads of the lots and actors named in the body
+/// (`{"lots": [..], "actors": [..]}`, with `"at": SIZE` for a checkpoint
+/// handed out with a map proof in the last two minutes), proven against
+/// the latest checkpoint: how a certificate's holder learns whether
+/// anything happened to its lots since. Public: a head says how many
+/// entries act on a lot, never what they say.
+async fn map(State(app): State<App>, body: axum::body::Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ask {
+        #[serde(default)]
+        lots: Vec<String>,
+        #[serde(default)]
+        actors: Vec<String>,
+        at: Option<u64>,
+    }
+    let ask: Ask = match serde_json::from_slice(&body) {
+        Ok(a) => a,
+        Err(e) => return error(AnswerCode::BadRequest, format!("the body is {{\"lots\": [..], \"actors\": [..], \"at\"?: SIZE}}: {e}")),
+    };
+    if ask.lots.len() + ask.actors.len() > MAX_MAP_SUBJECTS || ask.lots.len() + ask.actors.len() == 0 {
+        return error(AnswerCode::InvalidParameter, format!("name 1 to {MAX_MAP_SUBJECTS} lots and actors"));
+    }
+    let mut body = json!({"lots": ask.lots, "actors": ask.actors});
+    if let Some(at) = ask.at {
+        body["at"] = json!(at);
+    }
+    app.ask("ledger", subjects::PROOF_SUBJECT, body).await
 }
 
 /// Verifies the committed stream incrementally: each entry is checked once

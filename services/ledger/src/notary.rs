@@ -178,7 +178,7 @@ impl Notary {
         let num = |k: &str| req.get(k).and_then(Value::as_u64);
         let result = match subject {
             custody_wire::subjects::CHECKPOINT_SUBJECT => self.checkpoint().map(|c| json!(c)),
-            custody_wire::subjects::PROOF_SUBJECT if req.get("ranges").is_some() || req.get("at").is_some() => {
+            custody_wire::subjects::PROOF_SUBJECT if ["ranges", "at", "lots", "actors"].iter().any(|k| req.get(k).is_some()) => {
                 let names = |field: &str| serde_json::from_value::<Vec<String>>(req.get(field).cloned().unwrap_or_else(|| json!([])));
                 let (Ok(lots), Ok(actors)) = (names("lots"), names("actors")) else {
                     return error(AnswerCode::InvalidRequest, "\"lots\" and \"actors\" are lists of lot ids and actor keys");
@@ -189,6 +189,14 @@ impl Notary {
                 }
                 if let Some(at) = num("at") {
                     return self.prove_at(at, &subjects).unwrap_or_else(|e| error(AnswerCode::Unavailable, e.to_string()));
+                }
+                if req.get("ranges").is_none() {
+                    // The heads now, with the checkpoint that signs them:
+                    // what a certificate's holder compares its own with.
+                    return self
+                        .checkpoint_proving(&subjects)
+                        .map(|(c, map)| json!({"tree_size": c.tree_size, "checkpoint": c, "map": map}))
+                        .unwrap_or_else(|e| error(AnswerCode::Unavailable, e.to_string()));
                 }
                 let Ok(ranges) = serde_json::from_value::<Vec<(u64, u64)>>(req["ranges"].clone()) else {
                     return error(AnswerCode::InvalidRequest, "give \"ranges\": [[first, last], ...], ascending seqs");

@@ -1,0 +1,227 @@
+//! How current a certificate's evidence is: how old its checkpoint is
+//! (`--max-age`), and, asked online (`--online URL`), whether anything
+//! about its lot, its ancestors or its signers happened since. The online
+//! answer is a newer signed checkpoint, a consistency proof from the
+//! certificate's to it, and lot-map proofs of the same subjects, all
+//! checked against the ledger key the verifier trusts: the gateway is not
+//! trusted, it can only withhold, and a withheld change shows as an old
+//! checkpoint, which `--max-age` refuses.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use custody_proto::certificate::OriginCertificate;
+use custody_proto::lotmap::{Head, MapProof, Subject};
+use custody_proto::{Checkpoint, Hash};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// What a certificate's holder asks of its freshness.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Policy {
+    /// Ask this gateway (http://host:port) whether anything about the lot,
+    /// its ancestors or its signers happened since the certificate's
+    /// checkpoint; everything it answers is checked against --key.
+    #[arg(long, value_name = "URL")]
+    pub online: Option<String>,
+    /// Refuse evidence older than this (the checkpoint's time, or with
+    /// --online the newest checkpoint's): 90s, 30m, 12h, 7d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    pub max_age: Option<Duration>,
+}
+
+/// `90s`, `30m`, `12h`, `7d`.
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    let (n, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = n.parse().map_err(|_| format!("{text:?} is not a duration such as 90s, 30m, 12h or 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: a duration ends in s, m, h or d")),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// What the policy found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Freshness {
+    /// The checkpoint the evidence stands on (the newest one, online).
+    pub as_of: CheckpointTime,
+    /// How old that is, in seconds.
+    pub age_seconds: i64,
+    /// Who besides the ledger vouched for that checkpoint: none yet
+    /// (witnesses are the next step of issue 24).
+    pub cosigned_by: Vec<String>,
+    /// Online: the subjects with entries since the certificate's checkpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<Vec<Change>>,
+    /// What fails the policy, in words; empty when it holds.
+    pub refused: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckpointTime {
+    pub tree_size: u64,
+    pub time: String,
+}
+
+/// Something that happened to a subject after the certificate was made.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    /// `lot L1` or `actor U...`.
+    pub subject: String,
+    /// Entries about it since the certificate's checkpoint.
+    pub new_entries: u64,
+    /// The latest of them, and its kind (a flag, a verification, a revocation...).
+    pub latest_seq: u64,
+    pub latest_kind: Option<String>,
+}
+
+impl Freshness {
+    pub fn holds(&self) -> bool {
+        self.refused.is_empty()
+    }
+
+    /// The first lines a person reads: how old the evidence is, who
+    /// vouched for it, and what changed.
+    pub fn describe(&self) -> Vec<String> {
+        let age = humanize(self.age_seconds);
+        let mut lines = vec![format!(
+            "evidence as of the ledger's checkpoint of {} entries, signed {} ({age} ago); cosigned by {}",
+            self.as_of.tree_size,
+            self.as_of.time,
+            if self.cosigned_by.is_empty() { "no witness".to_owned() } else { self.cosigned_by.join(", ") }
+        )];
+        match &self.changed {
+            Some(c) if c.is_empty() => lines.push("online: nothing about the lot, its ancestors or its signers has happened since the certificate".into()),
+            Some(c) => {
+                for ch in c {
+                    let kind = ch.latest_kind.as_deref().map(|k| format!(", {k}")).unwrap_or_default();
+                    lines.push(format!(
+                        "CHANGED since the certificate: {}: {} new entr{} (the latest at entry {}{kind})",
+                        ch.subject,
+                        ch.new_entries,
+                        if ch.new_entries == 1 { "y" } else { "ies" },
+                        ch.latest_seq
+                    ));
+                }
+            }
+            None => {}
+        }
+        lines.extend(self.refused.iter().map(|r| format!("refused: {r}")));
+        lines
+    }
+}
+
+fn humanize(secs: i64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7_200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h", s / 3_600),
+        s => format!("{} days", s / 86_400),
+    }
+}
+
+/// Applies `policy` to `cert`, trusting only `key`.
+pub async fn check(cert: &OriginCertificate, key: &str, policy: &Policy) -> anyhow::Result<Freshness> {
+    let mut refused = Vec::new();
+    let (as_of, changed) = match &policy.online {
+        None => (cert.checkpoint.clone(), None),
+        Some(url) => match online(url, cert, key).await {
+            Ok((c, changed)) => (c, Some(changed)),
+            Err(e) => {
+                refused.push(format!("the online check failed: {e:#}"));
+                (cert.checkpoint.clone(), None)
+            }
+        },
+    };
+    let age_seconds = (chrono::Utc::now() - as_of.time.as_datetime()).num_seconds();
+    if let Some(max) = policy.max_age {
+        if age_seconds > max.as_secs() as i64 {
+            refused.push(format!("the evidence is {} old, more than the {} allowed", humanize(age_seconds), humanize(max.as_secs() as i64)));
+        }
+    }
+    if let Some(c) = changed.as_ref().filter(|c| !c.is_empty()) {
+        refused.push(format!("{} of its subjects changed since the certificate was made: ask for a new one", c.len()));
+    }
+    let as_of = CheckpointTime { tree_size: as_of.tree_size, time: as_of.time.to_rfc3339() };
+    Ok(Freshness { as_of, age_seconds, cosigned_by: Vec::new(), changed, refused })
+}
+
+/// Most subjects one map request names (the gateway's limit).
+const PER_REQUEST: usize = 2_000;
+
+async fn online(url: &str, cert: &OriginCertificate, key: &str) -> anyhow::Result<(Checkpoint, Vec<Change>)> {
+    let url = url.trim_end_matches('/');
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http.get(format!("{url}{path}")).send().await?;
+            let status = r.status();
+            let v: Value = r.json().await?;
+            anyhow::ensure!(status.is_success(), "{path}: {status} {v}");
+            anyhow::Ok(v)
+        }
+    };
+    let then_root = cert.checkpoint.map_root_hash()?.ok_or_else(|| anyhow::anyhow!("the certificate's checkpoint signs no lot map: nothing to compare"))?;
+    let mut then: HashMap<Hash, Option<Head>> = HashMap::new();
+    for p in &cert.map {
+        then.extend(p.verify(&then_root).map_err(|e| anyhow::anyhow!("the certificate's own map proof: {e}"))?);
+    }
+    let subjects: Vec<Subject> = cert.map.iter().flat_map(|p| p.subjects.iter().cloned()).collect();
+    anyhow::ensure!(!subjects.is_empty(), "the certificate proves no subject's history: nothing to compare");
+    // The heads now, a chunk at a time, against one checkpoint.
+    let mut newest: Option<Checkpoint> = None;
+    let mut now: HashMap<Hash, Option<Head>> = HashMap::new();
+    for chunk in subjects.chunks(PER_REQUEST) {
+        let lots: Vec<&str> = chunk.iter().filter_map(|s| if let Subject::Lot(l) = s { Some(l.as_str()) } else { None }).collect();
+        let actors: Vec<&str> = chunk.iter().filter_map(|s| if let Subject::Actor(a) = s { Some(a.as_str()) } else { None }).collect();
+        let mut body = json!({"lots": lots, "actors": actors});
+        if let Some(c) = &newest {
+            body["at"] = json!(c.tree_size);
+        }
+        let r = http.post(format!("{url}/v1/ledger/map")).json(&body).send().await?;
+        let status = r.status();
+        let v: Value = r.json().await?;
+        anyhow::ensure!(status.is_success(), "/v1/ledger/map: {status} {v}");
+        if newest.is_none() {
+            newest = Some(serde_json::from_value(v["checkpoint"].clone())?);
+        }
+        let c = newest.as_ref().ok_or_else(|| anyhow::anyhow!("no checkpoint"))?;
+        let root = c.map_root_hash()?.ok_or_else(|| anyhow::anyhow!("the newest checkpoint signs no lot map"))?;
+        let proof: MapProof = serde_json::from_value(v["map"].clone())?;
+        now.extend(proof.verify(&root).map_err(|e| anyhow::anyhow!("the gateway's map proof does not check out against the newest checkpoint: {e}"))?);
+    }
+    let newest = newest.ok_or_else(|| anyhow::anyhow!("no checkpoint"))?;
+    let new_root = newest.verify(key).map_err(|e| anyhow::anyhow!("the newest checkpoint: {e}"))?;
+    let old_root = cert.checkpoint.verify(key).map_err(|e| anyhow::anyhow!("the certificate's checkpoint: {e}"))?;
+    let (from, to) = (cert.checkpoint.tree_size, newest.tree_size);
+    anyhow::ensure!(to >= from, "the ledger online has {to} entries, fewer than the {from} the certificate stands on: another history");
+    let proof: Vec<Hash> = if from == to {
+        Vec::new()
+    } else {
+        let v = get(format!("/v1/ledger/consistency?from={from}&to={to}")).await?;
+        v["proof"].as_array().into_iter().flatten().filter_map(|h| h.as_str().and_then(Hash::from_hex)).collect()
+    };
+    custody_proto::merkle::verify_consistency(from, to, &old_root, &new_root, &proof)
+        .map_err(|e| anyhow::anyhow!("the newest checkpoint does not extend the certificate's ({e}): the ledger shows another history"))?;
+    let mut changed = Vec::new();
+    for s in &subjects {
+        let key = s.key();
+        let (a, b) = (then.get(&key).copied().flatten(), now.get(&key).copied().flatten());
+        if a == b {
+            continue;
+        }
+        let Some(b) = b else { anyhow::bail!("{s:?} had a history at the certificate's checkpoint and has none now") };
+        let latest_kind = get(format!("/v1/ledger/entries/{}", b.last)).await.ok().and_then(|e| e["event"]["kind"].as_str().map(str::to_owned));
+        let subject = match s {
+            Subject::Lot(l) => format!("lot {l}"),
+            Subject::Actor(a) => format!("actor {a}"),
+        };
+        changed.push(Change { subject, new_entries: b.count - a.map_or(0, |a| a.count), latest_seq: b.last, latest_kind });
+    }
+    Ok((newest, changed))
+}
