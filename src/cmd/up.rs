@@ -291,6 +291,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     println!("at the border (README, \"At the border\"):");
     println!("  {me} certify S1 --rules us-2024 --rules eu-2025 --date 2024-11-15 --out S1.certificate.json");
     println!("  {me} verify-certificate S1.certificate.json --key {}   # offline, trusting only the ledger key", ledger_key.public_key());
+    println!(
+        "  {me} verify-certificate S1.certificate.json --key {} --online http://{http} --max-age 1d   # and has anything happened since?",
+        ledger_key.public_key()
+    );
     println!("  {me} filing S1 --form us-country-of-mining --certificate S1.certificate.json --key {} --csv", ledger_key.public_key());
     if !a.no_auth {
         let auth = authority_path.display();
