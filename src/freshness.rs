@@ -7,12 +7,12 @@
 //! trusted, it can only withhold, and a withheld change shows as an old
 //! checkpoint, which `--max-age` refuses.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use custody_proto::certificate::OriginCertificate;
-use custody_proto::lotmap::{Head, MapProof, Subject};
+use custody_proto::lotmap::{MapProof, Subject};
 use custody_proto::{Checkpoint, Hash};
+use custody_wire::certify::Change;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -65,18 +65,6 @@ pub struct Freshness {
 pub struct CheckpointTime {
     pub tree_size: u64,
     pub time: String,
-}
-
-/// Something that happened to a subject after the certificate was made.
-#[derive(Debug, Clone, Serialize)]
-pub struct Change {
-    /// `lot L1` or `actor U...`.
-    pub subject: String,
-    /// Entries about it since the certificate's checkpoint.
-    pub new_entries: u64,
-    /// The latest of them, and its kind (a flag, a verification, a revocation...).
-    pub latest_seq: u64,
-    pub latest_kind: Option<String>,
 }
 
 impl Freshness {
@@ -166,20 +154,13 @@ async fn online(url: &str, cert: &OriginCertificate, key: &str) -> anyhow::Resul
             anyhow::Ok(v)
         }
     };
-    let then_root = cert.checkpoint.map_root_hash()?.ok_or_else(|| anyhow::anyhow!("the certificate's checkpoint signs no lot map: nothing to compare"))?;
-    let mut then: HashMap<Hash, Option<Head>> = HashMap::new();
-    for p in &cert.map {
-        then.extend(p.verify(&then_root).map_err(|e| anyhow::anyhow!("the certificate's own map proof: {e}"))?);
-    }
     let subjects: Vec<Subject> = cert.map.iter().flat_map(|p| p.subjects.iter().cloned()).collect();
     anyhow::ensure!(!subjects.is_empty(), "the certificate proves no subject's history: nothing to compare");
     // The heads now, a chunk at a time, against one checkpoint.
     let mut newest: Option<Checkpoint> = None;
-    let mut now: HashMap<Hash, Option<Head>> = HashMap::new();
+    let mut now = Vec::new();
     for chunk in subjects.chunks(PER_REQUEST) {
-        let lots: Vec<&str> = chunk.iter().filter_map(|s| if let Subject::Lot(l) = s { Some(l.as_str()) } else { None }).collect();
-        let actors: Vec<&str> = chunk.iter().filter_map(|s| if let Subject::Actor(a) = s { Some(a.as_str()) } else { None }).collect();
-        let mut body = json!({"lots": lots, "actors": actors});
+        let mut body = custody_wire::certify::map_request(chunk);
         if let Some(c) = &newest {
             body["at"] = json!(c.tree_size);
         }
@@ -190,38 +171,24 @@ async fn online(url: &str, cert: &OriginCertificate, key: &str) -> anyhow::Resul
         if newest.is_none() {
             newest = Some(serde_json::from_value(v["checkpoint"].clone())?);
         }
-        let c = newest.as_ref().ok_or_else(|| anyhow::anyhow!("no checkpoint"))?;
-        let root = c.map_root_hash()?.ok_or_else(|| anyhow::anyhow!("the newest checkpoint signs no lot map"))?;
-        let proof: MapProof = serde_json::from_value(v["map"].clone())?;
-        now.extend(proof.verify(&root).map_err(|e| anyhow::anyhow!("the gateway's map proof does not check out against the newest checkpoint: {e}"))?);
+        now.push(serde_json::from_value::<MapProof>(v["map"].clone())?);
     }
     let newest = newest.ok_or_else(|| anyhow::anyhow!("no checkpoint"))?;
-    let new_root = newest.verify(key).map_err(|e| anyhow::anyhow!("the newest checkpoint: {e}"))?;
-    let old_root = cert.checkpoint.verify(key).map_err(|e| anyhow::anyhow!("the certificate's checkpoint: {e}"))?;
     let (from, to) = (cert.checkpoint.tree_size, newest.tree_size);
-    anyhow::ensure!(to >= from, "the ledger online has {to} entries, fewer than the {from} the certificate stands on: another history");
-    let proof: Vec<Hash> = if from == to {
+    let consistency: Vec<Hash> = if from >= to {
         Vec::new()
     } else {
         let v = get(format!("/v1/ledger/consistency?from={from}&to={to}")).await?;
         v["proof"].as_array().into_iter().flatten().filter_map(|h| h.as_str().and_then(Hash::from_hex)).collect()
     };
-    custody_proto::merkle::verify_consistency(from, to, &old_root, &new_root, &proof)
-        .map_err(|e| anyhow::anyhow!("the newest checkpoint does not extend the certificate's ({e}): the ledger shows another history"))?;
+    let short = custody_proto::certificate::changes_since(cert, key, &newest, &consistency, &now).map_err(|e| anyhow::anyhow!(e))?;
     let mut changed = Vec::new();
-    for s in &subjects {
-        let key = s.key();
-        let (a, b) = (then.get(&key).copied().flatten(), now.get(&key).copied().flatten());
-        if a == b {
-            continue;
-        }
-        let Some(b) = b else { anyhow::bail!("{s:?} had a history at the certificate's checkpoint and has none now") };
-        let latest_kind = get(format!("/v1/ledger/entries/{}", b.last)).await.ok().and_then(|e| e["event"]["kind"].as_str().map(str::to_owned));
-        let subject = match s {
-            Subject::Lot(l) => format!("lot {l}"),
-            Subject::Actor(a) => format!("actor {a}"),
+    for s in short {
+        let latest_kind = match s.held {
+            Some(h) => get(format!("/v1/ledger/entries/{}", h.last)).await.ok().and_then(|e| e["event"]["kind"].as_str().map(str::to_owned)),
+            None => None,
         };
-        changed.push(Change { subject, new_entries: b.count - a.map_or(0, |a| a.count), latest_seq: b.last, latest_kind });
+        changed.push(Change::of(&s, latest_kind));
     }
     Ok((newest, changed))
 }

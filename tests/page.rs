@@ -143,6 +143,18 @@ async fn the_page_shows_vouching_and_checks_a_certificate_handed_to_it() {
     };
     let good = dom_of(link(&cert)).await.unwrap();
     assert!(good.contains(r#"data-valid="true""#), "{}", &good[good.find("id=\"drop\"").unwrap_or(0)..]);
+    assert!(
+        good.contains(r#"data-current="true""#) && good.contains("Still current as of the ledger's checkpoint"),
+        "{}",
+        &good[good.find("id=\"drop\"").unwrap_or(0)..]
+    );
+    // Flagged after it was made: the page says the certificate is no longer current, and why.
+    let mut flag = event(&regulator, "page-flag-l1", "flagged", serde_json::json!({"lot": "L1", "reason": "sanctions evasion inquiry"}));
+    flag["occurred_at"] = serde_json::json!("2024-10-01T08:00:00Z");
+    sys.accept(&regulator, &flag).await;
+    let stale = dom_of(link(&cert)).await.unwrap();
+    assert!(stale.contains(r#"data-valid="true""#) && stale.contains(r#"data-current="false""#), "{}", &stale[stale.find("id=\"drop\"").unwrap_or(0)..]);
+    assert!(stale.contains("lot L1: 1 new entry") && stale.contains("(flagged)"), "{}", &stale[stale.find("id=\"drop\"").unwrap_or(0)..]);
     let mut tampered = cert.clone();
     tampered["claims"]["admissibility"][1]["verdict"] = serde_json::json!("admissible");
     let bad = dom_of(link(&tampered)).await.unwrap();

@@ -17,8 +17,9 @@ use crate::checkpoint::Checkpoint;
 use crate::entry::{Entry, Hash};
 use crate::envelope::{KeyCache, Opened};
 use crate::ids::Timestamp;
-use crate::lotmap::MapProof;
+use crate::lotmap::{MapProof, Shortfall};
 use crate::merkle;
+use std::collections::HashMap;
 
 /// The `format` line of certificates that prove their history whole (a
 /// lot-map proof of the lot, its ancestors and its signers).
@@ -240,6 +241,53 @@ pub fn check_evidence(cert: &OriginCertificate, ledger_key: &str) -> (Vec<Entry>
         }
     }
     (entries, findings)
+}
+
+/// What happened to a certificate's subjects (the lot, its ancestors, its
+/// signers) after its checkpoint, as a newer checkpoint's lot map tells:
+/// `newest` and the certificate's checkpoint are both checked against
+/// `ledger_key`, `consistency` must prove that the newer tree extends the
+/// older, and `now` must prove every subject the certificate proves. Each
+/// subject whose head moved is a [`Shortfall`] whose `held` is its head
+/// now and `carried` its head then. The one check behind
+/// `verify-certificate --online` and the page.
+pub fn changes_since(
+    cert: &OriginCertificate,
+    ledger_key: &str,
+    newest: &Checkpoint,
+    consistency: &[Hash],
+    now: &[MapProof],
+) -> Result<Vec<Shortfall>, String> {
+    let old_root = cert.checkpoint.verify(ledger_key).map_err(|e| format!("the certificate's checkpoint: {e}"))?;
+    let new_root = newest.verify(ledger_key).map_err(|e| format!("the newest checkpoint: {e}"))?;
+    let (from, to) = (cert.checkpoint.tree_size, newest.tree_size);
+    if to < from {
+        return Err(format!("the ledger now has {to} entries, fewer than the {from} the certificate stands on: another history"));
+    }
+    if from > 0 {
+        merkle::verify_consistency(from, to, &old_root, &new_root, consistency)
+            .map_err(|e| format!("the newest checkpoint does not extend the certificate's ({e}): the ledger shows another history"))?;
+    }
+    let root = |c: &Checkpoint| c.map_root_hash().ok().flatten().ok_or_else(|| format!("the checkpoint of {} entries signs no lot map", c.tree_size));
+    let (then_root, now_root) = (root(&cert.checkpoint)?, root(newest)?);
+    let mut then = HashMap::new();
+    for p in &cert.map {
+        then.extend(p.verify(&then_root).map_err(|e| format!("the certificate's map proof: {e}"))?);
+    }
+    let mut heads = HashMap::new();
+    for p in now {
+        heads.extend(p.verify(&now_root).map_err(|e| format!("the newest map proof: {e}"))?);
+    }
+    let mut changed = Vec::new();
+    for subject in cert.map.iter().flat_map(|p| &p.subjects) {
+        let key = subject.key();
+        let Some(held) = heads.get(&key) else { return Err(format!("the newest map proof leaves out {subject:?}")) };
+        let carried = then.get(&key).copied().flatten();
+        if *held != carried {
+            changed.push(Shortfall { subject: subject.clone(), held: *held, carried });
+        }
+    }
+    Ok(changed)
 }
 
 /// Seqs as inclusive ranges, for requests that name many entries.

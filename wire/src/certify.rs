@@ -116,13 +116,7 @@ pub async fn certify(client: &Client, query: &CertificateQuery) -> Result<Origin
         let need = seqs.last().copied().unwrap_or(0);
         let events: Vec<Event> = entries.iter().filter_map(|e| Opened::payload_of(&e.envelope).ok().and_then(|p| Event::decode(&p).ok())).collect();
         let subjects: Vec<Subject> = lineage(&answers.lot, &events).into_iter().map(Subject::Lot).chain(signers.into_iter().map(Subject::Actor)).collect();
-        let request = |chunk: &[Subject]| {
-            let (lots, actors): (Vec<&Subject>, Vec<&Subject>) = chunk.iter().partition(|s| matches!(s, Subject::Lot(_)));
-            let name = |s: &&Subject| match s {
-                Subject::Lot(x) | Subject::Actor(x) => x.clone(),
-            };
-            json!({"lots": lots.iter().map(name).collect::<Vec<_>>(), "actors": actors.iter().map(name).collect::<Vec<_>>()})
-        };
+        let request = map_request;
         let mut per = SUBJECTS_PER_REQUEST.min(subjects.len()).max(1);
         // The ledger signs what it has made durable; a projection can be a
         // moment ahead of that.
@@ -230,4 +224,45 @@ fn assemble(answers: Answers, proof: ProofAnswer, entries: &[Entry]) -> Result<O
         map: proof.map,
         entries,
     })
+}
+
+/// The body of a lot-map proof request for `subjects`: `{"lots", "actors"}`.
+pub fn map_request(subjects: &[Subject]) -> Value {
+    let names = |lot: bool| -> Vec<&str> {
+        subjects
+            .iter()
+            .filter_map(|s| match s {
+                Subject::Lot(l) if lot => Some(l.as_str()),
+                Subject::Actor(a) if !lot => Some(a.as_str()),
+                _ => None,
+            })
+            .collect()
+    };
+    json!({"lots": names(true), "actors": names(false)})
+}
+
+/// Something that happened to a certificate's subject after its
+/// checkpoint, in words (`verify-certificate --online` and the page).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Change {
+    /// `lot L1` or `actor U...`.
+    pub subject: String,
+    /// Entries about it since the certificate's checkpoint.
+    pub new_entries: u64,
+    /// The latest of them, and its kind (a flag, a verification, a revocation...).
+    pub latest_seq: u64,
+    pub latest_kind: Option<String>,
+}
+
+impl Change {
+    /// From what the map held then and holds now
+    /// ([`custody_proto::certificate::changes_since`]).
+    pub fn of(s: &custody_proto::lotmap::Shortfall, latest_kind: Option<String>) -> Change {
+        let subject = match &s.subject {
+            Subject::Lot(l) => format!("lot {l}"),
+            Subject::Actor(a) => format!("actor {a}"),
+        };
+        let (now, then) = (s.held.map_or(0, |h| h.count), s.carried.map_or(0, |h| h.count));
+        Change { subject, new_entries: now.saturating_sub(then), latest_seq: s.held.map_or(0, |h| h.last), latest_kind }
+    }
 }

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use custody_wire::certify::Change;
 use custody_wire::health::Health;
 use custody_wire::query::{AnswerCode, ErrorAnswer};
 use custody_wire::subjects;
@@ -298,6 +299,20 @@ async fn verify_certificate(State(app): State<App>, Query(q): Query<HashMap<Stri
         return error(AnswerCode::AnswerTooLarge, why);
     }
     let answer = app.query(subjects::QUERY_VERIFY_CERTIFICATE, request).await;
+    if answer.status() == StatusCode::OK {
+        // A valid certificate: and has anything happened since?
+        let Ok(bytes) = axum::body::to_bytes(answer.into_body(), 16 << 20).await else { return error(AnswerCode::BadAnswer, "unreadable answer") };
+        let mut report: Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        if report["valid"] == true {
+            if let Ok(cert) = serde_json::from_value::<custody_proto::certificate::OriginCertificate>(certificate) {
+                report["since"] = match since(&app, &cert, key).await {
+                    Ok((c, changed)) => json!({"as_of": {"tree_size": c.tree_size, "time": c.time}, "changed": changed}),
+                    Err(why) => json!({"error": why}),
+                };
+            }
+        }
+        return Json(report).into_response();
+    }
     if answer.status() != StatusCode::BAD_REQUEST {
         return answer;
     }
@@ -305,6 +320,60 @@ async fn verify_certificate(State(app): State<App>, Query(q): Query<HashMap<Stri
     let Ok(bytes) = axum::body::to_bytes(answer.into_body(), 1 << 20).await else { return error(AnswerCode::BadAnswer, "unreadable answer") };
     let e: Value = serde_json::from_slice(&bytes).unwrap_or_default();
     Json(json!({"valid": false, "findings": [{"check": "format", "message": e["message"]}]})).into_response()
+}
+
+/// What happened to a certificate's lot, ancestors and signers since its
+/// checkpoint: the newest checkpoint, the consistency proof to it and the
+/// lot map's heads of the same subjects, from the ledger, checked against
+/// the key the page was given (`custody_proto::certificate::changes_since`,
+/// as `verify-certificate --online` does over HTTP).
+async fn since(app: &App, cert: &custody_proto::certificate::OriginCertificate, key: &str) -> Result<(custody_proto::Checkpoint, Vec<Change>), String> {
+    let subjects: Vec<custody_proto::lotmap::Subject> = cert.map.iter().flat_map(|p| p.subjects.iter().cloned()).collect();
+    if subjects.is_empty() {
+        return Err("the certificate proves no history whole, so there is nothing to compare".into());
+    }
+    let ask = |subject: &'static str, body: Value| async move {
+        let v = custody_wire::query::request(&app.nats, subject, &body, QUERY_TIMEOUT).await.map_err(|e| e.to_string())?;
+        match ErrorAnswer::of(&v) {
+            Some(e) => Err(e.message),
+            None => Ok(v),
+        }
+    };
+    let mut newest: Option<custody_proto::Checkpoint> = None;
+    let mut now = Vec::new();
+    for chunk in subjects.chunks(MAX_MAP_SUBJECTS) {
+        let mut body = custody_wire::certify::map_request(chunk);
+        if let Some(c) = &newest {
+            body["at"] = json!(c.tree_size);
+        }
+        let v = ask(subjects::PROOF_SUBJECT, body).await?;
+        if newest.is_none() {
+            newest = Some(serde_json::from_value(v["checkpoint"].clone()).map_err(|e| format!("the ledger's checkpoint: {e}"))?);
+        }
+        now.push(serde_json::from_value(v["map"].clone()).map_err(|e| format!("the ledger's map proof: {e}"))?);
+    }
+    let newest = newest.ok_or("no checkpoint")?;
+    let (from, to) = (cert.checkpoint.tree_size, newest.tree_size);
+    let consistency: Vec<custody_proto::Hash> = if from >= to {
+        Vec::new()
+    } else {
+        let v = ask(subjects::CONSISTENCY_SUBJECT, json!({"from": from, "to": to})).await?;
+        v["proof"].as_array().into_iter().flatten().filter_map(|h| h.as_str().and_then(custody_proto::Hash::from_hex)).collect()
+    };
+    let short = custody_proto::certificate::changes_since(cert, key, &newest, &consistency, &now)?;
+    let reader = custody_wire::follow::Reader::ledger(&app.nats);
+    let mut changed = Vec::new();
+    for s in short {
+        let kind = match s.held {
+            Some(h) => reader.get(h.last).await.ok().flatten().and_then(|m| custody_wire::follow::entry_of(&m).ok()).and_then(|e| {
+                let event = custody_proto::Event::decode(&custody_proto::Opened::payload_of(&e.envelope).ok()?).ok()?;
+                Some(event.body.kind().to_owned())
+            }),
+            None => None,
+        };
+        changed.push(Change::of(&s, kind));
+    }
+    Ok((newest, changed))
 }
 
 /// Who is asking, from a signed request (see `custody_proto::request`).
