@@ -41,6 +41,16 @@ pub enum Subject {
     Actor(String),
 }
 
+/// `lot L1`, `actor U...`: how findings name a subject.
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Lot(l) => write!(f, "lot {l}"),
+            Subject::Actor(a) => write!(f, "actor {a}"),
+        }
+    }
+}
+
 impl Subject {
     /// The subject's key in the map: the hash of its kind and id.
     pub fn key(&self) -> Hash {

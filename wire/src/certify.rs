@@ -114,14 +114,15 @@ pub async fn certify(client: &Client, query: &CertificateQuery) -> Result<Origin
         let signers = add_signers(client, &reader, &mut entries).await?;
         let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
         let need = seqs.last().copied().unwrap_or(0);
-        let events: Vec<Event> = entries.iter().filter_map(|e| Opened::payload_of(&e.envelope).ok().and_then(|p| Event::decode(&p).ok())).collect();
-        let subjects: Vec<Subject> = lineage(&answers.lot, &events).into_iter().map(Subject::Lot).chain(signers.into_iter().map(Subject::Actor)).collect();
-        let request = map_request;
+        // Each entry decoded once: for the lineage, and to recompute heads.
+        let events: Vec<(&Entry, Event)> = entries.iter().filter_map(|e| Some((e, Event::decode(&Opened::payload_of(&e.envelope).ok()?).ok()?))).collect();
+        let lots = lineage(&answers.lot, events.iter().map(|(_, ev)| ev));
+        let subjects: Vec<Subject> = lots.into_iter().map(Subject::Lot).chain(signers.into_iter().map(Subject::Actor)).collect();
         let mut per = SUBJECTS_PER_REQUEST.min(subjects.len()).max(1);
         // The ledger signs what it has made durable; a projection can be a
         // moment ahead of that.
         let mut proof = loop {
-            let mut first = request(&subjects[..per.min(subjects.len())]);
+            let mut first = map_request(&subjects[..per.min(subjects.len())]);
             first["ranges"] = json!(custody_proto::certificate::ranges(&seqs));
             match ask::<ProofAnswer>(client, subjects::PROOF_SUBJECT, first).await {
                 Ok(p) if p.tree_size >= need => break p,
@@ -137,7 +138,7 @@ pub async fn certify(client: &Client, query: &CertificateQuery) -> Result<Origin
         let mut done = per.min(subjects.len());
         while done < subjects.len() {
             let chunk = &subjects[done..(done + per).min(subjects.len())];
-            let mut more = request(chunk);
+            let mut more = map_request(chunk);
             more["at"] = json!(proof.tree_size);
             match ask::<MapAnswer>(client, subjects::PROOF_SUBJECT, more).await {
                 Ok(answer) => {
@@ -148,7 +149,7 @@ pub async fn certify(client: &Client, query: &CertificateQuery) -> Result<Origin
                 Err(e) => return Err(e),
             }
         }
-        if whole(&entries, &proof)? {
+        if whole(&events, &proof)? {
             return assemble(answers, proof, &entries);
         }
         if tokio::time::Instant::now() > deadline {
@@ -194,12 +195,10 @@ async fn add_signers(client: &Client, reader: &Reader, entries: &mut Vec<Entry>)
 /// Whether `entries` hold the whole history of every subject the map
 /// proof proves, up to its checkpoint: the heads they give are the ones
 /// its lot map signs.
-fn whole(entries: &[Entry], proof: &ProofAnswer) -> Result<bool, CertifyError> {
+fn whole(events: &[(&Entry, Event)], proof: &ProofAnswer) -> Result<bool, CertifyError> {
     let mut carried = Recomputed::default();
-    for e in entries {
-        if let Some(event) = Opened::payload_of(&e.envelope).ok().and_then(|p| Event::decode(&p).ok()) {
-            carried.apply(e.seq, &e.hash, &event);
-        }
+    for (e, event) in events {
+        carried.apply(e.seq, &e.hash, event);
     }
     let root = proof.checkpoint.map_root_hash().ok().flatten().ok_or_else(|| CertifyError::Shape("the checkpoint signs no lot map".into()))?;
     for p in &proof.map {
@@ -258,10 +257,7 @@ impl Change {
     /// From what the map held then and holds now
     /// ([`custody_proto::certificate::changes_since`]).
     pub fn of(s: &custody_proto::lotmap::Shortfall, latest_kind: Option<String>) -> Change {
-        let subject = match &s.subject {
-            Subject::Lot(l) => format!("lot {l}"),
-            Subject::Actor(a) => format!("actor {a}"),
-        };
+        let subject = s.subject.to_string();
         let (now, then) = (s.held.map_or(0, |h| h.count), s.carried.map_or(0, |h| h.count));
         Change { subject, new_entries: now.saturating_sub(then), latest_seq: s.held.map_or(0, |h| h.last), latest_kind }
     }

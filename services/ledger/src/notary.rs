@@ -138,9 +138,9 @@ impl Notary {
         let (size, root) = {
             let t = self.read();
             let size = t.len().min(self.published.load(Ordering::Acquire));
+            debug_assert_eq!(size, t.len(), "published is set before append: the map covers every entry in the tree");
             (size, t.root_at(size)?)
         };
-        debug_assert_eq!(size, self.size(), "the map covers every entry in the tree");
         let c = Checkpoint::sign(&self.key, size, &root, map_root.as_ref(), Timestamp::now()).map_err(|e| NotaryError::Sign(e.to_string()))?;
         if !subjects.is_empty() && self.signs_map {
             let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());

@@ -178,21 +178,15 @@ fn whole(cert: &OriginCertificate, carried: &LotMap, subjects: &[Subject]) -> Ve
     }
     // What the entries show the answer rests on must be among what is proven.
     let proven: HashSet<&Subject> = cert.map.iter().flat_map(|p| &p.subjects).collect();
-    let unproven = subjects.iter().filter(|s| !proven.contains(s)).map(|s| {
-        let what = match s {
-            Subject::Lot(l) => format!("lot {l}"),
-            Subject::Actor(a) => format!("actor {a}"),
-        };
-        Finding::new(Check::IncompleteHistory, format!("{what}: the answer rests on it, and the certificate does not prove its history whole"))
-    });
+    let unproven = subjects
+        .iter()
+        .filter(|s| !proven.contains(s))
+        .map(|s| Finding::new(Check::IncompleteHistory, format!("{s}: the answer rests on it, and the certificate does not prove its history whole")));
     let unproven: Vec<Finding> = unproven.collect();
     short
         .into_iter()
         .map(|s| {
-            let what = match &s.subject {
-                Subject::Lot(l) => format!("lot {l}"),
-                Subject::Actor(a) => format!("actor {a}"),
-            };
+            let what = &s.subject;
             let (held, have) = (s.held.map_or(0, |h| h.count), s.carried.map_or(0, |h| h.count));
             let why = if held > have {
                 let (size, last) = (cert.checkpoint.tree_size, s.held.map_or(0, |h| h.last));
