@@ -28,6 +28,15 @@ pub struct Policy {
     /// --online the newest checkpoint's): 90s, 30m, 12h, 7d.
     #[arg(long, value_name = "DURATION", value_parser = parse_age)]
     pub max_age: Option<Duration>,
+    /// A witness whose cosignature counts: NAME=KEY (its nkey) or its C2SP
+    /// verifier key (`custody witness key`). Repeatable.
+    #[arg(long = "witness", value_name = "NAME=KEY")]
+    pub witnesses: Vec<String>,
+    /// How many of the --witness keys must have cosigned the checkpoint the
+    /// evidence stands on; with witnesses, --max-age counts from the newest
+    /// cosignature.
+    #[arg(long, default_value_t = 0)]
+    pub min_witnesses: usize,
 }
 
 /// `90s`, `30m`, `12h`, `7d`.
@@ -51,14 +60,19 @@ pub struct Freshness {
     pub as_of: CheckpointTime,
     /// How old that is, in seconds.
     pub age_seconds: i64,
-    /// Who besides the ledger vouched for that checkpoint: none yet
-    /// (witnesses are the next step of issue 24).
-    pub cosigned_by: Vec<String>,
+    /// Which of the verifier's witnesses cosigned that checkpoint, and when.
+    pub cosigned_by: Vec<Cosigned>,
     /// Online: the subjects with entries since the certificate's checkpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub changed: Option<Vec<Change>>,
     /// What fails the policy, in words; empty when it holds.
     pub refused: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cosigned {
+    pub witness: String,
+    pub time: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -76,11 +90,12 @@ impl Freshness {
     /// vouched for it, and what changed.
     pub fn describe(&self) -> Vec<String> {
         let age = humanize(self.age_seconds);
+        let witnesses: Vec<String> = self.cosigned_by.iter().map(|c| format!("{} at {}", c.witness, c.time)).collect();
         let mut lines = vec![format!(
-            "evidence as of the ledger's checkpoint of {} entries, signed {} ({age} ago); cosigned by {}",
+            "evidence as of the ledger's checkpoint of {} entries, signed {} ({age} old); cosigned by {}",
             self.as_of.tree_size,
             self.as_of.time,
-            if self.cosigned_by.is_empty() { "no witness".to_owned() } else { self.cosigned_by.join(", ") }
+            if witnesses.is_empty() { "no witness you named".to_owned() } else { witnesses.join(", ") }
         )];
         match &self.changed {
             Some(c) if c.is_empty() => lines.push("online: nothing about the lot, its ancestors or its signers has happened since the certificate".into()),
@@ -125,7 +140,43 @@ pub async fn check(cert: &OriginCertificate, key: &str, policy: &Policy) -> anyh
             }
         },
     };
-    let age_seconds = (chrono::Utc::now() - as_of.time.as_datetime()).num_seconds();
+    let keys = policy
+        .witnesses
+        .iter()
+        .map(|w| custody_proto::note::NoteKey::parse(w, custody_proto::note::COSIGNATURE_V1))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--witness: {e}"))?;
+    anyhow::ensure!(
+        policy.min_witnesses <= keys.len(),
+        "--min-witnesses {} asks for more witnesses than the {} given with --witness",
+        policy.min_witnesses,
+        keys.len()
+    );
+    let cosigned = match as_of.cosigned_by(&keys) {
+        Ok(c) => c,
+        Err(e) => {
+            refused.push(format!("{e}: the checkpoint was altered"));
+            Vec::new()
+        }
+    };
+    if cosigned.len() < policy.min_witnesses {
+        refused.push(format!(
+            "the checkpoint is cosigned by {} of the witnesses you named, fewer than the {} required: nothing shows that others see the same ledger",
+            cosigned.len(),
+            policy.min_witnesses
+        ));
+    }
+    // The newest cosignature says when the ledger last showed this history to a witness.
+    let newest = cosigned.iter().map(|(_, t)| *t as i64).max();
+    let at = newest.and_then(|t| chrono::DateTime::from_timestamp(t, 0)).unwrap_or_else(|| as_of.time.as_datetime());
+    let age_seconds = (chrono::Utc::now() - at).num_seconds();
+    let cosigned_by = cosigned
+        .into_iter()
+        .map(|(witness, t)| Cosigned {
+            witness,
+            time: chrono::DateTime::from_timestamp(t as i64, 0).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default(),
+        })
+        .collect();
     if let Some(max) = policy.max_age {
         if age_seconds > max.as_secs() as i64 {
             refused.push(format!("the evidence is {} old, more than the {} allowed", humanize(age_seconds), humanize(max.as_secs() as i64)));
@@ -135,7 +186,7 @@ pub async fn check(cert: &OriginCertificate, key: &str, policy: &Policy) -> anyh
         refused.push(format!("{} of its subjects changed since the certificate was made: ask for a new one", c.len()));
     }
     let as_of = CheckpointTime { tree_size: as_of.tree_size, time: as_of.time.to_rfc3339() };
-    Ok(Freshness { as_of, age_seconds, cosigned_by: Vec::new(), changed, refused })
+    Ok(Freshness { as_of, age_seconds, cosigned_by, changed, refused })
 }
 
 /// Most subjects one map request names (the gateway's limit).

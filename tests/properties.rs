@@ -238,7 +238,7 @@ proptest! {
 /// the tree gives verifies against its roots; a proof with one hash bent,
 /// checked against the wrong root, or for another entry does not.
 mod merkle_proofs {
-    use custody_proto::merkle::{verify_consistency, verify_inclusion, Tree};
+    use custody_proto::merkle::{verify_consistency, verify_inclusion, Tree, TreeHash};
     use custody_proto::Hash;
     use proptest::prelude::*;
 
@@ -260,20 +260,20 @@ mod merkle_proofs {
             let root = t.root();
             let seq = 1 + a % size;
             let path = t.inclusion(seq, size).unwrap();
-            prop_assert!(verify_inclusion(seq, size, &entry(seq - 1), &path, &root).is_ok());
-            prop_assert!(verify_inclusion(seq, size, &entry(seq), &path, &root).is_err(), "another entry");
-            prop_assert!(verify_inclusion(seq, size, &entry(seq - 1), &path, &entry(size + 7)).is_err(), "the wrong root");
+            prop_assert!(verify_inclusion(TreeHash::Sha256, seq, size, &entry(seq - 1), &path, &root).is_ok());
+            prop_assert!(verify_inclusion(TreeHash::Sha256, seq, size, &entry(seq), &path, &root).is_err(), "another entry");
+            prop_assert!(verify_inclusion(TreeHash::Sha256, seq, size, &entry(seq - 1), &path, &entry(size + 7)).is_err(), "the wrong root");
             if !path.is_empty() {
                 let mut bent = path.clone();
                 let k = (bend as usize) % bent.len();
                 bent[k].0[(bend >> 32) as usize % 32] ^= 1;
-                prop_assert!(verify_inclusion(seq, size, &entry(seq - 1), &bent, &root).is_err(), "bent at {}", k);
+                prop_assert!(verify_inclusion(TreeHash::Sha256, seq, size, &entry(seq - 1), &bent, &root).is_err(), "bent at {}", k);
             }
 
             let from = 1 + b % size;
             let old = t.root_at(from).unwrap();
             let proof = t.consistency(from, size).unwrap();
-            prop_assert!(verify_consistency(from, size, &old, &root, &proof).is_ok());
+            prop_assert!(verify_consistency(TreeHash::Sha256, from, size, &old, &root, &proof).is_ok());
             if from < size {
                 // A history rewritten at one entry before `from`.
                 let mut other = Tree::new();
@@ -281,12 +281,12 @@ mod merkle_proofs {
                 for i in 0..from {
                     other.push(&if i == changed { entry(u64::MAX - i) } else { entry(i) });
                 }
-                prop_assert!(verify_consistency(from, size, &other.root(), &root, &proof).is_err(), "rewritten at {}", changed + 1);
+                prop_assert!(verify_consistency(TreeHash::Sha256, from, size, &other.root(), &root, &proof).is_err(), "rewritten at {}", changed + 1);
                 if !proof.is_empty() {
                     let mut bent = proof.clone();
                     let k = (bend as usize) % bent.len();
                     bent[k].0[0] ^= 0x80;
-                    prop_assert!(verify_consistency(from, size, &old, &root, &bent).is_err());
+                    prop_assert!(verify_consistency(TreeHash::Sha256, from, size, &old, &root, &bent).is_err());
                 }
             }
         }

@@ -128,7 +128,15 @@ async fn inclusion_and_consistency_proofs_check_offline_and_forgeries_fail() {
     for (i, h) in store_entries.iter().enumerate() {
         rewritten.push(if i == 6 { &Hash([6; 32]) } else { h });
     }
-    let forged = Checkpoint::sign(&operator, 41, &rewritten.root(), None, custody_proto::Timestamp::now()).unwrap();
+    let forged = Checkpoint::sign(
+        &operator,
+        &custody_ledger::notary::default_origin(&operator.public_key()),
+        41,
+        &rewritten.root(),
+        None,
+        custody_proto::Timestamp::now(),
+    )
+    .unwrap();
     let forged_file = write(dir, "forged.json", &json!(forged));
     let (ok, _) = verify_offline(&sys, &["--checkpoint", &forged_file, "--key", &key]);
     assert!(ok, "the forged checkpoint is validly signed on its own");

@@ -89,7 +89,15 @@ fn forge(real: &[Entry], forged: &[Vec<u8>], include: &[u64], lot: &str, ledger:
         map.apply(e.seq, &e.hash, &event_of(e));
     }
     let size = all.len() as u64;
-    let checkpoint = Checkpoint::sign(ledger, size, &tree.root(), Some(&map.map.root()), "2024-11-01T00:00:00Z".parse().unwrap()).unwrap();
+    let checkpoint = Checkpoint::sign(
+        ledger,
+        &custody_ledger::notary::default_origin(&ledger.public_key()),
+        size,
+        &tree.root(),
+        Some(&map.map.root()),
+        "2024-11-01T00:00:00Z".parse().unwrap(),
+    )
+    .unwrap();
     let mut seqs = include.to_vec();
     seqs.sort_unstable();
     seqs.dedup();
@@ -429,7 +437,16 @@ async fn the_auditor_recomputes_the_lot_map_and_catches_a_map_root_that_misstate
     }
     let mut tree = custody_proto::merkle::Tree::new();
     all.iter().for_each(|e| tree.push(&e.hash));
-    let lie = Checkpoint::sign(&ledger_secret(&sys), all.len() as u64, &tree.root(), Some(&map.map.root()), custody_proto::Timestamp::now()).unwrap();
+    let secret = ledger_secret(&sys);
+    let lie = Checkpoint::sign(
+        &secret,
+        &custody_ledger::notary::default_origin(&secret.public_key()),
+        all.len() as u64,
+        &tree.root(),
+        Some(&map.map.root()),
+        custody_proto::Timestamp::now(),
+    )
+    .unwrap();
     let js = async_nats::jetstream::new(sys.client.clone());
     js.publish(custody_wire::subjects::CHECKPOINTS_SUBJECT, serde_json::to_vec(&lie).unwrap().into()).await.unwrap().await.unwrap();
     let (code, v) = audit(&sys.dir.path().join("auditor-2"));

@@ -219,7 +219,7 @@ pub fn check_evidence(cert: &OriginCertificate, ledger_key: &str) -> (Vec<Entry>
         (_, None) => findings.push(Finding::new(Check::Inclusion, "a proof hash is not 64-digit hex")),
         (Some(root), Some(proof)) if cert.proof.tree_size == cert.checkpoint.tree_size && !entries.is_empty() => {
             let leaves: Vec<(u64, Hash)> = entries.iter().map(|e| (e.seq, e.hash)).collect();
-            if let Err(e) = merkle::verify_multi_inclusion(cert.proof.tree_size, &leaves, &proof, &root) {
+            if let Err(e) = merkle::verify_multi_inclusion(cert.checkpoint.tree_hash(), cert.proof.tree_size, &leaves, &proof, &root) {
                 let why = format!("the {} entries and the proof do not lead to the checkpoint's root ({e}): an entry or the proof was changed, or an entry is not from this ledger", leaves.len());
                 findings.push(Finding::new(Check::Inclusion, why));
             }
@@ -264,8 +264,11 @@ pub fn changes_since(
     if to < from {
         return Err(format!("the ledger now has {to} entries, fewer than the {from} the certificate stands on: another history"));
     }
+    if cert.checkpoint.tree_hash() != newest.tree_hash() {
+        return Err("the certificate was made before the ledger's checkpoints became C2SP notes over a SHA-256 tree, so no consistency proof joins them: ask for a new certificate".into());
+    }
     if from > 0 {
-        merkle::verify_consistency(from, to, &old_root, &new_root, consistency)
+        merkle::verify_consistency(newest.tree_hash(), from, to, &old_root, &new_root, consistency)
             .map_err(|e| format!("the newest checkpoint does not extend the certificate's ({e}): the ledger shows another history"))?;
     }
     let root = |c: &Checkpoint| c.map_root_hash().ok().flatten().ok_or_else(|| format!("the checkpoint of {} entries signs no lot map", c.tree_size));

@@ -23,6 +23,7 @@ pub mod event;
 pub mod ids;
 pub mod lotmap;
 pub mod merkle;
+pub mod note;
 pub mod rejection;
 pub mod request;
 pub mod units;

@@ -1,6 +1,12 @@
-//! The Merkle tree over ledger entries, after RFC 9162 (Certificate
-//! Transparency 2.0) with blake3: a leaf is `H(0x00 || entry hash)`, a node
+//! The Merkle tree over ledger entries, after RFC 6962 / RFC 9162
+//! (Certificate Transparency): a leaf is `H(0x00 || entry hash)`, a node
 //! `H(0x01 || left || right)`, and the empty tree's root `H("")`.
+//!
+//! `H` is SHA-256 ([`TreeHash::Sha256`]) for every checkpoint signed as a
+//! C2SP signed note, so that an unmodified C2SP witness can check its
+//! consistency proofs; checkpoints signed before issue 24 (`custody
+//! checkpoint v1`/`v2`) name blake3 ([`TreeHash::Blake3`]) and their
+//! proofs keep verifying with it. The entry chain itself stays blake3.
 //!
 //! The leaf's data is the entry's 32-byte chain hash, which already commits
 //! to its seq, previous hash, time and exact envelope; so a sender holding
@@ -12,28 +18,52 @@
 //! consistency proofs for any earlier size in O(log² n). The verifiers are
 //! RFC 9162 §2.1.3.2 and §2.1.4.2, and need nothing but hashes.
 
+use sha2::Digest as _;
+
 use crate::entry::Hash;
 
-/// `H(0x00 || entry_hash)`.
-pub fn leaf_hash(entry_hash: &Hash) -> Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(&[0x00]);
-    h.update(&entry_hash.0);
-    Hash(*h.finalize().as_bytes())
+/// The hash a tree is built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TreeHash {
+    /// RFC 6962's SHA-256: every checkpoint signed as a C2SP note.
+    #[default]
+    Sha256,
+    /// blake3: checkpoints signed before issue 24 (`custody checkpoint v1`, `v2`).
+    Blake3,
 }
 
-/// `H(0x01 || left || right)`.
-pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    let mut h = blake3::Hasher::new();
-    h.update(&[0x01]);
-    h.update(&left.0);
-    h.update(&right.0);
-    Hash(*h.finalize().as_bytes())
-}
+impl TreeHash {
+    fn digest(self, parts: &[&[u8]]) -> Hash {
+        match self {
+            TreeHash::Sha256 => {
+                let mut h = sha2::Sha256::new();
+                parts.iter().for_each(|p| h.update(p));
+                Hash(h.finalize().into())
+            }
+            TreeHash::Blake3 => {
+                let mut h = blake3::Hasher::new();
+                parts.iter().for_each(|p| {
+                    h.update(p);
+                });
+                Hash(*h.finalize().as_bytes())
+            }
+        }
+    }
 
-/// The root of the tree with no entries: `H("")`.
-pub fn empty_root() -> Hash {
-    Hash(*blake3::hash(b"").as_bytes())
+    /// `H(0x00 || entry_hash)`.
+    pub fn leaf(self, entry_hash: &Hash) -> Hash {
+        self.digest(&[&[0x00], &entry_hash.0])
+    }
+
+    /// `H(0x01 || left || right)`.
+    pub fn node(self, left: &Hash, right: &Hash) -> Hash {
+        self.digest(&[&[0x01], &left.0, &right.0])
+    }
+
+    /// The root of the tree with no entries: `H("")`.
+    pub fn empty(self) -> Hash {
+        self.digest(&[])
+    }
 }
 
 /// Why a proof was not produced or did not verify.
@@ -60,13 +90,26 @@ fn split(n: u64) -> u64 {
 /// The append-only tree over entry hashes.
 #[derive(Debug, Clone, Default)]
 pub struct Tree {
+    hash: TreeHash,
     /// `levels[k][i]`: the hash of leaves `[i·2^k, (i+1)·2^k)`.
     levels: Vec<Vec<Hash>>,
 }
 
 impl Tree {
+    /// An empty SHA-256 tree, the one checkpoints are signed over.
     pub fn new() -> Tree {
         Tree::default()
+    }
+
+    /// An empty tree with `hash` (blake3 only to check checkpoints
+    /// signed before issue 24).
+    pub fn with_hash(hash: TreeHash) -> Tree {
+        Tree { hash, levels: Vec::new() }
+    }
+
+    /// The hash this tree is built with.
+    pub fn hash(&self) -> TreeHash {
+        self.hash
     }
 
     /// Entries in the tree.
@@ -80,7 +123,7 @@ impl Tree {
 
     /// Appends the next entry (its chain hash).
     pub fn push(&mut self, entry_hash: &Hash) {
-        let mut h = leaf_hash(entry_hash);
+        let mut h = self.hash.leaf(entry_hash);
         let mut k = 0;
         loop {
             if self.levels.len() == k {
@@ -91,7 +134,7 @@ impl Tree {
             if level.len() % 2 == 1 {
                 break;
             }
-            h = node_hash(&level[level.len() - 2], &level[level.len() - 1]);
+            h = self.hash.node(&level[level.len() - 2], &level[level.len() - 1]);
             k += 1;
         }
     }
@@ -106,12 +149,12 @@ impl Tree {
         if size > self.len() {
             return Err(ProofError::TooLarge { asked: size, have: self.len() });
         }
-        Ok(if size == 0 { empty_root() } else { self.mth(0, size) })
+        Ok(if size == 0 { self.hash.empty() } else { self.mth(0, size) })
     }
 
     /// Root of the whole tree.
     pub fn root(&self) -> Hash {
-        self.root_at(self.len()).unwrap_or_else(|_| empty_root())
+        self.root_at(self.len()).unwrap_or_else(|_| self.hash.empty())
     }
 
     /// MTH(D[lo:hi]) for 0 <= lo < hi <= len.
@@ -122,7 +165,7 @@ impl Tree {
             return self.levels[k][(lo >> k) as usize];
         }
         let k = split(n);
-        node_hash(&self.mth(lo, lo + k), &self.mth(lo + k, hi))
+        self.hash.node(&self.mth(lo, lo + k), &self.mth(lo + k, hi))
     }
 
     /// The audit path of entry `seq` in the tree of the first `size`
@@ -234,27 +277,27 @@ fn check_seqs(seqs: &[u64], size: u64) -> Result<(), ProofError> {
 /// Checks a [`Tree::multi_inclusion`] proof: that the entries `(seq,
 /// chain hash)`, ascending by seq, are all in the tree of `size` entries
 /// whose root is `root`. Every proof hash must be used.
-pub fn verify_multi_inclusion(size: u64, entries: &[(u64, Hash)], proof: &[Hash], root: &Hash) -> Result<(), ProofError> {
+pub fn verify_multi_inclusion(hash: TreeHash, size: u64, entries: &[(u64, Hash)], proof: &[Hash], root: &Hash) -> Result<(), ProofError> {
     let seqs: Vec<u64> = entries.iter().map(|e| e.0).collect();
     check_seqs(&seqs, size)?;
     if size == 0 {
         return Err(ProofError::Mismatch);
     }
-    fn walk(entries: &[(u64, Hash)], lo: u64, hi: u64, proof: &mut std::slice::Iter<'_, Hash>) -> Result<Hash, ProofError> {
+    fn walk(hash: TreeHash, entries: &[(u64, Hash)], lo: u64, hi: u64, proof: &mut std::slice::Iter<'_, Hash>) -> Result<Hash, ProofError> {
         if entries.is_empty() {
             return proof.next().copied().ok_or(ProofError::Mismatch);
         }
         if hi - lo == 1 {
-            return Ok(leaf_hash(&entries[0].1));
+            return Ok(hash.leaf(&entries[0].1));
         }
         let k = split(hi - lo);
         let (left, right) = entries.split_at(entries.partition_point(|e| e.0 - 1 < lo + k));
-        let l = walk(left, lo, lo + k, proof)?;
-        let r = walk(right, lo + k, hi, proof)?;
-        Ok(node_hash(&l, &r))
+        let l = walk(hash, left, lo, lo + k, proof)?;
+        let r = walk(hash, right, lo + k, hi, proof)?;
+        Ok(hash.node(&l, &r))
     }
     let mut it = proof.iter();
-    let computed = walk(entries, 0, size, &mut it)?;
+    let computed = walk(hash, entries, 0, size, &mut it)?;
     if it.next().is_some() || computed != *root {
         return Err(ProofError::Mismatch);
     }
@@ -263,24 +306,24 @@ pub fn verify_multi_inclusion(size: u64, entries: &[(u64, Hash)], proof: &[Hash]
 
 /// Checks that entry `seq` (by its chain hash) is in the tree of `size`
 /// entries whose root is `root` (RFC 9162 §2.1.3.2).
-pub fn verify_inclusion(seq: u64, size: u64, entry_hash: &Hash, path: &[Hash], root: &Hash) -> Result<(), ProofError> {
+pub fn verify_inclusion(hash: TreeHash, seq: u64, size: u64, entry_hash: &Hash, path: &[Hash], root: &Hash) -> Result<(), ProofError> {
     if seq == 0 || seq > size {
         return Err(ProofError::NotInTree { seq, size });
     }
     let (mut f, mut s) = (seq - 1, size - 1);
-    let mut r = leaf_hash(entry_hash);
+    let mut r = hash.leaf(entry_hash);
     for p in path {
         if s == 0 {
             return Err(ProofError::Mismatch);
         }
         if f & 1 == 1 || f == s {
-            r = node_hash(p, &r);
+            r = hash.node(p, &r);
             while f & 1 == 0 && f != 0 {
                 f >>= 1;
                 s >>= 1;
             }
         } else {
-            r = node_hash(&r, p);
+            r = hash.node(&r, p);
         }
         f >>= 1;
         s >>= 1;
@@ -294,7 +337,7 @@ pub fn verify_inclusion(seq: u64, size: u64, entry_hash: &Hash, path: &[Hash], r
 
 /// Checks that the tree of `from` entries with root `from_root` is a prefix
 /// of the tree of `to` entries with root `to_root` (RFC 9162 §2.1.4.2).
-pub fn verify_consistency(from: u64, to: u64, from_root: &Hash, to_root: &Hash, proof: &[Hash]) -> Result<(), ProofError> {
+pub fn verify_consistency(hash: TreeHash, from: u64, to: u64, from_root: &Hash, to_root: &Hash, proof: &[Hash]) -> Result<(), ProofError> {
     if from == 0 || from > to {
         return Err(ProofError::BadRange { from, to });
     }
@@ -318,14 +361,14 @@ pub fn verify_consistency(from: u64, to: u64, from_root: &Hash, to_root: &Hash, 
             return Err(ProofError::Mismatch);
         }
         if f & 1 == 1 || f == s {
-            fr = node_hash(c, &fr);
-            sr = node_hash(c, &sr);
+            fr = hash.node(c, &fr);
+            sr = hash.node(c, &sr);
             while f & 1 == 0 && f != 0 {
                 f >>= 1;
                 s >>= 1;
             }
         } else {
-            sr = node_hash(&sr, c);
+            sr = hash.node(&sr, c);
         }
         f >>= 1;
         s >>= 1;
@@ -341,14 +384,16 @@ pub fn verify_consistency(from: u64, to: u64, from_root: &Hash, to_root: &Hash, 
 mod tests {
     use super::*;
 
+    const H: TreeHash = TreeHash::Sha256;
+
     /// MTH straight from the RFC's recursive definition.
     fn naive(leaves: &[Hash]) -> Hash {
         match leaves.len() {
-            0 => empty_root(),
-            1 => leaf_hash(&leaves[0]),
+            0 => H.empty(),
+            1 => H.leaf(&leaves[0]),
             n => {
                 let k = split(n as u64) as usize;
-                node_hash(&naive(&leaves[..k]), &naive(&leaves[k..]))
+                H.node(&naive(&leaves[..k]), &naive(&leaves[k..]))
             }
         }
     }
@@ -361,7 +406,7 @@ mod tests {
     fn roots_match_the_rfc_definition_at_every_size() {
         let e = entries(70);
         let mut t = Tree::new();
-        assert_eq!(t.root(), empty_root());
+        assert_eq!(t.root(), H.empty());
         for (i, h) in e.iter().enumerate() {
             t.push(h);
             for size in 0..=(i as u64 + 1) {
@@ -381,21 +426,21 @@ mod tests {
             let root = t.root_at(size).unwrap();
             for seq in 1..=size {
                 let path = t.inclusion(seq, size).unwrap();
-                verify_inclusion(seq, size, &e[seq as usize - 1], &path, &root).unwrap();
-                assert!(verify_inclusion(seq, size, &e[(seq as usize) % 40], &path, &root).is_err(), "another entry");
+                verify_inclusion(H, seq, size, &e[seq as usize - 1], &path, &root).unwrap();
+                assert!(verify_inclusion(H, seq, size, &e[(seq as usize) % 40], &path, &root).is_err(), "another entry");
                 if let Some(first) = path.first() {
                     let mut bent = path.clone();
-                    bent[0] = node_hash(first, first);
-                    assert_eq!(verify_inclusion(seq, size, &e[seq as usize - 1], &bent, &root), Err(ProofError::Mismatch));
+                    bent[0] = H.node(first, first);
+                    assert_eq!(verify_inclusion(H, seq, size, &e[seq as usize - 1], &bent, &root), Err(ProofError::Mismatch));
                 }
             }
             for from in 1..=size {
                 let proof = t.consistency(from, size).unwrap();
                 let from_root = t.root_at(from).unwrap();
-                verify_consistency(from, size, &from_root, &root, &proof).unwrap();
+                verify_consistency(H, from, size, &from_root, &root, &proof).unwrap();
                 if from < size {
-                    let other = t.root_at(from - 1).unwrap_or_else(|_| empty_root());
-                    assert!(verify_consistency(from, size, &other, &root, &proof).is_err(), "{from}->{size}");
+                    let other = t.root_at(from - 1).unwrap_or_else(|_| H.empty());
+                    assert!(verify_consistency(H, from, size, &other, &root, &proof).is_err(), "{from}->{size}");
                 }
             }
         }
@@ -416,31 +461,49 @@ mod tests {
                 let seqs: Vec<u64> = (1..=size).filter(|s| (rng >> (s % 61)) & 1 == 1 || *s == 1 + (rng % size)).collect();
                 let with: Vec<(u64, Hash)> = seqs.iter().map(|s| (*s, e[*s as usize - 1])).collect();
                 let proof = t.multi_inclusion(&seqs, size).unwrap();
-                verify_multi_inclusion(size, &with, &proof, &root).unwrap();
+                verify_multi_inclusion(H, size, &with, &proof, &root).unwrap();
                 // Never more hashes than separate audit paths would need.
                 let separate: usize = seqs.iter().map(|s| t.inclusion(*s, size).unwrap().len()).sum();
                 assert!(proof.len() <= separate.max(1), "{} > {separate}", proof.len());
                 // An entry changed, dropped or added; a hash changed: refused.
                 let mut altered = with.clone();
                 altered[0].1 = e[(seqs[0] as usize) % 37];
-                assert!(verify_multi_inclusion(size, &altered, &proof, &root).is_err());
+                assert!(verify_multi_inclusion(H, size, &altered, &proof, &root).is_err());
                 if with.len() > 1 {
-                    assert!(verify_multi_inclusion(size, &with[1..], &proof, &root).is_err(), "dropped");
+                    assert!(verify_multi_inclusion(H, size, &with[1..], &proof, &root).is_err(), "dropped");
                 }
                 if let Some(extra) = (1..=size).find(|s| !seqs.contains(s)) {
                     let mut more = with.clone();
                     more.push((extra, e[extra as usize - 1]));
                     more.sort_by_key(|m| m.0);
-                    assert!(verify_multi_inclusion(size, &more, &proof, &root).is_err(), "added");
+                    assert!(verify_multi_inclusion(H, size, &more, &proof, &root).is_err(), "added");
                 }
                 if let Some(first) = proof.first() {
                     let mut bent = proof.clone();
-                    bent[0] = node_hash(first, first);
-                    assert_eq!(verify_multi_inclusion(size, &with, &bent, &root), Err(ProofError::Mismatch));
+                    bent[0] = H.node(first, first);
+                    assert_eq!(verify_multi_inclusion(H, size, &with, &bent, &root), Err(ProofError::Mismatch));
                 }
             }
         }
         assert_eq!(t.multi_inclusion(&[3, 2], 5), Err(ProofError::Unordered));
         assert_eq!(t.multi_inclusion(&[], 5), Err(ProofError::Unordered));
+    }
+
+    #[test]
+    fn a_blake3_tree_still_proves_what_checkpoints_signed_before_the_switch_cover() {
+        let e = entries(9);
+        let (mut old, mut new) = (Tree::with_hash(TreeHash::Blake3), Tree::new());
+        for h in &e {
+            old.push(h);
+            new.push(h);
+        }
+        assert_ne!(old.root(), new.root(), "the two hashes give two roots");
+        assert_eq!(old.root_at(0).unwrap(), Hash(*blake3::hash(b"").as_bytes()));
+        assert_eq!(new.root_at(0).unwrap().to_hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "SHA-256 of nothing");
+        let path = old.inclusion(4, 9).unwrap();
+        verify_inclusion(TreeHash::Blake3, 4, 9, &e[3], &path, &old.root()).unwrap();
+        assert!(verify_inclusion(TreeHash::Sha256, 4, 9, &e[3], &path, &old.root()).is_err());
+        let proof = old.consistency(5, 9).unwrap();
+        verify_consistency(TreeHash::Blake3, 5, 9, &old.root_at(5).unwrap(), &old.root(), &proof).unwrap();
     }
 }

@@ -33,6 +33,16 @@ pub struct Args {
     /// takes its lease back at once.
     #[arg(long)]
     name: Option<String>,
+    /// The log's name in its checkpoint notes (C2SP origin), e.g.
+    /// `ledger.custody.example`; default `custody/` and the ledger's key.
+    #[arg(long, global = true)]
+    origin: Option<String>,
+    /// A witness that cosigns each checkpoint, as `VKEY=URL` (its C2SP
+    /// verifier key, printed by `custody witness key`, and its base URL).
+    /// Repeatable. With witnesses, certificates stand on cosigned
+    /// checkpoints only.
+    #[arg(long = "witness", value_name = "VKEY=URL")]
+    witnesses: Vec<String>,
     #[command(flatten)]
     ops: custody::ops::OpsArgs,
     #[command(subcommand)]
@@ -47,6 +57,9 @@ enum Action {
     /// Print the ledger's public key (N...), which signs its checkpoints;
     /// created in the data folder on first use. Give it to auditors.
     Key,
+    /// Print the ledger's C2SP verifier key (origin+id+base64), the one a
+    /// witness is configured with (`custody witness --log`).
+    Vkey,
 }
 
 /// The genesis authority from a public key or a key file.
@@ -61,6 +74,12 @@ pub fn authority(arg: &str) -> anyhow::Result<ActorKey> {
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     if let Some(Action::Key) = a.action {
         println!("{}", custody_ledger::notary::load_or_create_key(&a.data)?.public_key());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(Action::Vkey) = a.action {
+        let key = custody_ledger::notary::load_or_create_key(&a.data)?.public_key();
+        let origin = a.origin.clone().unwrap_or_else(|| custody_ledger::notary::default_origin(&key));
+        println!("{}", custody_proto::note::NoteKey::from_nkey(&origin, custody_proto::note::ED25519, &key)?.vkey());
         return Ok(ExitCode::SUCCESS);
     }
     let authority = authority(a.authority.as_deref().context("--authority (or CUSTODY_AUTHORITY) is needed")?)?;
@@ -78,6 +97,9 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             config.lease_ttl = std::time::Duration::from_secs_f64(a.lease_ttl);
             anyhow::ensure!(matches!(a.replicas, 1..=5), "--replicas must be between 1 and 5");
             config.replicas = a.replicas;
+            config.origin = a.origin;
+            config.witnesses =
+                a.witnesses.iter().map(|w| custody_ledger::cosign::WitnessPeer::parse(w)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
             if let Some(name) = a.name {
                 config.health = custody_wire::health::Health::new("ledger", &name);
                 config.name = name;
@@ -85,7 +107,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             a.ops.start(vec![config.health.clone()]).await?;
             custody_ledger::run(config, super::stop_signal()).await?;
         }
-        Some(Action::Key) => {}
+        Some(Action::Key | Action::Vkey) => {}
         Some(Action::Recover) => {
             let client = custody::client::connect(nats).await?;
             let (entries, moved) = custody::backup::recover_store(&client, &a.data, &authority).await?;

@@ -19,6 +19,7 @@ mod submit;
 mod transparency;
 mod up;
 mod verify;
+mod witness;
 
 use std::process::ExitCode;
 
@@ -98,6 +99,10 @@ enum Command {
     /// Audit a backup offline, then put it back onto an empty deployment
     /// (connect as the ledger) and rebuild the ledger's store from it.
     Restore(backup::RestoreArgs),
+    /// Run a C2SP witness: cosign a ledger's checkpoints only after
+    /// checking each extends the last one cosigned, never two roots for
+    /// one size (for a KP authority, a customs service, a monitor).
+    Witness(witness::Args),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -128,6 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status(a) => status::run(&cli.nats, a).await,
         Command::Backup(a) => backup::backup(&cli.nats, a).await,
         Command::Restore(a) => backup::restore(&cli.nats, a).await,
+        Command::Witness(a) => witness::run(a).await,
     }
 }
 

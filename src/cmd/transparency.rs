@@ -104,7 +104,8 @@ pub fn check_inclusion(bundle: &Value, checkpoint: &Checkpoint, key: &str, expec
         }
     }
     let path = hashes(bundle, "path").map_err(|e| e.to_string())?;
-    merkle::verify_inclusion(seq, size, &entry_hash, &path, &root).map_err(|e| format!("entry {seq} is not in the checkpointed tree: {e}"))
+    merkle::verify_inclusion(checkpoint.tree_hash(), seq, size, &entry_hash, &path, &root)
+        .map_err(|e| format!("entry {seq} is not in the checkpointed tree: {e}"))
 }
 
 pub async fn prove(nats: &str, a: ProveArgs) -> anyhow::Result<ExitCode> {
@@ -182,7 +183,10 @@ pub fn check_consistency(old: &Checkpoint, new: &Checkpoint, key: &str, proof: &
         return Err(format!("the proof joins {from:?} to {to:?}, not {} to {}", old.tree_size, new.tree_size));
     }
     let path = hashes(proof, "proof").map_err(|e| e.to_string())?;
-    merkle::verify_consistency(old.tree_size, new.tree_size, &old_root, &new_root, &path)
+    if old.tree_hash() != new.tree_hash() {
+        return Err("the earlier checkpoint was signed over the blake3 tree, before checkpoints became C2SP notes over SHA-256; no proof joins two trees of two hashes (`custody audit` checks both against the entries)".into());
+    }
+    merkle::verify_consistency(new.tree_hash(), old.tree_size, new.tree_size, &old_root, &new_root, &path)
         .map_err(|e| format!("the later checkpoint does not extend the earlier one: {e}"))
 }
 

@@ -124,6 +124,8 @@ pub async fn certify(client: &Client, query: &CertificateQuery) -> Result<Origin
         let mut proof = loop {
             let mut first = map_request(&subjects[..per.min(subjects.len())]);
             first["ranges"] = json!(custody_proto::certificate::ranges(&seqs));
+            // With witnesses, the newest checkpoint they cosigned.
+            first["witnessed"] = json!(true);
             match ask::<ProofAnswer>(client, subjects::PROOF_SUBJECT, first).await {
                 Ok(p) if p.tree_size >= need => break p,
                 Err(CertifyError::Answer(ErrorAnswer { code: AnswerCode::AnswerTooLarge, .. })) if per > 1 => per /= 2,

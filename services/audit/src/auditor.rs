@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use custody_proto::lotmap::Recomputed;
-use custody_proto::merkle::Tree;
+use custody_proto::merkle::{Tree, TreeHash};
 use custody_proto::{Checkpoint, Event, Opened};
 use custody_wire::files::{write_whole, FileError, Mode};
 use custody_wire::follow::{FollowError, ReadError, Reader};
@@ -67,16 +67,36 @@ pub struct Summary {
     pub latest_checkpoint: Option<Checkpoint>,
 }
 
+/// Which tree a checkpoint signs: the SHA-256 one of C2SP notes, or the
+/// blake3 one of checkpoints signed before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Note,
+    Legacy,
+}
+
+impl Kind {
+    fn of(c: &Checkpoint) -> Kind {
+        match c.tree_hash() {
+            TreeHash::Sha256 => Kind::Note,
+            TreeHash::Blake3 => Kind::Legacy,
+        }
+    }
+}
+
 pub struct Auditor {
     key: String,
     checker: Checker,
     tree: Tree,
+    /// The blake3 tree, for checkpoints signed before they were C2SP notes.
+    legacy: Tree,
     /// The lot map, recomputed from the entries as the ledger builds it.
     map: Recomputed,
     map_verified: usize,
     /// The last entry audited, to notice it changing under a follower.
     last: Option<(u64, custody_proto::Hash)>,
-    seen: BTreeMap<u64, Checkpoint>,
+    /// Every checkpoint seen, by tree size and the hash its tree is over.
+    seen: BTreeMap<(u64, Kind), Checkpoint>,
     verified: usize,
     /// Position reached on the checkpoints stream.
     checkpoints_read: u64,
@@ -97,7 +117,7 @@ impl Auditor {
                 let kept: Vec<Checkpoint> = serde_json::from_str(&text).map_err(|e| bad(format!("is not a list of checkpoints: {e}")))?;
                 for c in kept {
                     c.verify(key).map_err(|e| bad(format!("holds a checkpoint not signed by {key}: {e}")))?;
-                    seen.insert(c.tree_size, c);
+                    seen.insert((c.tree_size, Kind::of(&c)), c);
                 }
             }
         }
@@ -105,6 +125,7 @@ impl Auditor {
             key: key.to_owned(),
             checker: Checker::new(Box::new(|_| {})),
             tree: Tree::new(),
+            legacy: Tree::with_hash(TreeHash::Blake3),
             map: Recomputed::default(),
             map_verified: 0,
             last: None,
@@ -122,13 +143,15 @@ impl Auditor {
         let event = Opened::payload_of(&e.envelope).ok().and_then(|p| Event::decode(&p).ok());
         self.checker.push(e)?;
         self.tree.push(&hash);
+        self.legacy.push(&hash);
         if let Some(event) = event {
             self.map.apply(seq, &hash, &event);
         }
         self.last = Some((seq, hash));
         let size = self.tree.len();
-        if let Some(c) = self.seen.get(&size) {
-            let root = self.tree.root();
+        for kind in [Kind::Note, Kind::Legacy] {
+            let Some(c) = self.seen.get(&(size, kind)) else { continue };
+            let root = self.tree_of(kind).root();
             if c.root != root.to_hex() {
                 return Err(Finding(format!(
                     "the ledger signed root {} for its first {size} entries (checkpoint of {}), but the history it shows now has root {root}: \
@@ -152,10 +175,18 @@ impl Auditor {
         Ok(())
     }
 
+    fn tree_of(&self, kind: Kind) -> &Tree {
+        match kind {
+            Kind::Note => &self.tree,
+            Kind::Legacy => &self.legacy,
+        }
+    }
+
     /// One more signed checkpoint.
     pub fn checkpoint(&mut self, c: Checkpoint) -> Result<(), Finding> {
         let root = c.verify(&self.key).map_err(|e| Finding(format!("checkpoint for {} entries: {e}", c.tree_size)))?;
-        if let Some(earlier) = self.seen.get(&c.tree_size) {
+        let kind = Kind::of(&c);
+        if let Some(earlier) = self.seen.get(&(c.tree_size, kind)) {
             if earlier.root != c.root {
                 return Err(Finding(format!(
                     "the ledger signed two different roots for its first {} entries: {} (at {}) and {} (at {}); it has shown two histories",
@@ -173,13 +204,13 @@ impl Auditor {
             return Ok(());
         }
         if c.tree_size <= self.tree.len() {
-            let ours = self.tree.root_at(c.tree_size).map_err(|e| Finding(e.to_string()))?;
+            let ours = self.tree_of(kind).root_at(c.tree_size).map_err(|e| Finding(e.to_string()))?;
             if ours != root {
                 return Err(Finding(format!("checkpoint of {} signs root {} for {} entries, but those entries have root {ours}", c.time, c.root, c.tree_size)));
             }
             self.verified += 1;
         }
-        self.seen.insert(c.tree_size, c);
+        self.seen.insert((c.tree_size, kind), c);
         Ok(())
     }
 
@@ -228,7 +259,7 @@ impl Auditor {
 
         let ereader = Reader::ledger(client);
         let elast = ereader.last_seq().await?;
-        if let Some((&size, c)) = self.seen.iter().next_back() {
+        if let Some((&(size, _), c)) = self.seen.iter().next_back() {
             if size > elast {
                 return Ok(Err(Finding(format!(
                     "the ledger signed a checkpoint for {size} entries (at {}), but its committed stream now ends at {elast}: history was rolled back",

@@ -546,7 +546,9 @@ async fn map(State(app): State<App>, body: axum::body::Bytes) -> Response {
     if ask.lots.len() + ask.actors.len() > MAX_MAP_SUBJECTS || ask.lots.len() + ask.actors.len() == 0 {
         return error(AnswerCode::InvalidParameter, format!("name 1 to {MAX_MAP_SUBJECTS} lots and actors"));
     }
-    let mut body = json!({"lots": ask.lots, "actors": ask.actors});
+    // Heads as of the newest checkpoint the ledger's witnesses cosigned
+    // (a fresh one when it has none).
+    let mut body = json!({"lots": ask.lots, "actors": ask.actors, "witnessed": true});
     if let Some(at) = ask.at {
         body["at"] = json!(at);
     }

@@ -18,6 +18,7 @@
 
 pub mod clock;
 pub mod commit;
+pub mod cosign;
 pub mod lease;
 pub mod ledger;
 pub mod meters;

@@ -26,6 +26,11 @@ pub fn load_or_create_key(dir: &Path) -> Result<nkeys::KeyPair, custody_wire::fi
     custody_wire::files::load_or_create_key(&dir.join(KEY_FILE), nkeys::KeyPairType::Server)
 }
 
+/// The log's name in checkpoint notes when none is configured.
+pub fn default_origin(ledger_key: &str) -> String {
+    format!("custody/{ledger_key}")
+}
+
 /// The tree and the key, shared by the writer (which appends) and the
 /// tasks that sign and prove.
 pub struct Notary {
@@ -42,6 +47,15 @@ pub struct Notary {
     /// the same checkpoint, a message at a time.
     kept: Mutex<std::collections::VecDeque<Kept>>,
     key: nkeys::KeyPair,
+    /// The log's name in its checkpoint notes (C2SP origin).
+    origin: String,
+    /// Whether witnesses cosign checkpoints: then certificates and current
+    /// heads are given against the newest cosigned checkpoint only.
+    witnessing: bool,
+    /// The newest checkpoint witnesses cosigned, with the map it signs.
+    witnessed: Mutex<Option<(Checkpoint, LotMap)>>,
+    /// Asks the checkpoint stage for a witnessed checkpoint now.
+    wanted: tokio::sync::Notify,
     /// For the entry hash an inclusion proof starts from.
     store: Store,
     /// Entries on the committed stream: checkpoints and default proofs
@@ -62,12 +76,68 @@ pub enum NotaryError {
 }
 
 impl Notary {
-    /// The notary of `tree` and `map` (`None`: no lot map is kept).
-    pub fn new((tree, map): (Tree, Option<LotMap>), key: nkeys::KeyPair, store: Store) -> Notary {
+    /// The notary of `tree` and `map` (`None`: no lot map is kept), signing
+    /// as log `origin`; `witnessing` when witnesses cosign its checkpoints.
+    pub fn new((tree, map): (Tree, Option<LotMap>), key: nkeys::KeyPair, origin: String, witnessing: bool, store: Store) -> Notary {
         let signs_map = map.is_some();
         let map = Mutex::new(map.unwrap_or_default());
         let kept = Mutex::new(Default::default());
-        Notary { tree: RwLock::new(tree), map, signs_map, kept, key, store, published: AtomicU64::new(0), announced: AtomicU64::new(0) }
+        Notary {
+            tree: RwLock::new(tree),
+            map,
+            signs_map,
+            kept,
+            key,
+            origin,
+            witnessing,
+            witnessed: Mutex::new(None),
+            wanted: tokio::sync::Notify::new(),
+            store,
+            published: AtomicU64::new(0),
+            announced: AtomicU64::new(0),
+        }
+    }
+
+    /// The log's name in its checkpoint notes.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Signs a checkpoint of every durable entry and keeps the map it
+    /// signs, to be sent to witnesses (then [`Notary::set_witnessed`]).
+    pub fn checkpoint_for_witnesses(&self) -> Result<(Checkpoint, LotMap), NotaryError> {
+        let mut map = self.map();
+        let (c, _) = self.sign_now(&mut map, &[])?;
+        Ok((c, map.clone()))
+    }
+
+    /// Records a checkpoint the witnesses cosigned (a newer one only).
+    pub fn set_witnessed(&self, c: Checkpoint, map: LotMap) {
+        let mut w = self.witnessed.lock().unwrap_or_else(|p| p.into_inner());
+        if w.as_ref().is_none_or(|(old, _)| old.tree_size <= c.tree_size) {
+            *w = Some((c, map));
+        }
+    }
+
+    /// The newest cosigned checkpoint, if any.
+    pub fn witnessed(&self) -> Option<Checkpoint> {
+        self.witnessed.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|(c, _)| c.clone())
+    }
+
+    /// Wakes the checkpoint stage: someone waits for a cosigned checkpoint
+    /// of every durable entry.
+    pub fn want_witnessed(&self) {
+        self.wanted.notify_one();
+    }
+
+    /// Resolves when [`Notary::want_witnessed`] was called.
+    pub async fn witnessed_wanted(&self) {
+        self.wanted.notified().await
+    }
+
+    /// The consistency proof from `from` to `to` entries.
+    pub fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, ProofError> {
+        self.read().consistency(from, to)
     }
 
     /// Records how far the committed stream goes.
@@ -126,36 +196,60 @@ impl Notary {
     /// A checkpoint of every durable entry and the lot map after them,
     /// signed now.
     pub fn checkpoint(&self) -> Result<Checkpoint, NotaryError> {
-        self.checkpoint_proving(&[]).map(|(c, _)| c)
+        self.checkpoint_proving(&[], false).map(|(c, _)| c)
     }
 
     /// [`Notary::checkpoint`], with one proof of the heads of `subjects` in
-    /// the lot map it signs.
-    fn checkpoint_proving(&self, subjects: &[Subject]) -> Result<(Checkpoint, MapProof), NotaryError> {
+    /// the lot map it signs. With witnesses and `witnessed`, the newest
+    /// cosigned checkpoint instead (asking for a newer one when it is
+    /// behind).
+    fn checkpoint_proving(&self, subjects: &[Subject], witnessed: bool) -> Result<(Checkpoint, MapProof), NotaryError> {
+        if witnessed && self.witnessing {
+            let mut w = self.witnessed.lock().unwrap_or_else(|p| p.into_inner());
+            let Some((c, map)) = w.as_mut() else {
+                self.want_witnessed();
+                return Err(NotaryError::Sign("no checkpoint is cosigned by the ledger's witnesses yet: ask again in a moment".into()));
+            };
+            if c.tree_size < self.published() {
+                self.want_witnessed();
+            }
+            let proof = if self.signs_map { map.prove(subjects) } else { MapProof::default() };
+            return Ok((c.clone(), proof));
+        }
         let mut map = self.map();
+        let (c, proof) = self.sign_now(&mut map, subjects)?;
+        if !subjects.is_empty() && self.signs_map {
+            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.retain(|k| k.at.elapsed() < KEPT_FOR && k.size != c.tree_size);
+            if kept.len() >= KEPT {
+                kept.pop_front();
+            }
+            kept.push_back(Kept { size: c.tree_size, map: map.clone(), at: std::time::Instant::now() });
+        }
+        Ok((c, proof))
+    }
+
+    /// Signs a checkpoint of the tree and `map` (whose lock the caller
+    /// holds, so both are of one size), with a proof of `subjects`.
+    fn sign_now(&self, map: &mut LotMap, subjects: &[Subject]) -> Result<(Checkpoint, MapProof), NotaryError> {
         let map_root = self.signs_map.then(|| map.root());
-        let proof = if self.signs_map { map.prove(subjects) } else { MapProof::default() };
+        let proof = if self.signs_map && !subjects.is_empty() { map.prove(subjects) } else { MapProof::default() };
         let (size, root) = {
             let t = self.read();
             let size = t.len().min(self.published.load(Ordering::Acquire));
             debug_assert_eq!(size, t.len(), "published is set before append: the map covers every entry in the tree");
             (size, t.root_at(size)?)
         };
-        let c = Checkpoint::sign(&self.key, size, &root, map_root.as_ref(), Timestamp::now()).map_err(|e| NotaryError::Sign(e.to_string()))?;
-        if !subjects.is_empty() && self.signs_map {
-            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-            kept.retain(|k| k.at.elapsed() < KEPT_FOR && k.size != size);
-            if kept.len() >= KEPT {
-                kept.pop_front();
-            }
-            kept.push_back(Kept { size, map: map.clone(), at: std::time::Instant::now() });
-        }
+        let c = Checkpoint::sign(&self.key, &self.origin, size, &root, map_root.as_ref(), Timestamp::now()).map_err(|e| NotaryError::Sign(e.to_string()))?;
         Ok((c, proof))
     }
 
     /// One proof of the heads of `subjects` in the map a recent checkpoint
     /// of `size` entries signed (one handed out with a map proof).
     fn prove_at(&self, size: u64, subjects: &[Subject]) -> Result<Value, NotaryError> {
+        if let Some((c, map)) = self.witnessed.lock().unwrap_or_else(|p| p.into_inner()).as_mut().filter(|(c, _)| c.tree_size == size) {
+            return Ok(json!({"tree_size": c.tree_size, "map": map.prove(subjects)}));
+        }
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
         kept.retain(|k| k.at.elapsed() < KEPT_FOR);
         let Some(k) = kept.iter_mut().find(|k| k.size == size) else {
@@ -176,6 +270,7 @@ impl Notary {
             }
         };
         let num = |k: &str| req.get(k).and_then(Value::as_u64);
+        let witnessed = req.get("witnessed").and_then(Value::as_bool).unwrap_or(false);
         let result = match subject {
             custody_wire::subjects::CHECKPOINT_SUBJECT => self.checkpoint().map(|c| json!(c)),
             custody_wire::subjects::PROOF_SUBJECT if ["ranges", "at", "lots", "actors"].iter().any(|k| req.get(k).is_some()) => {
@@ -194,14 +289,14 @@ impl Notary {
                     // The heads now, with the checkpoint that signs them:
                     // what a certificate's holder compares its own with.
                     return self
-                        .checkpoint_proving(&subjects)
+                        .checkpoint_proving(&subjects, witnessed)
                         .map(|(c, map)| json!({"tree_size": c.tree_size, "checkpoint": c, "map": map}))
                         .unwrap_or_else(|e| error(AnswerCode::Unavailable, e.to_string()));
                 }
                 let Ok(ranges) = serde_json::from_value::<Vec<(u64, u64)>>(req["ranges"].clone()) else {
                     return error(AnswerCode::InvalidRequest, "give \"ranges\": [[first, last], ...], ascending seqs");
                 };
-                self.multi_inclusion(&ranges, &subjects)
+                self.multi_inclusion(&ranges, &subjects, witnessed)
             }
             custody_wire::subjects::PROOF_SUBJECT => {
                 let Some(seq) = num("seq") else { return error(AnswerCode::InvalidRequest, "give \"seq\", a positive integer") };
@@ -261,13 +356,13 @@ impl Notary {
     /// One proof that every seq of `ranges` is in the tree of the current
     /// checkpoint, and one proof of the heads of `subjects` in its lot map,
     /// with that checkpoint (what an origin certificate carries).
-    fn multi_inclusion(&self, ranges: &[(u64, u64)], subjects: &[Subject]) -> Result<Value, NotaryError> {
+    fn multi_inclusion(&self, ranges: &[(u64, u64)], subjects: &[Subject], witnessed: bool) -> Result<Value, NotaryError> {
         let count = ranges.iter().fold(0u64, |n, (a, b)| n.saturating_add(b.saturating_sub(*a)).saturating_add(1));
         if ranges.iter().any(|(a, b)| a > b) || count > Self::MAX_PROVEN {
             return Err(ProofError::Unordered.into());
         }
         let seqs: Vec<u64> = ranges.iter().flat_map(|(a, b)| *a..=*b).collect();
-        let (c, map) = self.checkpoint_proving(subjects)?;
+        let (c, map) = self.checkpoint_proving(subjects, witnessed)?;
         let proof = self.read().multi_inclusion(&seqs, c.tree_size)?;
         Ok(json!({"tree_size": c.tree_size, "proof": proof.iter().map(|h| h.to_hex()).collect::<Vec<_>>(), "checkpoint": c, "map": map}))
     }

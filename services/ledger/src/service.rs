@@ -108,6 +108,11 @@ pub struct Config {
     /// measure what the map costs (`custody bench ingest --lot-map-cost`):
     /// certificates from such a ledger cannot show a history whole.
     pub lot_map: bool,
+    /// The log's name in its checkpoint notes (C2SP origin); by default
+    /// `custody/` and the ledger's public key.
+    pub origin: Option<String>,
+    /// The witnesses asked to cosign each checkpoint.
+    pub witnesses: Vec<crate::cosign::WitnessPeer>,
 }
 
 impl Config {
@@ -127,6 +132,8 @@ impl Config {
             health: Health::new("ledger", &name),
             name,
             lot_map: true,
+            origin: None,
+            witnesses: Vec::new(),
         }
     }
 }
@@ -277,7 +284,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 caught = catch_up(&mut ledger, &reader, &js) => caught?,
                 why = &mut lost => return Err(LedgerError::SteppedDown(why.unwrap_or_else(|_| "the writer lease stopped being renewed".into()))),
             }
-            let notary = Arc::new(Notary::new(ledger.take_transparency(), key.clone(), store.clone()));
+            let origin = config.origin.clone().unwrap_or_else(|| crate::notary::default_origin(&key.public_key()));
+            let notary = Arc::new(Notary::new(ledger.take_transparency(), key.clone(), origin, !config.witnesses.is_empty(), store.clone()));
             tracing::info!(head = ?ledger.head().map(|h| h.0), key = %notary.public_key(), name = %config.name, "writer lease taken; serving submissions");
             let lost = async { lost.await.unwrap_or_else(|_| "the writer lease stopped being renewed".into()) };
             serve(ledger, &config, &client, &js, notary, lost, &meters).await
@@ -421,7 +429,8 @@ async fn serve(
         Writer { ledger, clock: config.clock.clone(), js: js.clone(), reader: Reader::ledger(client), durable: durable_tx, committed, meters: meters.clone() };
     tasks.spawn(writer.run(checked_rx));
     tasks.spawn(respond_stage(client.clone(), js.clone(), respond_rx, meters.clone()));
-    let checkpoints = Checkpoints { notary: notary.clone(), every: config.checkpoint_every, last: None };
+    let cosigners = crate::cosign::Cosigners::new(config.witnesses.clone());
+    let checkpoints = Checkpoints { notary: notary.clone(), every: config.checkpoint_every, last: None, cosigners };
     tasks.spawn(checkpoint_stage(js.clone(), checkpoints, head_rx.clone()));
     tasks.spawn(serve_head(client.clone(), head_rx));
     tasks.spawn(serve_proofs(client.clone(), js.clone(), notary));
@@ -855,17 +864,34 @@ async fn respond_stage(
     Ok(())
 }
 
-/// Publishes a signed checkpoint now and then while the head moves.
+/// Publishes a signed checkpoint now and then while the head moves, and
+/// at once when someone waits for a cosigned one.
 async fn checkpoint_stage(js: jetstream::Context, mut checkpoints: Checkpoints, mut head: watch::Receiver<Option<(u64, Hash)>>) -> Result<(), LedgerError> {
+    let notary = checkpoints.notary.clone();
+    let mut wanted = false;
     loop {
         let published = head.borrow_and_update().map_or(0, |h| h.0);
-        checkpoints.maybe_publish(&js, published).await;
+        checkpoints.maybe_publish(&js, published, wanted).await;
         // Wake up at least once a period, so the last burst gets its checkpoint.
-        if let Ok(Err(_)) = tokio::time::timeout(checkpoints.every, head.changed()).await {
-            return Ok(());
+        tokio::select! {
+            changed = tokio::time::timeout(checkpoints.every, head.changed()) => {
+                if let Ok(Err(_)) = changed {
+                    return Ok(());
+                }
+                wanted = false;
+            }
+            () = notary.witnessed_wanted(), if !checkpoints.cosigners.is_empty() => {
+                wanted = true;
+                // Pokes come in bursts (every certificate being made): one round for all.
+                tokio::time::sleep(MIN_ROUND_GAP).await;
+            }
         }
     }
 }
+
+/// The least time between two rounds of asking the witnesses, however
+/// often someone waits for one.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
 
 /// Periodic checkpoints, signed for what the committed stream holds, so
 /// an auditor never sees a checkpoint ahead of the entries it covers.
@@ -874,16 +900,21 @@ struct Checkpoints {
     every: Duration,
     /// When the last one was published, and its size.
     last: Option<(std::time::Instant, u64)>,
+    /// The witnesses asked to cosign each one.
+    cosigners: crate::cosign::Cosigners,
 }
 
 impl Checkpoints {
-    async fn maybe_publish(&mut self, js: &jetstream::Context, published: u64) {
+    async fn maybe_publish(&mut self, js: &jetstream::Context, published: u64, wanted: bool) {
         let due = match self.last {
             None => true,
-            Some((at, size)) => size < published && at.elapsed() >= self.every,
-        };
+            Some((at, size)) => size < published && (at.elapsed() >= self.every || wanted),
+        } || (wanted && self.notary.witnessed().map_or(0, |c| c.tree_size) < published);
         if !due {
             return;
+        }
+        if !self.cosigners.is_empty() {
+            return self.witness(js).await;
         }
         match self.notary.checkpoint() {
             Ok(c) if !self.notary.first_announcement(c.tree_size) => {
@@ -898,6 +929,24 @@ impl Checkpoints {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot sign a checkpoint"),
+        }
+    }
+
+    /// Signs a checkpoint, has the witnesses cosign it, and publishes it
+    /// with their cosignatures: the checkpoint certificates then stand on.
+    async fn witness(&mut self, js: &jetstream::Context) {
+        let (mut c, map) = match self.notary.checkpoint_for_witnesses() {
+            Ok(signed) => signed,
+            Err(e) => return tracing::warn!(error = %e, "cannot sign a checkpoint"),
+        };
+        self.cosigners.cosign(&self.notary, &mut c).await;
+        self.notary.first_announcement(c.tree_size);
+        if publish_checkpoint(js, &c).await {
+            self.last = Some((std::time::Instant::now(), c.tree_size));
+        }
+        tracing::info!(size = c.tree_size, cosignatures = c.cosignatures.len(), "checkpoint sent to the witnesses");
+        if !c.cosignatures.is_empty() {
+            self.notary.set_witnessed(c, map);
         }
     }
 }
