@@ -20,6 +20,14 @@ pub struct CheckpointArgs {
     /// checkpoint's signature is checked before it is printed.
     #[arg(long)]
     key: Option<String>,
+    /// The newest checkpoint the ledger's witnesses cosigned, with their
+    /// cosignatures (a fresh one when the ledger has no witnesses).
+    #[arg(long)]
+    witnessed: bool,
+    /// Print it as a C2SP signed note (tlog-checkpoint, with the
+    /// witnesses' cosignature lines), as C2SP tools read it.
+    #[arg(long)]
+    note: bool,
 }
 
 #[derive(clap::Args)]
@@ -64,12 +72,16 @@ async fn request(nats: &str, subject: &str, body: Value) -> anyhow::Result<Value
 }
 
 pub async fn checkpoint(nats: &str, a: CheckpointArgs) -> anyhow::Result<ExitCode> {
-    let v = request(nats, subjects::CHECKPOINT_SUBJECT, json!({})).await?;
+    let v = request(nats, subjects::CHECKPOINT_SUBJECT, json!({"witnessed": a.witnessed})).await?;
     let c: Checkpoint = serde_json::from_value(v).context("the answer is not a checkpoint")?;
     if let Some(key) = &a.key {
         c.verify(key)?;
     }
-    println!("{}", serde_json::to_string_pretty(&c)?);
+    if a.note {
+        print!("{}", c.note().context("the ledger signed this checkpoint before checkpoints were notes")?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -78,7 +78,7 @@ async fn ask(http: &reqwest::Client, peer: &mut WitnessPeer, notary: &Notary, c:
         let answer = match http.post(format!("{}/add-checkpoint", peer.url)).body(body).send().await {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(witness = %peer.key.name, error = %e, "witness unreachable");
+                tracing::warn!(witness = %peer.key.name, error = ?e, "witness unreachable");
                 return None;
             }
         };

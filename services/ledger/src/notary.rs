@@ -272,7 +272,7 @@ impl Notary {
         let num = |k: &str| req.get(k).and_then(Value::as_u64);
         let witnessed = req.get("witnessed").and_then(Value::as_bool).unwrap_or(false);
         let result = match subject {
-            custody_wire::subjects::CHECKPOINT_SUBJECT => self.checkpoint().map(|c| json!(c)),
+            custody_wire::subjects::CHECKPOINT_SUBJECT => self.checkpoint_proving(&[], witnessed).map(|(c, _)| json!(c)),
             custody_wire::subjects::PROOF_SUBJECT if ["ranges", "at", "lots", "actors"].iter().any(|k| req.get(k).is_some()) => {
                 let names = |field: &str| serde_json::from_value::<Vec<String>>(req.get(field).cloned().unwrap_or_else(|| json!([])));
                 let (Ok(lots), Ok(actors)) = (names("lots"), names("actors")) else {

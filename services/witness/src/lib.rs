@@ -8,8 +8,9 @@
 //! only after checking the log's signature and a consistency proof from
 //! the last checkpoint it cosigned, and only once that checkpoint is its
 //! new state on disk (fsynced). So it never cosigns two different roots
-//! (or two different texts) for one size, nor a smaller tree after a
-//! larger one, across restarts. A request that would fork is refused
+//! for one size, nor a smaller tree after a larger one, across restarts.
+//! (Extension lines, such as custody's lot-map root and time, are the
+//! log's own: auditors check the map, witnesses the tree.) A request that would fork is refused
 //! (422) and kept, as the log signed it, under `evidence/`.
 //!
 //! [`decide`] is the whole decision, pure; [`Witness`] adds the disk and
@@ -123,10 +124,8 @@ pub fn decide(logs: &[NoteKey], state: &State, req: &Request) -> Result<Accepted
         Some(l) => {
             let old_root =
                 base64::engine::general_purpose::STANDARD.decode(&l.root).ok().and_then(|r| <[u8; 32]>::try_from(r).ok()).map(Hash).unwrap_or_default();
-            if l.size == size && l.text != text {
-                let why =
-                    if l.root == next.root { "the same size and root with other extension lines (another lot map)" } else { "another root for the same size" };
-                return Err(Refusal::Inconsistent(why.into()));
+            if l.size == size && l.root != next.root {
+                return Err(Refusal::Inconsistent("another root for the same size".into()));
             }
             if l.size > 0 {
                 verify_consistency(TreeHash::Sha256, l.size, size, &old_root, &root, &req.proof)
