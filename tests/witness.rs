@@ -195,3 +195,112 @@ async fn three_witnesses_cosign_refuse_a_fork_even_after_a_restart_and_a_policy_
     assert!(ok, "{report}");
     drop(w1);
 }
+
+/// The Python that has the interoperability tools (deploy/python.sh).
+fn python() -> String {
+    std::env::var("CUSTODY_PYTHON").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/.venv/bin/python").to_owned())
+}
+
+fn tool(module: &str, args: &[&str]) -> std::process::Output {
+    let o = Command::new(python()).arg("-m").arg(module).args(args).output();
+    o.unwrap_or_else(|e| panic!("{module} runs ({e}): run deploy/python.sh, which installs deploy/interop-requirements.txt, or set CUSTODY_PYTHON"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_c2sp_witness_and_a_verifier_this_project_did_not_write_accept_the_ledgers_checkpoints() {
+    let mut sys = System::without_ledger().await;
+    let ledger_vkey = stdout(&sys.custody(&["ledger", "vkey", "--data", sys.ledger_dir().to_str().unwrap()], None)).trim().to_owned();
+    let origin = ledger_vkey.split('+').next().unwrap().to_owned();
+
+    // aics-witness (PyPI), an unmodified C2SP tlog-witness, on a free loopback port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = sys.dir.path().join("aics").join("witness.json");
+    let config = config.to_str().unwrap();
+    let init = tool("aics_witness", &["init", "--config", config, "--name", "aics.custody.test", "--listen", &format!("127.0.0.1:{port}")]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let aics_vkey = stdout(&init).lines().next().unwrap().trim().to_owned();
+    let added = tool("aics_witness", &["add-log", "--config", config, "--origin", &origin, "--vkey", &ledger_vkey]);
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    // custody's checkpoints carry two extension lines (the lot-map root and
+    // the time), which this witness accepts for a log configured so.
+    let mut settings: Value = serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    settings["logs"][0]["extension_lines"] = json!(true);
+    std::fs::write(config, settings.to_string()).unwrap();
+    let mut serve = Command::new(python());
+    die_with_parent(&mut serve);
+    serve
+        .args(["-m", "aics_witness", "serve", "--config", config])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(sys.dir.path().join("aics.log")).unwrap());
+    let _aics = ServiceProcess::new(serve.spawn().expect("aics-witness serves"));
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // And one custody witness.
+    let ours = start_witness(&sys.dir.path().join("witness-1"), "w1.custody.test", &ledger_vkey, "127.0.0.1:0");
+    sys.ledger_args.extend([
+        "--witness".to_owned(),
+        format!("{aics_vkey}=http://127.0.0.1:{port}"),
+        "--witness".to_owned(),
+        format!("{}={}", ours.vkey, ours.url),
+    ]);
+    sys.start_ledger().await;
+    let miner = sys.actor("Debswana", "miner", "BW").await;
+    sys.accept(&miner, &event(&miner, "mine-W1", "mined", json!({"lot": "W1", "carats": "2.00", "country": "BW"}))).await;
+
+    // The newest cosigned checkpoint, once both witnesses cosigned one with the lot in it.
+    let head = sys.head().await.0;
+    let mut note = String::new();
+    for _ in 0..200 {
+        let o = sys.custody(&["checkpoint", "--witnessed", "--note"], None);
+        note = stdout(&o);
+        let cosigned = note.lines().filter(|l| l.starts_with("\u{2014} aics.custody.test ") || l.starts_with("\u{2014} w1.custody.test ")).count();
+        if o.status.success() && cosigned == 2 && note.lines().nth(1).is_some_and(|n| n.parse::<u64>().unwrap_or(0) >= head) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let path = sys.dir.path().join("checkpoint.note");
+    std::fs::write(&path, &note).unwrap();
+    let check = |file: &Path, quorum: &str| {
+        tool(
+            "aics_tlog",
+            &[
+                "verify-checkpoint",
+                "--note",
+                file.to_str().unwrap(),
+                "--log-key",
+                &ledger_vkey,
+                "--witness-key",
+                &aics_vkey,
+                "--witness-key",
+                &ours.vkey,
+                "--quorum",
+                quorum,
+            ],
+        )
+    };
+    let o = check(&path, "2");
+    assert!(
+        o.status.success(),
+        "aics-tlog accepts the ledger's note and both cosignatures:\n{note}\n{}{}\naics-witness: {}\nledger: {}",
+        stdout(&o),
+        String::from_utf8_lossy(&o.stderr),
+        std::fs::read_to_string(sys.dir.path().join("aics.log")).unwrap_or_default(),
+        sys.ledger_log().lines().filter(|l| l.contains("aics")).take(3).collect::<Vec<_>>().join("\n")
+    );
+    // Changed by one line, it is refused by the same tool.
+    let bent = sys.dir.path().join("bent.note");
+    let size: u64 = note.lines().nth(1).unwrap().parse().unwrap();
+    std::fs::write(&bent, note.replacen(&format!("\n{size}\n"), &format!("\n{}\n", size + 1), 1)).unwrap();
+    assert!(!check(&bent, "0").status.success(), "a changed size fails the log's signature");
+    // Without our witness's line, a quorum of two is not met.
+    let one = sys.dir.path().join("one.note");
+    std::fs::write(&one, note.lines().filter(|l| !l.starts_with("\u{2014} w1.custody.test ")).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    assert!(!check(&one, "2").status.success(), "one cosignature is not two");
+    assert!(check(&one, "1").status.success());
+}
