@@ -504,3 +504,46 @@ async fn a_certificate_made_before_a_flag_is_current_until_the_flag_and_stale_on
     let o = sys.custody(&["verify-certificate", path.to_str().unwrap(), "--key", &key, "--max-age", "1d"], None);
     assert!(o.status.success(), "{}", stdout(&o));
 }
+
+/// A ledger written before checkpoints became C2SP notes holds `custody
+/// checkpoint v2` checkpoints over the blake3 tree on its stream: they
+/// still verify and audit next to the new SHA-256 notes, and a wrong
+/// blake3 root among them is still caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_signed_before_the_switch_to_sha256_notes_still_audit() {
+    let sys = worked_example().await;
+    let key = sys.ledger_key();
+    let secret = ledger_secret(&sys);
+    let all = history(&sys).await;
+    let (mut old, mut map) = (custody_proto::merkle::Tree::with_hash(custody_proto::merkle::TreeHash::Blake3), Recomputed::default());
+    for e in &all {
+        old.push(&e.hash);
+        map.apply(e.seq, &e.hash, &event_of(e));
+    }
+    let js = async_nats::jetstream::new(sys.client.clone());
+    let publish = |c: Checkpoint| {
+        let js = js.clone();
+        async move { js.publish(custody_wire::subjects::CHECKPOINTS_SUBJECT, serde_json::to_vec(&c).unwrap().into()).await.unwrap().await.unwrap() }
+    };
+    let size = all.len() as u64;
+    let legacy = Checkpoint::sign_v2(&secret, size, &old.root(), Some(&map.map.root()), "2024-11-01T00:00:00Z".parse().unwrap()).unwrap();
+    assert_eq!(legacy.tree_hash(), custody_proto::merkle::TreeHash::Blake3);
+    publish(legacy).await;
+    assert!(sys.custody(&["checkpoint"], None).status.success(), "and a new note for the same size");
+    let audit = |state: &str| {
+        let o = sys.custody(&["audit", "--key", &key, "--state", sys.dir.path().join(state).to_str().unwrap()], None);
+        (o.status.code(), serde_json::from_str::<Value>(stdout(&o).trim()).unwrap_or_else(|_| json!({"raw": stdout(&o)})))
+    };
+    let (code, v) = audit("auditor");
+    assert_eq!(code, Some(0), "{v}");
+    assert!(v["audit"]["checkpoints_verified"].as_u64().unwrap() >= 2, "the blake3 checkpoint and the SHA-256 note: {v}");
+
+    // A v2 checkpoint whose blake3 root leaves out the last entry.
+    let mut short = custody_proto::merkle::Tree::with_hash(custody_proto::merkle::TreeHash::Blake3);
+    all[..all.len() - 1].iter().for_each(|e| short.push(&e.hash));
+    short.push(&custody_proto::Hash([3; 32]));
+    publish(Checkpoint::sign_v2(&secret, size, &short.root(), None, "2024-11-02T00:00:00Z".parse().unwrap()).unwrap()).await;
+    let (code, v) = audit("auditor-2");
+    assert_eq!(code, Some(1), "{v}");
+    assert!(v["finding"].as_str().unwrap().contains("two different roots"), "{v}");
+}

@@ -58,6 +58,17 @@ enum What {
         #[arg(long, conflicts_with_all = ["cluster", "batch"])]
         lot_map_cost: Option<usize>,
     },
+    /// What the SHA-256 tree of C2SP checkpoints costs against the blake3
+    /// tree it replaced: the same entries appended to each, alternating,
+    /// with the per-entry time of each and their ratio.
+    Tree {
+        /// Entries appended per round.
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: usize,
+        /// Rounds of each hash, alternating.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Origin-query latency and rate at several fan-ins, against a bare
     /// request-reply round trip.
     Query {
@@ -102,6 +113,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             return lot_map_cost(events, producers, window, rounds).await;
         }
         What::Ingest { events, producers, window, cluster: None, batch, .. } => (events, producers, window, batch),
+        What::Tree { entries, rounds } => {
+            tree_cost(entries, rounds);
+            return Ok(ExitCode::SUCCESS);
+        }
         What::Query { fan_in, queries } => {
             super::bench_read::query(&fan_in, queries).await?;
             return Ok(ExitCode::SUCCESS);
@@ -491,4 +506,38 @@ pub(super) fn tempfile_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("custody-bench-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Appends `entries` hashes to a blake3 tree and to a SHA-256 tree,
+/// `rounds` times each, alternating, and prints the medians and their
+/// ratio (blake3 time / SHA-256 time: below 1, SHA-256 is slower).
+fn tree_cost(entries: usize, rounds: usize) {
+    use custody_proto::merkle::{Tree, TreeHash};
+    let hashes: Vec<custody_proto::Hash> = (0..entries as u64).map(|i| custody_proto::Hash(*blake3::hash(&i.to_be_bytes()).as_bytes())).collect();
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..rounds.max(1) {
+        for (k, hash) in [TreeHash::Blake3, TreeHash::Sha256].into_iter().enumerate() {
+            let started = std::time::Instant::now();
+            let mut t = Tree::with_hash(hash);
+            hashes.iter().for_each(|h| t.push(h));
+            std::hint::black_box(t.root());
+            times[k].push(started.elapsed().as_secs_f64());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (b, s) = (median(&mut times[0]), median(&mut times[1]));
+    let per = |t: f64| t * 1e9 / entries as f64;
+    println!(
+        "{}",
+        serde_json::json!({
+            "entries": entries,
+            "rounds": rounds,
+            "blake3_ns_per_entry": (per(b) * 10.0).round() / 10.0,
+            "sha256_ns_per_entry": (per(s) * 10.0).round() / 10.0,
+            "ratio_blake3_over_sha256": (b / s * 1000.0).round() / 1000.0,
+        })
+    );
 }
