@@ -312,7 +312,7 @@ mod lot_map {
             touches in prop::collection::vec((0usize..40, any::<u8>(), any::<bool>()), 1..120),
             asked in prop::collection::vec(0usize..60, 1..20),
         ) {
-            let subject = |i: usize| if i % 3 == 0 { Subject::Actor(format!("U{i}")) } else { Subject::Lot(format!("L{i}")) };
+            let subject = |i: usize| if i.is_multiple_of(3) { Subject::Actor(format!("U{i}")) } else { Subject::Lot(format!("L{i}")) };
             let mut live = LotMap::new();
             for (n, (i, b, checkpoint)) in touches.iter().enumerate() {
                 live.touch(&subject(*i).key(), n as u64 + 1, &Hash([*b; 32]));
