@@ -113,7 +113,7 @@ fn evidence(w: &Witness) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_witnesses_cosign_refuse_a_fork_even_after_a_restart_and_a_policy_counts_them() {
-    let (sys, mut witnesses, _) = system_with_witnesses(3).await;
+    let (mut sys, mut witnesses, _) = system_with_witnesses(3).await;
     let key = sys.ledger_key();
     let miner = sys.actor("Debswana", "miner", "BW").await;
     sys.accept(&miner, &event(&miner, "mine-W1", "mined", json!({"lot": "W1", "carats": "2.00", "country": "BW"}))).await;
@@ -192,6 +192,18 @@ async fn three_witnesses_cosign_refuse_a_fork_even_after_a_restart_and_a_policy_
     assert!(!ok, "{report}");
     assert!(human.contains("cosigned by 1 of the witnesses you named, fewer than the 2 required"), "{human}");
     let (ok, report, _) = verify(&sys, &only, &key, &policy(&all[..2], 1));
+    assert!(ok, "{report}");
+
+    // A ledger restarted knows no witness's size: it asks from 0, learns
+    // the size from the 409 and proves consistency from there.
+    sys.kill_ledger();
+    sys.start_ledger().await;
+    sys.accept(&miner, &event(&miner, "mine-W3", "mined", json!({"lot": "W3", "carats": "1.00", "country": "BW"}))).await;
+    sys.projection_caught_up().await;
+    let after = certify(&sys, "W3");
+    assert_eq!(after["checkpoint"]["cosignatures"].as_array().unwrap().len(), 1, "{after}");
+    assert!(after["checkpoint"]["tree_size"].as_u64() > only["checkpoint"]["tree_size"].as_u64());
+    let (ok, report, _) = verify(&sys, &after, &key, &policy(&all[..1], 1));
     assert!(ok, "{report}");
     drop(w1);
 }
