@@ -107,6 +107,32 @@ async fn http_api_answers_the_worked_example_and_refuses_clearly() {
     assert!(body.to_string().len() < 1_000, "the answer does not echo the whole input back");
     let (status, _, _) = get("/v1/lots/S1/origin".into()).await;
     assert_eq!(status, 200, "still serving");
+
+    // The lot map's heads: what a certificate's holder compares its own with.
+    let post = |body: String| {
+        let http = http.clone();
+        let url = format!("{base}/v1/ledger/map");
+        async move {
+            let r = http.post(&url).header("content-type", "application/json").body(body).send().await.expect("gateway answers");
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, v) = post(r#"{"lots": ["S1", "NO-SUCH-LOT"]}"#.into()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["map"]["subjects"].as_array().map(Vec::len), Some(2), "present and absent subjects proven: {v}");
+    assert!(v["checkpoint"]["tree_size"].as_u64().unwrap() > 0, "{v}");
+    let too_many: Vec<String> = (0..2_001).map(|i| format!("L{i}")).collect();
+    for (body, want_status, want_code) in [
+        ("not json".to_owned(), 400, "bad_request"),
+        (r#"{"lots": "S1"}"#.to_owned(), 400, "bad_request"),
+        (r#"{"lots": ["S1"], "extra": 1}"#.to_owned(), 400, "bad_request"),
+        (r#"{"lots": [], "actors": []}"#.to_owned(), 400, "invalid_parameter"),
+        (serde_json::json!({ "lots": too_many }).to_string(), 400, "invalid_parameter"),
+    ] {
+        let (status, v) = post(body.clone()).await;
+        assert_eq!((status, v["code"].as_str()), (want_status, Some(want_code)), "{}: {v}", body.chars().take(40).collect::<String>());
+        assert!(!v["message"].as_str().unwrap_or("").is_empty(), "{v}");
+    }
 }
 
 /// `/v1/ledger/verify` is open to anyone: fifty callers at once must cost
