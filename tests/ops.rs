@@ -220,3 +220,40 @@ async fn a_projection_is_not_ready_while_it_catches_up_and_ready_after() {
     // And it answers from the state it caught up to.
     assert_eq!(sys.origin("r-L29999").await["as_of_seq"].as_u64(), Some(end));
 }
+
+/// A process whose NATS server died is not ready (here a projection, which
+/// said ready as long as its last reading of the stream was recent): `/readyz` turns 503
+/// within five seconds (it stayed 200 for about a minute, the client's
+/// default ping interval), and 200 again once the server is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_within_five_seconds_of_the_nats_servers_death() {
+    let mut sys = System::start().await;
+    let data = sys.dir.path().join("projection-ops");
+    let (_projection, mut printed) = custody_printing(&["projection", "--nats", &sys.nats.url, "--ops", "127.0.0.1:0", "--data", data.to_str().unwrap()]);
+    let first = printed.next().expect("a line").unwrap();
+    let ops = first.strip_prefix("ops listening on ").and_then(|r| r.split_whitespace().next()).expect("the ops address").to_owned();
+    let http = reqwest::Client::new();
+    let ready = |want: u16| {
+        let (http, ops) = (http.clone(), ops.clone());
+        async move {
+            let started = std::time::Instant::now();
+            loop {
+                let r = http.get(format!("{ops}/readyz")).send().await.unwrap();
+                let status = r.status().as_u16();
+                let body: Value = r.json().await.unwrap();
+                if status == want {
+                    return (started.elapsed(), body);
+                }
+                assert!(started.elapsed() < Duration::from_secs(30), "never {want}: {body}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    ready(200).await;
+    sys.nats.kill();
+    let (took, body) = ready(503).await;
+    assert!(took < Duration::from_secs(5), "503 only after {took:?}");
+    assert_eq!(body["services"][0]["why"], "not connected to NATS", "{body}");
+    sys.nats.restart().unwrap();
+    ready(200).await;
+}

@@ -18,6 +18,9 @@ pub enum ConnectError {
     Unreachable { url: String, why: String },
 }
 
+/// How often a connection pings its server.
+pub const PING_EVERY: Duration = Duration::from_secs(1);
+
 /// The inbox prefix of a user: the only `_INBOX` subjects it may read.
 pub fn inbox_prefix(public_key: &str) -> String {
     format!("_INBOX_{public_key}")
@@ -30,7 +33,9 @@ fn options(name: &str, seed: Option<&str>) -> Result<async_nats::ConnectOptions,
 /// Options for a user with the inbox prefix of `replies_for` (its own key
 /// when `None`).
 fn options_replying_as(name: &str, seed: Option<&str>, replies_for: Option<&str>) -> Result<async_nats::ConnectOptions, ConnectError> {
-    let mut options = async_nats::ConnectOptions::new().name(name);
+    // A server that stops answering is noticed after two missed pings
+    // (the default, a minute, kept `/readyz` green that long).
+    let mut options = async_nats::ConnectOptions::new().name(name).ping_interval(PING_EVERY);
     if let Some(seed) = seed {
         let key = nkeys::KeyPair::from_seed(seed.trim()).map_err(|e| ConnectError::Identity(e.to_string()))?;
         let owner = replies_for.map_or_else(|| key.public_key(), str::to_owned);

@@ -48,24 +48,28 @@ pub struct Status {
 }
 
 /// The handle a service keeps its [`Status`] up to date through; clones
-/// share it.
+/// share it. Apart from what the service says, an instance whose NATS
+/// connection is down is not ready ([`answer_status`] watches it).
 #[derive(Debug, Clone)]
-pub struct Health(Arc<Mutex<Status>>);
+pub struct Health(Arc<Mutex<Status>>, Arc<Mutex<Option<String>>>);
 
 impl Health {
     /// An instance of `service` named `name`, starting, not ready.
     pub fn new(service: &str, name: &str) -> Health {
-        Health(Arc::new(Mutex::new(Status {
-            service: service.to_owned(),
-            name: name.to_owned(),
-            role: "starting".into(),
-            ready: false,
-            why: Some("starting".into()),
-            head: None,
-            lag: None,
-            leader: None,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        })))
+        Health(
+            Arc::new(Mutex::new(Status {
+                service: service.to_owned(),
+                name: name.to_owned(),
+                role: "starting".into(),
+                ready: false,
+                why: Some("starting".into()),
+                head: None,
+                lag: None,
+                leader: None,
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })),
+            Arc::new(Mutex::new(None)),
+        )
     }
 
     /// The instance's name, which labels its metrics.
@@ -74,7 +78,18 @@ impl Health {
     }
 
     pub fn status(&self) -> Status {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(why) = self.1.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+            s.ready = false;
+            s.why = Some(why);
+        }
+        s
+    }
+
+    /// Records whether the instance's NATS connection is up (`None`) or
+    /// down, and why.
+    pub fn set_link(&self, down: Option<String>) {
+        *self.1.lock().unwrap_or_else(PoisonError::into_inner) = down;
     }
 
     pub fn update(&self, change: impl FnOnce(&mut Status)) {
@@ -127,16 +142,38 @@ pub async fn watch_lag(reader: crate::follow::Reader, health: Health, lag: impl 
 
 /// Answers `custody.status.<kind>` with this instance's status until the
 /// subscription ends.
+/// While it runs, the instance is not ready whenever `client` is not
+/// connected (checked every [`LINK_EVERY`]; a dead server is noticed
+/// within two missed pings, see [`crate::connect`]).
 pub async fn answer_status(client: async_nats::Client, health: Health) -> Result<(), async_nats::SubscribeError> {
     let kind = health.status().service;
-    let mut requests = client.subscribe(format!("{STATUS_PREFIX}.{kind}")).await?;
-    while let Some(msg) = requests.next().await {
-        let Some(reply) = msg.reply else { continue };
-        let body = serde_json::to_vec(&health.status()).unwrap_or_default();
-        let _ = client.publish(reply, body.into()).await;
+    let watched = client.clone();
+    let link = health.clone();
+    let watch = async move {
+        let mut tick = tokio::time::interval(LINK_EVERY);
+        loop {
+            tick.tick().await;
+            let up = watched.connection_state() == async_nats::connection::State::Connected;
+            link.set_link((!up).then(|| "not connected to NATS".to_owned()));
+        }
+    };
+    let answer = async {
+        let mut requests = client.subscribe(format!("{STATUS_PREFIX}.{kind}")).await?;
+        while let Some(msg) = requests.next().await {
+            let Some(reply) = msg.reply else { continue };
+            let body = serde_json::to_vec(&health.status()).unwrap_or_default();
+            let _ = client.publish(reply, body.into()).await;
+        }
+        Ok(())
+    };
+    tokio::select! {
+        () = watch => Ok(()),
+        done = answer => done,
     }
-    Ok(())
 }
+
+/// How often [`answer_status`] looks at the NATS connection.
+pub const LINK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests {

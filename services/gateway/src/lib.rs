@@ -151,15 +151,8 @@ pub async fn run(
     health.update(|s| s.role = "serving".into());
     let mut background = tokio::task::JoinSet::new();
     background.spawn(custody_wire::health::answer_status(nats.clone(), health.clone()).map(drop));
-    let watched = nats.clone();
-    background.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let connected = watched.connection_state() == async_nats::connection::State::Connected;
-            health.set_ready(if connected { Ok(()) } else { Err("not connected to NATS".into()) });
-        }
-    });
+    // Ready while connected (answer_status watches the connection).
+    health.set_ready(Ok(()));
     axum::serve(listener, router(nats)).with_graceful_shutdown(shutdown).await?;
     Ok(())
 }
