@@ -119,3 +119,30 @@ fn a_config_file_sets_the_flags_and_the_command_line_wins() {
     assert!(said.contains("[up] no_dem: `custody up` has no flag --no-dem"), "{said}");
     assert!(!elsewhere.exists(), "nothing started");
 }
+
+/// `custody up` ends on the first SIGTERM even after its nats-server died
+/// (it used to wait on services that could no longer stop, and had to be
+/// killed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_ends_on_the_first_sigterm_after_its_nats_server_died() {
+    let mut up = up();
+    let pid = up.pid();
+    let nats = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flat_map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).unwrap_or_default().split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .find(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "nats-server"))
+        .expect("up runs a nats-server");
+    let nats: i32 = nats.parse().unwrap();
+    unsafe { libc::kill(nats, libc::SIGKILL) };
+    // The services notice the server is gone.
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        if http.get(format!("{}/readyz", up.ops)).send().await.is_ok_and(|r| r.status().as_u16() == 503) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = up.exit_within(Duration::from_secs(20)).await;
+    assert!(status.is_some(), "custody up still running 20 s after SIGTERM");
+}

@@ -58,7 +58,26 @@ pub struct Args {
     ledger_key: Option<PathBuf>,
 }
 
+/// How long `up` waits for its services to stop after the first SIGTERM or
+/// SIGINT before it exits anyway (its nats-server dies with it).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+    // The first signal starts an orderly stop, whatever `up` is doing
+    // (starting, serving, or waiting on a nats-server that died); if that
+    // has not ended the process within STOP_GRACE, it exits.
+    let (signalled_tx, signalled) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        super::stop_signal().await;
+        let _ = signalled_tx.send(true);
+        tokio::time::sleep(STOP_GRACE).await;
+        eprintln!("custody up: the services did not stop within {} s of the signal; exiting", STOP_GRACE.as_secs());
+        std::process::exit(1);
+    });
+    serve(a, signalled).await
+}
+
+async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.data).with_context(|| format!("cannot create {}", a.data.display()))?;
     let authority_path = a.authority.clone().unwrap_or_else(|| a.data.join("authority.nk"));
     let authority = keys::load_or_create(&authority_path)?;
@@ -308,7 +327,7 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     if !a.exit_after_demo {
         println!("serving; Ctrl-C to stop");
         tokio::select! {
-            () = super::stop_signal() => {}
+            _ = signalled.wait_for(|s| *s) => {}
             first = running.join_next() => ended = first,
         }
     }
@@ -324,9 +343,16 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         let _ = tokio::time::timeout(Duration::from_secs(10), async { while running.join_next().await.is_some() {} }).await;
         anyhow::bail!("the {name} stopped ({why}); custody up stops with it, since the system is not whole without it");
     }
-    while let Some(done) = running.join_next().await {
-        let (name, result) = done?;
-        result.with_context(|| format!("the {name} failed while stopping"))?;
+    let stopping = async {
+        while let Some(done) = running.join_next().await {
+            let (name, result) = done?;
+            result.with_context(|| format!("the {name} failed while stopping"))?;
+        }
+        anyhow::Ok(())
+    };
+    match tokio::time::timeout(STOP_GRACE, stopping).await {
+        Ok(done) => done?,
+        Err(_) => anyhow::bail!("the services did not stop within {} s (is nats-server gone?); stopped anyway", STOP_GRACE.as_secs()),
     }
     Ok(ExitCode::SUCCESS)
 }

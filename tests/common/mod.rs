@@ -606,6 +606,16 @@ impl Up {
         }
     }
 
+    /// The process id of `custody up`.
+    pub fn pid(&mut self) -> u32 {
+        self._process.child_mut().id()
+    }
+
+    /// Waits up to `within` for `custody up` to exit; its status if it did.
+    pub async fn exit_within(self, within: Duration) -> Option<std::process::ExitStatus> {
+        self._process.exit_within(within).await.0
+    }
+
     /// Whether `custody up` is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self._process.child_mut().try_wait(), Ok(None))
