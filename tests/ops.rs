@@ -257,3 +257,29 @@ async fn readyz_turns_503_within_five_seconds_of_the_nats_servers_death() {
     sys.nats.restart().unwrap();
     ready(200).await;
 }
+
+/// The ledger's test clock (which sets what `recorded_at` says) is taken
+/// only from the command line: a config file naming it is refused, and
+/// nothing starts.
+#[test]
+fn a_config_file_naming_the_test_clock_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("custody.toml");
+    std::fs::write(&config, "[ledger]\ntest-clock-file = \"/tmp/clock\"\n").unwrap();
+    let authority = nkeys::KeyPair::new_user().public_key();
+    let data = dir.path().join("ledger");
+    let out = std::process::Command::new(BIN)
+        .args(["--config", config.to_str().unwrap(), "ledger", "--nats", "nats://127.0.0.1:1", "--authority", &authority, "--data", data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("accepted only on the command line"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!data.exists(), "nothing started");
+    // CUSTODY_CONFIG likewise.
+    let out = std::process::Command::new(BIN)
+        .args(["ledger", "--nats", "nats://127.0.0.1:1", "--authority", &authority, "--data", data.to_str().unwrap()])
+        .env("CUSTODY_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}

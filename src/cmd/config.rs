@@ -82,6 +82,10 @@ pub fn expand(mut args: Vec<OsString>, env: Option<OsString>) -> anyhow::Result<
     Ok(out)
 }
 
+/// Flags a config file (or `CUSTODY_CONFIG`) may never set: test switches
+/// that would falsify what the ledger records, accepted only when typed.
+const COMMAND_LINE_ONLY: &[&str] = &["test-clock-file"];
+
 /// The flags a config file sets: global ones, and each command's.
 #[derive(Debug, Default, PartialEq)]
 struct Flags {
@@ -102,6 +106,10 @@ fn flags_of(text: &str) -> anyhow::Result<Flags> {
                 let mut own = Vec::new();
                 for (k, v) in settings {
                     let long = k.replace('_', "-");
+                    anyhow::ensure!(
+                        !COMMAND_LINE_ONLY.contains(&long.as_str()),
+                        "[{key}] {k}: --{long} is a test switch, accepted only on the command line, never from a config file"
+                    );
                     let known = sub.get_arguments().chain(cli.get_arguments()).any(|a| a.get_long() == Some(long.as_str()) && long != "config");
                     anyhow::ensure!(known, "[{key}] {k}: `custody {key}` has no flag --{long} (`custody {key} --help` lists them)");
                     push(&mut own, &long, v).with_context(|| format!("[{key}] {k}"))?;
@@ -206,5 +214,13 @@ mod tests {
         for command in ["up", "ledger", "projection", "gateway", "authz", "edge"] {
             assert!(flags.commands.iter().any(|(n, f)| n == command && !f.is_empty()), "the example sets {command}");
         }
+    }
+
+    #[test]
+    fn a_test_switch_is_never_taken_from_a_config_file() {
+        let e = expanded("custody ledger", "[ledger]\ntest-clock-file = \"/tmp/clock\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("accepted only on the command line"), "{e:#}");
+        let e = expanded("custody ledger", "[ledger]\ntest_clock_file = \"/tmp/clock\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("test switch"), "{e:#}");
     }
 }
