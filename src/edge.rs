@@ -278,7 +278,26 @@ impl Forwarder {
             let max_bytes = self.uplink.server_info().max_payload.saturating_sub(4096).max(1);
             let Some(request) = next_request(pending.make_contiguous(), max_bytes) else { continue };
             let started = Instant::now();
-            let outcomes = self.send(&request).await?;
+            let mut outcomes = self.send(&request).await?;
+            // Over the actor's quota at the hub: what was answered before
+            // the first `rate_limited` is kept and trimmed, the rest stays
+            // in the outbox and goes again once the hub says it may.
+            let limited = outcomes.iter().position(|o| matches!(o, Outcome::Rejected(r) if r.code == custody_proto::Code::RateLimited));
+            if let Some(i) = limited {
+                let wait = match &outcomes[i] {
+                    Outcome::Rejected(r) => Duration::from_millis(r.retry_after_ms.unwrap_or(1_000)),
+                    Outcome::Receipt(_) => Duration::from_secs(1),
+                };
+                outcomes.truncate(i);
+                self.keep(&outcomes).await?;
+                if let Some(through) = pending.get(i.wrapping_sub(1)).map(|m| m.seq).filter(|_| i > 0) {
+                    stream.purge().sequence(through + 1).await.context("cannot trim the outbox")?;
+                    pending.retain(|m| m.seq > through);
+                }
+                tracing::info!(answered = i, wait_ms = wait.as_millis() as u64, "over the actor's quota at the hub; sending the rest later");
+                tokio::time::sleep(wait.min(Duration::from_secs(60))).await;
+                continue;
+            }
             let refused = outcomes.iter().filter(|o| matches!(o, Outcome::Rejected(_))).count();
             self.keep(&outcomes).await?;
             // Only now: a crash before this sends them again, harmlessly.

@@ -172,7 +172,8 @@ async fn metrics_count_what_was_sent_and_status_names_every_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_projection_is_not_ready_while_it_catches_up_and_ready_after() {
-    let sys = System::start().await;
+    // 30,000 from one miner at once: above the default burst.
+    let sys = System::start_with(&["--actor-burst", "100000"]).await;
     let miner = sys.actor("miner", "miner", "ZA").await;
     let envelopes = mined(&miner, "r", 30_000);
     for chunk in envelopes.chunks(1000) {

@@ -185,6 +185,8 @@ async fn every_rejection_has_its_code_and_changes_nothing() {
     codes.insert("subject_mismatch");
     // A whole batch request refused: in tests/idempotency.rs, with batches.
     codes.insert("batch_too_large");
+    // Over an actor's quota: in tests/quota.rs, with a flood.
+    codes.insert("rate_limited");
     for code in custody_proto::Code::ALL {
         assert!(codes.contains(code.as_str()), "no case for {code}");
     }

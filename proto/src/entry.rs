@@ -225,6 +225,9 @@ pub struct Refusal {
     pub id: Option<String>,
     pub code: crate::Code,
     pub message: String,
+    /// With `rate_limited`: how long to wait before sending again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 #[cfg(test)]

@@ -79,10 +79,14 @@ pub enum Code {
     /// the ledger takes in one request, or in an unknown batch format:
     /// nothing in it was looked at.
     BatchTooLarge,
+    /// The actor sent more than its quota allows (a rate with a burst):
+    /// nothing in the submission was looked at; send it again after
+    /// `retry_after_ms`.
+    RateLimited,
 }
 
 impl Code {
-    pub const ALL: [Code; 34] = [
+    pub const ALL: [Code; 35] = [
         Code::MalformedEnvelope,
         Code::EnvelopeTooLarge,
         Code::WrongPayloadType,
@@ -117,6 +121,7 @@ impl Code {
         Code::PredatesLot,
         Code::VerificationReused,
         Code::BatchTooLarge,
+        Code::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -155,6 +160,7 @@ impl Code {
             Code::PredatesLot => "predates_lot",
             Code::VerificationReused => "verification_reused",
             Code::BatchTooLarge => "batch_too_large",
+            Code::RateLimited => "rate_limited",
         }
     }
 }
@@ -198,11 +204,19 @@ impl fmt::Display for Code {
 pub struct Rejection {
     pub code: Code,
     pub message: String,
+    /// When to send again (`rate_limited` only).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Rejection {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Rejection { code, message: message.into() }
+        Rejection { code, message: message.into(), retry_after_ms: None }
+    }
+
+    /// `rate_limited`: send again after `retry_after`.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        let ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+        Rejection { code: Code::RateLimited, message: message.into(), retry_after_ms: Some(ms) }
     }
 }
 

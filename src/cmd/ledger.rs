@@ -43,6 +43,14 @@ pub struct Args {
     /// checkpoints only.
     #[arg(long = "witness", value_name = "VKEY=URL")]
     witnesses: Vec<String>,
+    /// Each actor's sustained submissions a second (its token bucket's
+    /// rate); over it, `rate_limited` with when to retry. 0: no quota.
+    /// The genesis authority is never limited.
+    #[arg(long, default_value_t = 200.0)]
+    actor_rate: f64,
+    /// Submissions an actor may send at once after a quiet spell.
+    #[arg(long, default_value_t = 20_000)]
+    actor_burst: u32,
     #[command(flatten)]
     ops: custody::ops::OpsArgs,
     #[command(subcommand)]
@@ -98,6 +106,9 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(matches!(a.replicas, 1..=5), "--replicas must be between 1 and 5");
             config.replicas = a.replicas;
             config.origin = a.origin;
+            anyhow::ensure!(a.actor_rate >= 0.0 && a.actor_rate.is_finite(), "--actor-rate must be a number of submissions a second (0: no quota)");
+            anyhow::ensure!(a.actor_burst >= 1, "--actor-burst must be at least 1");
+            config.quota = (a.actor_rate > 0.0).then_some(custody_ledger::quota::Limits { rate: a.actor_rate, burst: f64::from(a.actor_burst) });
             config.witnesses =
                 a.witnesses.iter().map(|w| custody_ledger::cosign::WitnessPeer::parse(w)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
             if let Some(name) = a.name {

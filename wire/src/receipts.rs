@@ -111,7 +111,12 @@ mod tests {
     #[test]
     fn input_never_reaches_a_header_unescaped() {
         // The id of a refused envelope comes from whatever bytes were sent.
-        let refused = Outcome::Rejected(Refusal { id: Some("x\r\ny\u{0}é\\".into()), code: custody_proto::Code::BadSignature, message: "no".into() });
+        let refused = Outcome::Rejected(Refusal {
+            id: Some("x\r\ny\u{0}é\\".into()),
+            code: custody_proto::Code::BadSignature,
+            message: "no".into(),
+            retry_after_ms: None,
+        });
         let (subject, headers, message_id) = message(Some("not a key"), &refused);
         assert_eq!(subject, "custody.receipts.unattributed");
         let id = headers.get(HDR_EVENT_ID).expect("the id header").as_str();

@@ -33,12 +33,15 @@ pub type Checked = Result<(Opened, Event), (Option<String>, Rejection)>;
 pub struct Submitted {
     pub bytes: Vec<u8>,
     pub subject_key: Option<String>,
+    /// Over its actor's quota ([`crate::quota`]): refused `rate_limited`,
+    /// unread, with this wait.
+    pub limited: Option<std::time::Duration>,
 }
 
 impl Submitted {
     /// Bytes that came on no actor's subject (tests, fuzzing, benches).
     pub fn bare(bytes: Vec<u8>) -> Submitted {
-        Submitted { bytes, subject_key: None }
+        Submitted { bytes, subject_key: None, limited: None }
     }
 }
 
@@ -47,8 +50,16 @@ impl Submitted {
 /// The time rules run in [`Ledger::admit`], against the reading that also
 /// becomes `recorded_at`.
 pub fn check_batch(batch: Vec<Submitted>, keys: &mut KeyCache) -> Vec<Checked> {
-    let (raws, subject_keys): (Vec<Vec<u8>>, Vec<Option<String>>) = batch.into_iter().map(|s| (s.bytes, s.subject_key)).unzip();
-    let opened: Vec<Result<Opened, Rejection>> = raws.into_iter().map(|r| Opened::open_with(r, keys)).collect();
+    type Raw = (Vec<u8>, Option<std::time::Duration>);
+    let (raws, subject_keys): (Vec<Raw>, Vec<Option<String>>) = batch.into_iter().map(|s| ((s.bytes, s.limited), s.subject_key)).unzip();
+    // Over its quota: refused before anything in it is read.
+    let opened: Vec<Result<Opened, Rejection>> = raws
+        .into_iter()
+        .map(|(r, limited)| match limited {
+            Some(wait) => Err(Rejection::rate_limited(crate::service::quota_message(wait), wait)),
+            None => Opened::open_with(r, keys),
+        })
+        .collect();
     let ok: Vec<Opened> = opened.iter().filter_map(|o| o.as_ref().ok().cloned()).collect();
     let mut verdicts = Opened::verify_all(&ok).into_iter();
     opened
@@ -265,7 +276,7 @@ fn receipt(event: &Event, entry: &Entry) -> Receipt {
 
 /// The outcome that refuses a submission.
 pub fn refusal(id: Option<String>, r: Rejection) -> Outcome {
-    Outcome::Rejected(Refusal { id, code: r.code, message: r.message })
+    Outcome::Rejected(Refusal { id, code: r.code, message: r.message, retry_after_ms: r.retry_after_ms })
 }
 
 #[cfg(test)]

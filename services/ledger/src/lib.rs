@@ -24,6 +24,7 @@ pub mod ledger;
 pub mod meters;
 pub mod model;
 pub mod notary;
+pub mod quota;
 pub mod recovery;
 pub mod service;
 pub mod store;

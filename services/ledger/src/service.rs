@@ -113,6 +113,8 @@ pub struct Config {
     pub origin: Option<String>,
     /// The witnesses asked to cosign each checkpoint.
     pub witnesses: Vec<crate::cosign::WitnessPeer>,
+    /// Each actor's submission quota; none: unlimited.
+    pub quota: Option<crate::quota::Limits>,
 }
 
 impl Config {
@@ -134,6 +136,7 @@ impl Config {
             lot_map: true,
             origin: None,
             witnesses: Vec::new(),
+            quota: Some(crate::quota::Limits::DEFAULT),
         }
     }
 }
@@ -176,7 +179,7 @@ impl BatchReply {
 /// body (`Custody-Batch: ndjson`), each exactly the bytes it would be
 /// alone; or the refusal of the whole request.
 pub fn batch_parts(format: &str, body: &Bytes) -> Result<Vec<Bytes>, Refusal> {
-    let refuse = |message: String| Refusal { id: None, code: custody_proto::Code::BatchTooLarge, message };
+    let refuse = |message: String| Refusal { id: None, code: custody_proto::Code::BatchTooLarge, message, retry_after_ms: None };
     if format != BATCH_NDJSON {
         return Err(refuse(format!("{:?} is not a batch format this ledger reads; send {BATCH_NDJSON:?}", custody_proto::ids::truncate(format))));
     }
@@ -207,6 +210,21 @@ struct Submission {
     /// The actor key the subject it came on names (its last token).
     subject_key: Option<String>,
     reply: Reply,
+    /// Over its actor's quota: how long until it may send again.
+    limited: Option<Duration>,
+}
+
+/// The actors' quotas, shared by both intakes; none: unlimited.
+#[derive(Clone)]
+struct Shares(Option<Arc<std::sync::Mutex<crate::quota::Quotas>>>);
+
+impl Shares {
+    /// Takes a submission's token from the actor `key` names.
+    fn take(&self, key: Option<&str>) -> Option<Duration> {
+        let quotas = self.0.as_ref()?;
+        let mut q = quotas.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        q.take(key.unwrap_or(""), std::time::Instant::now()).err()
+    }
 }
 
 /// The actor a submission subject names: `custody.submit.<key>` or
@@ -419,8 +437,9 @@ async fn serve(
 
     let mut tasks = tokio::task::JoinSet::new();
     let core = client.queue_subscribe(format!("{SUBMIT_PREFIX}.>"), QUEUE_GROUP.to_owned()).await.map_err(nats("subscribe to submissions"))?;
-    tasks.spawn(intake_core(client.clone(), core, intake_tx.clone()));
-    tasks.spawn(intake_inbox(streams.inbox, intake_tx));
+    let shares = Shares(config.quota.map(|l| Arc::new(std::sync::Mutex::new(crate::quota::Quotas::new(l, config.authority.as_str())))));
+    tasks.spawn(intake_core(client.clone(), core, intake_tx.clone(), shares.clone()));
+    tasks.spawn(intake_inbox(streams.inbox, intake_tx, shares));
     tasks.spawn(check_stage(intake_rx, checked_tx));
     let (durable_tx, durable_rx) = mpsc::channel(WINDOW * 2);
     let committed = ledger.head().map_or(0, |h| h.0);
@@ -499,13 +518,24 @@ pub async fn ensure_streams(js: &jetstream::Context, replicas: usize) -> Result<
     Ok(Streams { inbox })
 }
 
-async fn intake_core(client: async_nats::Client, mut sub: async_nats::Subscriber, tx: mpsc::Sender<Submission>) -> Result<(), LedgerError> {
+async fn intake_core(client: async_nats::Client, mut sub: async_nats::Subscriber, tx: mpsc::Sender<Submission>, shares: Shares) -> Result<(), LedgerError> {
     while let Some(msg) = sub.next().await {
         let Some(reply) = msg.reply else { continue };
         let subject_key = subject_key(&msg.subject);
         let format = msg.headers.as_ref().and_then(|h| h.get(HDR_BATCH)).map(|v| v.as_str().to_owned());
         let Some(format) = format else {
-            if tx.send(Submission { received: std::time::Instant::now(), raw: msg.payload, subject_key, reply: Reply::Core(reply) }).await.is_err() {
+            // Over its quota: answered here, at once, without a place in
+            // the pipeline (a refusal changes nothing, so it need not wait
+            // its turn), so a flood costs its sender, not everyone queued.
+            if let Some(wait) = shares.take(subject_key.as_deref()) {
+                let _ = client.publish(reply, outcome_bytes(&rate_limited(wait))).await;
+                continue;
+            }
+            if tx
+                .send(Submission { received: std::time::Instant::now(), raw: msg.payload, subject_key, reply: Reply::Core(reply), limited: None })
+                .await
+                .is_err()
+            {
                 break;
             }
             continue;
@@ -526,7 +556,13 @@ async fn intake_core(client: async_nats::Client, mut sub: async_nats::Subscriber
         let batch = Arc::new(BatchReply { subject: reply, outcomes: std::sync::Mutex::new(vec![None; parts.len()]) });
         let received = std::time::Instant::now();
         for (i, raw) in parts.into_iter().enumerate() {
-            let submission = Submission { received, raw, subject_key: subject_key.clone(), reply: Reply::Part(batch.clone(), i) };
+            if let Some(wait) = shares.take(subject_key.as_deref()) {
+                if let Some(all) = batch.set(i, rate_limited(wait)) {
+                    let _ = client.publish(batch.subject.clone(), all).await;
+                }
+                continue;
+            }
+            let submission = Submission { received, raw, subject_key: subject_key.clone(), reply: Reply::Part(batch.clone(), i), limited: None };
             if tx.send(submission).await.is_err() {
                 return Ok(());
             }
@@ -535,7 +571,17 @@ async fn intake_core(client: async_nats::Client, mut sub: async_nats::Subscriber
     Ok(())
 }
 
-async fn intake_inbox(inbox: stream::Stream, tx: mpsc::Sender<Submission>) -> Result<(), LedgerError> {
+/// The refusal of a submission over its actor's quota.
+fn rate_limited(wait: Duration) -> Outcome {
+    crate::ledger::refusal(None, custody_proto::Rejection::rate_limited(quota_message(wait), wait))
+}
+
+/// What an actor over its quota is told.
+pub fn quota_message(wait: Duration) -> String {
+    format!("this actor sent more than its quota allows; send it again in {} ms", wait.as_millis().max(1))
+}
+
+async fn intake_inbox(inbox: stream::Stream, tx: mpsc::Sender<Submission>, shares: Shares) -> Result<(), LedgerError> {
     let consumer: consumer::PullConsumer = inbox
         .get_or_create_consumer(
             INBOX_CONSUMER,
@@ -555,7 +601,8 @@ async fn intake_inbox(inbox: stream::Stream, tx: mpsc::Sender<Submission>) -> Re
             Ok(msg) => {
                 let raw = msg.payload.clone();
                 let subject_key = subject_key(&msg.subject);
-                let submission = Submission { received: std::time::Instant::now(), raw, subject_key, reply: Reply::Inbox(Box::new(msg)) };
+                let limited = shares.take(subject_key.as_deref());
+                let submission = Submission { received: std::time::Instant::now(), raw, subject_key, reply: Reply::Inbox(Box::new(msg)), limited };
                 if tx.send(submission).await.is_err() {
                     break;
                 }
@@ -610,7 +657,7 @@ async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<Checke
                 let received = first.received;
                 let batch = drain(&mut rx, first, MAX_BATCH);
                 let (replies, raws): (Vec<Reply>, Vec<Submitted>) =
-                    batch.into_iter().map(|s| (s.reply, Submitted { bytes: s.raw.to_vec(), subject_key: s.subject_key })).unzip();
+                    batch.into_iter().map(|s| (s.reply, Submitted { bytes: s.raw.to_vec(), subject_key: s.subject_key, limited: s.limited })).unzip();
                 let mut cache = caches.pop().unwrap_or_default();
                 let job = tokio::task::spawn_blocking(move || {
                     let checked = check_batch(raws, &mut cache);
