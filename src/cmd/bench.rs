@@ -57,6 +57,12 @@ enum What {
         /// store each), alternating, the same number of envelopes.
         #[arg(long, conflicts_with_all = ["cluster", "batch"])]
         lot_map_cost: Option<usize>,
+        /// Instead, measure what actor quotas cost: this many rounds, each
+        /// a ledger with quotas (limits far above the bench's rate, so
+        /// that every envelope takes a token and none is refused) and one
+        /// without, alternating.
+        #[arg(long, conflicts_with_all = ["cluster", "batch", "lot_map_cost"])]
+        quota_cost: Option<usize>,
     },
     /// What the SHA-256 tree of C2SP checkpoints costs against the blake3
     /// tree it replaced: the same entries appended to each, alternating,
@@ -110,7 +116,11 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             return cluster(events, producers, window, usize::from(servers), failovers).await;
         }
         What::Ingest { events, producers, window, lot_map_cost: Some(rounds), .. } => {
-            return lot_map_cost(events, producers, window, rounds).await;
+            return with_and_without("ingest-lot-map-cost", "lot_map", events, producers, window, rounds, |c, on| c.lot_map = on).await;
+        }
+        What::Ingest { events, producers, window, quota_cost: Some(rounds), .. } => {
+            let limits = custody_ledger::quota::Limits { rate: 1e7, burst: 1e9 };
+            return with_and_without("ingest-quota-cost", "quota", events, producers, window, rounds, move |c, on| c.quota = on.then_some(limits)).await;
         }
         What::Ingest { events, producers, window, cluster: None, batch, .. } => (events, producers, window, batch),
         What::Tree { entries, rounds } => {
@@ -178,19 +188,31 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
 
 /// Receipted ingest with the lot map and without it, alternating, each
 /// round on a fresh server and store: the ratio is what the map costs.
-async fn lot_map_cost(events: usize, producers: usize, window: usize, rounds: usize) -> anyhow::Result<ExitCode> {
+/// What one setting of the ledger costs: `rounds` rounds, each the same
+/// envelopes through a ledger with it on (`set(config, true)`) and one with
+/// it off, on a fresh server and store each; the median ratio of their
+/// receipted rates.
+async fn with_and_without(
+    bench: &str,
+    label: &str,
+    events: usize,
+    producers: usize,
+    window: usize,
+    rounds: usize,
+    set: impl Fn(&mut custody_ledger::Config, bool),
+) -> anyhow::Result<ExitCode> {
     let mut runs = Vec::new();
     for round in 0..rounds.max(1) {
         let mut pair = Vec::new();
-        for lot_map in [true, false] {
-            let tmp = tempfile_dir(&format!("lotmap-{round}-{lot_map}"))?;
+        for on in [true, false] {
+            let tmp = tempfile_dir(&format!("{label}-{round}-{on}"))?;
             let nats = NatsServer::start(&tmp.join("nats"))?;
             let authority = nkeys::KeyPair::new_user();
-            let ledger = InProcessLedger::start_with(&nats.url, tmp.join("ledger"), &authority, lot_map)?;
+            let ledger = InProcessLedger::start_configured(&nats.url, tmp.join("ledger"), &authority, |c| set(c, on))?;
             let nc = custody::client::connect(&nats.url).await?;
             let signed = world(&nc, &authority, events, producers).await?;
             let (rate, p50, p99) = receipted(&nc, signed, 1, window).await?;
-            pair.push(json!({"lot_map": lot_map, "receipted_per_s": rate.round(), "receipt_latency_ms": {"p50": p50, "p99": p99}}));
+            pair.push(json!({label: on, "receipted_per_s": rate.round(), "receipt_latency_ms": {"p50": p50, "p99": p99}}));
             ledger.stop().await?;
             drop(nats);
             let _ = std::fs::remove_dir_all(&tmp);
@@ -201,7 +223,7 @@ async fn lot_map_cost(events: usize, producers: usize, window: usize, rounds: us
     let mut ratios: Vec<f64> = runs.iter().filter_map(|r| r["ratio_with_to_without"].as_f64()).collect();
     ratios.sort_by(f64::total_cmp);
     let median = ratios.get(ratios.len() / 2).copied().unwrap_or(0.0);
-    println!("{}", json!({"bench": "ingest-lot-map-cost", "events": events, "producers": producers, "window": window, "rounds": runs, "median_ratio": median}));
+    println!("{}", json!({"bench": bench, "events": events, "producers": producers, "window": window, "rounds": runs, "median_ratio": median}));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -214,13 +236,18 @@ pub(super) struct InProcessLedger {
 
 impl InProcessLedger {
     pub(super) fn start(url: &str, dir: std::path::PathBuf, authority: &nkeys::KeyPair) -> anyhow::Result<InProcessLedger> {
-        InProcessLedger::start_with(url, dir, authority, true)
+        InProcessLedger::start_configured(url, dir, authority, |_| {})
     }
 
-    /// [`InProcessLedger::start`], with or without its lot map.
-    pub(super) fn start_with(url: &str, dir: std::path::PathBuf, authority: &nkeys::KeyPair, lot_map: bool) -> anyhow::Result<InProcessLedger> {
+    /// [`InProcessLedger::start`], its configuration changed by `configure`.
+    pub(super) fn start_configured(
+        url: &str,
+        dir: std::path::PathBuf,
+        authority: &nkeys::KeyPair,
+        configure: impl FnOnce(&mut custody_ledger::Config),
+    ) -> anyhow::Result<InProcessLedger> {
         let mut config = custody_ledger::Config::new(url, dir, authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?);
-        config.lot_map = lot_map;
+        configure(&mut config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(custody_ledger::run(config, async move {
             let _ = stopped.await;
