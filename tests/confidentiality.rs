@@ -76,6 +76,17 @@ async fn values_and_counterparties_are_for_regulators_and_parties_only() {
     let stale = custody_proto::request::sign(&regulator, "GET", &path, "2026-01-01T00:00:00Z".parse().unwrap()).unwrap();
     let (status, e) = get(None, Some(stale)).await;
     assert_eq!((status, e["code"].as_str()), (401, Some("bad_credentials")), "{e}");
+    // A captured header sent again is refused, however fresh (issue 25: it
+    // was honoured for about ten minutes); so is one dated a minute ahead.
+    let once = custody_proto::request::sign(&regulator, "GET", &path, Timestamp::now()).unwrap();
+    let (status, e) = get(None, Some(once.clone())).await;
+    assert_eq!(status, 200, "{e}");
+    let (status, e) = get(None, Some(once)).await;
+    assert_eq!((status, e["code"].as_str()), (401, Some("bad_credentials")), "{e}");
+    assert!(e["message"].as_str().unwrap().contains("already used"), "{e}");
+    let ahead: Timestamp = (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true).parse().unwrap();
+    let (status, e) = get(None, Some(custody_proto::request::sign(&regulator, "GET", &path, ahead).unwrap())).await;
+    assert_eq!((status, e["code"].as_str()), (401, Some("bad_credentials")), "{e}");
 
     // A revoked key is refused too, once the projection has seen it go.
     let a = &sys.authority;

@@ -13,7 +13,9 @@
 //! ```
 //!
 //! each line ending in `\n`. A request is honoured within
-//! [`MAX_REQUEST_SKEW_SECS`] of its time.
+//! [`MAX_REQUEST_SKEW_SECS`] of its time, and once: its header (which
+//! holds its signature, over a time to the nanosecond) is its nonce, and
+//! [`Replays`] remembers it for as long as it could be honoured.
 
 use base64::Engine as _;
 
@@ -21,7 +23,7 @@ use crate::ids::Timestamp;
 
 pub const REQUEST_HEADER: &str = "custody request v1";
 /// How far a signed request's time may be from the gateway's clock.
-pub const MAX_REQUEST_SKEW_SECS: i64 = 300;
+pub const MAX_REQUEST_SKEW_SECS: i64 = 30;
 
 fn text(method: &str, path: &str, time: &Timestamp) -> String {
     format!("{REQUEST_HEADER}\n{method}\n{path}\n{}\n", time.to_rfc3339())
@@ -50,6 +52,34 @@ pub fn verify(header: &str, method: &str, path: &str, now: Timestamp) -> Result<
     Ok(key.to_owned())
 }
 
+/// Signed requests already honoured, each kept until it could no longer
+/// be (its time plus [`MAX_REQUEST_SKEW_SECS`]), so that a captured
+/// header cannot be sent again.
+#[derive(Debug, Default)]
+pub struct Replays {
+    seen: std::collections::HashMap<String, i64>,
+    /// When the expired are next swept out (as the map doubles).
+    sweep_at: usize,
+}
+
+impl Replays {
+    /// [`verify`], and refused if this header was honoured before.
+    pub fn verify_once(&mut self, header: &str, method: &str, path: &str, now: Timestamp) -> Result<String, String> {
+        let key = verify(header, method, path, now)?;
+        let now_s = now.as_datetime().timestamp();
+        if self.seen.len() >= self.sweep_at {
+            self.seen.retain(|_, until| *until >= now_s);
+            self.sweep_at = (self.seen.len() * 2).max(1_024);
+        }
+        // Valid until its own time plus the skew; never less than now plus it.
+        let until = now_s + 2 * MAX_REQUEST_SKEW_SECS;
+        if self.seen.insert(header.to_owned(), until).is_some() {
+            return Err("this signed request was already used: sign each request anew".into());
+        }
+        Ok(key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,5 +97,19 @@ mod tests {
         let forged = h.replace(&k.public_key(), &other.public_key());
         assert!(verify(&forged, "GET", "/v1/ledger/entries/5", t).is_err(), "another key");
         assert!(verify("Bearer x", "GET", "/", t).is_err());
+    }
+
+    #[test]
+    fn a_signed_request_is_honoured_once_and_not_half_a_minute_off() {
+        let k = nkeys::KeyPair::new_user();
+        let now: Timestamp = "2026-12-02T00:00:00Z".parse().unwrap();
+        let mut r = Replays::default();
+        let h = sign(&k, "GET", "/v1/x", now).unwrap();
+        assert_eq!(r.verify_once(&h, "GET", "/v1/x", now).unwrap(), k.public_key());
+        assert!(r.verify_once(&h, "GET", "/v1/x", now).unwrap_err().contains("already used"));
+        let ahead = sign(&k, "GET", "/v1/x", "2026-12-02T00:00:31Z".parse().unwrap()).unwrap();
+        assert!(r.verify_once(&ahead, "GET", "/v1/x", now).is_err(), "31 s ahead");
+        let near = sign(&k, "GET", "/v1/x", "2026-12-02T00:00:29Z".parse().unwrap()).unwrap();
+        assert!(r.verify_once(&near, "GET", "/v1/x", now).is_ok());
     }
 }

@@ -45,6 +45,8 @@ struct App {
     /// What `/v1/ledger/verify` has verified so far. One verification runs
     /// at a time; the others wait for it and answer from where it ended.
     verified: Arc<tokio::sync::Mutex<Verified>>,
+    /// Signed requests honoured lately: each is honoured once.
+    replays: Arc<std::sync::Mutex<custody_proto::request::Replays>>,
 }
 
 /// How far the committed stream was verified, or the first thing wrong in
@@ -76,7 +78,7 @@ fn error(code: AnswerCode, message: impl Into<String>) -> Response {
 /// The routes, over a NATS connection.
 pub fn router(nats: async_nats::Client) -> Router {
     let checker = custody_audit::verify::Checker::new(Box::new(|_| {}));
-    let app = App { nats, verified: Arc::new(tokio::sync::Mutex::new(Verified::Good(checker))) };
+    let app = App { nats, verified: Arc::new(tokio::sync::Mutex::new(Verified::Good(checker))), replays: Default::default() };
     Router::new()
         .route("/v1/lots/{lot}/origin", get(origin))
         .route("/v1/lots/{lot}/admissibility", get(admissibility))
@@ -380,7 +382,12 @@ struct Caller {
 async fn caller(app: &App, headers: &axum::http::HeaderMap, method: &str, path: &str) -> Result<Option<Caller>, Response> {
     let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
     let value = value.to_str().map_err(|_| error(AnswerCode::BadCredentials, "the Authorization header is not text"))?;
-    let key = custody_proto::request::verify(value, method, path, custody_proto::Timestamp::now()).map_err(|why| error(AnswerCode::BadCredentials, why))?;
+    let key = app
+        .replays
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .verify_once(value, method, path, custody_proto::Timestamp::now())
+        .map_err(|why| error(AnswerCode::BadCredentials, why))?;
     let request = app.nats.request(subjects::QUERY_ACTOR, json!({"key": key}).to_string().into());
     let answer = match tokio::time::timeout(QUERY_TIMEOUT, request).await {
         Ok(Ok(m)) => serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null),
