@@ -51,6 +51,7 @@ async fn every_rejection_has_its_code_and_changes_nothing() {
         sign(m, &e)
     };
     let conflict = sign(m, &event(m, "mine-A", "mined", json!({"lot": "Z", "carats": "1.00", "country": "RU"})));
+    let node = &w.node;
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("not json at all", b"this is not json".to_vec(), "malformed_envelope"),
@@ -170,6 +171,11 @@ async fn every_rejection_has_its_code_and_changes_nothing() {
                 &event(&w.verifier, "e-verify-again", "verified", json!({"lots": ["B"], "carats": "50.00", "verification": "V-USED", "finding": "conforms"})),
             ),
             "verification_reused",
+        ),
+        (
+            "a node verifies a lot it holds",
+            sign(node, &event(node, "e-verify-own", "verified", json!({"lots": ["OWN"], "carats": "3.00", "verification": "V-OWN", "finding": "conforms"}))),
+            "self_verification",
         ),
     ];
 

@@ -83,10 +83,13 @@ pub enum Code {
     /// nothing in the submission was looked at; send it again after
     /// `retry_after_ms`.
     RateLimited,
+    /// A verification node inspecting goods it holds itself, or that are
+    /// on their way to it: no one vouches for their own goods.
+    SelfVerification,
 }
 
 impl Code {
-    pub const ALL: [Code; 35] = [
+    pub const ALL: [Code; 36] = [
         Code::MalformedEnvelope,
         Code::EnvelopeTooLarge,
         Code::WrongPayloadType,
@@ -122,6 +125,7 @@ impl Code {
         Code::VerificationReused,
         Code::BatchTooLarge,
         Code::RateLimited,
+        Code::SelfVerification,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -161,6 +165,7 @@ impl Code {
             Code::VerificationReused => "verification_reused",
             Code::BatchTooLarge => "batch_too_large",
             Code::RateLimited => "rate_limited",
+            Code::SelfVerification => "self_verification",
         }
     }
 }

@@ -459,6 +459,8 @@ pub struct RefusalWorld {
     pub cutter: KeyPair,
     pub revoked: KeyPair,
     pub verifier: KeyPair,
+    /// A miner in ZA that is also a verification node; it holds `OWN` (3 ct).
+    pub node: KeyPair,
 }
 
 pub async fn refusal_world() -> RefusalWorld {
@@ -493,7 +495,13 @@ pub async fn refusal_world() -> RefusalWorld {
     let verifier = sys.actor("verifier", "verifier", "BE").await;
     let v = &verifier;
     sys.accept(v, &event(v, "verify-a", "verified", json!({"lots": ["A"], "carats": "100.00", "verification": "V-USED", "finding": "conforms"}))).await;
-    RefusalWorld { sys, miner_ru, miner_bw, trader, trader2, cutter, revoked, verifier }
+    // A mine that is also a verification node, holding its lot `OWN`.
+    let node = KeyPair::new_user();
+    let a = &sys.authority;
+    let registered = json!({"subject": node.public_key(), "name": "mine and node", "roles": ["miner", "verifier"], "country": "ZA"});
+    sys.accept(a, &event(a, "reg-mine-node", "actor.registered", registered)).await;
+    sys.accept(&node, &event(&node, "mine-own", "mined", json!({"lot": "OWN", "carats": "3.00", "country": "ZA"}))).await;
+    RefusalWorld { sys, miner_ru, miner_bw, trader, trader2, cutter, revoked, verifier, node }
 }
 
 /// NATS, a ledger and a projection holding DOMAIN.md's worked example.

@@ -246,10 +246,23 @@ impl Model {
                         return Err(reject(Code::UnknownCertificate, format!("no shipment was exported under certificate {c}")));
                     }
                 }
-                // What a node inspects exists now: not a lot consumed into others.
+                // What a node inspects exists now: not a lot consumed into
+                // others; and it is someone else's: not held by the node,
+                // nor on its way to it.
                 for l in acted_on(&self.certificates, &self.shipped, event) {
-                    if self.known(l)?.status == Status::Consumed {
+                    let lot = self.known(l)?;
+                    if lot.status == Status::Consumed {
                         return Err(reject(Code::LotConsumed, format!("lot {l} is consumed; inspect what it became")));
+                    }
+                    let own = match &lot.status {
+                        Status::InTransit { consignee, .. } => consignee == signer || &lot.holder == signer,
+                        _ => &lot.holder == signer,
+                    };
+                    if own {
+                        return Err(reject(
+                            Code::SelfVerification,
+                            format!("lot {l} is {signer}'s own (held by it, or shipped to it): a verification node verifies others' goods"),
+                        ));
                     }
                 }
             }
