@@ -7,13 +7,41 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
     ops: custody::ops::OpsArgs,
+}
+
+/// What HTTP clients may hold of the gateway (`custody gateway`, `custody up`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// HTTP connections open at once; past it, 503 and closed (kept far
+    /// below the process's descriptor limit).
+    #[arg(long, default_value_t = 2_048)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers (and an idle
+    /// connection stays open).
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
+}
+
+impl HttpArgs {
+    pub fn limits(&self) -> anyhow::Result<custody_gateway::HttpLimits> {
+        anyhow::ensure!(self.max_connections >= 1, "--max-connections must be at least 1");
+        anyhow::ensure!(self.header_timeout > 0.0 && self.header_timeout.is_finite(), "--header-timeout must be a positive number of seconds");
+        Ok(custody_gateway::HttpLimits {
+            max_connections: self.max_connections,
+            header_timeout: std::time::Duration::from_secs_f64(self.header_timeout),
+            ..Default::default()
+        })
+    }
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     let health = custody_wire::health::Health::new("gateway", "gateway");
     a.ops.start(vec![health.clone()]).await?;
     let nkey = custody::client::identity();
-    custody_gateway::run(nats, nkey.as_deref(), a.listen, health, |addr| println!("listening on http://{addr}"), super::stop_signal()).await?;
+    custody_gateway::run(nats, nkey.as_deref(), a.listen, a.http.limits()?, health, |addr| println!("listening on http://{addr}"), super::stop_signal())
+        .await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -34,6 +34,8 @@ pub struct Args {
     /// Where the HTTP gateway listens (port 0: a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     http: std::net::SocketAddr,
+    #[command(flatten)]
+    http_limits: super::gateway::HttpArgs,
     /// Run a JetStream cluster of this many nats-servers (3) on this
     /// machine instead of one: every custody stream on all three, two
     /// ledger replicas (a writer and a standby), two projections.
@@ -240,12 +242,14 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     let (gstop_tx, gstop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let gateway_url = nats_url.clone();
+    let http_limits = a.http_limits.limits()?;
     let gateway_seed = seed(&gateway_id);
     running.spawn(async move {
         let done = custody_gateway::run(
             &gateway_url,
             gateway_seed.as_deref(),
             a.http,
+            http_limits,
             gateway_health,
             |addr| {
                 let _ = bound_tx.send(addr);

@@ -136,6 +136,26 @@ pub enum GatewayError {
     Serve(#[from] std::io::Error),
 }
 
+/// What HTTP clients may hold of the gateway, together and each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Connections open at once; past it, a new one is answered 503 and
+    /// closed. Far below the process's descriptor limit, so that a flood
+    /// of sockets never starves the services sharing the process.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and how
+    /// long an idle kept-alive connection stays open.
+    pub header_timeout: Duration,
+    /// The longest a connection lives, whatever it does.
+    pub connection_lifetime: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits { max_connections: 2_048, header_timeout: Duration::from_secs(10), connection_lifetime: Duration::from_secs(300) }
+    }
+}
+
 /// Serves on `listen` until `shutdown`; `on_bound` learns the real address
 /// (for a port 0). `health` says whether it can serve: while connected to
 /// NATS.
@@ -143,6 +163,7 @@ pub async fn run(
     nats_url: &str,
     nkey: Option<&str>,
     listen: SocketAddr,
+    limits: HttpLimits,
     health: Health,
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -155,8 +176,65 @@ pub async fn run(
     background.spawn(custody_wire::health::answer_status(nats.clone(), health.clone()).map(drop));
     // Ready while connected (answer_status watches the connection).
     health.set_ready(Ok(()));
-    axum::serve(listener, router(nats)).with_graceful_shutdown(shutdown).await?;
+    serve_bounded(listener, router(nats), limits, shutdown).await;
     Ok(())
+}
+
+/// Serves `app` on `listener`, each connection holding one of
+/// `limits.max_connections` places (past them: 503 and closed), with a
+/// header-read and idle timeout and a longest life.
+async fn serve_bounded(listener: tokio::net::TcpListener, app: Router, limits: HttpLimits, shutdown: impl Future<Output = ()>) {
+    let places = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: wait, never spin or stop.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(place) = places.clone().try_acquire_owned() else {
+            count("over_capacity", StatusCode::SERVICE_UNAVAILABLE, None);
+            connections.spawn(turn_away(stream, limits.max_connections));
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        connections.spawn(async move {
+            let _place = place;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
+            let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(limits.connection_lifetime, connection).await;
+        });
+    }
+    // Those in flight get a moment to finish, then are dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async { while connections.join_next().await.is_some() {} }).await;
+    connections.abort_all();
+}
+
+/// Answers a connection past the limit 503, in JSON like every refusal,
+/// and closes it.
+async fn turn_away(mut stream: tokio::net::TcpStream, max: usize) {
+    use tokio::io::AsyncWriteExt as _;
+    let body = custody_wire::query::error_answer(AnswerCode::Unavailable, format!("the gateway is serving its limit of {max} connections: try again shortly"))
+        .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 impl App {
