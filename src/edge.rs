@@ -290,7 +290,8 @@ impl Forwarder {
                 };
                 outcomes.truncate(i);
                 self.keep(&outcomes).await?;
-                if let Some(through) = pending.get(i.wrapping_sub(1)).map(|m| m.seq).filter(|_| i > 0) {
+                if i > 0 {
+                    let through = pending[i - 1].seq;
                     stream.purge().sequence(through + 1).await.context("cannot trim the outbox")?;
                     pending.retain(|m| m.seq > through);
                 }

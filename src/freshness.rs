@@ -167,16 +167,11 @@ pub async fn check(cert: &OriginCertificate, key: &str, policy: &Policy) -> anyh
         ));
     }
     // The newest cosignature says when the ledger last showed this history to a witness.
-    let newest = cosigned.iter().map(|(_, t)| *t as i64).max();
-    let at = newest.and_then(|t| chrono::DateTime::from_timestamp(t, 0)).unwrap_or_else(|| as_of.time.as_datetime());
+    let cosigned: Vec<(String, chrono::DateTime<chrono::Utc>)> =
+        cosigned.into_iter().filter_map(|(witness, t)| Some((witness, chrono::DateTime::from_timestamp(i64::try_from(t).ok()?, 0)?))).collect();
+    let at = cosigned.iter().map(|(_, t)| *t).max().unwrap_or_else(|| as_of.time.as_datetime());
     let age_seconds = (chrono::Utc::now() - at).num_seconds();
-    let cosigned_by = cosigned
-        .into_iter()
-        .map(|(witness, t)| Cosigned {
-            witness,
-            time: chrono::DateTime::from_timestamp(t as i64, 0).map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)).unwrap_or_default(),
-        })
-        .collect();
+    let cosigned_by = cosigned.into_iter().map(|(witness, t)| Cosigned { witness, time: t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true) }).collect();
     if let Some(max) = policy.max_age {
         if age_seconds > max.as_secs() as i64 {
             refused.push(format!("the evidence is {} old, more than the {} allowed", humanize(age_seconds), humanize(max.as_secs() as i64)));

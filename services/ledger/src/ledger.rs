@@ -56,7 +56,7 @@ pub fn check_batch(batch: Vec<Submitted>, keys: &mut KeyCache) -> Vec<Checked> {
     let opened: Vec<Result<Opened, Rejection>> = raws
         .into_iter()
         .map(|(r, limited)| match limited {
-            Some(wait) => Err(Rejection::rate_limited(crate::service::quota_message(wait), wait)),
+            Some(wait) => Err(crate::quota::refusal(wait)),
             None => Opened::open_with(r, keys),
         })
         .collect();

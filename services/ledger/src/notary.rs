@@ -98,11 +98,6 @@ impl Notary {
         }
     }
 
-    /// The log's name in its checkpoint notes.
-    pub fn origin(&self) -> &str {
-        &self.origin
-    }
-
     /// Signs a checkpoint of every durable entry and keeps the map it
     /// signs, to be sent to witnesses (then [`Notary::set_witnessed`]).
     pub fn checkpoint_for_witnesses(&self) -> Result<(Checkpoint, LotMap), NotaryError> {

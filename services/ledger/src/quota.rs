@@ -78,6 +78,12 @@ impl Quotas {
     }
 }
 
+/// The refusal of a submission over its actor's quota, sent again after `wait`.
+pub fn refusal(wait: Duration) -> custody_proto::Rejection {
+    let message = format!("this actor sent more than its quota allows; send it again in {} ms", wait.as_millis().max(1));
+    custody_proto::Rejection::rate_limited(message, wait)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

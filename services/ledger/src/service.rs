@@ -573,12 +573,7 @@ async fn intake_core(client: async_nats::Client, mut sub: async_nats::Subscriber
 
 /// The refusal of a submission over its actor's quota.
 fn rate_limited(wait: Duration) -> Outcome {
-    crate::ledger::refusal(None, custody_proto::Rejection::rate_limited(quota_message(wait), wait))
-}
-
-/// What an actor over its quota is told.
-pub fn quota_message(wait: Duration) -> String {
-    format!("this actor sent more than its quota allows; send it again in {} ms", wait.as_millis().max(1))
+    crate::ledger::refusal(None, crate::quota::refusal(wait))
 }
 
 async fn intake_inbox(inbox: stream::Stream, tx: mpsc::Sender<Submission>, shares: Shares) -> Result<(), LedgerError> {

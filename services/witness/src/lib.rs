@@ -131,7 +131,7 @@ pub fn decide(logs: &[NoteKey], state: &State, req: &Request) -> Result<Accepted
                 verify_consistency(TreeHash::Sha256, l.size, size, &old_root, &root, &req.proof)
                     .map_err(|e| Refusal::Inconsistent(format!("no consistency from size {} to {size}: {e}", l.size)))?;
             } else if !req.proof.is_empty() {
-                return Err(Refusal::Inconsistent("a proof from size 0 is empty".into()));
+                return Err(Refusal::Inconsistent("a checkpoint after an empty tree comes with no proof".into()));
             }
         }
     }
