@@ -239,3 +239,59 @@ async fn half_open_connections_are_closed_and_past_the_limit_answered_503() {
     let r = reqwest::get(format!("{base}/v1/lots/S1/origin")).await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// Issue 25: twelve threads posting a valid certificate from one address
+/// made 75 % of another user's checks answer `unavailable` (two checks at
+/// once per projection, for everyone together). Checks now wait in a
+/// queue per client, taken in turn: the flood is refused past its own
+/// few, and the other client's checks are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_certificate_checks_from_one_client_leaves_anothers_answered() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+    use std::sync::Arc;
+    let mut sys = worked_example().await;
+    let base = sys.start_gateway();
+    let out = sys.dir.path().join("s1.json");
+    let o = sys.custody(&["certify", "S1", "--rules", "us-2024", "--rules", "eu-2025", "--date", "2024-11-15", "--out", out.to_str().unwrap()], None);
+    assert!(o.status.success(), "certify: {}", String::from_utf8_lossy(&o.stderr));
+    let certificate = std::fs::read(&out).unwrap();
+    let url = format!("{base}/v1/certificates/verify?key={}", sys.ledger_key());
+    let from = |last: u8| reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, last])).build().unwrap();
+
+    let (stop, flood_busy, flood_done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut flood = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let (http, url, body, stop, busy, done) = (from(2), url.clone(), certificate.clone(), stop.clone(), flood_busy.clone(), flood_done.clone());
+        flood.spawn(async move {
+            while !stop.load(Relaxed) {
+                match http.post(&url).body(body.clone()).send().await.map(|r| r.status().as_u16()) {
+                    Ok(200) => done.fetch_add(1, Relaxed),
+                    _ => busy.fetch_add(1, Relaxed),
+                };
+            }
+        });
+    }
+    // The flood is under way before the other client asks.
+    while flood_done.load(Relaxed) + flood_busy.load(Relaxed) < 24 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let other = from(3);
+    let (mut answered, mut unavailable) = (0, 0);
+    for _ in 0..40 {
+        let r = other.post(&url).body(certificate.clone()).send().await.expect("the gateway answers");
+        match r.status().as_u16() {
+            200 => {
+                let report: Value = r.json().await.unwrap();
+                assert_eq!(report["valid"], true, "{report}");
+                answered += 1;
+            }
+            503 => unavailable += 1,
+            s => panic!("unexpected status {s}: {}", r.text().await.unwrap_or_default()),
+        }
+    }
+    stop.store(true, Relaxed);
+    while flood.join_next().await.is_some() {}
+    assert!(flood_busy.load(Relaxed) > 0, "the flooding client is refused past its share");
+    assert!(unavailable * 10 <= answered + unavailable, "another client: {answered} answered, {unavailable} unavailable");
+}

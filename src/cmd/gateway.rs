@@ -23,15 +23,28 @@ pub struct HttpArgs {
     /// connection stays open).
     #[arg(long, default_value_t = 10.0)]
     header_timeout: f64,
+    /// Seconds a client may take to send a request's body.
+    #[arg(long, default_value_t = 10.0)]
+    body_timeout: f64,
+    /// Requests one client address may have in progress at once; past
+    /// it, 503 at once.
+    #[arg(long, default_value_t = 64)]
+    max_requests_per_client: usize,
 }
 
 impl HttpArgs {
     pub fn limits(&self) -> anyhow::Result<custody_gateway::HttpLimits> {
         anyhow::ensure!(self.max_connections >= 1, "--max-connections must be at least 1");
-        anyhow::ensure!(self.header_timeout > 0.0 && self.header_timeout.is_finite(), "--header-timeout must be a positive number of seconds");
+        anyhow::ensure!(self.max_requests_per_client >= 1, "--max-requests-per-client must be at least 1");
+        let seconds = |flag: &str, s: f64| {
+            anyhow::ensure!(s > 0.0 && s.is_finite() && s < 1e9, "--{flag} must be a positive number of seconds");
+            Ok(std::time::Duration::from_secs_f64(s))
+        };
         Ok(custody_gateway::HttpLimits {
             max_connections: self.max_connections,
-            header_timeout: std::time::Duration::from_secs_f64(self.header_timeout),
+            header_timeout: seconds("header-timeout", self.header_timeout)?,
+            body_timeout: seconds("body-timeout", self.body_timeout)?,
+            per_client: self.max_requests_per_client,
             ..Default::default()
         })
     }

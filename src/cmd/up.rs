@@ -242,7 +242,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     let (gstop_tx, gstop_rx) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
     let gateway_url = nats_url.clone();
-    let http_limits = a.http_limits.limits()?;
+    let http_limits = within_descriptors(a.http_limits.limits()?);
     let gateway_seed = seed(&gateway_id);
     running.spawn(async move {
         let done = custody_gateway::run(
@@ -373,4 +373,22 @@ async fn wait_for_head(nc: &async_nats::Client) -> anyhow::Result<u64> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     anyhow::bail!("the ledger did not come up")
+}
+
+/// The gateway shares this process's descriptors with the ledger, the
+/// projection and authz (their sled files, NATS connections, snapshot
+/// writes): its connections get at most half of them, less 256, so a
+/// flood of sockets can never leave a service unable to open a file.
+fn within_descriptors(mut limits: custody_gateway::HttpLimits) -> custody_gateway::HttpLimits {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct we own and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return limits;
+    }
+    let budget = (limit.rlim_cur / 2).saturating_sub(256).max(64);
+    if (limits.max_connections as u64) > budget {
+        tracing::warn!(asked = limits.max_connections, budget, descriptors = limit.rlim_cur, "HTTP connections capped below the process's descriptor limit");
+        limits.max_connections = budget as usize;
+    }
+    limits
 }

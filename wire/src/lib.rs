@@ -13,6 +13,7 @@
 //! - [`follow`]: reading the ledger's streams by direct get; the linked
 //!   entry follower ([`follow::Reader::entries`]).
 //! - [`query`]: query requests and the answer codes, with their meaning.
+//! - [`fair`]: a fair queue per client for expensive answers.
 //! - [`files`]: writing a file whole (temp, fsync, rename, fsync the
 //!   folder), and nkey seed files.
 //! - [`atomic`]: JetStream atomic batch publish, the ledger's commit.
@@ -28,6 +29,7 @@ pub mod atomic;
 pub mod certify;
 pub mod connect;
 pub mod crashpoint;
+pub mod fair;
 pub mod files;
 pub mod follow;
 pub mod health;

@@ -76,6 +76,70 @@ pub enum RequestError {
     NotJson { subject: String },
 }
 
+/// The header in which a trusted service (the gateway) names the client it
+/// asks for: `addr:<IP>` for an unsigned HTTP caller, `key:<nkey>` for a
+/// signed one. Believed only from inside the services' own account.
+pub const CLIENT_HEADER: &str = "Custody-Client";
+
+/// The header nats-server sets, itself, on a request that crosses into
+/// another account (any value a client sent is replaced): the asking
+/// account, and its user when the import shares it (authz's accounts do).
+const REQUEST_INFO_HEADER: &str = "Nats-Request-Info";
+
+tokio::task_local! {
+    /// Who the requests made in this task are made for (see [`on_behalf_of`]).
+    static ASKER: String;
+}
+
+/// Runs `work` with every request it makes ([`send`]) naming `asker` as
+/// the client it is made for, so that the service answering queues it
+/// with that client's other work ([`crate::fair`]), not with everyone's.
+pub async fn on_behalf_of<F: std::future::Future>(asker: String, work: F) -> F::Output {
+    ASKER.scope(asker, work).await
+}
+
+/// Sends a request, naming the client it is made for when there is one
+/// ([`on_behalf_of`]): the one way custody sends a request.
+pub async fn send(client: &async_nats::Client, subject: &str, payload: bytes::Bytes) -> Result<async_nats::Message, async_nats::RequestError> {
+    match ASKER.try_with(Clone::clone) {
+        Ok(asker) => {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(CLIENT_HEADER, asker.as_str());
+            client.request_with_headers(subject.to_owned(), headers, payload).await
+        }
+        Err(_) => client.request(subject.to_owned(), payload).await,
+    }
+}
+
+#[derive(Deserialize)]
+struct RequestInfo {
+    #[serde(default)]
+    acc: String,
+    #[serde(default)]
+    user: String,
+}
+
+/// Who asked: the fair-queue client of a request ([`crate::fair`]).
+///
+/// - From another account, nats-server's own `Nats-Request-Info` says
+///   which user asked (`nats:<user>`), whatever headers the asker set;
+///   except that the gateway, in the services' account, names the HTTP
+///   client it asks for ([`CLIENT_HEADER`]), and is believed.
+/// - From the same account (the gateway asking a projection), the named
+///   client; with no accounts at all (a bare test server), likewise.
+/// - Otherwise `anonymous`, one client for all who say nothing.
+pub fn asker_of(msg: &async_nats::Message) -> String {
+    let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    let info = header(REQUEST_INFO_HEADER).and_then(|v| serde_json::from_str::<RequestInfo>(&v).ok());
+    match (info, header(CLIENT_HEADER)) {
+        (Some(i), Some(named)) if i.acc == crate::subjects::SERVICES_ACCOUNT => named,
+        (Some(i), _) if !i.user.is_empty() => format!("nats:{}", i.user),
+        (Some(i), _) => format!("nats-account:{}", i.acc),
+        (None, Some(named)) => named,
+        (None, None) => "anonymous".to_owned(),
+    }
+}
+
 /// One JSON request-reply within `wait`: the answer, which may be an error
 /// answer ([`ErrorAnswer::of`]).
 pub async fn request(
@@ -84,7 +148,7 @@ pub async fn request(
     body: &serde_json::Value,
     wait: std::time::Duration,
 ) -> Result<serde_json::Value, RequestError> {
-    let asked = client.request(subject.to_owned(), body.to_string().into());
+    let asked = send(client, subject, body.to_string().into());
     let msg = match tokio::time::timeout(wait, asked).await {
         Err(_) => return Err(RequestError::Timeout { subject: subject.to_owned(), secs: wait.as_secs() }),
         Ok(Err(e)) => return Err(RequestError::Unavailable { subject: subject.to_owned(), why: e.to_string() }),
@@ -169,5 +233,36 @@ mod tests {
         assert_eq!(ErrorAnswer::of(&a).map(|e| e.code), Some(AnswerCode::UnknownLot));
         assert_eq!(ErrorAnswer::of(&serde_json::json!({"lot": "X"})), None);
         assert_eq!(serde_json::to_value(AnswerCode::AnswerTooLarge).unwrap(), "answer_too_large");
+    }
+
+    fn asked(headers: &[(&str, &str)]) -> async_nats::Message {
+        let mut map = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, *v);
+        }
+        async_nats::Message {
+            subject: "custody.query.origin".into(),
+            reply: None,
+            payload: bytes::Bytes::new(),
+            headers: (!headers.is_empty()).then_some(map),
+            status: None,
+            description: None,
+            length: 0,
+        }
+    }
+
+    /// Who is queued as whom: an actor cannot name itself someone else
+    /// (nats-server's own header says who it is), the gateway can.
+    #[test]
+    fn the_asker_is_who_nats_server_says_unless_it_is_the_gateway() {
+        let actor = r#"{"acc":"ACTORS","user":"UMINER","rtt":1000}"#;
+        assert_eq!(asker_of(&asked(&[(REQUEST_INFO_HEADER, actor)])), "nats:UMINER");
+        assert_eq!(asker_of(&asked(&[(REQUEST_INFO_HEADER, actor), (CLIENT_HEADER, "addr:10.0.0.1")])), "nats:UMINER", "a forged client name");
+        let gateway = r#"{"acc":"SERVICES","user":"UGATE"}"#;
+        assert_eq!(asker_of(&asked(&[(REQUEST_INFO_HEADER, gateway), (CLIENT_HEADER, "addr:10.0.0.1")])), "addr:10.0.0.1");
+        assert_eq!(asker_of(&asked(&[(REQUEST_INFO_HEADER, gateway)])), "nats:UGATE");
+        assert_eq!(asker_of(&asked(&[(REQUEST_INFO_HEADER, r#"{"acc":"ACTORS"}"#)])), "nats-account:ACTORS");
+        assert_eq!(asker_of(&asked(&[(CLIENT_HEADER, "addr:127.0.0.2")])), "addr:127.0.0.2", "inside the account (the gateway to a projection)");
+        assert_eq!(asker_of(&asked(&[])), "anonymous");
     }
 }

@@ -1,6 +1,11 @@
 //! NATS subjects and JetStream streams of the ledger: the map producers,
 //! projections and auditors write clients against (see ARCHITECTURE.md).
 
+/// The NATS account of the read-side services (projections, the gateway,
+/// authz) in the accounts authz writes; the gateway in it is believed
+/// when it names the client it asks for ([`crate::query::asker_of`]).
+pub const SERVICES_ACCOUNT: &str = "SERVICES";
+
 /// Request-reply submission: `custody.submit.<actor nkey>`; the reply is an
 /// [`custody_proto::Outcome`].
 pub const SUBMIT_PREFIX: &str = "custody.submit";

@@ -21,6 +21,11 @@
 //! accounts have no JetStream, no consumer can be created, read, deleted
 //! or pointed anywhere by anyone but the ledger.
 //!
+//! Every service import shares the asker (`share: true`): nats-server
+//! itself writes, on each request that crosses accounts, which user sent
+//! it, and the projection and the ledger queue expensive answers per
+//! asker (`custody_wire::fair`).
+//!
 //! Inside each account, every user may still use only its own subjects:
 //!
 //! | who | may publish | may subscribe |
@@ -44,7 +49,7 @@ use crate::registry::Registry;
 /// The account that holds the streams and the ledger.
 pub const CUSTODY_ACCOUNT: &str = "CUSTODY";
 /// The account of the read-side services.
-pub const SERVICES_ACCOUNT: &str = "SERVICES";
+pub use custody_wire::subjects::SERVICES_ACCOUNT;
 /// The account of every registered actor and the operator.
 pub const ACTORS_ACCOUNT: &str = "ACTORS";
 
@@ -205,7 +210,9 @@ fn exports(out: &mut String, services: &[(String, bool)], streams: &[&str]) {
 
 fn imports(out: &mut String, from: &str, services: &[(String, bool)], streams: &[&str]) {
     for (subject, _) in services {
-        out.push_str(&format!("      {{ service: {{ account: {from}, subject: \"{subject}\" }} }}\n"));
+        // `share`: nats-server tells the answering service which user asked
+        // (`Nats-Request-Info`), so expensive answers are queued per asker.
+        out.push_str(&format!("      {{ service: {{ account: {from}, subject: \"{subject}\" }}, share: true }}\n"));
     }
     for subject in streams {
         out.push_str(&format!("      {{ stream: {{ account: {from}, subject: \"{subject}\" }} }}\n"));
@@ -329,6 +336,9 @@ mod tests {
         let custody = &text[text.find("  CUSTODY {").unwrap()..text.find("  SERVICES {").unwrap()];
         assert!(custody.contains("jetstream: enabled") && custody.contains("ULEDGER") && !custody.contains("UPROJ"));
         assert_eq!(text.matches("jetstream").count(), 1, "{text}");
+        // Every service import tells the answering service who asked.
+        let imports: Vec<&str> = text.lines().filter(|l| l.contains("{ service: { account:")).collect();
+        assert!(!imports.is_empty() && imports.iter().all(|l| l.contains("share: true")), "{text}");
         // A revoked actor is not in the registry, so not in the file.
         registry.actors.remove("UMINER");
         assert!(!render(&registry, &services).contains("UMINER"));

@@ -47,7 +47,14 @@ struct App {
     verified: Arc<tokio::sync::Mutex<Verified>>,
     /// Signed requests honoured lately: each is honoured once.
     replays: Arc<std::sync::Mutex<custody_proto::request::Replays>>,
+    /// Requests in progress per client address, and how many one may have.
+    in_progress: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
+    per_client: usize,
 }
+
+/// The address a connection comes from (set on each of its requests).
+#[derive(Debug, Clone, Copy)]
+struct Peer(std::net::IpAddr);
 
 /// How far the committed stream was verified, or the first thing wrong in
 /// it (an append-only stream that broke stays broken).
@@ -75,10 +82,17 @@ fn error(code: AnswerCode, message: impl Into<String>) -> Response {
     (status(code), Json(custody_wire::query::error_answer(code, message))).into_response()
 }
 
-/// The routes, over a NATS connection.
-pub fn router(nats: async_nats::Client) -> Router {
+/// The routes, over a NATS connection, with at most `per_client` requests
+/// in progress per client address.
+pub fn router(nats: async_nats::Client, per_client: usize) -> Router {
     let checker = custody_audit::verify::Checker::new(Box::new(|_| {}));
-    let app = App { nats, verified: Arc::new(tokio::sync::Mutex::new(Verified::Good(checker))), replays: Default::default() };
+    let app = App {
+        nats,
+        verified: Arc::new(tokio::sync::Mutex::new(Verified::Good(checker))),
+        replays: Default::default(),
+        in_progress: Default::default(),
+        per_client,
+    };
     Router::new()
         .route("/v1/lots/{lot}/origin", get(origin))
         .route("/v1/lots/{lot}/admissibility", get(admissibility))
@@ -93,6 +107,7 @@ pub fn router(nats: async_nats::Client) -> Router {
         .route("/v1/ledger/verify", get(verify))
         .route("/v1/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .route("/", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), one_client))
         .route_layer(axum::middleware::from_fn(counted))
         .fallback(|| async {
             let response = error(AnswerCode::NotFound, "no such path; see /v1/openapi.json");
@@ -100,6 +115,40 @@ pub fn router(nats: async_nats::Client) -> Router {
             response
         })
         .with_state(app)
+}
+
+/// One client's requests in progress: at most `per_client` at once (past
+/// it, 503 at once), and every question it makes the services is queued
+/// with that client's own (`custody_wire::fair`), named by its address
+/// (or, once a handler has verified a signed request, by its key).
+async fn one_client(State(app): State<App>, request: Request, next: axum::middleware::Next) -> Response {
+    let Some(Peer(ip)) = request.extensions().get::<Peer>().copied() else {
+        return next.run(request).await;
+    };
+    {
+        let mut map = app.in_progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mine = map.entry(ip).or_default();
+        if *mine >= app.per_client {
+            let why = format!("you have {} requests in progress here, the most one client may; wait for their answers", app.per_client);
+            return error(AnswerCode::Unavailable, why);
+        }
+        *mine += 1;
+    }
+    /// Gives the place back however the request ends (even if dropped).
+    struct Done(App, std::net::IpAddr);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            let mut map = self.0.in_progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = map.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.1);
+                }
+            }
+        }
+    }
+    let _done = Done(app, ip);
+    custody_wire::query::on_behalf_of(format!("addr:{ip}"), next.run(request)).await
 }
 
 /// Counts a request by route (its pattern, never the path itself: the
@@ -148,11 +197,21 @@ pub struct HttpLimits {
     pub header_timeout: Duration,
     /// The longest a connection lives, whatever it does.
     pub connection_lifetime: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
+    /// Requests one client address may have in progress at once.
+    pub per_client: usize,
 }
 
 impl Default for HttpLimits {
     fn default() -> HttpLimits {
-        HttpLimits { max_connections: 2_048, header_timeout: Duration::from_secs(10), connection_lifetime: Duration::from_secs(300) }
+        HttpLimits {
+            max_connections: 2_048,
+            header_timeout: Duration::from_secs(10),
+            connection_lifetime: Duration::from_secs(300),
+            body_timeout: Duration::from_secs(10),
+            per_client: 64,
+        }
     }
 }
 
@@ -176,7 +235,8 @@ pub async fn run(
     background.spawn(custody_wire::health::answer_status(nats.clone(), health.clone()).map(drop));
     // Ready while connected (answer_status watches the connection).
     health.set_ready(Ok(()));
-    serve_bounded(listener, router(nats), limits, shutdown).await;
+    let app = router(nats, limits.per_client).layer(tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_timeout));
+    serve_bounded(listener, app, limits, shutdown).await;
     Ok(())
 }
 
@@ -192,7 +252,7 @@ async fn serve_bounded(listener: tokio::net::TcpListener, app: Router, limits: H
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, say: wait, never spin or stop.
                     tracing::warn!(error = %e, "cannot accept a connection");
@@ -201,12 +261,13 @@ async fn serve_bounded(listener: tokio::net::TcpListener, app: Router, limits: H
                 }
             },
         };
+        let (stream, peer) = stream;
         let Ok(place) = places.clone().try_acquire_owned() else {
             count("over_capacity", StatusCode::SERVICE_UNAVAILABLE, None);
             connections.spawn(turn_away(stream, limits.max_connections));
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper_util::service::TowerToHyperService::new(tower_http::add_extension::AddExtension::new(app.clone(), Peer(peer.ip())));
         connections.spawn(async move {
             let _place = place;
             let mut http = hyper::server::conn::http1::Builder::new();
@@ -245,7 +306,7 @@ impl App {
 
     /// A request to `who` (the projection or the ledger) over NATS.
     async fn ask(&self, who: &str, subject: &str, body: Value) -> Response {
-        let request = self.nats.request(subject.to_owned(), body.to_string().into());
+        let request = custody_wire::query::send(&self.nats, subject, body.to_string().into());
         let msg = match tokio::time::timeout(QUERY_TIMEOUT, request).await {
             Err(_) => return error(AnswerCode::Timeout, format!("no {who} answered in time")),
             Ok(Err(e)) => return error(AnswerCode::Unavailable, format!("no {who} is answering: {e}")),
@@ -327,15 +388,15 @@ async fn certificate(
 ) -> Response {
     use custody_wire::certify::CertifyError;
     let path = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
-    match caller(&app, &headers, "GET", &path).await {
-        Ok(Some(c)) if c.regulator => {}
+    let signer = match caller(&app, &headers, "GET", &path).await {
+        Ok(Some(c)) if c.regulator => c.key,
         Ok(Some(c)) => return error(AnswerCode::NotPermitted, format!("{} is not a regulator; a certificate carries every party's envelopes", c.key)),
         Ok(None) => {
             let why = "a certificate carries every envelope of the lot's history, with the parties' keys and prices: sign the request as a regulator (Authorization: Custody <key>:<time>:<signature>), or run custody certify with a regulator's key";
             return error(AnswerCode::BadCredentials, why);
         }
         Err(r) => return r,
-    }
+    };
     let lot = match segment(lot) {
         Ok(l) => l,
         Err(r) => return r,
@@ -345,7 +406,8 @@ async fn certificate(
     };
     let rules: Vec<String> = rules.split(',').map(str::trim).filter(|r| !r.is_empty()).map(str::to_owned).collect();
     let query = custody_wire::query::CertificateQuery { lot, rules, date: date.clone() };
-    match custody_wire::certify::certify(&app.nats, &query).await {
+    // A verified regulator's certificates are queued as that regulator's.
+    match custody_wire::query::on_behalf_of(format!("key:{signer}"), custody_wire::certify::certify(&app.nats, &query)).await {
         Ok(cert) => Json(cert).into_response(),
         Err(CertifyError::Answer(e)) => error(e.code, e.message),
         Err(CertifyError::Request(custody_wire::query::RequestError::Timeout { .. })) => error(AnswerCode::Timeout, "the certificate took too long to make"),
@@ -466,7 +528,7 @@ async fn caller(app: &App, headers: &axum::http::HeaderMap, method: &str, path: 
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .verify_once(value, method, path, custody_proto::Timestamp::now())
         .map_err(|why| error(AnswerCode::BadCredentials, why))?;
-    let request = app.nats.request(subjects::QUERY_ACTOR, json!({"key": key}).to_string().into());
+    let request = custody_wire::query::send(&app.nats, subjects::QUERY_ACTOR, json!({"key": key}).to_string().into());
     let answer = match tokio::time::timeout(QUERY_TIMEOUT, request).await {
         Ok(Ok(m)) => serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null),
         _ => return Err(error(AnswerCode::Unavailable, "no projection answered who the caller is")),

@@ -509,40 +509,69 @@ fn genealogy(state: &State, lot: &view::Lot) -> Value {
     json!({"lot": lot.lot, "node": node(lot), "ancestors": ancestors, "descendants": descendants, "truncated": a_trunc || d_trunc})
 }
 
+/// A query waiting for its turn.
+struct Asked {
+    subject: String,
+    payload: bytes::Bytes,
+    reply: async_nats::Subject,
+}
+
+/// Certificate checks: a few at once (each costs up to a megabyte of
+/// signatures), a few waiting per asker.
+const CHECKS: custody_wire::fair::Limits = custody_wire::fair::Limits { per_client: 4, total: 256, max_wait: QUEUE_WAIT };
+/// Every other query.
+const READS: custody_wire::fair::Limits = custody_wire::fair::Limits { per_client: 16, total: 4_096, max_wait: QUEUE_WAIT };
+/// Longest a query waits for its turn: less than the gateway waits for
+/// the answer, so a late one is answered "unavailable", not timed out.
+const QUEUE_WAIT: Duration = Duration::from_secs(4);
+/// Workers answering from the state at once (under its read lock).
+const READERS: usize = 2;
+
+/// Answers queries, in fair shares: each asker ([`custody_wire::query::asker_of`])
+/// has a queue of its own and the workers take from each in turn
+/// ([`custody_wire::fair`]), so one client's flood delays that client.
 async fn serve(client: async_nats::Client, state: Shared, meters: Meters) -> Result<(), ProjectionError> {
+    use custody_wire::fair::{Pool, Turn};
     let mut sub = client.queue_subscribe("custody.query.>", subjects::PROJECTION_GROUP.to_owned()).await.map_err(|e| ProjectionError::Serve(e.to_string()))?;
-    let checks = Arc::new(tokio::sync::Semaphore::new(CERTIFICATE_CHECKS));
-    while let Some(msg) = sub.next().await {
-        let Some(reply) = msg.reply else { continue };
-        // Checking a certificate needs no state: off the query loop and
-        // without the lock, a few at a time (anyone may ask, and each
-        // costs up to a megabyte of signatures): the rest are told to retry.
-        if msg.subject.as_str() == subjects::QUERY_VERIFY_CERTIFICATE {
-            let client = client.clone();
-            let Ok(permit) = checks.clone().try_acquire_owned() else {
-                let busy = error(AnswerCode::Unavailable, format!("{CERTIFICATE_CHECKS} certificates are being checked; try again in a moment"));
-                let _ = client.publish(reply, busy.to_string().into()).await;
-                continue;
-            };
-            let meters = meters.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let started = Instant::now();
-                let answer = tokio::task::spawn_blocking(move || answer(&State::default(), subjects::QUERY_VERIFY_CERTIFICATE, &msg.payload))
-                    .await
-                    .unwrap_or_else(|_| error(AnswerCode::Internal, "the certificate check failed"));
-                meters.query(subjects::QUERY_VERIFY_CERTIFICATE, started.elapsed());
+    let worker = |state: Option<Shared>| {
+        let (client, meters) = (client.clone(), meters.clone());
+        move |turn: Turn<Asked>| {
+            let (client, meters, state) = (client.clone(), meters.clone(), state.clone());
+            async move {
+                let (asked, answer) = match turn {
+                    Turn::TooLate(asked, waited) => {
+                        let why = format!("too many questions are waiting here ({} s in line); try again in a moment", waited.as_secs());
+                        (asked, error(AnswerCode::Unavailable, why))
+                    }
+                    Turn::Go(asked) => {
+                        let started = Instant::now();
+                        let (subject, payload) = (asked.subject.clone(), asked.payload.clone());
+                        // A certificate check needs no state, so never takes the lock.
+                        let answered = tokio::task::spawn_blocking(move || match state {
+                            Some(state) => answer(&state.read(), &subject, &payload),
+                            None => answer(&State::default(), &subject, &payload),
+                        })
+                        .await
+                        .unwrap_or_else(|_| error(AnswerCode::Internal, "the answer failed"));
+                        meters.query(&asked.subject, started.elapsed());
+                        (asked, answered)
+                    }
+                };
                 let body = custody_wire::query::within_limit(answer.to_string(), client.server_info().max_payload);
-                let _ = client.publish(reply, body.into()).await;
-            });
-            continue;
+                let _ = client.publish(asked.reply, body.into()).await;
+            }
         }
-        // The read lock is held for the answer only, never for sending it.
-        let started = Instant::now();
-        let answer = answer(&state.read(), msg.subject.as_str(), &msg.payload);
-        meters.query(msg.subject.as_str(), started.elapsed());
-        let body = custody_wire::query::within_limit(answer.to_string(), client.server_info().max_payload);
-        let _ = client.publish(reply, body.into()).await;
+    };
+    let checks = Pool::start(CERTIFICATE_CHECKS, CHECKS, worker(None));
+    let reads = Pool::start(READERS, READS, worker(Some(state)));
+    while let Some(msg) = sub.next().await {
+        let asker = custody_wire::query::asker_of(&msg);
+        let Some(reply) = msg.reply else { continue };
+        let pool = if msg.subject.as_str() == subjects::QUERY_VERIFY_CERTIFICATE { &checks } else { &reads };
+        let asked = Asked { subject: msg.subject.to_string(), payload: msg.payload, reply: reply.clone() };
+        if let Err(full) = pool.offer(&asker, asked) {
+            let _ = client.publish(reply, error(AnswerCode::Unavailable, full.to_string()).to_string().into()).await;
+        }
     }
     Ok(())
 }
