@@ -85,3 +85,38 @@ async fn an_actor_over_its_quota_is_refused_unread_and_another_keeps_its_pace() 
     }
     assert!(matches!(again, Outcome::Receipt(_)), "{again:?}");
 }
+
+/// Outcomes of `envelopes` sent as one batch: (receipts, rate_limited, other refusals).
+async fn tally(sys: &System, envelopes: &[bytes::Bytes]) -> (usize, usize, usize) {
+    let mut t = (0, 0, 0);
+    for answer in custody::client::submit_batch(&sys.client, envelopes).await.unwrap() {
+        match answer.outcome().unwrap() {
+            Outcome::Receipt(_) => t.0 += 1,
+            Outcome::Rejected(r) if r.code == Code::RateLimited => t.1 += 1,
+            Outcome::Rejected(_) => t.2 += 1,
+        }
+    }
+    t
+}
+
+/// A role may have its own quota (`--role-quota ROLE=RATE/BURST`): the
+/// ledger learns an actor's roles from its registration as it commits,
+/// and again from its history when it restarts; roles without their own
+/// get the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_has_its_own_quota_learnt_from_the_registration_and_kept_across_a_restart() {
+    let mut sys = System::start_with(&["--actor-rate", "1000", "--actor-burst", "1000", "--role-quota", "miner=0.1/10"]).await;
+    let miner = sys.actor("slow-miner", "miner", "ZA").await;
+    let trader = sys.actor("trader", "trader", "BE").await;
+    let (receipts, limited, _) = tally(&sys, &mined(&miner, "first", 30)).await;
+    assert_eq!((receipts, limited), (10, 20), "a miner's burst is 10");
+    // A trader may not mine: refused for that, never for its quota (the default, 1,000).
+    let (_, limited, refused) = tally(&sys, &mined(&trader, "not-mine", 30)).await;
+    assert_eq!((limited, refused), (0, 30));
+
+    // Restarted, the ledger knows the miner's role from its history.
+    sys.kill_ledger();
+    sys.start_ledger().await;
+    let (receipts, limited, _) = tally(&sys, &mined(&miner, "after", 30)).await;
+    assert_eq!((receipts, limited), (10, 20), "after a restart too");
+}

@@ -120,7 +120,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         What::Ingest { events, producers, window, quota_cost: Some(rounds), .. } => {
             let limits = custody_ledger::quota::Limits { rate: 1e7, burst: 1e9 };
-            return with_and_without("ingest-quota-cost", "quota", events, producers, window, rounds, move |c, on| c.quota = on.then_some(limits)).await;
+            return with_and_without("ingest-quota-cost", "quota", events, producers, window, rounds, move |c, on| {
+                c.quota = on.then(|| custody_ledger::quota::Rates::uniform(limits))
+            })
+            .await;
         }
         What::Ingest { events, producers, window, cluster: None, batch, .. } => (events, producers, window, batch),
         What::Tree { entries, rounds } => {

@@ -51,6 +51,11 @@ pub struct Args {
     /// Submissions an actor may send at once after a quiet spell.
     #[arg(long, default_value_t = 20_000)]
     actor_burst: u32,
+    /// A role's own quota, as `ROLE=RATE/BURST` (`miner=50/5000`);
+    /// repeatable. An actor gets the most generous of its roles' quotas,
+    /// or --actor-rate/--actor-burst when none of its roles has one.
+    #[arg(long = "role-quota", value_name = "ROLE=RATE/BURST")]
+    role_quotas: Vec<String>,
     #[command(flatten)]
     ops: custody::ops::OpsArgs,
     #[command(subcommand)]
@@ -108,7 +113,16 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             config.origin = a.origin;
             anyhow::ensure!(a.actor_rate >= 0.0 && a.actor_rate.is_finite(), "--actor-rate must be a number of submissions a second (0: no quota)");
             anyhow::ensure!(a.actor_burst >= 1, "--actor-burst must be at least 1");
-            config.quota = (a.actor_rate > 0.0).then_some(custody_ledger::quota::Limits { rate: a.actor_rate, burst: f64::from(a.actor_burst) });
+            let mut roles = Vec::new();
+            for q in &a.role_quotas {
+                let (role, limits) = q.split_once('=').with_context(|| format!("--role-quota {q}: give ROLE=RATE/BURST"))?;
+                let role: custody_proto::Role =
+                    serde_json::from_value(serde_json::json!(role)).map_err(|_| anyhow::anyhow!("--role-quota {q}: {role:?} is not a role"))?;
+                let limits = custody_ledger::quota::Limits::parse(limits).map_err(|e| anyhow::anyhow!("--role-quota {q}: {e}"))?;
+                roles.push((role, limits));
+            }
+            let default = custody_ledger::quota::Limits { rate: a.actor_rate, burst: f64::from(a.actor_burst) };
+            config.quota = (a.actor_rate > 0.0).then_some(custody_ledger::quota::Rates { default, roles });
             config.witnesses =
                 a.witnesses.iter().map(|w| custody_ledger::cosign::WitnessPeer::parse(w)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
             if let Some(name) = a.name {

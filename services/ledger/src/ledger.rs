@@ -217,6 +217,11 @@ impl Ledger {
         &self.store
     }
 
+    /// Every actor's key and roles, as committed so far.
+    pub fn roles(&self) -> impl Iterator<Item = (&str, &[custody_proto::Role])> {
+        self.model.roles()
+    }
+
     /// Applies the time and custody rules to each checked submission in
     /// order and builds entries for the accepted ones. `now` is the batch's
     /// one clock reading: every entry is recorded at it (or at the head's

@@ -94,6 +94,11 @@ impl Model {
         m
     }
 
+    /// Every actor's key and roles (what its quota follows).
+    pub fn roles(&self) -> impl Iterator<Item = (&str, &[Role])> {
+        self.actors.iter().map(|(k, a)| (k.as_str(), a.roles.as_slice()))
+    }
+
     pub fn lot_count(&self) -> usize {
         self.lots.len()
     }

@@ -113,8 +113,8 @@ pub struct Config {
     pub origin: Option<String>,
     /// The witnesses asked to cosign each checkpoint.
     pub witnesses: Vec<crate::cosign::WitnessPeer>,
-    /// Each actor's submission quota; none: unlimited.
-    pub quota: Option<crate::quota::Limits>,
+    /// Each actor's submission quota, by role; none: unlimited.
+    pub quota: Option<crate::quota::Rates>,
 }
 
 impl Config {
@@ -136,7 +136,7 @@ impl Config {
             lot_map: true,
             origin: None,
             witnesses: Vec::new(),
-            quota: Some(crate::quota::Limits::DEFAULT),
+            quota: Some(crate::quota::Rates::uniform(crate::quota::Limits::DEFAULT)),
         }
     }
 }
@@ -219,11 +219,26 @@ struct Submission {
 struct Shares(Option<Arc<std::sync::Mutex<crate::quota::Quotas>>>);
 
 impl Shares {
+    fn new(rates: Option<crate::quota::Rates>, ledger: &Ledger, authority: &str) -> Shares {
+        let shares = Shares(rates.map(|r| Arc::new(std::sync::Mutex::new(crate::quota::Quotas::new(r, authority)))));
+        shares.learn(ledger.roles());
+        shares
+    }
+
     /// Takes a submission's token from the actor `key` names.
     fn take(&self, key: Option<&str>) -> Option<Duration> {
         let quotas = self.0.as_ref()?;
         let mut q = quotas.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         q.take(key.unwrap_or(""), std::time::Instant::now()).err()
+    }
+
+    /// Actors' roles, which decide their quotas.
+    fn learn<'a>(&self, roles: impl Iterator<Item = (&'a str, &'a [custody_proto::Role])>) {
+        let Some(quotas) = self.0.as_ref() else { return };
+        let mut q = quotas.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (key, roles) in roles {
+            q.set_roles(key, roles);
+        }
     }
 }
 
@@ -437,15 +452,23 @@ async fn serve(
 
     let mut tasks = tokio::task::JoinSet::new();
     let core = client.queue_subscribe(format!("{SUBMIT_PREFIX}.>"), QUEUE_GROUP.to_owned()).await.map_err(nats("subscribe to submissions"))?;
-    let shares = Shares(config.quota.map(|l| Arc::new(std::sync::Mutex::new(crate::quota::Quotas::new(l, config.authority.as_str())))));
+    let shares = Shares::new(config.quota.clone(), &ledger, config.authority.as_str());
     tasks.spawn(intake_core(client.clone(), core, intake_tx.clone(), shares.clone()));
-    tasks.spawn(intake_inbox(streams.inbox, intake_tx, shares));
+    tasks.spawn(intake_inbox(streams.inbox, intake_tx, shares.clone()));
     tasks.spawn(check_stage(intake_rx, checked_tx));
     let (durable_tx, durable_rx) = mpsc::channel(WINDOW * 2);
     let committed = ledger.head().map_or(0, |h| h.0);
     tasks.spawn(durable_stage(ledger.store().clone(), notary.clone(), durable_rx, respond_tx, head_tx, meters.clone()));
-    let writer =
-        Writer { ledger, clock: config.clock.clone(), js: js.clone(), reader: Reader::ledger(client), durable: durable_tx, committed, meters: meters.clone() };
+    let writer = Writer {
+        ledger,
+        clock: config.clock.clone(),
+        js: js.clone(),
+        reader: Reader::ledger(client),
+        durable: durable_tx,
+        committed,
+        meters: meters.clone(),
+        shares,
+    };
     tasks.spawn(writer.run(checked_rx));
     tasks.spawn(respond_stage(client.clone(), js.clone(), respond_rx, meters.clone()));
     let cosigners = crate::cosign::Cosigners::new(config.witnesses.clone());
@@ -685,6 +708,8 @@ struct Writer {
     /// The stream holds every entry up to here.
     committed: u64,
     meters: Meters,
+    /// The quotas, told each registration the writer admits.
+    shares: Shares,
 }
 
 /// Atomic batches awaiting their ack at once.
@@ -736,7 +761,21 @@ impl Writer {
                     let (replies, checked): (Vec<Reply>, Vec<Checked>) = batch.items.into_iter().unzip();
                     // One clock reading for the whole batch: what `recorded_at` says and
                     // what "the future" means for every `occurred_at` in it.
+                    let registrations: Vec<(usize, String, Vec<custody_proto::Role>)> = checked
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, c)| match c {
+                            Ok((_, e)) => match &e.body {
+                                custody_proto::Body::ActorRegistered { subject, roles, .. } => Some((i, subject.as_str().to_owned(), roles.clone())),
+                                _ => None,
+                            },
+                            Err(_) => None,
+                        })
+                        .collect();
                     let admitted = self.ledger.admit(checked, self.clock.now());
+                    // A registration accepted sets its actor's quota.
+                    let accepted = registrations.iter().filter(|(i, ..)| matches!(admitted.outcomes.get(*i), Some(Outcome::Receipt(_))));
+                    self.shares.learn(accepted.map(|(_, k, r)| (k.as_str(), r.as_slice())));
                     for chunk in admitted.entries.chunks(MAX_ATOMIC) {
                         self.send(chunk, &mut acks).await;
                     }
