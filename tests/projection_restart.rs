@@ -323,3 +323,51 @@ async fn queries_during_a_replay_answer_at_once_and_say_how_far_it_is() {
     // the lock for 64 entries at a time, never while reading or writing.
     assert!(p99 < Duration::from_millis(250), "p99 {p99:?} during the replay");
 }
+
+/// Issue 25: with its descriptors exhausted, the projection could not
+/// write its snapshot and `custody up` ended with it. A snapshot only
+/// shortens a restart: one that cannot be written (here a folder stands
+/// where each next snapshot file goes, which even root cannot replace)
+/// is reported, the projection keeps answering, and once the way is clear
+/// a later snapshot is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_that_cannot_be_written_is_reported_and_the_projection_answers_on() {
+    let mut sys = System::start().await;
+    let miner = sys.actor("snap-miner", "miner", "BW").await;
+    sys.spawn_projection(&[("CUSTODY_SNAPSHOT_EVERY", "1")]);
+    let (head, _) = sys.head().await;
+    // Every snapshot the next entries would write is blocked.
+    let blocked: Vec<std::path::PathBuf> = (head + 1..head + 40).map(|seq| sys.projection_dir().join(format!("snapshot-{seq:020}.json"))).collect();
+    for b in &blocked {
+        std::fs::create_dir_all(b.join("in-the-way")).unwrap();
+    }
+    for i in 0..10 {
+        sys.accept(&miner, &event(&miner, &format!("snap-{i}"), "mined", json!({"lot": format!("SNAP{i}"), "carats": "1.00", "country": "BW"}))).await;
+    }
+    let mut answered = false;
+    for _ in 0..200 {
+        answered = sys.query(subjects::QUERY_ORIGIN, json!({"lot": "SNAP9"})).await.is_some_and(|v| v.get("mine_origin").is_some());
+        if answered {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "the projection answers for the last lot: {}", sys.projection_log());
+    assert!(sys.projection_log().contains("cannot write the projection's snapshot"), "reported: {}", sys.projection_log());
+    assert!(sys.projection.as_mut().unwrap().child_mut().try_wait().unwrap().is_none(), "the projection runs on: {}", sys.projection_log());
+
+    // Cleared: a later snapshot is written.
+    for b in &blocked {
+        std::fs::remove_dir_all(b).unwrap();
+    }
+    sys.accept(&miner, &event(&miner, "snap-after", "mined", json!({"lot": "SNAPX", "carats": "1.00", "country": "BW"}))).await;
+    let written =
+        || std::fs::read_dir(sys.projection_dir()).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("snapshot-") && e.path().is_file());
+    for _ in 0..200 {
+        if written() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(written(), "a snapshot once the way is clear: {}", sys.projection_log());
+}

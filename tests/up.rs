@@ -146,3 +146,41 @@ async fn up_ends_on_the_first_sigterm_after_its_nats_server_died() {
     let status = up.exit_within(Duration::from_secs(20)).await;
     assert!(status.is_some(), "custody up still running 20 s after SIGTERM");
 }
+
+/// Issue 25: when authz could not write nats-server's authorization file
+/// (its process was out of descriptors), `custody up` ended. Now authz
+/// says it is behind (not ready, and why) and tries again, and up serves
+/// on; once the file can be written, the newly registered actor gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_authz_cannot_write_is_reported_retried_and_up_serves_on() {
+    let mut up = up();
+    // A folder stands where the file goes: even root cannot replace it.
+    let file = up.dir.path().join("nats-auth.conf");
+    let kept = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir_all(file.join("in-the-way")).unwrap();
+    let miner = nkeys::KeyPair::new_user();
+    up.register(&[(&miner, "miner", "BW")]).await;
+
+    let http = reqwest::Client::new();
+    let mut said = String::new();
+    for _ in 0..200 {
+        let r = http.get(format!("{}/readyz", up.ops)).send().await.unwrap();
+        said = r.text().await.unwrap();
+        if said.contains("authorization is behind the registry") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(said.contains("authorization is behind the registry"), "authz says why it is not ready: {said}");
+    assert!(connect(&up.url, Some(&miner)).await.is_err(), "not in the file yet");
+    assert!(up.alive(), "custody up serves on");
+
+    // The way clear (the old file back, as an operator would), authz writes
+    // the registry within a second or two and the miner gets in.
+    std::fs::remove_dir_all(&file).unwrap();
+    std::fs::write(&file, kept).unwrap();
+    let (_, _, waited) = connect_when_allowed(&up.url, &miner).await;
+    eprintln!("the miner got in {waited:?} after the file could be written");
+    assert!(up.alive());
+}

@@ -51,7 +51,7 @@ pub struct Status {
 /// share it. Apart from what the service says, an instance whose NATS
 /// connection is down is not ready ([`answer_status`] watches it).
 #[derive(Debug, Clone)]
-pub struct Health(Arc<Mutex<Status>>, Arc<Mutex<Option<String>>>);
+pub struct Health(Arc<Mutex<Status>>, Arc<Mutex<std::collections::BTreeMap<&'static str, String>>>);
 
 impl Health {
     /// An instance of `service` named `name`, starting, not ready.
@@ -68,7 +68,7 @@ impl Health {
                 leader: None,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             })),
-            Arc::new(Mutex::new(None)),
+            Arc::new(Mutex::new(Default::default())),
         )
     }
 
@@ -79,9 +79,9 @@ impl Health {
 
     pub fn status(&self) -> Status {
         let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        if let Some(why) = self.1.lock().unwrap_or_else(PoisonError::into_inner).clone() {
+        if let Some(why) = self.1.lock().unwrap_or_else(PoisonError::into_inner).values().next() {
             s.ready = false;
-            s.why = Some(why);
+            s.why = Some(why.clone());
         }
         s
     }
@@ -89,7 +89,17 @@ impl Health {
     /// Records whether the instance's NATS connection is up (`None`) or
     /// down, and why.
     pub fn set_link(&self, down: Option<String>) {
-        *self.1.lock().unwrap_or_else(PoisonError::into_inner) = down;
+        self.set_fault("link", down);
+    }
+
+    /// Records a fault of `kind` that makes the instance not ready until
+    /// cleared (`None`), whatever else it says (a file it cannot write, say).
+    pub fn set_fault(&self, kind: &'static str, fault: Option<String>) {
+        let mut faults = self.1.lock().unwrap_or_else(PoisonError::into_inner);
+        match fault {
+            Some(why) => faults.insert(kind, why),
+            None => faults.remove(kind),
+        };
     }
 
     pub fn update(&self, change: impl FnOnce(&mut Status)) {

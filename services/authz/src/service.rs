@@ -60,9 +60,26 @@ fn reload(pid: u32) -> Result<(), AuthzError> {
     Ok(())
 }
 
+/// How soon a file that could not be written, or a server that could not
+/// be told, is tried again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Writes the file and tells every server to reload it.
+fn publish(config: &Config, registry: &Registry) -> Result<(), AuthzError> {
+    write(config, registry)?;
+    for pid in &config.nats_pids {
+        reload(*pid)?;
+    }
+    Ok(())
+}
+
 /// Follows the committed stream until `shutdown`, rewriting and reloading
 /// on every change of the registry. `health` is ready once it has read the
-/// whole stream, so that the file names every registered actor.
+/// whole stream, so that the file names every registered actor. A file it
+/// cannot write (a full disk, no descriptor left) or a server it cannot
+/// signal is reported (not ready, with why, and in the log) and tried again
+/// every second while it goes on following: authorization stays as it was
+/// meanwhile, and nothing else stops.
 pub async fn run(config: Config, health: Health, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AuthzError> {
     let client = custody_wire::connect::connect(&config.nats_url, "custody-authz", config.nkey.as_deref()).await?;
     health.update(|s| s.role = "following".into());
@@ -72,10 +89,16 @@ pub async fn run(config: Config, health: Health, shutdown: impl std::future::Fut
     let mut registry = Registry::new(&config.genesis);
     let mut batches = std::pin::pin!(Reader::ledger(&client).entries(None, None));
     tokio::pin!(shutdown);
+    // The registry changed and the servers do not know it yet.
+    let mut unpublished = false;
     loop {
         let batch = tokio::select! {
             () = &mut shutdown => return Ok(()),
             b = batches.next() => b,
+            () = tokio::time::sleep(RETRY), if unpublished => {
+                unpublished = !try_publish(&config, &registry, &health);
+                continue;
+            }
         };
         let entries = match batch {
             Some(Ok(b)) => b,
@@ -91,15 +114,28 @@ pub async fn run(config: Config, health: Health, shutdown: impl std::future::Fut
         for entry in &entries {
             changed |= registry.apply(entry);
         }
-        if changed {
-            write(&config, &registry)?;
-            for pid in &config.nats_pids {
-                reload(*pid)?;
-            }
-            tracing::info!(actors = registry.actors.len(), seq = last, "authorization reloaded");
+        if changed || unpublished {
+            unpublished = !try_publish(&config, &registry, &health);
         }
         if let Some(last) = last {
             health.update(|s| s.head = Some(last));
+        }
+    }
+}
+
+/// [`publish`], saying how it went: whether the servers have the registry.
+/// Until they do, authz is not ready, and says why.
+fn try_publish(config: &Config, registry: &Registry, health: &Health) -> bool {
+    match publish(config, registry) {
+        Ok(()) => {
+            tracing::info!(actors = registry.actors.len(), "authorization reloaded");
+            health.set_fault("publish", None);
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the registry changed but authorization could not be updated; trying again");
+            health.set_fault("publish", Some(format!("authorization is behind the registry: {e}")));
+            false
         }
     }
 }

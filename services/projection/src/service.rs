@@ -243,7 +243,8 @@ impl Drop for AbortOnDrop {
 /// (up to [`DECODED_AHEAD`] batches); this one applies them, taking the
 /// write lock for [`SLICE`] entries at a time, and writes a snapshot as
 /// `cadence` says. A read failure (NATS restarting, say) is logged; the
-/// follower goes on by itself. A broken chain is an error. With `until`,
+/// follower goes on by itself, as it does when a snapshot cannot be
+/// written (reported, tried again later). A broken chain is an error. With `until`,
 /// ends there (the caller writes the last snapshot).
 async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Option<u64>, cadence: Cadence, meters: Meters) -> Result<(), ProjectionError> {
     let after = state.read().checkpoint;
@@ -295,8 +296,22 @@ async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Optio
         let by_count = since_snapshot >= cadence.every;
         let by_time = since_snapshot > 0 && since_last >= cadence.interval;
         if (by_count || by_time) && since_last >= snapshot_cost * 10 {
-            snapshot_cost = snapshot(&store, &state)?;
-            since_snapshot = 0;
+            match snapshot(&store, &state) {
+                Ok(took) => {
+                    snapshot_cost = took;
+                    since_snapshot = 0;
+                }
+                // A rebuild must end with its snapshot written.
+                Err(e) if until.is_some() => return Err(e),
+                // The snapshot only shortens a restart: answers from memory
+                // stay right, so the projection stays ready, reports it
+                // (the log, `custody_projection_snapshot_failures_total`)
+                // and tries again after the interval.
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot write the projection's snapshot; still answering, trying again later");
+                    metrics::counter!("custody_projection_snapshot_failures_total", "service" => meters.health.name()).increment(1);
+                }
+            }
             last_snapshot = Instant::now();
         }
     }
