@@ -150,3 +150,46 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     let late = event(&miner, "auth-m4", "mined", json!({"lot": "AUTH5", "carats": "1.00", "country": "BW"}));
     assert_eq!(code(&submit(&relay, &miner, &late).await), "actor_revoked");
 }
+
+/// Issue 25: an actor could open any number of NATS connections (300
+/// were accepted), enough to exhaust the server. What all actors together
+/// may hold is now bounded by nats-server (`--actors-max-connections`),
+/// and the services and the operator, in accounts of their own, are
+/// never crowded out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actors_together_hold_at_most_their_share_of_connections_and_services_stay_reachable() {
+    let up = up_with(&["--actors-max-connections".as_ref(), "20".as_ref()], None);
+    let url = up.url.as_str();
+    let (greedy, other) = (KeyPair::new_user(), KeyPair::new_user());
+    up.register(&[(&greedy, "miner", "BW"), (&other, "miner", "CA")]).await;
+    let (first, _, _) = connect_when_allowed(url, &greedy).await;
+    let mut held = vec![first];
+    let mut refused = None;
+    for _ in 0..300 {
+        match connect(url, Some(&greedy)).await {
+            Ok((c, _)) => held.push(c),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("past the limit, refused");
+    assert!(held.len() <= 20, "{} connections held", held.len());
+    assert!(refused.to_lowercase().contains("maximum"), "{refused}");
+    assert!(connect(url, Some(&other)).await.is_err(), "the limit is for all actors together");
+    // The services still answer, and the operator still gets in.
+    let r = reqwest::get(format!("{}/v1/lots/NONE/origin", up.http)).await.unwrap();
+    assert_eq!(r.status().as_u16(), 404, "the gateway asks the projection and answers");
+    let operator = up.service("operator").await;
+    let answer = operator.request(subjects::QUERY_DIGEST, "{}".into()).await.expect("the operator asks");
+    assert!(!answer.payload.is_empty());
+    // And the held connections still work: the ledger receipts.
+    let mined = event(&greedy, "share-g1", "mined", json!({"lot": "SHARE1", "carats": "1.00", "country": "BW"}));
+    assert!(matches!(submit(&held[0], &greedy, &mined).await, Outcome::Receipt(_)));
+    // Once they are closed, others get in.
+    drop(held);
+    let (o, _, _) = connect_when_allowed(url, &other).await;
+    let mined = event(&other, "share-o1", "mined", json!({"lot": "SHARE2", "carats": "1.00", "country": "CA"}));
+    assert!(matches!(submit(&o, &other, &mined).await, Outcome::Receipt(_)));
+}

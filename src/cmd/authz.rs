@@ -26,7 +26,31 @@ pub struct Args {
     #[arg(long)]
     bootstrap: bool,
     #[command(flatten)]
+    actors: ActorsArgs,
+    #[command(flatten)]
     ops: custody::ops::OpsArgs,
+}
+
+/// What all actors together may hold of nats-server (`custody authz`,
+/// `custody up`); the services' connections are in other accounts and
+/// always get in.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ActorsArgs {
+    /// NATS connections all registered actors together may hold; past it
+    /// nats-server refuses an actor's new connection.
+    #[arg(long, default_value_t = 8_192)]
+    actors_max_connections: u32,
+    /// Leaf nodes (edges) all actors together may connect.
+    #[arg(long, default_value_t = 4_096)]
+    actors_max_leafnodes: u32,
+}
+
+impl ActorsArgs {
+    pub fn limits(&self) -> anyhow::Result<custody_authz::ActorsLimits> {
+        anyhow::ensure!(self.actors_max_connections >= 1, "--actors-max-connections must be at least 1");
+        anyhow::ensure!(self.actors_max_leafnodes >= 1, "--actors-max-leafnodes must be at least 1");
+        Ok(custody_authz::ActorsLimits { max_connections: self.actors_max_connections, max_leafnodes: self.actors_max_leafnodes })
+    }
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
@@ -51,6 +75,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
         services,
         config_file: a.auth_file,
         nats_pids: a.nats_pid.into_iter().collect(),
+        actors: a.actors.limits()?,
     };
     if a.bootstrap {
         custody_authz::service::write(&config, &custody_authz::Registry::new(&a.genesis))?;

@@ -36,6 +36,8 @@ pub struct Args {
     http: std::net::SocketAddr,
     #[command(flatten)]
     http_limits: super::gateway::HttpArgs,
+    #[command(flatten)]
+    actors: super::authz::ActorsArgs,
     /// Run a JetStream cluster of this many nats-servers (3) on this
     /// machine instead of one: every custody stream on all three, two
     /// ledger replicas (a writer and a standby), two projections.
@@ -138,6 +140,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
             services: services.clone(),
             config_file: auth_file.clone(),
             nats_pids: Vec::new(),
+            actors: a.actors.limits()?,
         };
         // Services and the genesis authority only, until authz has read
         // the registry off the ledger (a moment after start).
@@ -204,6 +207,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
             services: services.clone(),
             config_file: auth_file.clone(),
             nats_pids: nats.pids(),
+            actors: a.actors.limits()?,
         };
         running.spawn(async move {
             let done = custody_authz::run(config, authz_health, async move {

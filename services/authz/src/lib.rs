@@ -19,5 +19,5 @@ pub mod render;
 pub mod service;
 
 pub use registry::Registry;
-pub use render::{render, Services};
+pub use render::{render, ActorsLimits, Services};
 pub use service::{run, Config};

@@ -6,8 +6,8 @@
 //! | account | who | holds | reaches the others through |
 //! |---|---|---|---|
 //! | `CUSTODY` | the ledger only | JetStream: every custody stream | exports (below) |
-//! | `SERVICES` | projections, the gateway, authz | no JetStream | imports from `CUSTODY`; exports the queries and its services' status |
-//! | `ACTORS` | every registered actor, the operator | no JetStream | imports from `CUSTODY` and `SERVICES` |
+//! | `SERVICES` | projections, the gateway, authz, the operator | no JetStream | imports from `CUSTODY`; exports the queries and its services' status |
+//! | `ACTORS` | every registered actor | no JetStream; at most [`ActorsLimits`] connections and leaf nodes together | imports from `CUSTODY` and `SERVICES` |
 //!
 //! `CUSTODY` exports, as services: submission (`custody.submit.*`), the
 //! durable inbox (`custody.inbox.*`), the ledger's head, checkpoint and
@@ -50,7 +50,7 @@ use crate::registry::Registry;
 pub const CUSTODY_ACCOUNT: &str = "CUSTODY";
 /// The account of the read-side services.
 pub use custody_wire::subjects::SERVICES_ACCOUNT;
-/// The account of every registered actor and the operator.
+/// The account of every registered actor.
 pub const ACTORS_ACCOUNT: &str = "ACTORS";
 
 /// Public keys of the services, by kind.
@@ -221,7 +221,7 @@ fn imports(out: &mut String, from: &str, services: &[(String, bool)], streams: &
 
 /// The whole file nats-server loads (`-c`): only the accounts, so listen
 /// address and JetStream stay on its command line.
-pub fn render(registry: &Registry, services: &Services) -> String {
+pub fn render(registry: &Registry, services: &Services, limits: &ActorsLimits) -> String {
     let mut seen = std::collections::BTreeSet::new();
     let mut users = |out: &mut String, kinds: &[ServiceKind]| {
         for (kind, keys, permissions) in kinds {
@@ -242,7 +242,15 @@ pub fn render(registry: &Registry, services: &Services) -> String {
     out.push_str("  }\n");
 
     out.push_str(&format!("  {SERVICES_ACCOUNT} {{\n    users: [\n"));
-    users(&mut out, &[("projection", &services.projection, projection), ("authz", &services.authz, authz), ("gateway", &services.gateway, gateway)]);
+    users(
+        &mut out,
+        &[
+            ("projection", &services.projection, projection),
+            ("authz", &services.authz, authz),
+            ("gateway", &services.gateway, gateway),
+            ("operator", &services.operator, operator),
+        ],
+    );
     out.push_str("    ]\n    imports: [\n");
     imports(&mut out, CUSTODY_ACCOUNT, &custody_services(), &custody_streams());
     out.push_str("    ]\n");
@@ -250,7 +258,6 @@ pub fn render(registry: &Registry, services: &Services) -> String {
     out.push_str("  }\n");
 
     out.push_str(&format!("  {ACTORS_ACCOUNT} {{\n    users: [\n"));
-    users(&mut out, &[("operator", &services.operator, operator)]);
     for (k, roles) in &registry.actors {
         if seen.insert(k.clone()) {
             let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
@@ -260,8 +267,27 @@ pub fn render(registry: &Registry, services: &Services) -> String {
     out.push_str("    ]\n    imports: [\n");
     imports(&mut out, CUSTODY_ACCOUNT, &custody_services(), &custody_streams());
     imports(&mut out, SERVICES_ACCOUNT, &services_services(), &[]);
-    out.push_str("    ]\n  }\n}\n");
+    out.push_str(&format!("    ]\n    limits: {{ max_connections: {}, max_leafnodes: {} }}\n  }}\n}}\n", limits.max_connections, limits.max_leafnodes));
     out
+}
+
+/// What all actors together may hold of nats-server, which refuses more:
+/// however many connections actors open, the ledger's, the services' and
+/// the operator's (in accounts of their own) always get in. Per actor it
+/// cannot be set in a config file (nats-server bounds accounts, not
+/// users), and an account per actor does not work: nats-server 2.15.1
+/// starts no service imports for an account a reload adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActorsLimits {
+    pub max_connections: u32,
+    /// Leaf nodes (edges).
+    pub max_leafnodes: u32,
+}
+
+impl Default for ActorsLimits {
+    fn default() -> ActorsLimits {
+        ActorsLimits { max_connections: 8_192, max_leafnodes: 4_096 }
+    }
 }
 
 #[cfg(test)]
@@ -291,7 +317,7 @@ mod tests {
             authz: vec!["UAUTHZ".into()],
             operator: vec!["UOP".into()],
         };
-        let text = render(&registry, &services);
+        let text = render(&registry, &services, &ActorsLimits { max_connections: 77, max_leafnodes: 5 });
         /// (user, publish must contain, publish must not contain, subscribe must contain)
         type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
         let table: &[Case] = &[
@@ -339,8 +365,11 @@ mod tests {
         // Every service import tells the answering service who asked.
         let imports: Vec<&str> = text.lines().filter(|l| l.contains("{ service: { account:")).collect();
         assert!(!imports.is_empty() && imports.iter().all(|l| l.contains("share: true")), "{text}");
+        // What all actors together may hold is bounded.
+        let actors = &text[text.find("  ACTORS {").unwrap()..];
+        assert!(actors.contains("limits: { max_connections: 77, max_leafnodes: 5 }"), "{actors}");
         // A revoked actor is not in the registry, so not in the file.
         registry.actors.remove("UMINER");
-        assert!(!render(&registry, &services).contains("UMINER"));
+        assert!(!render(&registry, &services, &ActorsLimits::default()).contains("UMINER"));
     }
 }

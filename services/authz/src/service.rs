@@ -27,7 +27,7 @@ pub enum AuthzError {
 }
 
 use crate::registry::Registry;
-use crate::render::{render, Services};
+use crate::render::{render, ActorsLimits, Services};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -42,12 +42,14 @@ pub struct Config {
     /// The process ids of the nats-servers that load the file (one per
     /// server on this machine), each signalled to reload.
     pub nats_pids: Vec<u32>,
+    /// What all actors together may hold of nats-server.
+    pub actors: ActorsLimits,
 }
 
 /// Writes the authorization file for `registry` (before the server starts,
 /// or on a change).
 pub fn write(config: &Config, registry: &Registry) -> Result<(), AuthzError> {
-    Ok(write_whole(&config.config_file, render(registry, &config.services).as_bytes(), Mode::Private)?)
+    Ok(write_whole(&config.config_file, render(registry, &config.services, &config.actors).as_bytes(), Mode::Private)?)
 }
 
 /// Asks nats-server to reload its configuration.
