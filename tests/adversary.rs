@@ -330,5 +330,14 @@ async fn oversized_questions_get_an_answer_that_says_so() {
     // A smaller one still answers.
     let v = ask(subjects::QUERY_GENEALOGY, json!({"lot": "BIG-0-1"})).await;
     assert_eq!(v["lot"], "BIG-0-1", "{v}");
+
+    // A lot-map proof of 60,000 lots (a 600 KB request) cannot fit in an
+    // answer: `answer_too_large`, within the 5 s allowed.
+    let lots: Vec<String> = (0..60_000).map(|i| format!("N{i}")).collect();
+    let v = ask(subjects::PROOF_SUBJECT, json!({"ranges": [[1, 3]], "lots": lots})).await;
+    assert_eq!(v["code"], "answer_too_large", "{}", v.to_string().chars().take(300).collect::<String>());
+    // One that fits is answered.
+    let v = ask(subjects::PROOF_SUBJECT, json!({"ranges": [[1, 3]], "lots": ["BIG-0-1", "BIG"]})).await;
+    assert!(v.get("map").is_some(), "{}", v.to_string().chars().take(300).collect::<String>());
     assert!(w.up.alive());
 }
