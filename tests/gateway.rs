@@ -211,9 +211,12 @@ async fn half_open_connections_are_closed_and_past_the_limit_answered_503() {
     for _ in 0..5_000 {
         held.push(tokio::net::TcpStream::connect(&addr).await.expect("connects"));
     }
-    // The ledger receipts while they are held.
+    // The ledger receipts while they are held, and questions over NATS
+    // (a regulator's, say) are answered.
     let miner = sys.actor("held-miner", "miner", "ZA").await;
     sys.accept(&miner, &event(&miner, "while-held", "mined", serde_json::json!({"lot": "H1", "carats": "1.00", "country": "ZA"}))).await;
+    let origin = sys.query(custody_wire::subjects::QUERY_ORIGIN, serde_json::json!({"lot": "S1"})).await.expect("a projection answers");
+    assert_eq!(origin["customs_origin"], "IN", "{origin}");
 
     // Every one ends: answered 503 at once (past the limit), or closed after the header timeout.
     let mut busy = 0;

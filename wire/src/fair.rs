@@ -155,6 +155,82 @@ impl<J: Send + 'static> Pool<J> {
     }
 }
 
+/// A request waiting in a [`Pool`]: what was asked, and where the answer goes.
+pub struct Asked {
+    pub subject: String,
+    pub payload: bytes::Bytes,
+    reply: async_nats::Subject,
+}
+
+impl Asked {
+    /// Sends `answer`, or `answer_too_large` when it would not fit in a
+    /// NATS message (the server would drop it and the asker time out).
+    pub async fn answer(self, client: &async_nats::Client, answer: &serde_json::Value) {
+        let body = crate::query::within_limit(answer.to_string(), client.server_info().max_payload);
+        let _ = client.publish(self.reply, body.into()).await;
+    }
+}
+
+/// The answer to a question that waited `waited` for its turn: not done.
+pub fn too_late(waited: Duration) -> serde_json::Value {
+    let why = format!("too many questions are waiting here ({} s in line); try again in a moment", waited.as_secs());
+    crate::query::error_answer(crate::query::AnswerCode::Unavailable, why)
+}
+
+/// A pool of `workers` that answer each question with `answer` (blocking
+/// work, so off the runtime's threads), hand the answer to `after` with
+/// the time it took (to count it, or act on it), and send what `after`
+/// gives back; a question that waited too long is answered [`too_late`].
+pub fn answering<A, H, F>(client: &async_nats::Client, workers: usize, limits: Limits, answer: A, after: H) -> Pool<Asked>
+where
+    A: Fn(&str, &[u8]) -> serde_json::Value + Send + Sync + 'static,
+    H: Fn(String, serde_json::Value, Duration) -> F + Send + Sync + 'static,
+    F: Future<Output = serde_json::Value> + Send + 'static,
+{
+    let (client, answer, after) = (client.clone(), Arc::new(answer), Arc::new(after));
+    Pool::start(workers, limits, move |turn: Turn<Asked>| {
+        let (client, answer, after) = (client.clone(), answer.clone(), after.clone());
+        async move {
+            let (asked, value) = match turn {
+                Turn::TooLate(asked, waited) => (asked, too_late(waited)),
+                Turn::Go(asked) => {
+                    let started = Instant::now();
+                    let (subject, payload) = (asked.subject.clone(), asked.payload.clone());
+                    let value = tokio::task::spawn_blocking(move || answer(&subject, &payload))
+                        .await
+                        .unwrap_or_else(|_| crate::query::error_answer(crate::query::AnswerCode::Internal, "the answer failed"));
+                    let value = after(asked.subject.clone(), value, started.elapsed()).await;
+                    (asked, value)
+                }
+            };
+            asked.answer(&client, &value).await;
+        }
+    })
+}
+
+/// Queues each request of `requests` under its asker
+/// ([`crate::query::asker_of`]) in `pools[choose(subject)]`; one the pool
+/// refuses is answered `unavailable` at once, saying why. Ends with
+/// `requests`.
+pub async fn queue(
+    client: &async_nats::Client,
+    mut requests: impl futures::Stream<Item = async_nats::Message> + Unpin,
+    pools: &[Pool<Asked>],
+    choose: impl Fn(&str) -> usize,
+) {
+    use futures::StreamExt as _;
+    while let Some(msg) = requests.next().await {
+        let asker = crate::query::asker_of(&msg);
+        let Some(reply) = msg.reply else { continue };
+        let Some(pool) = pools.get(choose(msg.subject.as_str())) else { continue };
+        let asked = Asked { subject: msg.subject.to_string(), payload: msg.payload, reply: reply.clone() };
+        if let Err(full) = pool.offer(&asker, asked) {
+            let busy = crate::query::error_answer(crate::query::AnswerCode::Unavailable, full.to_string());
+            let _ = client.publish(reply, busy.to_string().into()).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

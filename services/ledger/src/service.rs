@@ -1047,70 +1047,39 @@ async fn publish_checkpoint(js: &jetstream::Context, c: &custody_proto::Checkpoi
 const PROOF_WORKERS: usize = 2;
 const PROOF_QUEUE: custody_wire::fair::Limits = custody_wire::fair::Limits { per_client: 16, total: 4_096, max_wait: std::time::Duration::from_secs(4) };
 
-/// A proof request waiting for its turn.
-struct Asked {
-    subject: String,
-    payload: bytes::Bytes,
-    reply: async_nats::Subject,
-}
-
 /// Answers checkpoint and proof requests, in fair shares per asker
 /// ([`custody_wire::fair`]: one client's flood delays that client). A
 /// checkpoint asked for is also published when it is the first for its
 /// size, so auditors see a checkpoint for every size anyone was given,
 /// and asking again and again cannot grow the stream.
 async fn serve_proofs(client: async_nats::Client, js: jetstream::Context, notary: Arc<Notary>) -> Result<(), LedgerError> {
-    use custody_wire::fair::{Pool, Turn};
-    let mut subs = futures::stream::select_all([
+    let subs = futures::stream::select_all([
         client.subscribe(CHECKPOINT_SUBJECT).await.map_err(nats("subscribe to checkpoint requests"))?,
         client.subscribe(PROOF_SUBJECT).await.map_err(nats("subscribe to proof requests"))?,
         client.subscribe(CONSISTENCY_SUBJECT).await.map_err(nats("subscribe to consistency requests"))?,
     ]);
-    let work = {
-        let client = client.clone();
-        move |turn: Turn<Asked>| {
-            let (client, js, notary) = (client.clone(), js.clone(), notary.clone());
+    // A checkpoint handed out (alone, or with a proof) is published, so
+    // that what a certificate rests on is on the public record.
+    let published = {
+        let notary = notary.clone();
+        move |subject: String, answer: serde_json::Value, took: Duration| {
+            let (js, notary) = (js.clone(), notary.clone());
             async move {
-                let (asked, answer) = match turn {
-                    Turn::TooLate(asked, waited) => {
-                        let why = format!("too many proofs are waiting here ({} s in line); try again in a moment", waited.as_secs());
-                        (asked, custody_wire::query::error_answer(custody_wire::query::AnswerCode::Unavailable, why))
-                    }
-                    Turn::Go(asked) => {
-                        let started = std::time::Instant::now();
-                        let (n, subject, payload) = (notary.clone(), asked.subject.clone(), asked.payload.clone());
-                        let answer = tokio::task::spawn_blocking(move || n.answer(&subject, &payload))
-                            .await
-                            .unwrap_or_else(|_| custody_wire::query::error_answer(custody_wire::query::AnswerCode::Internal, "the proof could not be made"));
-                        tracing::debug!(subject = %asked.subject, ms = started.elapsed().as_millis() as u64, "answered");
-                        // A checkpoint handed out (alone, or with a proof) is published, so
-                        // that what a certificate rests on is on the public record.
-                        let issued = if asked.subject == CHECKPOINT_SUBJECT { Some(answer.clone()) } else { answer.get("checkpoint").cloned() };
-                        if answer.get("code").is_none() {
-                            if let Some(Ok(c)) = issued.map(serde_json::from_value::<custody_proto::Checkpoint>) {
-                                if notary.first_announcement(c.tree_size) && !publish_checkpoint(&js, &c).await {
-                                    notary.forget_announcement(c.tree_size);
-                                }
-                            }
+                tracing::debug!(subject = %subject, ms = took.as_millis() as u64, "answered");
+                let issued = if subject == CHECKPOINT_SUBJECT { Some(answer.clone()) } else { answer.get("checkpoint").cloned() };
+                if answer.get("code").is_none() {
+                    if let Some(Ok(c)) = issued.map(serde_json::from_value::<custody_proto::Checkpoint>) {
+                        if notary.first_announcement(c.tree_size) && !publish_checkpoint(&js, &c).await {
+                            notary.forget_announcement(c.tree_size);
                         }
-                        (asked, answer)
                     }
-                };
-                let body = custody_wire::query::within_limit(answer.to_string(), client.server_info().max_payload);
-                let _ = client.publish(asked.reply, body.into()).await;
+                }
+                answer
             }
         }
     };
-    let pool = Pool::start(PROOF_WORKERS, PROOF_QUEUE, work);
-    while let Some(msg) = subs.next().await {
-        let asker = custody_wire::query::asker_of(&msg);
-        let Some(reply) = msg.reply else { continue };
-        let asked = Asked { subject: msg.subject.to_string(), payload: msg.payload, reply: reply.clone() };
-        if let Err(full) = pool.offer(&asker, asked) {
-            let busy = custody_wire::query::error_answer(custody_wire::query::AnswerCode::Unavailable, full.to_string());
-            let _ = client.publish(reply, busy.to_string().into()).await;
-        }
-    }
+    let pool = custody_wire::fair::answering(&client, PROOF_WORKERS, PROOF_QUEUE, move |subject, body| notary.answer(subject, body), published);
+    custody_wire::fair::queue(&client, subs, &[pool], |_| 0).await;
     Ok(())
 }
 

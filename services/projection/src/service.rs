@@ -524,13 +524,6 @@ fn genealogy(state: &State, lot: &view::Lot) -> Value {
     json!({"lot": lot.lot, "node": node(lot), "ancestors": ancestors, "descendants": descendants, "truncated": a_trunc || d_trunc})
 }
 
-/// A query waiting for its turn.
-struct Asked {
-    subject: String,
-    payload: bytes::Bytes,
-    reply: async_nats::Subject,
-}
-
 /// Certificate checks: a few at once (each costs up to a megabyte of
 /// signatures), a few waiting per asker.
 const CHECKS: custody_wire::fair::Limits = custody_wire::fair::Limits { per_client: 4, total: 256, max_wait: QUEUE_WAIT };
@@ -546,47 +539,17 @@ const READERS: usize = 2;
 /// has a queue of its own and the workers take from each in turn
 /// ([`custody_wire::fair`]), so one client's flood delays that client.
 async fn serve(client: async_nats::Client, state: Shared, meters: Meters) -> Result<(), ProjectionError> {
-    use custody_wire::fair::{Pool, Turn};
-    let mut sub = client.queue_subscribe("custody.query.>", subjects::PROJECTION_GROUP.to_owned()).await.map_err(|e| ProjectionError::Serve(e.to_string()))?;
-    let worker = |state: Option<Shared>| {
-        let (client, meters) = (client.clone(), meters.clone());
-        move |turn: Turn<Asked>| {
-            let (client, meters, state) = (client.clone(), meters.clone(), state.clone());
-            async move {
-                let (asked, answer) = match turn {
-                    Turn::TooLate(asked, waited) => {
-                        let why = format!("too many questions are waiting here ({} s in line); try again in a moment", waited.as_secs());
-                        (asked, error(AnswerCode::Unavailable, why))
-                    }
-                    Turn::Go(asked) => {
-                        let started = Instant::now();
-                        let (subject, payload) = (asked.subject.clone(), asked.payload.clone());
-                        // A certificate check needs no state, so never takes the lock.
-                        let answered = tokio::task::spawn_blocking(move || match state {
-                            Some(state) => answer(&state.read(), &subject, &payload),
-                            None => answer(&State::default(), &subject, &payload),
-                        })
-                        .await
-                        .unwrap_or_else(|_| error(AnswerCode::Internal, "the answer failed"));
-                        meters.query(&asked.subject, started.elapsed());
-                        (asked, answered)
-                    }
-                };
-                let body = custody_wire::query::within_limit(answer.to_string(), client.server_info().max_payload);
-                let _ = client.publish(asked.reply, body.into()).await;
-            }
-        }
+    use custody_wire::fair::answering;
+    let sub = client.queue_subscribe("custody.query.>", subjects::PROJECTION_GROUP.to_owned()).await.map_err(|e| ProjectionError::Serve(e.to_string()))?;
+    let counted = move |subject: String, answer: Value, took: Duration| {
+        meters.query(&subject, took);
+        std::future::ready(answer)
     };
-    let checks = Pool::start(CERTIFICATE_CHECKS, CHECKS, worker(None));
-    let reads = Pool::start(READERS, READS, worker(Some(state)));
-    while let Some(msg) = sub.next().await {
-        let asker = custody_wire::query::asker_of(&msg);
-        let Some(reply) = msg.reply else { continue };
-        let pool = if msg.subject.as_str() == subjects::QUERY_VERIFY_CERTIFICATE { &checks } else { &reads };
-        let asked = Asked { subject: msg.subject.to_string(), payload: msg.payload, reply: reply.clone() };
-        if let Err(full) = pool.offer(&asker, asked) {
-            let _ = client.publish(reply, error(AnswerCode::Unavailable, full.to_string()).to_string().into()).await;
-        }
-    }
+    let pools = [
+        answering(&client, READERS, READS, move |subject, body| answer(&state.read(), subject, body), counted.clone()),
+        // A certificate check needs no state, so never takes the lock.
+        answering(&client, CERTIFICATE_CHECKS, CHECKS, |subject, body| answer(&State::default(), subject, body), counted),
+    ];
+    custody_wire::fair::queue(&client, sub, &pools, |subject| usize::from(subject == subjects::QUERY_VERIFY_CERTIFICATE)).await;
     Ok(())
 }
