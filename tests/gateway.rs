@@ -298,3 +298,64 @@ async fn a_flood_of_certificate_checks_from_one_client_leaves_anothers_answered(
     assert!(flood_busy.load(Relaxed) > 0, "the flooding client is refused past its share");
     assert!(unavailable * 10 <= answered + unavailable, "another client: {answered} answered, {unavailable} unavailable");
 }
+
+/// A connection from `ip` to `addr`.
+async fn from(ip: [u8; 4], addr: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// Issue 25: one client holds at most its share of the gateway's requests
+/// in progress, and a request whose body never comes ends at the body
+/// timeout. Four requests from 127.0.0.4 that send their headers and
+/// never their body hold that address's four places: its fifth is told
+/// 503 at once, while another address is served; past the body timeout the
+/// four end and the address is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holds_at_most_its_share_of_requests_and_a_body_that_never_comes_ends() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let sys = worked_example().await;
+    let args = ["gateway", "--nats", &sys.nats.url, "--listen", "127.0.0.1:0", "--max-requests-per-client", "4", "--body-timeout", "2"];
+    let (_gateway, mut printed) = custody_printing(&args);
+    let line = printed.next().expect("a line").unwrap();
+    let base = line.strip_prefix("listening on ").expect("where it listens").trim().to_owned();
+    let addr = base.strip_prefix("http://").unwrap().to_owned();
+    let key = sys.ledger_key();
+    let started = std::time::Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = from([127, 0, 0, 4], &addr).await;
+        let head = format!("POST /v1/certificates/verify?key={key} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{");
+        s.write_all(head.as_bytes()).await.unwrap();
+        held.push(s);
+    }
+    let get = |ip: [u8; 4]| {
+        let addr = addr.clone();
+        async move {
+            let mut s = from(ip, &addr).await;
+            s.write_all(b"GET /v1/lots/S1/origin HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+            let mut answer = Vec::new();
+            s.read_to_end(&mut answer).await.unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
+    // The four are in progress once the gateway has read their headers.
+    let mut busy = String::new();
+    for _ in 0..100 {
+        busy = get([127, 0, 0, 4]).await;
+        if busy.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(busy.starts_with("HTTP/1.1 503") && busy.contains("requests in progress"), "{busy}");
+    assert!(get([127, 0, 0, 5]).await.starts_with("HTTP/1.1 200"), "another client is served");
+    // The bodies never come: each request ends at the body timeout.
+    for mut s in held {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(20), s.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "a request still open after {:?}", started.elapsed());
+    }
+    assert!(get([127, 0, 0, 4]).await.starts_with("HTTP/1.1 200"), "the client is served again");
+}
