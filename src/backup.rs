@@ -89,10 +89,20 @@ pub async fn take(client: &async_nats::Client, out: &Path, key: Option<&str>) ->
             checkpoints.push(c);
         }
     }
-    if !checkpoints.iter().any(|c| c.tree_size == size) {
-        auditor.checkpoint(checkpoint.clone())?;
-        checkpoints.push(checkpoint.clone());
-    }
+    // The manifest names a checkpoint the backup holds: the one published
+    // for this size when there is one (an idle ledger's head, whose fresh
+    // checkpoint is then not published again), else the fresh one.
+    let checkpoint = match checkpoints.iter().find(|c| c.tree_size == size) {
+        Some(published) => {
+            anyhow::ensure!(published.root == checkpoint.root, "the ledger signed two roots for its first {size} entries");
+            published.clone()
+        }
+        None => {
+            auditor.checkpoint(checkpoint.clone())?;
+            checkpoints.push(checkpoint.clone());
+            checkpoint
+        }
+    };
 
     // The entries, straight to disk, each audited on the way.
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;

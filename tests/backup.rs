@@ -156,3 +156,36 @@ fn up_refusal(backup: &Path, keys: &Path) -> String {
     assert!(!dir.path().join("nats").exists(), "nothing was started or written");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Issue 26: on an idle ledger, whose head already has a published
+/// checkpoint (every nightly backup), the backup wrote a fresh checkpoint
+/// into its manifest but not into `checkpoints.ndjson`, and restoring it
+/// was refused ("the manifest's checkpoint is not among the backup's
+/// checkpoints"). The manifest now names the published one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_an_idle_ledger_restores() {
+    let sys = System::start().await;
+    let miner = sys.actor("idle-miner", "miner", "ZA").await;
+    sys.accept(&miner, &event(&miner, "idle-1", "mined", json!({"lot": "IDLE1", "carats": "1.00", "country": "ZA"}))).await;
+    let (head, _) = sys.head().await;
+    // Idle: the ledger publishes a checkpoint of its head by itself.
+    let checkpoints = custody_wire::follow::Reader::checkpoints(&sys.client);
+    let mut published = false;
+    for _ in 0..200 {
+        let last = checkpoints.last_seq().await.unwrap();
+        if let Some(m) = checkpoints.get(last).await.unwrap() {
+            published = serde_json::from_slice::<Value>(&m.payload).unwrap()["tree_size"].as_u64() == Some(head);
+        }
+        if published {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(published, "a checkpoint of the head {head} is published");
+    let kept = tempfile::tempdir().unwrap();
+    let backup = kept.path().join("backup");
+    let taken = json_of(&cli(&sys.nats.url, &["backup", "--out", path(&backup)]).await);
+    assert_eq!(taken["entries"], head, "{taken}");
+    let check = cli("", &["restore", "--from", path(&backup), "--check"]).await;
+    assert!(check.status.success(), "{}{}", stdout(&check), String::from_utf8_lossy(&check.stderr));
+}
