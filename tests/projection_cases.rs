@@ -121,6 +121,12 @@ async fn origin_and_admissibility_table() {
     w.ship(&ru, &["R1"], &ae, "R1", "2024-09-10").await;
     w.ship(&bw, &["B1"], &ae, "B1", "2024-09-10").await;
     w.merge(&ae, &["R1", "B1"], "RB", "2500.00").await;
+    // A Russian trace too small to show at four decimals: 0.01 ct in 150,000.01 ct.
+    w.mine(&ru, "TR", "0.01", "2024-10-05").await;
+    w.mine(&bw, "TB", "150000.00", "2024-10-05").await;
+    w.ship(&ru, &["TR"], &ae, "TR", "2024-10-05").await;
+    w.ship(&bw, &["TB"], &ae, "TB", "2024-10-05").await;
+    w.merge(&ae, &["TR", "TB"], "TRB", "150000.01").await;
     w.split(&ae, "RB", &[("RB1", "100.00"), ("RB2", "2400.00")]).await;
     w.ship(&ae, &["RB1"], &cut_in, "RB1", "2024-10-06").await;
     w.process(
@@ -298,6 +304,12 @@ async fn origin_and_admissibility_table() {
         ("1.20 ct that left Russia 2024-02-20: covered by GBSAN0002", "G2S", Verdict("uk-2024", "2024-11-15", "admissible")),
         ("1.20 ct that left Russia on 2024-03-01 itself", "G3S", Verdict("uk-2024", "2024-11-15", "prohibited")),
         ("Russian rough under us-2022", "K1", Verdict("us-2022", "2024-11-15", "prohibited")),
+        (
+            "a Russian trace too small to show is shown as such",
+            "TRB",
+            Origin(json!({"mine_origin": [{"country": "BW", "share": "1.0000"}, {"country": "RU", "share": "<0.0001"}]})),
+        ),
+        ("and it decides the verdict", "TRB", Verdict("us-2022", "2024-11-15", "prohibited")),
         ("Russian rough under us-2022 before EO 14068", "K1", Verdict("us-2022", "2022-03-10", "admissible")),
         ("Russian rough exported from Russia under eu-2024", "K1", Verdict("eu-2024", "2024-06-01", "prohibited")),
         ("Russian stone cut in India under us-2022", "P1A", Verdict("us-2022", "2024-11-15", "admissible")),

@@ -209,7 +209,11 @@ proptest! {
         for lot in state.lots.values() {
             let exact: num_rational::BigRational = lot.composition.by_source().values().sum();
             prop_assert_eq!(exact, num_rational::BigRational::from_integer(1.into()), "lot {}", lot.lot);
-            let shown: u32 = lot.composition.rounded().iter().map(|(_, s)| s.replace('.', "").parse::<u32>().unwrap()).sum();
+            let rounded = lot.composition.rounded();
+            // Every source with mass is shown, a trace as "<0.0001".
+            prop_assert_eq!(rounded.len(), lot.composition.by_source().len(), "lot {}", lot.lot);
+            let shown: u32 =
+                rounded.iter().filter(|(_, s)| s != custody_projection::origin::TOO_SMALL).map(|(_, s)| s.replace('.', "").parse::<u32>().unwrap()).sum();
             prop_assert_eq!(shown, 10_000, "lot {}", lot.lot);
         }
         // Replay is deterministic.

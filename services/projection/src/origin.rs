@@ -185,9 +185,14 @@ impl Composition {
             units[i].1 += 1;
         }
         units.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        units.into_iter().filter(|u| u.1 > 0 || exact.len() == 1).map(|(l, v, _)| (l, format!("{}.{:04}", v / 10_000, v % 10_000))).collect()
+        // A share too small to show is never shown as nothing (DOMAIN.md):
+        // a banned country's trace may be what decides a verdict.
+        units.into_iter().map(|(l, v, _)| (l, if v == 0 { TOO_SMALL.to_owned() } else { format!("{}.{:04}", v / 10_000, v % 10_000) })).collect()
     }
 }
+
+/// How a share above zero and below 0.0001 is shown.
+pub const TOO_SMALL: &str = "<0.0001";
 
 mod ratio_text {
     use num_rational::BigRational;
@@ -245,6 +250,15 @@ mod tests {
         let sum: u32 = shown.iter().map(|(_, s)| s.replace('.', "").parse::<u32>().unwrap()).sum();
         assert_eq!(sum, 10_000);
         assert_eq!(shown[0], ("BW".into(), "0.3334".into()), "largest remainder, ties by country");
+    }
+
+    #[test]
+    fn a_trace_too_small_to_show_is_shown_as_such() {
+        let ru = Composition::single(Source::Mined(c("RU")), true);
+        let bw = Composition::single(Source::Mined(c("BW")), true);
+        // 1 hundredth of a carat in 1,000,000.00 carats.
+        let mix = Composition::mix([(&ru, 1), (&bw, 100_000_000)]);
+        assert_eq!(mix.rounded(), vec![("BW".into(), "1.0000".into()), ("RU".into(), TOO_SMALL.into())]);
     }
 
     #[test]

@@ -282,6 +282,9 @@ fn child_of(parent: &Lot, portion: &custody_proto::event::Portion, created: Step
 
 pub fn four_decimals(r: &BigRational) -> String {
     let scaled = (r * BigRational::from_integer(BigInt::from(10_000))).round().to_integer().to_i64().unwrap_or(0);
+    if scaled == 0 && num_traits::Signed::is_positive(r) {
+        return crate::origin::TOO_SMALL.to_owned();
+    }
     format!("{}.{:04}", scaled / 10_000, scaled % 10_000)
 }
 
