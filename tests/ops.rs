@@ -284,3 +284,19 @@ fn a_config_file_naming_the_test_clock_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// Issue 26: `--lease-ttl` took effect only when the lease bucket was
+/// made; a replica started with another ttl silently ran on the bucket's.
+/// Now it refuses to start, saying both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_ttl_that_disagrees_with_the_bucket_is_refused() {
+    let mut sys = System::start_with(&["--lease-ttl", "2"]).await;
+    sys.kill_ledger();
+    sys.ledger_args = vec!["--lease-ttl".into(), "5".into()];
+    let (code, said) = sys.ledger_refusal();
+    assert_ne!(code, Some(0), "{said}");
+    assert!(said.contains("--lease-ttl 5 s disagrees with the writer lease bucket's 2 s"), "{said}");
+    // The same ttl starts.
+    sys.ledger_args = vec!["--lease-ttl".into(), "2".into()];
+    sys.start_ledger().await;
+}

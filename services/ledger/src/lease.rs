@@ -34,7 +34,19 @@ impl Lease {
     /// The lease bucket, created if absent.
     pub async fn open(js: &jetstream::Context, holder: String, ttl: Duration, replicas: usize) -> Result<Lease, LedgerError> {
         let kv = match js.get_key_value(BUCKET).await {
-            Ok(kv) => kv,
+            Ok(kv) => {
+                // The bucket's entries expire as it was made: a replica
+                // with another ttl would renew too late, or take too soon.
+                let status = kv.status().await.map_err(|e| LedgerError::Nats { what: "read the writer lease bucket", why: e.to_string() })?;
+                if status.max_age() != ttl {
+                    return Err(LedgerError::Mismatch(format!(
+                        "--lease-ttl {} s disagrees with the writer lease bucket's {} s, set by the replica that made it: give every replica the same ttl",
+                        ttl.as_secs_f64(),
+                        status.max_age().as_secs_f64()
+                    )));
+                }
+                kv
+            }
             Err(_) => js
                 .create_key_value(kv::Config {
                     bucket: BUCKET.into(),

@@ -66,6 +66,9 @@ pub enum LedgerError {
     SteppedDown(String),
     #[error("a ledger stage failed: {0}")]
     Task(String),
+    /// A setting that disagrees with the deployment this replica joins.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 /// The error of a NATS operation the ledger needed, saying which.
