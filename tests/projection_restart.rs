@@ -371,3 +371,55 @@ async fn a_snapshot_that_cannot_be_written_is_reported_and_the_projection_answer
     }
     assert!(written(), "a snapshot once the way is clear: {}", sys.projection_log());
 }
+
+/// Issue 26: a projection whose snapshot is ahead of the committed stream
+/// (a restored or shortened stream) reported lag 0 and ready, and answered
+/// from a history the stream no longer holds. It is not ready now, and
+/// says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_ahead_of_its_stream_is_not_ready() {
+    use futures::StreamExt as _;
+    let mut sys = System::start().await;
+    let miner = sys.actor("ahead-miner", "miner", "BW").await;
+    for i in 0..5 {
+        sys.accept(&miner, &event(&miner, &format!("ahead-{i}"), "mined", json!({"lot": format!("AH{i}"), "carats": "1.00", "country": "BW"}))).await;
+    }
+    let (head, _) = sys.head().await;
+    sys.spawn_projection(&[("CUSTODY_SNAPSHOT_EVERY", "1")]);
+    let snapshot = sys.projection_dir().join(format!("snapshot-{head:020}.json"));
+    for _ in 0..200 {
+        if snapshot.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(snapshot.exists(), "a snapshot at the head {head}: {}", sys.projection_log());
+    sys.kill_projection();
+    sys.kill_ledger();
+
+    // The stream now holds only its first two entries.
+    let reader = custody_wire::follow::Reader::ledger(&sys.client);
+    let mut first = Vec::new();
+    let mut batches = std::pin::pin!(reader.entries(None, Some(2)));
+    while let Some(batch) = batches.next().await {
+        first.extend(batch.unwrap());
+    }
+    let js = jetstream::new(sys.client.clone());
+    js.delete_stream(subjects::LEDGER_STREAM).await.unwrap();
+    custody_ledger::commit::committed_stream(&js, 1).await.unwrap();
+    custody_ledger::commit::send_all(&js, &first).await.unwrap();
+
+    sys.spawn_projection(&[]);
+    let mut status = Value::Null;
+    for _ in 0..200 {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), sys.client.request("custody.status.projection", "".into())).await {
+            status = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+            if status["why"].as_str().is_some_and(|w| w.contains("ahead of the committed stream")) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status["ready"], false, "{status}");
+    assert!(status["why"].as_str().unwrap_or("").contains(&format!("applied up to entry {head}, the stream ends at 2")), "{status}");
+}

@@ -115,9 +115,21 @@ impl Health {
     }
 
     /// A follower at `applied` of a stream ending at `end`: ready once it
-    /// has reached the end, and while it stays within [`READY_LAG`].
+    /// has reached the end, and while it stays within [`READY_LAG`]. One
+    /// ahead of the stream (a restored or shorter stream than the one it
+    /// followed) answers from a history the stream does not hold: never
+    /// ready.
     pub fn followed(&self, applied: u64, end: u64) {
         self.update(|s| {
+            if applied > end {
+                s.head = Some(applied);
+                s.lag = Some(0);
+                s.ready = false;
+                s.why = Some(format!(
+                    "ahead of the committed stream: applied up to entry {applied}, the stream ends at {end} (restored or shortened?); rebuild this follower from the stream"
+                ));
+                return;
+            }
             let lag = end.saturating_sub(applied);
             let caught_up_before = s.lag.is_some() && s.ready;
             s.head = Some(applied);
@@ -202,5 +214,9 @@ mod tests {
         h.followed(20_000, 40_001);
         let s = h.status();
         assert!(!s.ready && s.why.unwrap().contains("20001 entries"));
+        // Ahead of the stream (restored shorter): never ready.
+        h.followed(50_000, 40_001);
+        let s = h.status();
+        assert!(!s.ready && s.why.unwrap().contains("ahead of the committed stream"));
     }
 }
