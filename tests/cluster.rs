@@ -170,8 +170,20 @@ async fn a_writer_whose_disk_is_lost_loses_no_receipted_event() {
     wait_for(&done, 8_000).await;
     // The old gap: a receipt used to leave once the entry was on this disk
     // only. Now it leaves once two servers hold it.
+    let key = std::fs::read(c.ledger_dir(0).join("ledger.nk")).expect("the ledger's key");
     c.kill_ledger(0);
     std::fs::remove_dir_all(c.ledger_dir(0)).expect("the ledger's data folder is gone");
+    // Without its key the replica refuses to sign with a new one (issue 26:
+    // a wiped folder used to make itself a key no verifier trusts)...
+    c.spawn_ledger(0);
+    let refused = c.ledgers[0].take().expect("started").exit_within(Duration::from_secs(60)).await.0.expect("it exits");
+    assert!(!refused.success());
+    let log = c.ledger_log(0);
+    assert!(log.contains("does not exist, and this ledger's checkpoints are signed by"), "{log}");
+    // ...and with the key put back, as an operator restores a host, it
+    // rebuilds from the stream.
+    std::fs::create_dir_all(c.ledger_dir(0)).unwrap();
+    std::fs::write(c.ledger_dir(0).join("ledger.nk"), key).unwrap();
     c.spawn_ledger(0);
 
     let receipts = receipts(producers).await;

@@ -300,3 +300,33 @@ async fn a_lease_ttl_that_disagrees_with_the_bucket_is_refused() {
     sys.ledger_args = vec!["--lease-ttl".into(), "2".into()];
     sys.start_ledger().await;
 }
+
+/// Issue 26: a replica whose folder holds another key than the one the
+/// ledger's checkpoints are signed by refuses to start (it used to sign
+/// with it, and `custody audit --key` then failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_another_ledger_key_refuses_to_start() {
+    let mut sys = System::start().await;
+    let miner = sys.actor("key-miner", "miner", "ZA").await;
+    sys.accept(&miner, &event(&miner, "key-1", "mined", json!({"lot": "KEY1", "carats": "1.00", "country": "ZA"}))).await;
+    let key = sys.ledger_key();
+    // A checkpoint is published within the ledger's interval (0.2 s here).
+    let checkpoints = custody_wire::follow::Reader::checkpoints(&sys.client);
+    for _ in 0..200 {
+        if checkpoints.last_seq().await.unwrap() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sys.kill_ledger();
+    let file = sys.ledger_dir().join("ledger.nk");
+    let kept = std::fs::read(&file).unwrap();
+    let other = nkeys::KeyPair::new(nkeys::KeyPairType::Server);
+    std::fs::write(&file, format!("{}\n", other.seed().unwrap())).unwrap();
+    let (code, said) = sys.ledger_refusal();
+    assert_ne!(code, Some(0), "{said}");
+    assert!(said.contains(&format!("holds the key {}, but this ledger's checkpoints are signed by {key}", other.public_key())), "{said}");
+    // Its own key back: it serves.
+    std::fs::write(&file, kept).unwrap();
+    sys.start_ledger().await;
+}

@@ -440,6 +440,7 @@ impl Rig {
             custody::natsd::NatsCluster::start(servers, &dir, None)?
         };
         let authority = nkeys::KeyPair::new_user();
+        custody_ledger::notary::key_for_replicas(&(0..ledgers).map(|i| dir.join(format!("ledger-{i}"))).collect::<Vec<_>>())?;
         let ledgers = (0..ledgers).map(|i| ledger_process(&dir, &nats.url(), &authority.public_key(), servers, i).map(Some)).collect::<anyhow::Result<_>>()?;
         let nc = custody::client::connect(&nats.url()).await?;
         Ok(Rig { dir, nats, ledgers, authority, nc })

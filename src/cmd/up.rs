@@ -106,13 +106,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
         }
         None => None,
     };
-    let ledger_key = custody_ledger::notary::load_or_create_key(&ledger_dirs[0])?;
-    for dir in &ledger_dirs[1..] {
-        if !dir.join(custody_ledger::notary::KEY_FILE).exists() {
-            std::fs::create_dir_all(dir)?;
-            std::fs::copy(ledger_dirs[0].join(custody_ledger::notary::KEY_FILE), dir.join(custody_ledger::notary::KEY_FILE))?;
-        }
-    }
+    let ledger_key = custody_ledger::notary::key_for_replicas(&ledger_dirs)?;
 
     // One nkey per service; the actors' keys come from the registry.
     let service_dir = a.data.join("keys/services");

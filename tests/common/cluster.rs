@@ -35,6 +35,8 @@ impl Cluster {
         let nats = NatsCluster::start(3, dir.path(), None).expect("a three-server cluster starts");
         let client = custody::client::connect(&nats.url()).await.expect("connect");
         let mut c = Cluster { dir, nats, ledgers: (0..ledgers).map(|_| None).collect(), projections: Vec::new(), authority: KeyPair::new_user(), client };
+        // One ledger key in every replica's folder, as `custody up --cluster` does.
+        custody_ledger::notary::key_for_replicas(&(0..ledgers).map(|i| c.ledger_dir(i)).collect::<Vec<_>>()).expect("the ledger key");
         for i in 0..ledgers {
             c.spawn_ledger(i);
         }

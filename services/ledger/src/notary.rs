@@ -26,6 +26,53 @@ pub fn load_or_create_key(dir: &Path) -> Result<nkeys::KeyPair, custody_wire::fi
     custody_wire::files::load_or_create_key(&dir.join(KEY_FILE), nkeys::KeyPairType::Server)
 }
 
+/// One ledger key for every replica: the first folder's (made if it has
+/// none), written into each other folder that has none. A cluster signs
+/// its checkpoints with one key, whichever replica writes.
+pub fn key_for_replicas(dirs: &[std::path::PathBuf]) -> Result<nkeys::KeyPair, custody_wire::files::FileError> {
+    let Some(first) = dirs.first() else { return Ok(nkeys::KeyPair::new(nkeys::KeyPairType::Server)) };
+    let key = load_or_create_key(first)?;
+    let seed = key.seed().map_err(|e| custody_wire::files::FileError::NotASeed { path: first.join(KEY_FILE), why: e.to_string() })?;
+    for dir in &dirs[1..] {
+        let path = dir.join(KEY_FILE);
+        if !path.exists() {
+            custody_wire::files::write_whole(&path, format!("{seed}\n").as_bytes(), custody_wire::files::Mode::Private)?;
+        }
+    }
+    Ok(key)
+}
+
+/// The ledger's signing key for a replica joining a ledger whose newest
+/// checkpoint is signed by `signer` (none yet: a new ledger). The key in
+/// `dir` must be that signer's; a folder without a key gets a new one only
+/// for a new ledger: a wiped folder that made itself a key would sign
+/// checkpoints no verifier trusts.
+pub fn key_for_ledger(dir: &Path, signer: Option<&str>) -> Result<nkeys::KeyPair, KeyMismatch> {
+    let path = dir.join(KEY_FILE);
+    match signer {
+        None => Ok(load_or_create_key(dir)?),
+        Some(signer) if !path.exists() => Err(KeyMismatch::Missing { path, signer: signer.to_owned() }),
+        Some(signer) => {
+            let key = custody_wire::files::load_key(&path)?;
+            if key.public_key() != signer {
+                return Err(KeyMismatch::Other { path, mine: key.public_key(), signer: signer.to_owned() });
+            }
+            Ok(key)
+        }
+    }
+}
+
+/// Why a replica may not sign for the ledger it joins.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyMismatch {
+    #[error("{} does not exist, and this ledger's checkpoints are signed by {signer}: put that key's seed there (copy ledger.nk from another replica, or from where it is kept) rather than sign with a new key no verifier trusts", path.display())]
+    Missing { path: std::path::PathBuf, signer: String },
+    #[error("{} holds the key {mine}, but this ledger's checkpoints are signed by {signer}: this folder belongs to another ledger, or the key was replaced", path.display())]
+    Other { path: std::path::PathBuf, mine: String, signer: String },
+    #[error(transparent)]
+    File(#[from] custody_wire::files::FileError),
+}
+
 /// The log's name in checkpoint notes when none is configured.
 pub fn default_origin(ledger_key: &str) -> String {
     format!("custody/{ledger_key}")

@@ -262,7 +262,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .await
         .map_err(|e| LedgerError::Task(e.to_string()))?
         .map_err(|source| LedgerError::Open { dir: config.data_dir.clone(), source })?;
-    let key = crate::notary::load_or_create_key(&config.data_dir)?;
     tracing::info!(head = ?ledger.head().map(|h| h.0), "ledger store open and chain verified");
 
     let client = custody_wire::connect::connect(&config.nats_url, "custody-ledger", config.nkey.as_deref()).await?;
@@ -289,6 +288,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             Err(e) => return Err(e),
         }
     };
+    // The key this replica signs with is the one the ledger's checkpoints
+    // are signed by (a new one only for a new ledger).
+    let signer = newest_signer(&client).await?;
+    let key = crate::notary::key_for_ledger(&config.data_dir, signer.as_deref()).map_err(|e| LedgerError::Mismatch(e.to_string()))?;
     let reader = Reader::ledger(&client);
     let health = config.health.clone();
     let meters = Meters::new(&health);
@@ -1044,6 +1047,18 @@ async fn publish_checkpoint(js: &jetstream::Context, c: &custody_proto::Checkpoi
             false
         }
     }
+}
+
+/// The key that signed the ledger's newest checkpoint, if it has one.
+async fn newest_signer(client: &async_nats::Client) -> Result<Option<String>, LedgerError> {
+    let reader = Reader::checkpoints(client);
+    let read = |e: custody_wire::follow::ReadError| LedgerError::Nats { what: "read the checkpoints stream", why: e.to_string() };
+    let last = reader.last_seq().await.map_err(read)?;
+    if last == 0 {
+        return Ok(None);
+    }
+    let Some(msg) = reader.get(last).await.map_err(read)? else { return Ok(None) };
+    Ok(serde_json::from_slice::<custody_proto::Checkpoint>(&msg.payload).ok().map(|c| c.key))
 }
 
 /// Proofs made at once, and how many may wait per asker and in all.
