@@ -243,6 +243,51 @@ async fn a_paused_writer_is_fenced_off_when_it_wakes_and_the_chain_has_no_fork()
     assert!(c.ledgers[old].as_mut().unwrap().child_mut().try_wait().unwrap().is_none(), "{}", c.ledger_log(old));
 }
 
+/// Issue 26: a writer paused past its lease woke and answered, from its
+/// old state, the requests buffered for it: a miner registered meanwhile
+/// through the new writer was told `unknown_actor`, which a producer takes
+/// as final. Refusals that no append fenced now wait for a read barrier
+/// (the stream still ends where the writer decided them), and the woken
+/// writer steps down instead of answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_writer_sends_no_refusal_decided_on_its_old_state() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut c = Cluster::start(2).await;
+    let old = c.writer().await;
+    c.signal_ledger(old, libc::SIGSTOP);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.lease_holder().await.as_deref() != Some(&format!("ledger-{}", 1 - old)) {
+        assert!(Instant::now() < deadline, "the standby never took the lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Registered through the new writer (a request caught in the paused
+    // one's socket is sent again).
+    let late = c.miner("late-miner").await;
+    // Its events, each sent once: about half wait in the paused writer's socket.
+    let asked: Vec<_> = mined(&late, "late", 20)
+        .into_iter()
+        .map(|e| {
+            let client = c.client.clone();
+            let subject = custody_wire::subjects::submit(&late.public_key());
+            tokio::spawn(async move { tokio::time::timeout(Duration::from_secs(15), client.request(subject, e)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.signal_ledger(old, libc::SIGCONT);
+    let (mut receipts, mut unanswered) = (0, 0);
+    for a in asked {
+        match a.await.unwrap() {
+            Ok(Ok(msg)) => match serde_json::from_slice::<Outcome>(&msg.payload).expect("an outcome") {
+                Outcome::Receipt(_) => receipts += 1,
+                Outcome::Rejected(r) => panic!("refused by a writer that was not the writer: {} {}", r.code.as_str(), r.message),
+            },
+            _ => unanswered += 1,
+        }
+    }
+    eprintln!("{receipts} receipted, {unanswered} unanswered (sent again, they go to the writer)");
+    assert!(receipts > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_cluster_stopped_and_started_keeps_its_head() {
     let _serial = ONE_AT_A_TIME.lock().await;

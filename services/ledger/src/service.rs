@@ -718,12 +718,19 @@ struct Writer {
     shares: Shares,
 }
 
+/// How long a read barrier may try to read the stream's end before the
+/// writer steps down rather than answer unconfirmed.
+const BARRIER_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Atomic batches awaiting their ack at once.
 const WINDOW: usize = 8;
 
 /// Admitted, not yet answered: its entries (maybe none) and the outcome
 /// of each submission, sent once every entry up to its last is durable.
 struct Pending {
+    /// The writer's head when it decided this batch: what its refusals
+    /// were decided against.
+    decided_at: u64,
     entries: Vec<Entry>,
     /// For each entry, the lot-map keys of what it acts on.
     subjects: Vec<Vec<Hash>>,
@@ -786,7 +793,8 @@ impl Writer {
                         self.send(chunk, &mut acks).await;
                     }
                     let answers = replies.into_iter().zip(admitted.outcomes).collect();
-                    pending.push_back(Pending { entries: admitted.entries, subjects: admitted.subjects, answers, received: batch.received });
+                    let decided_at = admitted.entries.first().map_or_else(|| self.ledger.head().map_or(0, |h| h.0), |e| e.seq - 1);
+                    pending.push_back(Pending { decided_at, entries: admitted.entries, subjects: admitted.subjects, answers, received: batch.received });
                 }
             }
         }
@@ -810,12 +818,54 @@ impl Writer {
     /// holds to the durable stage (a batch of refusals only follows those
     /// before it: a repeated event's receipt may name one of them).
     async fn hand_on(&self, pending: &mut std::collections::VecDeque<Pending>) -> Result<(), LedgerError> {
-        while pending.front().is_some_and(|p| p.entries.last().is_none_or(|e| e.seq <= self.committed)) {
+        while let Some(front) = pending.front() {
+            match front.entries.last() {
+                Some(e) if e.seq > self.committed => break,
+                // Its entries are on the stream after ours: fenced.
+                Some(_) => {}
+                // Refusals only: no append fenced them.
+                None => self.barrier(front.decided_at, pending).await?,
+            }
             if let Some(p) = pending.pop_front() {
                 self.durable.send(p).await.map_err(|_| LedgerError::Ended)?;
             }
         }
         Ok(())
+    }
+
+    /// A read barrier (as Raft's ReadIndex) before refusals leave that no
+    /// append fenced: the stream must hold nothing after `decided_at` (the
+    /// head they were decided against) but this writer's own entries.
+    /// Otherwise another writer moved the history on while this one was
+    /// paused or cut off, its model is stale, and a refusal from it could
+    /// be false (`unknown_actor` about an actor registered since): it steps
+    /// down and answers nothing; the asker sends again, to the writer.
+    async fn barrier(&self, decided_at: u64, pending: &std::collections::VecDeque<Pending>) -> Result<(), LedgerError> {
+        let stale = |why: String| Err(LedgerError::SteppedDown(format!("{why}: refusals decided on an older state are not sent")));
+        let deadline = std::time::Instant::now() + BARRIER_PATIENCE;
+        loop {
+            let unreadable = match self.reader.last_seq().await {
+                Ok(last) if last == decided_at => return Ok(()),
+                Ok(last) if last < decided_at => return stale(format!("the committed stream ends at {last}, before entry {decided_at}")),
+                Ok(_) => match self.reader.get(decided_at + 1).await {
+                    Ok(Some(msg)) => {
+                        let theirs = msg.headers.get(custody_wire::subjects::HDR_HASH).map(|v| v.as_str().to_owned());
+                        let ours = pending.iter().flat_map(|p| &p.entries).find(|e| e.seq == decided_at + 1).map(|e| e.hash.to_hex());
+                        if theirs.is_some() && theirs == ours {
+                            return Ok(());
+                        }
+                        return stale(format!("entry {} on the committed stream is another writer's", decided_at + 1));
+                    }
+                    Ok(None) => format!("entry {} is not readable yet", decided_at + 1),
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e.to_string(),
+            };
+            if std::time::Instant::now() >= deadline {
+                return stale(format!("cannot confirm the committed stream's end ({unreadable})"));
+            }
+            tokio::time::sleep(crate::commit::RETRY).await;
+        }
     }
 
     /// An ack that was not the expected one: reads the stream back to learn
