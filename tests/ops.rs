@@ -330,3 +330,42 @@ async fn a_replica_with_another_ledger_key_refuses_to_start() {
     std::fs::write(&file, kept).unwrap();
     sys.start_ledger().await;
 }
+
+/// Issue 26: two replicas with the same name (same host and path in two
+/// containers, or the same `--name`) both "held" the lease. Each data
+/// folder now has its own instance id in the lease, so the second is a
+/// standby, and the first keeps writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_one_name_never_both_hold_the_lease() {
+    let sys = System::start_with(&["--name", "same"]).await;
+    let miner = sys.actor("name-miner", "miner", "ZA").await;
+    // The second replica: another folder with the ledger's key, the same name.
+    let second = sys.dir.path().join("ledger-2");
+    std::fs::create_dir_all(&second).unwrap();
+    std::fs::copy(sys.ledger_dir().join("ledger.nk"), second.join("ledger.nk")).unwrap();
+    let log = sys.dir.path().join("ledger-2.log");
+    let mut cmd = std::process::Command::new(BIN);
+    custody::natsd::die_with_parent(&mut cmd);
+    cmd.args(["ledger", "--nats", &sys.nats.url, "--authority", &sys.authority.public_key(), "--name", "same", "--data"])
+        .arg(&second)
+        .env("CUSTODY_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let _second = ServiceProcess::new(cmd.spawn().unwrap());
+    let said = || std::fs::read_to_string(&log).unwrap_or_default();
+    for _ in 0..200 {
+        if said().contains("standby: following") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(said().contains("standby: following"), "{}", said());
+    // For a few of its lease attempts (every 250 ms), it never takes it,
+    // and the first replica receipts.
+    for i in 0..8 {
+        sys.accept(&miner, &event(&miner, &format!("name-{i}"), "mined", json!({"lot": format!("NM{i}"), "carats": "1.00", "country": "ZA"}))).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(!said().contains("writer lease taken"), "{}", said());
+}

@@ -451,7 +451,8 @@ impl Rig {
         let kv = jetstream::new(self.nc.clone()).get_key_value(custody_ledger::lease::BUCKET).await?;
         let e = kv.entry(custody_ledger::lease::KEY).await?.context("nobody holds the writer lease")?;
         let holder = String::from_utf8_lossy(&e.value).into_owned();
-        holder.strip_prefix("ledger-").and_then(|i| i.parse().ok()).with_context(|| format!("an unknown writer {holder}"))
+        let name = holder.split('#').next().unwrap_or_default();
+        name.strip_prefix("ledger-").and_then(|i| i.parse().ok()).with_context(|| format!("an unknown writer {holder}"))
     }
 }
 

@@ -105,11 +105,14 @@ impl Cluster {
         panic!("no ledger became the writer; logs:\n{}", (0..self.ledgers.len()).map(|i| self.ledger_log(i)).collect::<Vec<_>>().join("\n---\n"));
     }
 
+    /// The name of the replica holding the writer lease (without its
+    /// instance id).
     pub async fn lease_holder(&self) -> Option<String> {
         let js = jetstream::new(self.client.clone());
         let kv = js.get_key_value("CUSTODY_LEASE").await.ok()?;
         let e = kv.entry("writer").await.ok()??;
-        (e.operation == jetstream::kv::Operation::Put).then(|| String::from_utf8_lossy(&e.value).into_owned())
+        let holder = String::from_utf8_lossy(&e.value).into_owned();
+        (e.operation == jetstream::kv::Operation::Put).then(|| holder.split('#').next().unwrap_or_default().to_owned())
     }
 
     async fn try_head(&self) -> Option<(u64, Option<String>)> {

@@ -21,6 +21,35 @@ use crate::service::LedgerError;
 pub const BUCKET: &str = "CUSTODY_LEASE";
 pub const KEY: &str = "writer";
 
+/// The file of a replica's instance id, inside its data folder.
+pub const INSTANCE_FILE: &str = "instance.id";
+
+/// This data folder's random instance id, made on first use and kept: two
+/// replicas with the same host and path (containers, one deploy layout)
+/// or the same `--name` never hold the lease as one, while a replica
+/// restarted on its own folder is still itself.
+pub fn instance_id(dir: &std::path::Path) -> Result<String, custody_wire::files::FileError> {
+    let path = dir.join(INSTANCE_FILE);
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(id.to_owned());
+        }
+    }
+    // Sixteen hex digits from the operating system's randomness (a new
+    // key's seed, hashed).
+    let seed = nkeys::KeyPair::new_user().seed().unwrap_or_default();
+    let id = blake3::hash(seed.as_bytes()).to_hex()[..16].to_owned();
+    custody_wire::files::write_whole(&path, format!("{id}\n").as_bytes(), custody_wire::files::Mode::Shared)?;
+    Ok(id)
+}
+
+/// The name a replica writes into the lease: its readable name and its
+/// instance id.
+pub fn holder_name(name: &str, instance: &str) -> String {
+    format!("{name}#{instance}")
+}
+
 /// A ledger replica's view of the lease.
 #[derive(Clone)]
 pub struct Lease {
@@ -116,8 +145,12 @@ impl Lease {
     /// Gives the lease up (on a clean stop), so a standby takes over at
     /// once instead of after the ttl.
     pub async fn release(&self) {
-        if self.holder().await.as_deref() == Some(self.holder.as_str()) {
-            let _ = self.kv.delete(KEY).await;
+        // Compare-and-delete on the revision read: never another holder's
+        // lease taken between the read and the delete.
+        if let Ok(Some(entry)) = self.kv.entry(KEY).await {
+            if entry.value.as_ref() == self.holder.as_bytes() {
+                let _ = self.kv.delete_expect_revision(KEY, Some(entry.revision)).await;
+            }
         }
     }
 }

@@ -29,7 +29,8 @@ pub enum RecoveryError {
 pub fn fresh_store(dir: &Path, authority: &ActorKey) -> Result<(Store, Option<PathBuf>), RecoveryError> {
     // A folder that holds only the ledger key (put there for a restore)
     // has no store to keep.
-    let only_key = std::fs::read_dir(dir).is_ok_and(|d| d.flatten().all(|e| e.file_name() == crate::notary::KEY_FILE));
+    let only_key =
+        std::fs::read_dir(dir).is_ok_and(|d| d.flatten().all(|e| e.file_name() == crate::notary::KEY_FILE || e.file_name() == crate::lease::INSTANCE_FILE));
     let moved = if dir.exists() && !only_key {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S").to_string();
         // Never onto an earlier aside (two recoveries in one second).
@@ -45,8 +46,11 @@ pub fn fresh_store(dir: &Path, authority: &ActorKey) -> Result<(Store, Option<Pa
     let store = Store::open(dir)?;
     store.set_authority(authority.as_str())?;
     // The ledger's signing key is its identity to auditors: keep it.
-    if let Some(old_key) = moved.as_ref().map(|m| m.join(crate::notary::KEY_FILE)).filter(|k| k.exists()) {
-        std::fs::copy(&old_key, dir.join(crate::notary::KEY_FILE)).map_err(|source| RecoveryError::Io { what: "carry the ledger key over".into(), source })?;
+    // So are its key and its instance id (it is still the same replica).
+    for file in [crate::notary::KEY_FILE, crate::lease::INSTANCE_FILE] {
+        if let Some(old) = moved.as_ref().map(|m| m.join(file)).filter(|k| k.exists()) {
+            std::fs::copy(&old, dir.join(file)).map_err(|source| RecoveryError::Io { what: format!("carry {file} over"), source })?;
+        }
     }
     Ok((store, moved))
 }

@@ -273,10 +273,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let started = std::time::Instant::now();
     let mut setup = js.clone();
     setup.set_timeout(Duration::from_secs(2));
+    let holder = crate::lease::holder_name(&config.name, &crate::lease::instance_id(&config.data_dir)?);
     let lease = loop {
         let ready = async {
             ensure_streams(&setup, config.replicas).await.map(drop)?;
-            Lease::open(&setup, config.name.clone(), config.lease_ttl, config.replicas).await
+            Lease::open(&setup, holder.clone(), config.lease_ttl, config.replicas).await
         }
         .await;
         match ready {
