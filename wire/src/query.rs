@@ -91,7 +91,7 @@ tokio::task_local! {
     static ASKER: String;
 }
 
-/// Runs `work` with every request it makes ([`send`]) naming `asker` as
+/// Runs `work` with every request it makes ([`request`]) naming `asker` as
 /// the client it is made for, so that the service answering queues it
 /// with that client's other work ([`crate::fair`]), not with everyone's.
 pub async fn on_behalf_of<F: std::future::Future>(asker: String, work: F) -> F::Output {
@@ -100,7 +100,7 @@ pub async fn on_behalf_of<F: std::future::Future>(asker: String, work: F) -> F::
 
 /// Sends a request, naming the client it is made for when there is one
 /// ([`on_behalf_of`]): the one way custody sends a request.
-pub async fn send(client: &async_nats::Client, subject: &str, payload: bytes::Bytes) -> Result<async_nats::Message, async_nats::RequestError> {
+async fn send(client: &async_nats::Client, subject: &str, payload: bytes::Bytes) -> Result<async_nats::Message, async_nats::RequestError> {
     match ASKER.try_with(Clone::clone) {
         Ok(asker) => {
             let mut headers = async_nats::HeaderMap::new();

@@ -306,14 +306,12 @@ impl App {
 
     /// A request to `who` (the projection or the ledger) over NATS.
     async fn ask(&self, who: &str, subject: &str, body: Value) -> Response {
-        let request = custody_wire::query::send(&self.nats, subject, body.to_string().into());
-        let msg = match tokio::time::timeout(QUERY_TIMEOUT, request).await {
-            Err(_) => return error(AnswerCode::Timeout, format!("no {who} answered in time")),
-            Ok(Err(e)) => return error(AnswerCode::Unavailable, format!("no {who} is answering: {e}")),
-            Ok(Ok(m)) => m,
-        };
-        let Ok(answer) = serde_json::from_slice::<Value>(&msg.payload) else {
-            return error(AnswerCode::BadAnswer, format!("the {who}'s answer is not JSON"));
+        use custody_wire::query::RequestError;
+        let answer = match custody_wire::query::request(&self.nats, subject, &body, QUERY_TIMEOUT).await {
+            Ok(answer) => answer,
+            Err(RequestError::Timeout { .. }) => return error(AnswerCode::Timeout, format!("no {who} answered in time")),
+            Err(RequestError::Unavailable { why, .. }) => return error(AnswerCode::Unavailable, format!("no {who} is answering: {why}")),
+            Err(RequestError::NotJson { .. }) => return error(AnswerCode::BadAnswer, format!("the {who}'s answer is not JSON")),
         };
         let status = match (answer.get("code"), ErrorAnswer::of(&answer)) {
             (None, _) => StatusCode::OK,
@@ -528,10 +526,8 @@ async fn caller(app: &App, headers: &axum::http::HeaderMap, method: &str, path: 
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .verify_once(value, method, path, custody_proto::Timestamp::now())
         .map_err(|why| error(AnswerCode::BadCredentials, why))?;
-    let request = custody_wire::query::send(&app.nats, subjects::QUERY_ACTOR, json!({"key": key}).to_string().into());
-    let answer = match tokio::time::timeout(QUERY_TIMEOUT, request).await {
-        Ok(Ok(m)) => serde_json::from_slice::<Value>(&m.payload).unwrap_or(Value::Null),
-        _ => return Err(error(AnswerCode::Unavailable, "no projection answered who the caller is")),
+    let Ok(answer) = custody_wire::query::request(&app.nats, subjects::QUERY_ACTOR, &json!({"key": key}), QUERY_TIMEOUT).await else {
+        return Err(error(AnswerCode::Unavailable, "no projection answered who the caller is"));
     };
     if answer.get("code").is_some() {
         return Err(error(AnswerCode::UnknownActor, format!("{key} is not a registered actor")));
