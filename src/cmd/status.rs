@@ -5,10 +5,8 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use custody_wire::health::Status;
-use custody_wire::subjects::{STATUS_KINDS, STATUS_PREFIX};
-use futures::StreamExt as _;
+use custody_wire::subjects::STATUS_KINDS;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,20 +36,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
 /// lists them) and name.
 pub async fn ask(nats: &str, wait: Duration) -> anyhow::Result<Vec<Status>> {
     let client = custody::client::connect(nats).await?;
-    let inbox = client.new_inbox();
-    let mut answers = client.subscribe(inbox.clone()).await.context("cannot subscribe to answers")?;
-    for kind in STATUS_KINDS {
-        client.publish_with_reply(format!("{STATUS_PREFIX}.{kind}"), inbox.clone(), "".into()).await.context("cannot ask for status")?;
-    }
-    client.flush().await.context("cannot ask for status")?;
-    let mut statuses = Vec::new();
-    let deadline = tokio::time::Instant::now() + wait;
-    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await {
-        match serde_json::from_slice::<Status>(&msg.payload) {
-            Ok(s) => statuses.push(s),
-            Err(e) => tracing::warn!(error = %e, "an answer that is not a status"),
-        }
-    }
+    let mut statuses = custody_wire::health::gather(&client, &STATUS_KINDS, wait).await?;
     let rank = |s: &Status| STATUS_KINDS.iter().position(|k| *k == s.service).unwrap_or(STATUS_KINDS.len());
     statuses.sort_by(|x, y| (rank(x), &x.name).cmp(&(rank(y), &y.name)));
     Ok(statuses)

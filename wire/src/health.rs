@@ -194,6 +194,33 @@ pub async fn answer_status(client: async_nats::Client, health: Health) -> Result
     }
 }
 
+/// Every status of the instances of `kinds` that answers within `wait`
+/// (`custody status`; a ledger taking over asks the other replicas how far
+/// their stores reach).
+pub async fn gather(client: &async_nats::Client, kinds: &[&str], wait: std::time::Duration) -> Result<Vec<Status>, GatherError> {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let mut answers = client.subscribe(inbox.clone()).await.map_err(|e| GatherError(e.to_string()))?;
+    for kind in kinds {
+        client.publish_with_reply(format!("{STATUS_PREFIX}.{kind}"), inbox.clone(), "".into()).await.map_err(|e| GatherError(e.to_string()))?;
+    }
+    client.flush().await.map_err(|e| GatherError(e.to_string()))?;
+    let mut statuses = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, answers.next()).await {
+        // Only statuses answer here; anything else is not one of ours.
+        if let Ok(s) = serde_json::from_slice::<Status>(&msg.payload) {
+            statuses.push(s);
+        }
+    }
+    Ok(statuses)
+}
+
+/// Statuses could not be asked for.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot ask for statuses: {0}")]
+pub struct GatherError(String);
+
 /// How often [`answer_status`] looks at the NATS connection.
 pub const LINK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 

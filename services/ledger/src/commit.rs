@@ -12,12 +12,12 @@
 //! An ack that never comes leaves the outcome unknown; it is resolved by
 //! reading the stream back ([`read_back`]), never by guessing.
 
-use std::time::Duration;
-
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use custody_proto::Entry;
+use custody_proto::{Entry, Hash};
+
+use crate::writer::{BarrierRead, ReadBack};
 use custody_wire::follow::{entry_of, Reader};
 use custody_wire::subjects::*;
 use futures::StreamExt;
@@ -98,9 +98,9 @@ fn entry_headers(e: &Entry) -> HeaderMap {
 /// How many of `ours` (consecutive, the writer's entries after what it
 /// knows is committed) the stream holds, each compared by hash. A
 /// different entry at one of their positions means another writer
-/// extended the stream: the caller must stop writing.
-pub async fn read_back(reader: &Reader, ours: &[Entry]) -> Result<usize, ReadBack> {
-    let (Some(first), Some(last)) = (ours.first(), ours.last()) else { return Ok(0) };
+/// extended the stream: the writer must stop.
+pub async fn read_back(reader: &Reader, ours: &[Entry]) -> ReadBack {
+    let (Some(first), Some(last)) = (ours.first(), ours.last()) else { return ReadBack::Held(0) };
     let mut held = 0;
     let mut msgs = std::pin::pin!(reader.range(first.seq, last.seq));
     while let Some(msg) = msgs.next().await {
@@ -108,26 +108,25 @@ pub async fn read_back(reader: &Reader, ours: &[Entry]) -> Result<usize, ReadBac
             Ok(m) => m,
             // The stream ends before our last entry: the rest is not on it.
             Err(custody_wire::follow::ReadError::Stalled { .. }) => break,
-            Err(e) => return Err(ReadBack::Unreadable(e.to_string())),
+            Err(e) => return ReadBack::Unreadable(e.to_string()),
         };
         let Some(mine) = ours.get(held).filter(|e| e.seq == msg.seq) else { break };
         match entry_of(&msg) {
             Ok(theirs) if theirs.hash == mine.hash => held += 1,
-            Ok(theirs) => return Err(ReadBack::Foreign { seq: msg.seq, hash: theirs.hash.to_hex() }),
-            Err(why) => return Err(ReadBack::Foreign { seq: msg.seq, hash: format!("unreadable ({why})") }),
+            Ok(theirs) => return ReadBack::Foreign { seq: msg.seq, what: theirs.hash.to_hex() },
+            Err(why) => return ReadBack::Foreign { seq: msg.seq, what: format!("unreadable ({why})") },
         }
     }
-    Ok(held)
+    ReadBack::Held(held)
 }
 
-/// Why a read-back did not settle an unknown outcome.
-#[derive(Debug)]
-pub enum ReadBack {
-    /// NATS did not answer: try again.
-    Unreadable(String),
-    /// Another writer's entry stands where ours would go.
-    Foreign { seq: u64, hash: String },
+/// A read barrier's reading: the stream's last sequence and, when it goes
+/// past `decided_at`, the hash of the entry after it.
+pub async fn barrier_read(reader: &Reader, decided_at: u64) -> BarrierRead {
+    let last = reader.last_seq().await.map_err(|e| e.to_string())?;
+    if last <= decided_at {
+        return Ok((last, None));
+    }
+    let next = reader.get(decided_at + 1).await.map_err(|e| e.to_string())?;
+    Ok((last, next.and_then(|m| m.headers.get(HDR_HASH).and_then(|v| Hash::from_hex(v.as_str())))))
 }
-
-/// How long to wait between read-backs while NATS does not answer.
-pub const RETRY: Duration = Duration::from_millis(250);

@@ -53,7 +53,9 @@ pub fn holder_name(name: &str, instance: &str) -> String {
 /// A ledger replica's view of the lease.
 #[derive(Clone)]
 pub struct Lease {
-    kv: kv::Store,
+    kv: std::sync::Arc<std::sync::Mutex<kv::Store>>,
+    js: jetstream::Context,
+    replicas: usize,
     /// This replica's name, written into the key.
     pub holder: String,
     pub ttl: Duration,
@@ -62,7 +64,13 @@ pub struct Lease {
 impl Lease {
     /// The lease bucket, created if absent.
     pub async fn open(js: &jetstream::Context, holder: String, ttl: Duration, replicas: usize) -> Result<Lease, LedgerError> {
-        let kv = match js.get_key_value(BUCKET).await {
+        let kv = Lease::bucket(js, ttl, replicas).await?;
+        Ok(Lease { kv: std::sync::Arc::new(std::sync::Mutex::new(kv)), js: js.clone(), replicas, holder, ttl })
+    }
+
+    /// The lease bucket, checked against `ttl`, or created.
+    async fn bucket(js: &jetstream::Context, ttl: Duration, replicas: usize) -> Result<kv::Store, LedgerError> {
+        Ok(match js.get_key_value(BUCKET).await {
             Ok(kv) => {
                 // The bucket's entries expire as it was made: a replica
                 // with another ttl would renew too late, or take too soon.
@@ -87,24 +95,38 @@ impl Lease {
                 })
                 .await
                 .map_err(|e| LedgerError::Nats { what: "create the writer lease bucket", why: e.to_string() })?,
-        };
-        Ok(Lease { kv, holder, ttl })
+        })
+    }
+
+    fn kv(&self) -> kv::Store {
+        self.kv.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// After a lease operation failed: the bucket again, made anew if it
+    /// was deleted (otherwise no replica could ever write again).
+    async fn reopen(&self) {
+        match Lease::bucket(&self.js, self.ttl, self.replicas).await {
+            Ok(kv) => *self.kv.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = kv,
+            Err(e) => tracing::warn!(error = %e, "cannot reach the writer lease bucket"),
+        }
     }
 
     /// Takes the lease if nobody holds it, or if it still names this
     /// replica (it restarted within the ttl: no other process can hold this
     /// replica's store); its revision then.
     pub async fn try_acquire(&self) -> Option<u64> {
-        match self.kv.create(KEY, self.holder.clone().into()).await {
+        let kv = self.kv();
+        match kv.create(KEY, self.holder.clone().into()).await {
             Ok(rev) => Some(rev),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match self.kv.entry(KEY).await {
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match kv.entry(KEY).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put && e.value.as_ref() == self.holder.as_bytes() => {
-                    self.kv.update(KEY, self.holder.clone().into(), e.revision).await.ok()
+                    kv.update(KEY, self.holder.clone().into(), e.revision).await.ok()
                 }
                 _ => None,
             },
             Err(e) => {
-                tracing::debug!(error = %e, "cannot reach the writer lease");
+                tracing::warn!(error = %e, "cannot reach the writer lease; opening its bucket again");
+                self.reopen().await;
                 None
             }
         }
@@ -112,7 +134,7 @@ impl Lease {
 
     /// Who holds the lease now, if anyone.
     pub async fn holder(&self) -> Option<String> {
-        match self.kv.entry(KEY).await {
+        match self.kv().entry(KEY).await {
             Ok(Some(e)) if e.operation == kv::Operation::Put => Some(String::from_utf8_lossy(&e.value).into_owned()),
             _ => None,
         }
@@ -121,23 +143,20 @@ impl Lease {
     /// Renews the lease taken at `revision` until it is lost: another
     /// replica took it, or no renewal succeeded for a whole `ttl` (after
     /// which another may have). Returns then, saying why.
-    pub async fn hold(&self, mut revision: u64) -> String {
-        let every = self.ttl / 4;
-        let mut renewed = Instant::now();
+    pub async fn hold(&self, revision: u64) -> String {
+        let started = Instant::now();
+        let mut renewal = Renewal::new(self.ttl, revision, Duration::ZERO);
         loop {
-            tokio::time::sleep(every).await;
-            let attempt = Instant::now();
-            match tokio::time::timeout(self.ttl / 2, self.kv.update(KEY, self.holder.clone().into(), revision)).await {
-                Ok(Ok(rev)) => {
-                    revision = rev;
-                    renewed = attempt;
-                }
-                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => return "another ledger took the writer lease".into(),
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot renew the writer lease"),
-                Err(_) => tracing::warn!("renewing the writer lease timed out"),
-            }
-            if renewed.elapsed() >= self.ttl {
-                return format!("the writer lease was not renewed for {:?} and may have passed to another ledger", self.ttl);
+            tokio::time::sleep(renewal.every()).await;
+            let attempt = started.elapsed();
+            let result = match tokio::time::timeout(self.ttl / 2, self.kv().update(KEY, self.holder.clone().into(), renewal.revision())).await {
+                Ok(Ok(rev)) => Ok(rev),
+                Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(Renew::Taken),
+                Ok(Err(e)) => Err(Renew::Failed(e.to_string())),
+                Err(_) => Err(Renew::Failed("timed out".into())),
+            };
+            if let Some(why) = renewal.renewed(attempt, result, started.elapsed()) {
+                return why;
             }
         }
     }
@@ -147,10 +166,68 @@ impl Lease {
     pub async fn release(&self) {
         // Compare-and-delete on the revision read: never another holder's
         // lease taken between the read and the delete.
-        if let Ok(Some(entry)) = self.kv.entry(KEY).await {
+        let kv = self.kv();
+        if let Ok(Some(entry)) = kv.entry(KEY).await {
             if entry.value.as_ref() == self.holder.as_bytes() {
-                let _ = self.kv.delete_expect_revision(KEY, Some(entry.revision)).await;
+                let _ = kv.delete_expect_revision(KEY, Some(entry.revision)).await;
             }
         }
+    }
+}
+
+/// Why a renewal did not take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renew {
+    /// The key holds another revision: someone else took the lease.
+    Taken,
+    /// No answer, or an error: try again while the ttl allows.
+    Failed(String),
+}
+
+/// When a held lease is renewed and when it counts as lost, without I/O
+/// (times are durations since any fixed instant, on this replica's
+/// monotonic clock): used by [`Lease::hold`] and the simulator.
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    ttl: Duration,
+    revision: u64,
+    /// When the last renewal that took was sent.
+    renewed: Duration,
+}
+
+impl Renewal {
+    /// A lease taken at `revision`, at `now`.
+    pub fn new(ttl: Duration, revision: u64, now: Duration) -> Renewal {
+        Renewal { ttl, revision, renewed: now }
+    }
+
+    /// How often to renew: four times a ttl, so that one or two lost
+    /// renewals do not lose the lease.
+    pub fn every(&self) -> Duration {
+        self.ttl / 4
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// The outcome of the renewal sent at `attempt`, known at `now`; why
+    /// the lease is lost, if it is.
+    pub fn renewed(&mut self, attempt: Duration, result: Result<u64, Renew>, now: Duration) -> Option<String> {
+        match result {
+            Ok(revision) => {
+                self.revision = revision;
+                self.renewed = attempt;
+            }
+            Err(Renew::Taken) => return Some("another ledger took the writer lease".into()),
+            Err(Renew::Failed(why)) => tracing::warn!(%why, "cannot renew the writer lease"),
+        }
+        self.lapsed(now)
+    }
+
+    /// Lost for want of renewal: it may have passed to another replica.
+    pub fn lapsed(&self, now: Duration) -> Option<String> {
+        (now.saturating_sub(self.renewed) >= self.ttl)
+            .then(|| format!("the writer lease was not renewed for {:?} and may have passed to another ledger", self.ttl))
     }
 }

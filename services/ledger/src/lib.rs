@@ -8,7 +8,9 @@
 //! - [`model`]: the write model and custody rules (pure).
 //! - [`ledger`]: open/replay, admit a batch, commit it.
 //! - [`notary`]: the Merkle tree, the ledger's key, checkpoints and proofs.
+//! - [`writer`]: the active writer's decisions, without I/O.
 //! - [`service`]: the NATS pipeline around it.
+//! - [`simulator`]: replicas under faults, deterministic by seed.
 //! - [`clock`]: the system clock, or a test clock (`--test-clock-file`).
 //! - [`recovery`]: an empty store in place of a damaged one (`ledger recover`).
 //!
@@ -27,7 +29,9 @@ pub mod notary;
 pub mod quota;
 pub mod recovery;
 pub mod service;
+pub mod simulator;
 pub mod store;
+pub mod writer;
 
 pub use ledger::{Ledger, OpenError};
 pub use service::{run, Config};

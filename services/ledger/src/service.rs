@@ -22,7 +22,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use async_nats::Subject;
 use bytes::Bytes;
 use custody_proto::{ActorKey, Entry, Hash, KeyCache, Outcome, Refusal};
-use futures::stream::FuturesOrdered;
+use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
@@ -32,6 +32,7 @@ use crate::ledger::{check_batch, Checked, Ledger, OpenError, Submitted};
 use crate::meters::Meters;
 use crate::notary::Notary;
 use crate::store::StoreError;
+use crate::writer;
 use custody_wire::follow::{entry_of, FollowError, Reader};
 use custody_wire::health::Health;
 use custody_wire::subjects::*;
@@ -64,6 +65,10 @@ pub enum LedgerError {
     /// This replica may no longer write; it becomes a standby.
     #[error("stepping down: {0}")]
     SteppedDown(String),
+    /// This replica should not write: it gives the lease up and leaves it
+    /// to the others for a while.
+    #[error("giving the writer lease up: {0}")]
+    GivesWay(String),
     #[error("a ledger stage failed: {0}")]
     Task(String),
     /// A setting that disagrees with the deployment this replica joins.
@@ -301,13 +306,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     background.spawn(custody_wire::health::answer_status(client.clone(), health.clone()));
 
     tokio::pin!(shutdown);
+    // Until when this replica leaves the lease to the others.
+    let mut giving_way: Option<tokio::time::Instant> = None;
     loop {
         tracing::info!(head = ?ledger.head().map(|h| h.0), name = %config.name, "standby: following the committed stream");
         meters.writer(false);
         health.update(|s| s.role = "standby".into());
         let revision = tokio::select! {
             () = &mut shutdown => return Ok(()),
-            taken = standby(&mut ledger, &reader, &lease, &health, &meters) => taken?,
+            taken = standby(&mut ledger, &reader, &lease, &health, &meters, giving_way.take()) => taken?,
         };
         let store = ledger.store().clone();
         // The lease is renewed from the moment it is taken: catching up on
@@ -321,7 +328,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         };
         let active = async {
             tokio::select! {
-                caught = catch_up(&mut ledger, &reader, &js) => caught?,
+                caught = catch_up(&mut ledger, &reader, &client, &js, config.replicas, &config.name) => caught?,
                 why = &mut lost => return Err(LedgerError::SteppedDown(why.unwrap_or_else(|_| "the writer lease stopped being renewed".into()))),
             }
             let origin = config.origin.clone().unwrap_or_else(|| crate::notary::default_origin(&key.public_key()));
@@ -342,6 +349,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         renewing.abort();
         match stepped {
             Err(LedgerError::SteppedDown(why)) => tracing::warn!(%why, "no longer the writer: rebuilding from the store, then standby"),
+            Err(LedgerError::GivesWay(why)) => {
+                tracing::warn!(%why, "giving the writer lease up for a while");
+                lease.release().await;
+                giving_way = Some(tokio::time::Instant::now() + 2 * config.lease_ttl);
+            }
             // NATS failed while taking over (a stream not readable yet
             // after a restart, a leader election): try again as a standby.
             Err(e @ LedgerError::Nats { .. }) => tracing::warn!(error = %e, "cannot take over yet: rebuilding from the store, then standby"),
@@ -360,7 +372,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// Follows the committed stream into the store until this replica takes
 /// the writer lease; returns the lease's revision. Ready (able to take
 /// over at once) while it keeps up with the stream.
-async fn standby(ledger: &mut Ledger, reader: &Reader, lease: &Lease, health: &Health, meters: &Meters) -> Result<u64, LedgerError> {
+async fn standby(
+    ledger: &mut Ledger,
+    reader: &Reader,
+    lease: &Lease,
+    health: &Health,
+    meters: &Meters,
+    giving_way: Option<tokio::time::Instant>,
+) -> Result<u64, LedgerError> {
     let mut entries = std::pin::pin!(reader.entries(ledger.head(), None));
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut ticks = 0u64;
@@ -378,7 +397,10 @@ async fn standby(ledger: &mut Ledger, reader: &Reader, lease: &Lease, health: &H
                 None => return Err(LedgerError::Ended),
             },
             _ = tick.tick() => {
-                if let Some(revision) = lease.try_acquire().await {
+                let waits = giving_way.is_some_and(|until| tokio::time::Instant::now() < until);
+                if waits {
+                    health.set_ready(Err("leaving the writer lease to a replica whose store holds more".into()));
+                } else if let Some(revision) = lease.try_acquire().await {
                     return Ok(revision);
                 }
                 // Once a second: who writes, and how far behind this one is.
@@ -408,8 +430,18 @@ fn disagreement(what: String) -> LedgerError {
 /// Before writing: takes every entry the stream holds beyond the store
 /// (another writer's, or this one's whose outcome was unknown), and puts
 /// back on the stream what the store holds beyond it (a stream lost or
-/// recreated). Afterwards the two end at the same entry.
-async fn catch_up(ledger: &mut Ledger, reader: &Reader, js: &jetstream::Context) -> Result<(), LedgerError> {
+/// recreated), when [`writer::take_over`] finds the store may: it holds
+/// the newest checkpoint. Afterwards the two end at the same entry.
+async fn catch_up(
+    ledger: &mut Ledger,
+    reader: &Reader,
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    replicas: usize,
+    name: &str,
+) -> Result<(), LedgerError> {
+    // A deleted stream is made again (empty) before it is read.
+    ensure_streams(js, replicas).await?;
     let last = reader.last_seq().await.map_err(nats("read the committed stream's end"))?;
     let mut entries = std::pin::pin!(reader.entries(ledger.head(), Some(last)));
     while let Some(batch) = entries.next().await {
@@ -420,24 +452,40 @@ async fn catch_up(ledger: &mut Ledger, reader: &Reader, js: &jetstream::Context)
         }
     }
     let stored = ledger.head().map_or(0, |h| h.0);
-    if last < stored {
-        if last > 0 {
-            let on_stream = reader.get(last).await.map_err(nats("read the committed stream"))?.and_then(|m| entry_of(&m).ok()).map(|e| e.hash);
-            let in_store = ledger.store().get(last)?.map(|e| e.hash);
-            if on_stream.is_none() || on_stream != in_store {
-                return Err(disagreement(format!("entry {last} on the committed stream is not the store's entry {last}")));
-            }
-        }
-        tracing::warn!(stream = last, store = stored, "the committed stream lost entries the store holds; publishing them again");
-        let mut from = last + 1;
-        while from <= stored {
-            let entries: Vec<Entry> =
-                tokio::task::block_in_place(|| ledger.store().entries_from(from).take(4 * MAX_ATOMIC).collect::<Result<_, StoreError>>())?;
-            crate::commit::send_all(js, &entries).await?;
-            from += entries.len().max(1) as u64;
+    let checkpointed = newest_checkpoint(client).await?.map_or(0, |c| c.tree_size);
+    // How far the other replicas' stores reach, when the stream is short.
+    let others = if last < stored { other_heads(client, name).await } else { 0 };
+    let mut from = match writer::take_over(last, stored, checkpointed, others) {
+        writer::TakeOver::Write => return Ok(()),
+        writer::TakeOver::Wait(why) => return Err(LedgerError::GivesWay(why)),
+        writer::TakeOver::Refill { from } => from,
+    };
+    if last > 0 {
+        let on_stream = reader.get(last).await.map_err(nats("read the committed stream"))?.and_then(|m| entry_of(&m).ok()).map(|e| e.hash);
+        let in_store = ledger.store().get(last)?.map(|e| e.hash);
+        if on_stream.is_none() || on_stream != in_store {
+            return Err(disagreement(format!("entry {last} on the committed stream is not the store's entry {last}")));
         }
     }
+    tracing::warn!(stream = last, store = stored, "the committed stream lost entries the store holds; publishing them again");
+    while from <= stored {
+        let entries: Vec<Entry> = tokio::task::block_in_place(|| ledger.store().entries_from(from).take(4 * MAX_ATOMIC).collect::<Result<_, StoreError>>())?;
+        crate::commit::send_all(js, &entries).await?;
+        from += entries.len().max(1) as u64;
+    }
     Ok(())
+}
+
+/// The furthest store head the other ledger replicas report within a
+/// second (0 when none answers).
+async fn other_heads(client: &async_nats::Client, name: &str) -> u64 {
+    match custody_wire::health::gather(client, &["ledger"], Duration::from_secs(1)).await {
+        Ok(statuses) => statuses.iter().filter(|s| s.name != name).filter_map(|s| s.head).max().unwrap_or(0),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask the other replicas how far their stores reach");
+            0
+        }
+    }
 }
 
 /// The active writer's stages, until one fails or `lease_lost` completes.
@@ -463,7 +511,7 @@ async fn serve(
     tasks.spawn(intake_core(client.clone(), core, intake_tx.clone(), shares.clone()));
     tasks.spawn(intake_inbox(streams.inbox, intake_tx, shares.clone()));
     tasks.spawn(check_stage(intake_rx, checked_tx));
-    let (durable_tx, durable_rx) = mpsc::channel(WINDOW * 2);
+    let (durable_tx, durable_rx) = mpsc::channel(writer::WINDOW * 2);
     let committed = ledger.head().map_or(0, |h| h.0);
     tasks.spawn(durable_stage(ledger.store().clone(), notary.clone(), durable_rx, respond_tx, head_tx, meters.clone()));
     let writer = Writer {
@@ -701,11 +749,13 @@ async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<Checke
     Ok(())
 }
 
-/// The write stage: admits checked batches and commits their entries on
-/// the stream, up to [`WINDOW`] atomic batches in flight. What the stream
-/// acked goes, in order, to the durable stage ([`durable_stage`]), which
-/// appends it to the store and only then sends the outcomes; the writer
-/// meanwhile goes on admitting and sending.
+/// The write stage: admits checked batches and runs [`crate::writer`]'s
+/// decisions on NATS: commits entries on the stream, up to
+/// [`writer::WINDOW`] atomic batches in flight, reads the stream back or
+/// behind a read barrier when the writer asks. What the writer hands on
+/// goes, in order, to the durable stage ([`durable_stage`]), which appends
+/// it to the store and only then sends the outcomes; the writer meanwhile
+/// goes on admitting and sending.
 struct Writer {
     ledger: Ledger,
     clock: crate::clock::Clock,
@@ -719,186 +769,138 @@ struct Writer {
     shares: Shares,
 }
 
-/// How long a read barrier may try to read the stream's end before the
-/// writer steps down rather than answer unconfirmed.
-const BARRIER_PATIENCE: Duration = Duration::from_secs(5);
-
-/// Atomic batches awaiting their ack at once.
-const WINDOW: usize = 8;
-
-/// Admitted, not yet answered: its entries (maybe none) and the outcome
-/// of each submission, sent once every entry up to its last is durable.
-struct Pending {
-    /// The writer's head when it decided this batch: what its refusals
-    /// were decided against.
-    decided_at: u64,
-    entries: Vec<Entry>,
+/// How the answers of an admitted batch travel with it.
+struct Answers {
     /// For each entry, the lot-map keys of what it acts on.
     subjects: Vec<Vec<Hash>>,
     answers: Vec<(Reply, Outcome)>,
     received: std::time::Instant,
 }
 
-type Acks = FuturesOrdered<futures::future::BoxFuture<'static, (u64, Result<u64, crate::commit::BatchError>)>>;
+/// Admitted, not yet answered: its entries (maybe none) and the outcome
+/// of each submission, sent once every entry up to its last is durable.
+type Pending = writer::Batch<Entry, Answers>;
+
+type Acks = FuturesUnordered<futures::future::BoxFuture<'static, (u64, u64, writer::Ack)>>;
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<CheckedBatch>) -> Result<(), LedgerError> {
-        let mut pending: std::collections::VecDeque<Pending> = Default::default();
-        // Acks of the atomic batches sent, in order: (last seq, ack).
-        let mut acks: Acks = FuturesOrdered::new();
+        let started = std::time::Instant::now();
+        let mut core: writer::Writer<Entry, Answers> = writer::Writer::new(self.committed);
+        // Acks of the atomic batches sent: (generation, last seq, ack).
+        let mut acks: Acks = FuturesUnordered::new();
         let mut open = true;
         loop {
-            self.hand_on(&mut pending).await?;
-            if !open && pending.is_empty() {
+            if !open && core.idle() {
                 return Ok(());
             }
-            tokio::select! {
+            let steps = tokio::select! {
                 biased;
-                Some((last, ack)) = acks.next(), if !acks.is_empty() => match ack {
-                    Ok(seq) if seq == last => self.committed = last,
-                    outcome => {
-                        let why = outcome.err().unwrap_or_else(|| crate::commit::BatchError::Other(format!("the stream stored entry {last} elsewhere")));
-                        acks = FuturesOrdered::new();
-                        self.resolve(&pending, why, &mut acks).await?;
-                    }
-                },
-                batch = rx.recv(), if open && acks.len() < WINDOW => {
+                Some((generation, last, ack)) = acks.next(), if !acks.is_empty() => core.acked(started.elapsed(), generation, last, ack),
+                batch = rx.recv(), if open && core.ready() => {
                     let Some(batch) = batch else { open = false; continue };
-                    let mut batch = batch;
-                    while batch.items.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(more) => batch.items.extend(more.items),
-                            Err(_) => break,
-                        }
-                    }
-                    self.meters.batch.record(batch.items.len() as f64);
-                    let (replies, checked): (Vec<Reply>, Vec<Checked>) = batch.items.into_iter().unzip();
-                    // One clock reading for the whole batch: what `recorded_at` says and
-                    // what "the future" means for every `occurred_at` in it.
-                    let registrations: Vec<(usize, String, Vec<custody_proto::Role>)> = checked
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, c)| match c {
-                            Ok((_, e)) => match &e.body {
-                                custody_proto::Body::ActorRegistered { subject, roles, .. } => Some((i, subject.as_str().to_owned(), roles.clone())),
-                                _ => None,
-                            },
-                            Err(_) => None,
-                        })
-                        .collect();
-                    let admitted = self.ledger.admit(checked, self.clock.now());
-                    // A registration accepted sets its actor's quota.
-                    let accepted = registrations.iter().filter(|(i, ..)| matches!(admitted.outcomes.get(*i), Some(Outcome::Receipt(_))));
-                    self.shares.learn(accepted.map(|(_, k, r)| (k.as_str(), r.as_slice())));
-                    for chunk in admitted.entries.chunks(MAX_ATOMIC) {
-                        self.send(chunk, &mut acks).await;
-                    }
-                    let answers = replies.into_iter().zip(admitted.outcomes).collect();
-                    let decided_at = admitted.entries.first().map_or_else(|| self.ledger.head().map_or(0, |h| h.0), |e| e.seq - 1);
-                    pending.push_back(Pending { decided_at, entries: admitted.entries, subjects: admitted.subjects, answers, received: batch.received });
+                    let batch = self.admit(batch, &mut rx);
+                    core.admitted(started.elapsed(), batch)
                 }
-            }
+            };
+            self.act(&mut core, steps, &mut acks, started).await?;
         }
     }
 
-    async fn send(&self, chunk: &[Entry], acks: &mut Acks) {
+    /// Admits a checked batch (and whatever else is waiting, up to
+    /// [`MAX_BATCH`]) against the model.
+    fn admit(&mut self, mut batch: CheckedBatch, rx: &mut mpsc::Receiver<CheckedBatch>) -> Pending {
+        while batch.items.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.items.extend(more.items),
+                Err(_) => break,
+            }
+        }
+        self.meters.batch.record(batch.items.len() as f64);
+        let (replies, checked): (Vec<Reply>, Vec<Checked>) = batch.items.into_iter().unzip();
+        let registrations: Vec<(usize, String, Vec<custody_proto::Role>)> = checked
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| match c {
+                Ok((_, e)) => match &e.body {
+                    custody_proto::Body::ActorRegistered { subject, roles, .. } => Some((i, subject.as_str().to_owned(), roles.clone())),
+                    _ => None,
+                },
+                Err(_) => None,
+            })
+            .collect();
+        let decided_at = self.ledger.head().map_or(0, |h| h.0);
+        // One clock reading for the whole batch: what `recorded_at` says and
+        // what "the future" means for every `occurred_at` in it.
+        let admitted = self.ledger.admit(checked, self.clock.now());
+        // A registration accepted sets its actor's quota.
+        let accepted = registrations.iter().filter(|(i, ..)| matches!(admitted.outcomes.get(*i), Some(Outcome::Receipt(_))));
+        self.shares.learn(accepted.map(|(_, k, r)| (k.as_str(), r.as_slice())));
+        let answers = replies.into_iter().zip(admitted.outcomes).collect();
+        writer::Batch { decided_at, entries: admitted.entries, answers: Answers { subjects: admitted.subjects, answers, received: batch.received } }
+    }
+
+    /// Does what the writer asks, feeding back what NATS answers, until it
+    /// waits for acks or batches again.
+    async fn act(
+        &mut self,
+        core: &mut writer::Writer<Entry, Answers>,
+        steps: Vec<writer::Step<Entry, Answers>>,
+        acks: &mut Acks,
+        started: std::time::Instant,
+    ) -> Result<(), LedgerError> {
+        let mut todo: std::collections::VecDeque<_> = steps.into();
+        while let Some(step) = todo.pop_front() {
+            let more = match step {
+                writer::Step::Send { generation, entries } => {
+                    self.send(generation, &entries, acks).await;
+                    continue;
+                }
+                writer::Step::HandOn(batch) => {
+                    if let Some(last) = batch.entries.last() {
+                        self.committed = last.seq;
+                    }
+                    self.durable.send(batch).await.map_err(|_| LedgerError::Ended)?;
+                    continue;
+                }
+                writer::Step::StepDown(why) => return Err(LedgerError::SteppedDown(why)),
+                writer::Step::ReadBack { after, entries } => {
+                    // Acks still coming belong to the batches read back.
+                    *acks = FuturesUnordered::new();
+                    tokio::time::sleep(after).await;
+                    if after.is_zero() {
+                        tracing::warn!("a batch's outcome is unknown; reading the committed stream back");
+                    }
+                    let found = crate::commit::read_back(&self.reader, &entries).await;
+                    core.read_back(started.elapsed(), found)
+                }
+                writer::Step::Barrier { after, decided_at } => {
+                    tokio::time::sleep(after).await;
+                    let read = crate::commit::barrier_read(&self.reader, decided_at).await;
+                    core.barrier(started.elapsed(), read)
+                }
+            };
+            todo.extend(more);
+        }
+        Ok(())
+    }
+
+    async fn send(&self, generation: u64, chunk: &[Entry], acks: &mut Acks) {
         let last = chunk.last().map_or(0, |e| e.seq);
         let (n, sent) = (chunk.len(), std::time::Instant::now());
         let ack = crate::commit::send(&self.js, chunk).await;
         let send_us = sent.elapsed().as_micros() as u64;
         let commit = self.meters.commit.clone();
-        acks.push_back(Box::pin(async move {
-            let ack = ack.await;
+        acks.push(Box::pin(async move {
+            let ack = match ack.await {
+                Ok(seq) => writer::Ack::Stored(seq),
+                Err(crate::commit::BatchError::WrongLastSequence(_)) => writer::Ack::WrongLast,
+                Err(e) => writer::Ack::Unknown(e.to_string()),
+            };
             commit.record(sent.elapsed().as_secs_f64());
             tracing::debug!(entries = n, send_us, ack_us = sent.elapsed().as_micros() as u64, "batch on the stream");
-            (last, ack)
+            (generation, last, ack)
         }));
-    }
-
-    /// Hands every pending batch at the front whose entries the stream
-    /// holds to the durable stage (a batch of refusals only follows those
-    /// before it: a repeated event's receipt may name one of them).
-    async fn hand_on(&self, pending: &mut std::collections::VecDeque<Pending>) -> Result<(), LedgerError> {
-        while let Some(front) = pending.front() {
-            match front.entries.last() {
-                Some(e) if e.seq > self.committed => break,
-                // Its entries are on the stream after ours: fenced.
-                Some(_) => {}
-                // Refusals only: no append fenced them.
-                None => self.barrier(front.decided_at, pending).await?,
-            }
-            if let Some(p) = pending.pop_front() {
-                self.durable.send(p).await.map_err(|_| LedgerError::Ended)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// A read barrier (as Raft's ReadIndex) before refusals leave that no
-    /// append fenced: the stream must hold nothing after `decided_at` (the
-    /// head they were decided against) but this writer's own entries.
-    /// Otherwise another writer moved the history on while this one was
-    /// paused or cut off, its model is stale, and a refusal from it could
-    /// be false (`unknown_actor` about an actor registered since): it steps
-    /// down and answers nothing; the asker sends again, to the writer.
-    async fn barrier(&self, decided_at: u64, pending: &std::collections::VecDeque<Pending>) -> Result<(), LedgerError> {
-        let stale = |why: String| Err(LedgerError::SteppedDown(format!("{why}: refusals decided on an older state are not sent")));
-        let deadline = std::time::Instant::now() + BARRIER_PATIENCE;
-        loop {
-            let unreadable = match self.reader.last_seq().await {
-                Ok(last) if last == decided_at => return Ok(()),
-                Ok(last) if last < decided_at => return stale(format!("the committed stream ends at {last}, before entry {decided_at}")),
-                Ok(_) => match self.reader.get(decided_at + 1).await {
-                    Ok(Some(msg)) => {
-                        let theirs = msg.headers.get(custody_wire::subjects::HDR_HASH).map(|v| v.as_str().to_owned());
-                        let ours = pending.iter().flat_map(|p| &p.entries).find(|e| e.seq == decided_at + 1).map(|e| e.hash.to_hex());
-                        if theirs.is_some() && theirs == ours {
-                            return Ok(());
-                        }
-                        return stale(format!("entry {} on the committed stream is another writer's", decided_at + 1));
-                    }
-                    Ok(None) => format!("entry {} is not readable yet", decided_at + 1),
-                    Err(e) => e.to_string(),
-                },
-                Err(e) => e.to_string(),
-            };
-            if std::time::Instant::now() >= deadline {
-                return stale(format!("cannot confirm the committed stream's end ({unreadable})"));
-            }
-            tokio::time::sleep(crate::commit::RETRY).await;
-        }
-    }
-
-    /// An ack that was not the expected one: reads the stream back to learn
-    /// which pending entries it holds, and sends the rest again. Another
-    /// writer's entry where ours would go, or a stream that refuses our
-    /// head while holding none of our entries, means this ledger is no
-    /// longer the writer.
-    async fn resolve(&mut self, pending: &std::collections::VecDeque<Pending>, why: crate::commit::BatchError, acks: &mut Acks) -> Result<(), LedgerError> {
-        tracing::warn!(%why, "a batch's outcome is unknown; reading the committed stream back");
-        let ours: Vec<Entry> = pending.iter().flat_map(|p| p.entries.iter()).filter(|e| e.seq > self.committed).cloned().collect();
-        let held = loop {
-            match crate::commit::read_back(&self.reader, &ours).await {
-                Ok(held) => break held,
-                Err(crate::commit::ReadBack::Foreign { seq, hash }) => {
-                    return Err(LedgerError::SteppedDown(format!("entry {seq} on the committed stream ({hash}) is another writer's")));
-                }
-                Err(crate::commit::ReadBack::Unreadable(e)) => {
-                    tracing::warn!(error = %e, "cannot read the committed stream back yet");
-                    tokio::time::sleep(crate::commit::RETRY).await;
-                }
-            }
-        };
-        if held == 0 && matches!(why, crate::commit::BatchError::WrongLastSequence(_)) {
-            return Err(LedgerError::SteppedDown(format!("the committed stream does not end at this ledger's head {} ({why})", self.committed)));
-        }
-        if let Some(last) = held.checked_sub(1).and_then(|i| ours.get(i)) {
-            self.committed = last.seq;
-        }
-        for chunk in ours[held..].chunks(MAX_ATOMIC) {
-            self.send(chunk, acks).await;
-        }
-        Ok(())
     }
 }
 
@@ -915,9 +917,9 @@ async fn durable_stage(
     meters: Meters,
 ) -> Result<(), LedgerError> {
     while let Some(first) = rx.recv().await {
-        let group = drain(&mut rx, first, WINDOW * 2);
+        let group = drain(&mut rx, first, writer::WINDOW * 2);
         let entries: Vec<Entry> = group.iter().flat_map(|p| p.entries.iter().cloned()).collect();
-        let subjects: Vec<Vec<Hash>> = group.iter().flat_map(|p| p.subjects.iter().cloned()).collect();
+        let subjects: Vec<Vec<Hash>> = group.iter().flat_map(|p| p.answers.subjects.iter().cloned()).collect();
         if let Some(last) = entries.last() {
             // The receipt promise: nothing is answered before this returns.
             let appending = std::time::Instant::now();
@@ -932,7 +934,7 @@ async fn durable_stage(
             tracing::debug!(entries = entries.len(), head = last.seq, "committed");
         }
         for p in group {
-            if respond.send((p.received, p.answers)).await.is_err() {
+            if respond.send((p.answers.received, p.answers.answers)).await.is_err() {
                 return Ok(());
             }
         }
@@ -1102,6 +1104,11 @@ async fn publish_checkpoint(js: &jetstream::Context, c: &custody_proto::Checkpoi
 
 /// The key that signed the ledger's newest checkpoint, if it has one.
 async fn newest_signer(client: &async_nats::Client) -> Result<Option<String>, LedgerError> {
+    Ok(newest_checkpoint(client).await?.map(|c| c.key))
+}
+
+/// The newest checkpoint on the checkpoints stream, if any.
+async fn newest_checkpoint(client: &async_nats::Client) -> Result<Option<custody_proto::Checkpoint>, LedgerError> {
     let reader = Reader::checkpoints(client);
     let read = |e: custody_wire::follow::ReadError| LedgerError::Nats { what: "read the checkpoints stream", why: e.to_string() };
     let last = reader.last_seq().await.map_err(read)?;
@@ -1109,7 +1116,7 @@ async fn newest_signer(client: &async_nats::Client) -> Result<Option<String>, Le
         return Ok(None);
     }
     let Some(msg) = reader.get(last).await.map_err(read)? else { return Ok(None) };
-    Ok(serde_json::from_slice::<custody_proto::Checkpoint>(&msg.payload).ok().map(|c| c.key))
+    Ok(serde_json::from_slice::<custody_proto::Checkpoint>(&msg.payload).ok())
 }
 
 /// Proofs made at once, and how many may wait per asker and in all.
