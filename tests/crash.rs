@@ -4,6 +4,7 @@
 //! exactly once, at the seq and hash its receipt names; the chain verifies;
 //! the committed stream and the store agree entry for entry; and the
 //! projection, which followed it all, has the digest of a clean replay.
+//! Then the same promise with crashes at the write path's named points.
 
 mod common;
 
@@ -68,6 +69,61 @@ async fn kill_9_under_load_loses_and_duplicates_nothing() {
         }
     }
     assert_eq!(receipts.len(), PRODUCERS * PER_PRODUCER);
+    kept_its_promise(&mut sys, &receipts, registrations).await;
+}
+
+/// The ledger's write path crashed at each of its named points (the stream
+/// acked, the store not synced; the store synced, no outcome sent; a
+/// replica following the stream into its store) while 2 producers keep
+/// resending: every receipted event once, at its seq and hash, on the
+/// stream and in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_points_in_the_write_path_lose_and_duplicate_nothing() {
+    use std::os::unix::process::ExitStatusExt as _;
+
+    let mut sys = System::start().await;
+    sys.start_projection().await;
+    let miners = [sys.actor("cp-miner-0", "miner", "ZA").await, sys.actor("cp-miner-1", "miner", "ZA").await];
+    let registrations = sys.head().await.0;
+    let done = Arc::new(AtomicUsize::new(0));
+    let lists = miners.iter().enumerate().map(|(p, m)| mined(m, &format!("cp-{p}"), 1_500)).collect();
+    let producers = produce(&sys.client, lists, 32, Duration::from_millis(1500), done.clone());
+
+    // Each point, with traffic flowing: killed and restarted with the
+    // point armed, the ledger aborts there; then it starts clean. After
+    // `ledger.committed` the stream holds a group the store lacks, so the
+    // next start follows it (`ledger.following`).
+    let plan = [(200, "ledger.committed:2"), (200, "ledger.following:1"), (800, "ledger.synced:3"), (1_600, "ledger.committed:1")];
+    for (at, point) in plan {
+        while done.load(Ordering::Relaxed) < at {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        sys.kill_ledger();
+        sys.spawn_ledger_crashing_at(point);
+        let status = sys.ledger_exit().await;
+        assert_eq!(status.signal(), Some(6), "{point}: aborted at the crash point: {}", sys.ledger_log());
+        assert!(sys.ledger_log().contains("crash point"), "{point}");
+        eprintln!("{point}: crashed there after {} receipts", done.load(Ordering::Relaxed));
+        if point != "ledger.committed:2" {
+            sys.start_ledger().await;
+        }
+    }
+
+    let mut receipts: HashMap<String, Receipt> = HashMap::new();
+    for p in producers {
+        for outcome in p.await.unwrap() {
+            let Outcome::Receipt(r) = outcome else { panic!("refused: {outcome:?}") };
+            assert!(receipts.insert(r.id.clone(), r).is_none(), "one outcome per event");
+        }
+    }
+    assert_eq!(receipts.len(), 3_000);
+    kept_its_promise(&mut sys, &receipts, registrations).await;
+}
+
+/// Every receipted event exactly once, at the seq and hash its receipt
+/// names, on the stream and in the store; the projection at the digest of
+/// a clean replay.
+async fn kept_its_promise(sys: &mut System, receipts: &HashMap<String, Receipt>, registrations: u64) {
     let head = sys.head().await;
     assert_eq!(head.0, registrations + receipts.len() as u64, "every event exactly once: no loss, no duplicate");
 

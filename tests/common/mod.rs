@@ -183,6 +183,20 @@ impl System {
         self.ledger_command().stderr(log).spawn().expect("custody ledger starts")
     }
 
+    /// Starts the ledger with `CUSTODY_CRASH=point` (see
+    /// `custody_wire::crashpoint`), not waiting for it to answer.
+    pub fn spawn_ledger_crashing_at(&mut self, point: &str) {
+        let log = std::fs::File::create(self.dir.path().join("ledger.log")).expect("log file");
+        let child = self.ledger_command().env("CUSTODY_CRASH", point).stderr(log).spawn().expect("custody ledger starts");
+        self.ledger = Some(ServiceProcess { child });
+    }
+
+    /// Waits for the ledger to end by itself (a crash point, a refusal).
+    pub async fn ledger_exit(&mut self) -> std::process::ExitStatus {
+        let l = self.ledger.take().expect("a ledger process");
+        l.exit_within(Duration::from_secs(60)).await.0.expect("the ledger did not exit")
+    }
+
     fn ledger_command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         die_with_parent(&mut cmd);

@@ -5,8 +5,12 @@
 //! Without the variable a point costs one atomic load.
 //!
 //! Points: `projection.apply` (after each entry applied in memory, before
-//! its chunk is saved) and `projection.saved` (after a chunk's sled batch,
-//! before sled flushes it).
+//! its chunk is saved), `projection.snapshot.writing` and
+//! `projection.snapshot.saved`; in the ledger's write path,
+//! `ledger.committed` (the stream acked a group of entries, the store has
+//! not synced them), `ledger.synced` (the store synced them, no outcome has
+//! left) and `ledger.following` (a replica, standby or catching up before
+//! it writes, has put one batch of the stream's entries in its store).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -388,6 +388,7 @@ async fn standby(
             batch = entries.next() => match batch {
                 Some(Ok(batch)) => {
                     tokio::task::block_in_place(|| ledger.follow(&batch)).map_err(|e| disagreement(e.to_string()))?;
+                    custody_wire::crashpoint::reached("ledger.following");
                     let head = ledger.head().map_or(0, |h| h.0);
                     meters.head(head);
                     tracing::debug!(followed = head, "standby");
@@ -446,7 +447,10 @@ async fn catch_up(
     let mut entries = std::pin::pin!(reader.entries(ledger.head(), Some(last)));
     while let Some(batch) = entries.next().await {
         match batch {
-            Ok(batch) => tokio::task::block_in_place(|| ledger.follow(&batch)).map_err(|e| disagreement(e.to_string()))?,
+            Ok(batch) => {
+                tokio::task::block_in_place(|| ledger.follow(&batch)).map_err(|e| disagreement(e.to_string()))?;
+                custody_wire::crashpoint::reached("ledger.following");
+            }
             Err(FollowError::Read(e)) => return Err(nats("read the committed stream")(e)),
             Err(FollowError::Broken { seq, why }) => return Err(broken(seq, &why)),
         }
@@ -921,9 +925,11 @@ async fn durable_stage(
         let entries: Vec<Entry> = group.iter().flat_map(|p| p.entries.iter().cloned()).collect();
         let subjects: Vec<Vec<Hash>> = group.iter().flat_map(|p| p.answers.subjects.iter().cloned()).collect();
         if let Some(last) = entries.last() {
+            custody_wire::crashpoint::reached("ledger.committed");
             // The receipt promise: nothing is answered before this returns.
             let appending = std::time::Instant::now();
             tokio::task::block_in_place(|| store.append(&entries)).map_err(LedgerError::Commit)?;
+            custody_wire::crashpoint::reached("ledger.synced");
             meters.store.record(appending.elapsed().as_secs_f64());
             // On the stream (the writer handed them on after its ack), and
             // now in the store: the tree and the map may cover them.
