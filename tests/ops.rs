@@ -160,6 +160,10 @@ async fn metrics_count_what_was_sent_and_status_names_every_service() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
     assert!(lines[0].starts_with("ledger") && lines[0].contains("writer") && lines[0].contains(&format!("head {head}")), "{text}");
+    // Each replica says which key it signs checkpoints with.
+    let seed = std::fs::read_to_string(up.dir.path().join("ledger/ledger.nk")).unwrap();
+    let ledger_key = nkeys::KeyPair::from_seed(seed.trim()).unwrap().public_key();
+    assert!(lines[0].contains(&format!("key {ledger_key}")), "{text}");
     assert!(lines[1].starts_with("projection") && lines[1].contains(&format!("head {head} lag 0")), "{text}");
     assert!(lines[2].starts_with("gateway") && lines[3].starts_with("authz"), "{text}");
     assert!(lines.iter().all(|l| l.ends_with("ready") && l.contains(concat!("v", env!("CARGO_PKG_VERSION")))), "{text}");

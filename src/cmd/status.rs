@@ -52,5 +52,6 @@ fn line(s: &Status) -> String {
     };
     let ready = if s.ready { "ready".to_owned() } else { format!("NOT READY ({})", s.why.as_deref().unwrap_or("no reason given")) };
     let leader = s.leader.as_deref().map_or_else(String::new, |l| format!("  leader {l}"));
-    format!("{:<10} {:<14} {:<9} {:<22}{leader}  v{}  {ready}", s.service, s.name, s.role, position, s.version)
+    let key = s.key.as_deref().map_or_else(String::new, |k| format!("  key {k}"));
+    format!("{:<10} {:<14} {:<9} {:<22}{leader}{key}  v{}  {ready}", s.service, s.name, s.role, position, s.version)
 }

@@ -43,6 +43,10 @@ pub struct Status {
     /// Who holds the writer lease, as far as this instance knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,
+    /// The public key it signs with (a ledger replica: the checkpoint
+    /// key, which every replica of one ledger shares).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// The custody version it runs.
     pub version: String,
 }
@@ -66,6 +70,7 @@ impl Health {
                 head: None,
                 lag: None,
                 leader: None,
+                key: None,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
             })),
             Arc::new(Mutex::new(Default::default())),

@@ -300,6 +300,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let key = crate::notary::key_for_ledger(&config.data_dir, signer.as_deref()).map_err(|e| LedgerError::Mismatch(e.to_string()))?;
     let reader = Reader::ledger(&client);
     let health = config.health.clone();
+    // `custody status` shows which key each replica signs with.
+    health.update(|s| s.key = Some(key.public_key()));
     let meters = Meters::new(&health);
     // Answers `custody status` for as long as this replica runs.
     let mut background = tokio::task::JoinSet::new();
