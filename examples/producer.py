@@ -33,6 +33,7 @@ import os
 import sys
 
 import nats
+import nats.errors
 from nacl.signing import SigningKey
 
 PAYLOAD_TYPE = "application/vnd.custody.event+json"
@@ -100,6 +101,19 @@ def mined(actor: str, lot: str, carats: str, country: str) -> dict:
     }
 
 
+async def request_again(nc, subject, body, headers, timeout, attempts=5):
+    """Sends the same bytes again while no answer comes: a request caught by
+    a ledger replica that stopped being the writer is never answered, and
+    the ledger answers a repeated envelope with its first outcome."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await nc.request(subject, body, timeout=timeout, headers=headers)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+
+
 async def main() -> int:
     args = sys.argv[1:]
     batch = None
@@ -125,10 +139,11 @@ async def main() -> int:
     subject = f"custody.submit.{actor}"
     try:
         if batch is None:
-            reply = await nc.request(subject, envelope(key, mined(actor, lot, carats, country)), timeout=10)
+            body, headers, timeout = envelope(key, mined(actor, lot, carats, country)), None, 10
         else:
             lines = [envelope(key, mined(actor, f"{lot}-{i}", carats, country)) for i in range(1, batch + 1)]
-            reply = await nc.request(subject, b"\n".join(lines), timeout=30, headers={"Custody-Batch": "ndjson"})
+            body, headers, timeout = b"\n".join(lines), {"Custody-Batch": "ndjson"}, 30
+        reply = await request_again(nc, subject, body, headers, timeout)
     finally:
         await nc.close()
     answer = json.loads(reply.data)
