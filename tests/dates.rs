@@ -83,3 +83,61 @@ async fn an_on_time_departure_is_grandfathered_and_a_late_one_is_only_claimed() 
     assert_eq!(vouched["verdict"], "admissible", "{vouched}");
     assert!(vouched["reasons"].as_array().unwrap().iter().any(|r| r["text"].as_str().unwrap().contains("grandfathered")), "{vouched}");
 }
+
+fn days_from_now(days: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// A replica whose clock runs 30 days ahead of the NATS servers' (issue
+/// 26: it admitted an event dated 30 days ahead, and every entry recorded
+/// after it read as a late record) does not take the writer lease, and
+/// says why; with its clock set right, it writes at the right time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_clock_runs_ahead_of_the_servers_does_not_write_and_says_why() {
+    let mut sys = System::with_clock(&days_from_now(30), &["--max-clock-skew", "60"]).await;
+    sys.spawn_ledger_with(&[]);
+    let mut why = String::new();
+    for _ in 0..100 {
+        let statuses = custody_wire::health::gather(&sys.client, &["ledger"], std::time::Duration::from_millis(300)).await.unwrap();
+        if let Some(s) = statuses.first().filter(|s| s.why.as_deref().is_some_and(|w| w.contains("clock"))) {
+            assert!(!s.ready && s.role == "standby", "{s:?}");
+            why = s.why.clone().unwrap_or_default();
+            break;
+        }
+    }
+    assert!(why.contains("ahead of the NATS servers'") && why.contains("--max-clock-skew"), "not ready, saying why: {why:?}; {}", sys.ledger_log());
+    let head = sys.client.request(custody_wire::subjects::HEAD_SUBJECT, "".into()).await;
+    assert!(head.is_err(), "no writer answers");
+
+    // Its clock set right: it takes the lease and records at the right time.
+    let now = chrono::Utc::now();
+    sys.set_clock(&now.to_rfc3339());
+    let m = sys.actor("clock-miner", "miner", "CA").await;
+    let r = sys.accept(&m, &event(&m, "clock-1", "mined", json!({"lot": "CLK1", "carats": "1.00", "country": "CA"}))).await;
+    let recorded: chrono::DateTime<chrono::Utc> = r.recorded_at.parse().unwrap();
+    assert!((recorded - now).num_seconds().abs() < 60, "recorded at {recorded}, not 30 days ahead");
+}
+
+/// A head recorded 30 days ahead (a writer whose clock ran fast, before
+/// the check above) no longer moves what "the future" is: an event dated
+/// 10 days ahead is refused once the clock is right, though the head is
+/// later than it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_dated_beyond_the_skew_is_refused_even_when_the_head_is_ahead() {
+    let sys = System::start_with_clock(&days_from_now(30)).await;
+    let m = sys.actor("fast-miner", "miner", "CA").await;
+    let mut ahead = event(&m, "fast-1", "mined", json!({"lot": "F1", "carats": "1.00", "country": "CA"}));
+    ahead["occurred_at"] = json!(days_from_now(29));
+    sys.accept(&m, &ahead).await;
+
+    sys.set_clock(&days_from_now(0));
+    let mut future = event(&m, "fast-2", "mined", json!({"lot": "F2", "carats": "1.00", "country": "CA"}));
+    future["occurred_at"] = json!(days_from_now(10));
+    let out = sys.submit(&m, &future).await;
+    assert_eq!(code(&out), "invalid_time", "{out:?}");
+    let head = sys.head().await;
+    let mut on_time = event(&m, "fast-3", "mined", json!({"lot": "F3", "carats": "1.00", "country": "CA"}));
+    on_time["occurred_at"] = json!(days_from_now(0));
+    let r = sys.accept(&m, &on_time).await;
+    assert_eq!(r.seq, head.0 + 1, "the refusal changed nothing");
+}

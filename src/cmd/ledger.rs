@@ -20,6 +20,13 @@ pub struct Args {
     /// time at past dates; the system clock while FILE is absent.
     #[arg(long, value_name = "FILE")]
     test_clock_file: Option<PathBuf>,
+    /// Seconds this replica's clock may be off the NATS servers' (read
+    /// from the lease's own writes) before it stops writing: a fast clock
+    /// would record entries in the future and move grandfathering
+    /// verdicts. Default 60; not checked with --test-clock-file unless
+    /// given; 0: not checked.
+    #[arg(long, value_name = "SECONDS")]
+    max_clock_skew: Option<f64>,
     /// Servers holding each custody stream: 1 on one machine, 3 on a
     /// three-server cluster (a receipt then waits for two of them).
     #[arg(long, default_value_t = 1)]
@@ -100,6 +107,15 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
         None => {
             let mut config = custody_ledger::Config::new(nats, a.data, authority);
             config.nkey = custody::client::identity();
+            config.max_clock_skew = match (a.max_clock_skew, a.test_clock_file.is_some()) {
+                (Some(s), _) if s == 0.0 => None,
+                (Some(s), _) => {
+                    anyhow::ensure!(s > 0.0 && s.is_finite(), "--max-clock-skew must be a number of seconds (0: not checked)");
+                    Some(std::time::Duration::from_secs_f64(s))
+                }
+                (None, true) => None,
+                (None, false) => Some(std::time::Duration::from_secs(60)),
+            };
             if let Some(file) = a.test_clock_file {
                 tracing::warn!(file = %file.display(), "test clock: recorded_at is read from this file; never use this for a real ledger");
                 config.clock = custody_ledger::clock::Clock::from_file(file);

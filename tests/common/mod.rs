@@ -153,12 +153,20 @@ impl System {
     /// A system whose ledger reads its clock from [`System::set_clock`]
     /// (`custody ledger --test-clock-file`), set to `start` at first.
     pub async fn start_with_clock(start: &str) -> System {
+        let mut s = System::with_clock(start, &[]).await;
+        s.start_ledger().await;
+        s
+    }
+
+    /// [`System::start_with_clock`] with more ledger arguments, the ledger
+    /// not started yet.
+    pub async fn with_clock(start: &str, args: &[&str]) -> System {
         let mut s = System::open().await;
         let file = s.dir.path().join("clock");
         std::fs::write(&file, start).expect("clock set");
         s.ledger_args = vec!["--test-clock-file".into(), file.to_str().expect("a UTF-8 path").into()];
+        s.ledger_args.extend(args.iter().map(|a| a.to_string()));
         s.clock = Some(file);
-        s.start_ledger().await;
         s
     }
 
@@ -186,8 +194,13 @@ impl System {
     /// Starts the ledger with `CUSTODY_CRASH=point` (see
     /// `custody_wire::crashpoint`), not waiting for it to answer.
     pub fn spawn_ledger_crashing_at(&mut self, point: &str) {
+        self.spawn_ledger_with(&[("CUSTODY_CRASH", point)]);
+    }
+
+    /// Starts the ledger with `env`, not waiting for it to answer.
+    pub fn spawn_ledger_with(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::File::create(self.dir.path().join("ledger.log")).expect("log file");
-        let child = self.ledger_command().env("CUSTODY_CRASH", point).stderr(log).spawn().expect("custody ledger starts");
+        let child = self.ledger_command().envs(env.iter().copied()).stderr(log).spawn().expect("custody ledger starts");
         self.ledger = Some(ServiceProcess { child });
     }
 

@@ -54,6 +54,11 @@ pub fn holder_name(name: &str, instance: &str) -> String {
 #[derive(Clone)]
 pub struct Lease {
     kv: std::sync::Arc<std::sync::Mutex<kv::Store>>,
+    /// This replica's clock and how far it may be off the servers'; none:
+    /// not checked (a test clock that lies on purpose).
+    clock: Option<(crate::clock::Clock, Duration)>,
+    /// Why this replica may not write, when its clock is off.
+    clock_fault: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     js: jetstream::Context,
     replicas: usize,
     /// This replica's name, written into the key.
@@ -65,7 +70,41 @@ impl Lease {
     /// The lease bucket, created if absent.
     pub async fn open(js: &jetstream::Context, holder: String, ttl: Duration, replicas: usize) -> Result<Lease, LedgerError> {
         let kv = Lease::bucket(js, ttl, replicas).await?;
-        Ok(Lease { kv: std::sync::Arc::new(std::sync::Mutex::new(kv)), js: js.clone(), replicas, holder, ttl })
+        Ok(Lease { kv: std::sync::Arc::new(std::sync::Mutex::new(kv)), clock: None, clock_fault: Default::default(), js: js.clone(), replicas, holder, ttl })
+    }
+
+    /// Checks this replica's clock against the servers' at every take and
+    /// renewal: off by more than `skew`, it does not write.
+    pub fn with_clock(mut self, clock: crate::clock::Clock, skew: Duration) -> Lease {
+        self.clock = Some((clock, skew));
+        self
+    }
+
+    /// Why this replica's clock keeps it from writing, if it does.
+    pub fn clock_fault(&self) -> Option<String> {
+        self.clock_fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// After a write to the lease at `before`..`after` (this replica's
+    /// clock): the server stamped it at `created`. The clock is off by
+    /// more than the allowed skew when `created` falls that far outside
+    /// the interval. Remembers and returns why.
+    async fn clock_is_off(&self, kv: &kv::Store, before: custody_proto::Timestamp) -> Option<String> {
+        let (clock, skew) = self.clock.as_ref()?;
+        let entry = kv.entry(KEY).await.ok()??;
+        let after = clock.now();
+        let created = chrono::DateTime::from_timestamp(entry.created.unix_timestamp(), entry.created.nanosecond())?;
+        let skew = chrono::Duration::from_std(*skew).ok()?;
+        let fault = if created + skew < before.as_datetime() {
+            Some(format!("this replica's clock is {} s ahead of the NATS servers'", (before.as_datetime() - created).num_seconds()))
+        } else if created > after.as_datetime() + skew {
+            Some(format!("this replica's clock is {} s behind the NATS servers'", (created - after.as_datetime()).num_seconds()))
+        } else {
+            None
+        }
+        .map(|off| format!("{off}, more than the {} s allowed (--max-clock-skew): it would record entries at a wrong time, so it does not write; set its clock right (NTP)", skew.num_seconds()));
+        *self.clock_fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fault.clone();
+        fault
     }
 
     /// The lease bucket, checked against `ttl`, or created.
@@ -116,7 +155,8 @@ impl Lease {
     /// replica's store); its revision then.
     pub async fn try_acquire(&self) -> Option<u64> {
         let kv = self.kv();
-        match kv.create(KEY, self.holder.clone().into()).await {
+        let before = self.clock.as_ref().map(|(c, _)| c.now());
+        let taken = match kv.create(KEY, self.holder.clone().into()).await {
             Ok(rev) => Some(rev),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => match kv.entry(KEY).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put && e.value.as_ref() == self.holder.as_bytes() => {
@@ -129,7 +169,16 @@ impl Lease {
                 self.reopen().await;
                 None
             }
+        };
+        // Taken: only by a replica whose clock agrees with the servers'.
+        if let (Some(revision), Some(before)) = (taken, before) {
+            if let Some(why) = self.clock_is_off(&kv, before).await {
+                tracing::error!(%why, "not taking the writer lease");
+                let _ = kv.delete_expect_revision(KEY, Some(revision)).await;
+                return None;
+            }
         }
+        taken
     }
 
     /// Who holds the lease now, if anyone.
@@ -149,8 +198,17 @@ impl Lease {
         loop {
             tokio::time::sleep(renewal.every()).await;
             let attempt = started.elapsed();
+            let before = self.clock.as_ref().map(|(c, _)| c.now());
             let result = match tokio::time::timeout(self.ttl / 2, self.kv().update(KEY, self.holder.clone().into(), renewal.revision())).await {
-                Ok(Ok(rev)) => Ok(rev),
+                Ok(Ok(rev)) => {
+                    if let Some(why) = match before {
+                        Some(before) => self.clock_is_off(&self.kv(), before).await,
+                        None => None,
+                    } {
+                        return why;
+                    }
+                    Ok(rev)
+                }
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(Renew::Taken),
                 Ok(Err(e)) => Err(Renew::Failed(e.to_string())),
                 Err(_) => Err(Renew::Failed("timed out".into())),

@@ -231,6 +231,11 @@ impl Ledger {
     /// own entry. Nothing is durable yet: the caller must
     /// [`Ledger::commit`] before sending any outcome.
     pub fn admit(&mut self, batch: Vec<Checked>, now: Timestamp) -> Admitted {
+        // What "the future" means is the clock's reading; what is recorded
+        // never goes below the head's (a clock stepped back), so a head
+        // recorded ahead (a writer whose clock ran fast) cannot let an
+        // event dated beyond the allowed skew in.
+        let clock = now;
         let now = self.recorded.map_or(now, |head| now.max(head));
         let mut entries = Vec::new();
         let mut subjects = Vec::new();
@@ -250,7 +255,7 @@ impl Ledger {
                 outcomes.push(seen.map_or_else(|r| refusal(Some(event.id.to_string()), r), Outcome::Receipt));
                 continue;
             }
-            if let Err(r) = event.check_time(now).and_then(|()| self.model.check(&event)) {
+            if let Err(r) = event.check_time(clock).and_then(|()| self.model.check(&event)) {
                 tracing::debug!(code = %r.code, "rejected");
                 outcomes.push(refusal(Some(event.id.to_string()), r));
                 continue;

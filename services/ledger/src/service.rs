@@ -123,6 +123,9 @@ pub struct Config {
     pub witnesses: Vec<crate::cosign::WitnessPeer>,
     /// Each actor's submission quota, by role; none: unlimited.
     pub quota: Option<crate::quota::Rates>,
+    /// How far this replica's clock may be off the NATS servers' before
+    /// it stops writing; none: not checked (a test clock).
+    pub max_clock_skew: Option<Duration>,
 }
 
 impl Config {
@@ -145,6 +148,7 @@ impl Config {
             origin: None,
             witnesses: Vec::new(),
             quota: Some(crate::quota::Rates::uniform(crate::quota::Limits::DEFAULT)),
+            max_clock_skew: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -286,7 +290,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         .await;
         match ready {
-            Ok(lease) => break lease,
+            Ok(lease) => match config.max_clock_skew {
+                Some(skew) => break lease.with_clock(config.clock.clone(), skew),
+                None => break lease,
+            },
             Err(e @ LedgerError::Nats { .. }) if started.elapsed() < JETSTREAM_PATIENCE => {
                 tracing::warn!(error = %e, "JetStream is not ready yet; trying again");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -403,8 +410,13 @@ async fn standby(
                 let waits = giving_way.is_some_and(|until| tokio::time::Instant::now() < until);
                 if waits {
                     health.set_ready(Err("leaving the writer lease to a replica whose store holds more".into()));
-                } else if let Some(revision) = lease.try_acquire().await {
-                    return Ok(revision);
+                } else {
+                    let taken = lease.try_acquire().await;
+                    // A clock off the servers' keeps it from writing, and says so.
+                    health.set_fault("clock", lease.clock_fault());
+                    if let Some(revision) = taken {
+                        return Ok(revision);
+                    }
                 }
                 // Once a second: who writes, and how far behind this one is.
                 ticks += 1;
