@@ -108,7 +108,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             let mut config = custody_ledger::Config::new(nats, a.data, authority);
             config.nkey = custody::client::identity();
             config.max_clock_skew = match (a.max_clock_skew, a.test_clock_file.is_some()) {
-                (Some(s), _) if s == 0.0 => None,
+                (Some(0.0), _) => None,
                 (Some(s), _) => {
                     anyhow::ensure!(s > 0.0 && s.is_finite(), "--max-clock-skew must be a number of seconds (0: not checked)");
                     Some(std::time::Duration::from_secs_f64(s))
