@@ -108,3 +108,54 @@ async fn values_and_counterparties_are_for_regulators_and_parties_only() {
         }
     }
 }
+
+/// The gateway authorises a signed request only from an answer that
+/// reflects at least the ledger's head when the request came (issue 26: a
+/// projection behind the ledger, catching up or restored, answered a
+/// revoked key as live). Here the answers about the caller come from a
+/// projection stuck before the revocation: the gateway refuses to decide
+/// (503) instead of serving; the same answer at the head is believed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_does_not_authorise_from_an_answer_behind_the_ledger() {
+    use futures::StreamExt as _;
+    let mut sys = System::start().await;
+    let regulator = sys.actor("late-customs", "regulator", "US").await;
+    let a = sys.authority.clone();
+    let registered = sys.head().await.0;
+    sys.accept(&a, &event(&a, "revoke-late", "actor.revoked", serde_json::json!({"subject": regulator.public_key(), "reason": "left the service"}))).await;
+    let head = sys.head().await.0;
+
+    // A projection that has applied the registration, not the revocation,
+    // then one that has caught up with the head (and not seen it either).
+    let as_of = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(registered));
+    let mut questions = sys.client.subscribe(custody_wire::subjects::QUERY_ACTOR).await.unwrap();
+    let (client, seen) = (sys.client.clone(), as_of.clone());
+    let key = regulator.public_key();
+    let answering = tokio::spawn(async move {
+        while let Some(q) = questions.next().await {
+            let answer =
+                serde_json::json!({"key": key, "roles": ["regulator"], "revoked": false, "as_of_seq": seen.load(std::sync::atomic::Ordering::Relaxed)});
+            if let Some(reply) = q.reply {
+                client.publish(reply, answer.to_string().into()).await.unwrap();
+            }
+        }
+    });
+    let base = sys.start_gateway();
+    let path = "/v1/ledger/entries/1";
+    let get = || {
+        let auth = custody_proto::request::sign(&regulator, "GET", path, Timestamp::now()).unwrap();
+        let url = format!("{base}{path}");
+        async move {
+            let r = reqwest::Client::new().get(url).header("authorization", auth).send().await.expect("gateway answers");
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, e) = get().await;
+    assert_eq!((status, e["code"].as_str()), (503, Some("unavailable")), "an answer behind the ledger is not believed: {e}");
+    assert!(e["message"].as_str().is_some_and(|m| m.contains("behind the ledger") && m.contains("revoked")), "{e}");
+
+    as_of.store(head, std::sync::atomic::Ordering::Relaxed);
+    let (status, e) = get().await;
+    assert_eq!(status, 200, "an answer at the head is believed: {e}");
+    answering.abort();
+}

@@ -328,12 +328,20 @@ async fn a_client_holds_at_most_its_share_of_requests_and_a_body_that_never_come
     let addr = base.strip_prefix("http://").unwrap().to_owned();
     let key = sys.ledger_key();
     let started = std::time::Instant::now();
+    let hold = || {
+        let addr = addr.clone();
+        let key = key.clone();
+        async move {
+            let mut s = from([127, 0, 0, 4], &addr).await;
+            let head =
+                format!("POST /v1/certificates/verify?key={key} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{");
+            s.write_all(head.as_bytes()).await.unwrap();
+            s
+        }
+    };
     let mut held = Vec::new();
     for _ in 0..4 {
-        let mut s = from([127, 0, 0, 4], &addr).await;
-        let head = format!("POST /v1/certificates/verify?key={key} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{");
-        s.write_all(head.as_bytes()).await.unwrap();
-        held.push(s);
+        held.push(hold().await);
     }
     let get = |ip: [u8; 4]| {
         let addr = addr.clone();
@@ -345,12 +353,22 @@ async fn a_client_holds_at_most_its_share_of_requests_and_a_body_that_never_come
             String::from_utf8_lossy(&answer).into_owned()
         }
     };
-    // The four are in progress once the gateway has read their headers.
+    // The four are in progress once the gateway has read their headers. A
+    // probe read before one of them takes that one's place (the held one
+    // is then answered 503 at once): it is held again, anew.
     let mut busy = String::new();
     for _ in 0..100 {
         busy = get([127, 0, 0, 4]).await;
         if busy.starts_with("HTTP/1.1 503") {
             break;
+        }
+        for s in held.iter_mut() {
+            let mut buf = [0u8; 512];
+            if let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_millis(5), s.read(&mut buf)).await {
+                if n > 0 {
+                    *s = hold().await;
+                }
+            }
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

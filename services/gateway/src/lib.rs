@@ -526,8 +526,32 @@ async fn caller(app: &App, headers: &axum::http::HeaderMap, method: &str, path: 
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .verify_once(value, method, path, custody_proto::Timestamp::now())
         .map_err(|why| error(AnswerCode::BadCredentials, why))?;
-    let Ok(answer) = custody_wire::query::request(&app.nats, subjects::QUERY_ACTOR, &json!({"key": key}), QUERY_TIMEOUT).await else {
-        return Err(error(AnswerCode::Unavailable, "no projection answered who the caller is"));
+    // A revocation receipted before this request must not be missed: the
+    // answer must reflect at least the ledger's head as it is now (a
+    // projection behind it may not know of the revocation yet).
+    let Ok(head) = custody_wire::query::request(&app.nats, subjects::HEAD_SUBJECT, &json!({}), QUERY_TIMEOUT).await else {
+        return Err(error(AnswerCode::Unavailable, "the ledger did not say how far it is, so a revocation cannot be ruled out; ask again shortly"));
+    };
+    let head = head["seq"].as_u64().unwrap_or(u64::MAX);
+    let deadline = tokio::time::Instant::now() + QUERY_TIMEOUT;
+    let answer = loop {
+        let Ok(answer) = custody_wire::query::request(&app.nats, subjects::QUERY_ACTOR, &json!({"key": key}), QUERY_TIMEOUT).await else {
+            return Err(error(AnswerCode::Unavailable, "no projection answered who the caller is"));
+        };
+        let as_of = answer["as_of_seq"].as_u64();
+        if answer.get("code").is_some() || as_of.is_some_and(|s| s >= head) {
+            break answer;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(error(
+                AnswerCode::Unavailable,
+                format!(
+                    "the projection is behind the ledger (entry {} of {head}): it cannot yet tell whether {key} was revoked; ask again shortly",
+                    as_of.unwrap_or(0)
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     if answer.get("code").is_some() {
         return Err(error(AnswerCode::UnknownActor, format!("{key} is not a registered actor")));
