@@ -376,3 +376,45 @@ async fn verification_evidence_and_the_eu_2025_rough_rule() {
     assert_eq!(kp["every_country_known"], true);
     assert!(file.exists(), "the certificate backing the filing is kept");
 }
+
+/// A lot whose own history is longer than the 64 steps an answer shows
+/// (issue 26: its certificate failed with `missing_ancestor`): mined, then
+/// shipped back and forth between two traders 40 times (161 entries about
+/// it). Its certificate carries every entry and verifies; the answer in it
+/// says it shows the latest steps only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_a_history_longer_than_an_answer_shows_verifies() {
+    let mut sys = System::start().await;
+    sys.start_projection().await;
+    let miner = sys.actor("long-miner", "miner", "BW").await;
+    let x = sys.actor("long-trader-ae", "trader", "AE").await;
+    let y = sys.actor("long-trader-be", "trader", "BE").await;
+    let at = |day: u32| format!("2024-{:02}-{:02}T08:00:00Z", 1 + day / 28, 1 + day % 28);
+    let mut mined = event(&miner, "long-mined", "mined", json!({"lot": "LONG", "carats": "50.00", "country": "BW"}));
+    mined["occurred_at"] = json!(at(0));
+    sys.accept(&miner, &mined).await;
+    let mut from = (&miner, "BW");
+    let mut day = 1;
+    for i in 0..81 {
+        let to = if i % 2 == 0 { (&x, "AE") } else { (&y, "BE") };
+        let number = format!("{}-2024-{i:04}", from.1);
+        let mut exported = event(
+            from.0,
+            &format!("long-export-{i}"),
+            "exported",
+            json!({"lots": ["LONG"], "to": to.0.public_key(), "to_country": to.1, "certificate": {"number": number, "value_usd": "1000.00"}}),
+        );
+        exported["occurred_at"] = json!(at(day));
+        sys.accept(from.0, &exported).await;
+        let mut imported = event(to.0, &format!("long-import-{i}"), "imported", json!({"certificate": number}));
+        imported["occurred_at"] = json!(at(day));
+        sys.accept(to.0, &imported).await;
+        from = to;
+        day += 1;
+    }
+    sys.projection_caught_up().await;
+    let cert = certify(&sys, "LONG", &sys.dir.path().join("long.json"));
+    assert!(cert.entries.len() > 160, "every entry about the lot: {}", cert.entries.len());
+    let report = check(&sys, &cert, &sys.ledger_key());
+    assert_eq!(report["valid"], true, "{report}");
+}
