@@ -273,11 +273,6 @@ impl Ledger {
         Admitted { entries, subjects, outcomes }
     }
 
-    /// Makes admitted entries durable. On error the in-memory model is ahead
-    /// of the disk: the caller must stop, and a restart replays the truth.
-    pub fn commit(&self, entries: &[Entry]) -> Result<(), StoreError> {
-        self.store.append(entries)
-    }
 }
 
 fn receipt(event: &Event, entry: &Entry) -> Receipt {
@@ -330,7 +325,7 @@ mod tests {
         let register = serde_json::json!({"id": "reg", "kind": "actor.registered", "actor": authority.public_key(), "occurred_at": "2026-03-01T10:00:00Z",
             "subject": miner.public_key(), "name": "m", "roles": ["miner"], "country": "BW"});
         let admitted = ledger.admit(check_batch(vec![submitted(&authority, register)], &mut keys), at("2026-03-01T10:00:00Z"));
-        ledger.commit(&admitted.entries).unwrap();
+        ledger.store().append(&admitted.entries).unwrap();
 
         let mined = |id: &str, occurred: &str| serde_json::json!({"id": id, "kind": "mined", "actor": miner.public_key(), "occurred_at": occurred, "lot": id, "carats": "1.00", "country": "BW"});
         let checked =
@@ -345,14 +340,14 @@ mod tests {
             })
             .collect();
         assert_eq!(codes, ["invalid_time", "receipt"]);
-        ledger.commit(&admitted.entries).unwrap();
+        ledger.store().append(&admitted.entries).unwrap();
 
         // Across a restart the clock steps back further: recorded_at holds.
         drop(ledger);
         let mut ledger = reopen(dir.path(), &authority_key).expect("every committed entry replays");
         let admitted = ledger.admit(check_batch(vec![submitted(&miner, mined("later", "2026-02-01T00:00:00Z"))], &mut keys), at("2026-02-01T00:00:00Z"));
         assert_eq!(admitted.entries[0].recorded_at, at("2026-03-01T11:00:00Z"));
-        ledger.commit(&admitted.entries).unwrap();
+        ledger.store().append(&admitted.entries).unwrap();
         drop(ledger);
         reopen(dir.path(), &authority_key).expect("every committed entry replays");
     }

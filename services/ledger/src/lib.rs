@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`store`]: durable entries (the only sled user).
 //! - [`model`]: the write model and custody rules (pure).
-//! - [`ledger`]: open/replay, admit a batch, commit it.
+//! - [`ledger`]: open/replay, admit a batch, follow the stream.
 //! - [`notary`]: the Merkle tree, the ledger's key, checkpoints and proofs.
 //! - [`writer`]: the active writer's decisions, without I/O.
 //! - [`service`]: the NATS pipeline around it.
