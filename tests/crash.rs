@@ -61,13 +61,7 @@ async fn kill_9_under_load_loses_and_duplicates_nothing() {
         sys.start_ledger().await;
     }
 
-    let mut receipts: HashMap<String, Receipt> = HashMap::new();
-    for p in producers {
-        for outcome in p.await.unwrap() {
-            let Outcome::Receipt(r) = outcome else { panic!("refused: {outcome:?}") };
-            assert!(receipts.insert(r.id.clone(), r).is_none(), "one outcome per event");
-        }
-    }
+    let receipts = receipts_of(producers).await;
     assert_eq!(receipts.len(), PRODUCERS * PER_PRODUCER);
     kept_its_promise(&mut sys, &receipts, registrations).await;
 }
@@ -109,6 +103,13 @@ async fn crash_points_in_the_write_path_lose_and_duplicate_nothing() {
         }
     }
 
+    let receipts = receipts_of(producers).await;
+    assert_eq!(receipts.len(), 3_000);
+    kept_its_promise(&mut sys, &receipts, registrations).await;
+}
+
+/// Each producer's outcomes, all receipts, one per event, by event id.
+async fn receipts_of(producers: Vec<tokio::task::JoinHandle<Vec<Outcome>>>) -> HashMap<String, Receipt> {
     let mut receipts: HashMap<String, Receipt> = HashMap::new();
     for p in producers {
         for outcome in p.await.unwrap() {
@@ -116,8 +117,7 @@ async fn crash_points_in_the_write_path_lose_and_duplicate_nothing() {
             assert!(receipts.insert(r.id.clone(), r).is_none(), "one outcome per event");
         }
     }
-    assert_eq!(receipts.len(), 3_000);
-    kept_its_promise(&mut sys, &receipts, registrations).await;
+    receipts
 }
 
 /// Every receipted event exactly once, at the seq and hash its receipt

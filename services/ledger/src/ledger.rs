@@ -272,7 +272,6 @@ impl Ledger {
         }
         Admitted { entries, subjects, outcomes }
     }
-
 }
 
 fn receipt(event: &Event, entry: &Entry) -> Receipt {
