@@ -394,8 +394,8 @@ async fn a_certificate_for_a_history_longer_than_an_answer_shows_verifies() {
     mined["occurred_at"] = json!(at(0));
     sys.accept(&miner, &mined).await;
     let mut from = (&miner, "BW");
-    let mut day = 1;
     for i in 0..81 {
+        let day = i + 1;
         let to = if i % 2 == 0 { (&x, "AE") } else { (&y, "BE") };
         let number = format!("{}-2024-{i:04}", from.1);
         let mut exported = event(
@@ -410,7 +410,6 @@ async fn a_certificate_for_a_history_longer_than_an_answer_shows_verifies() {
         imported["occurred_at"] = json!(at(day));
         sys.accept(to.0, &imported).await;
         from = to;
-        day += 1;
     }
     sys.projection_caught_up().await;
     let cert = certify(&sys, "LONG", &sys.dir.path().join("long.json"));
