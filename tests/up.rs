@@ -184,3 +184,86 @@ async fn a_registry_authz_cannot_write_is_reported_retried_and_up_serves_on() {
     eprintln!("the miner got in {waited:?} after the file could be written");
     assert!(up.alive());
 }
+
+/// `custody up --cluster 3` runs each ledger replica and each projection as
+/// a process of its own (issue 26: all in one process, so none could be
+/// killed or restarted alone): a replica killed with SIGKILL is started
+/// again and the system is whole again; when up stops, every child it ran
+/// is stopped and reaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_cluster_3_restarts_a_killed_replica_and_reaps_every_child() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let (mut up, lines) = custody_printing(&["up", "--cluster", "3", "--no-demo", "--simulate", "0", "--data", &data]);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in lines {
+            if tx.send(l.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut until = |what: &dyn Fn(&str) -> bool| -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| panic!("up did not print what was awaited; it printed:\n{}", seen.join("\n")));
+            seen.push(line.clone());
+            if what(&line) {
+                return line;
+            }
+        }
+    };
+    let pid_of = |line: &str| -> i32 { line.rsplit(' ').next().unwrap().parse().unwrap() };
+    let mut pids = Vec::new();
+    let mut ops = String::new();
+    let mut ledger_1 = 0;
+    loop {
+        let line = until(&|l: &str| l.contains(": process ") || l.starts_with("ops listening on ") || l.starts_with("serving; Ctrl-C"));
+        if line.starts_with("serving") {
+            break;
+        }
+        if let Some(rest) = line.strip_prefix("ops listening on ") {
+            ops = rest.split_whitespace().next().unwrap().to_owned();
+            continue;
+        }
+        let pid = pid_of(&line);
+        if line.starts_with("ledger 1:") {
+            ledger_1 = pid;
+        }
+        pids.push(pid);
+    }
+    assert_eq!(pids.len(), 4, "two ledger replicas and two projections, each a process");
+    assert!(pids.iter().all(|p| *p != up.child_mut().id() as i32), "not up itself");
+
+    // SAFETY: kill(2) on a pid up printed, a child of up.
+    assert_eq!(unsafe { libc::kill(ledger_1, libc::SIGKILL) }, 0);
+    until(&|l: &str| l.starts_with("ledger 1: ended"));
+    let again = pid_of(&until(&|l: &str| l.starts_with("ledger 1: process ")));
+    assert_ne!(again, ledger_1);
+    pids.push(again);
+    // Whole again: up's /readyz says every service, the new replica too, is ready.
+    let http = reqwest::Client::new();
+    let mut ready = serde_json::Value::Null;
+    for _ in 0..300 {
+        if let Ok(r) = http.get(format!("{ops}/readyz")).send().await {
+            ready = r.json().await.unwrap_or_default();
+            if ready["ready"] == true {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(ready["ready"], true, "{ready}");
+
+    // SAFETY: as above, on up itself.
+    assert_eq!(unsafe { libc::kill(up.child_mut().id() as i32, libc::SIGTERM) }, 0);
+    let (status, _) = up.exit_within(Duration::from_secs(60)).await;
+    assert_eq!(status.map(|s| s.success()), Some(true), "up stops cleanly");
+    for pid in pids {
+        // SAFETY: signal 0 only asks whether the pid still exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "process {pid} outlived up (or was not reaped)");
+    }
+}

@@ -217,7 +217,58 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
         let _ = rx.wait_for(|s| *s).await;
     };
     let authority_key: custody_proto::ActorKey = authority.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    for (i, dir) in ledger_dirs.iter().enumerate() {
+    if servers > 1 {
+        // On a cluster each replica and projection is a process of its own,
+        // so that one can be killed, paused or restarted alone; up restarts
+        // one that ends, and stops and reaps them all when it stops.
+        let me = std::env::current_exe().context("cannot find this program to run the replicas")?;
+        let key_file = |name: &str| (!a.no_auth).then(|| service_dir.join(format!("{name}.nk")));
+        let replicas = servers.to_string();
+        for (i, dir) in ledger_dirs.iter().enumerate() {
+            let name: &'static str = ["ledger 1", "ledger 2"][i];
+            println!("{name}: store in {} (writer or standby: whichever holds the writer lease; its own process)", dir.display());
+            let args: Vec<std::ffi::OsString> = [
+                "ledger".into(),
+                "--nats".into(),
+                nats_url.clone().into(),
+                "--data".into(),
+                dir.clone().into_os_string(),
+                "--authority".into(),
+                authority.public_key().into(),
+                "--replicas".into(),
+                replicas.clone().into(),
+                "--name".into(),
+                name.into(),
+            ]
+            .into();
+            running.spawn(supervise(name, me.clone(), key_file("ledger"), args, stop.clone()));
+        }
+        for i in 0..ledger_dirs.len() {
+            let dir = a.data.join(format!("projection-{}", i + 1));
+            let name: &'static str = ["projection 1", "projection 2"][i];
+            println!("{name}: store in {} (answers queries with the others; its own process)", dir.display());
+            let args: Vec<std::ffi::OsString> = ["projection".into(), "--nats".into(), nats_url.clone().into(), "--data".into(), dir.into_os_string()].into();
+            running.spawn(supervise(name, me.clone(), key_file("projection"), args, stop.clone()));
+        }
+        // Their health, as each process says it over NATS, for up's /readyz.
+        let mirrors: Vec<(String, Health)> = ledger_health
+            .iter()
+            .cloned()
+            .zip(["ledger 1", "ledger 2"])
+            .map(|(h, n)| (n.to_owned(), h))
+            .chain((0..ledger_dirs.len()).map(|i| (a.data.join(format!("projection-{}", i + 1)).display().to_string(), projection_health[i].clone())))
+            .collect();
+        let (mirror_url, mirror_seed) = (nats_url.clone(), seed(&operator_id));
+        let mut mirror_stop = stop.clone();
+        running.spawn(async move {
+            let done = tokio::select! {
+                done = mirror_health(&mirror_url, mirror_seed.as_deref(), mirrors) => done,
+                _ = mirror_stop.wait_for(|s| *s) => Ok(()),
+            };
+            ("health of the child processes", done)
+        });
+    }
+    for (i, dir) in ledger_dirs.iter().enumerate().filter(|_| servers == 1) {
         let mut config = custody_ledger::Config::new(nats_url.clone(), dir.clone(), authority_key.clone());
         config.nkey = seed(&ledger_id);
         config.replicas = servers;
@@ -227,7 +278,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
         let done = custody_ledger::run(config, stopped(stop.clone()));
         running.spawn(async move { (name, done.await.map_err(anyhow::Error::from)) });
     }
-    for i in 0..ledger_dirs.len() {
+    for i in (0..ledger_dirs.len()).filter(|_| servers == 1) {
         let dir = a.data.join(if servers == 1 { "projection".to_owned() } else { format!("projection-{}", i + 1) });
         let name: &'static str = if servers == 1 { "projection" } else { ["projection 1", "projection 2"][i] };
         println!("{name}: store in {} (answers queries with the others)", dir.display());
@@ -389,4 +440,82 @@ fn within_descriptors(mut limits: custody_gateway::HttpLimits) -> custody_gatewa
         limits.max_connections = budget as usize;
     }
     limits
+}
+
+/// Runs `program args` (as `key_file`'s identity) and starts it again
+/// whenever it ends, until `stop`; then asks it to stop (SIGTERM), waits
+/// up to [`STOP_GRACE`] and kills it. Every child is waited for (reaped).
+async fn supervise(
+    name: &'static str,
+    program: PathBuf,
+    key_file: Option<PathBuf>,
+    args: Vec<std::ffi::OsString>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (&'static str, anyhow::Result<()>) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let mut std_cmd = std::process::Command::new(&program);
+        // It dies with up, even with a kill -9 of up.
+        custody::natsd::die_with_parent(&mut std_cmd);
+        // The child takes its settings from these arguments alone.
+        std_cmd.env_remove("CUSTODY_CONFIG").env_remove("CUSTODY_NKEY").stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        if let Some(k) = &key_file {
+            std_cmd.arg("--nkey").arg(k);
+        }
+        std_cmd.args(&args);
+        let mut cmd = tokio::process::Command::from(std_cmd);
+        cmd.kill_on_drop(true);
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => return (name, Err(anyhow::anyhow!("cannot start it: {e}"))),
+        };
+        let started = std::time::Instant::now();
+        println!("{name}: process {}", child.id().unwrap_or(0));
+        let ended = tokio::select! {
+            status = child.wait() => Some(status.map_or_else(|e| e.to_string(), |s| s.to_string())),
+            _ = stop.wait_for(|s| *s) => None,
+        };
+        let Some(status) = ended else {
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            if tokio::time::timeout(STOP_GRACE * 4 / 5, child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+            return (name, Ok(()));
+        };
+        if *stop.borrow() {
+            return (name, Ok(()));
+        }
+        // One that dies at once again and again is started less often.
+        pause = if started.elapsed() > Duration::from_secs(30) { Duration::from_secs(1) } else { (pause * 2).min(Duration::from_secs(30)) };
+        tracing::warn!(%status, restart_in = ?pause, "the {name} process ended; starting it again");
+        println!("{name}: ended ({status}); starting it again in {} s", pause.as_secs());
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = stop.wait_for(|s| *s) => return (name, Ok(())),
+        }
+    }
+}
+
+/// Keeps `mirrors` (a child's name, and the health up serves for it) up to
+/// date with what each child process says over NATS, every second; one
+/// that does not answer is not ready.
+async fn mirror_health(url: &str, seed: Option<&str>, mirrors: Vec<(String, Health)>) -> anyhow::Result<()> {
+    let nc = custody_wire::connect::connect(url, "custody-up-health", seed).await?;
+    loop {
+        let statuses = custody_wire::health::gather(&nc, &["ledger", "projection"], Duration::from_millis(500)).await.unwrap_or_default();
+        for (name, health) in &mirrors {
+            match statuses.iter().find(|s| &s.name == name) {
+                Some(s) => {
+                    health.set_fault("process", None);
+                    let s = s.clone();
+                    health.update(|mine| *mine = s);
+                }
+                None => health.set_fault("process", Some(format!("the {name} process does not answer"))),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
