@@ -14,7 +14,14 @@ use custody_ledger::simulator::{self, Options};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(|v| v.parse::<u64>().expect("a number"));
+    let value = |name: &str| {
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(|v| {
+            v.parse::<u64>().unwrap_or_else(|_| {
+                eprintln!("soak: {name} takes a whole number, not {v:?}");
+                std::process::exit(2)
+            })
+        })
+    };
     let mut opts = Options::default();
     if let Some(r) = value("--replicas") {
         opts.replicas = r as usize;
@@ -27,7 +34,10 @@ fn main() {
             "one-batch-in-flight" => opts.flaws.pipelined = true,
             "bucket-recreate" => opts.no_bucket_recreate = true,
             "refill-rule" => opts.refill_from_any_store = true,
-            other => panic!("no safeguard called {other:?}"),
+            other => {
+                eprintln!("soak: no safeguard called {other:?}: barrier, read-back-patience, one-batch-in-flight, bucket-recreate, refill-rule");
+                std::process::exit(2)
+            }
         }
     }
     if let Some(seed) = value("--seed") {
