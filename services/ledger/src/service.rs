@@ -792,7 +792,8 @@ struct Writer {
     js: jetstream::Context,
     reader: Reader,
     durable: mpsc::Sender<Pending>,
-    /// The stream holds every entry up to here.
+    /// The stream and the store both end here when the writer starts; from
+    /// then on `writer::Writer` knows what is committed.
     committed: u64,
     meters: Meters,
     /// The quotas, told each registration the writer admits.
@@ -887,9 +888,6 @@ impl Writer {
                     continue;
                 }
                 writer::Step::HandOn(batch) => {
-                    if let Some(last) = batch.entries.last() {
-                        self.committed = last.seq;
-                    }
                     self.durable.send(batch).await.map_err(|_| LedgerError::Ended)?;
                     continue;
                 }

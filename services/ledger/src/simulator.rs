@@ -399,7 +399,6 @@ pub struct World {
     lost: BTreeMap<u64, Hash>,
     /// Every receipt a producer read: event → (seq, hash).
     receipts: BTreeMap<u64, (u64, Hash)>,
-    registered_ms: BTreeMap<u32, u64>,
     /// What each event asked, and when it was first sent.
     asked: BTreeMap<u64, (Op, u64)>,
     producers: Vec<Producer>,
@@ -445,7 +444,6 @@ impl World {
             ever: BTreeMap::new(),
             lost: BTreeMap::new(),
             receipts: BTreeMap::new(),
-            registered_ms: BTreeMap::new(),
             asked: BTreeMap::new(),
             producers,
             report: Report::default(),
@@ -671,9 +669,6 @@ impl World {
                 } else {
                     for e in &entries {
                         self.ever.entry(e.seq).or_insert(e.hash);
-                        if let Op::Register(a) = e.op {
-                            self.registered_ms.entry(a).or_insert(self.now);
-                        }
                     }
                     self.stream.entries.extend(entries);
                     Ack::Stored(last)
