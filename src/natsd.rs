@@ -30,6 +30,9 @@ pub struct NatsServer {
     /// Where leaf nodes (edges) connect, `nats-leaf://127.0.0.1:PORT`, if
     /// it takes them.
     pub leaf_url: Option<String>,
+    /// Where the server writes its process id (its `pid_file`), rewritten
+    /// at every start: what `custody authz` reads to signal a reload.
+    pub pid_file: PathBuf,
     /// Set once the server's log names a JetStream metadata leader.
     meta_leader: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -108,6 +111,11 @@ impl NatsServer {
         self.child.id()
     }
 
+    /// Whether the process has ended (reaping it if so).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Starts it again on the same port and folder (after [`NatsServer::kill`]).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
@@ -124,7 +132,7 @@ impl NatsServer {
     /// with every write synced, the included accounts file, the cluster.
     /// It sits next to the accounts file, since nats-server resolves an
     /// include relative to the including file.
-    fn write_config(store_dir: &Path, setup: &Setup) -> anyhow::Result<PathBuf> {
+    fn write_config(store_dir: &Path, setup: &Setup) -> anyhow::Result<(PathBuf, PathBuf)> {
         let store = std::path::absolute(store_dir)?;
         let domain = setup.domain.as_ref().map(|d| format!("  domain: {d:?}\n")).unwrap_or_default();
         let mut text = format!("jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n{domain}}}\n", store.display().to_string());
@@ -154,15 +162,17 @@ impl NatsServer {
                 routes.join(", ")
             ));
         }
+        let pid_file = dir.join(format!("{name}.pid"));
+        text.push_str(&format!("pid_file: {:?}\n", pid_file.display().to_string()));
         let path = dir.join(format!("{name}.conf"));
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(path)
+        Ok((path, pid_file))
     }
 
     fn spawn(store_dir: &Path, setup: Setup) -> anyhow::Result<NatsServer> {
         std::fs::create_dir_all(store_dir)?;
         let port_arg = setup.port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
-        let own = Self::write_config(store_dir, &setup)?;
+        let (own, pid_file) = Self::write_config(store_dir, &setup)?;
         let mut cmd = Command::new(binary()?);
         die_with_parent(&mut cmd);
         let mut child = cmd
@@ -201,7 +211,7 @@ impl NatsServer {
             }
         });
         let takes_leaves = setup.leaf_port.is_some();
-        let mut server = NatsServer { child, url: String::new(), port: 0, store_dir: store_dir.to_owned(), setup, leaf_url: None, meta_leader };
+        let mut server = NatsServer { child, url: String::new(), port: 0, store_dir: store_dir.to_owned(), setup, leaf_url: None, pid_file, meta_leader };
         // The server names its leaf port before its client port.
         if takes_leaves {
             match leaf_rx.recv_timeout(Duration::from_secs(20)) {
@@ -267,8 +277,65 @@ impl NatsCluster {
         self.servers.iter().map(|s| s.url.as_str()).collect::<Vec<_>>().join(",")
     }
 
-    pub fn pids(&self) -> Vec<u32> {
-        self.servers.iter().map(NatsServer::pid).collect()
+    /// Every server's pid file (see [`NatsServer::pid_file`]).
+    pub fn pid_files(&self) -> Vec<PathBuf> {
+        self.servers.iter().map(|s| s.pid_file.clone()).collect()
+    }
+
+    /// Starts again, on its port and folder, every server whose process
+    /// has ended; says which (its index and how it ended) and whether it
+    /// runs again.
+    pub fn revive(&mut self) -> Vec<(usize, std::process::ExitStatus, anyhow::Result<u32>)> {
+        let mut revived = Vec::new();
+        for (i, s) in self.servers.iter_mut().enumerate() {
+            if let Some(status) = s.exited() {
+                let again = s.restart().map(|()| s.pid());
+                revived.push((i, status, again));
+            }
+        }
+        revived
+    }
+
+    /// Hands the servers to a thread of their own that starts again, on
+    /// its port and folder, each one that ends (saying so through `say`),
+    /// until the [`Kept`] is dropped; then they are stopped and reaped. A
+    /// thread of its own, because a child started with [`die_with_parent`]
+    /// dies with the thread that started it, not only with the process.
+    pub fn keep(self, mut say: impl FnMut(String) + Send + 'static) -> anyhow::Result<Kept> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new().name("nats-keeper".into()).spawn(move || {
+            let mut cluster = self;
+            let mut pause = Duration::from_millis(500);
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(pause) {
+                pause = Duration::from_millis(500);
+                for (i, status, again) in cluster.revive() {
+                    let url = &cluster.servers[i].url;
+                    match again {
+                        Ok(pid) => say(format!("nats-server {} ({url}): ended ({status}); started again, process {pid}", i + 1)),
+                        Err(e) => {
+                            say(format!("nats-server {} ({url}): ended ({status}); cannot start it again ({e:#}); trying again in 5 s", i + 1));
+                            pause = Duration::from_secs(5);
+                        }
+                    }
+                }
+            }
+        })?;
+        Ok(Kept { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+/// Servers kept running by [`NatsCluster::keep`]; dropping it stops them.
+pub struct Kept {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

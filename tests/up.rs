@@ -127,12 +127,7 @@ fn a_config_file_sets_the_flags_and_the_command_line_wins() {
 async fn up_ends_on_the_first_sigterm_after_its_nats_server_died() {
     let mut up = up();
     let pid = up.pid();
-    let nats = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flat_map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).unwrap_or_default().split_whitespace().map(str::to_owned).collect::<Vec<_>>())
-        .find(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "nats-server"))
-        .expect("up runs a nats-server");
-    let nats: i32 = nats.parse().unwrap();
+    let nats = nats_server_of(pid).expect("up runs a nats-server");
     unsafe { libc::kill(nats, libc::SIGKILL) };
     // The services notice the server is gone.
     let http = reqwest::Client::new();
@@ -145,6 +140,65 @@ async fn up_ends_on_the_first_sigterm_after_its_nats_server_died() {
     unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     let status = up.exit_within(Duration::from_secs(20)).await;
     assert!(status.is_some(), "custody up still running 20 s after SIGTERM");
+}
+
+/// The nats-server processes `custody up` (process `pid`) runs.
+fn nats_servers_of(pid: u32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks
+        .flat_map(|t| {
+            t.map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default())
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|c| std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.trim() == "nats-server"))
+        .filter_map(|c| c.parse().ok())
+        .collect()
+}
+
+/// The nats-server `custody up` (process `pid`) runs, if any.
+fn nats_server_of(pid: u32) -> Option<i32> {
+    nats_servers_of(pid).into_iter().next()
+}
+
+/// A nats-server of up's that dies is started again on its port and
+/// folder, and authz signals the new process (found by its pid file): an
+/// actor registered after the restart gets in. When up stops, the new
+/// process is stopped and reaped too. (Issue 26: up neither restarted nor
+/// reaped it, and authz held the dead server's pid.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_that_dies_is_started_again_and_learns_new_actors() {
+    let mut up = up();
+    let pid = up.pid();
+    let first = nats_server_of(pid).expect("up runs a nats-server");
+    // SAFETY: kill(2) on a child of up's.
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    let mut again = None;
+    for _ in 0..300 {
+        again = nats_server_of(pid).filter(|p| *p != first);
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = again.expect("up started its nats-server again within 30 s");
+    // On the same port, with the registry it had.
+    let (_, _, waited) = connect_when_allowed(&up.url, &up.authority).await;
+    eprintln!("the server answered the authority {waited:?} after its restart was seen");
+
+    let miner = nkeys::KeyPair::new_user();
+    up.register(&[(&miner, "miner", "BW")]).await;
+    let (_, _, waited) = connect_when_allowed(&up.url, &miner).await;
+    eprintln!("a miner registered after the restart got in after {waited:?}");
+    assert!(up.alive());
+
+    // SAFETY: as above, on up itself.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    assert!(up.exit_within(Duration::from_secs(30)).await.is_some_and(|s| s.success()), "up stops cleanly");
+    // SAFETY: signal 0 only asks whether the pid still exists.
+    assert_ne!(unsafe { libc::kill(again, 0) }, 0, "the restarted nats-server {again} outlived up (or was not reaped)");
 }
 
 /// Issue 25: when authz could not write nats-server's authorization file
@@ -188,8 +242,8 @@ async fn a_registry_authz_cannot_write_is_reported_retried_and_up_serves_on() {
 /// `custody up --cluster 3` runs each ledger replica and each projection as
 /// a process of its own (issue 26: all in one process, so none could be
 /// killed or restarted alone): a replica killed with SIGKILL is started
-/// again and the system is whole again; when up stops, every child it ran
-/// is stopped and reaped.
+/// again, so is a nats-server, and the system is whole again; when up
+/// stops, every child it ran is stopped and reaped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_cluster_3_restarts_a_killed_replica_and_reaps_every_child() {
     let dir = tempfile::tempdir().unwrap();
@@ -243,6 +297,17 @@ async fn up_cluster_3_restarts_a_killed_replica_and_reaps_every_child() {
     let again = pid_of(&until(&|l: &str| l.starts_with("ledger 1: process ")));
     assert_ne!(again, ledger_1);
     pids.push(again);
+    // One of the three nats-servers dies too: up starts it again on its
+    // port and folder.
+    let servers = nats_servers_of(up.child_mut().id());
+    assert_eq!(servers.len(), 3, "up runs three nats-servers");
+    pids.extend(&servers);
+    // SAFETY: kill(2) on a child of up's.
+    assert_eq!(unsafe { libc::kill(servers[1], libc::SIGKILL) }, 0);
+    let line = until(&|l: &str| l.starts_with("nats-server ") && l.contains("started again, process "));
+    let revived = pid_of(&line);
+    assert!(!servers.contains(&revived), "{line}");
+    pids.push(revived);
     // Whole again: up's /readyz says every service, the new replica too, is ready.
     let http = reqwest::Client::new();
     let mut ready = serde_json::Value::Null;

@@ -14,9 +14,11 @@ pub struct Args {
     /// The file nats-server loads with `-c`; rewritten whole on each change.
     #[arg(long)]
     auth_file: PathBuf,
-    /// nats-server's process id, signalled (SIGHUP) to reload.
-    #[arg(long, required_unless_present = "bootstrap")]
-    nats_pid: Option<u32>,
+    /// nats-server's pid file (its `pid_file` setting), read at each
+    /// reload and that process signalled (SIGHUP); repeat for each server
+    /// on this machine that loads the file.
+    #[arg(long = "nats-pid-file", value_name = "FILE", required_unless_present = "bootstrap")]
+    nats_pid_files: Vec<PathBuf>,
     /// A service's public key: ledger=U..., projection=U..., gateway=U...,
     /// authz=U... or operator=U... (repeat the flag).
     #[arg(long = "service", value_name = "KIND=KEY")]
@@ -74,7 +76,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
         genesis: a.genesis.clone(),
         services,
         config_file: a.auth_file,
-        nats_pids: a.nats_pid.into_iter().collect(),
+        nats_pid_files: a.nats_pid_files,
         actors: a.actors.limits()?,
     };
     if a.bootstrap {

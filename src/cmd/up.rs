@@ -133,7 +133,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
             genesis: authority.public_key(),
             services: services.clone(),
             config_file: auth_file.clone(),
-            nats_pids: Vec::new(),
+            nats_pid_files: Vec::new(),
             actors: a.actors.limits()?,
         };
         // Services and the genesis authority only, until authz has read
@@ -159,6 +159,13 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     if servers > 1 {
         println!("  one JetStream cluster of {servers} servers: every custody stream on all of them, a receipt once two hold the entry");
     }
+    // A nats-server that ends is started again on its port and folder
+    // (authz finds it by its pid file); all stop when up does.
+    let pid_files = nats.pid_files();
+    let _nats = nats.keep(|said| {
+        tracing::warn!("{said}");
+        println!("{said}");
+    })?;
     println!("genesis authority {} (key file {})", authority.public_key(), authority_path.display());
     println!("ledger key {} (signs checkpoints; audit with: custody audit --key {})", ledger_key.public_key(), ledger_key.public_key());
 
@@ -200,7 +207,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
             genesis: authority.public_key(),
             services: services.clone(),
             config_file: auth_file.clone(),
-            nats_pids: nats.pids(),
+            nats_pid_files: pid_files,
             actors: a.actors.limits()?,
         };
         running.spawn(async move {

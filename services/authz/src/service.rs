@@ -18,8 +18,8 @@ pub enum AuthzError {
     File(#[from] FileError),
     #[error(transparent)]
     Connect(#[from] custody_wire::connect::ConnectError),
-    #[error("cannot signal nats-server (pid {pid}) to reload: {why}")]
-    Reload { pid: u32, why: String },
+    #[error("cannot signal nats-server ({pid_file}) to reload: {why}")]
+    Reload { pid_file: String, why: String },
     #[error("the committed stream breaks the chain at entry {seq} ({why}); authorization stays as it was")]
     Broken { seq: u64, why: String },
     #[error("the committed stream follower ended")]
@@ -39,9 +39,10 @@ pub struct Config {
     pub services: Services,
     /// The file nats-server was started with (`-c`).
     pub config_file: PathBuf,
-    /// The process ids of the nats-servers that load the file (one per
-    /// server on this machine), each signalled to reload.
-    pub nats_pids: Vec<u32>,
+    /// The pid files of the nats-servers that load the file (one per
+    /// server on this machine; nats-server's own `pid_file`), read at each
+    /// reload, so a server restarted since is the one signalled.
+    pub nats_pid_files: Vec<PathBuf>,
     /// What all actors together may hold of nats-server.
     pub actors: ActorsLimits,
 }
@@ -52,12 +53,15 @@ pub fn write(config: &Config, registry: &Registry) -> Result<(), AuthzError> {
     Ok(write_whole(&config.config_file, render(registry, &config.services, &config.actors).as_bytes(), Mode::Private)?)
 }
 
-/// Asks nats-server to reload its configuration.
-fn reload(pid: u32) -> Result<(), AuthzError> {
-    let target = libc::pid_t::try_from(pid).map_err(|_| AuthzError::Reload { pid, why: "not a process id".into() })?;
+/// Asks the nats-server whose process id `pid_file` holds to reload its
+/// configuration.
+fn reload(pid_file: &std::path::Path) -> Result<(), AuthzError> {
+    let failed = |why: String| AuthzError::Reload { pid_file: pid_file.display().to_string(), why };
+    let text = std::fs::read_to_string(pid_file).map_err(|e| failed(format!("cannot read it: {e}")))?;
+    let target: libc::pid_t = text.trim().parse().ok().filter(|p| *p > 0).ok_or_else(|| failed(format!("{:?} is not a process id", text.trim())))?;
     // SAFETY: kill(2) with a plain signal number touches no memory of ours.
     if unsafe { libc::kill(target, libc::SIGHUP) } != 0 {
-        return Err(AuthzError::Reload { pid, why: std::io::Error::last_os_error().to_string() });
+        return Err(failed(format!("process {target}: {} (is the server restarting?)", std::io::Error::last_os_error())));
     }
     Ok(())
 }
@@ -69,8 +73,8 @@ const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// Writes the file and tells every server to reload it.
 fn publish(config: &Config, registry: &Registry) -> Result<(), AuthzError> {
     write(config, registry)?;
-    for pid in &config.nats_pids {
-        reload(*pid)?;
+    for pid_file in &config.nats_pid_files {
+        reload(pid_file)?;
     }
     Ok(())
 }
