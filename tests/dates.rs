@@ -118,6 +118,46 @@ async fn a_replica_whose_clock_runs_ahead_of_the_servers_does_not_write_and_says
     assert!((recorded - now).num_seconds().abs() < 60, "recorded at {recorded}, not 30 days ahead");
 }
 
+/// A writer whose clock is stepped 30 days ahead between two lease
+/// renewals records nothing at that time (issue 26: the simulator found
+/// that checking the clock only at lease writes leaves a quarter of a ttl
+/// in which such a clock dates entries, and the head then holds every
+/// later entry at that instant). Each batch's reading is judged against
+/// the servers' last stamp plus the time passed on the monotonic clock:
+/// the writer steps down and says why; its clock set right, it writes on,
+/// and the event sent meanwhile is receipted at the right time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_clock_is_stepped_between_renewals_records_nothing_at_that_time() {
+    // Renewals 5 s apart: a wide window for a check made only at them.
+    let mut sys = System::with_clock(&days_from_now(0), &["--max-clock-skew", "60", "--lease-ttl", "20"]).await;
+    // The system clock, until the test steps it (the file, when present).
+    let clock = sys.dir.path().join("clock");
+    std::fs::remove_file(&clock).unwrap();
+    sys.start_ledger().await;
+    let m = sys.actor("step-miner", "miner", "CA").await;
+    sys.accept(&m, &event(&m, "step-1", "mined", json!({"lot": "STP1", "carats": "1.00", "country": "CA"}))).await;
+
+    sys.set_clock(&days_from_now(30));
+    let raw = bytes::Bytes::from(sign(&m, &event(&m, "step-2", "mined", json!({"lot": "STP2", "carats": "1.00", "country": "CA"}))));
+    let client = sys.client.clone();
+    let pending = tokio::spawn(async move { custody::client::submit(&client, raw).await });
+    let mut why = String::new();
+    for _ in 0..100 {
+        let statuses = custody_wire::health::gather(&sys.client, &["ledger"], std::time::Duration::from_millis(300)).await.unwrap();
+        if let Some(w) = statuses.first().and_then(|s| s.why.clone()).filter(|w| w.contains("clock")) {
+            why = w;
+            break;
+        }
+    }
+    assert!(why.contains("ahead of the NATS servers'"), "the writer says why it stopped: {why:?}; {}", sys.ledger_log());
+
+    std::fs::remove_file(&clock).unwrap();
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), pending).await.expect("answered once the clock is right").unwrap().unwrap();
+    let custody_proto::Outcome::Receipt(r) = outcome else { panic!("{outcome:?}") };
+    let recorded: chrono::DateTime<chrono::Utc> = r.recorded_at.parse().unwrap();
+    assert!((recorded - chrono::Utc::now()).num_seconds().abs() < 60, "recorded at {recorded}, not 30 days ahead");
+}
+
 /// A head recorded 30 days ahead (a writer whose clock ran fast, before
 /// the check above) no longer moves what "the future" is: an event dated
 /// 10 days ahead is refused once the clock is right, though the head is

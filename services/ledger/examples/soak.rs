@@ -34,8 +34,11 @@ fn main() {
             "one-batch-in-flight" => opts.flaws.pipelined = true,
             "bucket-recreate" => opts.no_bucket_recreate = true,
             "refill-rule" => opts.refill_from_any_store = true,
+            "renewal-while-catching-up" => opts.renew_after_catch_up = true,
+            "clock-check" => opts.no_clock_check = true,
+            "clock-check-per-batch" => opts.clock_at_lease_only = true,
             other => {
-                eprintln!("soak: no safeguard called {other:?}: barrier, read-back-patience, one-batch-in-flight, bucket-recreate, refill-rule");
+                eprintln!("soak: no safeguard called {other:?}: barrier, read-back-patience, one-batch-in-flight, bucket-recreate, refill-rule, renewal-while-catching-up, clock-check, clock-check-per-batch");
                 std::process::exit(2)
             }
         }
@@ -63,7 +66,18 @@ fn main() {
             }
             Err(v) => {
                 println!("seed {seed} breaks an invariant at {} ms: {}", v.at_ms, v.what);
-                println!("replay: cargo run --release -p custody-ledger --example soak -- --seed {seed}");
+                // The same arguments, with this seed.
+                let mut same: Vec<String> = Vec::new();
+                let mut rest = args.iter();
+                while let Some(a) = rest.next() {
+                    match a.as_str() {
+                        "--seeds" | "--from" | "--seed" => {
+                            rest.next();
+                        }
+                        _ => same.push(a.clone()),
+                    }
+                }
+                println!("replay: cargo run --release -p custody-ledger --example soak -- {} --seed {seed}", same.join(" "));
                 std::process::exit(1);
             }
         }

@@ -57,8 +57,9 @@ pub struct Lease {
     /// This replica's clock and how far it may be off the servers'; none:
     /// not checked (a test clock that lies on purpose).
     clock: Option<(crate::clock::Clock, Duration)>,
-    /// Why this replica may not write, when its clock is off.
-    clock_fault: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// What this replica knows of the servers' time, and why its clock
+    /// keeps it from writing, if it does.
+    server_time: ServerTime,
     js: jetstream::Context,
     replicas: usize,
     /// This replica's name, written into the key.
@@ -70,41 +71,41 @@ impl Lease {
     /// The lease bucket, created if absent.
     pub async fn open(js: &jetstream::Context, holder: String, ttl: Duration, replicas: usize) -> Result<Lease, LedgerError> {
         let kv = Lease::bucket(js, ttl, replicas).await?;
-        Ok(Lease { kv: std::sync::Arc::new(std::sync::Mutex::new(kv)), clock: None, clock_fault: Default::default(), js: js.clone(), replicas, holder, ttl })
+        Ok(Lease { kv: std::sync::Arc::new(std::sync::Mutex::new(kv)), clock: None, server_time: ServerTime::default(), js: js.clone(), replicas, holder, ttl })
     }
 
     /// Checks this replica's clock against the servers' at every take and
     /// renewal: off by more than `skew`, it does not write.
     pub fn with_clock(mut self, clock: crate::clock::Clock, skew: Duration) -> Lease {
+        self.server_time.skew = Some(skew);
         self.clock = Some((clock, skew));
         self
     }
 
     /// Why this replica's clock keeps it from writing, if it does.
     pub fn clock_fault(&self) -> Option<String> {
-        self.clock_fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.server_time.fault()
+    }
+
+    /// The servers' time as this replica last learnt it, for the writer to
+    /// judge each clock reading by (see [`ServerTime::judge`]).
+    pub fn server_time(&self) -> ServerTime {
+        self.server_time.clone()
     }
 
     /// After a write to the lease at `before`..`after` (this replica's
     /// clock): the server stamped it at `created`. The clock is off by
     /// more than the allowed skew when `created` falls that far outside
-    /// the interval. Remembers and returns why.
+    /// the interval ([`off_at_write`]). Remembers and returns why; when it
+    /// is not off, remembers the stamp as the servers' time.
     async fn clock_is_off(&self, kv: &kv::Store, before: custody_proto::Timestamp) -> Option<String> {
         let (clock, skew) = self.clock.as_ref()?;
         let entry = kv.entry(KEY).await.ok()??;
         let after = clock.now();
-        let created = chrono::DateTime::from_timestamp(entry.created.unix_timestamp(), entry.created.nanosecond())?;
-        let skew = chrono::Duration::from_std(*skew).ok()?;
-        let fault = if created + skew < before.as_datetime() {
-            Some(format!("this replica's clock is {} s ahead of the NATS servers'", (before.as_datetime() - created).num_seconds()))
-        } else if created > after.as_datetime() + skew {
-            Some(format!("this replica's clock is {} s behind the NATS servers'", (created - after.as_datetime()).num_seconds()))
-        } else {
-            None
-        }
-        .map(|off| format!("{off}, more than the {} s allowed (--max-clock-skew): it would record entries at a wrong time, so it does not write; set its clock right (NTP)", skew.num_seconds()));
-        *self.clock_fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fault.clone();
-        fault
+        let stamped = entry.created.unix_timestamp_nanos() / 1_000_000;
+        let stamped = i64::try_from(stamped).ok()?;
+        let off = off_at_write(before.as_datetime().timestamp_millis(), stamped, after.as_datetime().timestamp_millis(), millis(*skew));
+        self.server_time.learnt(stamped, off, *skew)
     }
 
     /// The lease bucket, checked against `ttl`, or created.
@@ -233,6 +234,114 @@ impl Lease {
     }
 }
 
+/// How far a replica's clock is off the servers' time, beyond the skew
+/// allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Off {
+    /// Ahead by this many milliseconds.
+    Ahead(i64),
+    /// Behind by this many milliseconds.
+    Behind(i64),
+}
+
+impl Off {
+    /// What a person reads: by how much, and what it stops.
+    pub fn explain(self, skew: Duration) -> String {
+        let (by, way) = match self {
+            Off::Ahead(ms) => (ms, "ahead of"),
+            Off::Behind(ms) => (ms, "behind"),
+        };
+        format!(
+            "this replica's clock is {} s {way} the NATS servers', more than the {} s allowed (--max-clock-skew): it would record entries at a wrong time, so it does not write; set its clock right (NTP)",
+            by / 1_000,
+            skew.as_secs()
+        )
+    }
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A lease write sent at `before` and answered at `after` (this replica's
+/// clock, Unix milliseconds) was stamped by the server at `stamped`: the
+/// clock is off when the stamp falls more than `skew` outside the
+/// interval.
+pub fn off_at_write(before: i64, stamped: i64, after: i64, skew: i64) -> Option<Off> {
+    if stamped.saturating_add(skew) < before {
+        Some(Off::Ahead(before - stamped))
+    } else if stamped > after.saturating_add(skew) {
+        Some(Off::Behind(stamped - after))
+    } else {
+        None
+    }
+}
+
+/// Between lease writes: a `reading` of this replica's clock against the
+/// servers' last stamp plus the time passed since by the monotonic clock
+/// (`elapsed`), which no step of the wall clock moves. A clock stepped
+/// after the last renewal is caught here, before it dates an entry, not at
+/// the next renewal.
+pub fn off_at_reading(reading: i64, stamped: i64, elapsed: i64, skew: i64) -> Option<Off> {
+    let expected = stamped.saturating_add(elapsed);
+    if reading > expected.saturating_add(skew) {
+        Some(Off::Ahead(reading - expected))
+    } else if reading < expected.saturating_sub(skew) {
+        Some(Off::Behind(expected - reading))
+    } else {
+        None
+    }
+}
+
+/// The servers' time as a replica learnt it from its last lease write (the
+/// stamp, and when on the monotonic clock), and why its clock keeps it from
+/// writing, if it does. Shared by the lease and the writer.
+#[derive(Clone, Default)]
+pub struct ServerTime {
+    skew: Option<Duration>,
+    inner: std::sync::Arc<std::sync::Mutex<Known>>,
+}
+
+#[derive(Default)]
+struct Known {
+    stamp: Option<(i64, Instant)>,
+    fault: Option<String>,
+}
+
+impl ServerTime {
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fault(&self) -> Option<String> {
+        self.known().fault.clone()
+    }
+
+    /// After a lease write stamped at `stamped`: remembers the stamp, or
+    /// why the clock is off.
+    fn learnt(&self, stamped: i64, off: Option<Off>, skew: Duration) -> Option<String> {
+        let mut known = self.known();
+        known.fault = off.map(|o| o.explain(skew));
+        if off.is_none() {
+            known.stamp = Some((stamped, Instant::now()));
+        }
+        known.fault.clone()
+    }
+
+    /// Judges the clock reading a batch is about to be recorded at: why it
+    /// may not be (remembered for the health report), or none. Not checked
+    /// without an allowed skew (a test clock) or before any stamp.
+    pub fn judge(&self, reading: custody_proto::Timestamp) -> Option<String> {
+        let skew = self.skew?;
+        let mut known = self.known();
+        let (stamped, at) = known.stamp?;
+        let off = off_at_reading(reading.as_datetime().timestamp_millis(), stamped, millis(at.elapsed()), millis(skew))?;
+        let why = off.explain(skew);
+        known.fault = Some(why.clone());
+        Some(why)
+    }
+}
+
 /// Why a renewal did not take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Renew {
@@ -287,5 +396,35 @@ impl Renewal {
     pub fn lapsed(&self, now: Duration) -> Option<String> {
         (now.saturating_sub(self.renewed) >= self.ttl)
             .then(|| format!("the writer lease was not renewed for {:?} and may have passed to another ledger", self.ttl))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: i64 = 60_000;
+
+    #[test]
+    fn a_lease_write_stamped_outside_the_skew_says_which_way_the_clock_is_off() {
+        // Sent at 10:00:00 and answered at 10:00:01 by this clock.
+        let (before, after) = (10 * 60 * MINUTE, 10 * 60 * MINUTE + 1_000);
+        assert_eq!(off_at_write(before, before + 500, after, MINUTE), None);
+        assert_eq!(off_at_write(before, before - 2 * MINUTE, after, MINUTE), Some(Off::Ahead(2 * MINUTE)));
+        assert_eq!(off_at_write(before, after + 3 * MINUTE, after, MINUTE), Some(Off::Behind(3 * MINUTE)));
+        let said = Off::Ahead(2 * MINUTE).explain(Duration::from_secs(60));
+        assert!(said.starts_with("this replica's clock is 120 s ahead of the NATS servers'") && said.contains("--max-clock-skew"), "{said}");
+    }
+
+    #[test]
+    fn a_reading_is_judged_by_the_last_stamp_and_the_monotonic_time_since() {
+        let stamped = 1_000 * MINUTE;
+        // 30 s after the stamp, a clock that reads 30 s later is right.
+        assert_eq!(off_at_reading(stamped + 30_000, stamped, 30_000, MINUTE), None);
+        // Stepped a month ahead since: caught at once, not at the next renewal.
+        let month = 30 * 24 * 60 * MINUTE;
+        assert_eq!(off_at_reading(stamped + 30_000 + month, stamped, 30_000, MINUTE), Some(Off::Ahead(month)));
+        // Stepped back two minutes.
+        assert_eq!(off_at_reading(stamped + 30_000 - 2 * MINUTE, stamped, 30_000, MINUTE), Some(Off::Behind(2 * MINUTE)));
     }
 }

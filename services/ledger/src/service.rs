@@ -348,7 +348,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let notary = Arc::new(Notary::new(ledger.take_transparency(), key.clone(), origin, !config.witnesses.is_empty(), store.clone()));
             tracing::info!(head = ?ledger.head().map(|h| h.0), key = %notary.public_key(), name = %config.name, "writer lease taken; serving submissions");
             let lost = async { lost.await.unwrap_or_else(|_| "the writer lease stopped being renewed".into()) };
-            serve(ledger, &config, &client, &js, notary, lost, &meters).await
+            serve(ledger, &config, &client, &js, notary, Held { lost, server_time: lease.server_time() }, &meters).await
         };
         let stepped = tokio::select! {
             () = &mut shutdown => {
@@ -510,14 +510,22 @@ async fn other_heads(client: &async_nats::Client, name: &str) -> u64 {
     }
 }
 
-/// The active writer's stages, until one fails or `lease_lost` completes.
+/// What the writer holds the lease with: a future that completes, saying
+/// why, when the lease is lost, and the servers' time as the lease last
+/// saw it.
+struct Held<L> {
+    lost: L,
+    server_time: crate::lease::ServerTime,
+}
+
+/// The active writer's stages, until one fails or the lease is lost.
 async fn serve(
     ledger: Ledger,
     config: &Config,
     client: &async_nats::Client,
     js: &jetstream::Context,
     notary: Arc<Notary>,
-    lease_lost: impl Future<Output = String>,
+    held: Held<impl Future<Output = String>>,
     meters: &Meters,
 ) -> Result<(), LedgerError> {
     let streams = ensure_streams(js, config.replicas).await?;
@@ -539,6 +547,7 @@ async fn serve(
     let writer = Writer {
         ledger,
         clock: config.clock.clone(),
+        server_time: held.server_time,
         js: {
             // An ack comes in milliseconds (75 ms at most measured on a
             // loaded cluster); one that has not come within this is
@@ -574,7 +583,7 @@ async fn serve(
     });
 
     let result = tokio::select! {
-        why = lease_lost => Err(LedgerError::SteppedDown(why)),
+        why = held.lost => Err(LedgerError::SteppedDown(why)),
         Some(done) = tasks.join_next() => match done {
             Ok(Ok(())) => Err(LedgerError::Ended),
             // NATS failed the writer (a leader election, a lost server):
@@ -789,6 +798,9 @@ async fn check_stage(mut rx: mpsc::Receiver<Submission>, tx: mpsc::Sender<Checke
 struct Writer {
     ledger: Ledger,
     clock: crate::clock::Clock,
+    /// The servers' time as the lease last saw it: each reading is judged
+    /// by it.
+    server_time: crate::lease::ServerTime,
     js: jetstream::Context,
     reader: Reader,
     durable: mpsc::Sender<Pending>,
@@ -830,7 +842,14 @@ impl Writer {
                 Some((generation, last, ack)) = acks.next(), if !acks.is_empty() => core.acked(started.elapsed(), generation, last, ack),
                 batch = rx.recv(), if open && core.ready() => {
                     let Some(batch) = batch else { open = false; continue };
-                    let batch = self.admit(batch, &mut rx);
+                    // One clock reading for the whole batch; a clock stepped
+                    // since the last lease renewal stops the writer here,
+                    // before it dates an entry (nothing is in flight).
+                    let now = self.clock.now();
+                    if let Some(why) = self.server_time.judge(now) {
+                        return Err(LedgerError::SteppedDown(why));
+                    }
+                    let batch = self.admit(batch, &mut rx, now);
                     core.admitted(started.elapsed(), batch)
                 }
             };
@@ -840,7 +859,7 @@ impl Writer {
 
     /// Admits a checked batch (and whatever else is waiting, up to
     /// [`MAX_BATCH`]) against the model.
-    fn admit(&mut self, mut batch: CheckedBatch, rx: &mut mpsc::Receiver<CheckedBatch>) -> Pending {
+    fn admit(&mut self, mut batch: CheckedBatch, rx: &mut mpsc::Receiver<CheckedBatch>, now: custody_proto::Timestamp) -> Pending {
         while batch.items.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(more) => batch.items.extend(more.items),
@@ -863,7 +882,7 @@ impl Writer {
         let decided_at = self.ledger.head().map_or(0, |h| h.0);
         // One clock reading for the whole batch: what `recorded_at` says and
         // what "the future" means for every `occurred_at` in it.
-        let admitted = self.ledger.admit(checked, self.clock.now());
+        let admitted = self.ledger.admit(checked, now);
         // A registration accepted sets its actor's quota.
         let accepted = registrations.iter().filter(|(i, ..)| matches!(admitted.outcomes.get(*i), Some(Outcome::Receipt(_))));
         self.shares.learn(accepted.map(|(_, k, r)| (k.as_str(), r.as_slice())));

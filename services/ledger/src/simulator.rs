@@ -18,11 +18,20 @@
 //! delayed, duplicated and reordered; stream reads that fail; replicas
 //! paused past their lease (their buffered requests, acks and timers then
 //! run in a random order on waking); replicas killed between any two
-//! steps (their store kept) and restarted; the lease bucket deleted; the
-//! committed stream deleted (while its writer lives).
+//! steps (their store kept) and restarted; a replica's data folder wiped
+//! (it comes back empty and catches up on the whole history, which starts
+//! [`Options::history`] entries long); a replica's clock stepped far ahead
+//! or behind, or within the skew allowed, and set right seconds later; the
+//! lease bucket deleted; the committed stream deleted (while its writer
+//! lives).
 //!
-//! After every step it checks the invariants ([`Violation`]); at the end,
-//! after a calm period, that every producer's request was answered.
+//! After every step it checks the invariants ([`Violation`]): no two
+//! entries at one seq; every receipted entry on the stream at its seq with
+//! its hash; no event on the stream twice; every store a prefix of the
+//! history; no false refusal; no entry recorded further ahead of the true
+//! time than the skew allowed; no replica holding the writer lease (taking
+//! it over, or writing) without renewing it. At the end, after a calm
+//! period, that every producer's request was answered.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -32,7 +41,7 @@ use custody_proto::Hash;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::lease::{Renew, Renewal};
+use crate::lease::{self, Renew, Renewal};
 use crate::writer::{self, Ack, BarrierRead, Batch, Chained, Flaws, ReadBack, Step, TakeOver};
 
 /// How a run is shaped.
@@ -50,6 +59,17 @@ pub struct Options {
     pub no_bucket_recreate: bool,
     /// A refill is made from any store, however far behind.
     pub refill_from_any_store: bool,
+    /// Entries on the stream and in every store when the run starts.
+    pub history: u64,
+    /// How far a replica's clock may be off the servers' (`--max-clock-skew`).
+    pub max_skew: Duration,
+    /// Renewal starts only once a new writer has caught up (as before
+    /// issue 26).
+    pub renew_after_catch_up: bool,
+    /// No clock is checked.
+    pub no_clock_check: bool,
+    /// Clocks are checked at lease writes only, not each batch's reading.
+    pub clock_at_lease_only: bool,
 }
 
 impl Default for Options {
@@ -63,6 +83,11 @@ impl Default for Options {
             flaws: Flaws::default(),
             no_bucket_recreate: false,
             refill_from_any_store: false,
+            history: 3_000,
+            max_skew: Duration::from_secs(60),
+            renew_after_catch_up: false,
+            no_clock_check: false,
+            clock_at_lease_only: false,
         }
     }
 }
@@ -100,6 +125,9 @@ pub struct SimEntry {
     pub prev: Hash,
     pub event: u64,
     pub op: Op,
+    /// Its `recorded_at`: the writer's clock reading (ms since the run
+    /// began), never below the head's.
+    pub recorded_ms: i64,
 }
 
 impl Chained for SimEntry {
@@ -111,13 +139,25 @@ impl Chained for SimEntry {
     }
 }
 
-fn chain(prev: Hash, seq: u64, event: u64, op: Op) -> SimEntry {
+fn chain(prev: Hash, seq: u64, event: u64, op: Op, recorded_ms: i64) -> SimEntry {
     let mut h = blake3::Hasher::new();
     h.update(&prev.0);
     h.update(&seq.to_le_bytes());
     h.update(&event.to_le_bytes());
     h.update(format!("{op:?}").as_bytes());
-    SimEntry { seq, hash: Hash(*h.finalize().as_bytes()), prev, event, op }
+    h.update(&recorded_ms.to_le_bytes());
+    SimEntry { seq, hash: Hash(*h.finalize().as_bytes()), prev, event, op, recorded_ms }
+}
+
+/// The history a run starts with: registrations of actors no producer
+/// uses, under event ids no producer sends.
+fn history(n: u64) -> Vec<SimEntry> {
+    let mut entries: Vec<SimEntry> = Vec::with_capacity(n as usize);
+    for seq in 1..=n {
+        let prev = entries.last().map_or(Hash::GENESIS, |e| e.hash);
+        entries.push(chain(prev, seq, (0xFFFF << 32) | seq, Op::Register(0xF000_0000 + seq as u32), 0));
+    }
+    entries
 }
 
 /// An outcome as a producer reads it.
@@ -140,6 +180,7 @@ struct Request {
 struct Model {
     head: u64,
     head_hash: Hash,
+    head_recorded: i64,
     registered: BTreeSet<u32>,
     receipted: BTreeMap<u64, (u64, Hash)>,
 }
@@ -160,9 +201,12 @@ impl Model {
         self.receipted.insert(e.event, (e.seq, e.hash));
         self.head = e.seq;
         self.head_hash = e.hash;
+        self.head_recorded = e.recorded_ms;
     }
 
-    fn admit(&mut self, requests: Vec<Request>) -> (Vec<SimEntry>, Vec<(Request, Outcome)>) {
+    /// Admits `requests`, recording at the clock's `reading` (never below
+    /// the head's).
+    fn admit(&mut self, requests: Vec<Request>, reading: i64) -> (Vec<SimEntry>, Vec<(Request, Outcome)>) {
         let mut entries = Vec::new();
         let mut answers = Vec::new();
         for r in requests {
@@ -179,7 +223,7 @@ impl Model {
                 answers.push((r, Outcome::Refused(code)));
                 continue;
             }
-            let e = chain(self.head_hash, self.head + 1, r.event, r.op);
+            let e = chain(self.head_hash, self.head + 1, r.event, r.op, reading.max(self.head_recorded));
             self.apply(&e);
             answers.push((r, Outcome::Receipt { seq: e.seq, hash: e.hash }));
             entries.push(e);
@@ -219,6 +263,15 @@ struct Replica {
     durable_at: u64,
     /// Publishes on its connection arrive in order: none before this.
     publish_at: u64,
+    /// How far its clock is off the true time, in ms.
+    offset_ms: i64,
+    /// The servers' time as its last lease write was stamped, and when
+    /// (the simulated monotonic clock).
+    stamp: Option<(i64, u64)>,
+    /// When it last sent a renewal (or took the lease, or woke).
+    renew_sent_at: u64,
+    /// How much of its store the invariants have checked.
+    store_checked: usize,
 }
 
 impl Replica {
@@ -237,6 +290,11 @@ impl Replica {
 
     fn writing(&self) -> bool {
         matches!(self.life, Life::Writing(..))
+    }
+
+    /// Its clock's reading (ms since the run began) at true time `now`.
+    fn reading(&self, now: u64) -> i64 {
+        now as i64 + self.offset_ms
     }
 }
 
@@ -349,6 +407,10 @@ enum Event {
         replica: usize,
         process: u64,
     },
+    /// Its clock set right again (NTP).
+    ClockFixed {
+        replica: usize,
+    },
 }
 
 impl Event {
@@ -404,8 +466,17 @@ pub struct World {
     producers: Vec<Producer>,
     report: Report,
     last_stream_deletion: Option<u64>,
+    /// The stream was deleted and no writer has taken it over since.
+    refill_due: bool,
     /// Print every step (`CUSTODY_SIM_TRACE=1`).
     trace: bool,
+    /// The faults added since the first seeds were kept (wiped folders,
+    /// stepped clocks) draw from their own generator.
+    more_faults: ChaCha8Rng,
+    /// How much of the stream the invariants have checked, and the events
+    /// in that part.
+    stream_checked: usize,
+    stream_events: BTreeSet<u64>,
 }
 
 const TICK_MS: u64 = 250;
@@ -414,10 +485,11 @@ const PRODUCER_TIMEOUT_MS: u64 = 3_000;
 
 impl World {
     pub fn new(seed: u64, opts: Options) -> World {
+        let past = history(opts.history);
         let replicas = (0..opts.replicas)
             .map(|_| Replica {
-                store: Vec::new(),
-                model: Model::default(),
+                store: past.clone(),
+                model: Model::from_store(&past),
                 life: Life::Standby,
                 epoch: 0,
                 process: 0,
@@ -428,6 +500,10 @@ impl World {
                 next_renewal: 0,
                 durable_at: 0,
                 publish_at: 0,
+                offset_ms: 0,
+                stamp: None,
+                renew_sent_at: 0,
+                store_checked: 0,
             })
             .collect();
         let producers = (0..opts.producers).map(|p| Producer { current: None, next_event: 0, usable: Vec::new(), next_actor: (p as u32) << 20 }).collect();
@@ -438,17 +514,21 @@ impl World {
             events: BTreeMap::new(),
             next_id: 0,
             replicas,
-            stream: Stream::default(),
+            stream: Stream { entries: past.clone(), deleted: false },
             lease: Lease { key: None, deleted: false, next_revision: 1, ttl_ms: opts.lease_ttl.as_millis() as u64 },
-            checkpointed: 0,
-            ever: BTreeMap::new(),
+            checkpointed: opts.history,
+            ever: past.iter().map(|e| (e.seq, e.hash)).collect(),
             lost: BTreeMap::new(),
             receipts: BTreeMap::new(),
             asked: BTreeMap::new(),
             producers,
             report: Report::default(),
             last_stream_deletion: None,
+            refill_due: false,
             trace: std::env::var_os("CUSTODY_SIM_TRACE").is_some(),
+            more_faults: ChaCha8Rng::seed_from_u64(seed ^ 0x9E37_79B9_7F4A_7C15),
+            stream_checked: 0,
+            stream_events: BTreeSet::new(),
             opts,
         };
         for r in 0..opts.replicas {
@@ -530,10 +610,7 @@ impl World {
         }
         self.report.faults += 1;
         let r = self.rng.random_range(0..self.replicas.len());
-        // The refill is safe while the writer that saw the stream vanish
-        // lives (it holds every receipted entry): no pause or crash in the
-        // ten seconds after a deletion.
-        let protected = self.last_stream_deletion.is_some_and(|t| self.now < t + 10_000);
+        let protected = self.protected();
         match self.rng.random_range(0..10) {
             0..=3 if !protected && self.replicas[r].paused_until.is_none() => {
                 let until = self.now + self.rng.random_range(500..8_000);
@@ -558,7 +635,10 @@ impl World {
             {
                 self.stream.deleted = true;
                 self.stream.entries.clear();
+                self.stream_checked = 0;
+                self.stream_events.clear();
                 self.last_stream_deletion = Some(self.now);
+                self.refill_due = true;
                 // Entries that no store holds and no receipt names are lost
                 // with the stream: another may take their place.
                 // (An entry acked and on its way to a store is held again
@@ -566,6 +646,52 @@ impl World {
                 let kept = self.replicas.iter().map(Replica::head).chain(self.receipts.values().map(|(seq, _)| *seq)).max().unwrap_or(0);
                 let lost = self.ever.split_off(&(kept + 1));
                 self.lost.extend(lost);
+            }
+            _ => {}
+        }
+        self.inject_more(r);
+    }
+
+    /// The refill is safe while the replica with the longest store answers
+    /// (it holds every receipted entry): no pause, crash or wiped folder in
+    /// the ten seconds after a deletion, nor until a writer has taken over
+    /// the stream again. (Otherwise a shorter store refills it, and the
+    /// receipts past it are lost: a limit RELIABILITY.md states.)
+    fn protected(&self) -> bool {
+        self.last_stream_deletion.is_some_and(|t| self.now < t + 10_000) || self.refill_due
+    }
+
+    /// The faults added later, from their own generator (so that the
+    /// seeds kept for the first ones still find what they found).
+    fn inject_more(&mut self, r: usize) {
+        let protected = self.protected();
+        match self.more_faults.random_range(0..6) {
+            // A host's data folder lost (a disk replaced): the replica comes
+            // back with an empty store (its key and lease name restored, as
+            // README says) and catches up on the whole history.
+            0 if !protected && !matches!(self.replicas[r].life, Life::Down) => {
+                self.crash(r);
+                let rep = &mut self.replicas[r];
+                rep.store.clear();
+                rep.model = Model::default();
+                rep.store_checked = 0;
+                let back = self.more_faults.random_range(200..5_000);
+                self.after(back, Event::Restart { replica: r });
+            }
+            // A clock stepped (a bad time source, a restored VM): a month
+            // either way, or by less than the skew allowed; set right again
+            // within seconds.
+            1 if self.replicas[r].offset_ms == 0 => {
+                let month = 30 * 86_400_000;
+                let skew = self.opts.max_skew.as_millis() as i64;
+                self.replicas[r].offset_ms = match self.more_faults.random_range(0..4) {
+                    0 => month,
+                    1 => -month,
+                    2 => self.more_faults.random_range(skew + 1..4 * skew),
+                    _ => self.more_faults.random_range(-skew / 2..skew / 2),
+                };
+                let fixed = self.more_faults.random_range(1_000..10_000);
+                self.after(fixed, Event::ClockFixed { replica: r });
             }
             _ => {}
         }
@@ -594,6 +720,7 @@ impl World {
         match event {
             Event::Wake { replica } => {
                 self.replicas[replica].paused_until = None;
+                self.replicas[replica].renew_sent_at = self.now;
                 let deferred = std::mem::take(&mut self.replicas[replica].deferred);
                 // What piled up runs in any order, as it would on waking,
                 // except within one queue: the durable stage's, the
@@ -642,6 +769,7 @@ impl World {
                     self.after(1_000, Event::Checkpoint { replica, process });
                 }
             }
+            Event::ClockFixed { replica } => self.replicas[replica].offset_ms = 0,
             Event::Tick { replica, process } => {
                 if self.replicas[replica].process == process {
                     self.tick(replica)?;
@@ -667,7 +795,20 @@ impl World {
                 } else if self.stream.last() + 1 != first {
                     Ack::WrongLast
                 } else {
+                    let skew = self.opts.max_skew.as_millis() as i64;
                     for e in &entries {
+                        if e.recorded_ms > self.now as i64 + skew {
+                            return Err(Violation {
+                                at_ms: self.now,
+                                what: format!(
+                                    "replica {replica} records entry {} at {} s, {} s ahead of the true time (more than the {} s allowed)",
+                                    e.seq,
+                                    e.recorded_ms / 1_000,
+                                    (e.recorded_ms - self.now as i64) / 1_000,
+                                    skew / 1_000
+                                ),
+                            });
+                        }
                         self.ever.entry(e.seq).or_insert(e.hash);
                     }
                     self.stream.entries.extend(entries);
@@ -744,6 +885,9 @@ impl World {
             Event::Renewed { replica, epoch, attempt } => {
                 if self.replicas[replica].epoch == epoch {
                     let result = self.renew(replica);
+                    // A renewal stamped at a time its clock disagrees with:
+                    // it stops writing (`Lease::hold`).
+                    let clock_off = result.is_ok() && !self.clock_agrees(replica, attempt);
                     let now = self.now;
                     let rep = &mut self.replicas[replica];
                     let lost = match &mut rep.life {
@@ -752,7 +896,7 @@ impl World {
                         }
                         _ => false,
                     };
-                    if lost {
+                    if lost || clock_off {
                         self.step_down(replica);
                     }
                 }
@@ -854,15 +998,25 @@ impl World {
 
     /// A writer takes what its subscription holds, when it may.
     fn pump(&mut self, r: usize) -> Result<(), Violation> {
+        let (now, skew) = (self.now, self.opts.max_skew.as_millis() as i64);
+        let judged = !self.opts.no_clock_check && !self.opts.clock_at_lease_only;
         let rep = &mut self.replicas[r];
-        let Life::Writing(w, _) = &mut rep.life else { return Ok(()) };
+        let Life::Writing(w, _) = &rep.life else { return Ok(()) };
         if !w.ready() || rep.mailbox.is_empty() {
+            return Ok(());
+        }
+        // One clock reading for the batch, judged against the servers'
+        // last stamp and the time passed since (as `Writer::run` does).
+        let reading = rep.reading(now);
+        if judged && rep.stamp.and_then(|(stamped, at)| lease::off_at_reading(reading, stamped, (now - at) as i64, skew)).is_some() {
+            self.step_down(r);
             return Ok(());
         }
         let requests: Vec<Request> = rep.mailbox.drain(..).collect();
         let decided_at = rep.model.head;
-        let (entries, answers) = rep.model.admit(requests);
-        let steps = w.admitted(Duration::from_millis(self.now), Batch { decided_at, entries, answers });
+        let (entries, answers) = rep.model.admit(requests, reading);
+        let Life::Writing(w, _) = &mut rep.life else { return Ok(()) };
+        let steps = w.admitted(Duration::from_millis(now), Batch { decided_at, entries, answers });
         self.steps(r, steps)
     }
 
@@ -872,13 +1026,16 @@ impl World {
         match &self.replicas[r].life {
             Life::Down => {}
             Life::Standby => {
-                self.follow(r)?;
+                // A standby follows as fast as a new writer catches up: an
+                // entry a millisecond.
+                self.follow(r, TICK_MS as usize)?;
                 if now < self.replicas[r].giving_way_until {
                     return Ok(());
                 }
                 if let Some(revision) = self.try_acquire(r) {
                     self.report.takeovers += 1;
                     let rep = &mut self.replicas[r];
+                    rep.renew_sent_at = now;
                     rep.life = Life::CatchingUp(Renewal::new(ttl, revision, Duration::from_millis(now)));
                     rep.next_renewal = now + (ttl / 4).as_millis() as u64;
                     // Following a long way takes time: a millisecond an entry.
@@ -887,8 +1044,11 @@ impl World {
                     self.after(5 + gap, Event::CaughtUp { replica: r, epoch });
                 }
             }
+            // As before issue 26: the renewal began only once caught up.
+            Life::CatchingUp(_) if self.opts.renew_after_catch_up => {}
             Life::CatchingUp(_) | Life::Writing(..) => {
                 if now >= self.replicas[r].next_renewal {
+                    self.replicas[r].renew_sent_at = now;
                     // A renewal is a round trip to the bucket, as in
                     // `Lease::hold`: the pipeline goes on meanwhile.
                     self.replicas[r].next_renewal = now + (ttl / 4).as_millis() as u64;
@@ -901,14 +1061,14 @@ impl World {
         Ok(())
     }
 
-    /// A standby follows the stream into its store.
-    fn follow(&mut self, r: usize) -> Result<(), Violation> {
+    /// Follows the stream into the store, at most `most` entries.
+    fn follow(&mut self, r: usize, most: usize) -> Result<(), Violation> {
         if self.stream.deleted {
             return Ok(());
         }
         let rep = &mut self.replicas[r];
         let from = rep.head() as usize;
-        for e in self.stream.entries.iter().skip(from) {
+        for e in self.stream.entries.iter().skip(from).take(most) {
             if e.prev != rep.model.head_hash {
                 return Err(Violation {
                     at_ms: self.now,
@@ -934,10 +1094,34 @@ impl World {
         if held_by.is_some_and(|h| h != r) {
             return None;
         }
+        // Taken only by a replica whose clock agrees with the server's stamp
+        // of the write (`Lease::try_acquire`); it is given up at once if not.
+        if !self.clock_agrees(r, now) {
+            if held_by == Some(r) {
+                self.lease.key = None;
+            }
+            return None;
+        }
         let revision = self.lease.next_revision;
         self.lease.next_revision += 1;
         self.lease.key = Some(LeaseKey { holder: r, revision, written_ms: now });
         Some(revision)
+    }
+
+    /// A lease write sent at `sent` (true time) was stamped now: whether
+    /// replica `r`'s clock agrees ([`lease::off_at_write`]); if so it
+    /// learns the stamp.
+    fn clock_agrees(&mut self, r: usize, sent: u64) -> bool {
+        if self.opts.no_clock_check {
+            return true;
+        }
+        let rep = &mut self.replicas[r];
+        let (before, after) = (rep.reading(sent), rep.reading(self.now));
+        let off = lease::off_at_write(before, self.now as i64, after, self.opts.max_skew.as_millis() as i64);
+        if off.is_none() {
+            rep.stamp = Some((self.now as i64, self.now));
+        }
+        off.is_none()
     }
 
     fn renew(&mut self, r: usize) -> Result<u64, Renew> {
@@ -967,7 +1151,7 @@ impl World {
     /// entries and this store may, then write.
     fn take_over(&mut self, r: usize) -> Result<(), Violation> {
         self.stream.deleted = false;
-        self.follow(r)?;
+        self.follow(r, usize::MAX)?;
         let rep = &self.replicas[r];
         // The other replicas that answer (up, not paused) say how far
         // their stores reach.
@@ -1002,9 +1186,15 @@ impl World {
                 self.stream.entries.extend(refill);
             }
         }
+        self.refill_due = false;
         let rep = &mut self.replicas[r];
         let Life::CatchingUp(renewal) = &rep.life else { return Ok(()) };
-        let renewal = renewal.clone();
+        let renewal = if self.opts.renew_after_catch_up {
+            // The renewal began afresh once caught up, whatever had lapsed.
+            Renewal::new(self.opts.lease_ttl, renewal.revision(), Duration::from_millis(self.now))
+        } else {
+            renewal.clone()
+        };
         let head = rep.head();
         rep.life = Life::Writing(Box::new(writer::Writer::new(head).with_flaws(self.opts.flaws)), renewal);
         self.pump(r)
@@ -1098,23 +1288,26 @@ impl World {
         Ok(())
     }
 
-    /// The invariants, after every step.
-    fn check(&self) -> Result<(), Violation> {
+    /// The invariants, after every step. What was checked of the stream
+    /// and the stores stays checked (both only grow, unless the stream is
+    /// deleted or a folder wiped, which start their check over), so a step
+    /// costs what it added.
+    fn check(&mut self) -> Result<(), Violation> {
         let at_ms = self.now;
         let broke = |what: String| Err(Violation { at_ms, what });
         // No two entries at one seq, ever; the stream one chain.
-        let mut seen_events = BTreeSet::new();
-        for (i, e) in self.stream.entries.iter().enumerate() {
+        for (i, e) in self.stream.entries.iter().enumerate().skip(self.stream_checked) {
             if e.seq != i as u64 + 1 {
                 return broke(format!("the stream holds entry {} at place {}", e.seq, i + 1));
             }
             if self.ever.get(&e.seq) != Some(&e.hash) {
                 return broke(format!("two entries at seq {}: the stream now holds another", e.seq));
             }
-            if !seen_events.insert(e.event) {
+            if !self.stream_events.insert(e.event) {
                 return broke(format!("event {:#x} on the stream twice (again at seq {})", e.event, e.seq));
             }
         }
+        self.stream_checked = self.stream.entries.len();
         // Every receipted entry on the stream at its seq, with its hash
         // (while the stream is there and long enough).
         for (event, (seq, hash)) in &self.receipts {
@@ -1128,11 +1321,26 @@ impl World {
             }
         }
         // Every store a prefix of the history.
-        for (r, rep) in self.replicas.iter().enumerate() {
-            for e in &rep.store {
+        for (r, rep) in self.replicas.iter_mut().enumerate() {
+            for e in rep.store.iter().skip(rep.store_checked) {
                 if self.ever.get(&e.seq) != Some(&e.hash) {
                     return broke(format!("replica {r}'s store holds entry {} the stream never held", e.seq));
                 }
+            }
+            rep.store_checked = rep.store.len();
+        }
+        // A holder of the lease renews it from the moment it took it, every
+        // quarter ttl: one that goes longer (awake) lets it lapse under it.
+        let ttl = self.lease.ttl_ms;
+        for (r, rep) in self.replicas.iter().enumerate() {
+            let holds = matches!(rep.life, Life::CatchingUp(_) | Life::Writing(..)) && rep.paused_until.is_none();
+            if holds && self.now > rep.renew_sent_at + ttl / 2 + TICK_MS {
+                let doing = if matches!(rep.life, Life::CatchingUp(_)) { "catching up" } else { "writing" };
+                return broke(format!(
+                    "replica {r} holds the writer lease ({doing}, head {}) and has not renewed it for {} ms (ttl {ttl} ms)",
+                    rep.head(),
+                    self.now - rep.renew_sent_at
+                ));
             }
         }
         Ok(())
