@@ -37,8 +37,11 @@ fn main() {
             "renewal-while-catching-up" => opts.renew_after_catch_up = true,
             "clock-check" => opts.no_clock_check = true,
             "clock-check-per-batch" => opts.clock_at_lease_only = true,
+            "instance-id" => opts.shared_lease_name = true,
+            "key-check" => opts.new_key_on_empty_folder = true,
+            "resend" => opts.no_resend = true,
             other => {
-                eprintln!("soak: no safeguard called {other:?}: barrier, read-back-patience, one-batch-in-flight, bucket-recreate, refill-rule, renewal-while-catching-up, clock-check, clock-check-per-batch");
+                eprintln!("soak: no safeguard called {other:?}: barrier, read-back-patience, one-batch-in-flight, bucket-recreate, refill-rule, renewal-while-catching-up, clock-check, clock-check-per-batch, instance-id, key-check, resend");
                 std::process::exit(2)
             }
         }

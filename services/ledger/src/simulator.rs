@@ -30,8 +30,10 @@
 //! its hash; no event on the stream twice; every store a prefix of the
 //! history; no false refusal; no entry recorded further ahead of the true
 //! time than the skew allowed; no replica holding the writer lease (taking
-//! it over, or writing) without renewing it. At the end, after a calm
-//! period, that every producer's request was answered.
+//! it over, or writing) without renewing it; no replica taking a lease
+//! another live one holds under the same name; no checkpoint signed with a
+//! key other than the ledger's. At the end, after a calm period, that
+//! every producer's request was answered (saying where it was last sent).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
@@ -70,6 +72,14 @@ pub struct Options {
     pub no_clock_check: bool,
     /// Clocks are checked at lease writes only, not each batch's reading.
     pub clock_at_lease_only: bool,
+    /// Replicas 0 and 1 write one name into the lease (one host and path,
+    /// before the instance id).
+    pub shared_lease_name: bool,
+    /// A replica whose folder lost its ledger key makes a new one (before
+    /// it refused to start without it).
+    pub new_key_on_empty_folder: bool,
+    /// Producers do not send a request again when it times out.
+    pub no_resend: bool,
 }
 
 impl Default for Options {
@@ -88,6 +98,9 @@ impl Default for Options {
             renew_after_catch_up: false,
             no_clock_check: false,
             clock_at_lease_only: false,
+            shared_lease_name: false,
+            new_key_on_empty_folder: false,
+            no_resend: false,
         }
     }
 }
@@ -272,7 +285,15 @@ struct Replica {
     renew_sent_at: u64,
     /// How much of its store the invariants have checked.
     store_checked: usize,
+    /// The name it writes into the lease (its instance).
+    name: usize,
+    /// The key it signs checkpoints with: [`LEDGER_KEY`] unless its folder
+    /// made another.
+    key: u64,
 }
+
+/// The ledger's key, which verifiers trust.
+const LEDGER_KEY: u64 = 1;
 
 impl Replica {
     fn head(&self) -> u64 {
@@ -314,6 +335,8 @@ impl Stream {
 /// The lease bucket's one key.
 struct LeaseKey {
     holder: usize,
+    /// The name written (the holder's, or one it shares).
+    name: usize,
     revision: u64,
     written_ms: u64,
 }
@@ -461,6 +484,9 @@ pub struct World {
     lost: BTreeMap<u64, Hash>,
     /// Every receipt a producer read: event → (seq, hash).
     receipts: BTreeMap<u64, (u64, Hash)>,
+    /// Where each event was last sent: the replica, and whether it was
+    /// paused then.
+    sent_to: BTreeMap<u64, (usize, bool)>,
     /// What each event asked, and when it was first sent.
     asked: BTreeMap<u64, (Op, u64)>,
     producers: Vec<Producer>,
@@ -501,6 +527,8 @@ impl World {
                 durable_at: 0,
                 publish_at: 0,
                 offset_ms: 0,
+                name: 0,
+                key: LEDGER_KEY,
                 stamp: None,
                 renew_sent_at: 0,
                 store_checked: 0,
@@ -521,6 +549,7 @@ impl World {
             lost: BTreeMap::new(),
             receipts: BTreeMap::new(),
             asked: BTreeMap::new(),
+            sent_to: BTreeMap::new(),
             producers,
             report: Report::default(),
             last_stream_deletion: None,
@@ -532,6 +561,7 @@ impl World {
             opts,
         };
         for r in 0..opts.replicas {
+            w.replicas[r].name = if opts.shared_lease_name && r == 1 { 0 } else { r };
             let at = w.rng.random_range(0..TICK_MS);
             w.at(at, Event::Tick { replica: r, process: 0 });
             w.at(at + 1_000, Event::Checkpoint { replica: r, process: 0 });
@@ -675,6 +705,9 @@ impl World {
                 rep.store.clear();
                 rep.model = Model::default();
                 rep.store_checked = 0;
+                if self.opts.new_key_on_empty_folder {
+                    rep.key = LEDGER_KEY + 1 + self.report.faults;
+                }
                 let back = self.more_faults.random_range(200..5_000);
                 self.after(back, Event::Restart { replica: r });
             }
@@ -780,8 +813,14 @@ impl World {
                 if self.replicas[replica].process == process {
                     if self.replicas[replica].writing() {
                         // A checkpoint covers what is in the writer's store
-                        // and on the stream.
+                        // and on the stream, signed with the replica's key.
                         let head = self.replicas[replica].head().min(self.stream.last());
+                        if self.replicas[replica].key != LEDGER_KEY {
+                            return Err(Violation {
+                                at_ms: self.now,
+                                what: format!("replica {replica} signs the checkpoint at {head} with a key of its own, which no verifier trusts"),
+                            });
+                        }
                         self.checkpointed = self.checkpointed.max(head);
                     }
                     self.after(1_000, Event::Checkpoint { replica, process });
@@ -915,7 +954,7 @@ impl World {
             Event::Answer { producer, event, outcome, decided_at } => self.answered(producer, event, outcome, decided_at)?,
             Event::ProducerActs { producer } => self.produce(producer),
             Event::ProducerTimeout { producer, event } => {
-                if let Some((current, op, _)) = self.producers[producer].current {
+                if let Some((current, op, _)) = self.producers[producer].current.filter(|_| !self.opts.no_resend) {
                     if current == event {
                         self.send(producer, event, op);
                     }
@@ -1032,7 +1071,7 @@ impl World {
                 if now < self.replicas[r].giving_way_until {
                     return Ok(());
                 }
-                if let Some(revision) = self.try_acquire(r) {
+                if let Some(revision) = self.try_acquire(r)? {
                     self.report.takeovers += 1;
                     let rep = &mut self.replicas[r];
                     rep.renew_sent_at = now;
@@ -1081,31 +1120,43 @@ impl World {
         Ok(())
     }
 
-    fn try_acquire(&mut self, r: usize) -> Option<u64> {
+    /// Takes the lease if it is free or names this replica (as
+    /// `Lease::try_acquire`: a replica restarted within the ttl takes its
+    /// own lease back); its revision.
+    fn try_acquire(&mut self, r: usize) -> Result<Option<u64>, Violation> {
         if self.lease.deleted {
             if self.opts.no_bucket_recreate {
-                return None;
+                return Ok(None);
             }
             // The bucket is made again (as `Lease::try_acquire` does).
             self.lease.deleted = false;
         }
         let now = self.now;
-        let held_by = self.lease.live(now).map(|k| k.holder);
-        if held_by.is_some_and(|h| h != r) {
-            return None;
+        let held = self.lease.live(now).map(|k| (k.holder, k.name));
+        if held.is_some_and(|(_, name)| name != self.replicas[r].name) {
+            return Ok(None);
+        }
+        // The name is this replica's: no other live holder may be behind it.
+        if let Some((o, _)) = held.filter(|&(o, _)| o != r) {
+            if matches!(self.replicas[o].life, Life::CatchingUp(_) | Life::Writing(..)) {
+                return Err(Violation {
+                    at_ms: now,
+                    what: format!("replica {r} takes the writer lease that replica {o} holds under the same name: two writers"),
+                });
+            }
         }
         // Taken only by a replica whose clock agrees with the server's stamp
         // of the write (`Lease::try_acquire`); it is given up at once if not.
         if !self.clock_agrees(r, now) {
-            if held_by == Some(r) {
+            if held.is_some() {
                 self.lease.key = None;
             }
-            return None;
+            return Ok(None);
         }
         let revision = self.lease.next_revision;
         self.lease.next_revision += 1;
-        self.lease.key = Some(LeaseKey { holder: r, revision, written_ms: now });
-        Some(revision)
+        self.lease.key = Some(LeaseKey { holder: r, name: self.replicas[r].name, revision, written_ms: now });
+        Ok(Some(revision))
     }
 
     /// A lease write sent at `sent` (true time) was stamped now: whether
@@ -1140,7 +1191,7 @@ impl World {
             Some(k) if k.revision == expected => {
                 let revision = self.lease.next_revision;
                 self.lease.next_revision += 1;
-                self.lease.key = Some(LeaseKey { holder: r, revision, written_ms: now });
+                self.lease.key = Some(LeaseKey { holder: r, name: self.replicas[r].name, revision, written_ms: now });
                 Ok(revision)
             }
             _ => Err(Renew::Taken),
@@ -1233,8 +1284,10 @@ impl World {
     /// (paused ones too) gets it; none, and it is lost.
     fn send(&mut self, p: usize, event: u64, op: Op) {
         let writers: Vec<usize> = (0..self.replicas.len()).filter(|&r| self.replicas[r].writing()).collect();
+        self.sent_to.remove(&event);
         if !writers.is_empty() {
             let r = writers[self.rng.random_range(0..writers.len())];
+            self.sent_to.insert(event, (r, self.replicas[r].paused_until.is_some()));
             let epoch = self.replicas[r].epoch;
             let d = self.delay();
             let request = Request { producer: p, event, op };
@@ -1357,7 +1410,12 @@ impl World {
         }
         for (p, producer) in self.producers.iter().enumerate() {
             if let Some((event, op, sent)) = producer.current {
-                return Err(Violation { at_ms, what: format!("producer {p}'s event {event:#x} ({op:?}), sent at {sent} ms, never answered") });
+                let went = match self.sent_to.get(&event) {
+                    Some((r, true)) => format!("; last sent to replica {r}, paused then, which never took it"),
+                    Some((r, false)) => format!("; last sent to replica {r}"),
+                    None => "; no writer took requests when it was last sent".into(),
+                };
+                return Err(Violation { at_ms, what: format!("producer {p}'s event {event:#x} ({op:?}), sent at {sent} ms, never answered{went}") });
             }
         }
         self.report.head = self.stream.last();

@@ -113,3 +113,30 @@ fn with_the_clock_checked_only_at_lease_writes_a_clock_stepped_between_renewals_
     let without = Options { clock_at_lease_only: true, ..Options::default() };
     found_again(85, without, Options::default(), "ahead of the true time");
 }
+
+/// Issue 26: two replicas on one host and path wrote one name into the
+/// lease, and both held it; the lease names each data folder's random
+/// instance id now.
+#[test]
+fn without_an_instance_id_two_replicas_hold_the_lease_under_one_name() {
+    let without = Options { shared_lease_name: true, ..Options::default() };
+    found_again(0, without, Options::default(), "under the same name: two writers");
+}
+
+/// Issue 26: a replica restarted on a wiped folder made a new ledger key
+/// and signed checkpoints no verifier trusts; it refuses to start without
+/// the ledger's key now (the operator restores it, as README says).
+#[test]
+fn without_the_key_check_a_wiped_replica_signs_with_a_key_of_its_own() {
+    let without = Options { new_key_on_empty_folder: true, ..Options::default() };
+    found_again(14, without, Options::default(), "with a key of its own");
+}
+
+/// Issue 26: a paused writer's queue subscription took requests it never
+/// answered once another replica wrote. The producer's resend of the same
+/// bytes on a timeout is what answers them (README, "Submitting").
+#[test]
+fn without_resending_a_request_a_paused_writer_took_is_never_answered() {
+    let without = Options { no_resend: true, ..Options::default() };
+    found_again(14, without, Options::default(), "paused then, which never took it");
+}
