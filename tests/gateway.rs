@@ -65,6 +65,7 @@ async fn http_api_answers_the_worked_example_and_refuses_clearly() {
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.1.0");
     for path in [
+        "/v1/search",
         "/v1/lots/{lot}/origin",
         "/v1/lots/{lot}/admissibility",
         "/v1/lots/{lot}/genealogy",
@@ -77,7 +78,29 @@ async fn http_api_answers_the_worked_example_and_refuses_clearly() {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
 
+    // Found by the number on its papers, in any case: the KP certificate
+    // names L4, which was cut into S1, S2 and S3; a lot id goes straight
+    // to its lot.
+    let (status, _, found) = get("/v1/search?q=%20ae-2024-0042%20".into()).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["query"], "ae-2024-0042");
+    let lots: Vec<(&str, &str)> = found["found"].as_array().unwrap().iter().map(|f| (f["lot"].as_str().unwrap(), f["matched"].as_str().unwrap())).collect();
+    assert_eq!(lots, [("L4", "KP certificate (export)")], "{found}");
+    assert_eq!(found["found"][0]["consumed"], true);
+    assert_eq!(found["found"][0]["made_into"], serde_json::json!(["S1", "S2", "S3"]), "{found}");
+    assert!(!found.to_string().contains("\"U"), "no party's key appears: {found}");
+    let (_, _, found) = get("/v1/search?q=s1".into()).await;
+    assert_eq!(found["found"][0]["lot"], "S1");
+    assert_eq!(found["found"][0]["matched"], "lot id");
+    let (_, _, found) = get("/v1/search?q=RU-2024-0001".into()).await;
+    assert_eq!(found["found"][0]["lot"], "L1", "the Russian rough's own KP certificate: {found}");
+    assert_eq!(found["found"][0]["made_into"], serde_json::json!(["L5", "S1", "S2", "S3"]), "merged into L3, then split and cut: {found}");
+    let (status, _, found) = get("/v1/search?q=XX-0000".into()).await;
+    assert_eq!((status, found["found"].as_array().map(Vec::len)), (200, Some(0)), "nothing found is an answer, not an error");
+
     let errors = [
+        ("/v1/search", 400, "missing_parameter"),
+        ("/v1/search?q=%20", 400, "invalid_parameter"),
         ("/v1/lots/NOPE/origin", 404, "unknown_lot"),
         ("/v1/lots/S1/admissibility?rules=us-2024", 400, "missing_parameter"),
         ("/v1/lots/S1/admissibility?rules=us-2024&date=2024-13-45", 400, "invalid_date"),

@@ -90,6 +90,30 @@ async fn the_page_shows_s1_of_the_worked_example() {
     assert!(size > 20_000, "a screenshot was taken ({size} bytes): {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// An officer holding only the number on a paper finds the stone: the KP
+/// certificate, typed in lower case, lists the rough it names and the
+/// stones cut from it, each a link; a lot id typed goes straight to the
+/// lot; a number nobody recorded says so plainly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_officer_finds_a_stone_by_the_number_on_its_papers() {
+    let mut sys = worked_example().await;
+    let base = sys.start_gateway();
+    let dom = |query: &str| {
+        let (profile, url) = (sys.dir.path().join("chromium"), format!("{base}/?{query}"));
+        tokio::task::spawn_blocking(move || String::from_utf8_lossy(&browse(&profile, &["--dump-dom"], &url).stdout).into_owned())
+    };
+    let found = dom("q=ae-2024-0042&date=2024-11-15").await.unwrap();
+    assert!(found.contains(r#"id="found" data-count="1""#), "one lot found: {}", &found[..found.len().min(3000)]);
+    assert!(found.contains(r#"data-found="L4""#) && found.contains("KP certificate (export)"), "{found}");
+    for stone in ["S1", "S2", "S3"] {
+        assert!(found.contains(&format!(r#"href="?lot={stone}&amp;date=2024-11-15" data-lot="{stone}""#)), "a link to {stone}: {found}");
+    }
+    let direct = dom("q=s1&date=2024-11-15").await.unwrap();
+    assert!(direct.contains(r#"id="shares""#) && direct.contains("<title>custody: S1</title>"), "a lot id goes straight to the lot");
+    let none = dom("q=XX-2024-0000&date=2024-11-15").await.unwrap();
+    assert!(none.contains(r#"id="found" data-count="0""#) && none.contains("Check the number on the paper"), "{none}");
+}
+
 /// A lot's page shows how each step is vouched for; the certificate it
 /// links to, handed back to the page, checks out; a tampered one does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

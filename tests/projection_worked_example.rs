@@ -77,6 +77,14 @@ async fn the_cli_answers_too_and_errors_are_clear() {
         assert!(descendants.contains(&lot), "{descendants:?}");
     }
 
+    // Found by the number on its papers, in any case, on the command line.
+    let out = sys.custody(&["find", "ae-2024-0042"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = stdout(&out);
+    assert!(said.starts_with("L4") && said.contains("KP certificate (export)") && said.contains("since made into S1, S2, S3"), "{said}");
+    let out = sys.custody(&["find", "XX-0000"], None);
+    assert!(out.status.success() && stdout(&out).starts_with("nothing found for \"XX-0000\""), "{}", stdout(&out));
+
     // A regulator's own rule file, by path.
     let file = sys.dir.path().join("strict.toml");
     std::fs::write(&file, "name = \"strict\"\n[[rule]]\nid = \"no-bw\"\nbanned = [\"BW\"]\nbasis = \"mine_origin\"\nfrom = \"2020-01-01\"\n").unwrap();
@@ -92,6 +100,7 @@ async fn the_cli_answers_too_and_errors_are_clear() {
         (json!({"lot": "S1", "rules": "uk-2099", "date": "2024-11-15"}), custody_wire::subjects::QUERY_ADMISSIBILITY, "unknown_rules"),
         (json!({"lot": "S1", "rules": "name = \"x\"\n[[rule]]\nid = 1", "date": "2024-11-15"}), custody_wire::subjects::QUERY_ADMISSIBILITY, "invalid_rules"),
         (json!("not an object"), custody_wire::subjects::QUERY_ORIGIN, "bad_request"),
+        (json!({"q": "x".repeat(129)}), custody_wire::subjects::QUERY_SEARCH, "invalid_parameter"),
     ];
     for (body, subject, code) in cases {
         let v = sys.query(subject, body.clone()).await.expect("answered");

@@ -63,6 +63,9 @@ enum Command {
     Admissible(query::AdmissibleArgs),
     /// A lot's ancestors and descendants, with carats and events.
     Genealogy(query::GenealogyArgs),
+    /// Find lots by a lot id or the number on a paper: a KP certificate or
+    /// export declaration, an invoice, a lab report, a verification.
+    Find(query::FindArgs),
     /// Serve DOMAIN.md's HTTP surface (regulators, browsers).
     Gateway(gateway::Args),
     /// Submit a seeded simulated supply chain (KP 2022 production mix).
@@ -118,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Origin(a) => query::origin(&cli.nats, a).await,
         Command::Admissible(a) => query::admissible(&cli.nats, a).await,
         Command::Genealogy(a) => query::genealogy(&cli.nats, a).await,
+        Command::Find(a) => query::find(&cli.nats, a).await,
         Command::Gateway(a) => gateway::run(&cli.nats, a).await,
         Command::Simulate(a) => simulate::run(&cli.nats, a).await,
         Command::Up(a) => up::run(a).await,

@@ -37,6 +37,16 @@ pub struct GenealogyArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+pub struct FindArgs {
+    /// A lot id, or the number on a paper (any case): a KP certificate or
+    /// export declaration, an invoice, a lab report, a verification.
+    query: String,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Sends a query to the projection: its answer, or its error answer.
 pub async fn ask(nats: &str, subject: &str, body: Value) -> anyhow::Result<Result<Value, Value>> {
     ask_of("projection", nats, subject, body).await
@@ -115,6 +125,37 @@ pub async fn origin(nats: &str, a: OriginArgs) -> anyhow::Result<ExitCode> {
             out.push_str(&format!("\n  warning: {}", w.as_str().unwrap_or("")));
         }
         out
+    }))
+}
+
+/// One line per lot found: what it matched, and what it became since.
+pub async fn find(nats: &str, a: FindArgs) -> anyhow::Result<ExitCode> {
+    let answer = ask(nats, subjects::QUERY_SEARCH, json!({"q": a.query})).await?;
+    Ok(finish(answer, a.json, |v| {
+        let found = v["found"].as_array().cloned().unwrap_or_default();
+        if found.is_empty() {
+            return format!("nothing found for {:?} (as of seq {})", v["query"].as_str().unwrap_or(""), v["as_of_seq"]);
+        }
+        let mut out = String::new();
+        for f in &found {
+            let lot = f["lot"].as_str().unwrap_or("");
+            out.push_str(&format!(
+                "{lot:<12} {} ct {:<8} {} (seq {})",
+                f["carats"].as_str().unwrap_or(""),
+                f["state"].as_str().unwrap_or(""),
+                f["matched"].as_str().unwrap_or(""),
+                f["seq"]
+            ));
+            let into: Vec<&str> = f["made_into"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            if !into.is_empty() {
+                out.push_str(&format!("; since made into {}", into.join(", ")));
+            }
+            out.push('\n');
+        }
+        if v["truncated"] == true {
+            out.push_str("(more lots match than shown)\n");
+        }
+        out.trim_end().to_owned()
     }))
 }
 

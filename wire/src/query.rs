@@ -180,6 +180,13 @@ impl ErrorAnswer {
     }
 }
 
+/// `custody.query.search`: a lot id, or a number on a paper (an export's
+/// certificate, a document's reference, a verification number).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchQuery {
+    pub q: String,
+}
+
 /// `custody.query.origin` and `custody.query.genealogy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LotQuery {

@@ -79,6 +79,9 @@ pub const QUERY_CERTIFICATE: &str = "custody.query.certificate";
 /// [`crate::query::VerifyCertificateQuery`] → a verification report,
 /// computed from the certificate alone (never from the projection's state).
 pub const QUERY_VERIFY_CERTIFICATE: &str = "custody.query.verify_certificate";
+/// [`crate::query::SearchQuery`] → the lots a lot id or a number on a
+/// paper names, and what each was cut or split into since.
+pub const QUERY_SEARCH: &str = "custody.query.search";
 pub const PROJECTION_GROUP: &str = "custody-projection";
 
 pub fn submit(actor: &str) -> String {

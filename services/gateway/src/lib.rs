@@ -94,6 +94,7 @@ pub fn router(nats: async_nats::Client, per_client: usize) -> Router {
         per_client,
     };
     Router::new()
+        .route("/v1/search", get(search))
         .route("/v1/lots/{lot}/origin", get(origin))
         .route("/v1/lots/{lot}/admissibility", get(admissibility))
         .route("/v1/lots/{lot}/genealogy", get(genealogy))
@@ -334,6 +335,15 @@ async fn origin(State(app): State<App>, lot: Result<Path<String>, PathRejection>
         Err(r) => return r,
     };
     app.query(subjects::QUERY_ORIGIN, json!({"lot": lot})).await
+}
+
+/// `?q=`: a lot id, or the number on a paper (a KP certificate, an export
+/// declaration, an invoice, a lab report, a verification).
+async fn search(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(q) = q.get("q") else {
+        return error(AnswerCode::MissingParameter, "search needs ?q= with a lot id or the number on a paper (KP certificate, invoice, lab report, ...)");
+    };
+    app.query(subjects::QUERY_SEARCH, json!({"q": q})).await
 }
 
 async fn admissibility(State(app): State<App>, lot: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>) -> Response {

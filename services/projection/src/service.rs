@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use custody_wire::follow::{FollowError, Reader};
 use custody_wire::health::Health;
-use custody_wire::query::{ActorQuery, AdmissibilityQuery, AnswerCode, CertificateQuery, LotQuery, VerifyCertificateQuery};
+use custody_wire::query::{ActorQuery, AdmissibilityQuery, AnswerCode, CertificateQuery, LotQuery, SearchQuery, VerifyCertificateQuery};
 use custody_wire::subjects;
 use futures::{FutureExt as _, StreamExt};
 use serde_json::{json, Value};
@@ -386,7 +386,8 @@ fn query<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Value> {
 /// projection catches up, that is below the ledger's head.
 pub fn answer(state: &State, subject: &str, body: &[u8]) -> Value {
     let mut answer = answer_or_error(state, subject, body).unwrap_or_else(|e| e);
-    let about_state = matches!(subject, subjects::QUERY_ORIGIN | subjects::QUERY_GENEALOGY | subjects::QUERY_ADMISSIBILITY | subjects::QUERY_ACTOR);
+    let about_state =
+        matches!(subject, subjects::QUERY_ORIGIN | subjects::QUERY_GENEALOGY | subjects::QUERY_ADMISSIBILITY | subjects::QUERY_ACTOR | subjects::QUERY_SEARCH);
     if let (true, Some(fields)) = (about_state, answer.as_object_mut()) {
         if !fields.contains_key("code") {
             fields.insert("as_of_seq".into(), json!(state.checkpoint.map_or(0, |c| c.0)));
@@ -408,6 +409,10 @@ fn answer_or_error(state: &State, subject: &str, body: &[u8]) -> Result<Value, V
             };
         }
         subjects::QUERY_CERTIFICATE => return certificate(state, query(body)?),
+        subjects::QUERY_SEARCH => {
+            let SearchQuery { q } = query(body)?;
+            return search(state, &q);
+        }
         subjects::QUERY_VERIFY_CERTIFICATE => {
             let VerifyCertificateQuery { certificate, key, rules } = query(body)?;
             return Ok(json!(crate::certificate::verify(&certificate, &key, &rules)));
@@ -426,6 +431,81 @@ fn answer_or_error(state: &State, subject: &str, body: &[u8]) -> Result<Value, V
     let date = parse_date(date)?;
     let set = rule_set(&rules)?;
     Ok(view::admissibility(&state.answerable(lot), &set, date))
+}
+
+/// Longest search text, in characters.
+const MAX_SEARCH: usize = 128;
+/// Most lots one search answers with.
+const MAX_FOUND: usize = 50;
+/// Most lots named as what a found lot became.
+const MAX_MADE_INTO: usize = 20;
+
+/// The lots `q` names: a lot id (as typed, or in upper or lower case), or
+/// a number on a paper, however cased ([`view::fold`]), each with what it
+/// matched, the entry that named it, and what the lot was cut, split or
+/// merged into since (the stone an officer holds may come from the rough
+/// its papers name). Nothing a lot's public answers do not show already:
+/// no holder, no party, no value.
+fn search(state: &State, q: &str) -> Result<Value, Value> {
+    let q = q.trim();
+    if q.is_empty() || q.chars().count() > MAX_SEARCH {
+        return Err(error(AnswerCode::InvalidParameter, format!("search for a lot id or a number on a paper: 1 to {MAX_SEARCH} characters")));
+    }
+    let mut found: Vec<(String, String, u64)> = Vec::new();
+    for id in [q.to_owned(), q.to_uppercase(), q.to_lowercase()] {
+        if let Some(lot) = state.lots.get(&id) {
+            if !found.iter().any(|(l, ..)| *l == id) {
+                found.push((id, "lot id".into(), lot.created.seq));
+            }
+        }
+    }
+    let named = state.references.get(&view::fold(q)).map(Vec::as_slice).unwrap_or_default();
+    for n in named {
+        // One line per lot and entry: a verification that names its
+        // report by the same number matches as both.
+        match found.iter_mut().find(|(l, _, seq)| *l == n.lot && *seq == n.seq) {
+            Some((_, what, _)) => *what = format!("{what} and {}", n.what),
+            None => found.push((n.lot.clone(), n.what.clone(), n.seq)),
+        }
+    }
+    let truncated = found.len() > MAX_FOUND || named.len() >= view::MAX_NAMED;
+    let found: Vec<Value> = found
+        .into_iter()
+        .take(MAX_FOUND)
+        .filter_map(|(id, what, seq)| {
+            let lot = state.lots.get(&id)?;
+            Some(json!({
+                "lot": id,
+                "matched": what,
+                "seq": seq,
+                "state": lot.state,
+                "carats": lot.carats,
+                "consumed": lot.consumed,
+                "made_into": made_into(state, lot),
+            }))
+        })
+        .collect();
+    Ok(json!({"query": q, "found": found, "truncated": truncated}))
+}
+
+/// The lots `lot` became and that are still lots of their own (not
+/// consumed since), breadth first, at most [`MAX_MADE_INTO`].
+fn made_into(state: &State, lot: &view::Lot) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo: std::collections::VecDeque<&str> = lot.children.iter().map(String::as_str).collect();
+    while let Some(id) = todo.pop_front() {
+        if out.len() >= MAX_MADE_INTO || !seen.insert(id) {
+            continue;
+        }
+        let Some(child) = state.lots.get(id) else { continue };
+        if child.consumed {
+            todo.extend(child.children.iter().map(String::as_str));
+        } else {
+            out.push(id.to_owned());
+        }
+    }
+    out
 }
 
 fn lot_of<'a>(state: &'a State, id: &str) -> Result<&'a view::Lot, Value> {

@@ -26,12 +26,12 @@ use custody_proto::Hash;
 use custody_wire::files::{self, FileError, Mode};
 use serde::{Deserialize, Serialize};
 
-use crate::view::{Actor, Lot, Shipment, State, Yields};
+use crate::view::{Actor, Lot, Named, Shipment, State, Yields};
 
 const FORMAT: &str = "custody projection snapshot";
 /// The layout of the records: a snapshot of another layout is skipped at
 /// load, and the projection rebuilds from seq 1 (it is only a projection).
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
 /// Snapshots kept: the newest and the one before, to fall back to.
 const KEEP: usize = 2;
 
@@ -76,6 +76,7 @@ struct RecordsRef<'a> {
     actors: &'a BTreeMap<String, Actor>,
     shipments: &'a BTreeMap<String, Shipment>,
     yields: &'a BTreeMap<String, Yields>,
+    references: &'a BTreeMap<String, Vec<Named>>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +85,7 @@ struct Records {
     actors: BTreeMap<String, Actor>,
     shipments: BTreeMap<String, Shipment>,
     yields: BTreeMap<String, Yields>,
+    references: BTreeMap<String, Vec<Named>>,
 }
 
 /// A writer that hashes what goes through it.
@@ -167,7 +169,8 @@ impl Store {
             let header = Header { format: FORMAT.to_owned(), version: VERSION, seq, hash: hash.to_hex() };
             serde_json::to_writer(&mut h, &header)?;
             h.write_all(b"\n")?;
-            let records = RecordsRef { lots: &state.lots, actors: &state.actors, shipments: &state.shipments, yields: &state.yields };
+            let records =
+                RecordsRef { lots: &state.lots, actors: &state.actors, shipments: &state.shipments, yields: &state.yields, references: &state.references };
             serde_json::to_writer(&mut h, &records)?;
             h.write_all(b"\n")?;
             let Hashing { inner: w, hasher } = h.into_inner().map_err(|e| e.into_error())?;
@@ -228,6 +231,7 @@ pub fn read(path: &Path) -> Result<State, Damage> {
         yields: records.yields,
         flags: Vec::new(),
         gaps: Vec::new(),
+        references: records.references,
     };
     state.index_flags();
     Ok(state)
@@ -245,6 +249,8 @@ mod tests {
                 format!("U{i}"),
                 Actor { name: format!("actor {i}"), registered: i as u64 + 1, country: None, roles: Vec::new(), revoked: false, revoked_at: 0 },
             );
+            // The numbers on papers are kept too (search needs them).
+            s.references.insert(format!("inv-{i}"), vec![Named { lot: format!("L{i}"), seq: i as u64 + 1, what: "invoice".into() }]);
         }
         s
     }

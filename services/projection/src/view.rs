@@ -265,6 +265,44 @@ pub struct State {
     pub flags: Vec<(u64, String, String)>,
     /// References the applied entries could not resolve (see [`Gap`]).
     pub gaps: Vec<Gap>,
+    /// The numbers on papers, as entries name them (an export's
+    /// certificate, a document's reference, a verification number), folded
+    /// by [`fold`]: the lots each entry named so, for search. Derived from
+    /// the entries, so not in the digest; kept in snapshots.
+    pub references: BTreeMap<String, Vec<Named>>,
+}
+
+/// A lot a number on a paper names: in which entry, and as what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Named {
+    pub lot: String,
+    pub seq: u64,
+    /// What the number is, in words ("KP certificate", "invoice", ...).
+    pub what: String,
+}
+
+/// Most lots one number is kept for (an invoice for a whole parcel names
+/// many): the first ones, which search shows anyway.
+pub const MAX_NAMED: usize = 1_000;
+
+/// How a number is looked up: trimmed and in lower case, so that
+/// "ae-2024-0042 " finds "AE-2024-0042".
+pub fn fold(reference: &str) -> String {
+    reference.trim().to_lowercase()
+}
+
+/// A document's type in words.
+pub fn document_word(kind: custody_proto::event::DocumentType) -> &'static str {
+    use custody_proto::event::DocumentType as D;
+    match kind {
+        D::KpCertificate => "KP certificate",
+        D::Invoice => "invoice",
+        D::TransportDocument => "transport document",
+        D::LabReport => "lab report",
+        D::Scan => "scan",
+        D::Declaration => "declaration",
+        D::VerificationReport => "verification report",
+    }
 }
 
 /// An output of a split or processing: the parent's origin and history,
@@ -347,8 +385,8 @@ impl State {
             })
             .collect();
         self.apply_event(&event, entry.seq, late, &step);
-        for (l, existed) in lots {
-            if let Some(lot) = self.lots.get_mut(&l) {
+        for (l, existed) in &lots {
+            if let Some(lot) = self.lots.get_mut(l) {
                 // A lot made from another starts its own list.
                 if !existed {
                     lot.touched.clear();
@@ -356,7 +394,38 @@ impl State {
                 lot.touched.push(entry.seq);
             }
         }
+        self.name_references(&event, entry.seq, lots.iter().map(|(l, _)| l.as_str()));
         Ok(())
+    }
+
+    /// Records the numbers `event` (entry `seq`) names for the lots it acts
+    /// on: each document's reference, an export's certificate, a
+    /// verification's number.
+    fn name_references<'a>(&mut self, event: &Event, seq: u64, acted_on: impl Iterator<Item = &'a str>) {
+        let acted_on: Vec<&str> = acted_on.filter(|l| self.lots.contains_key(*l)).collect();
+        let mut names: Vec<(&str, &str, String)> = Vec::new();
+        for d in event.evidence.as_ref().map(Evidence::documents).unwrap_or_default() {
+            if let Some(r) = &d.reference {
+                names.extend(acted_on.iter().map(|l| (r.as_str(), *l, document_word(d.kind).to_owned())));
+            }
+        }
+        match &event.body {
+            Body::Exported { certificate, .. } => {
+                for l in &acted_on {
+                    let rough = self.lots.get(*l).is_some_and(|x| x.state == LotState::Rough);
+                    let what = if rough { "KP certificate (export)" } else { "export declaration" };
+                    names.push((certificate.number.as_str(), l, what.to_owned()));
+                }
+            }
+            Body::Verified { verification, .. } => names.extend(acted_on.iter().map(|l| (verification.as_str(), *l, "verification".to_owned()))),
+            _ => {}
+        }
+        for (reference, lot, what) in names {
+            let list = self.references.entry(fold(reference)).or_default();
+            if list.len() < MAX_NAMED && !list.iter().any(|n| n.lot == lot && n.seq == seq && n.what == what) {
+                list.push(Named { lot: lot.to_owned(), seq, what });
+            }
+        }
     }
 
     fn actor_country(&self, key: &ActorKey) -> Option<Country> {
@@ -903,6 +972,33 @@ mod tests {
         let mut loaded = State { flags: Vec::new(), ..f.state.clone() };
         loaded.index_flags();
         assert_eq!(loaded, f.state);
+    }
+
+    /// The numbers on papers name the lots their entries acted on, however
+    /// they are cased when asked: an export's certificate, a document's
+    /// reference, a verification number.
+    #[test]
+    fn numbers_on_papers_name_the_lots_their_entries_acted_on() {
+        let mut f = Feed::new();
+        let (miner, trader, node) = (f.actor("miner", "RU"), f.actor("trader", "AE"), f.actor("verifier", "BE"));
+        f.apply(&miner, "mined", json!({"lot": "R1", "carats": "10.00", "country": "RU"}));
+        let invoice = json!([{"type": "invoice", "sha256": "ab".repeat(32), "reference": "Inv-0077"}]);
+        f.apply(
+            &miner,
+            "exported",
+            json!({"lots": ["R1"], "to": trader.public_key(), "to_country": "AE", "certificate": {"number": "RU-2024-0009", "value_usd": "1000.00"}, "evidence": invoice}),
+        );
+        let export = f.n;
+        f.apply(&trader, "imported", json!({"certificate": "RU-2024-0009"}));
+        f.apply(&node, "verified", json!({"certificate": "RU-2024-0009", "carats": "10.00", "verification": "ADO-1", "finding": "conforms"}));
+        let named = |q: &str| f.state.references.get(&fold(q)).cloned().unwrap_or_default();
+        let what = |q: &str| named(q).iter().map(|n| (n.lot.clone(), n.what.clone())).collect::<Vec<_>>();
+        assert_eq!(what(" ru-2024-0009 "), [("R1".to_owned(), "KP certificate (export)".to_owned())]);
+        assert_eq!(what("INV-0077"), [("R1".to_owned(), "invoice".to_owned())]);
+        assert_eq!(what("ado-1"), [("R1".to_owned(), "verification".to_owned())]);
+        assert_eq!((named("RU-2024-0009")[0].seq, named("inv-0077")[0].seq), (export, export), "both named by the export's entry");
+        assert_eq!(named("ado-1")[0].seq, export + 2, "the verification's own entry");
+        assert!(what("RU-2024-0001").is_empty());
     }
 
     /// What apply makes of each kind, table-driven: (event, lot, field, value).
