@@ -66,6 +66,7 @@ async fn http_api_answers_the_worked_example_and_refuses_clearly() {
     assert_eq!(doc["openapi"], "3.1.0");
     for path in [
         "/v1/search",
+        "/v1/rules",
         "/v1/lots/{lot}/origin",
         "/v1/lots/{lot}/admissibility",
         "/v1/lots/{lot}/genealogy",
@@ -97,6 +98,13 @@ async fn http_api_answers_the_worked_example_and_refuses_clearly() {
     assert_eq!(found["found"][0]["made_into"], serde_json::json!(["L5", "S1", "S2", "S3"]), "merged into L3, then split and cut: {found}");
     let (status, _, found) = get("/v1/search?q=XX-0000".into()).await;
     assert_eq!((status, found["found"].as_array().map(Vec::len)), (200, Some(0)), "nothing found is an answer, not an error");
+
+    // The rule sets shipped, as their files word them (the page's titles).
+    let (status, _, rules) = get("/v1/rules".into()).await;
+    assert_eq!(status, 200);
+    let us = rules["presets"].as_array().unwrap().iter().find(|p| p["name"] == "us-2024").cloned().unwrap_or_default();
+    assert!(us["title"].as_str().unwrap_or("").contains("EO 14114"), "{rules}");
+    assert_eq!(us["rules"].as_array().map(Vec::len), Some(3), "{us}");
 
     let errors = [
         ("/v1/search", 400, "missing_parameter"),

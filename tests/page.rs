@@ -40,6 +40,101 @@ fn browse(profile: &std::path::Path, args: &[&str], url: &str) -> std::process::
     .expect("chromium runs: run deploy/chromium.sh or deploy/test.sh")
 }
 
+/// What the phone check measures, once the page has answered: the
+/// viewport's width, the right edge of the widest box (sections and
+/// paragraphs), and the narrowest reason.
+const PHONE_LAYOUT: &str = r##"(() => {
+  if (!document.getElementById("plain")) return null;
+  const right = [...document.querySelectorAll("#result section, #result p")].map(e => e.getBoundingClientRect().right);
+  const reasons = [...document.querySelectorAll("li[data-finding]")].map(e => e.getBoundingClientRect().width);
+  return JSON.stringify({ width: window.innerWidth, widest: Math.max(...right), narrowest_reason: Math.min(...reasons) });
+})()"##;
+
+/// Opens `url` in headless Chromium emulating a phone 390 CSS pixels wide
+/// (DevTools' device metrics, over `--remote-debugging-pipe`: a headless
+/// window is never narrower than 500 px), waits until `expression`
+/// evaluates to a JSON text, saves a screenshot at `shot`, and returns
+/// what it evaluated to.
+fn on_a_phone(profile: &std::path::Path, url: &str, expression: &str, shot: &std::path::Path) -> serde_json::Value {
+    use std::io::{BufRead as _, Write as _};
+    use std::os::unix::io::FromRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+    let pipe = || {
+        let mut fds = [0; 2];
+        // SAFETY: pipe(2) writes two descriptors into the array we own.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        fds
+    };
+    let (to_chromium, from_chromium) = (pipe(), pipe());
+    let mut cmd = Command::new(chromium());
+    custody::natsd::die_with_parent(&mut cmd);
+    let (their_read, their_write) = (to_chromium[0], from_chromium[1]);
+    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Chromium reads commands on descriptor 3 and writes on 4.
+            let (r, w) = (libc::fcntl(their_read, libc::F_DUPFD, 10), libc::fcntl(their_write, libc::F_DUPFD, 10));
+            if r < 0 || w < 0 || libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--remote-debugging-pipe"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg("about:blank")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chromium runs");
+    // SAFETY: each descriptor is ours alone from here on, and closed once.
+    let (mut commands, answers) = unsafe {
+        libc::close(their_read);
+        libc::close(their_write);
+        (std::fs::File::from_raw_fd(to_chromium[1]), std::io::BufReader::new(std::fs::File::from_raw_fd(from_chromium[0])))
+    };
+    let mut answers = answers.split(0);
+    let mut next = 0;
+    let mut call = |method: &str, params: serde_json::Value, session: Option<&str>| -> serde_json::Value {
+        next += 1;
+        let mut message = serde_json::json!({"id": next, "method": method, "params": params});
+        if let Some(s) = session {
+            message["sessionId"] = s.into();
+        }
+        commands.write_all(format!("{message}\0").as_bytes()).unwrap();
+        loop {
+            let raw = answers.next().expect("chromium answers").unwrap();
+            let answer: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            if answer["id"] == next {
+                assert!(answer.get("error").is_none(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    };
+    let target = call("Target.createTarget", serde_json::json!({"url": "about:blank"}), None)["targetId"].as_str().unwrap().to_owned();
+    let session = call("Target.attachToTarget", serde_json::json!({"targetId": target, "flatten": true}), None)["sessionId"].as_str().unwrap().to_owned();
+    let s = Some(session.as_str());
+    call("Emulation.setDeviceMetricsOverride", serde_json::json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}), s);
+    call("Page.navigate", serde_json::json!({"url": url}), s);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let measured = loop {
+        let v = call("Runtime.evaluate", serde_json::json!({"expression": expression, "returnByValue": true}), s);
+        if let Some(text) = v["result"]["value"].as_str() {
+            break serde_json::from_str(text).unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "the page did not answer within 20 s at 390 px");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let png = call("Page.captureScreenshot", serde_json::json!({"format": "png", "captureBeyondViewport": true}), s);
+    let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, png["data"].as_str().unwrap()).unwrap();
+    std::fs::write(shot, png).unwrap();
+    let _ = call("Browser.close", serde_json::json!({}), None);
+    let _ = child.kill();
+    let _ = child.wait();
+    measured
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_shows_s1_of_the_worked_example() {
     let mut sys = worked_example().await;
@@ -75,19 +170,61 @@ async fn the_page_shows_s1_of_the_worked_example() {
     assert_eq!(verdict("us-2022"), "admissible");
     assert_eq!(verdict("us-2024"), "prohibited");
     assert_eq!(verdict("eu-2024"), "prohibited");
+    // One plain line first, for the market picked (the United States by
+    // default, under its newest rule set), with the reason that decides.
+    let plain = dom.split(r#"<p id="plain""#).nth(1).map(|p| p[..p.find("</p>").unwrap()].to_owned()).expect("a plain verdict line");
+    assert!(plain.contains(r#"data-verdict="prohibited""#) && plain.contains(r#"data-market-rules="us-2024""#), "{plain}");
+    assert!(plain.contains("May S1 enter the United States on 2024-11-15? <strong>No:</strong>"), "{plain}");
+    assert!(plain.contains("RU") && plain.contains("mined wholly or in part in Russia"), "the deciding reason and the rule set's title: {plain}");
+    eprintln!("plain line: {plain}");
+    // Each reason marked: failed, passed.
+    assert!(
+        dom.contains(r#"<li data-finding="prohibited" title="this rule stops it"><span class="mark" aria-label="this rule stops it">✗</span>"#),
+        "a failed reason is marked"
+    );
+    assert!(
+        dom.contains(r#"<li data-finding="admissible" title="this rule does not stop it"><span class="mark" aria-label="this rule does not stop it">✓</span>"#),
+        "a passed reason is marked"
+    );
+    // Countries by name, with their codes.
+    assert!(dom.contains("<strong>Russia (RU)</strong>") && dom.contains("<strong>Botswana (BW)</strong>"), "country names");
     for lot in ["L1", "L2", "L3", "L4", "S1"] {
         assert!(dom.contains(&format!(r#"data-lot="{lot}""#)), "the graph draws {lot}");
     }
     assert!(dom.contains(r#"href="/v1/ledger/entries/16""#), "nodes and steps link to their ledger entries");
+
+    // Another market, picked in the link: the European Union's newest set.
+    let eu = tokio::task::spawn_blocking({
+        let (profile, url) = (profile.clone(), format!("{base}/?lot=S1&date=2024-11-15&market=eu"));
+        move || String::from_utf8_lossy(&browse(&profile, &["--dump-dom"], &url).stdout).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(eu.contains(r#"data-market-rules="eu-2025""#) && eu.contains("May S1 enter the European Union on 2024-11-15?"), "the EU line");
 
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("page.png");
     let _ = std::fs::remove_file(&shot);
     let shot_arg = format!("--screenshot={}", shot.display());
-    let out = tokio::task::spawn_blocking(move || browse(&profile, &[&shot_arg, "--window-size=1400,1100", "--hide-scrollbars"], &url)).await.unwrap();
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || browse(&profile, &[&shot_arg, "--window-size=1400,1100", "--hide-scrollbars"], &url)
+    })
+    .await
+    .unwrap();
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 20_000, "a screenshot was taken ({size} bytes): {}", String::from_utf8_lossy(&out.stderr));
+
+    // On a phone (390 CSS pixels wide, emulated as DevTools does): one
+    // column; nothing but the genealogy drawing, in its own box, is wider
+    // than the screen; a reason is never squeezed to a word a line.
+    let profile = sys.dir.path().join("chromium-phone");
+    let phone = tokio::task::spawn_blocking(move || on_a_phone(&profile, &url, PHONE_LAYOUT, &artifacts.join("page-390.png"))).await.unwrap();
+    eprintln!("at 390 px: {phone}");
+    assert_eq!(phone["width"], 390, "{phone}");
+    assert!(phone["widest"].as_f64().unwrap() <= 391.0, "something is wider than the phone: {phone}");
+    assert!(phone["narrowest_reason"].as_f64().unwrap() >= 250.0, "a reason squeezed narrow: {phone}");
 }
 
 /// An officer holding only the number on a paper finds the stone: the KP

@@ -82,6 +82,9 @@ pub const QUERY_VERIFY_CERTIFICATE: &str = "custody.query.verify_certificate";
 /// [`crate::query::SearchQuery`] → the lots a lot id or a number on a
 /// paper names, and what each was cut or split into since.
 pub const QUERY_SEARCH: &str = "custody.query.search";
+/// `{}` → `{"presets": [{"name", "title", "rules": [{"id", "description", "from"}]}]}`:
+/// the rule sets the projection ships, as their files word them.
+pub const QUERY_RULES: &str = "custody.query.rules";
 pub const PROJECTION_GROUP: &str = "custody-projection";
 
 pub fn submit(actor: &str) -> String {

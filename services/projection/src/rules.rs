@@ -113,6 +113,21 @@ pub struct RuleSet {
 /// Most rules one set may hold: each gives one reason in an answer.
 pub const MAX_RULES: usize = 64;
 
+/// The presets as their files word them: name, title, and each rule's id,
+/// description and first day in force (what a page shows a person).
+pub fn presets() -> serde_json::Value {
+    let sets: Vec<serde_json::Value> = PRESETS
+        .iter()
+        .filter_map(|(_, text)| RuleSet::parse(text).ok())
+        .map(|set| {
+            let rules: Vec<serde_json::Value> =
+                set.rules.iter().map(|r| serde_json::json!({"id": r.id, "description": r.description, "from": r.from.to_string()})).collect();
+            serde_json::json!({"name": set.name, "title": set.title, "rules": rules})
+        })
+        .collect();
+    serde_json::json!({"presets": sets})
+}
+
 impl RuleSet {
     /// A preset by name, or the text of a TOML file.
     pub fn load(name_or_toml: &str) -> Result<RuleSet, RuleError> {
