@@ -47,7 +47,10 @@ const PHONE_LAYOUT: &str = r##"(() => {
   if (!document.getElementById("plain")) return null;
   const right = [...document.querySelectorAll("#result section, #result p")].map(e => e.getBoundingClientRect().right);
   const reasons = [...document.querySelectorAll("li[data-finding]")].map(e => e.getBoundingClientRect().width);
-  return JSON.stringify({ width: window.innerWidth, widest: Math.max(...right), narrowest_reason: Math.min(...reasons) });
+  const box = document.getElementById("graph"), stone = box.querySelector(`[data-lot="${document.getElementById("lot").value}"]`).getBoundingClientRect();
+  const shown = box.getBoundingClientRect();
+  return JSON.stringify({ width: window.innerWidth, widest: Math.max(...right), narrowest_reason: Math.min(...reasons),
+    graph_scrolls: box.scrollWidth > box.clientWidth, stone_off_centre: Math.abs(stone.left + stone.width / 2 - (shown.left + shown.width / 2)) });
 })()"##;
 
 /// Opens `url` in headless Chromium emulating a phone 390 CSS pixels wide
@@ -188,6 +191,10 @@ async fn the_page_shows_s1_of_the_worked_example() {
     );
     // Countries by name, with their codes.
     assert!(dom.contains("<strong>Russia (RU)</strong>") && dom.contains("<strong>Botswana (BW)</strong>"), "country names");
+    // Every term the page uses, explained.
+    for term in ["<dt>Custody model</dt>", "<dt>Late record</dt>", "<dt>Entry, seq</dt>", "<dt>KP origin</dt>", "<dt>Declared, evidenced, verified</dt>"] {
+        assert!(dom.contains(term), "the glossary explains {term}");
+    }
     for lot in ["L1", "L2", "L3", "L4", "S1"] {
         assert!(dom.contains(&format!(r#"data-lot="{lot}""#)), "the graph draws {lot}");
     }
@@ -225,6 +232,9 @@ async fn the_page_shows_s1_of_the_worked_example() {
     assert_eq!(phone["width"], 390, "{phone}");
     assert!(phone["widest"].as_f64().unwrap() <= 391.0, "something is wider than the phone: {phone}");
     assert!(phone["narrowest_reason"].as_f64().unwrap() >= 250.0, "a reason squeezed narrow: {phone}");
+    // The genealogy, wider than the phone, opens centred on the stone.
+    assert_eq!(phone["graph_scrolls"], true, "{phone}");
+    assert!(phone["stone_off_centre"].as_f64().unwrap() < 5.0, "the stone is in the middle of the drawing's box: {phone}");
 }
 
 /// An officer holding only the number on a paper finds the stone: the KP
