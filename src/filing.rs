@@ -97,7 +97,25 @@ pub fn fill(form: &str, cert: &OriginCertificate, id: &str) -> Result<Value, Fil
             let russian = countries.contains(&"RU");
             let unknown = countries.contains(&"unknown") || !traced;
             let warnings: Vec<&str> = o["warnings"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            let certification = if russian {
+            // Partly Russian yet admissible under the determination in force
+            // (a stone below its carat threshold): not covered by it, which
+            // is not the same as certifying it Russia-free.
+            let admitted = verdict.as_ref().is_some_and(|a| a["verdict"] == "admissible");
+            let certification = if russian && admitted {
+                let rules = verdict.as_ref().map_or(Value::Null, |a| a["rules"].clone());
+                let why: Vec<&str> = verdict
+                    .as_ref()
+                    .and_then(|a| a["reasons"].as_array())
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| r["finding"] == "admissible" && r["text"].as_str().is_some_and(|t| t.contains("threshold")))
+                    .filter_map(|r| r["text"].as_str())
+                    .collect();
+                json!({"text": null, "not_covered": format!(
+                    "part of this lot was mined in the Russian Federation, but the determination in force ({}) does not cover it on {}: {}",
+                    rules.as_str().unwrap_or("?"), cert.date, if why.is_empty() { "see the verdict's reasons".to_owned() } else { why.join("; ") }
+                )})
+            } else if russian {
                 json!({"text": null, "cannot_certify": "part of this lot was mined in the Russian Federation"})
             } else if unknown {
                 json!({"text": null, "cannot_certify": "part of this lot has unknown or only claimed origin"})
@@ -170,22 +188,47 @@ fn percent(share: &str) -> String {
     format!("{}.{:02}", tt / 100, tt % 100)
 }
 
-/// The filing's lines as CSV (header first): one line per country.
+/// The filing as CSV (header first): one row per country, each carrying
+/// everything else the JSON says too (the country of origin, the verdict,
+/// the self-certification, the certificate), flattened to dotted columns;
+/// a list that is not the rows is one JSON cell. A field of the lot that a
+/// row also has is `lot_<field>`.
 pub fn csv(filing: &Value) -> String {
-    let lines = filing.get("lines").or_else(|| filing.get("countries_of_mining")).and_then(Value::as_array).cloned().unwrap_or_default();
+    let rows_key = if filing.get("lines").is_some() { "lines" } else { "countries_of_mining" };
+    let lines = filing.get(rows_key).and_then(Value::as_array).cloned().unwrap_or_default();
     let keys: Vec<String> = lines.first().and_then(Value::as_object).map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let mut rest: Vec<(String, Value)> = Vec::new();
+    flatten("", filing, rows_key, &mut rest);
+    let rest: Vec<(String, Value)> = rest.into_iter().map(|(k, v)| (if keys.contains(&k) { format!("lot_{k}") } else { k }, v)).collect();
     let cell = |v: &Value| {
-        let s = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+        let s = v.as_str().map_or_else(|| if v.is_null() { String::new() } else { v.to_string() }, str::to_owned);
         if s.contains([',', '"', '\n']) {
             format!("\"{}\"", s.replace('"', "\"\""))
         } else {
             s
         }
     };
-    let mut out = format!("form,lot,{},certificate\n", keys.join(","));
+    let header: Vec<&str> = keys.iter().map(String::as_str).chain(rest.iter().map(|(k, _)| k.as_str())).collect();
+    let mut out = format!("{}\n", header.join(","));
     for l in &lines {
-        let cells: Vec<String> = keys.iter().map(|k| cell(&l[k])).collect();
-        out.push_str(&format!("{},{},{},{}\n", cell(&filing["form"]), cell(&filing["lot"]), cells.join(","), cell(&filing["certificate"]["id"])));
+        let cells: Vec<String> = keys.iter().map(|k| cell(&l[k])).chain(rest.iter().map(|(_, v)| cell(v))).collect();
+        out.push_str(&format!("{}\n", cells.join(",")));
     }
     out
+}
+
+/// `value`'s fields as dotted columns, leaving out the rows (`skip`).
+fn flatten(prefix: &str, value: &Value, skip: &str, out: &mut Vec<(String, Value)>) {
+    match value.as_object() {
+        Some(fields) => {
+            for (k, v) in fields {
+                if prefix.is_empty() && k == skip {
+                    continue;
+                }
+                let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&name, v, skip, out);
+            }
+        }
+        None => out.push((prefix.to_owned(), value.clone())),
+    }
 }

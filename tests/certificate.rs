@@ -257,14 +257,49 @@ async fn s1s_certificate_verifies_offline_and_recomputes_the_live_verdicts_and_e
     assert_eq!(us["country_of_origin"], "IN");
     assert_eq!(us["self_certification"]["text"], Value::Null, "no one may certify a partly Russian stone: {us}");
     assert_eq!(us["certificate"]["id"], id);
+    assert_eq!(us["verdict"], json!({"rules": "us-2024", "verdict": "prohibited"}), "the rule set in force on the date, not the first found: {us}");
     let o = sys.custody(&["filing", "S1", "--form", "us-country-of-mining", "--certificate", file.to_str().unwrap(), "--key", &key, "--csv"], None);
-    assert_eq!(stdout(&o).lines().count(), 3, "a header and one line per country: {}", stdout(&o));
+    let csv = stdout(&o);
+    assert_eq!(csv.lines().count(), 3, "a header and one line per country: {csv}");
+    // The CSV carries everything the JSON does: origin, verdict, the
+    // self-certification's answer, the certificate.
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    for column in [
+        "country_of_mining",
+        "carats",
+        "share",
+        "form",
+        "lot",
+        "lot_carats",
+        "country_of_origin",
+        "self_certification.cannot_certify",
+        "verdict.rules",
+        "verdict.verdict",
+        "certificate.id",
+    ] {
+        assert!(header.contains(&column), "{column} in {header:?}");
+    }
+    let column = |c: &str| header.iter().position(|h| *h == c).unwrap();
+    let ru: Vec<&str> = csv.lines().map(|l| l.split(',').collect::<Vec<_>>()).find(|r| r[column("country_of_mining")] == "RU").expect("a row for RU");
+    let at = |c: &str| ru[column(c)];
+    assert_eq!((at("country_of_origin"), at("verdict.rules"), at("verdict.verdict"), at("certificate.id")), ("IN", "us-2024", "prohibited", id.as_str()));
     let o = sys.custody(&["filing", "S1", "--form", "eu-due-diligence", "--certificate", file.to_str().unwrap(), "--key", &key, "--json"], None);
     let eu: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(eu["verified_by"][0]["verifier"], "Antwerp Diamond Office", "{eu}");
     // S3 (0.30 ct) is below the statement's 0.50 ct.
     let s3 = certify(&sys, "S3", &sys.dir.path().join("S3.json"));
     assert_eq!(check(&sys, &s3, &key)["valid"], true);
+    // Partly Russian, yet below the US determination's 0.50 ct: not
+    // covered by it, which the filing says, rather than "cannot certify".
+    let o = sys.custody(
+        &["filing", "S3", "--form", "us-country-of-mining", "--certificate", sys.dir.path().join("S3.json").to_str().unwrap(), "--key", &key, "--json"],
+        None,
+    );
+    let us3: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(us3["verdict"]["verdict"], "admissible", "{us3}");
+    let not_covered = us3["self_certification"]["not_covered"].as_str().unwrap_or_default();
+    assert!(not_covered.contains("does not cover it") && not_covered.contains("0.50 ct"), "{us3}");
+    assert!(us3["self_certification"].get("cannot_certify").is_none() && us3["self_certification"]["text"].is_null(), "{us3}");
     let o =
         sys.custody(&["filing", "S3", "--form", "eu-due-diligence", "--certificate", sys.dir.path().join("S3.json").to_str().unwrap(), "--key", &key], None);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("0.50 ct"));
