@@ -303,6 +303,11 @@ async fn origin_and_admissibility_table() {
         ("the same stone under eu-2024: left before the 0.50 ct rule", "G1S", Verdict("eu-2024", "2024-11-15", "admissible")),
         ("1.20 ct that left Russia 2024-02-20: covered by GBSAN0002", "G2S", Verdict("uk-2024", "2024-11-15", "admissible")),
         ("1.20 ct that left Russia on 2024-03-01 itself", "G3S", Verdict("uk-2024", "2024-11-15", "prohibited")),
+        // GBSAN0002 licenses the third-country-processing rules (ch. 4JC)
+        // only: Russian rough itself, whenever it left, stays banned by
+        // ch. 4JB from 2024-01-01.
+        ("Russian rough that left Russia 2024-02-20, under uk-2024", "G2", Verdict("uk-2024", "2024-11-15", "prohibited")),
+        ("the same rough under uk-2024 before its ban", "G2", Verdict("uk-2024", "2023-12-31", "admissible")),
         ("Russian rough under us-2022", "K1", Verdict("us-2022", "2024-11-15", "prohibited")),
         (
             "a Russian trace too small to show is shown as such",
