@@ -209,6 +209,13 @@ pub fn check(dir: &Path, key: Option<&str>) -> anyhow::Result<Checked> {
     Ok(Checked { manifest, checkpoints, dir: dir.to_path_buf() })
 }
 
+impl Checked {
+    /// Its entries in order, each handed to `f` (they passed the audit).
+    pub fn for_each_entry(&self, f: impl FnMut(Entry) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        for_each_entry(&self.dir, f)
+    }
+}
+
 /// Reads the entries file of `dir` in order, handing each entry to `f`.
 fn for_each_entry(dir: &Path, mut f: impl FnMut(Entry) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let file = std::fs::File::open(dir.join(ENTRIES_FILE)).context("the entries file cannot be opened")?;

@@ -66,6 +66,10 @@ enum Command {
     /// Find lots by a lot id or the number on a paper: a KP certificate or
     /// export declaration, an invoice, a lab report, a verification.
     Find(query::FindArgs),
+    /// The public flows (carats, stones and value by country of mining,
+    /// destination and quarter): from a projection, or recomputed offline
+    /// from a backup (`--backup DIR [--as-of SEQ]`).
+    Statistics(query::StatisticsArgs),
     /// Serve DOMAIN.md's HTTP surface (regulators, browsers).
     Gateway(gateway::Args),
     /// Submit a seeded simulated supply chain (KP 2022 production mix).
@@ -122,6 +126,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admissible(a) => query::admissible(&cli.nats, a).await,
         Command::Genealogy(a) => query::genealogy(&cli.nats, a).await,
         Command::Find(a) => query::find(&cli.nats, a).await,
+        Command::Statistics(a) => query::statistics(&cli.nats, a).await,
         Command::Gateway(a) => gateway::run(&cli.nats, a).await,
         Command::Simulate(a) => simulate::run(&cli.nats, a).await,
         Command::Up(a) => up::run(a).await,

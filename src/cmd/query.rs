@@ -47,6 +47,25 @@ pub struct FindArgs {
     json: bool,
 }
 
+#[derive(clap::Args)]
+pub struct StatisticsArgs {
+    /// Recompute from this backup (`custody backup`), audited first,
+    /// instead of asking a projection.
+    #[arg(long, value_name = "DIR")]
+    backup: Option<std::path::PathBuf>,
+    /// With --backup: the ledger key the backup must be signed with
+    /// (without it, the key its manifest names).
+    #[arg(long, requires = "backup")]
+    key: Option<String>,
+    /// With --backup: count the entries up to this seq only (the `as_of`
+    /// of figures published earlier).
+    #[arg(long, value_name = "SEQ", requires = "backup")]
+    as_of: Option<u64>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Sends a query to the projection: its answer, or its error answer.
 pub async fn ask(nats: &str, subject: &str, body: Value) -> anyhow::Result<Result<Value, Value>> {
     ask_of("projection", nats, subject, body).await
@@ -156,6 +175,62 @@ pub async fn find(nats: &str, a: FindArgs) -> anyhow::Result<ExitCode> {
             out.push_str("(more lots match than shown)\n");
         }
         out.trim_end().to_owned()
+    }))
+}
+
+/// The public flows, from a projection or recomputed from a backup.
+pub async fn statistics(nats: &str, a: StatisticsArgs) -> anyhow::Result<ExitCode> {
+    let answer = match &a.backup {
+        None => ask(nats, subjects::QUERY_STATISTICS, json!({})).await?,
+        Some(dir) => {
+            let checked = custody::backup::check(dir, a.key.as_deref())?;
+            let mut state = custody_projection::view::State::default();
+            let until = a.as_of.unwrap_or(u64::MAX);
+            checked.for_each_entry(|e| {
+                if e.seq <= until {
+                    state.apply(&e).map_err(|err| anyhow::anyhow!("entry {}: {err}", e.seq))?;
+                }
+                Ok(())
+            })?;
+            if let Some(seq) = a.as_of {
+                anyhow::ensure!(
+                    state.checkpoint.is_some_and(|c| c.0 == seq),
+                    "the backup holds {} entries, fewer than --as-of {seq}",
+                    state.checkpoint.map_or(0, |c| c.0)
+                );
+            }
+            Ok(state.flows.answer(&state))
+        }
+    };
+    Ok(finish(answer, a.json, |v| {
+        let mut out = format!("as of entry {} (each figure from at least {} actors)", v["as_of"]["seq"], v["minimum_actors"]);
+        for f in v["flows"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "\n  mined in {:<7} to {:<3} {:<7} {:>12} ct {:>6} stones {:>14} USD",
+                f["mined_in"].as_str().unwrap_or(""),
+                f["to"].as_str().unwrap_or(""),
+                f["quarter"].as_str().unwrap_or(""),
+                f["carats"].as_str().unwrap_or(""),
+                f["stones"],
+                f["value_usd"].as_str().unwrap_or("")
+            ));
+        }
+        if v["withheld"] == true {
+            out.push_str("\n  (some flows are too thin to publish, even pooled)");
+        }
+        if let Some(c) = v["in_custody"].as_object() {
+            out.push_str(&format!(
+                "\n  in custody now: {} ct; untraced {}, claimed {}, verified {}",
+                c["carats"].as_str().unwrap_or(""),
+                c["untraced_share"].as_str().unwrap_or(""),
+                c["claimed_share"].as_str().unwrap_or(""),
+                c["verified_share"].as_str().unwrap_or("")
+            ));
+        }
+        if let Some(r) = v["late_record_rate"].as_str() {
+            out.push_str(&format!("\n  late records: {r} of events about lots"));
+        }
+        out
     }))
 }
 

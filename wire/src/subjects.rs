@@ -85,6 +85,9 @@ pub const QUERY_SEARCH: &str = "custody.query.search";
 /// `{}` → `{"presets": [{"name", "title", "rules": [{"id", "description", "from"}]}]}`:
 /// the rule sets the projection ships, as their files word them.
 pub const QUERY_RULES: &str = "custody.query.rules";
+/// `{}` → the public flows (see `custody_projection::statistics`), as of
+/// the projection's checkpoint.
+pub const QUERY_STATISTICS: &str = "custody.query.statistics";
 pub const PROJECTION_GROUP: &str = "custody-projection";
 
 pub fn submit(actor: &str) -> String {

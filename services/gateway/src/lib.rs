@@ -96,6 +96,7 @@ pub fn router(nats: async_nats::Client, per_client: usize) -> Router {
     Router::new()
         .route("/v1/search", get(search))
         .route("/v1/rules", get(|State(app): State<App>| async move { app.query(subjects::QUERY_RULES, json!({})).await }))
+        .route("/v1/statistics", get(|State(app): State<App>| async move { app.query(subjects::QUERY_STATISTICS, json!({})).await }))
         .route("/v1/lots/{lot}/origin", get(origin))
         .route("/v1/lots/{lot}/admissibility", get(admissibility))
         .route("/v1/lots/{lot}/genealogy", get(genealogy))

@@ -15,6 +15,7 @@ pub mod certificate;
 pub mod origin;
 pub mod rules;
 pub mod service;
+pub mod statistics;
 pub mod store;
 pub mod view;
 

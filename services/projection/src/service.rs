@@ -410,6 +410,7 @@ fn answer_or_error(state: &State, subject: &str, body: &[u8]) -> Result<Value, V
         }
         subjects::QUERY_CERTIFICATE => return certificate(state, query(body)?),
         subjects::QUERY_RULES => return Ok(crate::rules::presets()),
+        subjects::QUERY_STATISTICS => return Ok(state.flows.answer(state)),
         subjects::QUERY_SEARCH => {
             let SearchQuery { q } = query(body)?;
             return search(state, &q);

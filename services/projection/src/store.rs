@@ -77,6 +77,7 @@ struct RecordsRef<'a> {
     shipments: &'a BTreeMap<String, Shipment>,
     yields: &'a BTreeMap<String, Yields>,
     references: &'a BTreeMap<String, Vec<Named>>,
+    flows: &'a crate::statistics::Flows,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +87,7 @@ struct Records {
     shipments: BTreeMap<String, Shipment>,
     yields: BTreeMap<String, Yields>,
     references: BTreeMap<String, Vec<Named>>,
+    flows: crate::statistics::Flows,
 }
 
 /// A writer that hashes what goes through it.
@@ -169,8 +171,14 @@ impl Store {
             let header = Header { format: FORMAT.to_owned(), version: VERSION, seq, hash: hash.to_hex() };
             serde_json::to_writer(&mut h, &header)?;
             h.write_all(b"\n")?;
-            let records =
-                RecordsRef { lots: &state.lots, actors: &state.actors, shipments: &state.shipments, yields: &state.yields, references: &state.references };
+            let records = RecordsRef {
+                lots: &state.lots,
+                actors: &state.actors,
+                shipments: &state.shipments,
+                yields: &state.yields,
+                references: &state.references,
+                flows: &state.flows,
+            };
             serde_json::to_writer(&mut h, &records)?;
             h.write_all(b"\n")?;
             let Hashing { inner: w, hasher } = h.into_inner().map_err(|e| e.into_error())?;
@@ -232,6 +240,7 @@ pub fn read(path: &Path) -> Result<State, Damage> {
         flags: Vec::new(),
         gaps: Vec::new(),
         references: records.references,
+        flows: records.flows,
     };
     state.index_flags();
     Ok(state)

@@ -270,6 +270,9 @@ pub struct State {
     /// by [`fold`]: the lots each entry named so, for search. Derived from
     /// the entries, so not in the digest; kept in snapshots.
     pub references: BTreeMap<String, Vec<Named>>,
+    /// The public flows counted so far (see [`crate::statistics`]): derived,
+    /// so not in the digest; kept in snapshots.
+    pub flows: crate::statistics::Flows,
 }
 
 /// A lot a number on a paper names: in which entry, and as what.
@@ -384,6 +387,10 @@ impl State {
                 custody_proto::lotmap::Subject::Actor(_) => None,
             })
             .collect();
+        // The flows count an entry against the state before it.
+        let mut flows = std::mem::take(&mut self.flows);
+        flows.count(self, &event, late);
+        self.flows = flows;
         self.apply_event(&event, entry.seq, late, &step);
         for (l, existed) in &lots {
             if let Some(lot) = self.lots.get_mut(l) {
