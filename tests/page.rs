@@ -261,6 +261,46 @@ async fn an_officer_finds_a_stone_by_the_number_on_its_papers() {
     assert!(none.contains(r#"id="found" data-count="0""#) && none.contains("Check the number on the paper"), "{none}");
 }
 
+/// The public flows page, for anyone: a flow of enough exporters in plain
+/// words (countries by name), the same figure the JSON gives; flows of a
+/// single exporter never shown alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anyone_reads_the_public_flows_page() {
+    let mut sys = worked_example().await;
+    let trader = sys.actor("flows-trader", "trader", "AE").await;
+    for i in 0..3 {
+        let mine = sys.actor(&format!("flows-mine-{i}"), "miner", "BW").await;
+        let mut mined = event(&mine, &format!("fl-m{i}"), "mined", serde_json::json!({"lot": format!("FL{i}"), "carats": "100.00", "country": "BW"}));
+        mined["occurred_at"] = serde_json::json!("2024-07-01T08:00:00Z");
+        sys.accept(&mine, &mined).await;
+        let certificate = serde_json::json!({"number": format!("BW-2024-8{i:03}"), "value_usd": "10000.00"});
+        let mut exported = event(
+            &mine,
+            &format!("fl-x{i}"),
+            "exported",
+            serde_json::json!({"lots": [format!("FL{i}")], "to": trader.public_key(), "to_country": "AE", "certificate": certificate}),
+        );
+        exported["occurred_at"] = serde_json::json!("2024-08-01T08:00:00Z");
+        sys.accept(&mine, &exported).await;
+    }
+    sys.projection_caught_up().await;
+    let base = sys.start_gateway();
+    let stats: serde_json::Value = reqwest::get(format!("{base}/v1/statistics")).await.unwrap().json().await.unwrap();
+    let bw =
+        stats["flows"].as_array().unwrap().iter().find(|f| f["mined_in"] == "BW" && f["to"] == "AE").cloned().expect("the Botswanan flow to the UAE is shown");
+    let csv = reqwest::get(format!("{base}/v1/statistics?format=csv")).await.unwrap().text().await.unwrap();
+    assert!(csv.starts_with("mined_in,to,quarter,carats,stones,value_usd,as_of_seq\n"), "{csv}");
+    assert!(csv.contains(&format!("BW,AE,{},{},", bw["quarter"].as_str().unwrap(), bw["carats"].as_str().unwrap())), "{csv}");
+
+    let (profile, url) = (sys.dir.path().join("chromium"), format!("{base}/statistics"));
+    let dom = tokio::task::spawn_blocking(move || String::from_utf8_lossy(&browse(&profile, &["--dump-dom"], &url).stdout).into_owned()).await.unwrap();
+    let row = dom.split(r#"<tr data-mined-in="BW" data-to="AE">"#).nth(1).map(|r| r[..r.find("</tr>").unwrap()].to_owned()).expect("a row for BW to AE");
+    assert!(row.contains("Botswana (BW)") && row.contains("United Arab Emirates (AE)"), "{row}");
+    assert!(row.contains(&format!(">{}<", bw["carats"].as_str().unwrap())) && row.contains(&format!(">{}<", bw["value_usd"].as_str().unwrap())), "{row}");
+    assert!(!dom.contains(r#"data-mined-in="RU" data-to="AE""#), "one Russian exporter is never shown alone");
+    assert!(dom.contains("every figure from at least 3 exporters"), "the page says how thin a figure may be");
+}
+
 /// A lot's page shows how each step is vouched for; the certificate it
 /// links to, handed back to the page, checks out; a tampered one does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

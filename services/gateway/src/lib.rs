@@ -34,6 +34,8 @@ mod svg;
 pub const OPENAPI: &str = include_str!("openapi.json");
 /// The regulators' page: plain HTML, CSS and script, no CDN.
 const PAGE: &str = include_str!("page.html");
+/// The public flows, for anyone (`/statistics`).
+const STATISTICS_PAGE: &str = include_str!("statistics.html");
 
 /// How long a query may wait for a projection.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,7 +98,8 @@ pub fn router(nats: async_nats::Client, per_client: usize) -> Router {
     Router::new()
         .route("/v1/search", get(search))
         .route("/v1/rules", get(|State(app): State<App>| async move { app.query(subjects::QUERY_RULES, json!({})).await }))
-        .route("/v1/statistics", get(|State(app): State<App>| async move { app.query(subjects::QUERY_STATISTICS, json!({})).await }))
+        .route("/v1/statistics", get(statistics))
+        .route("/statistics", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], STATISTICS_PAGE) }))
         .route("/v1/lots/{lot}/origin", get(origin))
         .route("/v1/lots/{lot}/admissibility", get(admissibility))
         .route("/v1/lots/{lot}/genealogy", get(genealogy))
@@ -346,6 +349,27 @@ async fn search(State(app): State<App>, Query(q): Query<HashMap<String, String>>
         return error(AnswerCode::MissingParameter, "search needs ?q= with a lot id or the number on a paper (KP certificate, invoice, lab report, ...)");
     };
     app.query(subjects::QUERY_SEARCH, json!({"q": q})).await
+}
+
+/// The public flows, as JSON, or as CSV with `?format=csv` (one row per
+/// flow, then the figures about the mass held now, each naming the entry
+/// counted to).
+async fn statistics(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let answer = app.query(subjects::QUERY_STATISTICS, json!({})).await;
+    if q.get("format").map(String::as_str) != Some("csv") || answer.status() != StatusCode::OK {
+        return answer;
+    }
+    let Ok(body) = axum::body::to_bytes(answer.into_body(), 4 << 20).await else {
+        return error(AnswerCode::BadAnswer, "the statistics answer could not be read");
+    };
+    let s: Value = serde_json::from_slice(&body).unwrap_or_default();
+    let seq = s["as_of"]["seq"].as_u64().unwrap_or(0);
+    let mut csv = String::from("mined_in,to,quarter,carats,stones,value_usd,as_of_seq\n");
+    for f in s["flows"].as_array().into_iter().flatten() {
+        let text = |k: &str| f[k].as_str().unwrap_or("").to_owned();
+        csv.push_str(&format!("{},{},{},{},{},{},{seq}\n", text("mined_in"), text("to"), text("quarter"), text("carats"), f["stones"], text("value_usd")));
+    }
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response()
 }
 
 async fn admissibility(State(app): State<App>, lot: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>) -> Response {
