@@ -19,6 +19,58 @@ pub const FORMS: [&str; 3] = ["us-country-of-mining", "eu-due-diligence", "kp-mi
 /// The text an importer certifies on a US entry of non-industrial diamonds.
 pub const US_SELF_CERTIFICATION: &str = "I certify that the non-industrial diamonds in this entry were not mined, extracted, produced, or manufactured wholly or in part in the Russian Federation, notwithstanding whether such diamonds have been substantially transformed into another product outside of the Russian Federation.";
 
+/// What the ledger cannot know and the filer can: who imports, the entry,
+/// who signs (`--profile FILE`, JSON). A field neither the ledger nor the
+/// profile gives is listed as missing, never invented.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// The importer of record (name and, where the form asks, its number).
+    pub importer_of_record: Option<String>,
+    /// The customs entry number.
+    pub entry_number: Option<String>,
+    pub signer: Option<Signer>,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signer {
+    pub name: Option<String>,
+    pub title: Option<String>,
+}
+
+/// The HTS subheading of a lot: unsorted rough (7102.10) until it was
+/// sorted, sorted rough (7102.31: unworked or simply sawn, cleaved or
+/// bruted), polished (7102.39).
+fn hts(origin: &Value) -> &'static str {
+    let sorted = origin["transformations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["kind"] == "processed" && t["note"].as_str().is_some_and(|n| n.contains("sorting")));
+    match (origin["state"].as_str(), sorted) {
+        (Some("polished"), _) => "7102.39",
+        (_, true) => "7102.31",
+        _ => "7102.10",
+    }
+}
+
+/// The documents the lot's path names (by hash, with their references):
+/// what makes each line verifiable beyond the ledger.
+fn documents(origin: &Value) -> Vec<Value> {
+    origin["path"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|step| {
+            step["vouched"]["evidence"].as_array().cloned().unwrap_or_default().into_iter().map(move |mut d| {
+                d["seq"] = step["seq"].clone();
+                d
+            })
+        })
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FilingError {
     #[error("no form {0:?}; forms are us-country-of-mining, eu-due-diligence, kp-mining-countries")]
@@ -83,8 +135,9 @@ fn verdict_for(form: &str, cert: &OriginCertificate) -> Result<Option<Value>, Fi
     verdict.cloned().map(Some).ok_or_else(|| FilingError::NoVerdict { rules: rules.to_owned(), date: cert.date.clone() })
 }
 
-/// Fills `form` from the certificate whose id (blake3 of its file) is `id`.
-pub fn fill(form: &str, cert: &OriginCertificate, id: &str) -> Result<Value, FilingError> {
+/// Fills `form` from the certificate whose id (blake3 of its file) is `id`,
+/// and what only the filer knows from `profile`, signed on `today`.
+pub fn fill(form: &str, cert: &OriginCertificate, id: &str, profile: &Profile, today: &str) -> Result<Value, FilingError> {
     let o = &cert.claims.origin;
     let backed = json!({"id": id, "lot": cert.lot, "date": cert.date, "checkpoint": {"tree_size": cert.checkpoint.tree_size, "root": cert.checkpoint.root}});
     let lines: Vec<Value> =
@@ -124,14 +177,32 @@ pub fn fill(form: &str, cert: &OriginCertificate, id: &str) -> Result<Value, Fil
             } else {
                 json!({"text": US_SELF_CERTIFICATION})
             };
+            let signer = profile.signer.clone().unwrap_or_default();
+            let mut missing: Vec<&str> = Vec::new();
+            for (field, given) in [
+                ("importer_of_record", profile.importer_of_record.is_some()),
+                ("entry_number", profile.entry_number.is_some()),
+                ("signer.name", signer.name.is_some()),
+                ("signer.title", signer.title.is_some()),
+            ] {
+                if !given {
+                    missing.push(field);
+                }
+            }
             Ok(json!({
                 "form": form,
                 "lot": cert.lot,
                 "carats": o["carats"],
+                "hts_subheading": hts(o),
                 "country_of_origin": o["customs_origin"],
                 "lines": lines,
                 "self_certification": certification,
                 "verdict": verdict.map(|a| json!({"rules": a["rules"], "verdict": a["verdict"]})),
+                "importer_of_record": profile.importer_of_record,
+                "entry_number": profile.entry_number,
+                "signer": {"name": signer.name, "title": signer.title, "date": today},
+                "documents": documents(o),
+                "missing": missing,
                 "certificate": backed,
             }))
         }

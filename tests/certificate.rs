@@ -258,12 +258,63 @@ async fn s1s_certificate_verifies_offline_and_recomputes_the_live_verdicts_and_e
     assert_eq!(us["self_certification"]["text"], Value::Null, "no one may certify a partly Russian stone: {us}");
     assert_eq!(us["certificate"]["id"], id);
     assert_eq!(us["verdict"], json!({"rules": "us-2024", "verdict": "prohibited"}), "the rule set in force on the date, not the first found: {us}");
+    assert_eq!(us["hts_subheading"], "7102.39", "polished: {us}");
+    // What only the filer knows is listed as missing, never invented...
+    assert_eq!(us["missing"], json!(["importer_of_record", "entry_number", "signer.name", "signer.title"]), "{us}");
+    assert!(us["importer_of_record"].is_null() && us["signer"]["name"].is_null(), "{us}");
+    // ...until the filer's profile gives it.
+    let profile = sys.dir.path().join("profile.json");
+    std::fs::write(&profile, r#"{"importer_of_record": "Gem Importers LLC (IOR 12-3456789)", "entry_number": "ABC-1234567-8", "signer": {"name": "Ana Silva", "title": "Compliance officer"}}"#).unwrap();
+    let o = sys.custody(
+        &[
+            "filing",
+            "S1",
+            "--form",
+            "us-country-of-mining",
+            "--certificate",
+            file.to_str().unwrap(),
+            "--key",
+            &key,
+            "--profile",
+            profile.to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    );
+    let filed: Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(filed["missing"], json!([]), "{filed}");
+    assert_eq!((filed["importer_of_record"].as_str(), filed["entry_number"].as_str()), (Some("Gem Importers LLC (IOR 12-3456789)"), Some("ABC-1234567-8")));
+    assert_eq!((filed["signer"]["name"].as_str(), filed["signer"]["title"].as_str()), (Some("Ana Silva"), Some("Compliance officer")));
+    std::fs::write(&profile, r#"{"importer": "a field no form has"}"#).unwrap();
+    let o = sys.custody(
+        &["filing", "S1", "--form", "us-country-of-mining", "--certificate", file.to_str().unwrap(), "--key", &key, "--profile", profile.to_str().unwrap()],
+        None,
+    );
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not a filer's profile"), "a misspelt profile is refused");
     let o = sys.custody(&["filing", "S1", "--form", "us-country-of-mining", "--certificate", file.to_str().unwrap(), "--key", &key, "--csv"], None);
     let csv = stdout(&o);
     assert_eq!(csv.lines().count(), 3, "a header and one line per country: {csv}");
     // The CSV carries everything the JSON does: origin, verdict, the
     // self-certification's answer, the certificate.
-    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    // Cells as RFC 4180 writes them: a cell with a comma or a quote is quoted.
+    let fields = |line: &str| -> Vec<String> {
+        let (mut out, mut cell, mut quoted, mut chars) = (Vec::new(), String::new(), false, line.chars().peekable());
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    cell.push('"');
+                    chars.next();
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => out.push(std::mem::take(&mut cell)),
+                (c, _) => cell.push(c),
+            }
+        }
+        out.push(cell);
+        out
+    };
+    let header_cells = fields(csv.lines().next().unwrap());
+    let header: Vec<&str> = header_cells.iter().map(String::as_str).collect();
     for column in [
         "country_of_mining",
         "carats",
@@ -280,8 +331,8 @@ async fn s1s_certificate_verifies_offline_and_recomputes_the_live_verdicts_and_e
         assert!(header.contains(&column), "{column} in {header:?}");
     }
     let column = |c: &str| header.iter().position(|h| *h == c).unwrap();
-    let ru: Vec<&str> = csv.lines().map(|l| l.split(',').collect::<Vec<_>>()).find(|r| r[column("country_of_mining")] == "RU").expect("a row for RU");
-    let at = |c: &str| ru[column(c)];
+    let ru: Vec<String> = csv.lines().map(fields).find(|r| r[column("country_of_mining")] == "RU").expect("a row for RU");
+    let at = |c: &str| ru[column(c)].as_str();
     assert_eq!((at("country_of_origin"), at("verdict.rules"), at("verdict.verdict"), at("certificate.id")), ("IN", "us-2024", "prohibited", id.as_str()));
     let o = sys.custody(&["filing", "S1", "--form", "eu-due-diligence", "--certificate", file.to_str().unwrap(), "--key", &key, "--json"], None);
     let eu: Value = serde_json::from_str(stdout(&o).trim()).unwrap();

@@ -66,6 +66,11 @@ pub struct FilingArgs {
     /// The date of entry for a certificate made now (default: today).
     #[arg(long)]
     date: Option<String>,
+    /// What only the filer knows, as JSON: {"importer_of_record",
+    /// "entry_number", "signer": {"name", "title"}}; a field it lacks is
+    /// listed as missing in the filing, never invented.
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
     #[arg(long, conflicts_with = "csv")]
     json: bool,
     #[arg(long)]
@@ -242,7 +247,14 @@ pub async fn filing(nats: &str, a: FilingArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(1));
     }
-    let filing: Value = match custody::filing::fill(&a.form, &cert, &certificate_id(&bytes)) {
+    let profile: custody::filing::Profile = match &a.profile {
+        Some(p) => serde_json::from_slice(&std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?).with_context(|| {
+            format!("{}: not a filer's profile {{\"importer_of_record\", \"entry_number\", \"signer\": {{\"name\", \"title\"}}}}", p.display())
+        })?,
+        None => custody::filing::Profile::default(),
+    };
+    let today = chrono::Utc::now().date_naive().to_string();
+    let filing: Value = match custody::filing::fill(&a.form, &cert, &certificate_id(&bytes), &profile, &today) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("custody: {e}");
