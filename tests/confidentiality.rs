@@ -159,3 +159,44 @@ async fn the_gateway_does_not_authorise_from_an_answer_behind_the_ledger() {
     assert_eq!(status, 200, "an answer at the head is believed: {e}");
     answering.abort();
 }
+
+/// `custody http-sign` prints the header a script signs a request with: a
+/// regulator's certificate comes back with it; a trader's signed request
+/// is told it is not a regulator; the header is good for one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_signs_its_request_with_custody_http_sign() {
+    let mut sys = worked_example().await;
+    let regulator = sys.actor("script-customs", "regulator", "US").await;
+    let trader = sys.actor("script-trader", "trader", "AE").await;
+    sys.projection_caught_up().await;
+    let base = sys.start_gateway();
+    let path = "/v1/lots/S1/certificate?rules=us-2024&date=2024-11-15";
+    let key_file = |name: &str, key: &KeyPair| {
+        let file = sys.dir.path().join(format!("{name}.nk"));
+        std::fs::write(&file, key.seed().unwrap()).unwrap();
+        file
+    };
+    let header = |file: &std::path::Path| {
+        let out = sys.custody(&["http-sign", "--key", file.to_str().unwrap(), path], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        stdout(&out).trim().to_owned()
+    };
+    let http = reqwest::Client::new();
+    let get = |auth: String| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            let r = http.get(url).header("authorization", auth).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let signed = header(&key_file("regulator", &regulator));
+    assert!(signed.starts_with(&format!("Custody {}:", regulator.public_key())), "{signed}");
+    let (status, cert) = get(signed.clone()).await;
+    assert_eq!((status, cert["lot"].as_str()), (200, Some("S1")), "{cert}");
+    let (status, again) = get(signed).await;
+    assert_eq!((status, again["code"].as_str()), (401, Some("bad_credentials")), "once only: {again}");
+    let (status, refused) = get(header(&key_file("trader", &trader))).await;
+    assert_eq!((status, refused["code"].as_str()), (403, Some("not_permitted")), "{refused}");
+    let out = sys.custody(&["http-sign", "--key", sys.dir.path().join("regulator.nk").to_str().unwrap(), "http://gateway/v1/x"], None);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("the path starts with /"), "a URL is refused with why");
+}

@@ -232,6 +232,21 @@ async fn the_page_shows_s1_of_the_worked_example() {
     assert_eq!(phone["width"], 390, "{phone}");
     assert!(phone["widest"].as_f64().unwrap() <= 391.0, "something is wider than the phone: {phone}");
     assert!(phone["narrowest_reason"].as_f64().unwrap() >= 250.0, "a reason squeezed narrow: {phone}");
+    // "Download the origin certificate", clicked by someone not signed
+    // in as a regulator: told plainly who may have one, and how.
+    let click = r##"(() => {
+      const a = document.getElementById("certificate");
+      if (!a) return null;
+      if (!window.clicked) { window.clicked = true; a.click(); return null; }
+      const n = document.querySelector("#certificate-note [data-code]");
+      return n ? JSON.stringify({ code: n.dataset.code, text: n.textContent }) : null;
+    })()"##;
+    let (profile, page) = (sys.dir.path().join("chromium-click"), format!("{base}/?lot=S1&date=2024-11-15"));
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/refused.png");
+    let refused = tokio::task::spawn_blocking(move || on_a_phone(&profile, &page, click, &shot)).await.unwrap();
+    assert_eq!(refused["code"], "bad_credentials", "{refused}");
+    assert!(refused["text"].as_str().unwrap_or("").contains("given only to a customs or regulatory authority"), "{refused}");
+
     // The genealogy, wider than the phone, opens centred on the stone.
     assert_eq!(phone["graph_scrolls"], true, "{phone}");
     assert!(phone["stone_off_centre"].as_f64().unwrap() < 5.0, "the stone is in the middle of the drawing's box: {phone}");

@@ -49,6 +49,9 @@ pub struct Cli {
 enum Command {
     /// Write a new actor key (nkey seed) to a file and print its public key.
     Keygen(keygen::Args),
+    /// Print the Authorization header that signs one HTTP request to the
+    /// gateway as an actor (for curl and scripts; valid once, for 30 s).
+    HttpSign(keygen::HttpSignArgs),
     /// Sign NDJSON event payloads (or send ready envelopes) and submit them.
     Submit(submit::Args),
     /// Recompute every hash and signature from seq 1.
@@ -118,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Keygen(a) => keygen::run(a),
+        Command::HttpSign(a) => keygen::http_sign(a),
         Command::Submit(a) => submit::run(&cli.nats, a).await,
         Command::Verify(a) => verify::run(&cli.nats, a).await,
         Command::Ledger(a) => ledger::run(&cli.nats, a).await,
