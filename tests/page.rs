@@ -316,6 +316,45 @@ async fn anyone_reads_the_public_flows_page() {
     assert!(dom.contains("every figure from at least 3 exporters"), "the page says how thin a figure may be");
 }
 
+/// A regulator signs in on the page with its own key (which stays in the
+/// browser: WebCrypto signs the gateway's challenge) and downloads the
+/// certificate; the session cookie is out of the page's scripts' reach; a
+/// trader signed in is told certificates are for regulators.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regulator_signs_in_on_the_page_and_downloads_the_certificate() {
+    let mut sys = worked_example().await;
+    let regulator = sys.actor("page-customs", "regulator", "US").await;
+    let trader = sys.actor("page-trader", "trader", "AE").await;
+    sys.projection_caught_up().await;
+    let base = sys.start_gateway();
+    let session = |seed: String, name: &str| {
+        let script = r##"(() => {
+          const st = document.getElementById("signin-state");
+          if (!document.getElementById("certificate")) return null;
+          if (!window.step) { window.step = 1; document.getElementById("seed").value = "SEED"; document.getElementById("signin-button").click(); return null; }
+          if (window.step === 1) {
+            if (!st.dataset.signedIn) { const e = st.querySelector(".error"); return e ? JSON.stringify({ error: e.textContent }) : null; }
+            window.step = 2; document.getElementById("certificate").click(); return null;
+          }
+          const n = document.querySelector("#certificate-note [data-code]");
+          return n ? JSON.stringify({ signed_in: st.dataset.signedIn, code: n.dataset.code, text: n.textContent, cookie_visible: document.cookie.includes("custody_session") }) : null;
+        })()"##
+            .replace("SEED", &seed);
+        let (profile, page) = (sys.dir.path().join(format!("chromium-{name}")), format!("{base}/?lot=S1&date=2024-11-15"));
+        let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-artifacts/signed-in-{name}.png"));
+        tokio::task::spawn_blocking(move || on_a_phone(&profile, &page, &script, &shot))
+    };
+    let got = session(regulator.seed().unwrap(), "regulator").await.unwrap();
+    assert_eq!(got["signed_in"], "regulator", "{got}");
+    assert_eq!(got["code"], "downloaded", "the certificate came: {got}");
+    assert_eq!(got["cookie_visible"], false, "the session cookie is HttpOnly: {got}");
+    let got = session(trader.seed().unwrap(), "trader").await.unwrap();
+    assert_eq!((got["signed_in"].as_str(), got["code"].as_str()), (Some("actor"), Some("not_permitted")), "{got}");
+    assert!(got["text"].as_str().unwrap_or("").contains("given only to a customs or regulatory authority"), "{got}");
+    let got = session("SUNOTASEED".into(), "typo").await.unwrap();
+    assert!(got["error"].as_str().is_some_and(|e| e.contains("not an nkey seed")), "a wrong key is told plainly: {got}");
+}
+
 /// A lot's page shows how each step is vouched for; the certificate it
 /// links to, handed back to the page, checks out; a tampered one does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -80,6 +80,20 @@ impl Replays {
     }
 }
 
+/// What a person signs in with: the challenge the gateway issued, in the
+/// text `custody session v1\n<challenge>\n`, signed (ed25519, standard
+/// base64) by the actor's key in the browser, which never sends the key.
+pub fn session_text(challenge: &str) -> String {
+    format!("custody session v1\n{challenge}\n")
+}
+
+/// Whether `signature` is `key`'s over [`session_text`] of `challenge`.
+pub fn verify_session(key: &str, challenge: &str, signature: &str) -> Result<(), String> {
+    let sig = base64::engine::general_purpose::STANDARD.decode(signature).map_err(|_| "the signature is not base64")?;
+    let public = nkeys::KeyPair::from_public_key(key).map_err(|_| "the key is not a public nkey")?;
+    public.verify(session_text(challenge).as_bytes(), &sig).map_err(|_| "the signature does not verify".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,6 +52,47 @@ struct App {
     /// Requests in progress per client address, and how many one may have.
     in_progress: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>,
     per_client: usize,
+    /// People signed in on the page: challenges issued, sessions open.
+    sessions: Arc<std::sync::Mutex<Sessions>>,
+}
+
+/// How long a challenge may be answered, and a session lasts.
+const CHALLENGE_LIFE: Duration = Duration::from_secs(60);
+const SESSION_LIFE: Duration = Duration::from_secs(3600);
+/// Most challenges and sessions held at once (the oldest go first): no
+/// client can use up the gateway's memory by asking for more.
+const MAX_SESSIONS: usize = 10_000;
+/// The session cookie's name.
+const SESSION_COOKIE: &str = "custody_session";
+
+/// Challenges issued and sessions open, each with when it ends.
+#[derive(Default)]
+struct Sessions {
+    challenges: HashMap<String, std::time::Instant>,
+    open: HashMap<String, (String, std::time::Instant)>,
+}
+
+impl Sessions {
+    fn prune(&mut self) {
+        let now = std::time::Instant::now();
+        self.challenges.retain(|_, end| *end > now);
+        self.open.retain(|_, (_, end)| *end > now);
+        while self.challenges.len() >= MAX_SESSIONS {
+            let Some(oldest) = self.challenges.iter().min_by_key(|(_, end)| **end).map(|(k, _)| k.clone()) else { break };
+            self.challenges.remove(&oldest);
+        }
+        while self.open.len() >= MAX_SESSIONS {
+            let Some(oldest) = self.open.iter().min_by_key(|(_, (_, end))| *end).map(|(k, _)| k.clone()) else { break };
+            self.open.remove(&oldest);
+        }
+    }
+}
+
+/// 32 random bytes, as hex.
+fn token() -> String {
+    use rand::RngExt as _;
+    let bytes: [u8; 32] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The address a connection comes from (set on each of its requests).
@@ -94,9 +135,12 @@ pub fn router(nats: async_nats::Client, per_client: usize) -> Router {
         replays: Default::default(),
         in_progress: Default::default(),
         per_client,
+        sessions: Default::default(),
     };
     Router::new()
         .route("/v1/search", get(search))
+        .route("/v1/session/challenge", get(challenge))
+        .route("/v1/session", post(sign_in).get(session).delete(sign_out))
         .route("/v1/rules", get(|State(app): State<App>| async move { app.query(subjects::QUERY_RULES, json!({})).await }))
         .route("/v1/statistics", get(statistics))
         .route("/statistics", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], STATISTICS_PAGE) }))
@@ -554,7 +598,13 @@ struct Caller {
 /// The caller of a request: `None` when it is not signed; an error
 /// response when the signature is bad or the key is not a live actor.
 async fn caller(app: &App, headers: &axum::http::HeaderMap, method: &str, path: &str) -> Result<Option<Caller>, Response> {
-    let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        // A person signed in on the page: the session names the key.
+        return match session_key(app, headers) {
+            Some(key) => judge(app, key).await.map(Some),
+            None => Ok(None),
+        };
+    };
     let value = value.to_str().map_err(|_| error(AnswerCode::BadCredentials, "the Authorization header is not text"))?;
     let key = app
         .replays
@@ -562,6 +612,25 @@ async fn caller(app: &App, headers: &axum::http::HeaderMap, method: &str, path: 
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .verify_once(value, method, path, custody_proto::Timestamp::now())
         .map_err(|why| error(AnswerCode::BadCredentials, why))?;
+    judge(app, key).await.map(Some)
+}
+
+/// The session token the request's cookie carries, if any.
+fn session_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    let mut cookies = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).map(str::trim);
+    cookies.find_map(|c| c.strip_prefix(SESSION_COOKIE).and_then(|r| r.strip_prefix('=')).map(str::to_owned))
+}
+
+/// The key of the session the request's cookie names, if it is open.
+fn session_key(app: &App, headers: &axum::http::HeaderMap) -> Option<String> {
+    let token = session_token(headers)?;
+    let sessions = app.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    sessions.open.get(&token).filter(|(_, end)| *end > std::time::Instant::now()).map(|(key, _)| key.clone())
+}
+
+/// Who `key` is now: a live actor (registered, not revoked), judged from
+/// an answer at or past the ledger's head; an error response otherwise.
+async fn judge(app: &App, key: String) -> Result<Caller, Response> {
     // A revocation receipted before this request must not be missed: the
     // answer must reflect at least the ledger's head as it is now (a
     // projection behind it may not know of the revocation yet).
@@ -596,7 +665,74 @@ async fn caller(app: &App, headers: &axum::http::HeaderMap, method: &str, path: 
         return Err(error(AnswerCode::ActorRevoked, format!("{key} was revoked")));
     }
     let regulator = answer["roles"].as_array().is_some_and(|r| r.iter().any(|x| x == "regulator"));
-    Ok(Some(Caller { key, regulator }))
+    Ok(Caller { key, regulator })
+}
+
+/// A challenge to sign in with (valid for a minute, once).
+async fn challenge(State(app): State<App>) -> Response {
+    let c = token();
+    let mut sessions = app.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    sessions.prune();
+    sessions.challenges.insert(c.clone(), std::time::Instant::now() + CHALLENGE_LIFE);
+    Json(json!({"challenge": c, "sign": custody_proto::request::session_text(&c), "expires_in": CHALLENGE_LIFE.as_secs()})).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct SignIn {
+    key: String,
+    challenge: String,
+    signature: String,
+}
+
+/// Signs a person in: the challenge signed by a live actor's key, in the
+/// browser (the key never leaves it). Opens a session for an hour, named
+/// by an HttpOnly, SameSite cookie; every request under it is judged
+/// again (a revocation ends it at once).
+async fn sign_in(State(app): State<App>, body: Result<Json<SignIn>, axum::extract::rejection::JsonRejection>) -> Response {
+    let Ok(Json(s)) = body else {
+        return error(
+            AnswerCode::BadRequest,
+            "sign in with {\"key\", \"challenge\", \"signature\"}: the challenge from /v1/session/challenge, signed with your key",
+        );
+    };
+    let issued = app.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).challenges.remove(&s.challenge);
+    if issued.is_none_or(|end| end <= std::time::Instant::now()) {
+        return error(AnswerCode::BadCredentials, "that challenge was not issued here, was used already, or is older than a minute: ask for a new one");
+    }
+    if let Err(why) = custody_proto::request::verify_session(&s.key, &s.challenge, &s.signature) {
+        return error(AnswerCode::BadCredentials, why);
+    }
+    let who = match judge(&app, s.key).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let t = token();
+    {
+        let mut sessions = app.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        sessions.prune();
+        sessions.open.insert(t.clone(), (who.key.clone(), std::time::Instant::now() + SESSION_LIFE));
+    }
+    let cookie = format!("{SESSION_COOKIE}={t}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", SESSION_LIFE.as_secs());
+    ([(header::SET_COOKIE, cookie)], Json(json!({"key": who.key, "regulator": who.regulator, "expires_in": SESSION_LIFE.as_secs()}))).into_response()
+}
+
+/// Who is signed in, if anyone.
+async fn session(State(app): State<App>, headers: axum::http::HeaderMap) -> Response {
+    match session_key(&app, &headers) {
+        Some(key) => match judge(&app, key).await {
+            Ok(who) => Json(json!({"key": who.key, "regulator": who.regulator})).into_response(),
+            Err(r) => r,
+        },
+        None => Json(json!({"key": null, "regulator": false})).into_response(),
+    }
+}
+
+/// Signs out: the session ends here and the cookie is cleared.
+async fn sign_out(State(app): State<App>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = session_token(&headers) {
+        app.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).open.remove(&token);
+    }
+    ([(header::SET_COOKIE, format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"))], Json(json!({"signed_out": true}))).into_response()
 }
 
 /// Fields of an event only regulators and its parties may see.
