@@ -131,6 +131,9 @@ fn on_a_phone(profile: &std::path::Path, url: &str, expression: &str, shot: &std
     };
     let png = call("Page.captureScreenshot", serde_json::json!({"format": "png", "captureBeyondViewport": true}), s);
     let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, png["data"].as_str().unwrap()).unwrap();
+    if let Some(dir) = shot.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
     std::fs::write(shot, png).unwrap();
     let _ = call("Browser.close", serde_json::json!({}), None);
     let _ = child.kill();
