@@ -354,22 +354,32 @@ impl App {
         self.ask("projection", subject, body).await
     }
 
-    /// A request to `who` (the projection or the ledger) over NATS.
+    /// A request to `who` (the projection or the ledger) over NATS, as
+    /// the HTTP answer.
     async fn ask(&self, who: &str, subject: &str, body: Value) -> Response {
+        match self.answer(who, subject, body).await {
+            Ok(answer) => Json(answer).into_response(),
+            Err(response) => response,
+        }
+    }
+
+    /// The answer of `who` to a request; an error answer, or no answer, as
+    /// the HTTP response to send instead.
+    async fn answer(&self, who: &str, subject: &str, body: Value) -> Result<Value, Response> {
         use custody_wire::query::RequestError;
         let answer = match custody_wire::query::request(&self.nats, subject, &body, QUERY_TIMEOUT).await {
             Ok(answer) => answer,
-            Err(RequestError::Timeout { .. }) => return error(AnswerCode::Timeout, format!("no {who} answered in time")),
-            Err(RequestError::Unavailable { why, .. }) => return error(AnswerCode::Unavailable, format!("no {who} is answering: {why}")),
-            Err(RequestError::NotJson { .. }) => return error(AnswerCode::BadAnswer, format!("the {who}'s answer is not JSON")),
+            Err(RequestError::Timeout { .. }) => return Err(error(AnswerCode::Timeout, format!("no {who} answered in time"))),
+            Err(RequestError::Unavailable { why, .. }) => return Err(error(AnswerCode::Unavailable, format!("no {who} is answering: {why}"))),
+            Err(RequestError::NotJson { .. }) => return Err(error(AnswerCode::BadAnswer, format!("the {who}'s answer is not JSON"))),
         };
         let status = match (answer.get("code"), ErrorAnswer::of(&answer)) {
-            (None, _) => StatusCode::OK,
+            (None, _) => return Ok(answer),
             (Some(_), Some(e)) => status(e.code),
             // A code this gateway does not know (a newer service): the request's fault.
             (Some(_), None) => StatusCode::BAD_REQUEST,
         };
-        (status, Json(answer)).into_response()
+        Err((status, Json(answer)).into_response())
     }
 }
 
@@ -396,17 +406,16 @@ async fn search(State(app): State<App>, Query(q): Query<HashMap<String, String>>
 }
 
 /// The public flows, as JSON, or as CSV with `?format=csv` (one row per
-/// flow, then the figures about the mass held now, each naming the entry
-/// counted to).
+/// flow, each naming the entry counted to; the JSON alone carries the
+/// figures about the mass held now).
 async fn statistics(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let answer = app.query(subjects::QUERY_STATISTICS, json!({})).await;
-    if q.get("format").map(String::as_str) != Some("csv") || answer.status() != StatusCode::OK {
-        return answer;
-    }
-    let Ok(body) = axum::body::to_bytes(answer.into_body(), 4 << 20).await else {
-        return error(AnswerCode::BadAnswer, "the statistics answer could not be read");
+    let s = match app.answer("projection", subjects::QUERY_STATISTICS, json!({})).await {
+        Ok(s) => s,
+        Err(response) => return response,
     };
-    let s: Value = serde_json::from_slice(&body).unwrap_or_default();
+    if q.get("format").map(String::as_str) != Some("csv") {
+        return Json(s).into_response();
+    }
     let seq = s["as_of"]["seq"].as_u64().unwrap_or(0);
     let mut csv = String::from("mined_in,to,quarter,carats,stones,value_usd,as_of_seq\n");
     for f in s["flows"].as_array().into_iter().flatten() {
