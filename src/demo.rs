@@ -1,5 +1,7 @@
 //! The demo supply chain: DOMAIN.md's public worked example, as the events
-//! each actor signs. `custody up` submits it on an empty ledger.
+//! each actor signs. `custody up` submits it on an empty ledger, set in
+//! time ([`set_in_time`]): dated in the week before it is submitted, so
+//! that every step is recorded on time, but one ([`Cast::late_record`]).
 
 use std::path::Path;
 
@@ -150,6 +152,19 @@ impl Cast {
         ]
     }
 
+    /// A deliberate late record: miner B records, at `now`, a lot `L6` it
+    /// mined a month before. The page marks the step "late record": the
+    /// ledger vouches for when it heard of it, not for when it happened.
+    pub fn late_record(&self, now: chrono::DateTime<chrono::Utc>) -> (&KeyPair, Value) {
+        let b = &self.miner_bw;
+        let at = (now - chrono::Duration::days(30)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        (
+            b,
+            json!({"id": "demo-mined-l6-late", "kind": "mined", "actor": b.public_key(), "occurred_at": at,
+                   "lot": "L6", "carats": "40.00", "country": "BW", "mine": "Mine B2"}),
+        )
+    }
+
     /// The worked example's second split of `L3`, which must be refused.
     pub fn second_split(&self) -> (&KeyPair, Value) {
         let t = &self.trader_ae;
@@ -158,5 +173,64 @@ impl Cast {
             json!({"id": "demo-split-l3-again", "kind": "split", "actor": t.public_key(), "occurred_at": "2024-09-17T08:00:00Z",
                    "lot": "L3", "into": [{"lot": "L6", "carats": "2500.00"}]}),
         )
+    }
+}
+
+/// How long before its submission the demo's story begins: under
+/// [`custody_proto::event::LATE_RECORD_DAYS`], so no step is a late record.
+pub const STORY_DAYS: i64 = 6;
+
+/// Sets a story in time: the same events, in the same order of time,
+/// dated in the [`STORY_DAYS`] before `now`. Registrations come first (at
+/// the start); every other event keeps its place between the story's first
+/// and last, scaled onto the rest of the window, which ends ten minutes
+/// before `now` (inside any ledger's allowed clock skew). The worked
+/// example's verdicts stay what DOMAIN.md says on any later date: every
+/// event moves after 2024-09-01, so the Russian rough still leaves Russia
+/// after the US threshold date and nothing becomes grandfathered.
+pub fn set_in_time<K>(events: &mut [(K, Value)], now: chrono::DateTime<chrono::Utc>) {
+    use chrono::{DateTime, Duration, Utc};
+    let start = now - Duration::days(STORY_DAYS);
+    let (first, end) = (start + Duration::hours(1), now - Duration::minutes(10));
+    let at = |e: &Value| e["occurred_at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc));
+    let registration = |e: &Value| e["kind"].as_str().is_some_and(|k| k.starts_with("actor."));
+    let story: Vec<DateTime<Utc>> = events.iter().filter(|(_, e)| !registration(e)).filter_map(|(_, e)| at(e)).collect();
+    let (Some(min), Some(max)) = (story.iter().min().copied(), story.iter().max().copied()) else { return };
+    let span = (max - min).num_seconds().max(1);
+    let room = (end - first).num_seconds();
+    for (_, e) in events.iter_mut() {
+        let Some(t) = at(e) else { continue };
+        let moved = if registration(e) { start } else { first + Duration::seconds((t - min).num_seconds() * room / span) };
+        e["occurred_at"] = Value::from(moved.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_story_set_in_time_keeps_its_order_and_is_recorded_on_time() {
+        let cast = Cast::load_or_create(KeyPair::new_user(), tempfile::tempdir().unwrap().path()).unwrap();
+        let mut events = cast.worked_example();
+        events.extend(cast.inspection());
+        let before: Vec<String> = events.iter().map(|(_, e)| e["occurred_at"].as_str().unwrap().to_owned()).collect();
+        let now = "2026-12-02T12:00:00Z".parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        set_in_time(&mut events, now);
+        let after: Vec<String> = events.iter().map(|(_, e)| e["occurred_at"].as_str().unwrap().to_owned()).collect();
+        for i in 0..before.len() {
+            for j in 0..before.len() {
+                if before[i] < before[j] {
+                    assert!(after[i] <= after[j], "{} moved after {}", events[i].1["id"], events[j].1["id"]);
+                }
+            }
+        }
+        let late = now - chrono::Duration::days(custody_proto::event::LATE_RECORD_DAYS);
+        for (_, e) in &events {
+            let t: chrono::DateTime<chrono::Utc> = e["occurred_at"].as_str().unwrap().parse().unwrap();
+            assert!(t > late && t < now, "{e}");
+        }
+        assert_eq!(events.iter().find(|(_, e)| e["id"] == "demo-mined-l1").unwrap().1["occurred_at"], "2026-11-26T13:00:00Z");
+        assert_eq!(events.iter().find(|(_, e)| e["id"] == "demo-import-stones").unwrap().1["occurred_at"], "2026-12-02T11:50:00Z");
     }
 }

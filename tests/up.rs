@@ -7,6 +7,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use serde_json::Value;
+
 use common::*;
 use custody::natsd::die_with_parent;
 
@@ -331,4 +333,58 @@ async fn up_cluster_3_restarts_a_killed_replica_and_reaps_every_child() {
         let alive = unsafe { libc::kill(pid, 0) } == 0;
         assert!(!alive, "process {pid} outlived up (or was not reaped)");
     }
+}
+
+/// The demo tells a story set in time (issue 27): its events are dated in
+/// the days before `custody up` submits them, so every step of S1 is
+/// recorded on time; one deliberate late record (L6) shows what that
+/// means; and the worked example's verdicts hold on today's date.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_is_set_in_time_and_its_verdicts_hold_today() {
+    let up = up_with_demo(&["--simulate".as_ref(), "1".as_ref()]);
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let (http, url) = (http.clone(), format!("{}{path}", up.http));
+        async move {
+            let r = http.get(&url).send().await.expect("the gateway answers");
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // The late record is the demo's last event: once the projection has
+    // it, it has the rest.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let l6 = loop {
+        let (status, l6) = get("/v1/lots/L6/origin".into()).await;
+        if status == 200 {
+            break l6;
+        }
+        assert!(std::time::Instant::now() < deadline, "the projection never showed L6: {l6}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let late = |origin: &Value| -> Vec<String> {
+        origin["path"].as_array().unwrap().iter().filter(|s| s["late_record"] == true).map(|s| s["note"].as_str().unwrap_or("").to_owned()).collect()
+    };
+    assert_eq!(late(&l6).len(), 1, "L6's mining is recorded a month late: {l6}");
+    assert!(late(&l6)[0].contains("late record"), "{l6}");
+
+    let (_, s1) = get("/v1/lots/S1/origin".into()).await;
+    assert!(s1["path"].as_array().unwrap().len() >= 6, "{s1}");
+    assert_eq!(late(&s1), Vec::<String>::new(), "every step of S1 is recorded on time: {s1}");
+    let today = chrono::Utc::now().date_naive();
+    for step in s1["path"].as_array().unwrap() {
+        let date: chrono::NaiveDate = step["date"].as_str().unwrap().parse().unwrap();
+        assert!(date <= today && today - date <= chrono::Duration::days(custody::demo::STORY_DAYS), "{step}");
+    }
+    assert_eq!(s1["mine_origin"], serde_json::json!([{"country": "BW", "share": "0.6000"}, {"country": "RU", "share": "0.4000"}]), "{s1}");
+
+    // DOMAIN.md's verdicts, asked for today.
+    for (lot, rules, verdict) in [("S1", "us-2022", "admissible"), ("S1", "us-2024", "prohibited"), ("S3", "us-2024", "admissible")] {
+        let (status, v) = get(format!("/v1/lots/{lot}/admissibility?rules={rules}&date={today}")).await;
+        assert_eq!((status, v["verdict"].as_str()), (200, Some(verdict)), "{lot} under {rules} today: {v}");
+    }
+
+    // The simulated world is set in time too: none of its steps is late.
+    let (_, stats) = get("/v1/statistics".into()).await;
+    let rate: f64 = stats["late_record_rate"].as_str().and_then(|r| r.parse().ok()).unwrap_or_else(|| panic!("a late-record rate: {stats}"));
+    assert!(rate > 0.0 && rate < 0.01, "one late record among hundreds of events: {stats}");
 }

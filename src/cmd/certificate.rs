@@ -17,8 +17,8 @@ pub struct CertifyArgs {
     /// file; repeat for verdicts under several.
     #[arg(long, required = true)]
     rules: Vec<String>,
-    /// The date of entry, YYYY-MM-DD.
-    #[arg(long)]
+    /// The date of entry, YYYY-MM-DD (default: today).
+    #[arg(long, default_value_t = super::today())]
     date: String,
     /// Write the certificate here (default: print it).
     #[arg(long)]
@@ -200,7 +200,7 @@ pub async fn filing(nats: &str, a: FilingArgs) -> anyhow::Result<ExitCode> {
     let (cert, bytes) = match &a.certificate {
         Some(path) => read_certificate(path)?,
         None => {
-            let date = a.date.clone().unwrap_or_else(|| chrono::Utc::now().date_naive().to_string());
+            let date = a.date.clone().unwrap_or_else(super::today);
             // The form's rule set in force on the date (the KP form states
             // no verdict; its certificate is made under the EU's).
             let form = if a.form == "kp-mining-countries" { "eu-due-diligence" } else { a.form.as_str() };
@@ -253,7 +253,7 @@ pub async fn filing(nats: &str, a: FilingArgs) -> anyhow::Result<ExitCode> {
         })?,
         None => custody::filing::Profile::default(),
     };
-    let today = chrono::Utc::now().date_naive().to_string();
+    let today = super::today();
     let filing: Value = match custody::filing::fill(&a.form, &cert, &certificate_id(&bytes), &profile, &today) {
         Ok(f) => f,
         Err(e) => {

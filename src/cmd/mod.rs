@@ -167,3 +167,8 @@ pub async fn stop_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
 }
+
+/// Today's date (UTC), YYYY-MM-DD: the date of entry when none is given.
+pub fn today() -> String {
+    chrono::Utc::now().date_naive().to_string()
+}

@@ -23,8 +23,8 @@ pub struct AdmissibleArgs {
     /// A preset (us-2022, us-2024, eu-2024, eu-2025, uk-2024) or a TOML rule file.
     #[arg(long)]
     rules: String,
-    /// The date of entry, YYYY-MM-DD.
-    #[arg(long)]
+    /// The date of entry, YYYY-MM-DD (default: today).
+    #[arg(long, default_value_t = super::today())]
     date: String,
     #[arg(long)]
     json: bool,

@@ -34,9 +34,19 @@ const WINDOW: usize = 256;
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// Submits a world, pipelined and in order; returns it (for the stone ids)
-/// after every event is receipted.
-pub async fn submit(client: &async_nats::Client, authority: &nkeys::KeyPair, size: sim::Size) -> anyhow::Result<sim::World> {
-    let world = sim::world(authority, size);
+/// after every event is receipted. With `in_time`, its story is first set
+/// in the days before that moment ([`custody::demo::set_in_time`]), as
+/// `custody up`'s demo is; otherwise it keeps its fixed, seeded dates.
+pub async fn submit(
+    client: &async_nats::Client,
+    authority: &nkeys::KeyPair,
+    size: sim::Size,
+    in_time: Option<chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<sim::World> {
+    let mut world = sim::world(authority, size);
+    if let Some(now) = in_time {
+        custody::demo::set_in_time(&mut world.events, now);
+    }
     let bar = ProgressBar::new(world.events.len() as u64);
     bar.set_style(ProgressStyle::with_template("simulate {bar:40} {pos}/{len} events {per_sec}").unwrap_or_else(|_| ProgressStyle::default_bar()));
     let envelopes = world
@@ -84,7 +94,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     } else {
         custody::client::connect(nats).await?
     };
-    let world = submit(&client, &authority, sim::Size { seed: a.seed, rounds: a.rounds }).await?;
+    let world = submit(&client, &authority, sim::Size { seed: a.seed, rounds: a.rounds }, None).await?;
     println!(
         "{}",
         serde_json::json!({

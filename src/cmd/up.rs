@@ -325,10 +325,17 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     println!("ledger ready at seq {head}");
     if !a.no_demo && head == 0 {
         let cast = demo::Cast::load_or_create(nkeys::KeyPair::from_seed(&authority.seed()?)?, &a.data.join("keys"))?;
-        println!("submitting the demo supply chain (DOMAIN.md's worked example); actor keys in {}", a.data.join("keys").display());
+        println!(
+            "submitting the demo supply chain (DOMAIN.md's worked example, set in the last {} days; one late record: L6); actor keys in {}",
+            demo::STORY_DAYS,
+            a.data.join("keys").display()
+        );
+        let now = chrono::Utc::now();
         let mut events = cast.worked_example();
         events.push(cast.second_split());
         events.extend(cast.inspection());
+        demo::set_in_time(&mut events, now);
+        events.push(cast.late_record(now));
         for (key, payload) in events {
             let envelope = custody_proto::envelope::sign(key, payload.to_string().as_bytes())?;
             let outcome = client::submit(&nc, envelope.into()).await?;
@@ -347,28 +354,35 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     let me = me.map_or_else(|| "custody".to_owned(), |p| p.display().to_string());
     if !a.no_demo && head == 0 && a.simulate > 0 {
         println!("submitting a simulated world ({} rounds, KP 2022 production mix)...", a.simulate);
-        let world = super::simulate::submit(&nc, &authority, custody::sim::Size { seed: 1, rounds: a.simulate }).await?;
+        let world = super::simulate::submit(&nc, &authority, custody::sim::Size { seed: 1, rounds: a.simulate }, Some(chrono::Utc::now())).await?;
         println!("  {} events; stones worth a look:", world.events.len());
         println!("    http://{http}/?lot={}  (Botswana only, clean)", world.clean);
         println!("    http://{http}/?lot={}  (partly Russian: prohibited under us-2024)", world.prohibited);
         println!("    http://{http}/?lot={}  (declared, origin unknown: undetermined)", world.undetermined);
     }
     println!("\nthe page: http://{http}/?lot=S1  (API: http://{http}/v1/openapi.json)");
+    if !a.no_demo {
+        println!("  a step recorded a month after it happened (a late record): http://{http}/?lot=L6");
+    }
     println!("try, in another terminal:");
     println!("  export CUSTODY_NATS={nats_url}");
     if !a.no_auth {
         // Reads everything, submits nothing: the gateway's identity.
         println!("  export CUSTODY_NKEY={}   # a read-only identity (the gateway's)", service_dir.join("gateway.nk").display());
     }
-    for args in
-        ["verify", "origin S1", "admissible S1 --rules us-2024 --date 2024-11-15", "genealogy S1", "origin L5   # rough inspected by a verification node"]
-    {
+    for args in [
+        "verify",
+        "origin S1",
+        "admissible S1 --rules us-2024   # today; --date YYYY-MM-DD for another day",
+        "genealogy S1",
+        "origin L5   # rough inspected by a verification node",
+    ] {
         println!("  {me} {args}");
     }
     let operator = if a.no_auth { String::new() } else { format!(" --nkey {}", service_dir.join("operator.nk").display()) };
     println!("  {me} --nats {nats_url}{operator} status   # one line per service; metrics: http://{ops}/metrics");
     println!("at the border (README, \"At the border\"):");
-    println!("  {me} certify S1 --rules us-2024 --rules eu-2025 --date 2024-11-15 --out S1.certificate.json");
+    println!("  {me} certify S1 --rules us-2024 --rules eu-2025 --out S1.certificate.json");
     println!("  {me} verify-certificate S1.certificate.json --key {}   # offline, trusting only the ledger key", ledger_key.public_key());
     println!(
         "  {me} verify-certificate S1.certificate.json --key {} --online http://{http} --max-age 1d   # and has anything happened since?",
@@ -379,7 +393,8 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
         let auth = authority_path.display();
         println!("a new actor gets its credentials in three steps:");
         println!("  {me} keygen --out me.nk                      # its own key; prints U...");
-        println!("  echo '{{\"id\":\"reg-me\",\"kind\":\"actor.registered\",\"actor\":\"{}\",\"occurred_at\":\"2026-01-01T00:00:00Z\",\"subject\":\"U...\",\"name\":\"Me\",\"roles\":[\"miner\"],\"country\":\"BW\"}}' \\", authority.public_key());
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        println!("  echo '{{\"id\":\"reg-me\",\"kind\":\"actor.registered\",\"actor\":\"{}\",\"occurred_at\":\"{now}\",\"subject\":\"U...\",\"name\":\"Me\",\"roles\":[\"miner\"],\"country\":\"BW\"}}' \\", authority.public_key());
         println!("    | {me} --nkey {auth} submit --key {auth} -      # the authority registers it");
         println!("  {me} --nkey me.nk submit --key me.nk events.ndjson   # it connects as itself, at once");
     }

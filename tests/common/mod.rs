@@ -684,8 +684,21 @@ pub fn up() -> Up {
 /// `custody up` on a new data folder with `extra` arguments; the genesis
 /// authority's key is `authority` (`--authority`), or up's own.
 pub fn up_with(extra: &[&std::ffi::OsStr], authority: Option<&std::path::Path>) -> Up {
+    up_from(true, extra, authority)
+}
+
+/// `custody up` with its demo (the worked example set in time) and
+/// `extra` arguments.
+pub fn up_with_demo(extra: &[&std::ffi::OsStr]) -> Up {
+    up_from(false, extra, None)
+}
+
+fn up_from(no_demo: bool, extra: &[&std::ffi::OsStr], authority: Option<&std::path::Path>) -> Up {
     let dir = tempfile::tempdir().unwrap();
-    let mut args: Vec<&std::ffi::OsStr> = vec!["up".as_ref(), "--no-demo".as_ref(), "--data".as_ref(), dir.path().as_os_str()];
+    let mut args: Vec<&std::ffi::OsStr> = vec!["up".as_ref(), "--data".as_ref(), dir.path().as_os_str()];
+    if no_demo {
+        args.push("--no-demo".as_ref());
+    }
     if let Some(a) = authority {
         args.extend(["--authority".as_ref(), a.as_os_str()]);
     }
