@@ -261,45 +261,15 @@ fn percent(share: &str) -> String {
 
 /// The filing as CSV (header first): one row per country, each carrying
 /// everything else the JSON says too (the country of origin, the verdict,
-/// the self-certification, the certificate), flattened to dotted columns;
-/// a list that is not the rows is one JSON cell. A field of the lot that a
-/// row also has is `lot_<field>`.
+/// the self-certification, the certificate), flattened to dotted columns
+/// ([`custody_wire::table::csv`]); a field of the lot that a row also has
+/// is `lot_<field>`.
 pub fn csv(filing: &Value) -> String {
     let rows_key = if filing.get("lines").is_some() { "lines" } else { "countries_of_mining" };
-    let lines = filing.get(rows_key).and_then(Value::as_array).cloned().unwrap_or_default();
-    let keys: Vec<String> = lines.first().and_then(Value::as_object).map(|o| o.keys().cloned().collect()).unwrap_or_default();
-    let mut rest: Vec<(String, Value)> = Vec::new();
-    flatten("", filing, rows_key, &mut rest);
-    let rest: Vec<(String, Value)> = rest.into_iter().map(|(k, v)| (if keys.contains(&k) { format!("lot_{k}") } else { k }, v)).collect();
-    let cell = |v: &Value| {
-        let s = v.as_str().map_or_else(|| if v.is_null() { String::new() } else { v.to_string() }, str::to_owned);
-        if s.contains([',', '"', '\n']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s
-        }
-    };
-    let header: Vec<&str> = keys.iter().map(String::as_str).chain(rest.iter().map(|(k, _)| k.as_str())).collect();
-    let mut out = format!("{}\n", header.join(","));
-    for l in &lines {
-        let cells: Vec<String> = keys.iter().map(|k| cell(&l[k])).chain(rest.iter().map(|(_, v)| cell(v))).collect();
-        out.push_str(&format!("{}\n", cells.join(",")));
+    let rows = filing.get(rows_key).and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut shared = filing.clone();
+    if let Some(fields) = shared.as_object_mut() {
+        fields.remove(rows_key);
     }
-    out
-}
-
-/// `value`'s fields as dotted columns, leaving out the rows (`skip`).
-fn flatten(prefix: &str, value: &Value, skip: &str, out: &mut Vec<(String, Value)>) {
-    match value.as_object() {
-        Some(fields) => {
-            for (k, v) in fields {
-                if prefix.is_empty() && k == skip {
-                    continue;
-                }
-                let name = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                flatten(&name, v, skip, out);
-            }
-        }
-        None => out.push((prefix.to_owned(), value.clone())),
-    }
+    custody_wire::table::csv(&rows, &[], &shared, "lot")
 }

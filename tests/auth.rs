@@ -63,6 +63,22 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     assert!(js.get_stream(subjects::LEDGER_STREAM).await.is_err(), "an actor cannot read the committed stream");
     assert_eq!(head(&m).await, before, "nothing reached the ledger");
 
+    // Who holds what: its own holdings, answered over NATS; another's,
+    // denied by the server (the gateway is not the only way in).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let own = loop {
+        let own = m.request(subjects::holdings(&miner.public_key()), "{}".into()).await.expect("its own holdings are answered");
+        let own: serde_json::Value = serde_json::from_slice(&own.payload).unwrap();
+        // Once the projection has applied the mining.
+        if own["as_of_seq"].as_u64() >= Some(r.seq) || std::time::Instant::now() > deadline {
+            break own;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(own["lots"][0]["lot"], "AUTH1", "{own}");
+    m.publish(subjects::holdings(&miner2.public_key()), "{}".into()).await.unwrap();
+    denied(&m_errors, &subjects::holdings(&miner2.public_key())).await;
+
     // The durable path works under authorization too: its own inbox, and
     // its own receipts only, through a named consumer (the filter is then
     // part of the subject the server authorizes).
@@ -94,6 +110,9 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     let answer = reg.request(subjects::QUERY_ORIGIN, json!({"lot": "AUTH1"}).to_string().into()).await.unwrap();
     let origin: serde_json::Value = serde_json::from_slice(&answer.payload).unwrap();
     assert!(origin.get("mine_origin").is_some() || origin["code"] == "unknown_lot", "{origin}");
+    let held = reg.request(subjects::holdings(&miner.public_key()), "{}".into()).await.expect("a regulator asks what anyone holds");
+    let held: serde_json::Value = serde_json::from_slice(&held.payload).unwrap();
+    assert_eq!(held["lots"][0]["lot"], "AUTH1", "{held}");
     let on_stream = custody_wire::follow::Reader::ledger(&reg).last_seq().await.expect("a regulator reads the committed stream");
     assert_eq!(on_stream, before);
     let for_miner = sign(&miner, &event(&miner, "auth-m3", "mined", json!({"lot": "AUTH3", "carats": "1.00", "country": "BW"})));

@@ -66,6 +66,7 @@ async fn http_api_answers_the_worked_example_and_refuses_clearly() {
     assert_eq!(doc["openapi"], "3.1.0");
     for path in [
         "/v1/search",
+        "/v1/lots",
         "/v1/rules",
         "/v1/lots/{lot}/origin",
         "/v1/lots/{lot}/admissibility",

@@ -69,6 +69,10 @@ enum Command {
     /// Find lots by a lot id or the number on a paper: a KP certificate or
     /// export declaration, an invoice, a lab report, a verification.
     Find(query::FindArgs),
+    /// Lots, a page at a time, filtered: by country of mining, state,
+    /// verdict under a rule set on a date, date of creation, or (your own,
+    /// or a regulator's asking) holder.
+    Lots(query::LotsArgs),
     /// The public flows (carats, stones and value by country of mining,
     /// destination and quarter): from a projection, or recomputed offline
     /// from a backup (`--backup DIR [--as-of SEQ]`).
@@ -130,6 +134,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Admissible(a) => query::admissible(&cli.nats, a).await,
         Command::Genealogy(a) => query::genealogy(&cli.nats, a).await,
         Command::Find(a) => query::find(&cli.nats, a).await,
+        Command::Lots(a) => query::lots(&cli.nats, a).await,
         Command::Statistics(a) => query::statistics(&cli.nats, a).await,
         Command::Gateway(a) => gateway::run(&cli.nats, a).await,
         Command::Simulate(a) => simulate::run(&cli.nats, a).await,

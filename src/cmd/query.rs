@@ -48,6 +48,51 @@ pub struct FindArgs {
 }
 
 #[derive(clap::Args)]
+pub struct LotsArgs {
+    /// Part of its mass was mined in this country (RU, BW, ...).
+    #[arg(long)]
+    mined_in: Option<String>,
+    /// rough or polished.
+    #[arg(long)]
+    state: Option<String>,
+    /// true: merged, split or cut into other lots; false: a lot of its own.
+    #[arg(long)]
+    consumed: Option<bool>,
+    /// With --verdict: the rule set each lot is judged under (a preset).
+    #[arg(long, requires = "verdict")]
+    rules: Option<String>,
+    /// admissible, prohibited or undetermined under --rules on --date.
+    #[arg(long, requires = "rules")]
+    verdict: Option<String>,
+    /// The date of entry the verdict is for (default: today).
+    #[arg(long, default_value_t = super::today())]
+    date: String,
+    /// Came into being on or after this day (YYYY-MM-DD).
+    #[arg(long)]
+    from: Option<String>,
+    /// Came into being on or before this day (YYYY-MM-DD).
+    #[arg(long)]
+    to: Option<String>,
+    /// The lots this actor holds: `me` (the --nkey identity) or its key;
+    /// another's only for a regulator (NATS refuses anyone else).
+    #[arg(long)]
+    holder: Option<String>,
+    /// Start after this lot id (a page's `next`).
+    #[arg(long)]
+    after: Option<String>,
+    /// Lots a page (1 to 200); every page is fetched unless --after or
+    /// --limit is given.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print the answer as JSON (one page).
+    #[arg(long, conflicts_with = "csv")]
+    json: bool,
+    /// Print CSV, one row a lot.
+    #[arg(long)]
+    csv: bool,
+}
+
+#[derive(clap::Args)]
 pub struct StatisticsArgs {
     /// Recompute from this backup (`custody backup`), audited first,
     /// instead of asking a projection.
@@ -142,6 +187,83 @@ pub async fn origin(nats: &str, a: OriginArgs) -> anyhow::Result<ExitCode> {
         }
         for w in v["warnings"].as_array().into_iter().flatten() {
             out.push_str(&format!("\n  warning: {}", w.as_str().unwrap_or("")));
+        }
+        out
+    }))
+}
+
+/// Lots, filtered: every page (or the one `--after`/`--limit` names), one
+/// line a lot, or CSV, or the page as JSON.
+pub async fn lots(nats: &str, a: LotsArgs) -> anyhow::Result<ExitCode> {
+    let subject = match a.holder.as_deref() {
+        None => subjects::QUERY_LOTS.to_owned(),
+        Some("me") => {
+            let seed = custody::client::identity().context("--holder me needs --nkey (or CUSTODY_NKEY): the identity whose lots to list")?;
+            subjects::holdings(&nkeys::KeyPair::from_seed(&seed)?.public_key())
+        }
+        Some(key) => subjects::holdings(key),
+    };
+    let mut body = json!({"mined_in": a.mined_in, "state": a.state, "consumed": a.consumed, "from": a.from, "to": a.to, "after": a.after, "limit": a.limit});
+    if a.rules.is_some() {
+        body["rules"] = json!(a.rules);
+        body["verdict"] = json!(a.verdict);
+        body["date"] = json!(a.date);
+    }
+    if let Some(fields) = body.as_object_mut() {
+        fields.retain(|_, v| !v.is_null());
+    }
+    let one_page = a.json || a.after.is_some() || a.limit.is_some();
+    let mut rows = Vec::new();
+    let last = loop {
+        let page = match ask(nats, &subject, body.clone()).await {
+            Ok(Ok(page)) => page,
+            Ok(Err(e)) => return Ok(finish(Err(e), a.json, |_| String::new())),
+            // NATS drops a question about another's holdings unanswered.
+            Err(e) if a.holder.is_some() => return Err(e.context("who holds what is for that actor itself and regulators: is --nkey yours, or a regulator's?")),
+            Err(e) => return Err(e),
+        };
+        rows.extend(page["lots"].as_array().cloned().unwrap_or_default());
+        match page["next"].as_str().map(str::to_owned) {
+            Some(n) if !one_page => body["after"] = json!(n),
+            _ => break page,
+        }
+    };
+    if a.csv {
+        print!(
+            "{}",
+            custody_wire::table::csv(
+                &rows,
+                &["lot", "state", "carats", "consumed", "created", "held_in", "mine_origin"],
+                &json!({"as_of_seq": last["as_of_seq"]}),
+                "list"
+            )
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(finish(Ok(last), a.json, |v| {
+        let mut out = String::new();
+        for l in &rows {
+            let shares: Vec<String> = l["mine_origin"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| format!("{} {}", s["country"].as_str().unwrap_or("?"), s["share"].as_str().unwrap_or("?")))
+                .collect();
+            out.push_str(&format!(
+                "{:<12} {:>10} ct {:<8} {:<9} in {}  since {}  mined: {}{}\n",
+                l["lot"].as_str().unwrap_or(""),
+                l["carats"].as_str().unwrap_or(""),
+                l["state"].as_str().unwrap_or(""),
+                if l["consumed"] == true { "consumed" } else { "" },
+                l["held_in"].as_str().unwrap_or(""),
+                l["created"].as_str().unwrap_or(""),
+                shares.join(", "),
+                l["verdict"].as_str().map_or_else(String::new, |v| format!("  {v}")),
+            ));
+        }
+        out.push_str(&format!("{} lot(s), as of seq {}", rows.len(), v["as_of_seq"]));
+        if let Some(next) = v["next"].as_str() {
+            out.push_str(&format!("; more after {next} (--after {next})"));
         }
         out
     }))

@@ -24,6 +24,7 @@
 //! - [`health`]: each service's status (role, head or lag, leader,
 //!   ready), answered over NATS and read by the ops listener.
 //! - [`crashpoint`]: exact crash places for tests (`CUSTODY_CRASH`).
+//! - [`table`]: any list as CSV.
 
 pub mod atomic;
 pub mod certify;
@@ -36,3 +37,4 @@ pub mod health;
 pub mod query;
 pub mod receipts;
 pub mod subjects;
+pub mod table;

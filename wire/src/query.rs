@@ -187,6 +187,43 @@ pub struct SearchQuery {
     pub q: String,
 }
 
+/// `custody.query.lots` (and `custody.holdings.<key>`): a page of lots in
+/// id order, after `after`, that pass every filter given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LotsQuery {
+    /// Part of its mass was mined in this country (ISO 3166-1 alpha-2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mined_in: Option<String>,
+    /// `rough` or `polished`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Consumed (merged, split or cut into other lots) or still a lot of
+    /// its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumed: Option<bool>,
+    /// With `verdict` and `date`: the verdict under this rule set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    /// The date of entry the verdict is for (YYYY-MM-DD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+    /// Came into being on or after this day (YYYY-MM-DD) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// ... and on or before this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The page starts after this lot id (the last page's `next`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// Lots on a page (default 50, at most 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
 /// `custody.query.origin` and `custody.query.genealogy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LotQuery {

@@ -88,7 +88,21 @@ pub const QUERY_RULES: &str = "custody.query.rules";
 /// `{}` → the public flows (see `custody_projection::statistics`), as of
 /// the projection's checkpoint.
 pub const QUERY_STATISTICS: &str = "custody.query.statistics";
+/// [`crate::query::LotsQuery`] → a page of lots, filtered; never who
+/// holds them.
+pub const QUERY_LOTS: &str = "custody.query.lots";
+/// The lots one actor holds: `custody.holdings.<key>` with a
+/// [`crate::query::LotsQuery`] body. Who holds what is a business secret,
+/// so the holder is in the subject, where NATS permissions check it: an
+/// actor may ask about its own key only; a regulator, the gateway and the
+/// operator about anyone's.
+pub const HOLDINGS_PREFIX: &str = "custody.holdings";
 pub const PROJECTION_GROUP: &str = "custody-projection";
+
+/// Where the lots `actor` holds are asked for.
+pub fn holdings(actor: &str) -> String {
+    format!("{HOLDINGS_PREFIX}.{actor}")
+}
 
 pub fn submit(actor: &str) -> String {
     format!("{SUBMIT_PREFIX}.{actor}")

@@ -31,12 +31,12 @@
 //! | who | may publish | may subscribe |
 //! |---|---|---|
 //! | the ledger | everything (in `CUSTODY`) | everything |
-//! | a projection | direct get on the committed stream | `custody.query.>` (answers), the committed subject, `custody.status.projection` |
+//! | a projection | direct get on the committed stream | `custody.query.>` and `custody.holdings.*` (answers), the committed subject, `custody.status.projection` |
 //! | authz | direct get on the committed stream | the committed subject, `custody.status.authz` |
-//! | the gateway | queries, proofs, direct get on both streams | the committed and checkpoint subjects, `custody.status.gateway` |
-//! | any actor | its own `custody.submit.<key>` and `custody.inbox.<key>`, pulling from and acking its own receipts consumer, queries and proofs, its own inbox (for an edge's leaf connection) | — |
-//! | a regulator | also direct get on both streams | also the committed and checkpoint subjects |
-//! | the operator (`custody up`'s demo loader, `custody status`, `custody backup`) | any `custody.submit.>`, queries, `custody.status.>`, direct get on both streams | — |
+//! | the gateway | queries, anyone's holdings (`custody.holdings.*`), proofs, direct get on both streams | the committed and checkpoint subjects, `custody.status.gateway` |
+//! | any actor | its own `custody.submit.<key>`, `custody.inbox.<key>` and `custody.holdings.<key>`, pulling from and acking its own receipts consumer, queries and proofs, its own inbox (for an edge's leaf connection) | — |
+//! | a regulator | also direct get on both streams and anyone's holdings | also the committed and checkpoint subjects |
+//! | the operator (`custody up`'s demo loader, `custody status`, `custody backup`) | any `custody.submit.>`, queries, anyone's holdings, `custody.status.>`, direct get on both streams | — |
 //!
 //! Every user reads replies only on `_INBOX_<its key>.>`.
 
@@ -115,7 +115,7 @@ fn authz(key: &str) -> Permissions {
 
 fn projection(key: &str) -> Permissions {
     let mut p = follower(key);
-    p.subscribe.extend(["custody.query.>".into(), status("projection")]);
+    p.subscribe.extend(["custody.query.>".into(), any_holdings(), status("projection")]);
     p.responds = true;
     p
 }
@@ -130,7 +130,7 @@ fn gateway(key: &str) -> Permissions {
 /// Asks, and reads both streams.
 fn reader(key: &str) -> Permissions {
     let mut publish = ask();
-    publish.extend([direct_get(LEDGER_STREAM), direct_get(CHECKPOINTS_STREAM)]);
+    publish.extend([direct_get(LEDGER_STREAM), direct_get(CHECKPOINTS_STREAM), any_holdings()]);
     Permissions { publish, subscribe: vec![own_inbox(key), ENTRIES_SUBJECT.into(), CHECKPOINTS_SUBJECT.into()], responds: false }
 }
 
@@ -141,15 +141,21 @@ fn reader(key: &str) -> Permissions {
 /// carries this actor's subjects and its replies, nothing else.
 fn actor(key: &str, roles: &[Role]) -> Permissions {
     let mut p = if roles.contains(&Role::Regulator) { reader(key) } else { Permissions { publish: ask(), subscribe: vec![own_inbox(key)], responds: false } };
-    p.publish.extend([submit(key), inbox(key), receipts_next(key), receipts_ack(key), own_inbox(key)]);
+    p.publish.extend([submit(key), inbox(key), receipts_next(key), receipts_ack(key), own_inbox(key), holdings(key)]);
     p
+}
+
+/// Asks what any actor holds: who holds what is for regulators, the
+/// gateway (which checks who asks) and the operator.
+fn any_holdings() -> String {
+    format!("{HOLDINGS_PREFIX}.*")
 }
 
 /// The operator: submits for the demo, asks how services are, and reads
 /// both streams (`custody backup`, `custody audit`).
 fn operator(key: &str) -> Permissions {
     let mut publish = ask();
-    publish.extend([format!("{SUBMIT_PREFIX}.>"), format!("{STATUS_PREFIX}.>"), direct_get(LEDGER_STREAM), direct_get(CHECKPOINTS_STREAM)]);
+    publish.extend([format!("{SUBMIT_PREFIX}.>"), format!("{STATUS_PREFIX}.>"), direct_get(LEDGER_STREAM), direct_get(CHECKPOINTS_STREAM), any_holdings()]);
     Permissions { publish, subscribe: vec![own_inbox(key)], responds: false }
 }
 
@@ -189,7 +195,7 @@ fn custody_services() -> Vec<(String, bool)> {
 
 /// What `SERVICES` exports: the queries, and how its services are.
 fn services_services() -> Vec<(String, bool)> {
-    vec![("custody.query.>".to_owned(), false), (status("projection"), true), (status("gateway"), true), (status("authz"), true)]
+    vec![("custody.query.>".to_owned(), false), (any_holdings(), false), (status("projection"), true), (status("gateway"), true), (status("authz"), true)]
 }
 
 /// What `CUSTODY` exports as streams: wake-ups for followers.
@@ -324,13 +330,29 @@ mod tests {
             ("ULEDGER", &[">"], &[], &[">"]),
             (
                 "UMINER",
-                &["custody.submit.UMINER", "custody.inbox.UMINER", "$JS.API.CONSUMER.MSG.NEXT.CUSTODY_RECEIPTS.UMINER", "custody.query.>", "_INBOX_UMINER.>"],
-                &["custody.submit.UREG", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", ">", "_INBOX_UREG.>", "_INBOX_>", "custody.status.>"],
+                &[
+                    "custody.submit.UMINER",
+                    "custody.inbox.UMINER",
+                    "$JS.API.CONSUMER.MSG.NEXT.CUSTODY_RECEIPTS.UMINER",
+                    "custody.query.>",
+                    "_INBOX_UMINER.>",
+                    "custody.holdings.UMINER",
+                ],
+                &[
+                    "custody.submit.UREG",
+                    "$JS.API.DIRECT.GET.CUSTODY_LEDGER",
+                    ">",
+                    "_INBOX_UREG.>",
+                    "_INBOX_>",
+                    "custody.status.>",
+                    "custody.holdings.*",
+                    "custody.holdings.UREG",
+                ],
                 &["_INBOX_UMINER.>"],
             ),
             (
                 "UREG",
-                &["custody.submit.UREG", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", "$JS.API.DIRECT.GET.CUSTODY_CHECKPOINTS"],
+                &["custody.submit.UREG", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", "$JS.API.DIRECT.GET.CUSTODY_CHECKPOINTS", "custody.holdings.*"],
                 &["custody.submit.UMINER"],
                 &[ENTRIES_SUBJECT],
             ),
@@ -338,10 +360,10 @@ mod tests {
                 "UPROJ",
                 &["$JS.API.DIRECT.GET.CUSTODY_LEDGER"],
                 &["custody.submit.UMINER", "custody.submit.>"],
-                &["custody.query.>", ENTRIES_SUBJECT, "custody.status.projection"],
+                &["custody.query.>", "custody.holdings.*", ENTRIES_SUBJECT, "custody.status.projection"],
             ),
             ("UAUTHZ", &["$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.query.>", "custody.submit.>"], &[ENTRIES_SUBJECT]),
-            ("UGATE", &["custody.query.>", "$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.submit.>"], &["_INBOX_UGATE.>"]),
+            ("UGATE", &["custody.query.>", "custody.holdings.*", "$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.submit.>"], &["_INBOX_UGATE.>"]),
             ("UOP", &["custody.submit.>", "custody.status.>", "$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.inbox.UMINER", ">"], &["_INBOX_UOP.>"]),
             ("UGENESIS", &["custody.submit.UGENESIS"], &["custody.submit.UMINER"], &["_INBOX_UGENESIS.>"]),
         ];

@@ -139,6 +139,7 @@ pub fn router(nats: async_nats::Client, per_client: usize) -> Router {
     };
     Router::new()
         .route("/v1/search", get(search))
+        .route("/v1/lots", get(lots))
         .route("/v1/session/challenge", get(challenge))
         .route("/v1/session", post(sign_in).get(session).delete(sign_out))
         .route("/v1/rules", get(|State(app): State<App>| async move { app.query(subjects::QUERY_RULES, json!({})).await }))
@@ -405,6 +406,79 @@ async fn search(State(app): State<App>, Query(q): Query<HashMap<String, String>>
     app.query(subjects::QUERY_SEARCH, json!({"q": q})).await
 }
 
+/// The filters `GET /v1/lots` takes.
+const LOT_FILTERS: [&str; 12] = ["holder", "mined_in", "state", "consumed", "rules", "verdict", "date", "from", "to", "after", "limit", "format"];
+
+/// A page of lots, filtered (`custody_wire::query::LotsQuery`), as JSON
+/// or, with `?format=csv`, CSV. `holder=me` (or a key) lists what one
+/// actor holds: who holds what is a business secret, so only to that
+/// actor itself, signed in or signing the request, and to regulators.
+async fn lots(State(app): State<App>, Query(q): Query<HashMap<String, String>>, headers: axum::http::HeaderMap, uri: axum::http::Uri) -> Response {
+    if let Some(k) = q.keys().find(|k| !LOT_FILTERS.contains(&k.as_str())) {
+        let why = format!("{:?} is not a filter of /v1/lots; they are {}", custody_proto::ids::truncate(k), LOT_FILTERS.join(", "));
+        return error(AnswerCode::InvalidParameter, why);
+    }
+    let mut body = serde_json::Map::new();
+    for k in ["mined_in", "state", "rules", "verdict", "date", "from", "to", "after"] {
+        if let Some(v) = q.get(k) {
+            body.insert(k.into(), json!(v));
+        }
+    }
+    if let Some(c) = q.get("consumed") {
+        let Ok(c) = c.parse::<bool>() else { return error(AnswerCode::InvalidParameter, "consumed is true or false") };
+        body.insert("consumed".into(), json!(c));
+    }
+    if let Some(l) = q.get("limit") {
+        let Ok(l) = l.parse::<usize>() else { return error(AnswerCode::InvalidParameter, "limit is a number of lots (1 to 200)") };
+        body.insert("limit".into(), json!(l));
+    }
+    let subject = match q.get("holder") {
+        None => subjects::QUERY_LOTS.to_owned(),
+        Some(holder) => {
+            let path = uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
+            match caller(&app, &headers, "GET", &path).await {
+                Ok(Some(c)) => {
+                    let key = if holder == "me" { c.key.clone() } else { holder.clone() };
+                    if key.parse::<custody_proto::ActorKey>().is_err() {
+                        return error(AnswerCode::InvalidParameter, "holder is me, or an actor's public key (U...)");
+                    }
+                    if key != c.key && !c.regulator {
+                        let why = format!("who holds what is a business secret: {} may list its own lots (holder=me), a regulator anyone's", c.key);
+                        return error(AnswerCode::NotPermitted, why);
+                    }
+                    subjects::holdings(&key)
+                }
+                Ok(None) => {
+                    let why = "who holds what is a business secret: sign in (or sign the request) to list your own lots with holder=me";
+                    return error(AnswerCode::BadCredentials, why);
+                }
+                Err(r) => return r,
+            }
+        }
+    };
+    let answer = match app.answer("projection", &subject, Value::Object(body)).await {
+        Ok(a) => a,
+        Err(response) => return response,
+    };
+    if q.get("format").map(String::as_str) != Some("csv") {
+        return Json(answer).into_response();
+    }
+    let mut rows = answer["lots"].as_array().cloned().unwrap_or_default();
+    // Shares as a spreadsheet reads them: "BW 0.6000; RU 0.4000".
+    for row in &mut rows {
+        let shares: Vec<String> = row["mine_origin"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| format!("{} {}", s["country"].as_str().unwrap_or(""), s["share"].as_str().unwrap_or("")))
+            .collect();
+        row["mine_origin"] = json!(shares.join("; "));
+    }
+    let lead = ["lot", "state", "carats", "consumed", "created", "held_in", "mine_origin"];
+    let csv = custody_wire::table::csv(&rows, &lead, &json!({"as_of_seq": answer["as_of_seq"], "next": answer["next"]}), "page");
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response()
+}
+
 /// The public flows, as JSON, or as CSV with `?format=csv` (one row per
 /// flow, each naming the entry counted to; the JSON alone carries the
 /// figures about the mass held now).
@@ -416,12 +490,9 @@ async fn statistics(State(app): State<App>, Query(q): Query<HashMap<String, Stri
     if q.get("format").map(String::as_str) != Some("csv") {
         return Json(s).into_response();
     }
-    let seq = s["as_of"]["seq"].as_u64().unwrap_or(0);
-    let mut csv = String::from("mined_in,to,quarter,carats,stones,value_usd,as_of_seq\n");
-    for f in s["flows"].as_array().into_iter().flatten() {
-        let text = |k: &str| f[k].as_str().unwrap_or("").to_owned();
-        csv.push_str(&format!("{},{},{},{},{},{},{seq}\n", text("mined_in"), text("to"), text("quarter"), text("carats"), f["stones"], text("value_usd")));
-    }
+    let rows = s["flows"].as_array().cloned().unwrap_or_default();
+    let lead = ["mined_in", "to", "quarter", "carats", "stones", "value_usd"];
+    let csv = custody_wire::table::csv(&rows, &lead, &json!({"as_of_seq": s["as_of"]["seq"]}), "as_of");
     ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response()
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use custody_wire::follow::{FollowError, Reader};
 use custody_wire::health::Health;
-use custody_wire::query::{ActorQuery, AdmissibilityQuery, AnswerCode, CertificateQuery, LotQuery, SearchQuery, VerifyCertificateQuery};
+use custody_wire::query::{ActorQuery, AdmissibilityQuery, AnswerCode, CertificateQuery, LotQuery, LotsQuery, SearchQuery, VerifyCertificateQuery};
 use custody_wire::subjects;
 use futures::{FutureExt as _, StreamExt};
 use serde_json::{json, Value};
@@ -386,8 +386,15 @@ fn query<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Value> {
 /// projection catches up, that is below the ledger's head.
 pub fn answer(state: &State, subject: &str, body: &[u8]) -> Value {
     let mut answer = answer_or_error(state, subject, body).unwrap_or_else(|e| e);
-    let about_state =
-        matches!(subject, subjects::QUERY_ORIGIN | subjects::QUERY_GENEALOGY | subjects::QUERY_ADMISSIBILITY | subjects::QUERY_ACTOR | subjects::QUERY_SEARCH);
+    let about_state = matches!(
+        subject,
+        subjects::QUERY_ORIGIN
+            | subjects::QUERY_GENEALOGY
+            | subjects::QUERY_ADMISSIBILITY
+            | subjects::QUERY_ACTOR
+            | subjects::QUERY_SEARCH
+            | subjects::QUERY_LOTS
+    ) || holder_of(subject).is_some();
     if let (true, Some(fields)) = (about_state, answer.as_object_mut()) {
         if !fields.contains_key("code") {
             fields.insert("as_of_seq".into(), json!(state.checkpoint.map_or(0, |c| c.0)));
@@ -415,6 +422,8 @@ fn answer_or_error(state: &State, subject: &str, body: &[u8]) -> Result<Value, V
             let SearchQuery { q } = query(body)?;
             return search(state, &q);
         }
+        subjects::QUERY_LOTS => return lots(state, query(body)?, None),
+        _ if holder_of(subject).is_some() => return lots(state, query(body)?, holder_of(subject)),
         subjects::QUERY_VERIFY_CERTIFICATE => {
             let VerifyCertificateQuery { certificate, key, rules } = query(body)?;
             return Ok(json!(crate::certificate::verify(&certificate, &key, &rules)));
@@ -488,6 +497,102 @@ fn search(state: &State, q: &str) -> Result<Value, Value> {
         })
         .collect();
     Ok(json!({"query": q, "found": found, "truncated": truncated}))
+}
+
+/// The actor a `custody.holdings.<key>` subject asks about.
+fn holder_of(subject: &str) -> Option<&str> {
+    subject.strip_prefix(subjects::HOLDINGS_PREFIX)?.strip_prefix('.').filter(|k| !k.is_empty() && !k.contains('.'))
+}
+
+/// Lots on a page unless the query says fewer.
+const PAGE: usize = 50;
+/// Most lots on one page.
+const MAX_PAGE: usize = 200;
+/// Most lots one page looks at. A filter that few lots pass answers a
+/// short page (even an empty one) with `next` to go on from: each request
+/// costs at most this, however large the ledger.
+const MAX_SCAN: usize = 20_000;
+
+/// A page of lots in id order after `q.after` that pass every filter
+/// given (and, for `custody.holdings.<key>`, are held by that key): each
+/// with what its `origin` shows anyway (state, carats, countries of
+/// mining, where it is now, when it came into being), and its verdict
+/// when asked; never who holds it. `next` is where the next page starts,
+/// absent on the last.
+fn lots(state: &State, q: LotsQuery, holder: Option<&str>) -> Result<Value, Value> {
+    let invalid = |what: String| error(AnswerCode::InvalidParameter, what);
+    let limit = q.limit.unwrap_or(PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(invalid(format!("limit: 1 to {MAX_PAGE} lots a page")));
+    }
+    let mined_in = match &q.mined_in {
+        Some(c) => Some(
+            c.trim().to_uppercase().parse::<custody_proto::Country>().map_err(|_| invalid(format!("mined_in: {c:?} is not a country code like RU or BW")))?,
+        ),
+        None => None,
+    };
+    let lot_state = match &q.state {
+        Some(s) => Some(
+            serde_json::from_value::<custody_proto::LotState>(Value::from(s.trim().to_lowercase()))
+                .map_err(|_| invalid(format!("state: {s:?} is not rough or polished")))?,
+        ),
+        None => None,
+    };
+    let verdict = match (&q.rules, &q.verdict) {
+        (Some(rules), Some(verdict)) => {
+            let verdict = verdict.trim().to_lowercase();
+            if !["admissible", "prohibited", "undetermined"].contains(&verdict.as_str()) {
+                return Err(invalid(format!("verdict: {verdict:?} is not admissible, prohibited or undetermined")));
+            }
+            Some((rule_set(rules)?, parse_date(q.date.clone())?, verdict))
+        }
+        (None, None) => None,
+        _ => return Err(error(AnswerCode::MissingParameter, "a verdict filter needs both rules and verdict (and date, YYYY-MM-DD)")),
+    };
+    let day = |d: &Option<String>| match d {
+        Some(d) => parse_date(Some(d.clone())).map(Some),
+        None => Ok(None),
+    };
+    let (from, to) = (day(&q.from)?, day(&q.to)?);
+    let range = match q.after.as_deref() {
+        Some(after) => state.lots.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+        None => state.lots.range::<str, _>(..),
+    };
+    let mut range = range.peekable();
+    let (mut found, mut scanned, mut next) = (Vec::new(), 0usize, None);
+    while let Some((id, lot)) = range.next() {
+        scanned += 1;
+        let passes = holder.is_none_or(|h| lot.holder == h)
+            && mined_in.is_none_or(|c| lot.composition.parts().any(|(p, _)| p.source == crate::origin::Source::Mined(c)))
+            && lot_state.is_none_or(|s| lot.state == s)
+            && q.consumed.is_none_or(|c| lot.consumed == c)
+            && from.is_none_or(|f| lot.created.date >= f)
+            && to.is_none_or(|t| lot.created.date <= t);
+        let judged = match (&verdict, passes) {
+            (Some((set, date, _)), true) => Some(view::admissibility(&state.answerable(lot), set, *date)["verdict"].clone()),
+            _ => None,
+        };
+        if passes && verdict.as_ref().is_none_or(|(.., v)| judged.as_ref().is_some_and(|j| j == v.as_str())) {
+            let mut row = json!({
+                "lot": id,
+                "state": lot.state,
+                "carats": lot.carats,
+                "consumed": lot.consumed,
+                "created": lot.created.date.to_string(),
+                "held_in": lot.country,
+                "mine_origin": lot.composition.rounded().into_iter().map(|(country, share)| json!({"country": country, "share": share})).collect::<Vec<_>>(),
+            });
+            if let (Some(j), Some(fields)) = (judged, row.as_object_mut()) {
+                fields.insert("verdict".into(), j);
+            }
+            found.push(row);
+        }
+        if (found.len() == limit || scanned == MAX_SCAN) && range.peek().is_some() {
+            next = Some(id.clone());
+            break;
+        }
+    }
+    Ok(json!({"lots": found, "next": next, "scanned": scanned}))
 }
 
 /// The lots `lot` became and that are still lots of their own (not
@@ -622,7 +727,12 @@ const READERS: usize = 2;
 /// ([`custody_wire::fair`]), so one client's flood delays that client.
 async fn serve(client: async_nats::Client, state: Shared, meters: Meters) -> Result<(), ProjectionError> {
     use custody_wire::fair::answering;
-    let sub = client.queue_subscribe("custody.query.>", subjects::PROJECTION_GROUP.to_owned()).await.map_err(|e| ProjectionError::Serve(e.to_string()))?;
+    let queries = client.queue_subscribe("custody.query.>", subjects::PROJECTION_GROUP.to_owned()).await.map_err(|e| ProjectionError::Serve(e.to_string()))?;
+    let holdings = client
+        .queue_subscribe(format!("{}.*", subjects::HOLDINGS_PREFIX), subjects::PROJECTION_GROUP.to_owned())
+        .await
+        .map_err(|e| ProjectionError::Serve(e.to_string()))?;
+    let sub = futures::stream::select(queries, holdings);
     let counted = move |subject: String, answer: Value, took: Duration| {
         meters.query(&subject, took);
         std::future::ready(answer)
