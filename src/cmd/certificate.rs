@@ -46,7 +46,8 @@ pub struct VerifyCertificateArgs {
 #[derive(clap::Args)]
 pub struct FilingArgs {
     lot: String,
-    /// us-country-of-mining, eu-due-diligence or kp-mining-countries.
+    /// us-country-of-mining, eu-due-diligence, kp-mining-countries,
+    /// kp-certificate or uk-gbsan0002.
     #[arg(long)]
     form: String,
     /// The certificate to file from, checked against --key before anything
@@ -203,7 +204,7 @@ pub async fn filing(nats: &str, a: FilingArgs) -> anyhow::Result<ExitCode> {
             let date = a.date.clone().unwrap_or_else(super::today);
             // The form's rule set in force on the date (the KP form states
             // no verdict; its certificate is made under the EU's).
-            let form = if a.form == "kp-mining-countries" { "eu-due-diligence" } else { a.form.as_str() };
+            let form = if a.form.starts_with("kp-") { "eu-due-diligence" } else { a.form.as_str() };
             let rules = match custody::filing::rules_for(form, &date) {
                 Ok(rules) => rules.into_iter().map(str::to_owned).collect::<Vec<_>>(),
                 Err(e) => {
@@ -249,7 +250,7 @@ pub async fn filing(nats: &str, a: FilingArgs) -> anyhow::Result<ExitCode> {
     }
     let profile: custody::filing::Profile = match &a.profile {
         Some(p) => serde_json::from_slice(&std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?).with_context(|| {
-            format!("{}: not a filer's profile {{\"importer_of_record\", \"entry_number\", \"signer\": {{\"name\", \"title\"}}}}", p.display())
+            format!("{}: not a filer's profile {{\"importer_of_record\", \"entry_number\", \"signer\": {{\"name\", \"title\"}}, \"kp_issuing_authority\", \"kp_expiry_date\"}}", p.display())
         })?,
         None => custody::filing::Profile::default(),
     };
