@@ -59,6 +59,11 @@ const PHONE_LAYOUT: &str = r##"(() => {
 /// evaluates to a JSON text, saves a screenshot at `shot`, and returns
 /// what it evaluated to.
 fn on_a_phone(profile: &std::path::Path, url: &str, expression: &str, shot: &std::path::Path) -> serde_json::Value {
+    in_chromium(profile, url, expression, shot, None)
+}
+
+/// [`on_a_phone`], with the CSS media emulated (`print`, say).
+fn in_chromium(profile: &std::path::Path, url: &str, expression: &str, shot: &std::path::Path, media: Option<&str>) -> serde_json::Value {
     use std::io::{BufRead as _, Write as _};
     use std::os::unix::io::FromRawFd as _;
     use std::os::unix::process::CommandExt as _;
@@ -119,6 +124,9 @@ fn on_a_phone(profile: &std::path::Path, url: &str, expression: &str, shot: &std
     let session = call("Target.attachToTarget", serde_json::json!({"targetId": target, "flatten": true}), None)["sessionId"].as_str().unwrap().to_owned();
     let s = Some(session.as_str());
     call("Emulation.setDeviceMetricsOverride", serde_json::json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}), s);
+    if let Some(media) = media {
+        call("Emulation.setEmulatedMedia", serde_json::json!({"media": media}), s);
+    }
     call("Page.navigate", serde_json::json!({"url": url}), s);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let measured = loop {
@@ -202,6 +210,22 @@ async fn the_page_shows_s1_of_the_worked_example() {
         assert!(dom.contains(&format!(r#"data-lot="{lot}""#)), "the graph draws {lot}");
     }
     assert!(dom.contains(r#"href="/v1/ledger/entries/16""#), "nodes and steps link to their ledger entries");
+    // The journey, one step a line: when, where, who, what, vouched by whom.
+    let timeline = dom.split(r#"<ol id="timeline">"#).nth(1).map(|t| t[..t.find("</ol>").unwrap()].to_owned()).expect("a journey timeline");
+    let steps: Vec<&str> = timeline.split("<li ").skip(1).collect();
+    assert!(steps.len() >= 8, "every step of S1's journey: {timeline}");
+    let mined = steps.iter().find(|s| s.contains(r#"data-kind="mined""#) && s.contains("Russia (RU)")).expect("the Russian mine");
+    assert!(mined.contains(r#"<time datetime="2024-09-02">2024-09-02</time>"#) && mined.contains(r#"<span class="who">the miner</span>"#), "{mined}");
+    let cut = steps.iter().find(|s| s.contains(r#"data-kind="processed""#)).expect("the cut");
+    assert!(cut.contains("India (IN)") && cut.contains("the cutting centre") && cut.contains(r#"data-vouched="declared""#), "{cut}");
+    assert!(cut.contains("late record"), "the test's entries are recorded years after their dates: {cut}");
+    assert!(dom.contains(r#"href="/v1/lots/S1/origin?format=csv""#), "the journey as CSV");
+    let csv = reqwest::get(format!("{base}/v1/lots/S1/origin?format=csv")).await.unwrap().text().await.unwrap();
+    assert!(csv.starts_with("seq,date,kind,country,note,late_record,vouched.by,"), "{csv}");
+    assert_eq!(csv.lines().count(), 8, "one row a step of S1's own path (from L3's merge): {csv}");
+    assert!(steps.len() >= 13, "the journey adds L1's and L2's mining, export and import: {timeline}");
+    let dates: Vec<&str> = steps.iter().filter_map(|s| s.split(r#"<time datetime=""#).nth(1)).map(|d| &d[..10]).collect();
+    assert!(dates.windows(2).all(|w| w[0] <= w[1]), "oldest first: {dates:?}");
 
     // Another market, picked in the link: the European Union's newest set.
     let eu = tokio::task::spawn_blocking({
@@ -253,6 +277,25 @@ async fn the_page_shows_s1_of_the_worked_example() {
     // The genealogy, wider than the phone, opens centred on the stone.
     assert_eq!(phone["graph_scrolls"], true, "{phone}");
     assert!(phone["stone_off_centre"].as_f64().unwrap() < 5.0, "the stone is in the middle of the drawing's box: {phone}");
+
+    // On paper: the answer alone, in one column, the glossary with it.
+    let printed = r##"(() => {
+      if (!document.getElementById("timeline")) return null;
+      window.dispatchEvent(new Event("beforeprint"));
+      const shown = id => { const e = document.getElementById(id); return !!e && getComputedStyle(e).display !== "none"; };
+      const grid = document.querySelector(".grid");
+      return JSON.stringify({ form: shown("lookup"), signin: shown("signin"), drop: shown("drop"), plain: shown("plain"),
+        timeline: shown("timeline"), glossary_open: document.getElementById("glossary").open,
+        columns: getComputedStyle(grid).gridTemplateColumns.split(" ").length });
+    })()"##;
+    let (profile, page) = (sys.dir.path().join("chromium-print"), format!("{base}/?lot=S1&date=2024-11-15"));
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/print.png");
+    let paper = tokio::task::spawn_blocking(move || in_chromium(&profile, &page, printed, &shot, Some("print"))).await.unwrap();
+    assert_eq!(
+        paper,
+        serde_json::json!({"form": false, "signin": false, "drop": false, "plain": true, "timeline": true, "glossary_open": true, "columns": 1}),
+        "printed: {paper}"
+    );
 }
 
 /// An officer holding only the number on a paper finds the stone: the KP

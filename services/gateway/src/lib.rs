@@ -389,21 +389,61 @@ fn segment(p: Result<Path<String>, PathRejection>) -> Result<String, Response> {
     p.map(|Path(s)| s).map_err(|e| error(AnswerCode::InvalidPath, format!("the path cannot be read: {e}")))
 }
 
-async fn origin(State(app): State<App>, lot: Result<Path<String>, PathRejection>) -> Response {
+/// The origin answer; with `?format=csv`, its custody path as CSV (one
+/// row a step, the lot's origin repeated on each).
+async fn origin(State(app): State<App>, lot: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>) -> Response {
     let lot = match segment(lot) {
         Ok(l) => l,
         Err(r) => return r,
     };
-    app.query(subjects::QUERY_ORIGIN, json!({"lot": lot})).await
+    if q.get("format").map(String::as_str) != Some("csv") {
+        return app.query(subjects::QUERY_ORIGIN, json!({"lot": lot})).await;
+    }
+    let mut origin = match app.answer("projection", subjects::QUERY_ORIGIN, json!({"lot": lot})).await {
+        Ok(o) => o,
+        Err(response) => return response,
+    };
+    let steps = origin.get_mut("path").map(Value::take).and_then(|p| p.as_array().cloned()).unwrap_or_default();
+    let shared = json!({"lot": origin["lot"], "mine_origin": shares_text(&origin["mine_origin"]), "customs_origin": origin["customs_origin"], "as_of_seq": origin["as_of_seq"]});
+    csv_response(custody_wire::table::csv(&steps, &["seq", "date", "kind", "country", "note", "late_record", "vouched.by"], &shared, "lot"))
+}
+
+/// Shares as a spreadsheet reads them: "BW 0.6000; RU 0.4000".
+fn shares_text(mine_origin: &Value) -> Value {
+    let shares: Vec<String> = mine_origin
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| format!("{} {}", s["country"].as_str().unwrap_or(""), s["share"].as_str().unwrap_or("")))
+        .collect();
+    json!(shares.join("; "))
+}
+
+fn csv_response(csv: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response()
 }
 
 /// `?q=`: a lot id, or the number on a paper (a KP certificate, an export
-/// declaration, an invoice, a lab report, a verification).
-async fn search(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let Some(q) = q.get("q") else {
+/// declaration, an invoice, a lab report, a verification); with
+/// `&format=csv`, the lots found as CSV.
+async fn search(State(app): State<App>, Query(params): Query<HashMap<String, String>>) -> Response {
+    let Some(q) = params.get("q") else {
         return error(AnswerCode::MissingParameter, "search needs ?q= with a lot id or the number on a paper (KP certificate, invoice, lab report, ...)");
     };
-    app.query(subjects::QUERY_SEARCH, json!({"q": q})).await
+    if params.get("format").map(String::as_str) != Some("csv") {
+        return app.query(subjects::QUERY_SEARCH, json!({"q": q})).await;
+    }
+    let found = match app.answer("projection", subjects::QUERY_SEARCH, json!({"q": q})).await {
+        Ok(f) => f,
+        Err(response) => return response,
+    };
+    let mut rows = found["found"].as_array().cloned().unwrap_or_default();
+    for row in &mut rows {
+        let into: Vec<&str> = row["made_into"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        row["made_into"] = json!(into.join("; "));
+    }
+    let shared = json!({"query": found["query"], "as_of_seq": found["as_of_seq"], "truncated": found["truncated"]});
+    csv_response(custody_wire::table::csv(&rows, &["lot", "matched", "seq", "state", "carats", "consumed", "made_into"], &shared, "search"))
 }
 
 /// The filters `GET /v1/lots` takes.
@@ -464,19 +504,11 @@ async fn lots(State(app): State<App>, Query(q): Query<HashMap<String, String>>, 
         return Json(answer).into_response();
     }
     let mut rows = answer["lots"].as_array().cloned().unwrap_or_default();
-    // Shares as a spreadsheet reads them: "BW 0.6000; RU 0.4000".
     for row in &mut rows {
-        let shares: Vec<String> = row["mine_origin"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| format!("{} {}", s["country"].as_str().unwrap_or(""), s["share"].as_str().unwrap_or("")))
-            .collect();
-        row["mine_origin"] = json!(shares.join("; "));
+        row["mine_origin"] = shares_text(&row["mine_origin"]);
     }
     let lead = ["lot", "state", "carats", "consumed", "created", "held_in", "mine_origin"];
-    let csv = custody_wire::table::csv(&rows, &lead, &json!({"as_of_seq": answer["as_of_seq"], "next": answer["next"]}), "page");
-    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response()
+    csv_response(custody_wire::table::csv(&rows, &lead, &json!({"as_of_seq": answer["as_of_seq"], "next": answer["next"]}), "page"))
 }
 
 /// The public flows, as JSON, or as CSV with `?format=csv` (one row per
@@ -492,8 +524,7 @@ async fn statistics(State(app): State<App>, Query(q): Query<HashMap<String, Stri
     }
     let rows = s["flows"].as_array().cloned().unwrap_or_default();
     let lead = ["mined_in", "to", "quarter", "carats", "stones", "value_usd"];
-    let csv = custody_wire::table::csv(&rows, &lead, &json!({"as_of_seq": s["as_of"]["seq"]}), "as_of");
-    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response()
+    csv_response(custody_wire::table::csv(&rows, &lead, &json!({"as_of_seq": s["as_of"]["seq"]}), "as_of"))
 }
 
 async fn admissibility(State(app): State<App>, lot: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>) -> Response {
