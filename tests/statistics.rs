@@ -53,6 +53,25 @@ async fn flows_sum_three_exporters_or_more_and_recompute_from_a_backup() {
         }
     }
 
+    // Refusals by code: all five mines try to mine ST0 again (lot_exists,
+    // five actors: shown); the trader exports a lot nobody recorded
+    // (unknown_lot, one actor: withheld, never shown alone).
+    for (i, (mine, country)) in mines.iter().enumerate() {
+        let (nc, _, _) = connect_when_allowed(&up.url, mine).await;
+        let again = event(mine, &format!("st-again{i}"), "mined", json!({"lot": "ST0", "carats": "1.00", "country": country}));
+        let outcome = custody::client::submit(&nc, bytes::Bytes::from(sign(mine, &again))).await.unwrap();
+        assert!(matches!(&outcome, Outcome::Rejected(r) if r.code.as_str() == "lot_exists"), "{outcome:?}");
+    }
+    let (nc, _, _) = connect_when_allowed(&up.url, &trader).await;
+    let nothing = event(
+        &trader,
+        "st-nothing",
+        "exported",
+        json!({"lots": ["NOPE"], "to": mines[0].0.public_key(), "to_country": "BW", "certificate": {"number": "AE-2024-0000", "value_usd": "1.00"}}),
+    );
+    let outcome = custody::client::submit(&nc, bytes::Bytes::from(sign(&trader, &nothing))).await.unwrap();
+    let Outcome::Rejected(thin) = outcome else { panic!("{outcome:?}") };
+
     // Anyone reads them, unsigned, once the projection has counted them.
     let http = reqwest::Client::new();
     let mut stats = Value::Null;
@@ -71,6 +90,10 @@ async fn flows_sum_three_exporters_or_more_and_recompute_from_a_backup() {
         "the Botswanan flow sums its four exporters exactly; the one Russian exporter's flow is never shown alone: {stats}"
     );
     assert_eq!(stats["withheld"], true, "the Russian flow was too thin even pooled: {stats}");
+    let refusals = stats["refusals"].clone();
+    assert_eq!(refusals["by_code"], json!([{"code": "lot_exists", "refusals": 5}]), "{refusals}");
+    assert_eq!(refusals["withheld"], 1, "the trader's lone {} is not shown alone: {refusals}", thin.code.as_str());
+    assert!(refusals["replicas"].as_u64() >= Some(1) && refusals["since"].is_string(), "{refusals}");
     assert_eq!(stats["minimum_actors"], 3);
     let text = stats.to_string();
     for (i, (mine, _)) in mines.iter().enumerate() {
@@ -89,7 +112,10 @@ async fn flows_sum_three_exporters_or_more_and_recompute_from_a_backup() {
     let out = cli("", &["statistics", "--backup", backup.to_str().unwrap(), "--key", &ledger_key, "--as-of", &seq, "--json"]).await;
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let offline: Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert_eq!(offline, stats, "recomputed from the backup");
+    // Every figure but the refusals, which are not ledger entries.
+    let mut from_entries = stats.clone();
+    from_entries.as_object_mut().unwrap().remove("refusals");
+    assert_eq!(offline, from_entries, "recomputed from the backup");
     // And it says so when asked past the backup's end.
     let out = cli("", &["statistics", "--backup", backup.to_str().unwrap(), "--as-of", "999999"]).await;
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("fewer than --as-of"), "{}", String::from_utf8_lossy(&out.stderr));

@@ -49,6 +49,26 @@ pub struct Status {
     pub key: Option<String>,
     /// The custody version it runs.
     pub version: String,
+    /// A ledger replica: the submissions it refused since `refused_since`,
+    /// by code (what the public statistics publish).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub refused: std::collections::BTreeMap<String, Refused>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_since: Option<String>,
+}
+
+/// Refusals of one code: how many, and from how many different actors
+/// (counted up to [`Refused::ACTORS`], as much as publishing needs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    pub refusals: u64,
+    pub actors: u8,
+}
+
+impl Refused {
+    /// Actors a published figure must come from (DOMAIN.md, "Public
+    /// statistics"); counting stops there.
+    pub const ACTORS: u8 = 3;
 }
 
 /// The handle a service keeps its [`Status`] up to date through; clones
@@ -72,6 +92,8 @@ impl Health {
                 leader: None,
                 key: None,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
+                refused: Default::default(),
+                refused_since: None,
             })),
             Arc::new(Mutex::new(Default::default())),
         )

@@ -33,7 +33,7 @@
 //! | the ledger | everything (in `CUSTODY`) | everything |
 //! | a projection | direct get on the committed stream | `custody.query.>` and `custody.holdings.*` (answers), the committed subject, `custody.status.projection` |
 //! | authz | direct get on the committed stream | the committed subject, `custody.status.authz` |
-//! | the gateway | queries, anyone's holdings (`custody.holdings.*`), proofs, direct get on both streams | the committed and checkpoint subjects, `custody.status.gateway` |
+//! | the gateway | queries, anyone's holdings (`custody.holdings.*`), proofs, direct get on both streams, the ledgers' status (refusals by code) | the committed and checkpoint subjects, `custody.status.gateway` |
 //! | any actor | its own `custody.submit.<key>`, `custody.inbox.<key>` and `custody.holdings.<key>`, pulling from and acking its own receipts consumer, queries and proofs, its own inbox (for an edge's leaf connection) | — |
 //! | a regulator | also direct get on both streams and anyone's holdings | also the committed and checkpoint subjects |
 //! | the operator (`custody up`'s demo loader, `custody status`, `custody backup`) | any `custody.submit.>`, queries, anyone's holdings, `custody.status.>`, direct get on both streams | — |
@@ -122,6 +122,8 @@ fn projection(key: &str) -> Permissions {
 
 fn gateway(key: &str) -> Permissions {
     let mut p = reader(key);
+    // The ledger replicas' refusals by code, for the public statistics.
+    p.publish.push(status("ledger"));
     p.subscribe.push(status("gateway"));
     p.responds = true;
     p
@@ -363,7 +365,12 @@ mod tests {
                 &["custody.query.>", "custody.holdings.*", ENTRIES_SUBJECT, "custody.status.projection"],
             ),
             ("UAUTHZ", &["$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.query.>", "custody.submit.>"], &[ENTRIES_SUBJECT]),
-            ("UGATE", &["custody.query.>", "custody.holdings.*", "$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.submit.>"], &["_INBOX_UGATE.>"]),
+            (
+                "UGATE",
+                &["custody.query.>", "custody.holdings.*", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", "custody.status.ledger"],
+                &["custody.submit.>", "custody.status.>"],
+                &["_INBOX_UGATE.>"],
+            ),
             ("UOP", &["custody.submit.>", "custody.status.>", "$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.inbox.UMINER", ">"], &["_INBOX_UOP.>"]),
             ("UGENESIS", &["custody.submit.UGENESIS"], &["custody.submit.UMINER"], &["_INBOX_UGENESIS.>"]),
         ];

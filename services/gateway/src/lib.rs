@@ -54,7 +54,15 @@ struct App {
     per_client: usize,
     /// People signed in on the page: challenges issued, sessions open.
     sessions: Arc<std::sync::Mutex<Sessions>>,
+    /// The ledgers' refusals by code, as last gathered, and when: one
+    /// gathering serves every request for [`REFUSALS_FRESH`].
+    refusals: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Value)>>>,
 }
+
+/// How long gathered refusal counts are served before asking again.
+const REFUSALS_FRESH: Duration = Duration::from_secs(10);
+/// How long the ledger replicas are given to say what they refused.
+const REFUSALS_WAIT: Duration = Duration::from_millis(300);
 
 /// How long a challenge may be answered, and a session lasts.
 const CHALLENGE_LIFE: Duration = Duration::from_secs(60);
@@ -136,6 +144,7 @@ pub fn router(nats: async_nats::Client, per_client: usize) -> Router {
         in_progress: Default::default(),
         per_client,
         sessions: Default::default(),
+        refusals: Default::default(),
     };
     Router::new()
         .route("/v1/search", get(search))
@@ -515,16 +524,53 @@ async fn lots(State(app): State<App>, Query(q): Query<HashMap<String, String>>, 
 /// flow, each naming the entry counted to; the JSON alone carries the
 /// figures about the mass held now).
 async fn statistics(State(app): State<App>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let s = match app.answer("projection", subjects::QUERY_STATISTICS, json!({})).await {
+    let mut s = match app.answer("projection", subjects::QUERY_STATISTICS, json!({})).await {
         Ok(s) => s,
         Err(response) => return response,
     };
     if q.get("format").map(String::as_str) != Some("csv") {
+        s["refusals"] = refusals(&app).await;
         return Json(s).into_response();
     }
     let rows = s["flows"].as_array().cloned().unwrap_or_default();
     let lead = ["mined_in", "to", "quarter", "carats", "stones", "value_usd"];
     csv_response(custody_wire::table::csv(&rows, &lead, &json!({"as_of_seq": s["as_of"]["seq"]}), "as_of"))
+}
+
+/// What the ledger replicas answering now refused, by code, since each
+/// started: only codes met by at least [`Refused::ACTORS`] different
+/// actors (the rest summed as withheld). Refusals are not ledger
+/// entries, so these figures cannot be recomputed from a backup.
+async fn refusals(app: &App) -> Value {
+    use custody_wire::health::Refused;
+    let mut cached = app.refusals.lock().await;
+    if let Some((at, v)) = cached.as_ref() {
+        if at.elapsed() < REFUSALS_FRESH {
+            return v.clone();
+        }
+    }
+    let statuses = custody_wire::health::gather(&app.nats, &["ledger"], REFUSALS_WAIT).await.unwrap_or_default();
+    let mut by_code: std::collections::BTreeMap<String, Refused> = std::collections::BTreeMap::new();
+    for status in statuses.iter().filter(|s| s.service == "ledger") {
+        for (code, r) in &status.refused {
+            let t = by_code.entry(code.clone()).or_default();
+            t.refusals += r.refusals;
+            // Replicas may have met the same actors: the most any one met
+            // is all that is known for sure.
+            t.actors = t.actors.max(r.actors);
+        }
+    }
+    let (shown, thin): (Vec<_>, Vec<_>) = by_code.into_iter().partition(|(_, r)| r.actors >= Refused::ACTORS);
+    let since = statuses.iter().filter_map(|s| s.refused_since.clone()).min();
+    let v = json!({
+        "by_code": shown.iter().map(|(code, r)| json!({"code": code, "refusals": r.refusals})).collect::<Vec<_>>(),
+        "withheld": thin.iter().map(|(_, r)| r.refusals).sum::<u64>(),
+        "since": since,
+        "replicas": statuses.iter().filter(|s| s.service == "ledger").count(),
+        "note": "submissions the ledger replicas answering now refused since each started, by code; a code met by fewer than 3 actors is counted under withheld. Refusals are not ledger entries, so they cannot be recomputed from a backup.",
+    });
+    *cached = Some((std::time::Instant::now(), v.clone()));
+    v
 }
 
 async fn admissibility(State(app): State<App>, lot: Result<Path<String>, PathRejection>, Query(q): Query<HashMap<String, String>>) -> Response {

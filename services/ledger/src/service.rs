@@ -158,7 +158,14 @@ impl Config {
 }
 
 /// Where a submission's outcome must go.
-enum Reply {
+struct Reply {
+    to: ReplyTo,
+    /// The actor the submission subject named (for counting refusals by
+    /// how many actors met them).
+    actor: Option<String>,
+}
+
+enum ReplyTo {
     /// A request-reply inbox: answer once.
     Core(Subject),
     /// A message of the inbox stream: publish the outcome on the receipts
@@ -649,7 +656,13 @@ async fn intake_core(client: async_nats::Client, mut sub: async_nats::Subscriber
                 continue;
             }
             if tx
-                .send(Submission { received: std::time::Instant::now(), raw: msg.payload, subject_key, reply: Reply::Core(reply), limited: None })
+                .send(Submission {
+                    received: std::time::Instant::now(),
+                    raw: msg.payload,
+                    reply: Reply { to: ReplyTo::Core(reply), actor: subject_key.clone() },
+                    subject_key,
+                    limited: None,
+                })
                 .await
                 .is_err()
             {
@@ -679,7 +692,8 @@ async fn intake_core(client: async_nats::Client, mut sub: async_nats::Subscriber
                 }
                 continue;
             }
-            let submission = Submission { received, raw, subject_key: subject_key.clone(), reply: Reply::Part(batch.clone(), i), limited: None };
+            let reply = Reply { to: ReplyTo::Part(batch.clone(), i), actor: subject_key.clone() };
+            let submission = Submission { received, raw, subject_key: subject_key.clone(), reply, limited: None };
             if tx.send(submission).await.is_err() {
                 return Ok(());
             }
@@ -714,7 +728,8 @@ async fn intake_inbox(inbox: stream::Stream, tx: mpsc::Sender<Submission>, share
                 let raw = msg.payload.clone();
                 let subject_key = subject_key(&msg.subject);
                 let limited = shares.take(subject_key.as_deref());
-                let submission = Submission { received: std::time::Instant::now(), raw, subject_key, reply: Reply::Inbox(Box::new(msg)), limited };
+                let reply = Reply { to: ReplyTo::Inbox(Box::new(msg)), actor: subject_key.clone() };
+                let submission = Submission { received: std::time::Instant::now(), raw, subject_key, reply, limited };
                 if tx.send(submission).await.is_err() {
                     break;
                 }
@@ -1007,25 +1022,25 @@ async fn respond_stage(
 ) -> Result<(), LedgerError> {
     let mut consumers = custody_wire::receipts::Consumers::default();
     while let Some((received, batch)) = rx.recv().await {
-        meters.outcomes(batch.iter().map(|(_, o)| o));
+        meters.outcomes(batch.iter().map(|(r, o)| (r.actor.as_deref(), o)));
         meters.receipt.record(received.elapsed().as_secs_f64());
         let mut durable = Vec::new();
         for (reply, outcome) in batch {
             let body = outcome_bytes(&outcome);
-            match reply {
-                Reply::Core(subject) => {
+            match reply.to {
+                ReplyTo::Core(subject) => {
                     if let Err(e) = client.publish(subject, body).await {
                         tracing::warn!(error = %e, "cannot send a reply");
                     }
                 }
-                Reply::Part(batch, i) => {
+                ReplyTo::Part(batch, i) => {
                     if let Some(all) = batch.set(i, outcome) {
                         if let Err(e) = client.publish(batch.subject.clone(), all).await {
                             tracing::warn!(error = %e, "cannot send a batch reply");
                         }
                     }
                 }
-                Reply::Inbox(msg) => {
+                ReplyTo::Inbox(msg) => {
                     let key = subject_key(&msg.subject);
                     consumers.ensure(&js, key.as_deref()).await;
                     let (subject, headers, message_id) = custody_wire::receipts::message(key.as_deref(), &outcome);
