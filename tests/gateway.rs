@@ -61,6 +61,33 @@ async fn http_api_answers_the_worked_example_and_refuses_clearly() {
     assert_eq!(v["ok"], true);
     assert_eq!(v["entries"], 18);
 
+    // The origin report: a PDF with each market's verdict under its set
+    // in force on the date, and a QR code to check the certificate.
+    let r = reqwest::get(format!("{base}/v1/lots/S1/report.pdf?date=2024-11-15")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "application/pdf");
+    let pdf = r.bytes().await.unwrap();
+    let text = String::from_utf8_lossy(&pdf);
+    assert!(pdf.starts_with(b"%PDF-"), "a PDF");
+    for said in [
+        "(Origin report: S1)",
+        "Russia (RU): 40.00 % of its weight",
+        "(United States: US EO 14114",
+        "No (prohibited)",
+        "(European Union: ",
+        "(United Kingdom: ",
+    ] {
+        assert!(text.contains(said), "the report says {said:?}");
+    }
+    let host = base.trim_start_matches("http://");
+    assert!(text.contains(&format!("Check it: http://{host}/?lot=S1&date=2024-11-15")), "the QR code's address is printed under it");
+    let (status, _, e) = get("/v1/lots/NOPE/report.pdf".into()).await;
+    assert_eq!((status, e["code"].as_str()), (404, Some("unknown_lot")), "{e}");
+    let (status, _, e) = get("/v1/lots/S1/report.pdf?date=soon".into()).await;
+    assert_eq!((status, e["code"].as_str()), (400, Some("invalid_date")), "{e}");
+    let (_, _, rules) = get("/v1/rules?date=2024-11-15".into()).await;
+    assert_eq!(rules["in_force"], serde_json::json!({"us": "us-2024", "eu": "eu-2024", "uk": "uk-2024"}), "{rules}");
+
     let (status, _, doc) = get("/v1/openapi.json".into()).await;
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.1.0");

@@ -234,7 +234,17 @@ async fn the_page_shows_s1_of_the_worked_example() {
     })
     .await
     .unwrap();
-    assert!(eu.contains(r#"data-market-rules="eu-2025""#) && eu.contains("May S1 enter the European Union on 2024-11-15?"), "the EU line");
+    // On 2024-11-15 the EU's 2024 set is in force (its 2025 one, for
+    // mixed rough, from 2025-03-01); a date after that, the 2025 one.
+    assert!(eu.contains(r#"data-market-rules="eu-2024""#) && eu.contains("May S1 enter the European Union on 2024-11-15?"), "the EU line");
+    let later = tokio::task::spawn_blocking({
+        let (profile, url) = (profile.clone(), format!("{base}/?lot=S1&date=2025-06-02&market=eu"));
+        move || String::from_utf8_lossy(&browse(&profile, &["--dump-dom"], &url).stdout).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(later.contains(r#"data-market-rules="eu-2025""#), "the set in force on the date");
+    assert!(dom.contains(r#"href="/v1/lots/S1/report.pdf?date=2024-11-15""#), "the origin report is offered");
 
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();

@@ -28,6 +28,7 @@ use custody_wire::subjects;
 use futures::FutureExt as _;
 use serde_json::{json, Value};
 
+mod report;
 mod svg;
 
 /// The OpenAPI document of this surface.
@@ -151,13 +152,20 @@ pub fn router(nats: async_nats::Client, per_client: usize) -> Router {
         .route("/v1/lots", get(lots))
         .route("/v1/session/challenge", get(challenge))
         .route("/v1/session", post(sign_in).get(session).delete(sign_out))
-        .route("/v1/rules", get(|State(app): State<App>| async move { app.query(subjects::QUERY_RULES, json!({})).await }))
+        .route(
+            "/v1/rules",
+            get(|State(app): State<App>, Query(q): Query<HashMap<String, String>>| async move {
+                // With `?date=`, also which preset of each market is in force on it.
+                app.query(subjects::QUERY_RULES, q.get("date").map_or_else(|| json!({}), |d| json!({"date": d}))).await
+            }),
+        )
         .route("/v1/statistics", get(statistics))
         .route("/statistics", get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], STATISTICS_PAGE) }))
         .route("/v1/lots/{lot}/origin", get(origin))
         .route("/v1/lots/{lot}/admissibility", get(admissibility))
         .route("/v1/lots/{lot}/genealogy", get(genealogy))
         .route("/v1/lots/{lot}/certificate", get(certificate))
+        .route("/v1/lots/{lot}/report.pdf", get(report))
         .route("/v1/certificates/verify", post(verify_certificate))
         .route("/v1/ledger/entries/{seq}", get(entry))
         .route("/v1/ledger/entries/{seq}/proof", get(proof))
@@ -608,6 +616,63 @@ async fn genealogy(
         return error(AnswerCode::BadAnswer, "the projection's answer is not JSON");
     };
     ([(header::CONTENT_TYPE, "image/svg+xml")], svg::genealogy(&g)).into_response()
+}
+
+/// The markets a report judges for: each under its preset in force on the
+/// date (`custody.query.rules` with the date says which).
+const REPORT_MARKETS: [(&str, &str); 3] = [("us", "United States"), ("eu", "European Union"), ("uk", "United Kingdom")];
+
+/// The origin report as a PDF (`?date=YYYY-MM-DD`, default today): the
+/// origin, each market's verdict under the rule set in force on the date,
+/// the journey, and a QR code opening the page that checks its
+/// certificate. As public as the answers it summarises.
+async fn report(
+    State(app): State<App>,
+    lot: Result<Path<String>, PathRejection>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let lot = match segment(lot) {
+        Ok(l) => l,
+        Err(r) => return r,
+    };
+    let today = custody_proto::Timestamp::now().to_string().chars().take(10).collect::<String>();
+    let date = q.get("date").cloned().unwrap_or(today);
+    let origin = match app.answer("projection", subjects::QUERY_ORIGIN, json!({"lot": lot})).await {
+        Ok(o) => o,
+        Err(response) => return response,
+    };
+    let titles = match app.answer("projection", subjects::QUERY_RULES, json!({"date": date})).await {
+        Ok(t) => t,
+        Err(response) => return response,
+    };
+    let mut answers = Vec::new();
+    for (jurisdiction, market) in REPORT_MARKETS {
+        let Some(rules) = titles["in_force"][jurisdiction].as_str().map(str::to_owned) else { continue };
+        match app.answer("projection", subjects::QUERY_ADMISSIBILITY, json!({"lot": lot, "rules": rules, "date": date})).await {
+            Ok(a) => {
+                let title = titles["presets"].as_array().into_iter().flatten().find(|p| p["name"] == rules.as_str()).and_then(|p| p["title"].as_str());
+                answers.push((format!("{market}: {}", title.unwrap_or(&rules)), a));
+            }
+            Err(response) => return response,
+        }
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.chars().all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c)))
+        .unwrap_or("localhost");
+    let check_url = format!("http://{host}/?lot={}&date={date}", lot.replace(|c: char| !c.is_ascii_alphanumeric() && !"-_.".contains(c), "_"));
+    let made_at = custody_proto::Timestamp::now().to_string();
+    let pdf = report::pdf(&report::Report {
+        origin: &origin,
+        verdicts: answers.iter().map(|(t, a)| (t.clone(), a)).collect(),
+        date: &date,
+        check_url: &check_url,
+        made_at: &made_at,
+    });
+    let disposition = format!("inline; filename=\"{}.origin-report.pdf\"", lot.replace(|c: char| !c.is_ascii_alphanumeric() && !"-_.".contains(c), "_"));
+    ([(header::CONTENT_TYPE, "application/pdf".to_owned()), (header::CONTENT_DISPOSITION, disposition)], pdf).into_response()
 }
 
 /// An origin certificate: `?rules=us-2024,eu-2025&date=YYYY-MM-DD`. It

@@ -115,6 +115,19 @@ pub const MAX_RULES: usize = 64;
 
 /// The presets as their files word them: name, title, and each rule's id,
 /// description and first day in force (what a page shows a person).
+/// The presets, and with `date`, which of each jurisdiction's is in force
+/// on it (`in_force`: `{"us": "us-2024", ...}`, a jurisdiction with none
+/// in force left out).
+pub fn presets_on(date: Option<NaiveDate>) -> serde_json::Value {
+    let mut answer = presets();
+    if let Some(day) = date {
+        let in_force: serde_json::Map<String, serde_json::Value> =
+            ["us", "eu", "uk"].iter().filter_map(|j| Some(((*j).to_owned(), serde_json::Value::from(in_force(&format!("{j}-"), day)?)))).collect();
+        answer["in_force"] = serde_json::Value::Object(in_force);
+    }
+    answer
+}
+
 pub fn presets() -> serde_json::Value {
     let sets: Vec<serde_json::Value> = PRESETS
         .iter()

@@ -416,7 +416,15 @@ fn answer_or_error(state: &State, subject: &str, body: &[u8]) -> Result<Value, V
             };
         }
         subjects::QUERY_CERTIFICATE => return certificate(state, query(body)?),
-        subjects::QUERY_RULES => return Ok(crate::rules::presets()),
+        subjects::QUERY_RULES => {
+            // `{}`, or `{"date"}` for which preset is in force on it.
+            let date = serde_json::from_slice::<Value>(body).ok().and_then(|b| b.get("date").and_then(Value::as_str).map(str::to_owned));
+            let day = match date {
+                Some(d) => Some(parse_date(Some(d))?),
+                None => None,
+            };
+            return Ok(crate::rules::presets_on(day));
+        }
         subjects::QUERY_STATISTICS => return Ok(state.flows.answer(state)),
         subjects::QUERY_SEARCH => {
             let SearchQuery { q } = query(body)?;
