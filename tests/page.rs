@@ -64,89 +64,150 @@ fn on_a_phone(profile: &std::path::Path, url: &str, expression: &str, shot: &std
 
 /// [`on_a_phone`], with the CSS media emulated (`print`, say).
 fn in_chromium(profile: &std::path::Path, url: &str, expression: &str, shot: &std::path::Path, media: Option<&str>) -> serde_json::Value {
-    use std::io::{BufRead as _, Write as _};
-    use std::os::unix::io::FromRawFd as _;
-    use std::os::unix::process::CommandExt as _;
-    let pipe = || {
-        let mut fds = [0; 2];
-        // SAFETY: pipe(2) writes two descriptors into the array we own.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        fds
-    };
-    let (to_chromium, from_chromium) = (pipe(), pipe());
-    let mut cmd = Command::new(chromium());
-    custody::natsd::die_with_parent(&mut cmd);
-    let (their_read, their_write) = (to_chromium[0], from_chromium[1]);
-    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Chromium reads commands on descriptor 3 and writes on 4.
-            let (r, w) = (libc::fcntl(their_read, libc::F_DUPFD, 10), libc::fcntl(their_write, libc::F_DUPFD, 10));
-            if r < 0 || w < 0 || libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--remote-debugging-pipe"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("chromium runs");
-    // SAFETY: each descriptor is ours alone from here on, and closed once.
-    let (mut commands, answers) = unsafe {
-        libc::close(their_read);
-        libc::close(their_write);
-        (std::fs::File::from_raw_fd(to_chromium[1]), std::io::BufReader::new(std::fs::File::from_raw_fd(from_chromium[0])))
-    };
-    let mut answers = answers.split(0);
-    let mut next = 0;
-    let mut call = |method: &str, params: serde_json::Value, session: Option<&str>| -> serde_json::Value {
-        next += 1;
-        let mut message = serde_json::json!({"id": next, "method": method, "params": params});
-        if let Some(s) = session {
-            message["sessionId"] = s.into();
-        }
-        commands.write_all(format!("{message}\0").as_bytes()).unwrap();
-        loop {
-            let raw = answers.next().expect("chromium answers").unwrap();
-            let answer: serde_json::Value = serde_json::from_slice(&raw).unwrap();
-            if answer["id"] == next {
-                assert!(answer.get("error").is_none(), "{method}: {answer}");
-                return answer["result"].clone();
-            }
-        }
-    };
-    let target = call("Target.createTarget", serde_json::json!({"url": "about:blank"}), None)["targetId"].as_str().unwrap().to_owned();
-    let session = call("Target.attachToTarget", serde_json::json!({"targetId": target, "flatten": true}), None)["sessionId"].as_str().unwrap().to_owned();
-    let s = Some(session.as_str());
-    call("Emulation.setDeviceMetricsOverride", serde_json::json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}), s);
-    if let Some(media) = media {
-        call("Emulation.setEmulatedMedia", serde_json::json!({"media": media}), s);
-    }
-    call("Page.navigate", serde_json::json!({"url": url}), s);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let measured = loop {
-        let v = call("Runtime.evaluate", serde_json::json!({"expression": expression, "returnByValue": true}), s);
-        if let Some(text) = v["result"]["value"].as_str() {
-            break serde_json::from_str(text).unwrap();
-        }
-        assert!(std::time::Instant::now() < deadline, "the page did not answer within 20 s at 390 px");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    let png = call("Page.captureScreenshot", serde_json::json!({"format": "png", "captureBeyondViewport": true}), s);
-    let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, png["data"].as_str().unwrap()).unwrap();
-    if let Some(dir) = shot.parent() {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    std::fs::write(shot, png).unwrap();
-    let _ = call("Browser.close", serde_json::json!({}), None);
-    let _ = child.kill();
-    let _ = child.wait();
+    let mut tab = Tab::open(profile, media);
+    tab.go(url);
+    let measured = tab.until(expression);
+    tab.screenshot(shot);
     measured
+}
+
+/// One headless Chromium tab at a phone's width, driven over DevTools'
+/// pipe; the browser is closed and reaped on drop.
+struct Tab {
+    child: std::process::Child,
+    commands: std::fs::File,
+    answers: std::io::Split<std::io::BufReader<std::fs::File>>,
+    next: u64,
+    session: String,
+}
+
+impl Tab {
+    fn open(profile: &std::path::Path, media: Option<&str>) -> Tab {
+        use std::io::BufRead as _;
+        use std::os::unix::io::FromRawFd as _;
+        use std::os::unix::process::CommandExt as _;
+        let pipe = || {
+            let mut fds = [0; 2];
+            // SAFETY: pipe(2) writes two descriptors into the array we own.
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            fds
+        };
+        let (to_chromium, from_chromium) = (pipe(), pipe());
+        let mut cmd = Command::new(chromium());
+        custody::natsd::die_with_parent(&mut cmd);
+        let (their_read, their_write) = (to_chromium[0], from_chromium[1]);
+        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Chromium reads commands on descriptor 3 and writes on 4.
+                let (r, w) = (libc::fcntl(their_read, libc::F_DUPFD, 10), libc::fcntl(their_write, libc::F_DUPFD, 10));
+                if r < 0 || w < 0 || libc::dup2(r, 3) < 0 || libc::dup2(w, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking", "--remote-debugging-pipe"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromium runs");
+        // SAFETY: each descriptor is ours alone from here on, and closed once.
+        let (commands, answers) = unsafe {
+            libc::close(their_read);
+            libc::close(their_write);
+            (std::fs::File::from_raw_fd(to_chromium[1]), std::io::BufReader::new(std::fs::File::from_raw_fd(from_chromium[0])))
+        };
+        let mut tab = Tab { child, commands, answers: answers.split(0), next: 0, session: String::new() };
+        let target = tab.browser("Target.createTarget", serde_json::json!({"url": "about:blank"}))["targetId"].as_str().unwrap().to_owned();
+        tab.session = tab.browser("Target.attachToTarget", serde_json::json!({"targetId": target, "flatten": true}))["sessionId"].as_str().unwrap().to_owned();
+        tab.call("Emulation.setDeviceMetricsOverride", serde_json::json!({"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": true}));
+        if let Some(media) = media {
+            tab.call("Emulation.setEmulatedMedia", serde_json::json!({"media": media}));
+        }
+        tab
+    }
+
+    fn send(&mut self, method: &str, params: serde_json::Value, in_tab: bool) -> serde_json::Value {
+        let answer = self.exchange(method, params, in_tab);
+        assert!(answer.get("error").is_none(), "{method}: {answer}");
+        answer["result"].clone()
+    }
+
+    /// Sends one command and returns its whole answer, error or result.
+    fn exchange(&mut self, method: &str, params: serde_json::Value, in_tab: bool) -> serde_json::Value {
+        use std::io::Write as _;
+        self.next += 1;
+        let mut message = serde_json::json!({"id": self.next, "method": method, "params": params});
+        if in_tab {
+            message["sessionId"] = self.session.clone().into();
+        }
+        self.commands.write_all(format!("{message}\0").as_bytes()).unwrap();
+        loop {
+            let raw = self.answers.next().expect("chromium answers").unwrap();
+            let answer: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+            if answer["id"] == self.next {
+                return answer;
+            }
+        }
+    }
+
+    /// A DevTools command to the browser.
+    fn browser(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.send(method, params, false)
+    }
+
+    /// A DevTools command to the tab.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.send(method, params, true)
+    }
+
+    fn go(&mut self, url: &str) {
+        self.call("Page.navigate", serde_json::json!({"url": url}));
+    }
+
+    /// Evaluates `expression` until it gives a JSON text (20 s at most).
+    fn until(&mut self, expression: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            // While the page navigates, there is nothing to evaluate in: again.
+            let v = self.exchange("Runtime.evaluate", serde_json::json!({"expression": expression, "returnByValue": true}), true);
+            if let Some(text) = v["result"]["result"]["value"].as_str() {
+                return serde_json::from_str(text).unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "the page did not answer within 20 s: {expression}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Chooses `file` in the file input `selector`, as a person would.
+    fn choose(&mut self, selector: &str, file: &std::path::Path) {
+        let root = self.call("DOM.getDocument", serde_json::json!({}))["root"]["nodeId"].clone();
+        let node = self.call("DOM.querySelector", serde_json::json!({"nodeId": root, "selector": selector}))["nodeId"].clone();
+        self.call("DOM.setFileInputFiles", serde_json::json!({"nodeId": node, "files": [file.to_str().unwrap()]}));
+    }
+
+    fn screenshot(&mut self, shot: &std::path::Path) {
+        let png = self.call("Page.captureScreenshot", serde_json::json!({"format": "png", "captureBeyondViewport": true}));
+        let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, png["data"].as_str().unwrap()).unwrap();
+        if let Some(dir) = shot.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(shot, png).unwrap();
+    }
+}
+
+impl Drop for Tab {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        self.next += 1;
+        let _ = self.commands.write_all(format!("{}\0", serde_json::json!({"id": self.next, "method": "Browser.close", "params": {}})).as_bytes());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,10 +433,13 @@ async fn anyone_reads_the_public_flows_page() {
     assert!(dom.contains("every figure from at least 3 exporters"), "the page says how thin a figure may be");
 }
 
-/// A regulator signs in on the page with its own key (which stays in the
-/// browser: WebCrypto signs the gateway's challenge) and downloads the
-/// certificate; the session cookie is out of the page's scripts' reach; a
-/// trader signed in is told certificates are for regulators.
+/// The officer's whole errand, on a phone: sign in with the key file
+/// (the key stays in the browser: WebCrypto signs the gateway's
+/// challenge; the session cookie is out of the page's scripts' reach),
+/// find the stone by the KP certificate number on its papers, read the
+/// one-line verdict for the United States today, download the
+/// certificate and hand it back to the page, which checks it. A trader
+/// signed in is told plainly why no certificate is offered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_regulator_signs_in_on_the_page_and_downloads_the_certificate() {
     let mut sys = worked_example().await;
@@ -383,31 +447,101 @@ async fn a_regulator_signs_in_on_the_page_and_downloads_the_certificate() {
     let trader = sys.actor("page-trader", "trader", "AE").await;
     sys.projection_caught_up().await;
     let base = sys.start_gateway();
-    let session = |seed: String, name: &str| {
-        let script = r##"(() => {
-          const st = document.getElementById("signin-state");
-          if (!document.getElementById("certificate")) return null;
-          if (!window.step) { window.step = 1; document.getElementById("seed").value = "SEED"; document.getElementById("signin-button").click(); return null; }
-          if (window.step === 1) {
-            if (!st.dataset.signedIn) { const e = st.querySelector(".error"); return e ? JSON.stringify({ error: e.textContent }) : null; }
-            window.step = 2; document.getElementById("certificate").click(); return null;
-          }
-          const n = document.querySelector("#certificate-note [data-code]");
-          return n ? JSON.stringify({ signed_in: st.dataset.signedIn, code: n.dataset.code, text: n.textContent, cookie_visible: document.cookie.includes("custody_session") }) : null;
-        })()"##
-            .replace("SEED", &seed);
-        let (profile, page) = (sys.dir.path().join(format!("chromium-{name}")), format!("{base}/?lot=S1&date=2024-11-15"));
-        let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/test-artifacts/signed-in-{name}.png"));
-        tokio::task::spawn_blocking(move || on_a_phone(&profile, &page, &script, &shot))
+    let key_file = |name: &str, key: &nkeys::KeyPair| {
+        let file = sys.dir.path().join(format!("{name}.nk"));
+        std::fs::write(&file, key.seed().unwrap()).unwrap();
+        file
     };
-    let got = session(regulator.seed().unwrap(), "regulator").await.unwrap();
-    assert_eq!(got["signed_in"], "regulator", "{got}");
-    assert_eq!(got["code"], "downloaded", "the certificate came: {got}");
-    assert_eq!(got["cookie_visible"], false, "the session cookie is HttpOnly: {got}");
-    let got = session(trader.seed().unwrap(), "trader").await.unwrap();
-    assert_eq!((got["signed_in"].as_str(), got["code"].as_str()), (Some("actor"), Some("not_permitted")), "{got}");
-    assert!(got["text"].as_str().unwrap_or("").contains("given only to a customs or regulatory authority"), "{got}");
-    let got = session("SUNOTASEED".into(), "typo").await.unwrap();
+    let (regulator_key, trader_key) = (key_file("customs", &regulator), key_file("trader", &trader));
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    let downloads = sys.dir.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    let signed_in = r##"(() => { const st = document.getElementById("signin-state");
+        if (!st) return null; const e = st.querySelector(".error"); if (e) return JSON.stringify({ error: e.textContent });
+        return st.dataset.signedIn ? JSON.stringify({ as: st.dataset.signedIn, cookie_visible: document.cookie.includes("custody_session") }) : null; })()"##;
+    let note = r##"(() => { const n = document.querySelector("#certificate-note [data-code]");
+        return n ? JSON.stringify({ code: n.dataset.code, text: n.textContent }) : null; })()"##;
+
+    // A customs officer at the border, on a phone: signs in with the key
+    // file, finds the stone by the KP certificate number on its papers,
+    // reads the verdict for the United States today, downloads the
+    // certificate and hands it back to the page, which checks it.
+    let (profile, home, today) = (sys.dir.path().join("chromium-officer"), format!("{base}/"), chrono::Utc::now().date_naive().to_string());
+    let (regulator_key_file, downloaded_dir) = (regulator_key.clone(), downloads.clone());
+    let shots = artifacts.clone();
+    let officer = tokio::task::spawn_blocking(move || {
+        let mut tab = Tab::open(&profile, None);
+        tab.browser("Browser.setDownloadBehavior", serde_json::json!({"behavior": "allow", "downloadPath": downloaded_dir.to_str().unwrap()}));
+        tab.go(&home);
+        tab.until(r#"document.getElementById("seedfile") ? "{}" : null"#);
+        tab.choose("#seedfile", &regulator_key_file);
+        let who = tab.until(signed_in);
+        tab.until(r#"(() => { const f = document.getElementById("lookup"); f.lot.value = "ae-2024-0042"; f.requestSubmit(); return "{}"; })()"#);
+        let found = tab.until(r##"(() => { const l = document.getElementById("found"); return l ? JSON.stringify([...l.querySelectorAll("a[data-lot]")].map(a => a.dataset.lot)) : null; })()"##);
+        tab.until(r##"(() => { document.querySelector('#found a[data-lot="S1"]').click(); return "{}"; })()"##);
+        let plain = tab.until(r#"(() => { const p = document.getElementById("plain"); return p ? JSON.stringify({ verdict: p.dataset.verdict, rules: p.dataset.marketRules, text: p.textContent }) : null; })()"#);
+        tab.screenshot(&shots.join("officer-verdict.png"));
+        tab.until(r#"(() => { document.getElementById("certificate").click(); return "{}"; })()"#);
+        let got = tab.until(note);
+        let file = downloaded_dir.join("S1.certificate.json");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !file.exists() || std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the certificate was never saved");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        tab.until(r#"document.getElementById("ledgerkey").value ? "{}" : null"#);
+        tab.choose("#certfile", &file);
+        let checked = tab.until(r#"(() => { const r = document.getElementById("report"); const v = r && r.querySelector(".valid, .invalid");
+            return v ? JSON.stringify({ valid: v.classList.contains("valid"), text: r.textContent }) : null; })()"#);
+        tab.screenshot(&shots.join("officer-checked.png"));
+        (who, found, plain, got, checked)
+    })
+    .await
+    .unwrap();
+    let (who, found, plain, got, checked) = officer;
+    assert_eq!(who, serde_json::json!({"as": "regulator", "cookie_visible": false}), "signed in with the key file; the cookie is HttpOnly");
+    assert!(
+        found.as_array().unwrap().iter().any(|l| l == "L4") && found.as_array().unwrap().iter().any(|l| l == "S1"),
+        "the KP number finds the rough and the stones cut from it: {found}"
+    );
+    assert_eq!((plain["verdict"].as_str(), plain["rules"].as_str()), (Some("prohibited"), Some("us-2024")), "{plain}");
+    assert!(plain["text"].as_str().unwrap().starts_with(&format!("May S1 enter the United States on {today}? No:")), "{plain}");
+    assert_eq!(got["code"], "downloaded", "{got}");
+    assert_eq!(checked["valid"], true, "the certificate handed back checks out: {checked}");
+
+    // A trader signed in is told plainly why no certificate is offered.
+    let (profile, page) = (sys.dir.path().join("chromium-trader"), format!("{base}/?lot=S1"));
+    let shot = artifacts.join("signed-in-trader.png");
+    let trader = tokio::task::spawn_blocking(move || {
+        let mut tab = Tab::open(&profile, None);
+        tab.go(&page);
+        tab.until(r#"document.getElementById("certificate") ? "{}" : null"#);
+        tab.choose("#seedfile", &trader_key);
+        let who = tab.until(signed_in);
+        tab.until(r#"(() => { document.getElementById("certificate").click(); return "{}"; })()"#);
+        let got = tab.until(note);
+        tab.screenshot(&shot);
+        (who, got)
+    })
+    .await
+    .unwrap();
+    assert_eq!(trader.0["as"], "actor", "{:?}", trader.0);
+    assert_eq!(trader.1["code"], "not_permitted", "{:?}", trader.1);
+    assert!(trader.1["text"].as_str().unwrap_or("").contains("given only to a customs or regulatory authority"), "{:?}", trader.1);
+
+    // A key that is not one is told plainly.
+    let typo = sys.dir.path().join("typo.nk");
+    std::fs::write(&typo, "SUNOTASEED").unwrap();
+    let (profile, page) = (sys.dir.path().join("chromium-typo"), format!("{base}/"));
+    let got = tokio::task::spawn_blocking(move || {
+        let mut tab = Tab::open(&profile, None);
+        tab.go(&page);
+        tab.until(r#"document.getElementById("seedfile") ? "{}" : null"#);
+        tab.choose("#seedfile", &typo);
+        tab.until(signed_in)
+    })
+    .await
+    .unwrap();
     assert!(got["error"].as_str().is_some_and(|e| e.contains("not an nkey seed")), "a wrong key is told plainly: {got}");
 }
 
