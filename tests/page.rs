@@ -277,6 +277,8 @@ async fn the_page_shows_s1_of_the_worked_example() {
     assert!(steps.len() >= 8, "every step of S1's journey: {timeline}");
     let mined = steps.iter().find(|s| s.contains(r#"data-kind="mined""#) && s.contains("Russia (RU)")).expect("the Russian mine");
     assert!(mined.contains(r#"<time datetime="2024-09-02">2024-09-02</time>"#) && mined.contains(r#"<span class="who">the miner</span>"#), "{mined}");
+    let merged = steps.iter().find(|s| s.contains(r#"data-kind="merged""#)).expect("the merge");
+    assert!(merged.contains(r#"data-lot="L3""#), "a step is labelled with the lot it made or acted on: {merged}");
     let cut = steps.iter().find(|s| s.contains(r#"data-kind="processed""#)).expect("the cut");
     assert!(cut.contains("India (IN)") && cut.contains("the cutting centre") && cut.contains(r#"data-vouched="declared""#), "{cut}");
     assert!(cut.contains("late record"), "the test's entries are recorded years after their dates: {cut}");
