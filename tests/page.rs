@@ -261,6 +261,8 @@ async fn the_page_shows_s1_of_the_worked_example() {
         dom.contains(r#"<li data-finding="admissible" title="this rule does not stop it"><span class="mark" aria-label="this rule does not stop it">✓</span>"#),
         "a passed reason is marked"
     );
+    // Each reason cites the text its rule encodes.
+    assert!(dom.contains(r#"<small class="cites"> (OFAC determination of 2024-03-08"#), "reasons cite their law");
     // Countries by name, with their codes.
     assert!(dom.contains("<strong>Russia (RU)</strong>") && dom.contains("<strong>Botswana (BW)</strong>"), "country names");
     // Every term the page uses, explained.

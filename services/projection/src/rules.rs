@@ -62,6 +62,10 @@ pub struct Rule {
     pub basis: Option<Basis>,
     #[serde(default)]
     pub requires: Option<Requirement>,
+    /// The text it encodes, cited (an article, a regulation, a
+    /// determination), for whoever reads a reason.
+    #[serde(default)]
+    pub cites: String,
     /// Effective day (in force from this day on).
     pub from: NaiveDate,
     /// Applies to stones of at least this mass.
@@ -134,7 +138,7 @@ pub fn presets() -> serde_json::Value {
         .filter_map(|(_, text)| RuleSet::parse(text).ok())
         .map(|set| {
             let rules: Vec<serde_json::Value> =
-                set.rules.iter().map(|r| serde_json::json!({"id": r.id, "description": r.description, "from": r.from.to_string()})).collect();
+                set.rules.iter().map(|r| serde_json::json!({"id": r.id, "description": r.description, "cites": r.cites, "from": r.from.to_string()})).collect();
             serde_json::json!({"name": set.name, "title": set.title, "rules": rules})
         })
         .collect();
@@ -518,6 +522,9 @@ mod tests {
             let set = RuleSet::load(name).unwrap();
             assert_eq!(set.name, name);
             assert!(text.contains("# Source:"), "{name} cites its legal source");
+            for rule in &set.rules {
+                assert!(rule.cites.len() > 10, "{name}: {} cites the text it encodes", rule.id);
+            }
         }
     }
 
