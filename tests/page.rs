@@ -353,6 +353,20 @@ async fn the_page_shows_s1_of_the_worked_example() {
     assert_eq!(phone["graph_scrolls"], true, "{phone}");
     assert!(phone["stone_off_centre"].as_f64().unwrap() < 5.0, "the stone is in the middle of the drawing's box: {phone}");
 
+    // Zoom: the whole family fits the phone's box; larger again on asking.
+    let zoom = r##"(() => {
+      const svg = document.querySelector("#graph svg"), box = document.getElementById("graph");
+      if (!svg || !document.getElementById("zoom-fit")) return null;
+      if (!window.z) { window.z = 1; window.natural = svg.getBoundingClientRect().width; document.getElementById("zoom-fit").click(); return null; }
+      if (window.z === 1) { window.z = 2; window.fit = svg.getBoundingClientRect().width; document.getElementById("zoom-in").click(); return null; }
+      return JSON.stringify({ natural: window.natural, fit: window.fit, box: box.clientWidth, larger: svg.getBoundingClientRect().width });
+    })()"##;
+    let (profile, page) = (sys.dir.path().join("chromium-zoom"), format!("{base}/?lot=S1&date=2024-11-15"));
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/zoomed.png");
+    let z = tokio::task::spawn_blocking(move || on_a_phone(&profile, &page, zoom, &shot)).await.unwrap();
+    let (natural, fit, box_width, larger) = (z["natural"].as_f64().unwrap(), z["fit"].as_f64().unwrap(), z["box"].as_f64().unwrap(), z["larger"].as_f64().unwrap());
+    assert!(natural > box_width && fit <= box_width && larger > fit * 1.4, "zoomed: {z}");
+
     // On paper: the answer alone, in one column, the glossary with it.
     let printed = r##"(() => {
       if (!document.getElementById("timeline")) return null;
