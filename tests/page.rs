@@ -364,7 +364,8 @@ async fn the_page_shows_s1_of_the_worked_example() {
     let (profile, page) = (sys.dir.path().join("chromium-zoom"), format!("{base}/?lot=S1&date=2024-11-15"));
     let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/zoomed.png");
     let z = tokio::task::spawn_blocking(move || on_a_phone(&profile, &page, zoom, &shot)).await.unwrap();
-    let (natural, fit, box_width, larger) = (z["natural"].as_f64().unwrap(), z["fit"].as_f64().unwrap(), z["box"].as_f64().unwrap(), z["larger"].as_f64().unwrap());
+    let (natural, fit, box_width, larger) =
+        (z["natural"].as_f64().unwrap(), z["fit"].as_f64().unwrap(), z["box"].as_f64().unwrap(), z["larger"].as_f64().unwrap());
     assert!(natural > box_width && fit <= box_width && larger > fit * 1.4, "zoomed: {z}");
 
     // On paper: the answer alone, in one column, the glossary with it.
