@@ -663,7 +663,8 @@ async fn report(
         .filter(|h| h.chars().all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c)))
         .unwrap_or("localhost");
     let check_url = format!("http://{host}/?lot={}&date={date}", lot.replace(|c: char| !c.is_ascii_alphanumeric() && !"-_.".contains(c), "_"));
-    let made_at = custody_proto::Timestamp::now().to_string();
+    // To the second: "2026-12-02T10:00:00Z".
+    let made_at = format!("{}Z", custody_proto::Timestamp::now().to_string().chars().take(19).collect::<String>());
     let pdf = report::pdf(&report::Report {
         origin: &origin,
         verdicts: answers.iter().map(|(t, a)| (t.clone(), a)).collect(),

@@ -13,8 +13,6 @@ use serde_json::Value;
 const WIDTH: f32 = 595.0;
 const HEIGHT: f32 = 842.0;
 const MARGIN: f32 = 50.0;
-/// Characters a line of body text holds (Helvetica 9.5 pt on A4).
-const LINE_CHARS: usize = 100;
 /// Side of the QR code, in points.
 const QR_SIDE: f32 = 110.0;
 
@@ -31,15 +29,28 @@ pub struct Report<'a> {
     pub made_at: &'a str,
 }
 
-/// One line of the document: its size, weight and text.
+/// One line of the document: its size, weight and text; or the row the
+/// QR code takes, with its caption.
 struct Line {
     size: f32,
     bold: bool,
     text: String,
+    qr: bool,
 }
 
 fn line(size: f32, bold: bool, text: impl Into<String>) -> Line {
-    Line { size, bold, text: text.into() }
+    Line { size, bold, text: text.into(), qr: false }
+}
+
+impl Line {
+    /// The height it takes on the page.
+    fn height(&self) -> f32 {
+        if self.qr {
+            QR_SIDE + 8.0
+        } else {
+            self.size * 1.35
+        }
+    }
 }
 
 /// The report as a PDF.
@@ -47,22 +58,22 @@ pub fn pdf(r: &Report<'_>) -> Vec<u8> {
     let o = r.origin;
     let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
     let lot = text(&o["lot"]);
-    let mut lines = vec![
-        line(18.0, true, format!("Origin report: {lot}")),
-        line(9.5, false, format!("Made {} from the custody ledger up to entry {}, for entry on {}.", r.made_at, o["as_of_seq"], r.date)),
-        line(9.5, false, ""),
+    let mut lines = vec![line(18.0, true, format!("Origin report: {lot}"))];
+    lines.extend(wrapped(&format!("Made {} from the custody ledger up to entry {}, for entry on {}.", r.made_at, o["as_of_seq"], r.date), 9.5, false));
+    lines.extend([
+        Line { size: 9.5, bold: false, text: "Scan to check its origin certificate on the ledger's page.".into(), qr: true },
         line(12.0, true, "The stone"),
         line(9.5, false, format!("{} ct, {}.", text(&o["carats"]), text(&o["state"]))),
         line(12.0, true, "Where its carats were mined"),
-    ];
+    ]);
     for s in o["mine_origin"].as_array().into_iter().flatten() {
         let share = text(&s["share"]);
         let percent = share.parse::<f64>().map_or(share.clone(), |f| format!("{:.2} %", f * 100.0));
         lines.push(line(9.5, false, format!("  {}: {percent} of its weight", country(&text(&s["country"])))));
     }
     let traced = if o["traced"] == true { "every step back to the mines is on the ledger" } else { "part of its history is only declared" };
-    lines.extend(wrapped(&format!("Customs origin (last cut and polished in): {}.", country(&text(&o["customs_origin"]))), 9.5));
-    lines.extend(wrapped(&format!("Kimberley Process origin: {}. Custody model: {}; {traced}.", text(&o["kp_origin"]), text(&o["custody_model"])), 9.5));
+    lines.extend(wrapped(&format!("Customs origin (last cut and polished in): {}.", country(&text(&o["customs_origin"]))), 9.5, false));
+    lines.extend(wrapped(&format!("Kimberley Process origin: {}. Custody model: {}; {traced}.", text(&o["kp_origin"]), text(&o["custody_model"])), 9.5, false));
     lines.push(line(12.0, true, format!("May it enter? (date of entry {})", r.date)));
     for (title, a) in &r.verdicts {
         let verdict = text(&a["verdict"]);
@@ -71,10 +82,10 @@ pub fn pdf(r: &Report<'_>) -> Vec<u8> {
             "prohibited" => "No",
             _ => "Cannot tell",
         };
-        lines.push(line(10.0, true, format!("{title}: {word} ({verdict})")));
+        lines.extend(wrapped(&format!("{title}: {word} ({verdict})"), 10.0, true));
         let deciding = a["reasons"].as_array().into_iter().flatten().find(|x| x["finding"] == a["verdict"] && verdict != "admissible");
         let why = deciding.map_or_else(|| "no rule of this rule set stops it".to_owned(), |x| text(&x["text"]));
-        lines.extend(wrapped(&format!("  {why}"), 9.5));
+        lines.extend(wrapped(&format!("  {why}"), 9.5, false));
     }
     lines.push(line(12.0, true, "Journey (each step is a signed ledger entry)"));
     for step in o["path"].as_array().into_iter().flatten() {
@@ -84,27 +95,32 @@ pub fn pdf(r: &Report<'_>) -> Vec<u8> {
             _ => "declared".to_owned(),
         };
         let entry = format!("  {}  {}: {} [{vouched}; entry {}]", text(&step["date"]), country(&text(&step["country"])), text(&step["note"]), step["seq"]);
-        lines.extend(wrapped(&entry, 9.0));
+        lines.extend(wrapped(&entry, 9.0, false));
     }
     for w in o["warnings"].as_array().into_iter().flatten() {
-        lines.extend(wrapped(&format!("Warning: {}", text(w)), 9.5));
+        lines.extend(wrapped(&format!("Warning: {}", text(w)), 9.5, false));
     }
     lines.push(line(9.5, false, ""));
     lines.extend(wrapped(
-        "This report summarises custody's answer; it proves nothing by itself. The origin certificate does: it carries every ledger entry the answer rests on, proven against a checkpoint the ledger signed, and anyone checks it with the ledger's public key alone (custody verify-certificate, or the page the code below opens).",
+        "This report summarises custody's answer; it proves nothing by itself. The origin certificate does: it carries every ledger entry the answer rests on, proven against a checkpoint the ledger signed, and anyone checks it with the ledger's public key alone (custody verify-certificate, or the page the code above opens).",
         8.5,
+        false,
     ));
     lines.push(line(8.5, false, format!("Check it: {}", r.check_url)));
     render(&lines, r.check_url)
 }
 
-/// `text` in lines of at most [`LINE_CHARS`], broken at spaces.
-fn wrapped(text: &str, size: f32) -> Vec<Line> {
+/// `text` in lines as wide as the page holds at `size` (Helvetica's
+/// average letter is about half its size, bold a little more), broken at
+/// spaces.
+fn wrapped(text: &str, size: f32, bold: bool) -> Vec<Line> {
+    let letter = size * if bold { 0.58 } else { 0.5 };
+    let chars = ((WIDTH - 2.0 * MARGIN) / letter) as usize;
     let mut out = Vec::new();
     let mut current = String::new();
     for word in text.split(' ') {
-        if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > LINE_CHARS {
-            out.push(line(size, false, std::mem::take(&mut current)));
+        if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > chars {
+            out.push(line(size, bold, std::mem::take(&mut current)));
             current.push_str("    ");
         }
         if !current.is_empty() && !current.ends_with("    ") {
@@ -112,7 +128,7 @@ fn wrapped(text: &str, size: f32) -> Vec<Line> {
         }
         current.push_str(word);
     }
-    out.push(line(size, false, current));
+    out.push(line(size, bold, current));
     out
 }
 
@@ -173,12 +189,12 @@ fn ansi(text: &str) -> Vec<u8> {
 }
 
 /// Lays `lines` out on as many A4 pages as they need, the QR code of
-/// `qr` at the top right of the first.
+/// `qr` in the row that asks for it.
 fn render(lines: &[Line], qr: &str) -> Vec<u8> {
     let mut pages: Vec<Vec<&Line>> = vec![Vec::new()];
     let mut y = HEIGHT - MARGIN;
     for l in lines {
-        let step = l.size * 1.35;
+        let step = l.height();
         if y - step < MARGIN {
             pages.push(Vec::new());
             y = HEIGHT - MARGIN;
@@ -206,26 +222,32 @@ fn render(lines: &[Line], qr: &str) -> Vec<u8> {
         let mut content = Content::new();
         let mut y = HEIGHT - MARGIN;
         for l in page_lines {
-            y -= l.size * 1.35;
+            y -= l.height();
+            // The code at the left of its row, its caption beside it.
+            let x = if l.qr {
+                draw_qr(&mut content, qr, MARGIN, y + 4.0);
+                MARGIN + QR_SIDE + 12.0
+            } else {
+                MARGIN
+            };
+            let baseline = if l.qr { y + QR_SIDE / 2.0 } else { y };
             content.begin_text();
             content.set_font(Name(if l.bold { b"F2" } else { b"F1" }), l.size);
-            content.next_line(MARGIN, y);
+            content.next_line(x, baseline);
             content.show(Str(&ansi(&l.text)));
             content.end_text();
-        }
-        if i == 0 {
-            draw_qr(&mut content, qr);
         }
         pdf.stream(content_id, &content.finish());
     }
     pdf.finish()
 }
 
-/// The QR code of `text`, its quiet zone included, at the top right.
-fn draw_qr(content: &mut Content, text: &str) {
+/// The QR code of `text`, its quiet zone included, with its lower left
+/// corner at (`left`, `bottom`).
+fn draw_qr(content: &mut Content, text: &str, left: f32, bottom: f32) {
     let Some((n, dark)) = qr_modules(text) else { return };
     let module = QR_SIDE / (n + 8) as f32;
-    let (left, top) = (WIDTH - MARGIN - QR_SIDE, HEIGHT - MARGIN);
+    let top = bottom + QR_SIDE;
     content.set_fill_gray(0.0);
     for (i, is_dark) in dark.iter().enumerate() {
         if *is_dark {
