@@ -8,6 +8,61 @@ pub struct Args {
     out: PathBuf,
 }
 
+#[derive(clap::Args)]
+pub struct KeyArgs {
+    #[command(subcommand)]
+    action: KeyAction,
+}
+
+#[derive(clap::Subcommand)]
+enum KeyAction {
+    /// Print the public key in a key file (a seed, `SU...`/`SN...`, or a
+    /// public key) and what kind of key it is, as `ssh-keygen -y` does.
+    Show {
+        /// The key file.
+        file: PathBuf,
+        /// Print `{"file", "public_key", "kind", "seed", "use"}`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What each kind of nkey is for, in custody, by its public key's first
+/// letter.
+fn kind_of(public_key: &str) -> (&'static str, &'static str) {
+    match public_key.chars().next() {
+        Some('U') => ("user", "a NATS login: an actor's (which also signs its events) or a service's"),
+        Some('N') => ("server", "a ledger's checkpoint signing key: the key auditors, witnesses and certificate checkers trust"),
+        Some('A') => ("account", "a NATS account key (custody does not use one)"),
+        Some('O') => ("operator", "a NATS operator key (custody does not use one)"),
+        Some('C') => ("cluster", "a NATS cluster key (custody does not use one)"),
+        _ => ("unknown", "not a kind custody knows"),
+    }
+}
+
+/// `custody key show FILE`.
+pub fn key(a: KeyArgs) -> anyhow::Result<ExitCode> {
+    let KeyAction::Show { file, json } = a.action;
+    let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let text = text.trim();
+    let (public_key, seed) = if text.starts_with('S') {
+        let kp = nkeys::KeyPair::from_seed(text).map_err(|e| anyhow::anyhow!("{} starts like an nkey seed but is not one: {e}", file.display()))?;
+        (kp.public_key(), true)
+    } else if nkeys::KeyPair::from_public_key(text).is_ok() {
+        (text.to_owned(), false)
+    } else {
+        anyhow::bail!("{} holds neither an nkey seed (S...) nor a public key (U..., N...)", file.display());
+    };
+    let (kind, used) = kind_of(&public_key);
+    if json {
+        println!("{}", serde_json::json!({"file": file, "public_key": public_key, "kind": kind, "seed": seed, "use": used}));
+    } else {
+        let what = if seed { "seed" } else { "public key only" };
+        println!("{public_key}\n  {kind} key ({what}): {used}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let kp = custody::keys::create(&a.out)?;
     println!("{}", kp.public_key());

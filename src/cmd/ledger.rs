@@ -74,12 +74,33 @@ enum Action {
     /// Rebuild a damaged or lost store from the committed stream,
     /// re-verifying every entry; the old store is moved aside.
     Recover,
-    /// Print the ledger's public key (N...), which signs its checkpoints;
-    /// created in the data folder on first use. Give it to auditors.
-    Key,
+    /// Print the ledger's public key (N...), which signs its checkpoints.
+    /// Give it to auditors. A folder without one is refused (a wrong
+    /// --data would print a brand-new key nobody should trust), unless
+    /// --create makes it, for a new ledger.
+    Key {
+        #[arg(long)]
+        create: bool,
+    },
     /// Print the ledger's C2SP verifier key (origin+id+base64), the one a
-    /// witness is configured with (`custody witness --log`).
+    /// witness is configured with (`custody witness --log`); refused as
+    /// `key` is when the folder has no key.
     Vkey,
+}
+
+/// The ledger's signing key in `data`: loaded, or made with `create`;
+/// a folder without one is refused, saying why.
+fn signing_key(data: &std::path::Path, create: bool) -> anyhow::Result<nkeys::KeyPair> {
+    let file = data.join(custody_ledger::notary::KEY_FILE);
+    if create || file.exists() {
+        return Ok(custody_ledger::notary::load_or_create_key(data)?);
+    }
+    anyhow::bail!(
+        "{} has no ledger signing key ({}): is --data the ledger's own folder? A new ledger makes one when it starts, or with `custody ledger --data {} key --create`; never hand auditors a key made here by mistake",
+        data.display(),
+        file.display(),
+        data.display()
+    )
 }
 
 /// The genesis authority from a public key or a key file.
@@ -92,12 +113,12 @@ pub fn authority(arg: &str) -> anyhow::Result<ActorKey> {
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
-    if let Some(Action::Key) = a.action {
-        println!("{}", custody_ledger::notary::load_or_create_key(&a.data)?.public_key());
+    if let Some(Action::Key { create }) = a.action {
+        println!("{}", signing_key(&a.data, create)?.public_key());
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(Action::Vkey) = a.action {
-        let key = custody_ledger::notary::load_or_create_key(&a.data)?.public_key();
+        let key = signing_key(&a.data, false)?.public_key();
         let origin = a.origin.clone().unwrap_or_else(|| custody_ledger::notary::default_origin(&key));
         println!("{}", custody_proto::note::NoteKey::from_nkey(&origin, custody_proto::note::ED25519, &key)?.vkey());
         return Ok(ExitCode::SUCCESS);
@@ -148,7 +169,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             a.ops.start(vec![config.health.clone()]).await?;
             custody_ledger::run(config, super::stop_signal()).await?;
         }
-        Some(Action::Key | Action::Vkey) => {}
+        Some(Action::Key { .. } | Action::Vkey) => {}
         Some(Action::Recover) => {
             let client = custody::client::connect(nats).await?;
             let (entries, moved) = custody::backup::recover_store(&client, &a.data, &authority).await?;

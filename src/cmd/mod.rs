@@ -49,6 +49,9 @@ pub struct Cli {
 enum Command {
     /// Write a new actor key (nkey seed) to a file and print its public key.
     Keygen(keygen::Args),
+    /// Look at a key file: `custody key show FILE` prints its public key
+    /// and what kind of key it is (a NATS login, a ledger's signing key).
+    Key(keygen::KeyArgs),
     /// Print the Authorization header that signs one HTTP request to the
     /// gateway as an actor (for curl and scripts; valid once, for 30 s).
     HttpSign(keygen::HttpSignArgs),
@@ -125,6 +128,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Keygen(a) => keygen::run(a),
+        Command::Key(a) => keygen::key(a),
         Command::HttpSign(a) => keygen::http_sign(a),
         Command::Submit(a) => submit::run(&cli.nats, a).await,
         Command::Verify(a) => verify::run(&cli.nats, a).await,
