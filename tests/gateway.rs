@@ -81,6 +81,8 @@ async fn http_api_answers_the_worked_example_and_refuses_clearly() {
     }
     let host = base.trim_start_matches("http://");
     assert!(text.contains(&format!("Check it: http://{host}/?lot=S1&date=2024-11-15")), "the QR code's address is printed under it");
+    let (status, _, e) = get("/v1/lots/S1/genealogy?format=png".into()).await;
+    assert_eq!((status, e["code"].as_str()), (400, Some("invalid_parameter")), "no PNG: {e}");
     let (status, _, e) = get("/v1/lots/NOPE/report.pdf".into()).await;
     assert_eq!((status, e["code"].as_str()), (404, Some("unknown_lot")), "{e}");
     let (status, _, e) = get("/v1/lots/S1/report.pdf?date=soon".into()).await;

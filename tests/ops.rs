@@ -172,6 +172,8 @@ async fn metrics_count_what_was_sent_and_status_names_every_service() {
     std::fs::write(&key_file, miner.seed().unwrap()).unwrap();
     let out = run_cli(&up.url, &["--nkey", key_file.to_str().unwrap(), "status", "--wait", "0.5"], None);
     assert!(!out.status.success() && stdout(&out).is_empty(), "{}", stdout(&out));
+    assert_eq!(out.status.code(), Some(1), "exit 1, as README says, when no service answers");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no service answered"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

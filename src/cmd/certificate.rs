@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 #[derive(clap::Args)]
 pub struct CertifyArgs {
+    /// The lot id (as its holder recorded it: `S1`); `custody find` finds it from the number on a paper.
     lot: String,
     /// A preset (us-2022, us-2024, eu-2024, eu-2025, uk-2024) or a TOML rule
     /// file; repeat for verdicts under several.
@@ -45,6 +46,7 @@ pub struct VerifyCertificateArgs {
 
 #[derive(clap::Args)]
 pub struct FilingArgs {
+    /// The lot id (as its holder recorded it: `S1`); `custody find` finds it from the number on a paper.
     lot: String,
     /// us-country-of-mining, eu-due-diligence, kp-mining-countries,
     /// kp-certificate or uk-gbsan0002.
@@ -72,8 +74,10 @@ pub struct FilingArgs {
     /// listed as missing in the filing, never invented.
     #[arg(long, value_name = "FILE")]
     profile: Option<PathBuf>,
+    /// Print the answer as JSON.
     #[arg(long, conflicts_with = "csv")]
     json: bool,
+    /// Print CSV: one row per country of mining, the rest of the filing in dotted columns.
     #[arg(long)]
     csv: bool,
 }

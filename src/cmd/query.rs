@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 #[derive(clap::Args)]
 pub struct OriginArgs {
+    /// The lot id (as its holder recorded it: `S1`); `custody find` finds it from the number on a paper.
     lot: String,
     /// Print the answer as JSON.
     #[arg(long)]
@@ -19,6 +20,7 @@ pub struct OriginArgs {
 
 #[derive(clap::Args)]
 pub struct AdmissibleArgs {
+    /// The lot id (as its holder recorded it: `S1`); `custody find` finds it from the number on a paper.
     lot: String,
     /// A preset (us-2022, us-2024, eu-2024, eu-2025, uk-2024) or a TOML rule file.
     #[arg(long)]
@@ -26,13 +28,16 @@ pub struct AdmissibleArgs {
     /// The date of entry, YYYY-MM-DD (default: today).
     #[arg(long, default_value_t = super::today())]
     date: String,
+    /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(clap::Args)]
 pub struct GenealogyArgs {
+    /// The lot id (as its holder recorded it: `S1`); `custody find` finds it from the number on a paper.
     lot: String,
+    /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -88,6 +93,7 @@ pub struct LotsArgs {
     #[arg(long, conflicts_with = "csv")]
     json: bool,
     /// Print CSV, one row a lot.
+    /// Print CSV: one row per country of mining, the rest of the filing in dotted columns.
     #[arg(long)]
     csv: bool,
 }

@@ -21,7 +21,11 @@ pub struct Args {
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(a.wait > 0.0 && a.wait.is_finite() && a.wait <= 60.0, "--wait is a number of seconds up to 60");
     let statuses = ask(nats, Duration::from_secs_f64(a.wait)).await?;
-    anyhow::ensure!(!statuses.is_empty(), "no service answered on {nats} (status needs the operator's key when NATS checks identities: --nkey)");
+    if statuses.is_empty() {
+        // Exit 1, as for a service not ready: the deployment is not serving.
+        eprintln!("custody: no service answered on {nats} (status needs the operator's key when NATS checks identities: --nkey)");
+        return Ok(ExitCode::FAILURE);
+    }
     for s in &statuses {
         if a.json {
             println!("{}", serde_json::to_string(s)?);

@@ -603,6 +603,9 @@ async fn genealogy(
         Ok(l) => l,
         Err(r) => return r,
     };
+    if let Some(f) = q.get("format").filter(|f| !["json", "svg"].contains(&f.as_str())) {
+        return error(AnswerCode::InvalidParameter, format!("format {:?}: the genealogy comes as json or svg", custody_proto::ids::truncate(f)));
+    }
     let wants_svg =
         q.get("format").is_some_and(|f| f == "svg") || headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("image/svg+xml"));
     let answer = app.query(subjects::QUERY_GENEALOGY, json!({"lot": lot})).await;
