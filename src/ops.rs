@@ -48,6 +48,38 @@ const SECONDS: [f64; 15] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 /// Submissions per batch: 1 to the ledger's largest batch.
 const SUBMISSIONS: [f64; 12] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 1500.0, 2048.0];
 
+/// Every series custody serves, with the `# HELP` line a scrape shows: the
+/// one list of them (`tests/ops.rs` checks each served series has one).
+pub const SERIES: [(&str, &str); 14] = [
+    ("custody_submissions_total", "Submissions answered by a ledger replica, by outcome (receipt or refused) and refusal code."),
+    ("custody_ledger_head_seq", "The last seq in this ledger replica's store."),
+    ("custody_ledger_writer", "1 while this ledger replica holds the writer lease, else 0."),
+    ("custody_ledger_batch_submissions", "Submissions the writer admitted at once."),
+    ("custody_ledger_commit_seconds", "From sending an atomic batch to the committed stream's acknowledgement."),
+    ("custody_ledger_store_append_seconds", "Appending a batch to the replica's store, fsync included."),
+    ("custody_ledger_receipt_seconds", "From a batch's first submission taken in to its outcomes sent."),
+    ("custody_projection_applied_seq", "The last seq the projection applied."),
+    ("custody_projection_lag", "Committed entries the projection has not applied yet."),
+    ("custody_projection_snapshot_failures_total", "Snapshots of the projection's state that could not be written."),
+    ("custody_query_seconds", "Time to answer one projection query, by subject."),
+    ("custody_gateway_requests_total", "HTTP requests the gateway answered, by route pattern and status."),
+    ("custody_gateway_request_seconds", "Time to answer one HTTP request, by route pattern."),
+    ("custody_edge_outbox_depth", "Envelopes an edge holds that the hub has not yet receipted."),
+];
+
+/// Gives every series its `# HELP` text.
+fn describe() {
+    for (name, help) in SERIES {
+        if name.ends_with("_total") {
+            metrics::describe_counter!(name, help);
+        } else if name.ends_with("_seconds") || name.ends_with("_submissions") {
+            metrics::describe_histogram!(name, help);
+        } else {
+            metrics::describe_gauge!(name, help);
+        }
+    }
+}
+
 /// The process's Prometheus recorder, installed on first use.
 fn recorder() -> anyhow::Result<&'static PrometheusHandle> {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -59,6 +91,7 @@ fn recorder() -> anyhow::Result<&'static PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full("custody_ledger_batch_submissions".into()), &SUBMISSIONS)?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
+    describe();
     // Histograms are folded in as they are scraped, and now and then
     // without a scrape, so that they hold no more than a few seconds.
     let upkeep = handle.clone();

@@ -123,6 +123,17 @@ async fn metrics_count_what_was_sent_and_status_names_every_service() {
     assert_eq!(delta("custody_query_seconds_count", &[("query", "origin")]), 8.0, "each origin request was one query");
     assert!(!after.contains("NOPE"), "a lot id, the asker's to choose, never becomes a label");
 
+    // Every series served says what it is (`# HELP`), and the gateway's
+    // name their instance as the others do.
+    for line in after.lines().filter(|l| l.starts_with("custody_")) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let base = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        assert!(after.contains(&format!("# HELP {base} ")), "{base} has no HELP text");
+        if base.starts_with("custody_gateway_") {
+            assert!(line.contains(r#"service="gateway""#), "the gateway's series name it: {line}");
+        }
+    }
+
     // Every series the dashboard draws is one the system serves (the
     // edge's, from an edge: tests/edge.rs).
     for metric in dashboard_metrics() {

@@ -229,14 +229,20 @@ async fn counted(request: Request, next: axum::middleware::Next) -> Response {
     response
 }
 
-/// `custody_gateway_requests_total{route, status}` and, when timed,
-/// `custody_gateway_request_seconds{route}`.
+/// `custody_gateway_requests_total{service, route, status}` and, when
+/// timed, `custody_gateway_request_seconds{service, route}`; `service`
+/// names the instance, as every service's series do.
 fn count(route: &str, status: StatusCode, took: Option<Duration>) {
-    metrics::counter!("custody_gateway_requests_total", "route" => route.to_owned(), "status" => status.as_u16().to_string()).increment(1);
+    let service = SERVICE.get().map_or("gateway", String::as_str).to_owned();
+    metrics::counter!("custody_gateway_requests_total", "service" => service.clone(), "route" => route.to_owned(), "status" => status.as_u16().to_string())
+        .increment(1);
     if let Some(took) = took {
-        metrics::histogram!("custody_gateway_request_seconds", "route" => route.to_owned()).record(took.as_secs_f64());
+        metrics::histogram!("custody_gateway_request_seconds", "service" => service, "route" => route.to_owned()).record(took.as_secs_f64());
     }
 }
+
+/// This process's gateway instance name (its health's), for its series.
+static SERVICE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Why the gateway stopped.
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +301,7 @@ pub async fn run(
     on_bound: impl FnOnce(SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    let _ = SERVICE.set(health.name());
     let nats = custody_wire::connect::connect(nats_url, "custody-gateway", nkey).await?;
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| GatewayError::Listen { listen, source })?;
     on_bound(listener.local_addr()?);
