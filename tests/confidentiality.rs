@@ -18,7 +18,7 @@ const EXPORT_L4: u64 = 14;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_and_counterparties_are_for_regulators_and_parties_only() {
     let mut sys = worked_example().await;
-    let cast = custody::demo::Cast::load_or_create(KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap(), &sys.dir.path().join("keys")).unwrap();
+    let cast = sys.cast();
     let regulator = sys.actor("customs", "regulator", "US").await;
     let outsider = sys.actor("outsider", "miner", "CA").await;
     sys.projection_caught_up().await;
@@ -26,15 +26,11 @@ async fn values_and_counterparties_are_for_regulators_and_parties_only() {
     let http = reqwest::Client::new();
     let path = format!("/v1/ledger/entries/{EXPORT_L4}");
     let get = |key: Option<&KeyPair>, header: Option<String>| {
-        let (http, url, path) = (http.clone(), format!("{base}{path}"), path.clone());
+        let (base, path) = (base.clone(), path.clone());
         let auth = header.or_else(|| key.map(|k| custody_proto::request::sign(k, "GET", &path, Timestamp::now()).unwrap()));
         async move {
-            let mut req = http.get(&url);
-            if let Some(a) = auth {
-                req = req.header("authorization", a);
-            }
-            let r = req.send().await.expect("gateway answers");
-            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+            let (status, text) = get_with(&base, &path, auth).await;
+            (status, serde_json::from_str::<Value>(&text).unwrap_or(Value::Null))
         }
     };
 

@@ -55,7 +55,9 @@ fn ledger_key_never_makes_a_key_unless_asked() {
         assert!(stdout(&out).trim().is_empty(), "no key is printed");
     }
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0, "nothing was written");
-    let made = run_cli("", &["ledger", "key", "--create", "--data", data], None);
+    let made = run_cli("", &["ledger", "vkey", "--create", "--data", data], None);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let made = run_cli("", &["ledger", "key", "--data", data], None);
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let key = stdout(&made).trim().to_owned();
     assert!(key.starts_with('N') && key.len() == 56, "{key}");

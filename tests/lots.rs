@@ -10,7 +10,6 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::*;
-use custody_proto::Timestamp;
 use nkeys::KeyPair;
 use serde_json::Value;
 
@@ -130,24 +129,16 @@ async fn lots_are_listed_a_page_at_a_time_and_filtered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_holder_and_regulators_list_lots_by_holder() {
     let mut sys = worked_example().await;
-    let cast = custody::demo::Cast::load_or_create(KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap(), &sys.dir.path().join("keys")).unwrap();
+    let cast = sys.cast();
     let regulator = sys.actor("customs", "regulator", "US").await;
     let outsider = sys.actor("outsider", "miner", "CA").await;
     sys.projection_caught_up().await;
     let base = sys.start_gateway();
-    let http = reqwest::Client::new();
     let list = |who: Option<&KeyPair>, query: String| {
-        let path = format!("/v1/lots?{query}");
-        let auth = who.map(|k| custody_proto::request::sign(k, "GET", &path, Timestamp::now()).unwrap());
-        let (http, url) = (http.clone(), format!("{base}{path}"));
-        async move {
-            let mut req = http.get(url);
-            if let Some(a) = auth {
-                req = req.header("authorization", a);
-            }
-            let r = req.send().await.unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }
+        let (base, path) = (base.clone(), format!("/v1/lots?{query}"));
+        // Signed now, sent when awaited.
+        let auth = who.map(|k| custody_proto::request::sign(k, "GET", &path, custody_proto::Timestamp::now()).unwrap());
+        async move { get_with(&base, &path, auth).await }
     };
     let (t, c, u, a) = (&cast.trader_ae, &cast.cutter_in, &cast.importer_us, &cast.miner_ru);
     let of = |k: &KeyPair| format!("holder={}", k.public_key());

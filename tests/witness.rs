@@ -57,7 +57,8 @@ fn start_witness(dir: &Path, name: &str, log_vkey: &str, listen: &str) -> Witnes
 /// NATS, a ledger asking `witnesses` (started once the ledger's key exists), a projection.
 async fn system_with_witnesses(n: usize) -> (System, Vec<Witness>, String) {
     let mut sys = System::without_ledger().await;
-    let ledger_vkey = stdout(&sys.custody(&["ledger", "vkey", "--data", sys.ledger_dir().to_str().unwrap()], None)).trim().to_owned();
+    // Before the ledger's first start: its signing key is made here.
+    let ledger_vkey = stdout(&sys.custody(&["ledger", "vkey", "--create", "--data", sys.ledger_dir().to_str().unwrap()], None)).trim().to_owned();
     assert!(ledger_vkey.starts_with("custody/N"), "the ledger's verifier key names its default origin: {ledger_vkey}");
     let witnesses: Vec<Witness> =
         (1..=n).map(|i| start_witness(&sys.dir.path().join(format!("witness-{i}")), &format!("w{i}.custody.test"), &ledger_vkey, "127.0.0.1:0")).collect();
@@ -221,7 +222,8 @@ fn tool(module: &str, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_c2sp_witness_and_a_verifier_this_project_did_not_write_accept_the_ledgers_checkpoints() {
     let mut sys = System::without_ledger().await;
-    let ledger_vkey = stdout(&sys.custody(&["ledger", "vkey", "--data", sys.ledger_dir().to_str().unwrap()], None)).trim().to_owned();
+    // Before the ledger's first start: its signing key is made here.
+    let ledger_vkey = stdout(&sys.custody(&["ledger", "vkey", "--create", "--data", sys.ledger_dir().to_str().unwrap()], None)).trim().to_owned();
     let origin = ledger_vkey.split('+').next().unwrap().to_owned();
 
     // aics-witness (PyPI), an unmodified C2SP tlog-witness, on a free loopback port.

@@ -4,13 +4,12 @@
 mod common;
 
 use common::*;
-use custody::demo::Cast;
 use custody_proto::Outcome;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worked_example_is_receipted_and_second_split_refused() {
     let sys = System::start().await;
-    let cast = Cast::load_or_create(nkeys::KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap(), &sys.dir.path().join("keys")).unwrap();
+    let cast = sys.cast();
     let mut last_seq = 0;
     for (key, payload) in cast.worked_example() {
         let r = sys.accept(key, &payload).await;

@@ -84,8 +84,12 @@ enum Action {
     },
     /// Print the ledger's C2SP verifier key (origin+id+base64), the one a
     /// witness is configured with (`custody witness --log`); refused as
-    /// `key` is when the folder has no key.
-    Vkey,
+    /// `key` is when the folder has no key, unless --create (before a new
+    /// ledger's first start, to configure its witnesses).
+    Vkey {
+        #[arg(long)]
+        create: bool,
+    },
 }
 
 /// The ledger's signing key in `data`: loaded, or made with `create`;
@@ -117,8 +121,8 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
         println!("{}", signing_key(&a.data, create)?.public_key());
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(Action::Vkey) = a.action {
-        let key = signing_key(&a.data, false)?.public_key();
+    if let Some(Action::Vkey { create }) = a.action {
+        let key = signing_key(&a.data, create)?.public_key();
         let origin = a.origin.clone().unwrap_or_else(|| custody_ledger::notary::default_origin(&key));
         println!("{}", custody_proto::note::NoteKey::from_nkey(&origin, custody_proto::note::ED25519, &key)?.vkey());
         return Ok(ExitCode::SUCCESS);
@@ -169,7 +173,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             a.ops.start(vec![config.health.clone()]).await?;
             custody_ledger::run(config, super::stop_signal()).await?;
         }
-        Some(Action::Key { .. } | Action::Vkey) => {}
+        Some(Action::Key { .. } | Action::Vkey { .. }) => {}
         Some(Action::Recover) => {
             let client = custody::client::connect(nats).await?;
             let (entries, moved) = custody::backup::recover_store(&client, &a.data, &authority).await?;

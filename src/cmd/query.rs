@@ -155,15 +155,15 @@ fn finish(answer: Result<Value, Value>, json: bool, human: impl Fn(&Value) -> St
     }
 }
 
+/// `mine_origin` as words: `["BW 0.6000", "RU 0.4000"]`.
+fn shares(mine_origin: &Value) -> Vec<String> {
+    mine_origin.as_array().into_iter().flatten().map(|s| format!("{} {}", s["country"].as_str().unwrap_or("?"), s["share"].as_str().unwrap_or("?"))).collect()
+}
+
 pub async fn origin(nats: &str, a: OriginArgs) -> anyhow::Result<ExitCode> {
     let answer = ask(nats, subjects::QUERY_ORIGIN, json!({"lot": a.lot})).await?;
     Ok(finish(answer, a.json, |v| {
-        let shares: Vec<String> = v["mine_origin"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| format!("{} {}", s["country"].as_str().unwrap_or("?"), s["share"].as_str().unwrap_or("?")))
-            .collect();
+        let shares = shares(&v["mine_origin"]);
         let mut out = format!(
             "{} ({} ct, {})\n  mined in:       {}\n  customs origin: {}\n  KP origin:      {}\n  custody model:  {}\n  traced:         {}",
             v["lot"].as_str().unwrap_or(""),
@@ -249,12 +249,7 @@ pub async fn lots(nats: &str, a: LotsArgs) -> anyhow::Result<ExitCode> {
     Ok(finish(Ok(last), a.json, |v| {
         let mut out = String::new();
         for l in &rows {
-            let shares: Vec<String> = l["mine_origin"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| format!("{} {}", s["country"].as_str().unwrap_or("?"), s["share"].as_str().unwrap_or("?")))
-                .collect();
+            let shares = shares(&l["mine_origin"]);
             out.push_str(&format!(
                 "{:<12} {:>10} ct {:<8} {:<9} in {}  since {}  mined: {}{}\n",
                 l["lot"].as_str().unwrap_or(""),

@@ -125,6 +125,13 @@ pub struct System {
 }
 
 impl System {
+    /// The worked example's actors, with the keys [`worked_example`] used
+    /// (kept under the system's folder).
+    pub fn cast(&self) -> custody::demo::Cast {
+        let authority = KeyPair::from_seed(&self.authority.seed().expect("seed")).expect("authority");
+        custody::demo::Cast::load_or_create(authority, &self.dir.path().join("keys")).expect("the cast's keys")
+    }
+
     pub async fn start() -> System {
         System::start_with(&[]).await
     }
@@ -535,8 +542,7 @@ pub async fn refusal_world() -> RefusalWorld {
 pub async fn worked_example() -> System {
     let mut sys = System::start().await;
     sys.start_projection().await;
-    let authority = KeyPair::from_seed(&sys.authority.seed().expect("seed")).expect("authority");
-    let cast = custody::demo::Cast::load_or_create(authority, &sys.dir.path().join("keys")).expect("keys");
+    let cast = sys.cast();
     for (key, payload) in cast.worked_example() {
         sys.accept(key, &payload).await;
     }
@@ -850,4 +856,15 @@ pub async fn scrape(http: &reqwest::Client, ops: &str) -> String {
     let r = http.get(format!("{ops}/metrics")).send().await.expect("metrics answer");
     assert_eq!(r.status(), 200);
     r.text().await.unwrap()
+}
+
+/// GETs `path` from the gateway at `base` with this `Authorization`
+/// header, if any: status and body.
+pub async fn get_with(base: &str, path: &str, authorization: Option<String>) -> (u16, String) {
+    let mut req = reqwest::Client::new().get(format!("{base}{path}"));
+    if let Some(a) = authorization {
+        req = req.header("authorization", a);
+    }
+    let r = req.send().await.expect("the gateway answers");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
 }
