@@ -292,31 +292,27 @@ impl History {
     }
 }
 
-/// The countries the lot's path went through, in order, each once.
-fn route(origin: &Value) -> Vec<String> {
+/// The countries of the lot's path steps that `keep`, in order, each once.
+fn countries_of(origin: &Value, keep: impl Fn(&Value) -> bool) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    for step in origin["path"].as_array().into_iter().flatten() {
-        if let Some(c) = step["country"].as_str() {
-            if !out.iter().any(|o| o == c) {
-                out.push(c.to_owned());
-            }
+    for c in origin["path"].as_array().into_iter().flatten().filter(|s| keep(s)).filter_map(|s| s["country"].as_str()) {
+        if !out.iter().any(|o| o == c) {
+            out.push(c.to_owned());
         }
     }
     out
 }
 
+/// The countries the lot's path went through, in order, each once.
+fn route(origin: &Value) -> Vec<String> {
+    countries_of(origin, |_| true)
+}
+
 /// The countries the goods passed through: those of every step but the
 /// mining ones, without the country they are in now.
 fn transit(origin: &Value) -> Vec<String> {
-    let steps: Vec<&Value> = origin["path"].as_array().into_iter().flatten().filter(|s| s["kind"] != "mined").collect();
     let here = origin["path"].as_array().and_then(|p| p.last()).and_then(|s| s["country"].as_str()).unwrap_or("");
-    let mut out: Vec<String> = Vec::new();
-    for c in steps.iter().filter_map(|s| s["country"].as_str()) {
-        if c != here && !out.iter().any(|o| o == c) {
-            out.push(c.to_owned());
-        }
-    }
-    out
+    countries_of(origin, |s| s["kind"] != "mined" && s["country"] != here)
 }
 
 /// The documents of `types` the path names, by hash.
@@ -340,7 +336,8 @@ fn general_licence(verdict: Option<&Value>, date: &str) -> Value {
         .filter(|r| r["finding"] == "admissible" && r["country"] == "RU" && r["text"].as_str().is_some_and(|t| t.contains("grandfathered")))
         .collect();
     let Some(reason) = grandfathered.first() else { return Value::Null };
-    let before = reason["text"].as_str().and_then(|t| t.split(" before ").nth(1)).and_then(|t| t.split(':').next()).unwrap_or("").to_owned();
+    // The determination's own date: its mass left Russia before it.
+    let before = reason["effective"].as_str().unwrap_or("").to_owned();
     match US_GENERAL_LICENCES.iter().find(|(_, from, to)| *from <= date && date <= *to) {
         Some((licence, ..)) => json!({
             "licence": licence,
@@ -653,7 +650,7 @@ mod tests {
     /// left Russia before the 0.50 ct determination's date.
     fn grandfathered() -> Value {
         json!({"rules": "us-2024", "verdict": "admissible", "reasons": [
-            {"rule": "ofac-2024-09-0.5ct", "finding": "admissible", "country": "RU", "text": "its RU mass left RU before 2024-09-01: grandfathered"}
+            {"rule": "ofac-2024-09-0.5ct", "finding": "admissible", "country": "RU", "effective": "2024-09-01", "text": "its RU mass left RU before 2024-09-01: grandfathered"}
         ]})
     }
 

@@ -672,7 +672,9 @@ async fn report(
         .and_then(|h| h.to_str().ok())
         .filter(|h| h.chars().all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c)))
         .unwrap_or("localhost");
-    let check_url = format!("http://{host}/?lot={}&date={date}", lot.replace(|c: char| !c.is_ascii_alphanumeric() && !"-_.".contains(c), "_"));
+    // The lot id as it may stand in a link and a file name.
+    let plain = lot.replace(|c: char| !c.is_ascii_alphanumeric() && !"-_.".contains(c), "_");
+    let check_url = format!("http://{host}/?lot={plain}&date={date}");
     // To the second: "2026-12-02T10:00:00Z".
     let made_at = format!("{}Z", custody_proto::Timestamp::now().to_string().chars().take(19).collect::<String>());
     let pdf = report::pdf(&report::Report {
@@ -682,7 +684,7 @@ async fn report(
         check_url: &check_url,
         made_at: &made_at,
     });
-    let disposition = format!("inline; filename=\"{}.origin-report.pdf\"", lot.replace(|c: char| !c.is_ascii_alphanumeric() && !"-_.".contains(c), "_"));
+    let disposition = format!("inline; filename=\"{plain}.origin-report.pdf\"");
     ([(header::CONTENT_TYPE, "application/pdf".to_owned()), (header::CONTENT_DISPOSITION, disposition)], pdf).into_response()
 }
 
