@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README's second command: checks formatting and lints, installs
-# nats-server, the example producer's Python packages and Debian's chromium
-# if needed, then runs every test (unit and end to end, against a real
+# nats-server, the example producer's Python packages, Debian's chromium
+# and promtool if needed, then runs every test (unit and end to end, against a real
 # nats-server the tests start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,5 +17,8 @@ CUSTODY_PYTHON="$(deploy/python.sh)" \
 # The page test drives a real headless browser.
 CUSTODY_CHROMIUM="$(deploy/chromium.sh)" \
   || fail "cannot install a headless Chromium for the page test (deploy/chromium.sh needs apt-get as root or through sudo)"
-export CUSTODY_PYTHON CUSTODY_CHROMIUM
+# The alert rules are checked with Prometheus's own promtool.
+CUSTODY_PROMTOOL="$(deploy/promtool.sh)" \
+  || fail "cannot unpack promtool (deploy/promtool.sh needs apt-get download and Debian's prometheus package)"
+export CUSTODY_PYTHON CUSTODY_CHROMIUM CUSTODY_PROMTOOL
 cargo test --workspace --locked "$@"

@@ -16,6 +16,9 @@ static IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 pub fn set_identity_file(path: &std::path::Path) -> anyhow::Result<()> {
     let key = crate::keys::load(path).with_context(|| format!("--nkey {}", path.display()))?;
     let seed = key.seed().map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Which key, said once: the file a unit names is not always the one
+    // an operator thinks (`custody key show FILE` prints the same).
+    tracing::info!(file = %path.display(), public_key = %key.public_key(), "logging in to NATS with this key");
     let _ = IDENTITY.set(seed);
     Ok(())
 }

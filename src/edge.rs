@@ -71,6 +71,9 @@ const READ_BYTES: usize = 8 << 20;
 pub struct Config {
     /// The hub's leaf node URLs (`nats-leaf://host:port`), comma-separated.
     pub hub: String,
+    /// The CA that signed the hub's leaf node certificates (`custody
+    /// certs`): the link is then TLS, checked against it.
+    pub hub_ca: Option<PathBuf>,
     /// The mine's actor: its producers submit with it, and the leaf
     /// connection logs in to the hub with it.
     pub actor: nkeys::KeyPair,
@@ -102,7 +105,8 @@ pub fn start(config: &Config) -> anyhow::Result<Edge> {
     let uplink = crate::keys::load_or_create(&config.data.join(UPLINK_KEY))?;
     let actor_seed = config.actor.seed().map_err(|e| anyhow::anyhow!("the actor key has no seed: {e}"))?;
     let accounts = config.data.join(ACCOUNTS_FILE);
-    let text = accounts_text(&config.actor.public_key(), &forwarder.public_key(), &uplink.public_key(), &actor_seed, &config.hub)?;
+    let hub_ca = config.hub_ca.as_deref().map(std::path::absolute).transpose()?;
+    let text = accounts_text(&config.actor.public_key(), &forwarder.public_key(), &uplink.public_key(), &actor_seed, &config.hub, hub_ca.as_deref())?;
     custody_wire::files::write_whole(&accounts, text.as_bytes(), custody_wire::files::Mode::Private)?;
     let setup = Setup { include: Some(accounts), domain: Some(config.domain.clone()), port: config.port, ..Setup::default() };
     let server = NatsServer::start_as(&config.data.join("nats"), setup)?;
@@ -119,10 +123,11 @@ fn quoted(list: &[String]) -> String {
 }
 
 /// The edge's accounts (table above) and its one leaf remote.
-fn accounts_text(actor: &str, forwarder: &str, uplink: &str, actor_seed: &str, hub: &str) -> anyhow::Result<String> {
+fn accounts_text(actor: &str, forwarder: &str, uplink: &str, actor_seed: &str, hub: &str, hub_ca: Option<&std::path::Path>) -> anyhow::Result<String> {
     let urls: Vec<String> = hub.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect();
     anyhow::ensure!(!urls.is_empty(), "--hub names no leaf node URL (nats-leaf://host:port, as `custody up` prints)");
     let own_inbox = format!("{}.>", custody_wire::connect::inbox_prefix(actor));
+    let tls = hub_ca.map(|ca| format!(", tls: {{ ca_file: {:?} }}", ca.display().to_string())).unwrap_or_default();
     let actor_may = [
         subjects::submit(actor),
         subjects::inbox(actor),
@@ -138,7 +143,7 @@ fn accounts_text(actor: &str, forwarder: &str, uplink: &str, actor_seed: &str, h
            UPLINK {{\n    users: [\n      \
              {{ nkey: {uplink:?}, permissions: {{ publish: {{ allow: [{:?}] }}, subscribe: {{ allow: [{own_inbox:?}] }} }} }}\n    ]\n  }}\n\
          }}\n\
-         leafnodes {{\n  remotes: [\n    {{ urls: [{}], account: \"UPLINK\", nkey: {actor_seed:?} }}\n  ]\n}}\n",
+         leafnodes {{\n  remotes: [\n    {{ urls: [{}], account: \"UPLINK\", nkey: {actor_seed:?}{tls} }}\n  ]\n}}\n",
         quoted(&actor_may),
         subjects::submit(actor),
         quoted(&urls),

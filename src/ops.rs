@@ -8,6 +8,7 @@
 //! module installs the one Prometheus recorder of the process.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -29,10 +30,12 @@ pub struct OpsArgs {
 }
 
 impl OpsArgs {
-    /// Starts the listener if asked for, and says where it is.
-    pub async fn start(&self, healths: Vec<Health>) -> anyhow::Result<Option<SocketAddr>> {
+    /// Starts the listener if asked for, and says where it is; `data`:
+    /// the folders whose file system's free space it reports.
+    pub async fn start(&self, healths: Vec<Health>, data: &[&Path]) -> anyhow::Result<Option<SocketAddr>> {
         let Some(addr) = self.ops else { return Ok(None) };
         let bound = serve(addr, healths).await?;
+        watch_disks(data);
         println!("{}", announce(bound));
         Ok(Some(bound))
     }
@@ -50,7 +53,7 @@ const SUBMISSIONS: [f64; 12] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 5
 
 /// Every series custody serves, with the `# HELP` line a scrape shows: the
 /// one list of them (`tests/ops.rs` checks each served series has one).
-pub const SERIES: [(&str, &str); 14] = [
+pub const SERIES: [(&str, &str); 15] = [
     ("custody_submissions_total", "Submissions answered by a ledger replica, by outcome (receipt or refused) and refusal code."),
     ("custody_ledger_head_seq", "The last seq in this ledger replica's store."),
     ("custody_ledger_writer", "1 while this ledger replica holds the writer lease, else 0."),
@@ -65,7 +68,41 @@ pub const SERIES: [(&str, &str); 14] = [
     ("custody_gateway_requests_total", "HTTP requests the gateway answered, by route pattern and status."),
     ("custody_gateway_request_seconds", "Time to answer one HTTP request, by route pattern."),
     ("custody_edge_outbox_depth", "Envelopes an edge holds that the hub has not yet receipted."),
+    ("custody_disk_free_ratio", "Share of the file system holding the service's data folder that is free to write (0 to 1), by folder."),
 ];
+
+/// Free share of the file system under `dir` (statvfs), if it can be read.
+fn free_ratio(dir: &Path) -> Option<f64> {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid C string and `st` is written by statvfs
+    // before it is read, only when it reports success.
+    let st = unsafe {
+        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        st.assume_init()
+    };
+    (st.f_blocks > 0).then(|| st.f_bavail as f64 / st.f_blocks as f64)
+}
+
+/// Sets `custody_disk_free_ratio{path}` for each folder now and every 15 s.
+pub fn watch_disks(data: &[&Path]) {
+    let dirs: Vec<PathBuf> = data.iter().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.to_path_buf())).collect();
+    if dirs.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            for d in &dirs {
+                if let Some(r) = free_ratio(d) {
+                    metrics::gauge!("custody_disk_free_ratio", "path" => d.display().to_string()).set(r);
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+    });
+}
 
 /// Gives every series its `# HELP` text.
 fn describe() {

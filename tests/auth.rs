@@ -164,7 +164,7 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     assert!(cut_off, "the revoked actor's open connection is closed");
     // And the ledger refuses what it signs, whoever relays it (here the
     // operator, `custody up`'s demo loader, which may submit for anyone).
-    let operator = custody::keys::load(&dir.join("keys/services/operator.nk")).unwrap();
+    let operator = custody::keys::load(&dir.join("keys/services/operator-login.nk")).unwrap();
     let (relay, _) = connect(url, Some(&operator)).await.unwrap();
     let late = event(&miner, "auth-m4", "mined", json!({"lot": "AUTH5", "carats": "1.00", "country": "BW"}));
     assert_eq!(code(&submit(&relay, &miner, &late).await), "actor_revoked");

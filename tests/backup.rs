@@ -56,7 +56,7 @@ async fn a_backup_taken_under_load_restores_onto_a_fresh_machine_and_audits_with
     tokio::time::sleep(Duration::from_millis(200)).await;
     let kept = tempfile::tempdir().unwrap();
     let backup = kept.path().join("backup");
-    let operator = original.dir.path().join("keys/services/operator.nk");
+    let operator = original.dir.path().join("keys/services/operator-login.nk");
     let taken = json_of(&cli(&original.url, &["--nkey", path(&operator), "backup", "--out", path(&backup), "--key", &ledger_key]).await);
     let size = taken["entries"].as_u64().unwrap();
     assert!(size >= 2001, "the backup holds what was receipted before it began: {taken}");
@@ -97,7 +97,7 @@ async fn a_backup_taken_under_load_restores_onto_a_fresh_machine_and_audits_with
     assert_eq!(restored.ready_at, size, "the restored ledger serves from the backup's head");
     let aside: Vec<_> = std::fs::read_dir(restored.dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("damaged")).collect();
     assert!(aside.is_empty(), "a fresh folder has no old store to move aside: {aside:?}");
-    let op = restored.dir.path().join("keys/services/operator.nk");
+    let op = restored.dir.path().join("keys/services/operator-login.nk");
     let state = restored.dir.path().join("auditor");
     let audit = json_of(&cli(&restored.url, &["--nkey", path(&op), "audit", "--key", &ledger_key, "--state", path(&state)]).await);
     assert_eq!(audit["ok"], true, "{audit}");

@@ -91,7 +91,7 @@ async fn metrics_count_what_was_sent_and_status_names_every_service() {
     }
 
     let head = {
-        let (op, _) = connect(&up.url, Some(&custody::keys::load(&up.dir.path().join("keys/services/operator.nk")).unwrap())).await.unwrap();
+        let (op, _) = connect(&up.url, Some(&custody::keys::load(&up.dir.path().join("keys/services/operator-login.nk")).unwrap())).await.unwrap();
         let msg = op.request(custody_wire::subjects::HEAD_SUBJECT, "".into()).await.unwrap();
         serde_json::from_slice::<Value>(&msg.payload).unwrap()["seq"].as_u64().unwrap()
     };
@@ -164,7 +164,7 @@ async fn metrics_count_what_was_sent_and_status_names_every_service() {
     assert_eq!(kinds, ["ledger", "projection", "gateway", "authz"], "{ready}");
 
     // `custody status` over NATS, as the operator: one line per service.
-    let operator = up.dir.path().join("keys/services/operator.nk");
+    let operator = up.dir.path().join("keys/services/operator-login.nk");
     let out = run_cli(&up.url, &["--nkey", operator.to_str().unwrap(), "status"], None);
     let text = stdout(&out);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));

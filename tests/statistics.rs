@@ -103,7 +103,7 @@ async fn flows_sum_three_exporters_or_more_and_recompute_from_a_backup() {
 
     // Recomputed offline from a backup, as of the same entry: the same.
     let ledger_key = stdout(&cli("", &["ledger", "key", "--data", up.dir.path().join("ledger").to_str().unwrap()]).await).trim().to_owned();
-    let operator = up.dir.path().join("keys/services/operator.nk");
+    let operator = up.dir.path().join("keys/services/operator-login.nk");
     let kept = tempfile::tempdir().unwrap();
     let backup = kept.path().join("backup");
     let out = cli(&up.url, &["--nkey", operator.to_str().unwrap(), "backup", "--out", backup.to_str().unwrap(), "--key", &ledger_key]).await;

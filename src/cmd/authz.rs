@@ -8,7 +8,7 @@ use anyhow::Context as _;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The genesis authority's public key (U...).
+    /// The genesis authority's public key (U...), or a file holding it.
     #[arg(long)]
     genesis: String,
     /// The file nats-server loads with `-c`; rewritten whole on each change.
@@ -20,13 +20,19 @@ pub struct Args {
     #[arg(long = "nats-pid-file", value_name = "FILE", required_unless_present = "bootstrap")]
     nats_pid_files: Vec<PathBuf>,
     /// A service's public key: ledger=U..., projection=U..., gateway=U...,
-    /// authz=U... or operator=U... (repeat the flag).
+    /// authz=U... or operator=U... (repeat the flag); a key file (seed or
+    /// public key) in place of U... is read for its public key.
     #[arg(long = "service", value_name = "KIND=KEY")]
     services: Vec<String>,
     /// Only write the file for the services and the genesis authority
     /// (before nats-server first starts), then exit.
     #[arg(long)]
     bootstrap: bool,
+    /// With --bootstrap: leave a file that exists as it is (it holds the
+    /// registry's actors; authz rewrites it once it runs). For a unit that
+    /// bootstraps before every start of nats-server.
+    #[arg(long, requires = "bootstrap")]
+    if_missing: bool,
     #[command(flatten)]
     actors: ActorsArgs,
     #[command(flatten)]
@@ -56,10 +62,12 @@ impl ActorsArgs {
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
+    let genesis = custody::keys::public_key_of(&a.genesis).context("--genesis")?;
     let mut services = custody_authz::Services::default();
     for s in &a.services {
         let (kind, key) = s.split_once('=').with_context(|| format!("--service {s:?}: expected KIND=KEY"))?;
-        nkeys::KeyPair::from_public_key(key).with_context(|| format!("--service {s:?}: not a public nkey"))?;
+        let key = custody::keys::public_key_of(key).with_context(|| format!("--service {s:?}"))?;
+        anyhow::ensure!(key.starts_with('U'), "--service {s:?}: a service logs in with a user key (U...), not {key}");
         let list = match kind {
             "ledger" => &mut services.ledger,
             "projection" => &mut services.projection,
@@ -68,23 +76,27 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             "operator" => &mut services.operator,
             other => anyhow::bail!("--service {other}: not one of ledger, projection, gateway, authz, operator"),
         };
-        list.push(key.to_owned());
+        list.push(key);
     }
     let config = custody_authz::Config {
         nats_url: nats.to_owned(),
         nkey: custody::client::identity(),
-        genesis: a.genesis.clone(),
+        genesis: genesis.clone(),
         services,
         config_file: a.auth_file,
         nats_pid_files: a.nats_pid_files,
         actors: a.actors.limits()?,
     };
     if a.bootstrap {
-        custody_authz::service::write(&config, &custody_authz::Registry::new(&a.genesis))?;
+        if a.if_missing && config.config_file.exists() {
+            println!("{} exists: left as it is", config.config_file.display());
+            return Ok(ExitCode::SUCCESS);
+        }
+        custody_authz::service::write(&config, &custody_authz::Registry::new(&genesis))?;
         return Ok(ExitCode::SUCCESS);
     }
     let health = custody_wire::health::Health::new("authz", "authz");
-    a.ops.start(vec![health.clone()]).await?;
+    a.ops.start(vec![health.clone()], &[]).await?;
     custody_authz::run(config, health, super::stop_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

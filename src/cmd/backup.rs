@@ -11,6 +11,11 @@ pub struct BackupArgs {
     /// An empty folder to write the backup to.
     #[arg(long)]
     out: PathBuf,
+    /// Take --out as the folder of all backups: this one goes into a new
+    /// folder under it named by the UTC time (`2026-12-02T0300Z`), as a
+    /// timer that backs up every night needs.
+    #[arg(long)]
+    dated: bool,
     /// The ledger's public key (N...) to expect; without it, the key the
     /// ledger's checkpoint names is trusted and recorded.
     #[arg(long)]
@@ -45,11 +50,9 @@ pub struct RestoreArgs {
 
 pub async fn backup(nats: &str, a: BackupArgs) -> anyhow::Result<ExitCode> {
     let client = custody::client::connect(nats).await?;
-    let m = custody::backup::take(&client, &a.out, a.key.as_deref()).await?;
-    println!(
-        "{}",
-        json!({"backup": a.out.display().to_string(), "entries": m.tree_size, "root": m.root, "head_hash": m.head_hash, "ledger_key": m.ledger_key})
-    );
+    let out = if a.dated { a.out.join(chrono::Utc::now().format("%Y-%m-%dT%H%MZ").to_string()) } else { a.out.clone() };
+    let m = custody::backup::take(&client, &out, a.key.as_deref()).await?;
+    println!("{}", json!({"backup": out.display().to_string(), "entries": m.tree_size, "root": m.root, "head_hash": m.head_hash, "ledger_key": m.ledger_key}));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -110,7 +110,7 @@ enum What {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
-    a.ops.start(Vec::new()).await?;
+    a.ops.start(Vec::new(), &[]).await?;
     let (events, producers, window, batch) = match a.what {
         What::Ingest { events, producers, window, cluster: Some(servers), failovers, .. } => {
             return cluster(events, producers, window, usize::from(servers), failovers).await;

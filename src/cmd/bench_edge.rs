@@ -37,6 +37,7 @@ pub async fn edge(events: usize) -> anyhow::Result<()> {
 
     let link = Link::to(leaf_port).await?;
     let edge = custody::edge::start(&custody::edge::Config {
+        hub_ca: None,
         hub: format!("nats-leaf://127.0.0.1:{}", link.port),
         actor: nkeys::KeyPair::from_seed(&miner.seed()?)?,
         data: tmp.join("edge"),

@@ -14,6 +14,10 @@ pub struct Args {
     /// The hub's leaf node URLs, comma-separated (`custody up` prints them).
     #[arg(long, env = "CUSTODY_HUB")]
     hub: Option<String>,
+    /// The CA certificate that signed the hub's leaf node certificates
+    /// (`ca.pem` from `custody certs`): the link to the hub is then TLS.
+    #[arg(long, value_name = "FILE")]
+    hub_ca: Option<PathBuf>,
     /// The mine's actor key file: its producers submit with it, and the
     /// edge logs in to the hub with it (so the link carries its subjects only).
     #[arg(long)]
@@ -55,13 +59,14 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
             let (Some(hub), Some(key)) = (a.hub, a.key) else { anyhow::bail!("custody edge needs --hub URLS and --key ACTOR.nk") };
             let config = custody::edge::Config {
                 hub: hub.clone(),
+                hub_ca: a.hub_ca,
                 actor: custody::keys::load(&key)?,
                 data: a.data.clone(),
                 port: (a.port != 0).then_some(a.port),
                 domain: a.domain,
                 health: custody_wire::health::Health::new("edge", "edge"),
             };
-            a.ops.start(vec![config.health.clone()]).await?;
+            a.ops.start(vec![config.health.clone()], &[&a.data]).await?;
             custody::edge::run(
                 config,
                 |edge| {

@@ -52,7 +52,7 @@ impl HttpArgs {
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     let health = custody_wire::health::Health::new("gateway", "gateway");
-    a.ops.start(vec![health.clone()]).await?;
+    a.ops.start(vec![health.clone()], &[]).await?;
     let nkey = custody::client::identity();
     custody_gateway::run(nats, nkey.as_deref(), a.listen, a.http.limits()?, health, |addr| println!("listening on http://{addr}"), super::stop_signal())
         .await?;

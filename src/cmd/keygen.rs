@@ -43,16 +43,7 @@ fn kind_of(public_key: &str) -> (&'static str, &'static str) {
 /// `custody key show FILE`.
 pub fn key(a: KeyArgs) -> anyhow::Result<ExitCode> {
     let KeyAction::Show { file, json } = a.action;
-    let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-    let text = text.trim();
-    let (public_key, seed) = if text.starts_with('S') {
-        let kp = nkeys::KeyPair::from_seed(text).map_err(|e| anyhow::anyhow!("{} starts like an nkey seed but is not one: {e}", file.display()))?;
-        (kp.public_key(), true)
-    } else if nkeys::KeyPair::from_public_key(text).is_ok() {
-        (text.to_owned(), false)
-    } else {
-        anyhow::bail!("{} holds neither an nkey seed (S...) nor a public key (U..., N...)", file.display());
-    };
+    let (public_key, seed) = custody::keys::read_public(&file)?;
     let (kind, used) = kind_of(&public_key);
     if json {
         println!("{}", serde_json::json!({"file": file, "public_key": public_key, "kind": kind, "seed": seed, "use": used}));

@@ -109,11 +109,8 @@ fn signing_key(data: &std::path::Path, create: bool) -> anyhow::Result<nkeys::Ke
 
 /// The genesis authority from a public key or a key file.
 pub fn authority(arg: &str) -> anyhow::Result<ActorKey> {
-    if let Ok(k) = arg.parse::<ActorKey>() {
-        return Ok(k);
-    }
-    let kp = custody::keys::load(std::path::Path::new(arg)).context("--authority is neither a user nkey nor a key file")?;
-    kp.public_key().parse().map_err(|e: String| anyhow::anyhow!(e))
+    let key = custody::keys::public_key_of(arg).context("--authority")?;
+    key.parse().map_err(|e: String| anyhow::anyhow!("--authority: {e}"))
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
@@ -170,7 +167,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
                 config.health = custody_wire::health::Health::new("ledger", &name);
                 config.name = name;
             }
-            a.ops.start(vec![config.health.clone()]).await?;
+            a.ops.start(vec![config.health.clone()], &[&config.data_dir.clone()]).await?;
             custody_ledger::run(config, super::stop_signal()).await?;
         }
         Some(Action::Key { .. } | Action::Vkey { .. }) => {}

@@ -6,6 +6,7 @@ mod bench;
 mod bench_edge;
 mod bench_read;
 mod certificate;
+mod certs;
 pub mod config;
 mod edge;
 mod gateway;
@@ -52,6 +53,9 @@ enum Command {
     /// Look at a key file: `custody key show FILE` prints its public key
     /// and what kind of key it is (a NATS login, a ledger's signing key).
     Key(keygen::KeyArgs),
+    /// Make a private CA and a certificate per server for TLS between a
+    /// deployment's servers (cluster routes, leaf nodes).
+    Certs(certs::Args),
     /// Print the Authorization header that signs one HTTP request to the
     /// gateway as an actor (for curl and scripts; valid once, for 30 s).
     HttpSign(keygen::HttpSignArgs),
@@ -129,6 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Keygen(a) => keygen::run(a),
         Command::Key(a) => keygen::key(a),
+        Command::Certs(a) => certs::run(a),
         Command::HttpSign(a) => keygen::http_sign(a),
         Command::Submit(a) => submit::run(&cli.nats, a).await,
         Command::Verify(a) => verify::run(&cli.nats, a).await,

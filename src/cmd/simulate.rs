@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub struct Args {
     /// The genesis authority's key file (it registers the simulated actors).
     /// The operator's key, which may publish for every simulated actor, is
-    /// looked for beside it (`keys/services/operator.nk`, as `custody up`
+    /// looked for beside it (`keys/services/operator-login.nk`, as `custody up`
     /// writes it) when `--nkey` is not the operator.
     #[arg(long, default_value = "data/authority.nk")]
     authority: PathBuf,
@@ -72,7 +72,7 @@ pub async fn submit(
         }
         anyhow::anyhow!(
             "{e}. The simulation publishes for every simulated actor, on each actor's own subject: with authorization on, only the \
-             operator may (--nkey DATA/keys/services/operator.nk, written by `custody up`); or is no ledger running?"
+             operator may (--nkey DATA/keys/services/operator-login.nk, written by `custody up`); or is no ledger running?"
         )
     })?;
     bar.finish_and_clear();
@@ -81,7 +81,7 @@ pub async fn submit(
 
 /// The operator's key file beside the authority's (`custody up`'s layout).
 fn operator_key(authority: &Path) -> PathBuf {
-    authority.parent().unwrap_or(Path::new(".")).join("keys/services/operator.nk")
+    authority.parent().unwrap_or(Path::new(".")).join("keys/services/operator-login.nk")
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {

@@ -111,7 +111,15 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     // One nkey per service; the actors' keys come from the registry.
     let service_dir = a.data.join("keys/services");
     let service = |name: &str| -> anyhow::Result<(String, String)> {
-        let k = keys::load_or_create(&service_dir.join(format!("{name}.nk")))?;
+        // `<name>-login.nk`: a NATS login, never to be taken for the
+        // ledger's signing key (`ledger.nk` in its data folder). A folder
+        // from before the rename keeps its keys.
+        let file = service_dir.join(format!("{name}-login.nk"));
+        let old = service_dir.join(format!("{name}.nk"));
+        if !file.exists() && old.exists() {
+            std::fs::rename(&old, &file).with_context(|| format!("cannot rename {} to {}", old.display(), file.display()))?;
+        }
+        let k = keys::load_or_create(&file)?;
         Ok((k.public_key(), k.seed().map_err(|e| anyhow::anyhow!("{e}"))?))
     };
     let (ledger_id, projection_id, gateway_id, authz_id, operator_id) =
@@ -194,6 +202,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
         healths.push(authz_health.clone());
     }
     let ops = custody::ops::serve(a.ops, healths).await?;
+    custody::ops::watch_disks(&[&a.data]);
     println!("{}", custody::ops::announce(ops));
 
     // Every service up runs, by name: the first to end is reported, and

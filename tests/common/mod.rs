@@ -664,7 +664,7 @@ impl Up {
 
     /// Connects with one of `up`'s service keys (`gateway`, `operator`, ...).
     pub async fn service(&self, name: &str) -> async_nats::Client {
-        let key = custody::keys::load(&self.dir.path().join(format!("keys/services/{name}.nk"))).unwrap();
+        let key = custody::keys::load(&self.dir.path().join(format!("keys/services/{name}-login.nk"))).unwrap();
         connect(&self.url, Some(&key)).await.expect("a service key connects").0
     }
 }
