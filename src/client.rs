@@ -78,6 +78,22 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// The line `custody submit` prints for it (the outcome, or at an edge
+    /// `{"id", "queued"}`: durably queued, the receipt follows), and
+    /// whether it is a refusal.
+    pub fn line(&self, envelope: &[u8]) -> (serde_json::Value, bool) {
+        match self {
+            Answer::Outcome(o) => (serde_json::to_value(o).unwrap_or_default(), matches!(o, Outcome::Rejected(_))),
+            Answer::Queued(queued) => {
+                let id = custody_proto::envelope::Opened::payload_of(envelope)
+                    .ok()
+                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+                    .and_then(|v| v.get("id").cloned());
+                (serde_json::json!({"id": id, "queued": queued}), false)
+            }
+        }
+    }
+
     /// The ledger's outcome; an error if an edge only queued it.
     pub fn outcome(self) -> anyhow::Result<Outcome> {
         match self {

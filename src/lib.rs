@@ -26,4 +26,5 @@ pub mod keys;
 pub mod link;
 pub mod natsd;
 pub mod ops;
+pub mod produce;
 pub mod sim;

@@ -12,6 +12,7 @@ mod edge;
 mod gateway;
 mod keygen;
 mod ledger;
+mod produce;
 mod projection;
 mod query;
 mod simulate;
@@ -61,6 +62,12 @@ enum Command {
     HttpSign(keygen::HttpSignArgs),
     /// Sign NDJSON event payloads (or send ready envelopes) and submit them.
     Submit(submit::Args),
+    /// Build one event from flags, without writing JSON: `custody event
+    /// mined --lot L1 --carats 12.34 --country BW --key miner.nk --submit`.
+    Event(produce::EventArgs),
+    /// Turn a spreadsheet's rows (CSV) into events by a mapping file and
+    /// submit them, or check them with --dry-run.
+    Import(produce::ImportArgs),
     /// Recompute every hash and signature from seq 1.
     Verify(verify::Args),
     /// Run the ledger service.
@@ -136,6 +143,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Certs(a) => certs::run(a),
         Command::HttpSign(a) => keygen::http_sign(a),
         Command::Submit(a) => submit::run(&cli.nats, a).await,
+        Command::Event(a) => produce::event(&cli.nats, a).await,
+        Command::Import(a) => produce::import(&cli.nats, a).await,
         Command::Verify(a) => verify::run(&cli.nats, a).await,
         Command::Ledger(a) => ledger::run(&cli.nats, a).await,
         Command::Projection(a) => projection::run(&cli.nats, a).await,

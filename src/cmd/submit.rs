@@ -3,8 +3,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use custody::client::Answer;
-use custody_proto::{Outcome, Refusal};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -48,23 +46,9 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
         }
         if chunk.len() == custody_wire::subjects::BATCH_MAX_ENVELOPES || (line.is_none() && !chunk.is_empty()) {
             for (answer, envelope) in custody::client::submit_batch(&client, &chunk).await?.into_iter().zip(&chunk) {
-                match answer {
-                    Answer::Outcome(outcome) => {
-                        if matches!(outcome, Outcome::Rejected(Refusal { .. })) {
-                            rejected += 1;
-                        }
-                        println!("{}", serde_json::to_string(&outcome)?);
-                    }
-                    // At an edge: durably queued; the receipt follows
-                    // (`custody edge receipts`).
-                    Answer::Queued(queued) => {
-                        let id = custody_proto::envelope::Opened::payload_of(envelope)
-                            .ok()
-                            .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-                            .and_then(|v| v.get("id").cloned());
-                        println!("{}", serde_json::json!({"id": id, "queued": queued}));
-                    }
-                }
+                let (line, refused) = answer.line(envelope);
+                rejected += usize::from(refused);
+                println!("{line}");
             }
             chunk.clear();
         }
