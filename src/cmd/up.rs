@@ -62,6 +62,12 @@ pub struct Args {
     ledger_key: Option<PathBuf>,
 }
 
+/// A service's NATS login in up's folder: `<name>-login.nk`, never to be
+/// taken for the ledger's signing key (`ledger.nk` in its data folder).
+fn login_file(service_dir: &Path, name: &str) -> PathBuf {
+    service_dir.join(format!("{name}-login.nk"))
+}
+
 /// How long `up` waits for its services to stop after the first SIGTERM or
 /// SIGINT before it exits anyway (its nats-server dies with it).
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -114,7 +120,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
         // `<name>-login.nk`: a NATS login, never to be taken for the
         // ledger's signing key (`ledger.nk` in its data folder). A folder
         // from before the rename keeps its keys.
-        let file = service_dir.join(format!("{name}-login.nk"));
+        let file = login_file(&service_dir, name);
         let old = service_dir.join(format!("{name}.nk"));
         if !file.exists() && old.exists() {
             std::fs::rename(&old, &file).with_context(|| format!("cannot rename {} to {}", old.display(), file.display()))?;
@@ -238,7 +244,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
         // so that one can be killed, paused or restarted alone; up restarts
         // one that ends, and stops and reaps them all when it stops.
         let me = std::env::current_exe().context("cannot find this program to run the replicas")?;
-        let key_file = |name: &str| (!a.no_auth).then(|| service_dir.join(format!("{name}.nk")));
+        let key_file = |name: &str| (!a.no_auth).then(|| login_file(&service_dir, name));
         let replicas = servers.to_string();
         for (i, dir) in ledger_dirs.iter().enumerate() {
             let name: &'static str = ["ledger 1", "ledger 2"][i];
@@ -377,7 +383,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     println!("  export CUSTODY_NATS={nats_url}");
     if !a.no_auth {
         // Reads everything, submits nothing: the gateway's identity.
-        println!("  export CUSTODY_NKEY={}   # a read-only identity (the gateway's)", service_dir.join("gateway.nk").display());
+        println!("  export CUSTODY_NKEY={}   # a read-only identity (the gateway's)", login_file(&service_dir, "gateway").display());
     }
     for args in [
         "verify",
@@ -388,7 +394,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     ] {
         println!("  {me} {args}");
     }
-    let operator = if a.no_auth { String::new() } else { format!(" --nkey {}", service_dir.join("operator.nk").display()) };
+    let operator = if a.no_auth { String::new() } else { format!(" --nkey {}", login_file(&service_dir, "operator").display()) };
     println!("  {me} --nats {nats_url}{operator} status   # one line per service; metrics: http://{ops}/metrics");
     println!("at the border (README, \"At the border\"):");
     println!("  {me} certify S1 --rules us-2024 --rules eu-2025 --out S1.certificate.json");
