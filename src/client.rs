@@ -23,6 +23,15 @@ pub fn set_identity_file(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Logs in with an actor's own key file when no `--nkey` was given: an
+/// actor's signing key is its NATS login too.
+pub fn default_identity_file(path: &std::path::Path) -> anyhow::Result<()> {
+    if identity().is_none() {
+        set_identity_file(path)?;
+    }
+    Ok(())
+}
+
 /// The nkey seed this process connects as, if one was given.
 pub fn identity() -> Option<String> {
     IDENTITY.get().cloned()
@@ -290,7 +299,19 @@ pub async fn submit_in_order(
 /// Connects as this process's identity (`--nkey`), retrying while the
 /// server comes up.
 pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
-    Ok(custody_wire::connect::connect_client(url, "custody-cli", identity().as_deref()).await?)
+    custody_wire::connect::connect_client(url, "custody-cli", identity().as_deref()).await.map_err(|e| match NATS_SOURCE.get() {
+        // Which URL it tried, where that came from, how to name another.
+        Some(source) => anyhow::anyhow!("{e}. {}", crate::context::hint(source)),
+        None => e.into(),
+    })
+}
+
+static NATS_SOURCE: std::sync::OnceLock<crate::context::Source> = std::sync::OnceLock::new();
+
+/// Where this process's NATS URL came from (a flag, a context, the
+/// default): said when it cannot connect.
+pub fn set_nats_source(source: crate::context::Source) {
+    let _ = NATS_SOURCE.set(source);
 }
 
 /// The outcomes of an actor's inbox submissions (`custody.inbox.<key>`),

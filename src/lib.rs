@@ -18,6 +18,7 @@
 
 pub mod backup;
 pub mod client;
+pub mod context;
 pub mod demo;
 pub mod edge;
 pub mod filing;

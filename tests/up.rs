@@ -388,3 +388,54 @@ async fn the_demo_is_set_in_time_and_its_verdicts_hold_today() {
     let rate: f64 = stats["late_record_rate"].as_str().and_then(|r| r.parse().ok()).unwrap_or_else(|| panic!("a late-record rate: {stats}"));
     assert!(rate > 0.0 && rate < 0.01, "one late record among hundreds of events: {stats}");
 }
+
+/// `custody ARGS` run from `cwd` with nothing in its environment naming a
+/// deployment: what it finds, it finds by the context.
+fn bare(cwd: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    die_with_parent(&mut cmd);
+    cmd.args(args).current_dir(cwd).env_remove("CUSTODY_NATS").env_remove("CUSTODY_NKEY").env_remove("CUSTODY_CONTEXT").env("CUSTODY_LOG", "error");
+    cmd.stdin(Stdio::null()).output().expect("custody runs")
+}
+
+#[tokio::test]
+async fn a_restarted_up_keeps_its_addresses_and_commands_find_it_by_its_context() {
+    let up = up();
+    let dir = up.dir.path().to_owned();
+    let stored: toml::Table = std::fs::read_to_string(dir.join("context.toml")).unwrap().parse().unwrap();
+    assert_eq!(stored["nats"].as_str(), Some(up.url.as_str()));
+    assert_eq!(stored["page"].as_str(), Some(format!("{}/", up.http).as_str()));
+    assert!(stored["operator_nkey"].as_str().unwrap().ends_with("keys/services/operator-login.nk"), "{stored}");
+
+    // Told only the folder: status (as the operator) and a query (as the
+    // read-only login) need no --nats, no --nkey.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let status = bare(elsewhere.path(), &["--context", dir.to_str().unwrap(), "status"]);
+    assert!(status.status.success(), "{}{}", stdout(&status), String::from_utf8_lossy(&status.stderr));
+    assert!(stdout(&status).contains("ledger"), "{}", stdout(&status));
+    // Run from the folder holding `data` (up's default), it is found alone.
+    std::os::unix::fs::symlink(&dir, elsewhere.path().join("data")).unwrap();
+    let verify = bare(elsewhere.path(), &["verify"]);
+    assert!(verify.status.success(), "{}{}", stdout(&verify), String::from_utf8_lossy(&verify.stderr));
+
+    // The same folder started again: the same addresses.
+    let (url, http, ops, leaf) = (up.url.clone(), up.http.clone(), up.ops.clone(), up.leaf.clone());
+    let again = up.restart().await;
+    assert_eq!((again.url.as_str(), again.http.as_str(), again.ops.as_str(), again.leaf.as_str()), (url.as_str(), http.as_str(), ops.as_str(), leaf.as_str()));
+    let status = bare(elsewhere.path(), &["status"]);
+    assert!(status.status.success(), "{}{}", stdout(&status), String::from_utf8_lossy(&status.stderr));
+
+    // Stopped: the refusal names the context it tried and how to pick another.
+    let _kept = again.stop().await;
+    let refused = bare(elsewhere.path(), &["origin", "S1"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        said.contains("cannot connect to NATS") && said.contains("context.toml") && said.contains("still running") && said.contains("--context DIR"),
+        "{said}"
+    );
+    // An explicit URL that answers nothing says it was the one given.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let refused = bare(elsewhere.path(), &["--nats", &format!("nats://127.0.0.1:{port}"), "origin", "S1"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("given by --nats"), "{}", String::from_utf8_lossy(&refused.stderr));
+}

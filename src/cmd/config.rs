@@ -193,7 +193,7 @@ mod tests {
         // The typed value is the one clap keeps.
         let cli = Cli::from_arg_matches(&command().get_matches_from(args(&expanded("custody ledger --replicas 1", toml).unwrap()))).unwrap();
         let super::super::Command::Ledger(_) = cli.command else { panic!("not ledger") };
-        assert_eq!(cli.nats, "nats://hub:4222");
+        assert_eq!(cli.nats.as_deref(), Some("nats://hub:4222"));
     }
 
     #[test]

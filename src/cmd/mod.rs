@@ -31,9 +31,14 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "custody", version)]
 pub struct Cli {
-    /// NATS server URL.
-    #[arg(long, global = true, env = "CUSTODY_NATS", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
+    /// NATS server URL(s), comma-separated (default: the context's, else
+    /// nats://127.0.0.1:4222).
+    #[arg(long, global = true, env = "CUSTODY_NATS")]
+    nats: Option<String>,
+    /// A `custody up` data folder whose context.toml says where NATS is
+    /// and which keys to use (default: ./data when it holds one).
+    #[arg(long, global = true, env = "CUSTODY_CONTEXT", value_name = "DIR")]
+    context: Option<std::path::PathBuf>,
     /// Connect to NATS as this nkey user (a seed file): an actor's own key,
     /// or a service key when the server checks identities.
     #[arg(long, global = true, env = "CUSTODY_NKEY")]
@@ -133,42 +138,99 @@ enum Command {
     Witness(witness::Args),
 }
 
+/// Which key a client command logs in with when no `--nkey` is typed.
+#[derive(Clone, Copy, PartialEq)]
+enum Login {
+    /// A service, or a command that starts servers: never a context's.
+    Own,
+    /// The context's read-only login (queries).
+    Reader,
+    /// The context's operator login (status, backups, the simulator).
+    Operator,
+    /// The actor's own key, which also signs (submit, event, import).
+    Signer,
+}
+
+impl Command {
+    fn login(&self) -> Login {
+        match self {
+            Command::Origin(_)
+            | Command::Admissible(_)
+            | Command::Genealogy(_)
+            | Command::Find(_)
+            | Command::Lots(_)
+            | Command::Statistics(_)
+            | Command::Verify(_)
+            | Command::Checkpoint(_)
+            | Command::Prove(_)
+            | Command::Audit(_)
+            | Command::Certify(_)
+            | Command::Filing(_) => Login::Reader,
+            Command::Status(_) | Command::Backup(_) | Command::Simulate(_) => Login::Operator,
+            Command::Submit(_) | Command::Event(_) | Command::Import(_) => Login::Signer,
+            _ => Login::Own,
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let login = cli.command.login();
+    // Clients find the deployment by the context; services and `up` are
+    // told (a service never picks up a context lying in its folder).
+    let nats = if login == Login::Own {
+        cli.nats.clone().unwrap_or_else(|| custody::context::DEFAULT_NATS.to_owned())
+    } else {
+        let resolved = custody::context::resolve(cli.nats.as_deref(), cli.context.as_deref())?;
+        custody::client::set_nats_source(resolved.source.clone());
+        // A context's keys belong to its deployment: used only when its
+        // URL is (a typed --nats points elsewhere).
+        let own_deployment = matches!(resolved.source, custody::context::Source::Context(_));
+        let from_context = resolved.context.as_ref().filter(|_| own_deployment).and_then(|c| match login {
+            Login::Reader => c.nkey.clone(),
+            Login::Operator => c.operator_nkey.clone(),
+            Login::Signer | Login::Own => None,
+        });
+        if let (None, Some(key)) = (&cli.nkey, from_context) {
+            custody::client::set_identity_file(&key)?;
+        }
+        resolved.nats
+    };
     if let Some(path) = &cli.nkey {
         custody::client::set_identity_file(path)?;
     }
+    let nats = nats.as_str();
     match cli.command {
         Command::Keygen(a) => keygen::run(a),
         Command::Key(a) => keygen::key(a),
         Command::Certs(a) => certs::run(a),
         Command::HttpSign(a) => keygen::http_sign(a),
-        Command::Submit(a) => submit::run(&cli.nats, a).await,
-        Command::Event(a) => produce::event(&cli.nats, a).await,
-        Command::Import(a) => produce::import(&cli.nats, a).await,
-        Command::Verify(a) => verify::run(&cli.nats, a).await,
-        Command::Ledger(a) => ledger::run(&cli.nats, a).await,
-        Command::Projection(a) => projection::run(&cli.nats, a).await,
-        Command::Origin(a) => query::origin(&cli.nats, a).await,
-        Command::Admissible(a) => query::admissible(&cli.nats, a).await,
-        Command::Genealogy(a) => query::genealogy(&cli.nats, a).await,
-        Command::Find(a) => query::find(&cli.nats, a).await,
-        Command::Lots(a) => query::lots(&cli.nats, a).await,
-        Command::Statistics(a) => query::statistics(&cli.nats, a).await,
-        Command::Gateway(a) => gateway::run(&cli.nats, a).await,
-        Command::Simulate(a) => simulate::run(&cli.nats, a).await,
-        Command::Up(a) => up::run(a).await,
+        Command::Submit(a) => submit::run(nats, a).await,
+        Command::Event(a) => produce::event(nats, a).await,
+        Command::Import(a) => produce::import(nats, a).await,
+        Command::Verify(a) => verify::run(nats, a).await,
+        Command::Ledger(a) => ledger::run(nats, a).await,
+        Command::Projection(a) => projection::run(nats, a).await,
+        Command::Origin(a) => query::origin(nats, a).await,
+        Command::Admissible(a) => query::admissible(nats, a).await,
+        Command::Genealogy(a) => query::genealogy(nats, a).await,
+        Command::Find(a) => query::find(nats, a).await,
+        Command::Lots(a) => query::lots(nats, a).await,
+        Command::Statistics(a) => query::statistics(nats, a).await,
+        Command::Gateway(a) => gateway::run(nats, a).await,
+        Command::Simulate(a) => simulate::run(nats, a).await,
+        Command::Up(a) => up::run(a, cli.nats.as_deref()).await,
         Command::Bench(a) => bench::run(a).await,
-        Command::Checkpoint(a) => transparency::checkpoint(&cli.nats, a).await,
-        Command::Prove(a) => transparency::prove(&cli.nats, a).await,
-        Command::Audit(a) => transparency::audit(&cli.nats, a).await,
-        Command::Authz(a) => authz::run(&cli.nats, a).await,
-        Command::Certify(a) => certificate::certify(&cli.nats, a).await,
+        Command::Checkpoint(a) => transparency::checkpoint(nats, a).await,
+        Command::Prove(a) => transparency::prove(nats, a).await,
+        Command::Audit(a) => transparency::audit(nats, a).await,
+        Command::Authz(a) => authz::run(nats, a).await,
+        Command::Certify(a) => certificate::certify(nats, a).await,
         Command::VerifyCertificate(a) => certificate::verify_certificate(a).await,
-        Command::Edge(a) => edge::run(&cli.nats, a).await,
-        Command::Filing(a) => certificate::filing(&cli.nats, a).await,
-        Command::Status(a) => status::run(&cli.nats, a).await,
-        Command::Backup(a) => backup::backup(&cli.nats, a).await,
-        Command::Restore(a) => backup::restore(&cli.nats, a).await,
+        Command::Edge(a) => edge::run(nats, a).await,
+        Command::Filing(a) => certificate::filing(nats, a).await,
+        Command::Status(a) => status::run(nats, a).await,
+        Command::Backup(a) => backup::backup(nats, a).await,
+        Command::Restore(a) => backup::restore(nats, a).await,
         Command::Witness(a) => witness::run(a).await,
     }
 }

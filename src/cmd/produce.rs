@@ -100,6 +100,7 @@ pub async fn event(nats: &str, a: EventArgs) -> anyhow::Result<ExitCode> {
     let key_file = PathBuf::from(m.get_one::<String>("key").context("--key")?);
     let key = custody::keys::load(&key_file)?;
     tracing::info!(file = %key_file.display(), public_key = %key.public_key(), "signing the event with this key");
+    custody::client::default_identity_file(&key_file)?;
     let at = m.get_one::<String>("at").cloned().unwrap_or_else(|| now().to_string());
     let payload = match produce::payload(kind, &key.public_key(), m.get_one::<String>("id").map(String::as_str), &at, &fields, now()) {
         Ok(p) => p,
@@ -177,6 +178,7 @@ pub async fn import(nats: &str, a: ImportArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("{} is not a mapping (kind, occurred_at, [fields], optional id and [kinds])", a.map.display()))?;
     let key = custody::keys::load(&a.key)?;
     tracing::info!(file = %a.key.display(), public_key = %key.public_key(), "signing the events with this key");
+    custody::client::default_identity_file(&a.key)?;
     let actor = key.public_key();
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_path(&a.file).with_context(|| format!("cannot open {}", a.file.display()))?;
     let header: Vec<String> =

@@ -72,7 +72,7 @@ fn login_file(service_dir: &Path, name: &str) -> PathBuf {
 /// SIGINT before it exits anyway (its nats-server dies with it).
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(a: Args, nats: Option<&str>) -> anyhow::Result<ExitCode> {
     // The first signal starts an orderly stop, whatever `up` is doing
     // (starting, serving, or waiting on a nats-server that died); if that
     // has not ended the process within STOP_GRACE, it exits.
@@ -84,11 +84,52 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         eprintln!("custody up: the services did not stop within {} s of the signal; exiting", STOP_GRACE.as_secs());
         std::process::exit(1);
     });
-    serve(a, signalled).await
+    let nats_port = match nats {
+        Some(url) => Some(port_of(url)?),
+        None => None,
+    };
+    serve(a, nats_port, signalled).await
 }
 
-async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<ExitCode> {
+/// The port of the first URL of `--nats` (up's server listens there).
+fn port_of(url: &str) -> anyhow::Result<u16> {
+    let first = url.split(',').next().unwrap_or_default().trim();
+    let rest = first.split_once("://").map_or(first, |(_, r)| r);
+    let port = rest.rsplit_once(':').map(|(_, p)| p.trim_end_matches('/'));
+    port.and_then(|p| p.parse().ok()).with_context(|| format!("--nats {url:?}: custody up listens on loopback at this URL's port; give nats://127.0.0.1:PORT"))
+}
+
+/// The port the last `up` in this folder used for something, if it is
+/// still free; else none (a free one is found), said once.
+fn again(what: &str, stored: Option<u16>) -> Option<u16> {
+    let p = stored?;
+    if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+        Some(p)
+    } else {
+        println!("{what}: port {p}, used at the last start in this folder, is taken now; using another");
+        None
+    }
+}
+
+async fn serve(mut a: Args, nats_port: Option<u16>, mut signalled: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&a.data).with_context(|| format!("cannot create {}", a.data.display()))?;
+    // The same ports as the last start in this folder, where still free
+    // (and where none was asked for), so that addresses stay put.
+    let last = custody::context::Stored::read(&a.data).unwrap_or_else(|e| {
+        println!("{e:#}: starting on new ports");
+        None
+    });
+    let last_ports = last.as_ref().map(|c| c.ports).unwrap_or_default();
+    if a.http.port() == 0 {
+        if let Some(p) = again("the page", last_ports.http) {
+            a.http.set_port(p);
+        }
+    }
+    if a.ops.port() == 0 {
+        if let Some(p) = again("metrics", last_ports.ops) {
+            a.ops.set_port(p);
+        }
+    }
     let authority_path = a.authority.clone().unwrap_or_else(|| a.data.join("authority.nk"));
     let authority = keys::load_or_create(&authority_path)?;
     let servers = usize::from(a.cluster.unwrap_or(1));
@@ -156,10 +197,18 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     }
     let auth = (!a.no_auth).then_some(auth_file.as_path());
     let nats = if servers == 1 {
-        let setup = Setup { include: auth.map(Path::to_path_buf), leaf_port: Some(0), ..Setup::default() };
+        let port = nats_port.or_else(|| again("NATS", last_ports.nats));
+        let leaf_port = again("edges' leaf node port", last_ports.leaf).unwrap_or(0);
+        let setup = Setup { include: auth.map(Path::to_path_buf), leaf_port: Some(leaf_port), port, ..Setup::default() };
         let server = NatsServer::start_as(&a.data.join("nats"), setup)?;
         NatsCluster { servers: vec![server] }
     } else {
+        if nats_port.is_some() {
+            println!(
+                "--nats names one server's port; the {servers} servers of --cluster take free ports (printed below, and kept in {})",
+                a.data.join(custody::context::FILE).display()
+            );
+        }
         NatsCluster::start(servers, &a.data, auth)?
     };
     let nats_url = nats.url();
@@ -169,6 +218,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
         println!("NATS listening on {}{authorization}; JetStream in {folder}, sync_interval: always", s.url);
     }
     let leaves: Vec<&str> = nats.servers.iter().filter_map(|s| s.leaf_url.as_deref()).collect();
+    let leaves_text = (!leaves.is_empty()).then(|| leaves.join(","));
     println!("edges connect with: custody edge --hub {} --key ACTOR.nk --data DIR", leaves.join(","));
     if servers > 1 {
         println!("  one JetStream cluster of {servers} servers: every custody stream on all of them, a receipt once two hold the entry");
@@ -176,6 +226,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     // A nats-server that ends is started again on its port and folder
     // (authz finds it by its pid file); all stop when up does.
     let pid_files = nats.pid_files();
+    let first_server = (nats.servers[0].port, nats.servers[0].leaf_url.as_deref().and_then(|u| port_of(u).ok()));
     let _nats = nats.keep(|said| {
         tracing::warn!("{said}");
         println!("{said}");
@@ -207,7 +258,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     if !a.no_auth {
         healths.push(authz_health.clone());
     }
-    let ops = custody::ops::serve(a.ops, healths).await?;
+    let ops = custody::ops::serve(a.ops, healths.clone()).await?;
     custody::ops::watch_disks(&[&a.data]);
     println!("{}", custody::ops::announce(ops));
 
@@ -333,6 +384,27 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
         ("gateway", done.map_err(anyhow::Error::from))
     });
     let http = bound_rx.await.context("the HTTP gateway did not start")?;
+    // Where everything is, for every command run from here (or with
+    // --context): `custody origin S1` needs no flag.
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let context = custody::context::Stored {
+        nats: nats_url.clone(),
+        nkey: (!a.no_auth).then(|| absolute(login_file(&service_dir, "gateway"))),
+        operator_nkey: (!a.no_auth).then(|| absolute(login_file(&service_dir, "operator"))),
+        authority: Some(absolute(authority_path.clone())),
+        ledger_key: Some(ledger_key.public_key()),
+        page: Some(format!("http://{http}/")),
+        metrics: Some(format!("http://{ops}/metrics")),
+        leaf: leaves_text.clone(),
+        ports: custody::context::Ports {
+            nats: (servers == 1).then_some(first_server.0),
+            leaf: first_server.1.filter(|_| servers == 1),
+            http: Some(http.port()),
+            ops: Some(ops.port()),
+        },
+    };
+    context.write(&a.data)?;
+    println!("context written to {} (commands run from here, or with --context {}, use it)", a.data.join(custody::context::FILE).display(), a.data.display());
 
     // The demo loader submits for every actor of the demo: the operator.
     let nc = custody_wire::connect::connect(&nats_url, "custody-up", seed(&operator_id).as_deref()).await?;
@@ -379,11 +451,13 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     if !a.no_demo {
         println!("  a step recorded a month after it happened (a late record): http://{http}/?lot=L6");
     }
-    println!("try, in another terminal:");
-    println!("  export CUSTODY_NATS={nats_url}");
-    if !a.no_auth {
-        // Reads everything, submits nothing: the gateway's identity.
-        println!("  export CUSTODY_NKEY={}   # a read-only identity (the gateway's)", login_file(&service_dir, "gateway").display());
+    // Commands find the context in ./data by themselves; elsewhere they
+    // are told where it is.
+    if a.data == Path::new(custody::context::DEFAULT_DIR) {
+        println!("try, in another terminal, from this folder (commands find {}):", a.data.join(custody::context::FILE).display());
+    } else {
+        println!("try, in another terminal:");
+        println!("  export CUSTODY_CONTEXT={}", std::path::absolute(&a.data).unwrap_or_else(|_| a.data.clone()).display());
     }
     for args in [
         "verify",
@@ -394,8 +468,7 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     ] {
         println!("  {me} {args}");
     }
-    let operator = if a.no_auth { String::new() } else { format!(" --nkey {}", login_file(&service_dir, "operator").display()) };
-    println!("  {me} --nats {nats_url}{operator} status   # one line per service; metrics: http://{ops}/metrics");
+    println!("  {me} status   # one line per service, as the operator; metrics: http://{ops}/metrics");
     println!("at the border (README, \"At the border\"):");
     println!("  {me} certify S1 --rules us-2024 --rules eu-2025 --out S1.certificate.json");
     println!("  {me} verify-certificate S1.certificate.json --key {}   # offline, trusting only the ledger key", ledger_key.public_key());
@@ -415,6 +488,17 @@ async fn serve(a: Args, mut signalled: tokio::sync::watch::Receiver<bool>) -> an
     }
     let mut ended = None;
     if !a.exit_after_demo {
+        // "serving" means every service here is ready (a projection has
+        // caught up, authz has read the registry), so a command typed at
+        // once gets answers; at most a few seconds after the ledger.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while healths.iter().any(|h| !h.status().ready) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for h in healths.iter().filter(|h| !h.status().ready) {
+            let s = h.status();
+            println!("{} is not ready yet: {}", s.name, s.why.unwrap_or_default());
+        }
         println!("serving; Ctrl-C to stop");
         tokio::select! {
             _ = signalled.wait_for(|s| *s) => {}

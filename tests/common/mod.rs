@@ -647,6 +647,22 @@ impl Up {
         }
     }
 
+    /// Stops `custody up` as Ctrl-C does and starts it again on the same
+    /// folder (no demo: the ledger has what it had).
+    pub async fn restart(self) -> Up {
+        up_in(self.stop().await, true, &[], None)
+    }
+
+    /// Stops `custody up` as Ctrl-C does; its folder, kept.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        // SAFETY: signalling a child this test started.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let Up { _process, dir, .. } = self;
+        let (status, _) = _process.exit_within(Duration::from_secs(20)).await;
+        assert!(status.is_some(), "up stops on SIGTERM");
+        dir
+    }
+
     /// The process id of `custody up`.
     pub fn pid(&mut self) -> u32 {
         self._process.child_mut().id()
@@ -700,7 +716,10 @@ pub fn up_with_demo(extra: &[&std::ffi::OsStr]) -> Up {
 }
 
 fn up_from(no_demo: bool, extra: &[&std::ffi::OsStr], authority: Option<&std::path::Path>) -> Up {
-    let dir = tempfile::tempdir().unwrap();
+    up_in(tempfile::tempdir().unwrap(), no_demo, extra, authority)
+}
+
+fn up_in(dir: tempfile::TempDir, no_demo: bool, extra: &[&std::ffi::OsStr], authority: Option<&std::path::Path>) -> Up {
     let mut args: Vec<&std::ffi::OsStr> = vec!["up".as_ref(), "--data".as_ref(), dir.path().as_os_str()];
     if no_demo {
         args.push("--no-demo".as_ref());

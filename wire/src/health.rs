@@ -198,18 +198,25 @@ pub async fn answer_status(client: async_nats::Client, health: Health) -> Result
     let kind = health.status().service;
     let watched = client.clone();
     let link = health.clone();
+    let check_link = move || {
+        let up = watched.connection_state() == async_nats::connection::State::Connected;
+        link.set_link((!up).then(|| "not connected to NATS".to_owned()));
+    };
+    let check = check_link.clone();
     let watch = async move {
         let mut tick = tokio::time::interval(LINK_EVERY);
         loop {
             tick.tick().await;
-            let up = watched.connection_state() == async_nats::connection::State::Connected;
-            link.set_link((!up).then(|| "not connected to NATS".to_owned()));
+            check();
         }
     };
     let answer = async {
         let mut requests = client.subscribe(format!("{STATUS_PREFIX}.{kind}")).await?;
         while let Some(msg) = requests.next().await {
             let Some(reply) = msg.reply else { continue };
+            // As the link is now, not at the last tick: a status asked for
+            // in the instant after the first connection says connected.
+            check_link();
             let body = serde_json::to_vec(&health.status()).unwrap_or_default();
             let _ = client.publish(reply, body.into()).await;
         }
