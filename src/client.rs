@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use bytes::Bytes;
-use custody_proto::{ActorKey, Envelope, Outcome};
+use custody_proto::Outcome;
 use custody_wire::subjects;
 
 /// The nkey seed this process connects as (`--nkey`), set once at start.
@@ -41,12 +41,7 @@ pub fn identity() -> Option<String> {
 pub const SUBMIT_PATIENCE: Duration = Duration::from_secs(60);
 
 /// The signer's key of an envelope, for its subject.
-pub fn signer(raw: &[u8]) -> String {
-    serde_json::from_slice::<Envelope>(raw)
-        .ok()
-        .and_then(|e| e.signatures.first().and_then(|s| s.keyid.parse::<ActorKey>().ok()))
-        .map_or_else(|| "unattributed".to_owned(), |k| k.to_string())
-}
+pub use custody_wire::subjects::signer;
 
 /// Sends one envelope and waits for its receipt or rejection.
 pub async fn submit(client: &async_nats::Client, raw: Bytes) -> anyhow::Result<Outcome> {

@@ -361,6 +361,20 @@ async fn the_three_host_kit_runs_as_shipped_with_tls_routes_metrics_an_edge_and_
     .await;
     assert_eq!(origin["mine_origin"][0]["country"], "BW", "{origin}");
 
+    // A system that cannot speak NATS submits over HTTP, through the
+    // gateway's login and the deployment's authorization.
+    let over_http = event(&miner, "m-2", "mined", json!({"lot": "BW-DEPLOY-2", "carats": "3.21", "country": "BW"}));
+    let r = http
+        .post(format!("http://127.0.0.1:{}/v1/submissions", site.port(1, 8080)))
+        .header("content-type", "application/json")
+        .body(sign(&miner, &over_http))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let receipt: Value = r.json().await.unwrap();
+    assert!(status == 200 && receipt["seq"].is_u64(), "{status} {receipt}");
+
     // Every series an alert rule reads is served by some service of the
     // deployment (the edge's at the mine).
     let mut served = String::new();

@@ -136,3 +136,66 @@ async fn every_hostile_case_gets_its_code_and_changes_nothing() {
     let r = sys.accept(&keys["miner"], &event(&keys["miner"], "after-hostile", "mined", json!({"lot": "AFTER", "carats": "1.00", "country": "RU"}))).await;
     assert_eq!(r.seq, before.0 + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_every_hostile_case_gets_what_nats_gives_and_a_good_one_its_receipt() {
+    let RefusalWorld { mut sys, miner_ru: miner, miner_bw: miner2, trader, trader2, cutter, revoked, verifier, node } = refusal_world().await;
+    let authority = KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap();
+    let keys: HashMap<&str, KeyPair> = HashMap::from([
+        ("miner", miner),
+        ("miner2", miner2),
+        ("trader", trader),
+        ("trader2", trader2),
+        ("cutter", cutter),
+        ("authority", authority),
+        ("stranger", KeyPair::new_user()),
+        ("revoked", revoked),
+        ("verifier", verifier),
+        ("node", node),
+    ]);
+    let base = sys.start_gateway();
+    let http = reqwest::Client::new();
+    let post = |body: Vec<u8>, kind: &'static str| {
+        let (http, url) = (http.clone(), format!("{base}/v1/submissions"));
+        async move {
+            let r = http.post(url).header("content-type", kind).body(body).send().await.expect("the gateway answers");
+            (r.status().as_u16(), r.json::<Value>().await.expect("a JSON answer"))
+        }
+    };
+    let corpus: Vec<Value> = serde_json::from_str(include_str!("hostile/corpus.json")).unwrap();
+    let before = sys.head().await;
+    let mut failures = Vec::new();
+    // A case sent on another actor's subject has no HTTP form: the gateway
+    // puts each envelope on its own signer's subject.
+    for case in corpus.iter().filter(|c| c.get("subject_of").is_none()) {
+        let name = case["name"].as_str().unwrap();
+        let raw = build(case, &keys);
+        let over_nats = sys.submit_raw(raw.clone()).await;
+        let (status, answer) = post(raw, "application/json").await;
+        // The same code, id and words (a message that tells the time it
+        // was judged at differs only there).
+        let words = |m: &str| m.split(" (now ").next().unwrap_or_default().to_owned();
+        let same = matches!(&over_nats, Outcome::Rejected(r) if answer["code"] == r.code.as_str() && answer["id"] == json!(r.id)
+            && answer["message"].as_str().map(words) == Some(words(&r.message)));
+        if status != 422 || !same {
+            failures.push(format!("{name}: over NATS {over_nats:?}, over HTTP {status} {answer}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} cases differ:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(sys.head().await, before, "nothing hostile was recorded");
+
+    // A good one: its receipt, the same for the same bytes again, over
+    // either; a batch, an outcome per line.
+    let good = sign(&keys["miner"], &event(&keys["miner"], "over-http", "mined", json!({"lot": "HTTP-1", "carats": "1.00", "country": "RU"})));
+    let (status, receipt) = post(good.clone(), "application/json").await;
+    assert_eq!(status, 200, "{receipt}");
+    assert_eq!(receipt["seq"], json!(before.0 + 1));
+    assert_eq!(post(good.clone(), "application/json").await.1, receipt);
+    assert!(matches!(sys.submit_raw(good.clone()).await, Outcome::Receipt(r) if r.seq == before.0 + 1));
+    let second = sign(&keys["miner"], &event(&keys["miner"], "over-http-2", "mined", json!({"lot": "HTTP-2", "carats": "2.00", "country": "RU"})));
+    let batch = [good, b"\n".to_vec(), second, b"\n".to_vec()].concat();
+    let (status, outcomes) = post(batch, "application/x-ndjson").await;
+    assert_eq!(status, 200, "{outcomes}");
+    assert_eq!(outcomes[0], receipt);
+    assert_eq!(outcomes[1]["seq"], json!(before.0 + 2), "{outcomes}");
+}

@@ -108,6 +108,16 @@ pub fn submit(actor: &str) -> String {
     format!("{SUBMIT_PREFIX}.{actor}")
 }
 
+/// The actor whose subject an envelope goes on: its first signature's key,
+/// or `unattributed` for bytes that name none (the ledger refuses them
+/// with their code, on whatever subject they come).
+pub fn signer(raw: &[u8]) -> String {
+    serde_json::from_slice::<custody_proto::Envelope>(raw)
+        .ok()
+        .and_then(|e| e.signatures.first().and_then(|s| s.keyid.parse::<custody_proto::ActorKey>().ok()))
+        .map_or_else(|| "unattributed".to_owned(), |k| k.to_string())
+}
+
 pub fn inbox(actor: &str) -> String {
     format!("{INBOX_PREFIX}.{actor}")
 }

@@ -33,7 +33,7 @@
 //! | the ledger | everything (in `CUSTODY`) | everything |
 //! | a projection | direct get on the committed stream | `custody.query.>` and `custody.holdings.*` (answers), the committed subject, `custody.status.projection` |
 //! | authz | direct get on the committed stream | the committed subject, `custody.status.authz` |
-//! | the gateway | queries, anyone's holdings (`custody.holdings.*`), proofs, direct get on both streams, the ledgers' status (refusals by code) | the committed and checkpoint subjects, `custody.status.gateway` |
+//! | the gateway | queries, anyone's holdings (`custody.holdings.*`), proofs, direct get on both streams, the ledgers' status (refusals by code), submissions on any actor's subject (`POST /v1/submissions`: the ledger checks each envelope's signer against its subject) | the committed and checkpoint subjects, `custody.status.gateway` |
 //! | any actor | its own `custody.submit.<key>`, `custody.inbox.<key>` and `custody.holdings.<key>`, pulling from and acking its own receipts consumer, queries and proofs, its own inbox (for an edge's leaf connection) | — |
 //! | a regulator | also direct get on both streams and anyone's holdings | also the committed and checkpoint subjects |
 //! | the operator (`custody up`'s demo loader, `custody status`, `custody backup`) | any `custody.submit.>`, queries, anyone's holdings, `custody.status.>`, direct get on both streams | — |
@@ -124,6 +124,9 @@ fn gateway(key: &str) -> Permissions {
     let mut p = reader(key);
     // The ledger replicas' refusals by code, for the public statistics.
     p.publish.push(status("ledger"));
+    // `POST /v1/submissions`: an envelope on its signer's subject, as the
+    // signer would put it; the ledger checks the signature and who signed.
+    p.publish.push(format!("{SUBMIT_PREFIX}.>"));
     p.subscribe.push(status("gateway"));
     p.responds = true;
     p
@@ -367,8 +370,8 @@ mod tests {
             ("UAUTHZ", &["$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.query.>", "custody.submit.>"], &[ENTRIES_SUBJECT]),
             (
                 "UGATE",
-                &["custody.query.>", "custody.holdings.*", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", "custody.status.ledger"],
-                &["custody.submit.>", "custody.status.>"],
+                &["custody.query.>", "custody.holdings.*", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", "custody.status.ledger", "custody.submit.>"],
+                &["custody.status.>", "custody.inbox.UMINER"],
                 &["_INBOX_UGATE.>"],
             ),
             ("UOP", &["custody.submit.>", "custody.status.>", "$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.inbox.UMINER", ">"], &["_INBOX_UOP.>"]),

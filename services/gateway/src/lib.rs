@@ -167,6 +167,7 @@ pub fn router(nats: async_nats::Client, per_client: usize) -> Router {
         .route("/v1/lots/{lot}/certificate", get(certificate))
         .route("/v1/lots/{lot}/report.pdf", get(report))
         .route("/v1/certificates/verify", post(verify_certificate))
+        .route("/v1/submissions", post(submissions))
         .route("/v1/ledger/entries/{seq}", get(entry))
         .route("/v1/ledger/entries/{seq}/proof", get(proof))
         .route("/v1/ledger/checkpoint", get(checkpoint))
@@ -1120,6 +1121,51 @@ async fn map(State(app): State<App>, body: axum::body::Bytes) -> Response {
         body["at"] = json!(at);
     }
     app.ask("ledger", subjects::PROOF_SUBJECT, body).await
+}
+
+/// How long a submission over HTTP waits for the ledger's answer; past it,
+/// 504 and the same bytes may be sent again (an event id makes a retry
+/// harmless: the first receipt comes back).
+const SUBMISSION_WAIT: Duration = Duration::from_secs(30);
+
+/// `POST /v1/submissions`: a DSSE envelope (`application/json`), or a
+/// batch of them one per line (`application/x-ndjson`, at most 1,000), put
+/// on the signer's submission subject exactly as a producer over NATS
+/// would; the ledger's reply is the body, byte for byte. The envelope's
+/// signature is what authenticates it, as on NATS: the ledger checks it,
+/// the signer's registration and its quota.
+async fn submissions(State(app): State<App>, headers: axum::http::HeaderMap, body: axum::body::Bytes) -> Response {
+    let batch = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/x-ndjson"));
+    let first = if batch { body.split(|b| *b == b'\n').find(|l| !l.iter().all(u8::is_ascii_whitespace)).unwrap_or_default() } else { &body[..] };
+    let subject = subjects::submit(&subjects::signer(first));
+    let mut nats_headers = async_nats::HeaderMap::new();
+    if batch {
+        nats_headers.insert(subjects::HDR_BATCH, subjects::BATCH_NDJSON);
+    }
+    let asked = app.nats.request_with_headers(subject, nats_headers, body.clone());
+    let reply = match tokio::time::timeout(SUBMISSION_WAIT, asked).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) if matches!(e.kind(), async_nats::RequestErrorKind::NoResponders) => {
+            return error(AnswerCode::Unavailable, "no ledger is taking submissions now; send the same bytes again shortly");
+        }
+        Ok(Err(e)) => return error(AnswerCode::Unavailable, format!("the submission could not be sent to the ledger: {e}")),
+        Err(_) => return error(AnswerCode::Timeout, "the ledger did not answer in time; send the same bytes again (the first receipt comes back)"),
+    };
+    // A refusal (of one envelope, or of a whole batch) is 422, a quota's
+    // 429 with Retry-After; an answer to a batch, every outcome in it, 200.
+    let refusal = serde_json::from_slice::<custody_proto::Refusal>(&reply.payload).ok();
+    let status = match &refusal {
+        Some(r) if r.code == custody_proto::Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Some(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        None => StatusCode::OK,
+    };
+    let mut response = (status, [(header::CONTENT_TYPE, "application/json")], reply.payload).into_response();
+    if let Some(ms) = refusal.and_then(|r| r.retry_after_ms) {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    response
 }
 
 /// Verifies the committed stream incrementally: each entry is checked once
