@@ -30,8 +30,39 @@ fn command() -> clap::Command {
         }
         c
     }
-    override_self(Cli::command())
+    let mut cli = override_self(Cli::command());
+    // Global flags reach every command (a config file's `nats` goes after
+    // the command's name); a command that never connects to NATS, or never
+    // reads a context, takes them without listing them in its help: its
+    // own hidden flag of the same name stands in for the global one.
+    for (name, hidden) in NOT_USED {
+        cli = cli.mut_subcommand(name, |mut c| {
+            for flag in *hidden {
+                c = c.arg(clap::Arg::new(*flag).long(*flag).hide(true).action(clap::ArgAction::Set));
+            }
+            c
+        });
+    }
+    cli
 }
+
+/// Global flags a command has no use for, hidden from its help.
+const NOT_USED: &[(&str, &[&str])] = &[
+    ("keygen", &["nats", "nkey", "context"]),
+    ("key", &["nats", "nkey", "context"]),
+    ("certs", &["nats", "nkey", "context"]),
+    ("http-sign", &["nats", "nkey", "context"]),
+    ("verify-certificate", &["nats", "nkey", "context"]),
+    ("witness", &["nats", "nkey", "context"]),
+    ("bench", &["nats", "nkey", "context"]),
+    ("up", &["nkey", "context"]),
+    ("ledger", &["context"]),
+    ("projection", &["context"]),
+    ("gateway", &["context"]),
+    ("authz", &["context"]),
+    ("edge", &["context"]),
+    ("restore", &["context"]),
+];
 
 /// Parses the process's arguments, the config file's flags put in.
 pub fn parse() -> Cli {
@@ -214,6 +245,22 @@ mod tests {
         for command in ["up", "ledger", "projection", "gateway", "authz", "edge"] {
             assert!(flags.commands.iter().any(|(n, f)| n == command && !f.is_empty()), "the example sets {command}");
         }
+    }
+
+    #[test]
+    fn a_command_that_never_connects_does_not_list_the_connection_flags() {
+        let mut cli = command();
+        cli.build();
+        let help = |cli: &mut clap::Command, name: &str| cli.find_subcommand_mut(name).unwrap().render_long_help().to_string();
+        for name in ["keygen", "key", "certs", "verify-certificate"] {
+            let text = help(&mut cli, name);
+            assert!(!text.contains("--nats") && !text.contains("--nkey") && !text.contains("--context"), "{name}: {text}");
+        }
+        let text = help(&mut cli, "origin");
+        assert!(text.contains("--nats") && text.contains("--nkey") && text.contains("--context"), "{text}");
+        assert!(!help(&mut cli, "ledger").contains("--context"));
+        // Hidden, not gone: a config file's `nats` still reaches them.
+        assert!(Cli::from_arg_matches(&command().get_matches_from(["custody", "keygen", "--out", "k.nk", "--nats", "nats://x:1"])).is_ok());
     }
 
     #[test]
