@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README's second command: checks formatting and lints, installs
-# nats-server, the example producer's Python packages, Debian's chromium
-# and promtool if needed, then runs every test (unit and end to end, against a real
+# nats-server, the Python client package, Debian's chromium, promtool and
+# docker-compose if needed, then runs every test (unit and end to end, against a real
 # nats-server the tests start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,5 +20,8 @@ CUSTODY_CHROMIUM="$(deploy/chromium.sh)" \
 # The alert rules are checked with Prometheus's own promtool.
 CUSTODY_PROMTOOL="$(deploy/promtool.sh)" \
   || fail "cannot unpack promtool (deploy/promtool.sh needs apt-get download and Debian's prometheus package)"
-export CUSTODY_PYTHON CUSTODY_CHROMIUM CUSTODY_PROMTOOL
+# The compose file is checked with docker-compose (no engine needed).
+CUSTODY_COMPOSE="$(deploy/compose.sh)" \
+  || fail "cannot install docker-compose (deploy/compose.sh needs apt-get as root or through sudo)"
+export CUSTODY_PYTHON CUSTODY_CHROMIUM CUSTODY_PROMTOOL CUSTODY_COMPOSE
 cargo test --workspace --locked "$@"

@@ -432,3 +432,41 @@ fn the_alert_rules_are_valid_fire_when_they_should_and_read_only_series_custody_
         assert!(text.contains(&format!("alert: Custody{alert}")), "alerts.yml has Custody{alert}");
     }
 }
+
+/// The compose file is valid Compose, mounts only files the kit has (and
+/// the operator's secrets), and runs each service with exactly its
+/// unit's command line, so the two ways to deploy cannot drift apart.
+#[test]
+fn the_compose_file_is_valid_and_runs_what_the_units_run() {
+    let compose = std::env::var_os("CUSTODY_COMPOSE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("docker-compose"));
+    let out = Command::new(&compose)
+        .args(["-f", "compose.yaml", "config", "-q"])
+        .current_dir(KIT)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (deploy/compose.sh installs docker-compose, deploy/test.sh runs it)", compose.display()));
+    assert!(out.status.success(), "docker-compose config: {}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(format!("{KIT}/compose.yaml")).unwrap();
+    for mount in regex::Regex::new(r"- \./([^:]+):").unwrap().captures_iter(&text) {
+        let path = &mount[1];
+        assert!(path.starts_with("secrets/") || Path::new(KIT).join(path).exists(), "compose.yaml mounts ./{path}, which deploy/ does not have");
+    }
+    let units: Vec<String> = ["custody-authz.service", "custody-ledger.service", "custody-projection.service", "custody-gateway.service"]
+        .iter()
+        .map(|name| format!("command: [{}]", unit(name).start[1..].iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")))
+        .collect();
+    let commands: Vec<&str> = text.lines().map(str::trim).filter(|l| l.starts_with("command:")).collect();
+    for c in &commands {
+        assert!(units.iter().any(|u| u == c), "compose.yaml runs `{c}`, which no unit runs (units: {units:#?})");
+    }
+    for u in &units {
+        assert!(commands.contains(&u.as_str()), "compose.yaml never runs `{u}`");
+    }
+    let nats = unit("custody-nats.service");
+    let bare = |words: &[String]| {
+        std::iter::once(Path::new(&words[0]).file_name().unwrap().to_string_lossy().into_owned())
+            .chain(words[1..].iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert!(text.contains(&format!("{} && exec {}", bare(&nats.pre[0]), bare(&nats.start))), "compose.yaml's servers run custody-nats.service's command lines");
+}
