@@ -131,6 +131,11 @@ pub const KINDS: &[(&str, &str, &[Field])] = &[
             f("country", Text, true, "its country"),
         ],
     ),
+    (
+        "actor.revoked",
+        "The authority withdraws an actor: its key may no longer sign or connect.",
+        &[f("subject", Text, true, "the actor's key (U...)"), f("reason", Text, true, "why")],
+    ),
 ];
 
 /// The fields of `kind`, if custody has it.

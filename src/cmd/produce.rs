@@ -154,6 +154,54 @@ struct Mapping {
     kinds: BTreeMap<String, String>,
 }
 
+/// The lots an event makes and the lots it acts on, by its payload.
+fn lots_of(payload: &Value) -> (Vec<String>, Vec<String>) {
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let all = |v: &Value| v.as_array().into_iter().flatten().filter_map(text).collect::<Vec<_>>();
+    let outputs = |v: &Value| match v {
+        Value::Array(items) => items.iter().filter_map(|i| text(&i["lot"])).collect(),
+        Value::Object(_) => text(&v["lot"]).into_iter().collect(),
+        _ => Vec::new(),
+    };
+    match payload["kind"].as_str().unwrap_or_default() {
+        "mined" | "declared" => (text(&payload["lot"]).into_iter().collect(), Vec::new()),
+        "split" | "processed" => (outputs(&payload["into"]), text(&payload["lot"]).into_iter().collect()),
+        "merged" => (outputs(&payload["into"]), all(&payload["lots"])),
+        "flagged" => (Vec::new(), text(&payload["lot"]).into_iter().collect()),
+        _ => (Vec::new(), all(&payload["lots"])),
+    }
+}
+
+/// Whether the ledger knows `lot` (asked of a projection).
+async fn known(client: &async_nats::Client, lot: &str) -> anyhow::Result<bool> {
+    let ask = client.request(custody_wire::subjects::QUERY_ORIGIN, json!({"lot": lot}).to_string().into());
+    let reply = tokio::time::timeout(std::time::Duration::from_secs(10), ask).await.context("no projection answered within 10 s")??;
+    let v: Value = serde_json::from_slice(&reply.payload).context("a projection's answer is not JSON")?;
+    Ok(v["code"] != "unknown_lot")
+}
+
+/// What the ledger would say of `payload` from the lots it knows and those
+/// the rows before it make: a new lot that exists, a lot acted on that
+/// does not. Holders and states are the ledger's to judge.
+async fn against_state(client: &async_nats::Client, payload: &Value, made: &mut std::collections::HashSet<String>) -> anyhow::Result<Option<Problem>> {
+    let (makes, acts_on) = lots_of(payload);
+    for lot in &makes {
+        if made.contains(lot) || known(client, lot).await? {
+            return Ok(Some(Problem {
+                code: "lot_exists".into(),
+                message: format!("lot {lot} exists already (on the ledger or made by a row above); a lot id is unique forever"),
+            }));
+        }
+    }
+    for lot in &acts_on {
+        if !made.contains(lot) && !known(client, lot).await? {
+            return Ok(Some(Problem { code: "unknown_lot".into(), message: format!("lot {lot} is not on the ledger, nor made by a row above") }));
+        }
+    }
+    made.extend(makes);
+    Ok(None)
+}
+
 /// `template` with each `{Column}` replaced by the row's value.
 fn render(template: &str, row: &BTreeMap<String, String>, what: &str) -> anyhow::Result<String> {
     let mut out = String::new();
@@ -186,7 +234,23 @@ pub async fn import(nats: &str, a: ImportArgs) -> anyhow::Result<ExitCode> {
     let mut envelopes: Vec<(Option<usize>, Bytes)> = Vec::new();
     let (mut refused, mut seen) = (0usize, BTreeMap::<String, usize>::new());
     let now = now();
+    // A dry run checks rows against the ledger's lots where it can reach
+    // a projection; without one it says so and checks what needs no state.
+    let state = if a.dry_run {
+        match custody::client::connect(nats).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("custody import: {e:#}\n  checking without the ledger's state: whether lots exist is not checked");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut made = std::collections::HashSet::new();
+    let mut rows = 0usize;
     for (i, record) in reader.records().enumerate() {
+        rows += 1;
         // Row 1 is the header, as a spreadsheet numbers it.
         let n = i + 2;
         let record = record.with_context(|| format!("{} row {n}", a.file.display()))?;
@@ -219,21 +283,36 @@ pub async fn import(nats: &str, a: ImportArgs) -> anyhow::Result<ExitCode> {
             );
             continue;
         }
+        if let Some(client) = &state {
+            if let Some(Problem { code, message }) = against_state(client, &payload, &mut made).await? {
+                refused += 1;
+                println!("{}", json!({"row": n, "id": id, "code": code, "message": message}));
+                continue;
+            }
+        }
         if a.dry_run {
             println!("{}", json!({"row": n, "id": id, "would": "submit", "event": payload}));
         } else {
             envelopes.push((Some(n), custody_proto::envelope::sign(&key, payload.to_string().as_bytes())?.into()));
         }
     }
-    let rows = seen.len() + refused;
     if a.dry_run {
         eprintln!(
-            "{rows} rows: {} would be submitted, {refused} refused here (dry run: nothing sent; lots, holders and states are checked by the ledger when submitted)",
-            seen.len()
+            "{rows} rows: {} would be submitted, {refused} refused here (dry run: nothing sent; {})",
+            rows - refused,
+            if state.is_some() {
+                "which lots exist was checked against the ledger; holders and states are the ledger's to judge when submitted"
+            } else {
+                "the ledger's state was not checked"
+            }
         );
     } else {
         let at_ledger = submit(nats, envelopes).await?;
-        eprintln!("{rows} rows: {} submitted, {} refused ({refused} before sending, {at_ledger} by the ledger)", seen.len(), refused + at_ledger);
+        eprintln!(
+            "{rows} rows: {} receipted, {} refused ({refused} before sending, {at_ledger} by the ledger)",
+            rows - refused - at_ledger,
+            refused + at_ledger
+        );
         refused += at_ledger;
     }
     Ok(if refused == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
