@@ -86,8 +86,8 @@ fn build(case: &Value, keys: &HashMap<&str, KeyPair>) -> Vec<u8> {
     serde_json::to_vec(&env).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_hostile_case_gets_its_code_and_changes_nothing() {
+/// The refusal world, and its keys by the names the corpus uses.
+async fn hostile_world() -> (System, HashMap<&'static str, KeyPair>) {
     let RefusalWorld { sys, miner_ru: miner, miner_bw: miner2, trader, trader2, cutter, revoked, verifier, node } = refusal_world().await;
     let authority = KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap();
     let keys: HashMap<&str, KeyPair> = HashMap::from([
@@ -102,6 +102,12 @@ async fn every_hostile_case_gets_its_code_and_changes_nothing() {
         ("verifier", verifier),
         ("node", node),
     ]);
+    (sys, keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hostile_case_gets_its_code_and_changes_nothing() {
+    let (sys, keys) = hostile_world().await;
     let corpus: Vec<Value> = serde_json::from_str(include_str!("hostile/corpus.json")).unwrap();
     assert!(corpus.len() >= 60, "{} cases", corpus.len());
     let codes: std::collections::HashSet<&str> = corpus.iter().map(|c| c["expect"].as_str().unwrap()).collect();
@@ -139,20 +145,7 @@ async fn every_hostile_case_gets_its_code_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_http_every_hostile_case_gets_what_nats_gives_and_a_good_one_its_receipt() {
-    let RefusalWorld { mut sys, miner_ru: miner, miner_bw: miner2, trader, trader2, cutter, revoked, verifier, node } = refusal_world().await;
-    let authority = KeyPair::from_seed(&sys.authority.seed().unwrap()).unwrap();
-    let keys: HashMap<&str, KeyPair> = HashMap::from([
-        ("miner", miner),
-        ("miner2", miner2),
-        ("trader", trader),
-        ("trader2", trader2),
-        ("cutter", cutter),
-        ("authority", authority),
-        ("stranger", KeyPair::new_user()),
-        ("revoked", revoked),
-        ("verifier", verifier),
-        ("node", node),
-    ]);
+    let (mut sys, keys) = hostile_world().await;
     let base = sys.start_gateway();
     let http = reqwest::Client::new();
     let post = |body: Vec<u8>, kind: &'static str| {

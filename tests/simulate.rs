@@ -122,6 +122,6 @@ async fn simulate_against_up_finds_its_identity_and_stays_in_the_past() {
     let out = run_cli(&up.url, &["--nkey", lone, "simulate", "--authority", lone, "--seed", "2", "--rounds", "1"], None);
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("only the operator may") && said.contains("operator.nk"), "{said}");
+    assert!(said.contains("only the operator may") && said.contains("operator-login.nk"), "{said}");
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "it took {:?} to say so", started.elapsed());
 }
