@@ -75,6 +75,17 @@ enum What {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Verifying a history's signatures (what a ledger start, a standby
+    /// catching up, a recovery and an audit do) on every core, against the
+    /// same signatures on one core, alternating in the same run.
+    Verify {
+        /// Signed envelopes verified per round.
+        #[arg(long, default_value_t = 200_000)]
+        signatures: usize,
+        /// Rounds of each, alternating.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Origin-query latency and rate at several fan-ins, against a bare
     /// request-reply round trip.
     Query {
@@ -128,6 +139,10 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
         What::Ingest { events, producers, window, cluster: None, batch, .. } => (events, producers, window, batch),
         What::Tree { entries, rounds } => {
             tree_cost(entries, rounds);
+            return Ok(ExitCode::SUCCESS);
+        }
+        What::Verify { signatures, rounds } => {
+            verify_cost(signatures, rounds)?;
             return Ok(ExitCode::SUCCESS);
         }
         What::Query { fan_in, queries } => {
@@ -543,6 +558,43 @@ pub(super) fn tempfile_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {
 /// Appends `entries` hashes to a blake3 tree and to a SHA-256 tree,
 /// `rounds` times each, alternating, and prints the medians and their
 /// ratio (blake3 time / SHA-256 time: below 1, SHA-256 is slower).
+fn verify_cost(signatures: usize, rounds: usize) -> anyhow::Result<()> {
+    use custody_proto::Opened;
+    let signers: Vec<nkeys::KeyPair> = (0..16).map(|_| nkeys::KeyPair::new_user()).collect();
+    let items: Vec<Opened> = (0..signatures)
+        .map(|i| {
+            let key = &signers[i % signers.len()];
+            let event = serde_json::json!({"id": format!("v-{i}"), "kind": "mined", "actor": key.public_key(), "occurred_at": "2026-11-30T00:00:00Z", "lot": format!("V-{i}"), "carats": "1.25", "country": "BW"});
+            Ok(Opened::open(custody_proto::envelope::sign(key, event.to_string().as_bytes())?)?)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut times = [Vec::new(), Vec::new()];
+    for _ in 0..rounds.max(1) {
+        for (k, threads) in [1, cores].into_iter().enumerate() {
+            let started = std::time::Instant::now();
+            let ok = Opened::verify_all_on(&items, threads).iter().all(Result::is_ok);
+            times[k].push(started.elapsed().as_secs_f64());
+            anyhow::ensure!(ok, "a signature did not verify");
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (one, all) = (median(&mut times[0]), median(&mut times[1]));
+    let per = |t: f64| (t * 1e7 / signatures as f64).round() / 10.0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "verify", "signatures": signatures, "rounds": rounds, "cores": cores,
+            "one_core_us_per_signature": per(one), "every_core_us_per_signature": per(all),
+            "speedup_over_one_core": (one / all * 100.0).round() / 100.0,
+        })
+    );
+    Ok(())
+}
+
 fn tree_cost(entries: usize, rounds: usize) {
     use custody_proto::merkle::{Tree, TreeHash};
     let hashes: Vec<custody_proto::Hash> = (0..entries as u64).map(|i| custody_proto::Hash(*blake3::hash(&i.to_be_bytes()).as_bytes())).collect();
