@@ -23,13 +23,16 @@ pub fn set_identity_file(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Logs in with an actor's own key file when no `--nkey` was given: an
-/// actor's signing key is its NATS login too.
-pub fn default_identity_file(path: &std::path::Path) -> anyhow::Result<()> {
+/// An actor's signing key (`submit`, `event`, `import --key`): loaded,
+/// said which it is, and, when no `--nkey` was given, also the NATS login
+/// (an actor's signing key is its login too).
+pub fn signing_key(path: &std::path::Path) -> anyhow::Result<nkeys::KeyPair> {
+    let key = crate::keys::load(path)?;
+    tracing::info!(file = %path.display(), public_key = %key.public_key(), "signing events with this key");
     if identity().is_none() {
         set_identity_file(path)?;
     }
-    Ok(())
+    Ok(key)
 }
 
 /// The nkey seed this process connects as, if one was given.

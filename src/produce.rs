@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use custody_proto::{Event, Timestamp};
+use custody_proto::{Body, Code, Event, Timestamp};
 use serde_json::{json, Map, Value};
 
 /// How a field's text becomes JSON.
@@ -153,8 +153,9 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(code: &str, message: String) -> Problem {
-        Problem { code: code.to_owned(), message }
+    /// A problem the ledger would refuse with `code`.
+    pub fn new(code: Code, message: String) -> Problem {
+        Problem { code: code.as_str().to_owned(), message }
     }
 }
 
@@ -166,7 +167,16 @@ fn pair<'a>(item: &'a str, field: &str, what: &str) -> Result<(&'a str, &'a str)
     item.rsplit_once(':')
         .map(|(a, b)| (a.trim(), b.trim()))
         .filter(|(a, b)| !a.is_empty() && !b.is_empty())
-        .ok_or_else(|| Problem::new("malformed_event", format!("{field}: {item:?} is not {what}")))
+        .ok_or_else(|| Problem::new(Code::MalformedEvent, format!("{field}: {item:?} is not {what}")))
+}
+
+/// `A:B; A:B` as `[{a: A, b: B}, ...]`.
+fn pairs(text: &str, field: &str, (a, b): (&str, &str), what: &str) -> Result<Vec<Value>, Problem> {
+    items(text).into_iter().map(|i| pair(i, field, what).map(|(x, y)| portion(a, x, b, y))).collect()
+}
+
+fn portion(a: &str, x: &str, b: &str, y: &str) -> Value {
+    Value::Object(Map::from_iter([(a.to_owned(), json!(x)), (b.to_owned(), json!(y))]))
 }
 
 fn shaped(field: &Field, text: &str) -> Result<Value, Problem> {
@@ -176,22 +186,31 @@ fn shaped(field: &Field, text: &str) -> Result<Value, Problem> {
         List => json!(items(text)),
         Portion => {
             let (lot, carats) = pair(text, name, "LOT:CARATS")?;
-            json!({"lot": lot, "carats": carats})
+            portion("lot", lot, "carats", carats)
         }
-        Portions => Value::Array(
-            items(text)
-                .into_iter()
-                .map(|i| pair(i, name, "LOT:CARATS").map(|(lot, carats)| json!({"lot": lot, "carats": carats})))
-                .collect::<Result<_, _>>()?,
-        ),
+        Portions => Value::Array(pairs(text, name, ("lot", "carats"), "LOT:CARATS")?),
         Origin if text.trim() == "unknown" => json!("unknown"),
-        Origin => Value::Array(
-            items(text)
-                .into_iter()
-                .map(|i| pair(i, name, "COUNTRY:SHARE").map(|(country, share)| json!({"country": country, "share": share})))
-                .collect::<Result<_, _>>()?,
-        ),
+        Origin => Value::Array(pairs(text, name, ("country", "share"), "COUNTRY:SHARE")?),
     })
+}
+
+/// The lots an event makes, and the lots it acts on.
+pub fn lots_of(event: &Event) -> (Vec<&str>, Vec<&str>) {
+    fn ids(lots: &[custody_proto::LotId]) -> Vec<&str> {
+        lots.iter().map(|l| l.as_str()).collect()
+    }
+    fn outputs(into: &[custody_proto::event::Portion]) -> Vec<&str> {
+        into.iter().map(|p| p.lot.as_str()).collect()
+    }
+    match &event.body {
+        Body::Mined { lot, .. } | Body::Declared { lot, .. } => (vec![lot.as_str()], Vec::new()),
+        Body::Split { lot, into } | Body::Processed { lot, into, .. } => (outputs(into), vec![lot.as_str()]),
+        Body::Merged { lots, into } => (vec![into.lot.as_str()], ids(lots)),
+        Body::Flagged { lot, .. } => (Vec::new(), vec![lot.as_str()]),
+        Body::Transferred { lots, .. } | Body::Exported { lots, .. } => (Vec::new(), ids(lots)),
+        Body::Imported { lots, .. } | Body::Verified { lots, .. } => (Vec::new(), lots.as_deref().map(ids).unwrap_or_default()),
+        Body::ActorRegistered { .. } | Body::ActorRevoked { .. } => (Vec::new(), Vec::new()),
+    }
 }
 
 /// A time as the ledger takes it: RFC 3339, or a plain date (its midnight,
@@ -201,7 +220,7 @@ pub fn occurred_at(text: &str) -> Result<String, Problem> {
     let full = if t.len() == 10 { format!("{t}T00:00:00Z") } else { t.to_owned() };
     full.parse::<Timestamp>()
         .map(|_| full)
-        .map_err(|e| Problem::new("invalid_time", format!("occurred_at {t:?}: {e} (a date 2026-11-30 or a time 2026-11-30T14:05:00Z)")))
+        .map_err(|e| Problem::new(Code::InvalidTime, format!("occurred_at {t:?}: {e} (a date 2026-11-30 or a time 2026-11-30T14:05:00Z)")))
 }
 
 /// A default id: the kind and a hash of everything the event says, so the
@@ -219,11 +238,19 @@ pub fn default_id(kind: &str, actor: &str, occurred_at: &str, fields: &BTreeMap<
 }
 
 /// The payload of one event of `kind` by `actor`, from its fields as text,
-/// checked as the ledger checks a submission before it looks at any state.
-pub fn payload(kind: &str, actor: &str, id: Option<&str>, occurred: &str, fields: &BTreeMap<String, String>, now: Timestamp) -> Result<Value, Problem> {
+/// checked as the ledger checks a submission before it looks at any state;
+/// with the event it reads as.
+pub fn payload(
+    kind: &str,
+    actor: &str,
+    id: Option<&str>,
+    occurred: &str,
+    fields: &BTreeMap<String, String>,
+    now: Timestamp,
+) -> Result<(Value, Event), Problem> {
     let Some(known) = fields_of(kind) else {
         let kinds: Vec<&str> = KINDS.iter().map(|(k, _, _)| *k).collect();
-        return Err(Problem::new("malformed_event", format!("{kind:?} is not a kind of event; the kinds are {}", kinds.join(", "))));
+        return Err(Problem::new(Code::MalformedEvent, format!("{kind:?} is not a kind of event; the kinds are {}", kinds.join(", "))));
     };
     let occurred = occurred_at(occurred)?;
     let mut body = Map::new();
@@ -234,7 +261,7 @@ pub fn payload(kind: &str, actor: &str, id: Option<&str>, occurred: &str, fields
             .or_else(|| (name == "evidence").then_some(&Field { name: "evidence", shape: Text, required: false, help: "" }))
             .ok_or_else(|| {
                 let names: Vec<&str> = known.iter().map(|f| f.name).collect();
-                Problem::new("malformed_event", format!("{kind} has no field {name:?}; its fields are {}", names.join(", ")))
+                Problem::new(Code::MalformedEvent, format!("{kind} has no field {name:?}; its fields are {}", names.join(", ")))
             })?;
         if text.trim().is_empty() {
             continue;
@@ -256,7 +283,7 @@ pub fn payload(kind: &str, actor: &str, id: Option<&str>, occurred: &str, fields
             None => body.contains_key(f.name),
         };
         if !present {
-            return Err(Problem::new("malformed_event", format!("{kind} needs {}: {}", f.name, f.help)));
+            return Err(Problem::new(Code::MalformedEvent, format!("{kind} needs {}: {}", f.name, f.help)));
         }
     }
     let id = id.filter(|i| !i.trim().is_empty()).map_or_else(|| default_id(kind, actor, &occurred, fields), |i| i.trim().to_owned());
@@ -264,9 +291,9 @@ pub fn payload(kind: &str, actor: &str, id: Option<&str>, occurred: &str, fields
     if let Some(o) = event.as_object_mut() {
         o.extend(body);
     }
-    let bytes = serde_json::to_vec(&event).map_err(|e| Problem::new("malformed_event", e.to_string()))?;
-    Event::parse(&bytes, now).map_err(|r| Problem::new(r.code.as_str(), r.message))?;
-    Ok(event)
+    let bytes = serde_json::to_vec(&event).map_err(|e| Problem::new(Code::MalformedEvent, e.to_string()))?;
+    let parsed = Event::parse(&bytes, now).map_err(|r| Problem::new(r.code, r.message))?;
+    Ok((event, parsed))
 }
 
 #[cfg(test)]
@@ -296,11 +323,12 @@ mod tests {
             &fields(&[("lots", "L1; L2"), ("to", actor()), ("to_country", "IN"), ("certificate.number", "BW-1"), ("certificate.value_usd", "1000.00")]),
             now(),
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(e["lots"], json!(["L1", "L2"]));
         assert_eq!(e["certificate"], json!({"number": "BW-1", "value_usd": "1000.00"}));
         assert_eq!(e["occurred_at"], "2026-11-30T00:00:00Z");
-        let e = payload("split", actor(), Some("s-1"), "2026-11-30T10:00:00Z", &fields(&[("lot", "L1"), ("into", "A:1.00; B:0.50")]), now()).unwrap();
+        let e = payload("split", actor(), Some("s-1"), "2026-11-30T10:00:00Z", &fields(&[("lot", "L1"), ("into", "A:1.00; B:0.50")]), now()).unwrap().0;
         assert_eq!(e["into"], json!([{"lot": "A", "carats": "1.00"}, {"lot": "B", "carats": "0.50"}]));
         assert_eq!(e["id"], "s-1");
         let e = payload(
@@ -311,15 +339,26 @@ mod tests {
             &fields(&[("lot", "D"), ("carats", "3.00"), ("state", "rough"), ("origin", "RU:0.25; BW:0.75")]),
             now(),
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(e["origin"], json!([{"country": "RU", "share": "0.25"}, {"country": "BW", "share": "0.75"}]));
     }
 
     #[test]
+    fn an_event_names_the_lots_it_makes_and_those_it_acts_on() {
+        let (_, split) = payload("split", actor(), None, "2026-11-30", &fields(&[("lot", "L1"), ("into", "A:1.00; B:0.50")]), now()).unwrap();
+        assert_eq!(lots_of(&split), (vec!["A", "B"], vec!["L1"]));
+        let (_, merged) = payload("merged", actor(), None, "2026-11-30", &fields(&[("lots", "A; B"), ("into", "M:1.50")]), now()).unwrap();
+        assert_eq!(lots_of(&merged), (vec!["M"], vec!["A", "B"]));
+        let (_, mined) = payload("mined", actor(), None, "2026-11-30", &fields(&[("lot", "L1"), ("carats", "1.00"), ("country", "BW")]), now()).unwrap();
+        assert_eq!(lots_of(&mined), (vec!["L1"], Vec::<&str>::new()));
+    }
+
+    #[test]
     fn the_same_fields_make_the_same_id_and_other_fields_another() {
-        let a = payload("mined", actor(), None, "2026-11-30", &fields(&[("lot", "L1"), ("carats", "1.00"), ("country", "BW")]), now()).unwrap();
-        let b = payload("mined", actor(), None, "2026-11-30", &fields(&[("lot", "L1"), ("carats", "1.00"), ("country", "BW")]), now()).unwrap();
-        let c = payload("mined", actor(), None, "2026-11-30", &fields(&[("lot", "L2"), ("carats", "1.00"), ("country", "BW")]), now()).unwrap();
+        let a = payload("mined", actor(), None, "2026-11-30", &fields(&[("lot", "L1"), ("carats", "1.00"), ("country", "BW")]), now()).unwrap().0;
+        let b = payload("mined", actor(), None, "2026-11-30", &fields(&[("lot", "L1"), ("carats", "1.00"), ("country", "BW")]), now()).unwrap().0;
+        let c = payload("mined", actor(), None, "2026-11-30", &fields(&[("lot", "L2"), ("carats", "1.00"), ("country", "BW")]), now()).unwrap().0;
         assert_eq!(a["id"], b["id"]);
         assert_ne!(a["id"], c["id"]);
     }

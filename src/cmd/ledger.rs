@@ -167,7 +167,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
                 config.health = custody_wire::health::Health::new("ledger", &name);
                 config.name = name;
             }
-            a.ops.start(vec![config.health.clone()], &[&config.data_dir.clone()]).await?;
+            a.ops.start(vec![config.health.clone()], &[&config.data_dir]).await?;
             custody_ledger::run(config, super::stop_signal()).await?;
         }
         Some(Action::Key { .. } | Action::Vkey { .. }) => {}

@@ -176,27 +176,23 @@ impl Command {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let login = cli.command.login();
     // Clients find the deployment by the context; services and `up` are
-    // told (a service never picks up a context lying in its folder).
-    let nats = if login == Login::Own {
-        cli.nats.clone().unwrap_or_else(|| custody::context::DEFAULT_NATS.to_owned())
+    // told (a service never picks up a context lying in its folder). A
+    // context's keys belong to its deployment: used only with its URL.
+    let (nats, context_key) = if login == Login::Own {
+        (cli.nats.clone().unwrap_or_else(|| custody::context::DEFAULT_NATS.to_owned()), None)
     } else {
         let resolved = custody::context::resolve(cli.nats.as_deref(), cli.context.as_deref())?;
         custody::client::set_nats_source(resolved.source.clone());
-        // A context's keys belong to its deployment: used only when its
-        // URL is (a typed --nats points elsewhere).
         let own_deployment = matches!(resolved.source, custody::context::Source::Context(_));
-        let from_context = resolved.context.as_ref().filter(|_| own_deployment).and_then(|c| match login {
+        let key = resolved.context.as_ref().filter(|_| own_deployment).and_then(|c| match login {
             Login::Reader => c.nkey.clone(),
             Login::Operator => c.operator_nkey.clone(),
             Login::Signer | Login::Own => None,
         });
-        if let (None, Some(key)) = (&cli.nkey, from_context) {
-            custody::client::set_identity_file(&key)?;
-        }
-        resolved.nats
+        (resolved.nats, key)
     };
-    if let Some(path) = &cli.nkey {
-        custody::client::set_identity_file(path)?;
+    if let Some(path) = cli.nkey.clone().or(context_key) {
+        custody::client::set_identity_file(&path)?;
     }
     let nats = nats.as_str();
     match cli.command {

@@ -2,14 +2,15 @@
 //! (a spreadsheet's rows as events): producing without writing JSON. Both
 //! shape fields with `custody::produce` and sign with the actor's key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use custody::produce::{self, Problem, KINDS};
-use custody_proto::Timestamp;
+use custody_proto::{Code, Event, Timestamp};
+use custody_wire::query::{AnswerCode, ErrorAnswer};
 use serde_json::{json, Value};
 
 #[derive(clap::Args)]
@@ -60,8 +61,8 @@ fn event_command() -> clap::Command {
     cmd
 }
 
-/// Signs and submits `events` in order; one printed line each (`row`
-/// added when given), and how many were refused.
+/// Submits signed envelopes in order; one printed line each (`row` added
+/// when given), and how many were refused.
 async fn submit(nats: &str, envelopes: Vec<(Option<usize>, Bytes)>) -> anyhow::Result<usize> {
     if envelopes.is_empty() {
         return Ok(0);
@@ -80,10 +81,6 @@ async fn submit(nats: &str, envelopes: Vec<(Option<usize>, Bytes)>) -> anyhow::R
     Ok(refused)
 }
 
-fn now() -> Timestamp {
-    Timestamp::now()
-}
-
 pub async fn event(nats: &str, a: EventArgs) -> anyhow::Result<ExitCode> {
     let matches = match event_command().try_get_matches_from(std::iter::once("custody event".to_owned()).chain(a.args)) {
         Ok(m) => m,
@@ -97,13 +94,11 @@ pub async fn event(nats: &str, a: EventArgs) -> anyhow::Result<ExitCode> {
             fields.insert(name.to_owned(), v.clone());
         }
     }
-    let key_file = PathBuf::from(m.get_one::<String>("key").context("--key")?);
-    let key = custody::keys::load(&key_file)?;
-    tracing::info!(file = %key_file.display(), public_key = %key.public_key(), "signing the event with this key");
-    custody::client::default_identity_file(&key_file)?;
-    let at = m.get_one::<String>("at").cloned().unwrap_or_else(|| now().to_string());
-    let payload = match produce::payload(kind, &key.public_key(), m.get_one::<String>("id").map(String::as_str), &at, &fields, now()) {
-        Ok(p) => p,
+    let key = custody::client::signing_key(&PathBuf::from(m.get_one::<String>("key").context("--key")?))?;
+    let now = Timestamp::now();
+    let at = m.get_one::<String>("at").cloned().unwrap_or_else(|| now.to_string());
+    let payload = match produce::payload(kind, &key.public_key(), m.get_one::<String>("id").map(String::as_str), &at, &fields, now) {
+        Ok((p, _)) => p,
         Err(Problem { code, message }) => {
             eprintln!("custody event {kind}: refused before sending ({code}): {message}");
             println!("{}", json!({"code": code, "message": message}));
@@ -134,8 +129,9 @@ pub struct ImportArgs {
     #[arg(long)]
     key: PathBuf,
     /// Check every row as the ledger would before it looks at its state
-    /// (fields, carats, dates, ids), print what would be submitted and
-    /// which rows would be refused and why; submit nothing (no connection).
+    /// (fields, carats, dates, ids), and, where a projection answers,
+    /// which lots exist; print what would be submitted and which rows
+    /// would be refused and why; submit nothing.
     #[arg(long)]
     dry_run: bool,
 }
@@ -154,51 +150,29 @@ struct Mapping {
     kinds: BTreeMap<String, String>,
 }
 
-/// The lots an event makes and the lots it acts on, by its payload.
-fn lots_of(payload: &Value) -> (Vec<String>, Vec<String>) {
-    let text = |v: &Value| v.as_str().map(str::to_owned);
-    let all = |v: &Value| v.as_array().into_iter().flatten().filter_map(text).collect::<Vec<_>>();
-    let outputs = |v: &Value| match v {
-        Value::Array(items) => items.iter().filter_map(|i| text(&i["lot"])).collect(),
-        Value::Object(_) => text(&v["lot"]).into_iter().collect(),
-        _ => Vec::new(),
-    };
-    match payload["kind"].as_str().unwrap_or_default() {
-        "mined" | "declared" => (text(&payload["lot"]).into_iter().collect(), Vec::new()),
-        "split" | "processed" => (outputs(&payload["into"]), text(&payload["lot"]).into_iter().collect()),
-        "merged" => (outputs(&payload["into"]), all(&payload["lots"])),
-        "flagged" => (Vec::new(), text(&payload["lot"]).into_iter().collect()),
-        _ => (Vec::new(), all(&payload["lots"])),
-    }
-}
-
 /// Whether the ledger knows `lot` (asked of a projection).
 async fn known(client: &async_nats::Client, lot: &str) -> anyhow::Result<bool> {
-    let ask = client.request(custody_wire::subjects::QUERY_ORIGIN, json!({"lot": lot}).to_string().into());
-    let reply = tokio::time::timeout(std::time::Duration::from_secs(10), ask).await.context("no projection answered within 10 s")??;
-    let v: Value = serde_json::from_slice(&reply.payload).context("a projection's answer is not JSON")?;
-    Ok(v["code"] != "unknown_lot")
+    let answer = custody_wire::query::request(client, custody_wire::subjects::QUERY_ORIGIN, &json!({"lot": lot}), std::time::Duration::from_secs(10)).await?;
+    Ok(ErrorAnswer::of(&answer).is_none_or(|e| e.code != AnswerCode::UnknownLot))
 }
 
-/// What the ledger would say of `payload` from the lots it knows and those
+/// What the ledger would say of `event` from the lots it knows and those
 /// the rows before it make: a new lot that exists, a lot acted on that
 /// does not. Holders and states are the ledger's to judge.
-async fn against_state(client: &async_nats::Client, payload: &Value, made: &mut std::collections::HashSet<String>) -> anyhow::Result<Option<Problem>> {
-    let (makes, acts_on) = lots_of(payload);
+async fn against_state(client: &async_nats::Client, event: &Event, made: &mut HashSet<String>) -> anyhow::Result<Option<Problem>> {
+    let (makes, acts_on) = produce::lots_of(event);
     for lot in &makes {
-        if made.contains(lot) || known(client, lot).await? {
-            return Ok(Some(Problem {
-                code: "lot_exists".into(),
-                message: format!("lot {lot} exists already (on the ledger or made by a row above); a lot id is unique forever"),
-            }));
+        if made.contains(*lot) || known(client, lot).await? {
+            let why = format!("lot {lot} exists already (on the ledger or made by a row above); a lot id is unique forever");
+            return Ok(Some(Problem::new(Code::LotExists, why)));
         }
     }
     for lot in &acts_on {
-        if !made.contains(lot) && !known(client, lot).await? {
-            return Ok(Some(Problem { code: "unknown_lot".into(), message: format!("lot {lot} is not on the ledger, nor made by a row above") }));
+        if !made.contains(*lot) && !known(client, lot).await? {
+            return Ok(Some(Problem::new(Code::UnknownLot, format!("lot {lot} is not on the ledger, nor made by a row above"))));
         }
     }
-    made.extend(makes);
+    made.extend(makes.into_iter().map(str::to_owned));
     Ok(None)
 }
 
@@ -224,16 +198,19 @@ fn render(template: &str, row: &BTreeMap<String, String>, what: &str) -> anyhow:
 pub async fn import(nats: &str, a: ImportArgs) -> anyhow::Result<ExitCode> {
     let mapping: Mapping = toml::from_str(&std::fs::read_to_string(&a.map).with_context(|| format!("cannot read {}", a.map.display()))?)
         .with_context(|| format!("{} is not a mapping (kind, occurred_at, [fields], optional id and [kinds])", a.map.display()))?;
-    let key = custody::keys::load(&a.key)?;
-    tracing::info!(file = %a.key.display(), public_key = %key.public_key(), "signing the events with this key");
-    custody::client::default_identity_file(&a.key)?;
+    let key = custody::client::signing_key(&a.key)?;
     let actor = key.public_key();
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_path(&a.file).with_context(|| format!("cannot open {}", a.file.display()))?;
     let header: Vec<String> =
         reader.headers().with_context(|| format!("{} has no header row", a.file.display()))?.iter().map(|h| h.trim().to_owned()).collect();
     let mut envelopes: Vec<(Option<usize>, Bytes)> = Vec::new();
     let (mut refused, mut seen) = (0usize, BTreeMap::<String, usize>::new());
-    let now = now();
+    // A refused row: its line, counted.
+    let mut refuse = |n: usize, id: Option<&str>, Problem { code, message }: Problem| {
+        refused += 1;
+        println!("{}", json!({"row": n, "id": id, "code": code, "message": message}));
+    };
+    let now = Timestamp::now();
     // A dry run checks rows against the ledger's lots where it can reach
     // a projection; without one it says so and checks what needs no state.
     let state = if a.dry_run {
@@ -247,15 +224,15 @@ pub async fn import(nats: &str, a: ImportArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let mut made = std::collections::HashSet::new();
+    let mut made = HashSet::new();
     let mut rows = 0usize;
     for (i, record) in reader.records().enumerate() {
-        rows += 1;
+        rows = i + 1;
         // Row 1 is the header, as a spreadsheet numbers it.
         let n = i + 2;
         let record = record.with_context(|| format!("{} row {n}", a.file.display()))?;
         let row: BTreeMap<String, String> = header.iter().cloned().zip(record.iter().map(str::to_owned)).collect();
-        let built = (|| -> anyhow::Result<Result<Value, Problem>> {
+        let built = (|| -> anyhow::Result<Result<(Value, Event), Problem>> {
             let word = render(&mapping.kind, &row, "kind")?;
             let kind = mapping.kinds.get(&word).cloned().unwrap_or(word);
             let id = mapping.id.as_deref().map(|t| render(t, &row, "id")).transpose()?;
@@ -266,27 +243,22 @@ pub async fn import(nats: &str, a: ImportArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(produce::payload(&kind, &actor, id.as_deref(), &at, &fields, now))
         })()?;
-        let payload = match built {
-            Ok(p) => p,
-            Err(Problem { code, message }) => {
-                refused += 1;
-                println!("{}", json!({"row": n, "code": code, "message": message}));
+        let (payload, event) = match built {
+            Ok(built) => built,
+            Err(problem) => {
+                refuse(n, None, problem);
                 continue;
             }
         };
-        let id = payload["id"].as_str().unwrap_or_default().to_owned();
+        let id = event.id.as_str().to_owned();
         if let Some(first) = seen.insert(id.clone(), n) {
-            refused += 1;
-            println!(
-                "{}",
-                json!({"row": n, "id": id, "code": "duplicate_row", "message": format!("row {n} makes the same event as row {first} (same id {id}); it would be one event, so it is left out")})
-            );
+            let why = format!("row {n} makes the same event as row {first} (same id {id}); it would be one event, so it is left out");
+            refuse(n, Some(&id), Problem { code: "duplicate_row".into(), message: why });
             continue;
         }
         if let Some(client) = &state {
-            if let Some(Problem { code, message }) = against_state(client, &payload, &mut made).await? {
-                refused += 1;
-                println!("{}", json!({"row": n, "id": id, "code": code, "message": message}));
+            if let Some(problem) = against_state(client, &event, &mut made).await? {
+                refuse(n, Some(&id), problem);
                 continue;
             }
         }

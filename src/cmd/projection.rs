@@ -38,7 +38,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     config.snapshot_interval = std::time::Duration::from_secs(a.snapshot_secs);
     match a.action {
         None => {
-            a.ops.start(vec![config.health.clone()], &[&config.data_dir.clone()]).await?;
+            a.ops.start(vec![config.health.clone()], &[&config.data_dir]).await?;
             custody_projection::run(config, super::stop_signal()).await?
         }
         Some(Action::Rebuild) => {

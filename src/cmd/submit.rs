@@ -17,11 +17,7 @@ pub struct Args {
 }
 
 pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
-    let key = a.key.as_deref().map(custody::keys::load).transpose()?;
-    if let (Some(k), Some(file)) = (&key, &a.key) {
-        tracing::info!(file = %file.display(), public_key = %k.public_key(), "signing events with this key");
-        custody::client::default_identity_file(file)?;
-    }
+    let key = a.key.as_deref().map(custody::client::signing_key).transpose()?;
     let reader: Box<dyn BufRead> = match a.input.as_deref() {
         None => Box::new(std::io::stdin().lock()),
         Some(p) if p.as_os_str() == "-" => Box::new(std::io::stdin().lock()),

@@ -115,11 +115,13 @@ async fn serve(mut a: Args, nats_port: Option<u16>, mut signalled: tokio::sync::
     std::fs::create_dir_all(&a.data).with_context(|| format!("cannot create {}", a.data.display()))?;
     // The same ports as the last start in this folder, where still free
     // (and where none was asked for), so that addresses stay put.
-    let last = custody::context::Stored::read(&a.data).unwrap_or_else(|e| {
-        println!("{e:#}: starting on new ports");
-        None
-    });
-    let last_ports = last.as_ref().map(|c| c.ports).unwrap_or_default();
+    let last_ports = match custody::context::Stored::read(&a.data) {
+        Ok(last) => last.map(|c| c.ports).unwrap_or_default(),
+        Err(e) => {
+            println!("{e:#}: starting on new ports");
+            custody::context::Ports::default()
+        }
+    };
     if a.http.port() == 0 {
         if let Some(p) = again("the page", last_ports.http) {
             a.http.set_port(p);
