@@ -99,7 +99,8 @@ pub enum Source {
     Default,
 }
 
-/// What a client command connects with.
+/// What a client command connects with: the URL, where it came from, and
+/// the context when it came from one (its keys go with its URL only).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
     pub nats: String,
@@ -119,11 +120,12 @@ pub fn find(named: Option<&Path>) -> anyhow::Result<Option<(PathBuf, Stored)>> {
 
 /// The NATS URL: the flag's, else the context's, else the default.
 pub fn resolve(flag: Option<&str>, named: Option<&Path>) -> anyhow::Result<Resolved> {
-    let found = find(named)?;
-    Ok(match (flag, found) {
-        (Some(url), found) => Resolved { nats: url.to_owned(), source: Source::Flag, context: found.map(|f| f.1) },
-        (None, Some((dir, stored))) => Resolved { nats: stored.nats.clone(), source: Source::Context(dir.join(FILE)), context: Some(stored) },
-        (None, None) => Resolved { nats: DEFAULT_NATS.to_owned(), source: Source::Default, context: None },
+    if let Some(url) = flag {
+        return Ok(Resolved { nats: url.to_owned(), source: Source::Flag, context: None });
+    }
+    Ok(match find(named)? {
+        Some((dir, stored)) => Resolved { nats: stored.nats.clone(), source: Source::Context(dir.join(FILE)), context: Some(stored) },
+        None => Resolved { nats: DEFAULT_NATS.to_owned(), source: Source::Default, context: None },
     })
 }
 

@@ -183,8 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         let resolved = custody::context::resolve(cli.nats.as_deref(), cli.context.as_deref())?;
         custody::client::set_nats_source(resolved.source.clone());
-        let own_deployment = matches!(resolved.source, custody::context::Source::Context(_));
-        let key = resolved.context.as_ref().filter(|_| own_deployment).and_then(|c| match login {
+        let key = resolved.context.as_ref().and_then(|c| match login {
             Login::Reader => c.nkey.clone(),
             Login::Operator => c.operator_nkey.clone(),
             Login::Signer | Login::Own => None,

@@ -647,8 +647,10 @@ async fn report(
         Ok(l) => l,
         Err(r) => return r,
     };
-    let today = custody_proto::Timestamp::now().to_string().chars().take(10).collect::<String>();
-    let date = q.get("date").cloned().unwrap_or(today);
+    // "2026-12-02T10:00:00.123Z": its day is the default date, to the
+    // second it is when the report was made.
+    let now = custody_proto::Timestamp::now().to_string();
+    let date = q.get("date").cloned().unwrap_or_else(|| now.chars().take(10).collect());
     let origin = match app.answer("projection", subjects::QUERY_ORIGIN, json!({"lot": lot})).await {
         Ok(o) => o,
         Err(response) => return response,
@@ -676,8 +678,7 @@ async fn report(
     // The lot id as it may stand in a link and a file name.
     let plain = lot.replace(|c: char| !c.is_ascii_alphanumeric() && !"-_.".contains(c), "_");
     let check_url = format!("http://{host}/?lot={plain}&date={date}");
-    // To the second: "2026-12-02T10:00:00Z".
-    let made_at = format!("{}Z", custody_proto::Timestamp::now().to_string().chars().take(19).collect::<String>());
+    let made_at = format!("{}Z", now.chars().take(19).collect::<String>());
     let pdf = report::pdf(&report::Report {
         origin: &origin,
         verdicts: answers.iter().map(|(t, a)| (t.clone(), a)).collect(),
@@ -1142,7 +1143,7 @@ async fn submissions(State(app): State<App>, headers: axum::http::HeaderMap, bod
     if batch {
         nats_headers.insert(subjects::HDR_BATCH, subjects::BATCH_NDJSON);
     }
-    let asked = app.nats.request_with_headers(subject, nats_headers, body.clone());
+    let asked = app.nats.request_with_headers(subject, nats_headers, body);
     let reply = match tokio::time::timeout(SUBMISSION_WAIT, asked).await {
         Ok(Ok(m)) => m,
         Ok(Err(e)) if matches!(e.kind(), async_nats::RequestErrorKind::NoResponders) => {
