@@ -345,6 +345,9 @@ async fn the_three_host_kit_runs_as_shipped_with_tls_routes_metrics_an_edge_and_
     let outcome = custody::client::submit(&auth, Bytes::from(sign(&authority, &register))).await.expect("an answer");
     assert!(matches!(outcome, Outcome::Receipt(_)), "{outcome:?}");
     site.start(4, "custody-edge.service");
+    // Producers use the edge once it says it is ready (its outbox made).
+    let edge_ops = site.ops(4, 9105);
+    until(Duration::from_secs(30), "the edge's /readyz", &site, || async { ready(&http, &edge_ops).await.then_some(()) }).await;
     let edge_url = format!("nats://127.0.0.1:{}", site.port(4, 4222));
     let (producer, _, _) = common::connect_when_allowed(&edge_url, &miner).await;
     let mined = event(&miner, "m-1", "mined", json!({"lot": "BW-DEPLOY-1", "carats": "12.34", "country": "BW"}));
