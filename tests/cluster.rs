@@ -347,10 +347,15 @@ async fn a_projection_killed_while_queries_run_the_other_answers() {
         }
         false
     };
-    // Both answer (each caught up) before the kill.
+    // Both are ready (each caught up, so either may answer) before the
+    // kill: one answering is not both.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !ask(c.client.clone()).await {
-        assert!(Instant::now() < deadline, "the projections never answered");
+    loop {
+        let statuses = custody_wire::health::gather(&c.client, &["projection"], Duration::from_millis(500)).await.unwrap();
+        if statuses.iter().filter(|s| s.ready).count() == 2 && ask(c.client.clone()).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the two projections never both got ready: {statuses:?}");
     }
     let mut answered = 0;
     for i in 0..200 {
