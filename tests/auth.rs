@@ -195,7 +195,11 @@ async fn actors_together_hold_at_most_their_share_of_connections_and_services_st
     }
     let refused = refused.expect("past the limit, refused");
     assert!(held.len() <= 20, "{} connections held", held.len());
-    assert!(refused.to_lowercase().contains("maximum"), "{refused}");
+    // nats-server writes "maximum account active connections exceeded" and
+    // then fails the login ("authorization violation"); which of the two the
+    // client reads first depends on timing (CI once saw the second).
+    let said = refused.to_lowercase();
+    assert!(said.contains("maximum") || said.contains("authorization violation"), "{refused}");
     assert!(connect(url, Some(&other)).await.is_err(), "the limit is for all actors together");
     // The services still answer, and the operator still gets in.
     let r = reqwest::get(format!("{}/v1/lots/NONE/origin", up.http)).await.unwrap();
