@@ -233,6 +233,47 @@ impl LotMap {
         }
     }
 
+    /// Every subject's key and head, in key order: what a saved write
+    /// model keeps of the map ([`LotMap::from_sorted`] builds it again).
+    pub fn heads(&self) -> Vec<(Hash, Head)> {
+        fn walk(node: &Node, out: &mut Vec<(Hash, Head)>) {
+            match node {
+                Node::Empty => {}
+                Node::Leaf(l) => out.push((l.key, l.head)),
+                Node::Branch(b) => {
+                    walk(&b.left, out);
+                    walk(&b.right, out);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(self.len);
+        walk(&self.root, &mut out);
+        out
+    }
+
+    /// The map of these heads, keys in strictly increasing order (as
+    /// [`LotMap::heads`] gives them); `None` when they are not. The tree
+    /// is built in one pass, the same shape inserting them one by one
+    /// gives (the shape depends only on the keys), with nothing hashed yet.
+    pub fn from_sorted(heads: Vec<(Hash, Head)>) -> Option<LotMap> {
+        fn build(heads: &[(Hash, Head)], depth: usize) -> Node {
+            match heads {
+                [] => Node::Empty,
+                [(key, head)] => Node::Leaf(Arc::new(Leaf { key: *key, head: *head })),
+                _ if depth >= 256 => Node::Empty,
+                _ => {
+                    let split = heads.partition_point(|(k, _)| !bit(k, depth));
+                    let (left, right) = heads.split_at(split);
+                    Node::Branch(Arc::new(Branch { hash: None, left: build(left, depth + 1), right: build(right, depth + 1) }))
+                }
+            }
+        }
+        if heads.windows(2).any(|w| w[0].0 .0 >= w[1].0 .0) {
+            return None;
+        }
+        Some(LotMap { root: build(&heads, 0), len: heads.len() })
+    }
+
     /// The root, hashing what changed since the last call.
     pub fn root(&mut self) -> Hash {
         hash(&mut self.root)
@@ -606,6 +647,30 @@ mod tests {
                 node_hash(&naive(&l, depth + 1), &naive(&r, depth + 1))
             }
         }
+    }
+
+    /// A saved map comes back whole: the same heads, root and proofs as
+    /// the map built entry by entry; keys out of order are refused.
+    #[test]
+    fn a_map_built_from_its_sorted_heads_is_the_same_map() {
+        let mut map = LotMap::new();
+        for seq in 1..=500u64 {
+            map.touch(&key(seq % 300), seq, &entry(seq));
+        }
+        let heads = map.heads();
+        assert_eq!(heads.len(), 300);
+        let mut again = LotMap::from_sorted(heads.clone()).expect("sorted");
+        assert_eq!(again.len(), map.len());
+        assert_eq!(again.root(), map.root());
+        let asked = [lot(7), lot(299), lot(1000)];
+        assert_eq!(again.prove(&asked), map.prove(&asked));
+        again.touch(&key(5), 501, &entry(501));
+        map.touch(&key(5), 501, &entry(501));
+        assert_eq!(again.root(), map.root());
+        let mut swapped = heads;
+        swapped.swap(3, 4);
+        assert!(LotMap::from_sorted(swapped).is_none());
+        assert_eq!(LotMap::from_sorted(Vec::new()).map(|mut m| m.root()), Some(EMPTY));
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod backup;
 mod bench;
 mod bench_edge;
 mod bench_read;
+mod bench_start;
 mod certificate;
 mod certs;
 pub mod config;

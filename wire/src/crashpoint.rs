@@ -10,7 +10,10 @@
 //! `ledger.committed` (the stream acked a group of entries, the store has
 //! not synced them), `ledger.synced` (the store synced them, no outcome has
 //! left) and `ledger.following` (a replica, standby or catching up before
-//! it writes, has put one batch of the stream's entries in its store).
+//! it writes, has put one batch of the stream's entries in its store);
+//! saving the ledger's write model, `ledger.model.writing` (its contents
+//! in the temporary file, not its checksum) and `ledger.model.saved` (the
+//! file renamed into place).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

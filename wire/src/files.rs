@@ -69,6 +69,36 @@ pub fn write_whole_with(path: &Path, mode: Mode, write: impl FnOnce(&mut dyn Wri
     Ok(())
 }
 
+/// A writer that hashes (blake3) what it passes on: how a file that ends
+/// in its own checksum is written in one pass.
+pub struct Hashing<'a> {
+    inner: &'a mut dyn Write,
+    hasher: blake3::Hasher,
+}
+
+impl<'a> Hashing<'a> {
+    pub fn new(inner: &'a mut dyn Write) -> Hashing<'a> {
+        Hashing { inner, hasher: blake3::Hasher::new() }
+    }
+
+    /// The writer underneath, and the hash of everything written.
+    pub fn finish(self) -> (&'a mut dyn Write, blake3::Hash) {
+        (self.inner, self.hasher.finalize())
+    }
+}
+
+impl Write for Hashing<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Reads a seed file.
 pub fn load_key(path: &Path) -> Result<KeyPair, FileError> {
     let text = std::fs::read_to_string(path).map_err(io("read key file", path))?;

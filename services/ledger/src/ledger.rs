@@ -110,6 +110,16 @@ pub struct Ledger {
     lot_map: bool,
     /// The head entry's `recorded_at`.
     recorded: Option<Timestamp>,
+    /// The verified-through mark of the saved write model this state
+    /// stands on or last saved ([`crate::saved`]).
+    mark: Option<(u64, Hash)>,
+    /// Entries replayed (signatures verified, events applied) at open.
+    replayed: u64,
+    /// Whether the tree and map were taken by the service: the state can
+    /// no longer be saved whole.
+    taken: bool,
+    /// The genesis authority, which a saved state must name.
+    authority: ActorKey,
 }
 
 impl Ledger {
@@ -121,6 +131,19 @@ impl Ledger {
         Ledger::load(Store::open(dir)?, authority)
     }
 
+    /// [`Ledger::open`] of a store this process just closed: sled lets go
+    /// of its file lock a moment after the last handle is dropped, so a
+    /// held lock is waited on (5 s at most).
+    pub fn reopen(dir: &Path, authority: &ActorKey) -> Result<Ledger, OpenError> {
+        for _ in 0..100 {
+            match Ledger::open(dir, authority) {
+                Err(OpenError::Store(e)) if e.to_string().contains("could not acquire lock") => std::thread::sleep(std::time::Duration::from_millis(50)),
+                other => return other,
+            }
+        }
+        Ledger::open(dir, authority)
+    }
+
     /// [`Ledger::open`] on a store already open: after a writer steps
     /// down, its in-memory model (ahead of what committed) is rebuilt from
     /// what is durable.
@@ -130,19 +153,146 @@ impl Ledger {
             Some(_) => {}
             None => store.set_authority(authority.as_str())?,
         }
-        let mut ledger =
-            Ledger { store, model: Model::new(authority.clone()), head: None, tree: Tree::new(), map: LotMap::new(), lot_map: true, recorded: None };
+        let mut ledger = Ledger {
+            store,
+            model: Model::new(authority.clone()),
+            head: None,
+            tree: Tree::new(),
+            map: LotMap::new(),
+            lot_map: true,
+            recorded: None,
+            mark: None,
+            replayed: 0,
+            taken: false,
+            authority: authority.clone(),
+        };
         let store = ledger.store.clone();
-        let mut entries = store.entries_from(1).peekable();
+        let started = std::time::Instant::now();
+        match crate::saved::read(store.dir(), authority) {
+            Ok(Some(saved)) => {
+                ledger.resume(saved)?;
+                tracing::info!(mark = ?ledger.mark.map(|m| m.0), ms = started.elapsed().as_millis() as u64, "saved write model read, hash chain checked up to its mark");
+            }
+            Ok(None) => {}
+            Err(damage) => tracing::warn!(%damage, file = crate::saved::FILE, "the saved write model is not used: rebuilding the state from the store"),
+        }
+        let from = ledger.head.map_or(1, |h| h.0 + 1);
+        let mut entries = store.entries_from(from).peekable();
         while entries.peek().is_some() {
             let chunk = entries.by_ref().take(REPLAY_CHUNK).collect::<Result<Vec<Entry>, StoreError>>()?;
             ledger.replay(&chunk)?;
+            ledger.replayed += chunk.len() as u64;
         }
         drop(entries);
         if ledger.head != ledger.store.head()? {
             return Err(StoreError::Corrupt(format!("replay ended at {:?}, head record says {:?}", ledger.head, ledger.store.head()?)).into());
         }
         Ok(ledger)
+    }
+
+    /// Takes the saved state if the store's chain, checked entry by entry
+    /// from seq 1 (hash and link, no signature), reaches exactly its mark:
+    /// every entry up to it is then the one whose signature was verified
+    /// before the state was saved. Otherwise leaves the ledger empty, for
+    /// a full replay. A broken chain is refused as at any start.
+    fn resume(&mut self, saved: crate::saved::Read) -> Result<(), OpenError> {
+        let mark = (saved.seq, saved.hash);
+        // The state decodes on one core while the chain is checked on another.
+        let (decoded, chain) = std::thread::scope(|s| {
+            let decoding = s.spawn(move || saved.decode());
+            let chain = self.check_chain(mark.0);
+            (decoding.join(), chain)
+        });
+        let (head, tree) = chain?;
+        let saved = match decoded {
+            Ok(Ok(saved)) => saved,
+            Ok(Err(damage)) => {
+                tracing::warn!(%damage, file = crate::saved::FILE, "the saved write model is not used: rebuilding the state from the store");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::warn!(file = crate::saved::FILE, "the saved write model could not be decoded: rebuilding the state from the store");
+                return Ok(());
+            }
+        };
+        if self.lot_map && saved.map.is_none() {
+            tracing::warn!(file = crate::saved::FILE, "the saved write model has no lot map: rebuilding the state from the store");
+            return Ok(());
+        }
+        if head != Some(mark) {
+            tracing::warn!(
+                mark = mark.0,
+                store = ?head.map(|h| h.0),
+                file = crate::saved::FILE,
+                "the saved write model is of another history than the store: rebuilding the state from the store"
+            );
+            return Ok(());
+        }
+        self.model = saved.model;
+        self.map = saved.map.unwrap_or_default();
+        self.tree = tree;
+        self.head = head;
+        self.recorded = saved.recorded;
+        self.mark = head;
+        Ok(())
+    }
+
+    /// Checks hash and link of entries 1..=`upto` (fewer if the store
+    /// ends before), in order, and builds their tree: entries are read on
+    /// one thread and hashed on another.
+    fn check_chain(&self, upto: u64) -> Result<(Option<(u64, Hash)>, Tree), OpenError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Entry>, StoreError>>(4);
+        let store = self.store.clone();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let mut entries = store.entries_from(1).take(usize::try_from(upto).unwrap_or(usize::MAX)).peekable();
+                while entries.peek().is_some() {
+                    let chunk = entries.by_ref().take(REPLAY_CHUNK).collect::<Result<Vec<Entry>, StoreError>>();
+                    let failed = chunk.is_err();
+                    if tx.send(chunk).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let mut head = None;
+            let mut tree = Tree::new();
+            for chunk in rx {
+                for entry in chunk? {
+                    entry.check_after(head).map_err(StoreError::from)?;
+                    tree.push(&entry.hash);
+                    head = Some((entry.seq, entry.hash));
+                }
+            }
+            Ok((head, tree))
+        })
+    }
+
+    /// Saves the state as the new verified-through mark, when it is
+    /// whole (not taken by a writer) and moved since the last: what makes
+    /// the next start fast. Only a state that is all durable may be
+    /// saved: at open, on a standby, never on a writer ahead of its store.
+    pub fn save(&mut self) -> Result<bool, custody_wire::files::FileError> {
+        let Some(head) = self.head.filter(|h| !self.taken && self.mark != Some(*h)) else { return Ok(false) };
+        let map = self.lot_map.then_some(&self.map);
+        crate::saved::save(self.store.dir(), &self.authority, head, self.recorded, &self.model, map)?;
+        self.mark = Some(head);
+        Ok(true)
+    }
+
+    /// Entries replayed at open, after the saved write model's mark.
+    pub fn replayed(&self) -> u64 {
+        self.replayed
+    }
+
+    /// The verified-through mark this state last stood on or saved.
+    pub fn mark(&self) -> Option<(u64, Hash)> {
+        self.mark
+    }
+
+    /// The digest of the whole state ([`crate::saved::digest`]).
+    pub fn digest(&mut self) -> Hash {
+        let map = self.lot_map.then_some(&mut self.map);
+        crate::saved::digest(self.head, &self.model, map, &self.tree)
     }
 
     /// Applies committed entries that follow the head (each linked to the
@@ -200,6 +350,7 @@ impl Ledger {
     /// empty): what the notary signs from then on; `None` for the map when
     /// it is not kept.
     pub fn take_transparency(&mut self) -> (Tree, Option<LotMap>) {
+        self.taken = true;
         (std::mem::take(&mut self.tree), self.lot_map.then(|| std::mem::take(&mut self.map)))
     }
 
@@ -292,18 +443,6 @@ mod tests {
         Submitted::bare(custody_proto::envelope::sign(key, payload.to_string().as_bytes()).unwrap())
     }
 
-    /// Opens a store just dropped: sled's flusher thread lets go of the
-    /// file lock a moment after the last handle is dropped.
-    fn reopen(dir: &Path, authority: &ActorKey) -> Result<Ledger, OpenError> {
-        for _ in 0..100 {
-            match Ledger::open(dir, authority) {
-                Err(OpenError::Store(e)) if e.to_string().contains("could not acquire lock") => std::thread::sleep(std::time::Duration::from_millis(50)),
-                other => return other,
-            }
-        }
-        Ledger::open(dir, authority)
-    }
-
     fn at(t: &str) -> Timestamp {
         t.parse().unwrap()
     }
@@ -343,11 +482,11 @@ mod tests {
 
         // Across a restart the clock steps back further: recorded_at holds.
         drop(ledger);
-        let mut ledger = reopen(dir.path(), &authority_key).expect("every committed entry replays");
+        let mut ledger = Ledger::reopen(dir.path(), &authority_key).expect("every committed entry replays");
         let admitted = ledger.admit(check_batch(vec![submitted(&miner, mined("later", "2026-02-01T00:00:00Z"))], &mut keys), at("2026-02-01T00:00:00Z"));
         assert_eq!(admitted.entries[0].recorded_at, at("2026-03-01T11:00:00Z"));
         ledger.store().append(&admitted.entries).unwrap();
         drop(ledger);
-        reopen(dir.path(), &authority_key).expect("every committed entry replays");
+        Ledger::reopen(dir.path(), &authority_key).expect("every committed entry replays");
     }
 }

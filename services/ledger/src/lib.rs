@@ -28,9 +28,11 @@ pub mod model;
 pub mod notary;
 pub mod quota;
 pub mod recovery;
+pub mod saved;
 pub mod service;
 pub mod simulator;
 pub mod store;
+pub mod synthetic;
 pub mod writer;
 
 pub use ledger::{Ledger, OpenError};

@@ -5,11 +5,13 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 use custody_proto::event::Certificate;
 use custody_proto::{ActorKey, Body, Carats, Code, Country, Event, EventId, LotId, LotState, Receipt, Rejection, Role, Timestamp};
 
 /// A registered organisation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Actor {
     /// What it may do.
     roles: Vec<Role>,
@@ -19,7 +21,7 @@ struct Actor {
     revoked: bool,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Status {
     /// Held by `holder` in `country`, available for custody events.
     Held,
@@ -29,7 +31,7 @@ enum Status {
     Consumed,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Lot {
     /// Its mass now (never changes: a lot is consumed, not reduced).
     carats: Carats,
@@ -47,25 +49,111 @@ struct Lot {
 
 /// What an event id is bound to: its payload digest and its receipt, so the
 /// same event again returns the same receipt and a different one is refused.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Seen {
+    #[serde(with = "digest")]
     payload: blake3::Hash,
     receipt: Receipt,
 }
 
-/// The state every custody rule is checked against.
-#[derive(Debug, Default, Clone)]
+/// The state every custody rule is checked against. Serialized (for the
+/// saved write model, [`crate::saved`]) with every map in key order, so
+/// that one state has one encoding: its digest.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Model {
+    #[serde(serialize_with = "in_order::map", deserialize_with = "in_order::read_map")]
     actors: HashMap<ActorKey, Actor>,
+    #[serde(serialize_with = "in_order::map", deserialize_with = "in_order::read_map")]
     lots: HashMap<LotId, Lot>,
     /// KP certificate numbers used, with the lots still in transit under each.
+    #[serde(serialize_with = "in_order::map", deserialize_with = "in_order::read_map")]
     certificates: HashMap<String, Vec<LotId>>,
     /// Every lot each certificate ever shipped: what a verification by
     /// certificate names, before or after the import.
+    #[serde(serialize_with = "in_order::map", deserialize_with = "in_order::read_map")]
     shipped: HashMap<String, Vec<LotId>>,
     /// Verification numbers used (a node's stamp names one shipment).
+    #[serde(serialize_with = "in_order::set", deserialize_with = "in_order::read_set")]
     verifications: std::collections::HashSet<String>,
+    #[serde(serialize_with = "in_order::map", deserialize_with = "in_order::read_map")]
     ids: HashMap<EventId, Seen>,
+}
+
+/// Hash maps and sets serialized in key order, and read back into tables
+/// sized once (serde's own reading grows them step by step, moving every
+/// entry at each step: most of a saved model's decoding time).
+mod in_order {
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde::{Deserialize, Serialize, Serializer};
+    use std::collections::{HashMap, HashSet};
+    use std::hash::Hash;
+    use std::marker::PhantomData;
+
+    /// Entries reserved up front at most, whatever the input claims.
+    const MOST: usize = 1 << 27;
+
+    pub fn read_map<'de, D: Deserializer<'de>, K: Deserialize<'de> + Eq + Hash, V: Deserialize<'de>>(d: D) -> Result<HashMap<K, V>, D::Error> {
+        struct V_<K, V>(PhantomData<(K, V)>);
+        impl<'de, K: Deserialize<'de> + Eq + Hash, V: Deserialize<'de>> Visitor<'de> for V_<K, V> {
+            type Value = HashMap<K, V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut m = HashMap::with_capacity(a.size_hint().unwrap_or(0).min(MOST));
+                while let Some((k, v)) = a.next_entry()? {
+                    m.insert(k, v);
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_map(V_(PhantomData))
+    }
+
+    pub fn read_set<'de, D: Deserializer<'de>, K: Deserialize<'de> + Eq + Hash>(d: D) -> Result<HashSet<K>, D::Error> {
+        struct V_<K>(PhantomData<K>);
+        impl<'de, K: Deserialize<'de> + Eq + Hash> Visitor<'de> for V_<K> {
+            type Value = HashSet<K>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a set")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+                let mut m = HashSet::with_capacity(a.size_hint().unwrap_or(0).min(MOST));
+                while let Some(k) = a.next_element()? {
+                    m.insert(k);
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_seq(V_(PhantomData))
+    }
+
+    pub fn map<S: Serializer, K: Serialize + Ord, V: Serialize>(m: &HashMap<K, V>, s: S) -> Result<S::Ok, S::Error> {
+        let mut pairs: Vec<(&K, &V)> = m.iter().collect();
+        pairs.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        s.collect_map(pairs)
+    }
+
+    pub fn set<S: Serializer, K: Serialize + Ord>(m: &HashSet<K>, s: S) -> Result<S::Ok, S::Error> {
+        let mut keys: Vec<&K> = m.iter().collect();
+        keys.sort_unstable();
+        s.collect_seq(keys)
+    }
+}
+
+/// A blake3 digest as its 32 bytes.
+mod digest {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &blake3::Hash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(h.as_bytes())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<blake3::Hash, D::Error> {
+        let bytes: &[u8] = Deserialize::deserialize(d)?;
+        let array: [u8; 32] = bytes.try_into().map_err(|_| serde::de::Error::invalid_length(bytes.len(), &"32 bytes"))?;
+        Ok(blake3::Hash::from_bytes(array))
+    }
 }
 
 /// The existing lots an event acts on (not the ones it creates), borrowed:

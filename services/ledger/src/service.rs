@@ -278,11 +278,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let dir = config.data_dir.clone();
     let authority = config.authority.clone();
     let lot_map = config.lot_map;
-    let mut ledger = tokio::task::spawn_blocking(move || Ledger::open(&dir, &authority).map(|l| l.with_lot_map(lot_map)))
+    let mut ledger = tokio::task::spawn_blocking(move || Ledger::open(&dir, &authority).map(|l| opened(l, lot_map)))
         .await
         .map_err(|e| LedgerError::Task(e.to_string()))?
         .map_err(|source| LedgerError::Open { dir: config.data_dir.clone(), source })?;
-    tracing::info!(head = ?ledger.head().map(|h| h.0), "ledger store open and chain verified");
+    tracing::info!(
+        head = ?ledger.head().map(|h| h.0),
+        replayed = ledger.replayed(),
+        "ledger store open: chain checked whole, signatures verified after the saved write model"
+    );
 
     let client = custody_wire::connect::connect(&config.nats_url, "custody-ledger", config.nkey.as_deref()).await?;
     let js = jetstream::new(client.clone());
@@ -333,7 +337,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         meters.writer(false);
         health.update(|s| s.role = "standby".into());
         let revision = tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => {
+                // All it holds is durable: the next start begins here.
+                tokio::task::block_in_place(|| save(&mut ledger));
+                return Ok(());
+            }
             taken = standby(&mut ledger, &reader, &lease, &health, &meters, giving_way.take()) => taken?,
         };
         let store = ledger.store().clone();
@@ -358,15 +366,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             serve(ledger, &config, &client, &js, notary, Held { lost, server_time: lease.server_time() }, &meters).await
         };
         let stepped = tokio::select! {
-            () = &mut shutdown => {
-                renewing.abort();
-                lease.release().await;
-                let _ = client.flush().await;
-                return Ok(());
-            }
-            r = active => r,
+            () = &mut shutdown => None,
+            r = active => Some(r),
         };
         renewing.abort();
+        let Some(stepped) = stepped else {
+            lease.release().await;
+            let _ = client.flush().await;
+            // The writer's model ran ahead of its store and went with it:
+            // the state saved for the next start is rebuilt from what is
+            // durable (verifying only what followed the last mark).
+            let authority = config.authority.clone();
+            let _ = tokio::task::spawn_blocking(move || Ledger::load(store, &authority).map(|l| save(&mut opened(l, lot_map)))).await;
+            return Ok(());
+        };
         match stepped {
             Err(LedgerError::SteppedDown(why)) => tracing::warn!(%why, "no longer the writer: rebuilding from the store, then standby"),
             Err(LedgerError::GivesWay(why)) => {
@@ -382,10 +395,35 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
         // The model was ahead of what committed: rebuild it from what is durable.
         let authority = config.authority.clone();
-        ledger = tokio::task::spawn_blocking(move || Ledger::load(store, &authority).map(|l| l.with_lot_map(lot_map)))
+        ledger = tokio::task::spawn_blocking(move || Ledger::load(store, &authority).map(|l| opened(l, lot_map)))
             .await
             .map_err(|e| LedgerError::Task(e.to_string()))?
             .map_err(|source| LedgerError::Open { dir: config.data_dir.clone(), source })?;
+    }
+}
+
+/// Entries replayed at open past which the state is saved at once
+/// ([`crate::saved`]): a crash later then does not cost the replay again.
+const SAVE_AFTER: u64 = 10_000;
+
+/// A ledger just opened or rebuilt: its lot map kept or not, and its state
+/// saved when the replay was long.
+fn opened(ledger: Ledger, lot_map: bool) -> Ledger {
+    let mut ledger = ledger.with_lot_map(lot_map);
+    if ledger.replayed() >= SAVE_AFTER {
+        save(&mut ledger);
+    }
+    ledger
+}
+
+/// Saves the ledger's state for a fast next start; a failure costs only
+/// that (the next start replays more), so it is said, not fatal.
+fn save(ledger: &mut Ledger) {
+    let started = std::time::Instant::now();
+    match ledger.save() {
+        Ok(true) => tracing::info!(mark = ?ledger.mark().map(|m| m.0), ms = started.elapsed().as_millis() as u64, "write model saved"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot save the write model; the next start verifies more"),
     }
 }
 

@@ -140,6 +140,11 @@ impl Store {
         Ok(())
     }
 
+    /// The store's folder, where the ledger keeps its other files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Seq and hash of the last entry, if any.
     pub fn head(&self) -> Result<Option<(u64, Hash)>, StoreError> {
         let Some(v) = self.db.get(HEAD_KEY)? else { return Ok(None) };

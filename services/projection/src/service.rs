@@ -126,7 +126,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     meters.applied(state.read().checkpoint.map_or(0, |c| c.0));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(client.clone(), state.clone(), meters.clone()));
-    tasks.spawn(follow_stream(Reader::ledger(&reading), store, state, None, Cadence::from(&config), meters.clone()));
+    tasks.spawn(follow_stream(Reader::ledger(&reading), store, state.clone(), None, Cadence::from(&config), meters.clone()));
     let lag = meters.lag.clone();
     tasks.spawn(custody_wire::health::watch_lag(Reader::ledger(&reading), health.clone(), move |n| lag.set(n as f64)).map(|()| Ok(())));
     tasks.spawn(async move { custody_wire::health::answer_status(client, health).await.map_err(|e| ProjectionError::Serve(e.to_string())) });
@@ -139,6 +139,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     };
     tasks.shutdown().await;
+    if result.is_ok() {
+        // A clean stop: what is applied is saved, so the next start
+        // replays nothing it had.
+        let store = Store::open(&config.data_dir)?;
+        let took = snapshot(&store, &state)?;
+        tracing::info!(ms = took.as_millis() as u64, "stopped; the next start begins from this snapshot");
+    }
     result
 }
 

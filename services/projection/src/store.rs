@@ -23,7 +23,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use custody_proto::Hash;
-use custody_wire::files::{self, FileError, Mode};
+use custody_wire::files::{self, FileError, Hashing, Mode};
 use serde::{Deserialize, Serialize};
 
 use crate::view::{Actor, Lot, Named, Shipment, State, Yields};
@@ -90,24 +90,6 @@ struct Records {
     flows: crate::statistics::Flows,
 }
 
-/// A writer that hashes what goes through it.
-struct Hashing<'a> {
-    inner: &'a mut dyn Write,
-    hasher: blake3::Hasher,
-}
-
-impl Write for Hashing<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 pub struct Store {
     dir: PathBuf,
 }
@@ -167,7 +149,7 @@ impl Store {
         files::write_whole_with(&path, Mode::Shared, |w| {
             // Buffered above the hasher too: serde writes in pieces of a
             // few bytes, and blake3 is fast on large ones.
-            let mut h = std::io::BufWriter::with_capacity(1 << 20, Hashing { inner: w, hasher: blake3::Hasher::new() });
+            let mut h = std::io::BufWriter::with_capacity(1 << 20, Hashing::new(w));
             let header = Header { format: FORMAT.to_owned(), version: VERSION, seq, hash: hash.to_hex() };
             serde_json::to_writer(&mut h, &header)?;
             h.write_all(b"\n")?;
@@ -181,8 +163,7 @@ impl Store {
             };
             serde_json::to_writer(&mut h, &records)?;
             h.write_all(b"\n")?;
-            let Hashing { inner: w, hasher } = h.into_inner().map_err(|e| e.into_error())?;
-            let sum = hasher.finalize();
+            let (w, sum) = h.into_inner().map_err(|e| e.into_error())?.finish();
             custody_wire::crashpoint::reached("projection.snapshot.writing");
             writeln!(w, "blake3 {}", sum.to_hex())
         })?;

@@ -1,0 +1,173 @@
+//! The saved write model: the ledger's write model and lot map as they
+//! stood after one entry, the *verified-through mark* `(seq, hash)`, so
+//! that a start checks the hash chain over every entry (blake3, fast) but
+//! verifies signatures and replays events only after the mark.
+//!
+//! One file, `write-model`, beside the store, written whole or not at all
+//! (`files::write_whole_with`: a temporary file, fsynced, renamed, the
+//! folder fsynced): [`MAGIC`], the state in postcard (every map in key
+//! order: one state, one encoding), then the blake3 of everything before.
+//!
+//! What a start trusts it for, and why that is safe: the file only names
+//! a state the ledger itself computed from entries it had verified, and
+//! it is used only when the store's chain, checked entry by entry from
+//! seq 1, reaches exactly the mark's hash. An entry before the mark that
+//! changed (a byte, a signature) changes its hash and every hash after
+//! it, so the chain no longer reaches the mark and the file is not used;
+//! an entry after the mark is verified as before, signature and all. A
+//! file that is damaged, truncated, of another layout, of another genesis
+//! authority or of another history is never served: the ledger says why
+//! and rebuilds from the store (the slow start), then saves a good one.
+//! A file someone rewrote on purpose, with a forged state *and* the mark
+//! of the true chain, is the one thing this cannot catch: whoever can
+//! write the ledger's folder can as well replace its store and its key.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use custody_proto::lotmap::{Head, LotMap};
+use custody_proto::merkle::Tree;
+use custody_proto::{ActorKey, Hash, Timestamp};
+use custody_wire::files::{self, FileError, Hashing, Mode};
+use serde::{Deserialize, Serialize};
+
+use crate::model::Model;
+
+/// The file's name in the ledger's folder.
+pub const FILE: &str = "write-model";
+/// The file's first bytes: its format and layout version.
+const MAGIC: &[u8] = b"custody write model v1\n";
+
+/// A lot map head as bytes: `(key, head, count, last)`.
+type RawHead = ([u8; 32], [u8; 32], u64, u64);
+
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    authority: &'a str,
+    seq: u64,
+    hash: [u8; 32],
+    recorded: Option<Timestamp>,
+    model: &'a Model,
+    map: Option<Vec<RawHead>>,
+}
+
+#[derive(Deserialize)]
+struct SavedOwned {
+    #[serde(rename = "authority")]
+    _authority: String,
+    seq: u64,
+    hash: [u8; 32],
+    recorded: Option<Timestamp>,
+    model: Model,
+    map: Option<Vec<RawHead>>,
+}
+
+/// A saved write model, checked and decoded.
+pub struct Saved {
+    /// The verified-through mark: the last entry the state covers.
+    pub seq: u64,
+    pub hash: Hash,
+    /// That entry's `recorded_at`.
+    pub recorded: Option<Timestamp>,
+    pub model: Model,
+    /// `None` when the ledger that saved it kept no lot map.
+    pub map: Option<LotMap>,
+}
+
+/// Why a saved write model was not used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Damage {
+    #[error("cannot read it: {0}")]
+    Unreadable(String),
+    #[error("it is of another format or layout")]
+    Format,
+    #[error("its checksum does not match its contents (damaged or truncated)")]
+    Checksum,
+    #[error("its contents do not decode: {0}")]
+    Body(String),
+    #[error("it was saved for genesis authority {0}")]
+    Authority(String),
+    #[error("its lot map is not in key order")]
+    MapOrder,
+}
+
+/// Saves the state after entry `head` in `dir`, replacing the last one.
+pub fn save(dir: &Path, authority: &ActorKey, head: (u64, Hash), recorded: Option<Timestamp>, model: &Model, map: Option<&LotMap>) -> Result<(), FileError> {
+    let map = map.map(|m| m.heads().into_iter().map(|(k, h)| (k.0, h.head.0, h.count, h.last)).collect());
+    let saved = SavedRef { authority: authority.as_str(), seq: head.0, hash: head.1 .0, recorded, model, map };
+    files::write_whole_with(&dir.join(FILE), Mode::Shared, |w| {
+        let mut h = std::io::BufWriter::with_capacity(1 << 20, Hashing::new(w));
+        h.write_all(MAGIC)?;
+        postcard::to_io(&saved, &mut h).map_err(std::io::Error::other)?;
+        let (w, sum) = h.into_inner().map_err(|e| e.into_error())?.finish();
+        custody_wire::crashpoint::reached("ledger.model.writing");
+        w.write_all(sum.as_bytes())
+    })?;
+    custody_wire::crashpoint::reached("ledger.model.saved");
+    Ok(())
+}
+
+/// A saved state read and checked (checksum, layout, authority) but not
+/// yet decoded: its mark is known at once, so that the chain can be
+/// checked up to it while the state decodes on another core.
+pub struct Read {
+    pub seq: u64,
+    pub hash: Hash,
+    bytes: Vec<u8>,
+}
+
+/// The fields a saved state begins with.
+type Prefix = (String, u64, [u8; 32]);
+
+/// The saved state in `dir`, checked: `Ok(None)` when there is none.
+pub fn read(dir: &Path, authority: &ActorKey) -> Result<Option<Read>, Damage> {
+    let mut bytes = match std::fs::read(dir.join(FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Damage::Unreadable(e.to_string())),
+    };
+    if bytes.len() < MAGIC.len() + 32 || !bytes.starts_with(MAGIC) {
+        return Err(if bytes.starts_with(&MAGIC[..MAGIC.len().min(bytes.len())]) { Damage::Checksum } else { Damage::Format });
+    }
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != sum {
+        return Err(Damage::Checksum);
+    }
+    bytes.truncate(bytes.len() - 32);
+    let ((recorded_for, seq, hash), _): (Prefix, _) = postcard::take_from_bytes(&bytes[MAGIC.len()..]).map_err(|e| Damage::Body(e.to_string()))?;
+    if recorded_for != authority.as_str() {
+        return Err(Damage::Authority(recorded_for));
+    }
+    Ok(Some(Read { seq, hash: Hash(hash), bytes }))
+}
+
+impl Read {
+    /// The state itself.
+    pub fn decode(self) -> Result<Saved, Damage> {
+        let saved: SavedOwned = postcard::from_bytes(&self.bytes[MAGIC.len()..]).map_err(|e| Damage::Body(e.to_string()))?;
+        let map = match saved.map {
+            None => None,
+            Some(heads) => {
+                let heads = heads.into_iter().map(|(k, head, count, last)| (Hash(k), Head { head: Hash(head), count, last })).collect();
+                Some(LotMap::from_sorted(heads).ok_or(Damage::MapOrder)?)
+            }
+        };
+        Ok(Saved { seq: saved.seq, hash: Hash(saved.hash), recorded: saved.recorded, model: saved.model, map })
+    }
+}
+
+/// One digest of a ledger's whole state after `head`: its write model (in
+/// its one encoding), its lot map's root and its tree's root. Two ledgers
+/// with one digest decide every submission alike and sign alike.
+pub fn digest(head: Option<(u64, Hash)>, model: &Model, map: Option<&mut LotMap>, tree: &Tree) -> Hash {
+    let mut h = blake3::Hasher::new_derive_key("custody 2026-12 ledger state digest v1");
+    let (seq, hash) = head.unwrap_or((0, Hash::GENESIS));
+    h.update(&seq.to_be_bytes());
+    h.update(&hash.0);
+    // A model that does not encode cannot be saved either; it digests as
+    // nothing rather than stopping a check.
+    h.update(&postcard::to_allocvec(model).unwrap_or_default());
+    h.update(&map.map_or(custody_proto::lotmap::EMPTY, |m| m.root()).0);
+    h.update(&tree.root().0);
+    Hash(*h.finalize().as_bytes())
+}

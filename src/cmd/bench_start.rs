@@ -1,0 +1,79 @@
+//! `custody bench start`: how long a ledger takes to open a long history,
+//! from its saved write model against verifying every signature, in the
+//! same run. The history is written straight into a store
+//! ([`custody_ledger::synthetic`]), without NATS.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use custody_ledger::ledger::Ledger;
+use custody_proto::ActorKey;
+use serde_json::json;
+
+/// The authority's seed, kept with a history so that it can be reopened.
+const AUTHORITY_FILE: &str = "bench-authority.nk";
+
+pub fn start(entries: u64, keep: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = match &keep {
+        Some(d) => d.clone(),
+        None => super::bench::tempfile_dir("start")?,
+    };
+    let store = dir.join("ledger");
+    let seed_file = dir.join(AUTHORITY_FILE);
+    let built = Instant::now();
+    let authority: ActorKey = if seed_file.exists() {
+        custody::keys::load(&seed_file)?.public_key().parse().map_err(anyhow::Error::msg)?
+    } else {
+        let mut world = custody_ledger::synthetic::Synthetic::new(100);
+        let mut ledger = Ledger::open(&store, &world.authority_key())?;
+        let bar = indicatif::ProgressBar::new(entries);
+        let step = 100_000.min(entries.max(1));
+        let mut done = 0;
+        while done < entries {
+            let n = step.min(entries - done);
+            world.extend(&mut ledger, n)?;
+            done += n;
+            bar.set_position(done);
+        }
+        bar.finish_and_clear();
+        custody_wire::files::write_whole(&seed_file, world.authority.seed()?.as_bytes(), custody_wire::files::Mode::Private)?;
+        world.authority_key()
+    };
+    let built_s = built.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(store.join(custody_ledger::saved::FILE));
+
+    // The baseline: no saved state, every signature verified.
+    let t = Instant::now();
+    let mut full = Ledger::reopen(&store, &authority).context("open the history")?;
+    let full_s = t.elapsed().as_secs_f64();
+    let head = full.head().map_or(0, |h| h.0);
+    anyhow::ensure!(full.replayed() == head, "the baseline replayed {} of {head} entries", full.replayed());
+    let digest = full.digest();
+    let t = Instant::now();
+    full.save()?;
+    let save_s = t.elapsed().as_secs_f64();
+    drop(full);
+    let size = std::fs::metadata(store.join(custody_ledger::saved::FILE))?.len();
+
+    let t = Instant::now();
+    let mut fast = Ledger::reopen(&store, &authority).context("open the history")?;
+    let fast_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(fast.replayed() == 0, "the start from the saved state replayed {} entries", fast.replayed());
+    anyhow::ensure!(fast.digest() == digest, "the state from the saved write model differs from the one replayed");
+    drop(fast);
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let r = |x: f64| (x * 100.0).round() / 100.0;
+    println!(
+        "{}",
+        json!({
+            "bench": "start", "entries": head, "history_built_s": r(built_s),
+            "every_signature_s": r(full_s), "from_saved_model_s": r(fast_s), "save_s": r(save_s), "saved_model_mb": r(size as f64 / 1e6),
+            "ratio_saved_to_every_signature": (fast_s / full_s * 1000.0).round() / 1000.0,
+            "cores": std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        })
+    );
+    Ok(())
+}
