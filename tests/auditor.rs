@@ -191,15 +191,3 @@ async fn the_auditor_catches_a_ledger_rolled_back_to_an_earlier_store() {
     let (code, _) = audit(&sys, &key, sys.dir.path().join("fresh").to_str().unwrap());
     assert_eq!(code, Some(1), "the checkpoints stream still holds the old signed roots");
 }
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-}

@@ -7,8 +7,12 @@
 //! Real sled stores on disk and the real `custody ledger check` process,
 //! aborted at the crash points of the save with `CUSTODY_CRASH`.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
+
+use common::copy_dir;
 
 use custody_ledger::ledger::Ledger;
 use custody_ledger::synthetic::Synthetic;
@@ -33,18 +37,6 @@ fn checked(dir: &Path, authority: &str) -> Value {
 fn extend(world: &mut Synthetic, dir: &Path, n: u64) {
     let mut ledger = Ledger::reopen(dir, &world.authority_key()).expect("the store opens");
     world.extend(&mut ledger, n).expect("the ledger admits the synthetic events");
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for f in std::fs::read_dir(from).unwrap().flatten() {
-        let target = to.join(f.file_name());
-        if f.file_type().unwrap().is_dir() {
-            copy_dir(&f.path(), &target);
-        } else {
-            std::fs::copy(f.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]

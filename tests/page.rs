@@ -184,10 +184,24 @@ impl Tab {
     }
 
     /// Chooses `file` in the file input `selector`, as a person would.
+    /// A page that re-renders between the steps (its document replaced,
+    /// so the node ids asked for are gone) is asked again, as a person
+    /// would click again.
     fn choose(&mut self, selector: &str, file: &std::path::Path) {
-        let root = self.call("DOM.getDocument", serde_json::json!({}))["root"]["nodeId"].clone();
-        let node = self.call("DOM.querySelector", serde_json::json!({"nodeId": root, "selector": selector}))["nodeId"].clone();
-        self.call("DOM.setFileInputFiles", serde_json::json!({"nodeId": node, "files": [file.to_str().unwrap()]}));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let root = self.call("DOM.getDocument", serde_json::json!({}))["root"]["nodeId"].clone();
+            let found = self.exchange("DOM.querySelector", serde_json::json!({"nodeId": root, "selector": selector}), true);
+            let chosen = match found["result"]["nodeId"].as_i64().filter(|n| *n != 0) {
+                Some(node) => self.exchange("DOM.setFileInputFiles", serde_json::json!({"nodeId": node, "files": [file.to_str().unwrap()]}), true),
+                None => found,
+            };
+            if chosen.get("error").is_none() {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "cannot choose a file in {selector}: {chosen}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     fn screenshot(&mut self, shot: &std::path::Path) {

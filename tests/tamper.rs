@@ -77,18 +77,6 @@ async fn an_entry_rewritten_through_sled_is_named_by_verify_and_refused_by_the_l
     assert!(v["error"].as_str().unwrap().contains("seq 4"), "{v}");
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for f in std::fs::read_dir(from).unwrap().flatten() {
-        let dest = to.join(f.file_name());
-        if f.file_type().unwrap().is_dir() {
-            copy_dir(&f.path(), &dest);
-        } else {
-            std::fs::copy(f.path(), dest).unwrap();
-        }
-    }
-}
-
 /// A small deterministic generator, so failures can be replayed by seed.
 struct Lcg(u64);
 impl Lcg {

@@ -887,3 +887,17 @@ pub async fn get_with(base: &str, path: &str, authorization: Option<String>) -> 
     let r = req.send().await.expect("the gateway answers");
     (r.status().as_u16(), r.text().await.unwrap_or_default())
 }
+
+/// Copies a folder and everything in it (a stopped store, to alter or
+/// to run twice).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(f.file_name());
+        if f.file_type().unwrap().is_dir() {
+            copy_dir(&f.path(), &dest);
+        } else {
+            std::fs::copy(f.path(), dest).unwrap();
+        }
+    }
+}

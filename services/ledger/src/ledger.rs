@@ -324,7 +324,7 @@ impl Ledger {
                 }
             }
             self.model.apply(&event);
-            self.model.remember(event.id.clone(), digest, receipt(&event, entry));
+            self.model.remember(event.id.clone(), digest, entry);
             self.recorded = Some(entry.recorded_at);
             self.tree.push(&entry.hash);
         }
@@ -416,9 +416,8 @@ impl Ledger {
             let entry = Entry::next(self.head, now, opened.raw);
             self.recorded = Some(now);
             self.head = Some((entry.seq, entry.hash));
-            let r = receipt(&event, &entry);
-            self.model.remember(event.id.clone(), digest, r.clone());
-            outcomes.push(Outcome::Receipt(r));
+            self.model.remember(event.id.clone(), digest, &entry);
+            outcomes.push(Outcome::Receipt(receipt(&event, &entry)));
             entries.push(entry);
         }
         Admitted { entries, subjects, outcomes }

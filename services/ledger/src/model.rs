@@ -47,13 +47,18 @@ struct Lot {
     last_at: Timestamp,
 }
 
-/// What an event id is bound to: its payload digest and its receipt, so the
-/// same event again returns the same receipt and a different one is refused.
+/// What an event id is bound to: its payload digest and its entry, so the
+/// same event again returns the same receipt and a different one is
+/// refused. The receipt is made again when asked (its id is the key, its
+/// time the entry's): one id string per event, not three.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Seen {
     #[serde(with = "digest")]
     payload: blake3::Hash,
-    receipt: Receipt,
+    seq: u64,
+    hash: [u8; 32],
+    #[serde(with = "instant")]
+    recorded_at: Timestamp,
 }
 
 /// The state every custody rule is checked against. Serialized (for the
@@ -141,6 +146,23 @@ mod in_order {
     }
 }
 
+/// An instant as seconds and nanoseconds since 1970 (what a saved model
+/// reads back without parsing text).
+mod instant {
+    use custody_proto::Timestamp;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+        let t = t.as_datetime();
+        (t.timestamp(), t.timestamp_subsec_nanos()).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let (secs, nanos) = <(i64, u32)>::deserialize(d)?;
+        chrono::DateTime::from_timestamp(secs, nanos).map(Timestamp::from_datetime).ok_or_else(|| serde::de::Error::custom("an instant out of range"))
+    }
+}
+
 /// A blake3 digest as its 32 bytes.
 mod digest {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -203,15 +225,16 @@ impl Model {
     pub fn replay(&self, id: &EventId, digest: &blake3::Hash) -> Option<Result<Receipt, Rejection>> {
         let seen = self.ids.get(id)?;
         if seen.payload == *digest {
-            Some(Ok(seen.receipt.clone()))
+            let hash = custody_proto::Hash(seen.hash);
+            Some(Ok(Receipt { id: id.to_string(), seq: seen.seq, hash, recorded_at: seen.recorded_at.to_rfc3339() }))
         } else {
-            Some(Err(reject(Code::IdConflict, format!("event id {id} was already used for a different event (seq {})", seen.receipt.seq))))
+            Some(Err(reject(Code::IdConflict, format!("event id {id} was already used for a different event (seq {})", seen.seq))))
         }
     }
 
-    /// Binds an id to its receipt once the entry is built.
-    pub fn remember(&mut self, id: EventId, digest: blake3::Hash, receipt: Receipt) {
-        self.ids.insert(id, Seen { payload: digest, receipt });
+    /// Binds an id to its entry once the entry is built.
+    pub fn remember(&mut self, id: EventId, digest: blake3::Hash, entry: &custody_proto::Entry) {
+        self.ids.insert(id, Seen { payload: digest, seq: entry.seq, hash: entry.hash.0, recorded_at: entry.recorded_at });
     }
 
     /// The keys of what `event` acts on in the lot map
