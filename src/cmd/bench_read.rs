@@ -359,7 +359,7 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
 }
 
 /// A field of this process's `/proc/self/status`, in kB (Linux).
-fn resident_kb(field: &str) -> Option<u64> {
+pub(super) fn resident_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
     line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()

@@ -42,26 +42,17 @@ pub fn start(entries: u64, keep: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let built_s = built.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(store.join(custody_ledger::saved::FILE));
-
-    // The baseline: no saved state, every signature verified.
-    let t = Instant::now();
-    let mut full = Ledger::reopen(&store, &authority).context("open the history")?;
-    let full_s = t.elapsed().as_secs_f64();
-    let head = full.head().map_or(0, |h| h.0);
-    anyhow::ensure!(full.replayed() == head, "the baseline replayed {} of {head} entries", full.replayed());
-    let digest = full.digest();
-    let t = Instant::now();
-    full.save()?;
-    let save_s = t.elapsed().as_secs_f64();
-    drop(full);
+    // Each start in a process of its own, as a real one: the baseline with
+    // no saved state (every signature verified), which saves it, then the
+    // start from it.
+    let full = started(&store, &authority)?;
+    let head = full["head"].as_u64().unwrap_or(0);
+    anyhow::ensure!(full["replayed"].as_u64() == Some(head), "the baseline replayed {} of {head} entries", full["replayed"]);
     let size = std::fs::metadata(store.join(custody_ledger::saved::FILE))?.len();
-
-    let t = Instant::now();
-    let mut fast = Ledger::reopen(&store, &authority).context("open the history")?;
-    let fast_s = t.elapsed().as_secs_f64();
-    anyhow::ensure!(fast.replayed() == 0, "the start from the saved state replayed {} entries", fast.replayed());
-    anyhow::ensure!(fast.digest() == digest, "the state from the saved write model differs from the one replayed");
-    drop(fast);
+    let fast = started(&store, &authority)?;
+    anyhow::ensure!(fast["replayed"].as_u64() == Some(0), "the start from the saved state replayed {} entries", fast["replayed"]);
+    anyhow::ensure!(fast["digest"] == full["digest"], "the state from the saved write model differs from the one replayed");
+    let (full_s, fast_s) = (full["seconds"].as_f64().unwrap_or(0.0), fast["seconds"].as_f64().unwrap_or(0.0));
     if keep.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -70,10 +61,22 @@ pub fn start(entries: u64, keep: Option<PathBuf>) -> anyhow::Result<()> {
         "{}",
         json!({
             "bench": "start", "entries": head, "history_built_s": r(built_s),
-            "every_signature_s": r(full_s), "from_saved_model_s": r(fast_s), "save_s": r(save_s), "saved_model_mb": r(size as f64 / 1e6),
+            "every_signature_s": r(full_s), "from_saved_model_s": r(fast_s), "saved_model_mb": r(size as f64 / 1e6),
+            "peak_rss_mb": {"every_signature": full["peak_rss_mb"], "from_saved_model": fast["peak_rss_mb"]},
             "ratio_saved_to_every_signature": (fast_s / full_s * 1000.0).round() / 1000.0,
             "cores": std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         })
     );
     Ok(())
+}
+
+/// Runs `custody ledger check` on the store: how long its open took, and
+/// the process's peak resident memory.
+fn started(store: &std::path::Path, authority: &ActorKey) -> anyhow::Result<serde_json::Value> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["ledger", "--data", &store.display().to_string(), "--authority", authority.as_str(), "check", "--json"])
+        .output()
+        .context("run custody ledger check")?;
+    anyhow::ensure!(out.status.success(), "custody ledger check failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
