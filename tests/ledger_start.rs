@@ -174,3 +174,27 @@ fn a_tampered_signature_after_the_mark_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("entry 201 cannot be replayed"), "{err}");
 }
+
+/// A writer stopped cleanly (SIGTERM, as systemd stops it) leaves its
+/// state saved at its durable head: nothing is verified again at the next
+/// start, which serves on from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_stopped_cleanly_saves_its_state_at_its_head() {
+    let mut sys = common::System::start().await;
+    let miner = sys.actor("m", "miner", "ZA").await;
+    for env in common::mined(&miner, "stop", 30) {
+        assert!(matches!(sys.submit_raw(env.to_vec()).await, custody_proto::Outcome::Receipt(_)));
+    }
+    let (head, _) = sys.head().await;
+    let pid = sys.ledger.as_mut().expect("a ledger").child_mut().id();
+    // SAFETY: signals a child process this test started and still holds.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    assert!(sys.ledger_exit().await.success(), "a clean stop: {}", sys.ledger_log());
+
+    let after = checked(&sys.ledger_dir(), &sys.authority.public_key());
+    assert_eq!((after["head"].as_u64(), after["resumed_from"].as_u64(), after["replayed"].as_u64()), (Some(head), Some(head), Some(0)), "{after}");
+    sys.start_ledger().await;
+    let more = common::sign(&miner, &common::event(&miner, "after-stop", "mined", serde_json::json!({"lot": "AS1", "carats": "1.00", "country": "ZA"})));
+    let custody_proto::Outcome::Receipt(r) = sys.submit_raw(more).await else { panic!("refused after the restart") };
+    assert_eq!(r.seq, head + 1);
+}
