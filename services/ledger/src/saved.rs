@@ -36,7 +36,8 @@ use crate::model::Model;
 /// The file's name in the ledger's folder.
 pub const FILE: &str = "write-model";
 /// The file's first bytes: its format and layout version.
-const MAGIC: &[u8] = b"custody write model v1\n";
+/// v2: an event id keeps its entry (seq, hash, time), not a receipt.
+const MAGIC: &[u8] = b"custody write model v2\n";
 
 /// A lot map head as bytes: `(key, head, count, last)`.
 type RawHead = ([u8; 32], [u8; 32], u64, u64);
@@ -144,7 +145,10 @@ pub fn read(dir: &Path, authority: &ActorKey) -> Result<Option<Read>, Damage> {
 impl Read {
     /// The state itself.
     pub fn decode(self) -> Result<Saved, Damage> {
-        let saved: SavedOwned = postcard::from_bytes(&self.bytes[MAGIC.len()..]).map_err(|e| Damage::Body(e.to_string()))?;
+        let (saved, rest): (SavedOwned, _) = postcard::take_from_bytes(&self.bytes[MAGIC.len()..]).map_err(|e| Damage::Body(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(Damage::Body(format!("{} bytes after the state", rest.len())));
+        }
         let map = match saved.map {
             None => None,
             Some(heads) => {
@@ -170,4 +174,31 @@ pub fn digest(head: Option<(u64, Hash)>, model: &Model, map: Option<&mut LotMap>
     h.update(&map.map_or(custody_proto::lotmap::EMPTY, |m| m.root()).0);
     h.update(&tree.root().0);
     Hash(*h.finalize().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of another layout or cut short is named for what it is,
+    /// never decoded.
+    #[test]
+    fn another_layout_and_a_short_file_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let authority: ActorKey = nkeys::KeyPair::new_user().public_key().parse().unwrap();
+        let write = |bytes: &[u8]| std::fs::write(dir.path().join(FILE), bytes).unwrap();
+        assert!(read(dir.path(), &authority).unwrap().is_none(), "no file: a full replay, silently");
+        let mut older = b"custody write model v1\n".to_vec();
+        older.extend_from_slice(&[0; 64]);
+        write(&older);
+        assert_eq!(read(dir.path(), &authority).err(), Some(Damage::Format));
+        write(&MAGIC[..10]);
+        assert_eq!(read(dir.path(), &authority).err(), Some(Damage::Checksum));
+        let mut trailing = MAGIC.to_vec();
+        trailing.extend_from_slice(b"not postcard");
+        let sum = *blake3::hash(&trailing).as_bytes();
+        trailing.extend_from_slice(&sum);
+        write(&trailing);
+        assert!(matches!(read(dir.path(), &authority).err(), Some(Damage::Body(_)) | Some(Damage::Authority(_))));
+    }
 }
