@@ -172,3 +172,11 @@ fn readiness(statuses: Vec<Status>) -> Response {
     let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, Json(serde_json::json!({"ready": ready, "services": statuses}))).into_response()
 }
+
+/// A field of this process's `/proc/self/status` (`VmRSS`, `VmHWM`), in
+/// kB (Linux; `None` elsewhere).
+pub fn resident_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()
+}

@@ -329,14 +329,14 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
     let baseline = read as f64 / t.elapsed().as_secs_f64();
 
     let config = custody_projection::Config::new(nats.url.clone(), dir.join("projection"), None);
-    let resident_before = resident_kb("VmRSS");
+    let resident_before = custody::ops::resident_kb("VmRSS");
     let t = Instant::now();
     let state = custody_projection::service::replay(config).await?;
     let elapsed = t.elapsed().as_secs_f64();
     let seq = state.checkpoint.map_or(0, |c| c.0);
     let rate = seq as f64 / elapsed;
     // What the replayed state holds resident (the process's growth).
-    let resident_after = resident_kb("VmRSS");
+    let resident_after = custody::ops::resident_kb("VmRSS");
     let lots = state.lots.len().max(1) as u64;
     let per_lot = resident_after.zip(resident_before).map(|(a, b)| a.saturating_sub(b) * 1024 / lots);
     // The snapshot a rebuild ends with, apart.
@@ -349,20 +349,13 @@ pub async fn replay(entries: usize) -> anyhow::Result<()> {
         "{}",
         json!({"bench": "replay", "entries": seq, "lots": lots, "replayed_per_s": rate.round(), "baseline_stream_read_per_s": baseline.round(),
             "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0,
-            "state_resident_bytes_per_lot": per_lot, "peak_resident_mb": resident_kb("VmHWM").map(|k| k / 1024),
+            "state_resident_bytes_per_lot": per_lot, "peak_resident_mb": custody::ops::resident_kb("VmHWM").map(|k| k / 1024),
             "snapshot_s": (snapshot_s * 100.0).round() / 100.0, "snapshot_bytes_per_lot": snapshot_bytes / lots})
     );
     drop(state);
     drop(nats);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-/// A field of this process's `/proc/self/status`, in kB (Linux).
-pub(super) fn resident_kb(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
-    line[field.len() + 1..].trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 fn tempdir() -> anyhow::Result<std::path::PathBuf> {

@@ -218,7 +218,7 @@ fn check(data: &std::path::Path, authority: &ActorKey, json: bool) -> anyhow::Re
     let digest = ledger.digest().to_hex();
     if json {
         let out = serde_json::json!({"head": head, "hash": hash, "resumed_from": resumed, "replayed": replayed, "digest": digest, "saved": saved, "seconds": checked_s,
-            "peak_rss_mb": super::bench_read::resident_kb("VmHWM").map(|k| k / 1024)});
+            "peak_rss_mb": custody::ops::resident_kb("VmHWM").map(|k| k / 1024)});
         println!("{out}");
     } else {
         let from = resumed.map_or("no saved write model: every entry".to_owned(), |m| format!("the saved write model at entry {m}, then {replayed} entries"));
