@@ -35,7 +35,12 @@ pub struct NatsServer {
     pub pid_file: PathBuf,
     /// Set once the server's log names a JetStream metadata leader.
     meta_leader: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The last lines of its log, to say why when it does not come up.
+    log_tail: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
+
+/// Log lines kept per server for an error message.
+const LOG_TAIL: usize = 12;
 
 /// What a server runs besides JetStream with every write synced.
 #[derive(Debug, Clone, Default)]
@@ -125,6 +130,7 @@ impl NatsServer {
         std::mem::swap(&mut self.child, &mut fresh.child);
         self.leaf_url = fresh.leaf_url.take();
         std::mem::swap(&mut self.meta_leader, &mut fresh.meta_leader);
+        std::mem::swap(&mut self.log_tail, &mut fresh.log_tail);
         Ok(())
     }
 
@@ -190,6 +196,8 @@ impl NatsServer {
         let (leaf_tx, leaf_rx) = mpsc::channel();
         let meta_leader = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = meta_leader.clone();
+        let log_tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::with_capacity(LOG_TAIL)));
+        let tail = log_tail.clone();
         // Reads the log for the port, then keeps draining it so the server
         // never blocks on a full pipe.
         std::thread::spawn(move || {
@@ -197,6 +205,12 @@ impl NatsServer {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if echo {
                     eprintln!("nats-server: {line}");
+                }
+                if let Ok(mut t) = tail.lock() {
+                    if t.len() == LOG_TAIL {
+                        t.pop_front();
+                    }
+                    t.push_back(line.clone());
                 }
                 if line.contains("JetStream cluster new metadata leader") || line.contains("Self is new JetStream cluster metadata leader") {
                     seen.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -211,7 +225,7 @@ impl NatsServer {
             }
         });
         let takes_leaves = setup.leaf_port.is_some();
-        let mut server = NatsServer { child, url: String::new(), port: 0, store_dir: store_dir.to_owned(), setup, leaf_url: None, pid_file, meta_leader };
+        let mut server = NatsServer { child, url: String::new(), port: 0, store_dir: store_dir.to_owned(), setup, leaf_url: None, pid_file, meta_leader, log_tail };
         // The server names its leaf port before its client port.
         if takes_leaves {
             match leaf_rx.recv_timeout(Duration::from_secs(20)) {
@@ -254,22 +268,44 @@ impl NatsCluster {
             let setup = Setup { include: config.map(Path::to_path_buf), cluster: Some(member), leaf_port: Some(0), ..Setup::default() };
             servers.push(NatsServer::spawn(&base.join(format!("nats-{}", index + 1)), setup)?);
         }
-        let cluster = NatsCluster { servers };
+        let mut cluster = NatsCluster { servers };
         cluster.ready()?;
         Ok(cluster)
     }
 
     /// Waits until the servers have elected a JetStream metadata leader:
     /// before that, a JetStream request goes unanswered until it times out.
-    pub fn ready(&self) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    /// An election takes seconds; the wait is long because a loaded
+    /// machine (two cores running a test suite) can stretch it. When none
+    /// comes, or a server ends, the error carries each server's last log
+    /// lines.
+    pub fn ready(&mut self) -> anyhow::Result<()> {
+        const WAIT: Duration = Duration::from_secs(90);
+        let deadline = std::time::Instant::now() + WAIT;
         while !self.servers.iter().any(|s| s.meta_leader.load(std::sync::atomic::Ordering::Relaxed)) {
+            let ended: Vec<String> = self.servers.iter_mut().enumerate().filter_map(|(i, s)| s.exited().map(|st| format!("server {} {st}", i + 1))).collect();
+            if !ended.is_empty() {
+                bail!("a nats-server ended before the cluster elected a JetStream leader ({}):\n{}", ended.join(", "), self.log_tails());
+            }
             if std::time::Instant::now() > deadline {
-                bail!("the nats-servers elected no JetStream leader within 30 s");
+                bail!("the nats-servers elected no JetStream leader within {} s:\n{}", WAIT.as_secs(), self.log_tails());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// Each server's last log lines, for an error message.
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.servers.iter().enumerate() {
+            out.push_str(&format!("--- server {} ---\n", i + 1));
+            for line in s.log_tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// Every server's URL, comma-separated: what clients connect with.
