@@ -225,7 +225,8 @@ impl NatsServer {
             }
         });
         let takes_leaves = setup.leaf_port.is_some();
-        let mut server = NatsServer { child, url: String::new(), port: 0, store_dir: store_dir.to_owned(), setup, leaf_url: None, pid_file, meta_leader, log_tail };
+        let mut server =
+            NatsServer { child, url: String::new(), port: 0, store_dir: store_dir.to_owned(), setup, leaf_url: None, pid_file, meta_leader, log_tail };
         // The server names its leaf port before its client port.
         if takes_leaves {
             match leaf_rx.recv_timeout(Duration::from_secs(20)) {

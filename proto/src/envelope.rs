@@ -62,14 +62,16 @@ pub fn sign(key: &nkeys::KeyPair, payload: &[u8]) -> Result<Vec<u8>, SignError> 
     serde_json::to_vec(&env).map_err(|e| SignError(e.to_string()))
 }
 
-/// Decompressed public keys by their bytes. Decompressing a point costs
-/// about as much as a third of a verification; actors are few and sign many
-/// events, so a verifier keeps one of these.
+/// Decompressed public keys by their bytes, each with whether it is weak
+/// (of small order). Decompressing a point costs about as much as a third
+/// of a verification, and so does asking whether it is weak (a field
+/// inversion); actors are few and sign many events, so a verifier keeps
+/// one of these and pays both once per key.
 #[derive(Default)]
-pub struct KeyCache(HashMap<[u8; 32], VerifyingKey>);
+pub struct KeyCache(HashMap<[u8; 32], (VerifyingKey, bool)>);
 
 impl KeyCache {
-    fn key(&mut self, raw: [u8; 32]) -> Result<VerifyingKey, Rejection> {
+    fn key(&mut self, raw: [u8; 32]) -> Result<(VerifyingKey, bool), Rejection> {
         if let Some(k) = self.0.get(&raw) {
             return Ok(*k);
         }
@@ -77,8 +79,9 @@ impl KeyCache {
         if self.0.len() >= 100_000 {
             self.0.clear(); // bounded: a flood of fresh keys cannot grow it
         }
-        self.0.insert(raw, k);
-        Ok(k)
+        let known = (k, k.is_weak());
+        self.0.insert(raw, known);
+        Ok(known)
     }
 }
 
@@ -90,6 +93,9 @@ pub struct Opened {
     pub payload: Vec<u8>,
     pub signer: ActorKey,
     key: VerifyingKey,
+    /// The key is of small order: batch verification would accept what
+    /// strict verification refuses.
+    weak: bool,
     sig: EdSignature,
 }
 
@@ -118,8 +124,8 @@ impl Opened {
         let payload = B64.decode(&env.payload).map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("payload is not base64: {e}")))?;
         let sig_bytes = B64.decode(&s.sig).map_err(|e| Rejection::new(Code::BadSignature, format!("sig is not base64: {e}")))?;
         let sig = EdSignature::from_slice(&sig_bytes).map_err(|_| Rejection::new(Code::BadSignature, "sig is not a 64-byte ed25519 signature"))?;
-        let key = keys.key(signer.raw())?;
-        Ok(Opened { raw, payload, signer, key, sig })
+        let (key, weak) = keys.key(signer.raw())?;
+        Ok(Opened { raw, payload, signer, key, weak, sig })
     }
 
     /// The payload of an envelope already in the ledger, without the
@@ -166,8 +172,9 @@ impl Opened {
         let sigs: Vec<EdSignature> = items.iter().map(|o| o.sig).collect();
         let keys: Vec<VerifyingKey> = items.iter().map(|o| o.key).collect();
         // Batch verification accepts what strict verification may refuse
-        // (small-order keys), so a batch pass is confirmed for weak keys.
-        if !items.is_empty() && ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() && keys.iter().all(|k| !k.is_weak()) {
+        // (small-order keys): a batch with a weak key in it is verified
+        // one by one.
+        if !items.is_empty() && items.iter().all(|o| !o.weak) && ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() {
             return items.iter().map(|_| Ok(())).collect();
         }
         items.iter().map(Opened::verify).collect()

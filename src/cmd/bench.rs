@@ -135,8 +135,8 @@ enum What {
 pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
     a.ops.start(Vec::new(), &[]).await?;
     let (events, producers, window, batch) = match a.what {
-        What::Ingest { events, producers, window, cluster: Some(servers), failovers, .. } => {
-            return cluster(events, producers, window, usize::from(servers), failovers).await;
+        What::Ingest { events, producers, window, cluster: Some(servers), failovers, batch, .. } => {
+            return cluster(events, producers, window, usize::from(servers), failovers, batch.map(usize::from)).await;
         }
         What::Ingest { events, producers, window, lot_map_cost: Some(rounds), .. } => {
             return with_and_without("ingest-lot-map-cost", "lot_map", events, producers, window, rounds, |c, on| c.lot_map = on).await;
@@ -495,8 +495,10 @@ impl Drop for Rig {
 }
 
 /// `bench ingest --cluster N`: the single-server path and the cluster,
-/// measured in the same run; then failovers timed on the cluster.
-async fn cluster(events: usize, producers: usize, window: usize, servers: usize, failovers: usize) -> anyhow::Result<ExitCode> {
+/// measured in the same run; then failovers timed on the cluster. With
+/// `batch`, each rig also takes as many other envelopes (other miners,
+/// other lots) in batch requests of that many, against the same baseline.
+async fn cluster(events: usize, producers: usize, window: usize, servers: usize, failovers: usize, batch: Option<usize>) -> anyhow::Result<ExitCode> {
     let mut figures = Vec::new();
     for (name, n, ledgers) in [("single", 1, 1), ("cluster", servers, 2)] {
         let rig = Rig::start(name, n, ledgers).await?;
@@ -505,8 +507,17 @@ async fn cluster(events: usize, producers: usize, window: usize, servers: usize,
         let baseline = atomic_baseline(&rig.nc, n, &all).await?;
         let (rate, p50, p99) = receipted(&rig.nc, signed, 1, window).await?;
         eprintln!("{name}: {rate:.0} receipted/s, p50 {p50:.1} ms, p99 {p99:.1} ms; atomic batches alone {baseline:.0}/s");
-        figures.push(json!({"servers": n, "receipted_per_s": rate.round(), "receipt_latency_ms": {"p50": p50, "p99": p99},
-            "baseline_atomic_batches_per_s": baseline.round(), "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0}));
+        let mut figure = json!({"servers": n, "receipted_per_s": rate.round(), "receipt_latency_ms": {"p50": p50, "p99": p99},
+            "baseline_atomic_batches_per_s": baseline.round(), "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0});
+        if let Some(batch) = batch {
+            let signed = world(&rig.nc, &rig.authority, events, producers).await?;
+            let (batched, p50, p99) = receipted(&rig.nc, signed, batch, window).await?;
+            eprintln!("{name}, batches of {batch}: {batched:.0} receipted/s, request p50 {p50:.1} ms, p99 {p99:.1} ms");
+            figure["batch"] = json!({"envelopes_per_request": batch, "requests_in_flight_per_producer": (window / batch).max(1),
+                "receipted_per_s": batched.round(), "request_latency_ms": {"p50": p50, "p99": p99},
+                "ratio_to_baseline": (batched / baseline * 1000.0).round() / 1000.0});
+        }
+        figures.push(figure);
     }
     let ratio = figures[1]["receipted_per_s"].as_f64().unwrap_or(0.0) / figures[0]["receipted_per_s"].as_f64().unwrap_or(1.0);
 

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use custody_proto::{Entry, Event, Opened};
+use custody_proto::{Entry, Event, KeyCache, Opened};
 use custody_wire::follow::{FollowError, Reader};
 use futures::StreamExt;
 
@@ -33,17 +33,19 @@ pub struct Checker {
     pending: Vec<(u64, Opened)>,
     /// Told how many more entries were fully checked.
     progress: Box<dyn FnMut(u64) + Send>,
+    /// Signers' keys, decompressed once.
+    keys: KeyCache,
 }
 
 impl Checker {
     pub fn new(progress: Box<dyn FnMut(u64) + Send>) -> Checker {
-        Checker { prev: None, ids: HashMap::new(), pending: Vec::new(), progress }
+        Checker { prev: None, ids: HashMap::new(), pending: Vec::new(), progress, keys: KeyCache::default() }
     }
 
     pub fn push(&mut self, entry: Entry) -> Result<(), Bad> {
         let seq = entry.seq;
         entry.check_after(self.prev).map_err(|e| Bad { seq: e.seq(), why: e.to_string() })?;
-        let opened = Opened::open(entry.envelope).map_err(|r| Bad { seq, why: format!("envelope: {r}") })?;
+        let opened = Opened::open_with(entry.envelope, &mut self.keys).map_err(|r| Bad { seq, why: format!("envelope: {r}") })?;
         let event = Event::decode(&opened.payload).map_err(|r| Bad { seq, why: format!("event: {r}") })?;
         let digest = blake3::hash(event.id.as_str().as_bytes());
         let mut id = [0u8; 16];

@@ -120,6 +120,8 @@ pub struct Ledger {
     taken: bool,
     /// The genesis authority, which a saved state must name.
     authority: ActorKey,
+    /// Signers' keys, decompressed once, for replay.
+    keys: KeyCache,
 }
 
 impl Ledger {
@@ -165,6 +167,7 @@ impl Ledger {
             replayed: 0,
             taken: false,
             authority: authority.clone(),
+            keys: KeyCache::default(),
         };
         let store = ledger.store.clone();
         let started = std::time::Instant::now();
@@ -304,7 +307,7 @@ impl Ledger {
         let mut opened = Vec::with_capacity(chunk.len());
         for entry in chunk {
             entry.check_after(head).map_err(StoreError::from)?;
-            opened.push(Opened::open(entry.envelope.clone()).map_err(|r| OpenError::Replay { seq: entry.seq, why: r.to_string() })?);
+            opened.push(Opened::open_with(entry.envelope.clone(), &mut self.keys).map_err(|r| OpenError::Replay { seq: entry.seq, why: r.to_string() })?);
             head = Some((entry.seq, entry.hash));
         }
         // Signatures are verified as a batch: about half the cost.
