@@ -217,6 +217,38 @@ mod tests {
     }
 
     #[test]
+    fn a_small_order_key_is_refused_even_where_batch_verification_passes() {
+        // The identity point as a key, and a "signature" with R = B and
+        // s = 1: [s]B = R + [k]A holds for every message, so batch
+        // verification (which accepts small-order keys) passes it; strict
+        // verification refuses it. One of these in a batch must not pass.
+        let identity = {
+            let mut b = [0u8; 32];
+            b[0] = 1;
+            b
+        };
+        let (key, weak) = KeyCache::default().key(identity).unwrap();
+        assert!(weak, "the identity point is of small order");
+        let mut sig = [0x66u8; 64];
+        sig[0] = 0x58; // the base point, compressed
+        sig[32..].copy_from_slice(&{
+            let mut one = [0u8; 32];
+            one[0] = 1;
+            one
+        });
+        let sig = EdSignature::from_bytes(&sig);
+        let payload = br#"{"id":"forged"}"#.to_vec();
+        let message = pae(PAYLOAD_TYPE, &payload);
+        assert!(ed25519_dalek::verify_batch(&[message.as_slice()], &[sig], &[key]).is_ok(), "batch verification alone passes it");
+        let kp = nkeys::KeyPair::new_user();
+        let good = Opened::open(sign(&kp, b"{\"n\":1}").unwrap()).unwrap();
+        let forged = Opened { raw: Vec::new(), payload, signer: kp.public_key().parse().unwrap(), key, weak, sig };
+        let verdicts = Opened::verify_all(&[good.clone(), forged, good]);
+        assert!(verdicts[0].is_ok() && verdicts[2].is_ok());
+        assert_eq!(verdicts[1].as_ref().unwrap_err().code, Code::BadSignature);
+    }
+
+    #[test]
     fn pae_matches_dsse_spec_example() {
         // From the DSSE protocol document.
         assert_eq!(pae("http://example.com/HelloWorld", b"hello world"), b"DSSEv1 29 http://example.com/HelloWorld 11 hello world".to_vec());
