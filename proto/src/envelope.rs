@@ -63,10 +63,10 @@ pub fn sign(key: &nkeys::KeyPair, payload: &[u8]) -> Result<Vec<u8>, SignError> 
 }
 
 /// Decompressed public keys by their bytes, each with whether it is weak
-/// (of small order). Decompressing a point costs about as much as a third
-/// of a verification, and so does asking whether it is weak (a field
-/// inversion); actors are few and sign many events, so a verifier keeps
-/// one of these and pays both once per key.
+/// (of small order, which batch verification would accept). Decompressing
+/// a point costs about as much as a third of a verification; actors are
+/// few and sign many events, so a verifier keeps one of these and pays it
+/// once per key.
 #[derive(Default)]
 pub struct KeyCache(HashMap<[u8; 32], (VerifyingKey, bool)>);
 
