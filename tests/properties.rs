@@ -5,6 +5,7 @@
 //! one, and replay is deterministic.
 
 use custody_ledger::model::Model;
+use custody_projection::view::origin;
 use custody_projection::view::State;
 use custody_proto::{Code, Entry, Event, Timestamp};
 use nkeys::KeyPair;
@@ -185,6 +186,32 @@ fn replay(entries: &[Entry]) -> State {
     s
 }
 
+/// [`replay`] onto the projection's store with the smallest cache,
+/// checkpoints written whenever it asks, and the store closed and opened
+/// again from its checkpoint halfway.
+fn replay_stored(entries: &[Entry]) -> (tempfile::TempDir, custody_projection::store::Store, State) {
+    use custody_projection::store::{Budget, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let budget = Budget { cache_mb: 0 };
+    let mut store = Store::open(dir.path(), budget).unwrap();
+    let mut s = store.load().unwrap();
+    for (i, e) in entries.iter().enumerate() {
+        assert!(s.apply(e).unwrap(), "entry {} applied", e.seq);
+        if s.wants_checkpoint() || i == entries.len() / 2 {
+            store.save(&s).unwrap();
+            s.saved();
+        }
+        if i == entries.len() / 2 {
+            drop(s);
+            drop(store);
+            store = Store::open(dir.path(), budget).unwrap();
+            s = store.load().unwrap();
+        }
+        assert!(s.failure().is_none());
+    }
+    (dir, store, s)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
 
@@ -220,6 +247,18 @@ proptest! {
         let again = replay(&w.entries);
         prop_assert_eq!(custody_projection::service::digest(&again), custody_projection::service::digest(&state));
         prop_assert!(again == state);
+        // On disk behind the smallest cache (checkpoints as it fills, the
+        // store closed and opened again halfway), the same state and the
+        // same answers as all in memory.
+        let (_dir, _store, stored) = replay_stored(&w.entries);
+        prop_assert_eq!(custody_projection::service::digest(&stored), custody_projection::service::digest(&state));
+        for (id, lot) in state.lots.iter() {
+            let there = stored.lots.get(&id);
+            prop_assert!(there.is_some(), "lot {} is in the store", id);
+            let there = there.unwrap();
+            prop_assert_eq!(origin(&stored.answerable(&there)), origin(&state.answerable(&lot)), "lot {}", id);
+        }
+        prop_assert!(stored == state);
     }
 
     #[test]

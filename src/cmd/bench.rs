@@ -129,6 +129,9 @@ enum What {
     Replay {
         #[arg(long, default_value_t = 1_000_000)]
         entries: usize,
+        /// The projection's cache, in MiB (`custody projection --cache-mb`).
+        #[arg(long, default_value_t = 512)]
+        cache_mb: usize,
     },
 }
 
@@ -173,8 +176,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             super::bench_start::start(entries, keep)?;
             return Ok(ExitCode::SUCCESS);
         }
-        What::Replay { entries } => {
-            super::bench_read::replay(entries).await?;
+        What::Replay { entries, cache_mb } => {
+            super::bench_read::replay(entries, cache_mb).await?;
             return Ok(ExitCode::SUCCESS);
         }
     };

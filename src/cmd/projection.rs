@@ -17,6 +17,11 @@ pub struct Args {
     /// ...or this many seconds after the last one, if any entry came since.
     #[arg(long, global = true, env = "CUSTODY_SNAPSHOT_SECS", default_value_t = 60)]
     snapshot_secs: u64,
+    /// Memory for the state's cache, in MiB: the projection's resident
+    /// size, whatever the length of the history (the rest is on disk). 0:
+    /// the smallest cache there is (16 records a table), for tests.
+    #[arg(long, global = true, env = "CUSTODY_CACHE_MB", default_value_t = 512)]
+    cache_mb: usize,
     #[command(flatten)]
     ops: custody::ops::OpsArgs,
     #[command(subcommand)]
@@ -36,6 +41,7 @@ pub async fn run(nats: &str, a: Args) -> anyhow::Result<ExitCode> {
     let mut config = custody_projection::Config::new(nats, a.data, custody::client::identity());
     config.snapshot_every = a.snapshot_every.max(1);
     config.snapshot_interval = std::time::Duration::from_secs(a.snapshot_secs);
+    config.cache_mb = a.cache_mb;
     match a.action {
         None => {
             a.ops.start(vec![config.health.clone()], &[&config.data_dir]).await?;

@@ -283,6 +283,9 @@ impl System {
         cmd.args(["projection", "--nats", &self.nats.url, "--data"])
             .arg(self.projection_dir())
             .env("CUSTODY_LOG", "warn,custody_projection=info")
+            // The smallest cache: every test's state is larger than it, so
+            // lots are evicted and read back from the store all the time.
+            .env("CUSTODY_CACHE_MB", "0")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -17,16 +17,16 @@ use crate::rules::{imitated_preset, is_preset, RuleSet, PRESETS};
 use crate::view::{self, Lot, State};
 
 /// The lot and every ancestor, by id.
-fn lineage<'a>(state: &'a State, lot: &'a Lot) -> Vec<&'a Lot> {
+fn lineage<'a>(state: &'a State, lot: &'a Lot) -> Vec<std::borrow::Cow<'a, Lot>> {
     let mut seen = HashSet::new();
-    let mut todo = vec![lot];
+    let mut todo = vec![std::borrow::Cow::Borrowed(lot)];
     let mut out = Vec::new();
     while let Some(l) = todo.pop() {
-        if !seen.insert(l.lot.as_str()) {
+        if !seen.insert(l.lot.clone()) {
             continue;
         }
+        todo.extend(l.parents.iter().filter_map(|p| state.lots.get(p)));
         out.push(l);
-        todo.extend(l.parents.iter().filter_map(|p| state.lots.get(p).map(|b| &**b)));
     }
     out
 }
@@ -130,11 +130,11 @@ pub fn verify(cert: &OriginCertificate, ledger_key: &str, insist: &[String]) -> 
             None
         }
         Some(lot) => {
-            let ids: HashSet<&str> = lineage(&state, lot).iter().map(|l| l.lot.as_str()).collect();
-            for gap in state.gaps.iter().filter(|g| g.lot.as_deref().is_none_or(|l| ids.contains(l))) {
+            let ids: HashSet<String> = lineage(&state, &lot).into_iter().map(|l| l.lot.clone()).collect();
+            for gap in state.gaps.iter().filter(|g| g.lot.as_ref().is_none_or(|l| ids.contains(l))) {
                 findings.push(Finding::new(Check::MissingAncestor, format!("entry {} {}: part of the lot's history is missing", gap.seq, gap.why)));
             }
-            Some(recompute(cert, &state, lot, insist, &mut findings, &mut rule_sets))
+            Some(recompute(cert, &state, &lot, insist, &mut findings, &mut rule_sets))
         }
     };
     let mut rules: Vec<String> = cert.rules.iter().map(|r| r.name.clone()).collect();

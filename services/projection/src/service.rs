@@ -82,6 +82,9 @@ pub struct Config {
     /// has caught up with the committed stream. Its name labels the
     /// projection's metrics.
     pub health: Health,
+    /// Memory for the state's cache, in MiB: what the projection holds
+    /// resident, whatever the length of the history.
+    pub cache_mb: usize,
 }
 
 impl Config {
@@ -89,7 +92,11 @@ impl Config {
     /// snapshot every 1,000,000 entries or 60 seconds.
     pub fn new(nats_url: impl Into<String>, data_dir: PathBuf, nkey: Option<String>) -> Config {
         let health = Health::new("projection", &data_dir.display().to_string());
-        Config { nats_url: nats_url.into(), data_dir, nkey, snapshot_every: 1_000_000, snapshot_interval: Duration::from_secs(60), health }
+        Config { nats_url: nats_url.into(), data_dir, nkey, snapshot_every: 1_000_000, snapshot_interval: Duration::from_secs(60), health, cache_mb: 512 }
+    }
+
+    pub fn budget(&self) -> crate::store::Budget {
+        crate::store::Budget { cache_mb: self.cache_mb }
     }
 }
 
@@ -110,9 +117,10 @@ type Shared = Arc<RwLock<State>>;
 
 /// Runs until `shutdown`, or until the stream shows a gap or a broken chain.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ProjectionError> {
-    let store = Store::open(&config.data_dir).map_err(|source| ProjectionError::Open { dir: config.data_dir.clone(), source })?;
+    let store = Store::open(&config.data_dir, config.budget()).map_err(|source| ProjectionError::Open { dir: config.data_dir.clone(), source })?;
+    let store = Arc::new(store);
     let state = store.load()?;
-    tracing::info!(checkpoint = ?state.checkpoint.map(|c| c.0), lots = state.lots.len(), "projection snapshot loaded; replaying the stream from its checkpoint");
+    tracing::info!(checkpoint = ?state.checkpoint.map(|c| c.0), lots = state.lots.len(), "projection store opened; following the stream from its checkpoint");
     let state: Shared = Arc::new(RwLock::new(state));
     let client = custody_wire::connect::connect(&config.nats_url, "custody-projection", config.nkey.as_deref()).await?;
 
@@ -126,7 +134,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     meters.applied(state.read().checkpoint.map_or(0, |c| c.0));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(client.clone(), state.clone(), meters.clone()));
-    tasks.spawn(follow_stream(Reader::ledger(&reading), store, state.clone(), None, Cadence::from(&config), meters.clone()));
+    tasks.spawn(follow_stream(Reader::ledger(&reading), store.clone(), state.clone(), None, Cadence::from(&config), meters.clone()));
     let lag = meters.lag.clone();
     tasks.spawn(custody_wire::health::watch_lag(Reader::ledger(&reading), health.clone(), move |n| lag.set(n as f64)).map(|()| Ok(())));
     tasks.spawn(async move { custody_wire::health::answer_status(client, health).await.map_err(|e| ProjectionError::Serve(e.to_string())) });
@@ -142,37 +150,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if result.is_ok() {
         // A clean stop: what is applied is saved, so the next start
         // replays nothing it had.
-        let store = Store::open(&config.data_dir)?;
         let took = snapshot(&store, &state)?;
-        tracing::info!(ms = took.as_millis() as u64, "stopped; the next start begins from this snapshot");
+        tracing::info!(ms = took.as_millis() as u64, "stopped; the next start begins from this checkpoint");
     }
     result
 }
 
 /// Replays the committed stream from seq 1 into an emptied store, up to the
-/// stream's current end, writes its snapshot, and returns the final
+/// stream's current end, writes its checkpoint, and returns the final
 /// `(seq, digest)`.
 pub async fn rebuild(config: Config) -> Result<(u64, String), ProjectionError> {
-    let dir = config.data_dir.clone();
-    let state = replay(config).await?;
-    Store::open(&dir)?.save(&state)?;
+    let (store, state) = replay(config).await?;
+    let state: Shared = Arc::new(RwLock::new(state));
+    snapshot(&store, &state)?;
+    let state = state.read();
     Ok((state.checkpoint.map_or(0, |c| c.0), digest(&state)))
 }
 
-/// [`rebuild`] without the last snapshot and the digest: the replayed
-/// state (snapshots along the way as the config says).
-pub async fn replay(config: Config) -> Result<State, ProjectionError> {
-    let store = Store::open(&config.data_dir)?;
-    store.clear()?;
+/// [`rebuild`] without the last checkpoint and the digest: the replayed
+/// state, on its store (checkpoints along the way as the config and the
+/// cache say).
+pub async fn replay(config: Config) -> Result<(Arc<Store>, State), ProjectionError> {
+    let store = Arc::new(Store::open_empty(&config.data_dir, config.budget())?);
     let client = custody_wire::connect::connect(&config.nats_url, "custody-projection-replay", config.nkey.as_deref()).await?;
     let reader = Reader::ledger(&client);
     let end = reader.last_seq().await?;
-    let state: Shared = Arc::new(RwLock::new(State::default()));
-    follow_stream(reader, store, state.clone(), Some(end), Cadence::from(&config), Meters::new(&config.health)).await?;
+    let state: Shared = Arc::new(RwLock::new(store.load()?));
+    follow_stream(reader, store.clone(), state.clone(), Some(end), Cadence::from(&config), Meters::new(&config.health)).await?;
     // The follower is done with it: no copy of a state of millions of lots.
     match Arc::try_unwrap(state) {
-        Ok(lock) => Ok(lock.into_inner()),
-        Err(shared) => Ok(shared.read().clone()),
+        Ok(lock) => Ok((store, lock.into_inner())),
+        Err(_) => Err(ProjectionError::Ended),
     }
 }
 
@@ -189,8 +197,8 @@ pub fn digest(state: &State) -> String {
     if let Some((seq, hash)) = state.checkpoint {
         add("m", &seq.to_string(), hash.0.to_vec());
     }
-    for (k, v) in &state.lots {
-        add("l", k, serde_json::to_vec(v).unwrap_or_default());
+    for (k, v) in state.lots.iter() {
+        add("l", &k, serde_json::to_vec(&*v).unwrap_or_default());
     }
     for (k, v) in &state.actors {
         add("a", k, serde_json::to_vec(v).unwrap_or_default());
@@ -205,7 +213,7 @@ pub fn digest(state: &State) -> String {
 }
 
 /// Applies `entries` in order, [`SLICE`] at a time under the write lock;
-/// returns the last seq applied.
+/// returns the last seq applied. Halts if the store could not be read.
 fn apply_all(state: &Shared, entries: &[custody_proto::Entry]) -> Result<u64, ProjectionError> {
     let mut last = 0;
     for slice in entries.chunks(SLICE) {
@@ -215,6 +223,9 @@ fn apply_all(state: &Shared, entries: &[custody_proto::Entry]) -> Result<u64, Pr
             last = entry.seq;
             custody_wire::crashpoint::reached("projection.apply");
         }
+        if let Some(why) = s.failure() {
+            return Err(StoreError::Read(why.to_owned()).into());
+        }
         // Hands the lock to the queries waiting for it, if any, before
         // taking it again for the next slice: a writer that took it back
         // at once would keep them waiting for the whole batch.
@@ -223,16 +234,26 @@ fn apply_all(state: &Shared, entries: &[custody_proto::Entry]) -> Result<u64, Pr
     Ok(last)
 }
 
-/// Writes a snapshot of the shared state; returns how long it took. The
-/// follower is the state's only writer: while it writes the snapshot
-/// under a read lock, queries read alongside and nothing waits for the
-/// file.
+/// Writes a checkpoint of the shared state (the records changed since the
+/// last one); returns how long it took. The follower is the state's only
+/// writer: it writes the checkpoint under a read lock, queries reading
+/// alongside, then takes the write lock only to mark the records saved.
 fn snapshot(store: &Store, state: &Shared) -> Result<Duration, ProjectionError> {
-    let s = state.read();
     let t = Instant::now();
-    tokio::task::block_in_place(|| store.save(&s))?;
+    {
+        let s = state.read();
+        tokio::task::block_in_place(|| store.save(&s))?;
+    }
+    let mut s = state.write();
+    s.saved();
     let took = t.elapsed();
-    tracing::info!(seq = s.checkpoint.map_or(0, |c| c.0), lots = s.lots.len(), ms = took.as_millis() as u64, "projection snapshot written");
+    tracing::info!(
+        seq = s.checkpoint.map_or(0, |c| c.0),
+        lots = s.lots.len(),
+        cached = s.lots.cached(),
+        ms = took.as_millis() as u64,
+        "projection checkpoint written"
+    );
     Ok(took)
 }
 
@@ -253,7 +274,7 @@ impl Drop for AbortOnDrop {
 /// follower goes on by itself, as it does when a snapshot cannot be
 /// written (reported, tried again later). A broken chain is an error. With `until`,
 /// ends there (the caller writes the last snapshot).
-async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Option<u64>, cadence: Cadence, meters: Meters) -> Result<(), ProjectionError> {
+async fn follow_stream(reader: Reader, store: Arc<Store>, state: Shared, until: Option<u64>, cadence: Cadence, meters: Meters) -> Result<(), ProjectionError> {
     let after = state.read().checkpoint;
     if until.is_some_and(|u| after.map_or(0, |a| a.0) >= u) {
         return Ok(());
@@ -270,6 +291,7 @@ async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Optio
     let mut since_snapshot = 0u64;
     let mut last_snapshot = Instant::now();
     let mut snapshot_cost = Duration::ZERO;
+    let mut failed_at: Option<Instant> = None;
     loop {
         let batch = match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
             Ok(Some(batch)) => Some(batch),
@@ -302,11 +324,16 @@ async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Optio
         let since_last = last_snapshot.elapsed();
         let by_count = since_snapshot >= cadence.every;
         let by_time = since_snapshot > 0 && since_last >= cadence.interval;
-        if (by_count || by_time) && since_last >= snapshot_cost * 10 {
+        // The cache holds as many unsaved records as it may: a checkpoint
+        // now (unless the last one failed within the second), so that
+        // saved ones can be evicted.
+        let full = state.read().wants_checkpoint() && failed_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if ((by_count || by_time) && since_last >= snapshot_cost * 10) || full {
             match snapshot(&store, &state) {
                 Ok(took) => {
                     snapshot_cost = took;
                     since_snapshot = 0;
+                    failed_at = None;
                 }
                 // A rebuild must end with its snapshot written.
                 Err(e) if until.is_some() => return Err(e),
@@ -315,6 +342,7 @@ async fn follow_stream(reader: Reader, store: Store, state: Shared, until: Optio
                 // (the log, `custody_projection_snapshot_failures_total`)
                 // and tries again after the interval.
                 Err(e) => {
+                    failed_at = Some(Instant::now());
                     tracing::error!(error = %e, "cannot write the projection's snapshot; still answering, trying again later");
                     metrics::counter!("custody_projection_snapshot_failures_total", "service" => meters.health.name()).increment(1);
                 }
@@ -450,13 +478,13 @@ fn answer_or_error(state: &State, subject: &str, body: &[u8]) -> Result<Value, V
     if subject != subjects::QUERY_ADMISSIBILITY {
         let LotQuery { lot } = query(body)?;
         let lot = lot_of(&lot)?;
-        return Ok(if subject == subjects::QUERY_ORIGIN { view::origin(&state.answerable(lot)) } else { genealogy(state, lot) });
+        return Ok(if subject == subjects::QUERY_ORIGIN { view::origin(&state.answerable(&lot)) } else { genealogy(state, &lot) });
     }
     let AdmissibilityQuery { lot, rules, date } = query(body)?;
     let lot = lot_of(&lot)?;
     let date = parse_date(date)?;
     let set = rule_set(&rules)?;
-    Ok(view::admissibility(&state.answerable(lot), &set, date))
+    Ok(view::admissibility(&state.answerable(&lot), &set, date))
 }
 
 /// Longest search text, in characters.
@@ -485,8 +513,8 @@ fn search(state: &State, q: &str) -> Result<Value, Value> {
             }
         }
     }
-    let named = state.references.get(&view::fold(q)).map(Vec::as_slice).unwrap_or_default();
-    for n in named {
+    let named = state.references.get(&view::fold(q)).map(std::borrow::Cow::into_owned).unwrap_or_default();
+    for n in &named {
         // One line per lot and entry: a verification that names its
         // report by the same number matches as both.
         match found.iter_mut().find(|(l, _, seq)| *l == n.lot && *seq == n.seq) {
@@ -507,7 +535,7 @@ fn search(state: &State, q: &str) -> Result<Value, Value> {
                 "state": lot.state,
                 "carats": lot.carats,
                 "consumed": lot.consumed,
-                "made_into": made_into(state, lot),
+                "made_into": made_into(state, &lot),
             }))
         })
         .collect();
@@ -570,8 +598,8 @@ fn lots(state: &State, q: LotsQuery, holder: Option<&str>) -> Result<Value, Valu
     };
     let (from, to) = (day(&q.from)?, day(&q.to)?);
     let range = match q.after.as_deref() {
-        Some(after) => state.lots.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
-        None => state.lots.range::<str, _>(..),
+        Some(after) => state.lots.range(std::ops::Bound::Excluded(after)),
+        None => state.lots.range(std::ops::Bound::Unbounded),
     };
     let mut range = range.peekable();
     let (mut found, mut scanned, mut next) = (Vec::new(), 0usize, None);
@@ -584,7 +612,7 @@ fn lots(state: &State, q: LotsQuery, holder: Option<&str>) -> Result<Value, Valu
             && from.is_none_or(|f| lot.created.date >= f)
             && to.is_none_or(|t| lot.created.date <= t);
         let judged = match (&verdict, passes) {
-            (Some((set, date, _)), true) => Some(view::admissibility(&state.answerable(lot), set, *date)["verdict"].clone()),
+            (Some((set, date, _)), true) => Some(view::admissibility(&state.answerable(&lot), set, *date)["verdict"].clone()),
             _ => None,
         };
         if passes && verdict.as_ref().is_none_or(|(.., v)| judged.as_ref().is_some_and(|j| j == v.as_str())) {
@@ -615,23 +643,23 @@ fn lots(state: &State, q: LotsQuery, holder: Option<&str>) -> Result<Value, Valu
 fn made_into(state: &State, lot: &view::Lot) -> Vec<String> {
     let mut out = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
-    let mut todo: std::collections::VecDeque<&str> = lot.children.iter().map(String::as_str).collect();
+    let mut todo: std::collections::VecDeque<String> = lot.children.iter().cloned().collect();
     while let Some(id) = todo.pop_front() {
-        if out.len() >= MAX_MADE_INTO || !seen.insert(id) {
+        if out.len() >= MAX_MADE_INTO || !seen.insert(id.clone()) {
             continue;
         }
-        let Some(child) = state.lots.get(id) else { continue };
+        let Some(child) = state.lots.get(&id) else { continue };
         if child.consumed {
-            todo.extend(child.children.iter().map(String::as_str));
+            todo.extend(child.children.iter().cloned());
         } else {
-            out.push(id.to_owned());
+            out.push(id);
         }
     }
     out
 }
 
-fn lot_of<'a>(state: &'a State, id: &str) -> Result<&'a view::Lot, Value> {
-    state.lots.get(id).map(|b| &**b).ok_or_else(|| {
+fn lot_of<'a>(state: &'a State, id: &str) -> Result<std::borrow::Cow<'a, view::Lot>, Value> {
+    state.lots.get(id).ok_or_else(|| {
         let shown = custody_proto::ids::truncate(id);
         error(AnswerCode::UnknownLot, format!("lot {shown:?} is not in the projection (up to seq {})", state.checkpoint.map_or(0, |c| c.0)))
     })
@@ -674,7 +702,7 @@ fn certificate(state: &State, q: CertificateQuery) -> Result<Value, Value> {
     if q.rules.is_empty() || q.rules.len() > MAX_CERTIFICATE_RULES {
         return Err(error(AnswerCode::InvalidRules, format!("a certificate is made under 1 to {MAX_CERTIFICATE_RULES} rule sets")));
     }
-    let answerable = state.answerable(lot);
+    let answerable = state.answerable(&lot);
     let mut rules = Vec::new();
     let mut admissibility = Vec::new();
     for r in &q.rules {
@@ -683,7 +711,7 @@ fn certificate(state: &State, q: CertificateQuery) -> Result<Value, Value> {
         admissibility.push(view::admissibility(&answerable, &set, date));
         rules.push(json!({"name": set.name, "text": text}));
     }
-    let seqs = crate::certificate::history(state, lot);
+    let seqs = crate::certificate::history(state, &lot);
     Ok(json!({
         "lot": lot.lot,
         "date": date.to_string(),
@@ -715,8 +743,8 @@ fn genealogy(state: &State, lot: &view::Lot) -> Value {
                 break;
             }
             if let Some(l) = state.lots.get(&id) {
-                out.push(node(l));
-                queue.extend(next(l));
+                out.push(node(&l));
+                queue.extend(next(&l));
             }
         }
         (out, truncated)

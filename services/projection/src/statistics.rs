@@ -159,7 +159,7 @@ fn in_custody(state: &State) -> Value {
     let mut holders = BTreeSet::new();
     for lot in state.lots.values().filter(|l| !l.consumed) {
         let h = u128::from(lot.carats.hundredths());
-        holders.insert(lot.holder.as_str());
+        holders.insert(lot.holder.clone());
         total += h * PARTS;
         for (part, portion) in lot.composition.parts() {
             let parts = (&portion.share * num_rational::BigRational::from_integer(PARTS.into())).floor().to_integer().to_u128().unwrap_or(0);

@@ -1,277 +1,674 @@
-//! The projection's own store: whole snapshots of its state, the only
-//! module that knows how the state is kept on disk.
+//! The projection's own store: where its state lives on disk, and the
+//! bounded cache in front of it. The only module that knows how (fjall).
 //!
-//! A snapshot is one file, `snapshot-<seq>.json`, named by the seq it
-//! reflects and written whole or not at all (`files::write_whole_with`:
-//! a temporary file, fsynced, renamed, the folder fsynced). Inside: a
-//! header line `{"format","version","seq","hash"}` (the checkpoint), one
-//! line with every record, and a last line `blake3 <hex>` over everything
-//! before it. Loading takes the newest snapshot whose checksum and records
-//! check, and falls back to the one before, then to nothing (a full
-//! replay): a damaged or truncated file is never served. The two newest
-//! are kept.
+//! The two tables that grow with history, lots and the numbers on papers
+//! ([`State::lots`], [`State::references`]), are [`Table`]s: a record per
+//! key in an LSM tree (fjall), the ones in use cached in memory up to a
+//! budget set by `--cache-mb`. Everything else (actors, shipments in
+//! transit, yields, the flows, the flags' index) is small and kept whole
+//! in memory, and on disk as one `meta` record.
 //!
-//! Why snapshots and not records (the projection kept one sled record per
-//! touched lot, saved with every chunk, until issue 14): writing records
-//! cost 14.5 µs of each entry's 27 µs at replay (docs/BENCHMARKS.md), for
-//! a store that can always be rebuilt from the committed stream. A
-//! snapshot costs one sequential write every `--snapshot-every` entries.
-//! What a crash loses is replayed from the snapshot's checkpoint.
+//! A checkpoint writes every record changed since the last one, and the
+//! meta record with the checkpoint's (seq, hash), in one atomic fjall
+//! batch, then fsyncs the journal: the store is always exactly the state
+//! at some checkpoint, never a mix. A changed record stays in memory until
+//! the checkpoint that writes it (so the cache holds at most
+//! [`DIRTY_SHARE`] of its records unsaved: past that the follower writes a
+//! checkpoint); only saved ones are evicted, least recently used first. A
+//! crash loses what came after the last checkpoint, which is replayed from
+//! the stream. A store that does not open or does not check (another
+//! layout, a meta record that does not parse) is emptied and rebuilt from
+//! seq 1, never served: it is only a projection.
+//!
+//! Why fjall rather than sled, or whole snapshots: docs/BENCHMARKS.md,
+//! "Choosing the projection's on-disk store" (sled's resident memory grows
+//! with the data whatever its cache is told; fjall's stays bounded, and it
+//! writes a lot record in about a microsecond), and ARCHITECTURE.md.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use custody_proto::Hash;
-use custody_wire::files::{self, FileError, Hashing, Mode};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::view::{Actor, Lot, Named, Shipment, State, Yields};
 
-const FORMAT: &str = "custody projection snapshot";
-/// The layout of the records: a snapshot of another layout is skipped at
-/// load, and the projection rebuilds from seq 1 (it is only a projection).
-const VERSION: u32 = 5;
-/// Snapshots kept: the newest and the one before, to fall back to.
-const KEEP: usize = 2;
+const FORMAT: &str = "custody projection store";
+/// The layout of the records: a store of another layout is emptied at
+/// open, and the projection rebuilds from seq 1.
+const VERSION: u32 = 6;
+/// The folder of the LSM tree, under the projection's data folder.
+const TREE: &str = "state";
+/// The key of the meta record.
+const META: &[u8] = b"meta";
+/// Most of a table's cached records that may be unsaved before the
+/// follower writes a checkpoint: a quarter, so that a checkpoint's batch
+/// (the unsaved records, serialized) stays well inside the budget.
+pub const DIRTY_SHARE: usize = 4;
+/// What one cached lot costs resident, for turning `--cache-mb` into a
+/// number of lots: measured about 1,220 B (docs/BENCHMARKS.md), rounded
+/// up for the cache's own bookkeeping.
+const LOT_BYTES: usize = 1_600;
+/// What one cached list of lots a number names costs: most name one lot.
+const NAMED_BYTES: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("projection store: {0}")]
-    File(#[from] FileError),
+    #[error("projection store {}: {source}", dir.display())]
+    Tree {
+        dir: PathBuf,
+        #[source]
+        source: fjall::Error,
+    },
     #[error("projection store {}: {source}", dir.display())]
     Io {
         dir: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("projection store: a record does not serialize: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("projection store: {0}")]
+    Read(String),
 }
 
-/// Why a snapshot was not loaded.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum Damage {
-    #[error("cannot read it: {0}")]
-    Unreadable(String),
-    #[error("it has no checksum line (truncated?)")]
-    NoChecksum,
-    #[error("its checksum does not match its contents")]
-    Checksum,
-    #[error("its records do not parse: {0}")]
-    Records(String),
-    #[error("it is of another format or version")]
-    Format,
+/// How the memory a projection may use is shared: `cache_mb` in all. 0
+/// gives the smallest cache there is ([`MIN_CACHED`] records a table),
+/// which tests use so that every record is evicted and read back often.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub cache_mb: usize,
 }
 
+/// Fewest records a table caches.
+pub const MIN_CACHED: usize = 16;
+
+impl Budget {
+    fn bytes(self) -> usize {
+        self.cache_mb << 20
+    }
+    /// Lots cached: 60 %.
+    fn lots(self) -> usize {
+        (self.bytes() / 10 * 6 / LOT_BYTES).max(MIN_CACHED)
+    }
+    /// Lists of named lots cached: 15 %.
+    fn references(self) -> usize {
+        (self.bytes() / 100 * 15 / NAMED_BYTES).max(MIN_CACHED)
+    }
+    /// fjall's block cache and its write buffers, half each: an eighth
+    /// (the rest is for the allocator's slack and a checkpoint's batch),
+    /// and no less than fjall takes.
+    fn tree(self) -> u64 {
+        (self.bytes() / 8).max(8 << 20) as u64
+    }
+}
+
+/// The small part of the state, kept whole.
 #[derive(Serialize, Deserialize)]
-struct Header {
+struct Meta {
     format: String,
     version: u32,
     seq: u64,
     hash: String,
-}
-
-#[derive(Serialize)]
-struct RecordsRef<'a> {
-    lots: &'a BTreeMap<String, Box<Lot>>,
-    actors: &'a BTreeMap<String, Actor>,
-    shipments: &'a BTreeMap<String, Shipment>,
-    yields: &'a BTreeMap<String, Yields>,
-    references: &'a BTreeMap<String, Vec<Named>>,
-    flows: &'a crate::statistics::Flows,
-}
-
-#[derive(Deserialize)]
-struct Records {
-    lots: BTreeMap<String, Box<Lot>>,
+    lots: usize,
+    references: usize,
     actors: BTreeMap<String, Actor>,
     shipments: BTreeMap<String, Shipment>,
     yields: BTreeMap<String, Yields>,
-    references: BTreeMap<String, Vec<Named>>,
     flows: crate::statistics::Flows,
+    flags: Vec<(u64, String, String)>,
 }
 
+#[derive(Serialize)]
+struct MetaRef<'a> {
+    format: &'static str,
+    version: u32,
+    seq: u64,
+    hash: String,
+    lots: usize,
+    references: usize,
+    actors: &'a BTreeMap<String, Actor>,
+    shipments: &'a BTreeMap<String, Shipment>,
+    yields: &'a BTreeMap<String, Yields>,
+    flows: &'a crate::statistics::Flows,
+    flags: &'a [(u64, String, String)],
+}
+
+/// The projection's store: an LSM tree with a partition per table and one
+/// for the meta record.
 pub struct Store {
     dir: PathBuf,
+    budget: Budget,
+    tree: fjall::Keyspace,
+    lots: fjall::PartitionHandle,
+    references: fjall::PartitionHandle,
+    meta: fjall::PartitionHandle,
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io { dir: dir.to_path_buf(), source })?;
-        // The sled store of a projection before issue 14: rebuilt as
-        // snapshots from the stream, so its files only take room.
-        if dir.join("conf").is_file() && dir.join("db").is_file() {
-            tracing::warn!(dir = %dir.display(), "removing the projection's old sled store; the state is rebuilt from the stream");
-            for name in ["conf", "db", "blobs"] {
-                let path = dir.join(name);
-                let _ = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    /// Opens the store in `dir` (created if need be). One that cannot be
+    /// opened is emptied, with a warning: the state is rebuilt from seq 1.
+    pub fn open(dir: &Path, budget: Budget) -> Result<Store, StoreError> {
+        let io = |source| StoreError::Io { dir: dir.to_path_buf(), source };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        remove_older_layouts(dir);
+        match Store::open_tree(dir, budget) {
+            Ok(store) => Ok(store),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "the projection's store does not open; emptying it, the state is rebuilt from the stream");
+                std::fs::remove_dir_all(dir.join(TREE)).map_err(io)?;
+                Store::open_tree(dir, budget)
             }
-            for e in std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok) {
-                if e.file_name().to_string_lossy().starts_with("snap.") {
-                    let _ = std::fs::remove_file(e.path());
+        }
+    }
+
+    /// Opens the store in `dir` emptied, for a rebuild from seq 1.
+    pub fn open_empty(dir: &Path, budget: Budget) -> Result<Store, StoreError> {
+        match std::fs::remove_dir_all(dir.join(TREE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StoreError::Io { dir: dir.to_path_buf(), source }),
+        }
+        Store::open(dir, budget)
+    }
+
+    fn open_tree(dir: &Path, budget: Budget) -> Result<Store, StoreError> {
+        let tree_err = |source| StoreError::Tree { dir: dir.to_path_buf(), source };
+        let tree = fjall::Config::new(dir.join(TREE))
+            .cache_size(budget.tree() / 2)
+            .max_write_buffer_size(budget.tree() / 2)
+            // Checkpoints fsync themselves; nothing else is written.
+            .manual_journal_persist(true)
+            .open()
+            .map_err(tree_err)?;
+        let part = |name: &str| tree.open_partition(name, fjall::PartitionCreateOptions::default()).map_err(tree_err);
+        let (lots, references, meta) = (part("lots")?, part("references")?, part("meta")?);
+        Ok(Store { dir: dir.to_path_buf(), budget, tree, lots, references, meta })
+    }
+
+    fn tree_error(&self, source: fjall::Error) -> StoreError {
+        StoreError::Tree { dir: self.dir.clone(), source }
+    }
+
+    /// The state at the store's checkpoint, its tables read through the
+    /// cache; an empty state on this store (so a replay from seq 1) if
+    /// there is none, or it does not check (logged, and the store emptied).
+    pub fn load(&self) -> Result<State, StoreError> {
+        let meta = match self.meta.get(META).map_err(|e| self.tree_error(e))? {
+            None => None,
+            Some(bytes) => match serde_json::from_slice::<Meta>(&bytes) {
+                Ok(m) if m.format == FORMAT && m.version == VERSION && Hash::from_hex(&m.hash).is_some() => Some(m),
+                Ok(_) | Err(_) => {
+                    tracing::warn!(dir = %self.dir.display(), "the projection's store is of another layout or does not check; emptying it, the state is rebuilt from the stream");
+                    self.clear()?;
+                    None
+                }
+            },
+        };
+        let mut state = State {
+            lots: Table::on_disk(self.lots.clone(), self.budget.lots(), 0),
+            references: Table::on_disk(self.references.clone(), self.budget.references(), 0),
+            ..State::default()
+        };
+        if let Some(m) = meta {
+            state.checkpoint = Hash::from_hex(&m.hash).map(|h| (m.seq, h));
+            state.lots.len = m.lots;
+            state.references.len = m.references;
+            state.actors = m.actors;
+            state.shipments = m.shipments;
+            state.yields = m.yields;
+            state.flows = m.flows;
+            state.flags = m.flags;
+        }
+        Ok(state)
+    }
+
+    /// Writes a checkpoint of `state` (nothing before the first entry):
+    /// every record changed since the last one and the meta record, in one
+    /// batch, fsynced. Under a read lock: the caller then marks the tables
+    /// saved ([`State::saved`]) once it holds the write lock, the follower
+    /// being the only writer.
+    pub fn save(&self, state: &State) -> Result<(), StoreError> {
+        let Some((seq, hash)) = state.checkpoint else { return Ok(()) };
+        if let Some(source) = custody_wire::crashpoint::failure("projection.checkpoint") {
+            return Err(StoreError::Io { dir: self.dir.clone(), source });
+        }
+        let mut batch = self.tree.batch();
+        for (k, v) in state.lots.unsaved() {
+            batch.insert(&self.lots, k.as_bytes(), serde_json::to_vec(v)?);
+        }
+        for (k, v) in state.references.unsaved() {
+            batch.insert(&self.references, k.as_bytes(), serde_json::to_vec(v)?);
+        }
+        let meta = MetaRef {
+            format: FORMAT,
+            version: VERSION,
+            seq,
+            hash: hash.to_hex(),
+            lots: state.lots.len(),
+            references: state.references.len(),
+            actors: &state.actors,
+            shipments: &state.shipments,
+            yields: &state.yields,
+            flows: &state.flows,
+            flags: &state.flags,
+        };
+        batch.insert(&self.meta, META, serde_json::to_vec(&meta)?);
+        custody_wire::crashpoint::reached("projection.snapshot.writing");
+        batch.commit().map_err(|e| self.tree_error(e))?;
+        self.tree.persist(fjall::PersistMode::SyncAll).map_err(|e| self.tree_error(e))?;
+        custody_wire::crashpoint::reached("projection.snapshot.saved");
+        Ok(())
+    }
+
+    /// The checkpoint the store holds, if any.
+    pub fn checkpoint(&self) -> Result<Option<u64>, StoreError> {
+        let Some(bytes) = self.meta.get(META).map_err(|e| self.tree_error(e))? else { return Ok(None) };
+        Ok(serde_json::from_slice::<Meta>(&bytes).ok().map(|m| m.seq))
+    }
+
+    /// Empties every partition, for a rebuild from seq 1.
+    fn clear(&self) -> Result<(), StoreError> {
+        for part in [&self.lots, &self.references, &self.meta] {
+            let mut batch = self.tree.batch();
+            for key in part.keys() {
+                batch.remove(part, key.map_err(|e| self.tree_error(e))?);
+            }
+            batch.commit().map_err(|e| self.tree_error(e))?;
+        }
+        self.tree.persist(fjall::PersistMode::SyncAll).map_err(|e| self.tree_error(e))
+    }
+
+    /// Bytes on disk.
+    pub fn disk_space(&self) -> u64 {
+        self.tree.disk_space()
+    }
+}
+
+/// Removes what earlier layouts left in the folder (sled's files before
+/// issue 14, whole snapshots before issue 29): the state is rebuilt from
+/// the stream, so they only take room.
+fn remove_older_layouts(dir: &Path) {
+    let old_sled = dir.join("conf").is_file() && dir.join("db").is_file();
+    for e in std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let sled_file = old_sled && (["conf", "db", "blobs"].contains(&name.as_str()) || name.starts_with("snap."));
+        if sled_file || (name.starts_with("snapshot-") && name.ends_with(".json")) {
+            tracing::warn!(path = %e.path().display(), "removing a file of the projection's older layout; the state is rebuilt from the stream");
+            let _ = if e.path().is_dir() { std::fs::remove_dir_all(e.path()) } else { std::fs::remove_file(e.path()) };
+        }
+    }
+}
+
+/// One cached record.
+struct Slot<V> {
+    value: Box<V>,
+    /// When it was last used, by the table's clock.
+    used: AtomicU64,
+    /// Changed since the last checkpoint: kept until one writes it.
+    unsaved: bool,
+}
+
+/// A table of records by key, in key order: all in memory (a certificate's
+/// replay, tests), or on disk behind a cache of at most `capacity` records.
+/// Reading needs only `&self` (queries, under the state's read lock): a
+/// record not cached is read from disk and not kept. Changing needs
+/// `&mut self` (the follower): the record is cached, and unsaved until the
+/// next checkpoint.
+pub struct Table<V> {
+    disk: Option<fjall::PartitionHandle>,
+    cache: BTreeMap<String, Slot<V>>,
+    capacity: usize,
+    len: usize,
+    unsaved: usize,
+    clock: AtomicU64,
+    /// The first read of the disk that failed: the follower halts on it
+    /// rather than go on from a state it could not read.
+    failure: OnceLock<String>,
+}
+
+impl<V> Default for Table<V> {
+    fn default() -> Table<V> {
+        Table { disk: None, cache: BTreeMap::new(), capacity: usize::MAX, len: 0, unsaved: 0, clock: AtomicU64::new(0), failure: OnceLock::new() }
+    }
+}
+
+impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
+    fn on_disk(disk: fjall::PartitionHandle, capacity: usize, len: usize) -> Table<V> {
+        Table { disk: Some(disk), capacity: capacity.max(MIN_CACHED), len, ..Table::default() }
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn fail(&self, why: String) {
+        if self.failure.set(why.clone()).is_ok() {
+            tracing::error!(%why, "the projection cannot read its store");
+        }
+    }
+
+    /// Why a read of the disk failed, if one did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    fn read(&self, key: &str) -> Option<V> {
+        let disk = self.disk.as_ref()?;
+        match disk.get(key.as_bytes()) {
+            Ok(None) => None,
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("record {key:?}: {e}"))).ok(),
+            Err(e) => {
+                self.fail(format!("reading {key:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// How many records.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How many are cached.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// The record under `key`: borrowed from the cache, or read from disk.
+    pub fn get(&self, key: &str) -> Option<Cow<'_, V>> {
+        match self.cache.get(key) {
+            Some(slot) => {
+                slot.used.store(self.tick(), Ordering::Relaxed);
+                Some(Cow::Borrowed(&*slot.value))
+            }
+            None => self.read(key).map(Cow::Owned),
+        }
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.cache.contains_key(key)
+            || self.disk.as_ref().is_some_and(|d| d.contains_key(key.as_bytes()).map_err(|e| self.fail(format!("reading {key:?}: {e}"))).unwrap_or(false))
+    }
+
+    /// The record under `key` to change (cached, unsaved from now on).
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        if !self.cache.contains_key(key) {
+            self.make_room();
+            let value = self.read(key)?;
+            self.cache.insert(key.to_owned(), Slot { value: Box::new(value), used: AtomicU64::new(0), unsaved: false });
+        }
+        let tick = self.tick();
+        let slot = self.cache.get_mut(key)?;
+        *slot.used.get_mut() = tick;
+        if !slot.unsaved {
+            slot.unsaved = true;
+            self.unsaved += 1;
+        }
+        Some(&mut slot.value)
+    }
+
+    /// Sets the record under `key`.
+    pub fn insert(&mut self, key: String, value: V) {
+        match self.get_mut(&key) {
+            Some(old) => *old = value,
+            None => {
+                self.make_room();
+                self.len += 1;
+                self.unsaved += 1;
+                let used = AtomicU64::new(self.tick());
+                self.cache.insert(key, Slot { value: Box::new(value), used, unsaved: true });
+            }
+        }
+    }
+
+    /// The record under `key` to change, made with `Default` if none.
+    pub fn get_or_default(&mut self, key: &str) -> &mut V
+    where
+        V: Default,
+    {
+        if !self.contains_key(key) {
+            self.insert(key.to_owned(), V::default());
+        }
+        self.get_mut(key).expect("just inserted")
+    }
+
+    /// Makes room for one more record by dropping saved ones, least
+    /// recently used first, down to three quarters of the capacity (so
+    /// that it happens once in many inserts). Unsaved records stay: the
+    /// follower writes a checkpoint when they are [`Table::wants_checkpoint`].
+    fn make_room(&mut self) {
+        if self.disk.is_none() || self.cache.len() < self.capacity {
+            return;
+        }
+        let target = self.capacity / 4 * 3;
+        let mut saved: Vec<(u64, &String)> = self.cache.iter().filter(|(_, s)| !s.unsaved).map(|(k, s)| (s.used.load(Ordering::Relaxed), k)).collect();
+        let drop = (self.cache.len() - target).min(saved.len());
+        if drop == 0 {
+            return;
+        }
+        saved.select_nth_unstable(drop - 1);
+        let gone: Vec<String> = saved[..drop].iter().map(|(_, k)| (*k).clone()).collect();
+        for k in gone {
+            self.cache.remove(&k);
+        }
+    }
+
+    /// Enough records are unsaved that the follower should write a
+    /// checkpoint before changing more.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.disk.is_some() && self.unsaved >= self.capacity / DIRTY_SHARE
+    }
+
+    /// The records a checkpoint writes: the unsaved ones, or every one
+    /// for a table that is all in memory.
+    fn unsaved(&self) -> impl Iterator<Item = (&String, &V)> {
+        let all = self.disk.is_none();
+        self.cache.iter().filter(move |(_, s)| all || s.unsaved).map(|(k, s)| (k, &*s.value))
+    }
+
+    /// Marks every record saved, after a checkpoint wrote them.
+    pub fn saved(&mut self) {
+        for slot in self.cache.values_mut() {
+            slot.unsaved = false;
+        }
+        self.unsaved = 0;
+    }
+
+    /// Every record in key order, from the cache where it is there (newer
+    /// than the disk's), from disk otherwise.
+    pub fn iter(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, V>)> + '_ {
+        self.range(Bound::Unbounded)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = Cow<'_, V>> + '_ {
+        self.iter().map(|(_, v)| v)
+    }
+
+    /// The records after `start`, in key order.
+    pub fn range<'a>(&'a self, start: Bound<&str>) -> impl Iterator<Item = (Cow<'a, str>, Cow<'a, V>)> + 'a {
+        let owned = match start {
+            Bound::Included(s) => Bound::Included(s.to_owned()),
+            Bound::Excluded(s) => Bound::Excluded(s.to_owned()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let disk_start = match &owned {
+            Bound::Included(s) => Bound::Included(s.as_bytes().to_vec()),
+            Bound::Excluded(s) => Bound::Excluded(s.as_bytes().to_vec()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let cached = self.cache.range::<str, _>((owned.as_ref().map(String::as_str), Bound::Unbounded)).peekable();
+        let disk: Box<dyn Iterator<Item = fjall::Result<fjall::KvPair>>> = match &self.disk {
+            Some(d) => Box::new(d.range::<Vec<u8>, _>((disk_start, Bound::Unbounded))),
+            None => Box::new(std::iter::empty()),
+        };
+        Merged { table: self, cached, disk: disk.peekable() }
+    }
+}
+
+/// The cache and the disk in key order, the cache's record where both
+/// have one.
+struct Merged<'a, V, C: Iterator<Item = (&'a String, &'a Slot<V>)>, D: Iterator<Item = fjall::Result<fjall::KvPair>>> {
+    table: &'a Table<V>,
+    cached: std::iter::Peekable<C>,
+    disk: std::iter::Peekable<D>,
+}
+
+impl<'a, V: Serialize + DeserializeOwned + Clone + 'a, C: Iterator<Item = (&'a String, &'a Slot<V>)>, D: Iterator<Item = fjall::Result<fjall::KvPair>>> Iterator
+    for Merged<'a, V, C, D>
+{
+    type Item = (Cow<'a, str>, Cow<'a, V>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let on_disk = match self.disk.peek() {
+            None => None,
+            Some(Ok((k, _))) => Some(k.clone()),
+            Some(Err(e)) => {
+                self.table.fail(format!("reading the table in order: {e}"));
+                return None;
+            }
+        };
+        let cached = self.cached.peek().map(|(k, _)| k.as_bytes());
+        match (cached, on_disk.as_deref()) {
+            (None, None) => None,
+            (Some(c), d) if d.is_none_or(|d| c <= d) => {
+                if d == Some(c) {
+                    self.disk.next();
+                }
+                let (k, slot) = self.cached.next()?;
+                Some((Cow::Borrowed(k.as_str()), Cow::Borrowed(&*slot.value)))
+            }
+            _ => {
+                let Some(Ok((k, v))) = self.disk.next() else { return None };
+                let key = String::from_utf8_lossy(&k).into_owned();
+                match serde_json::from_slice(&v) {
+                    Ok(value) => Some((Cow::Owned(key), Cow::Owned(value))),
+                    Err(e) => {
+                        self.table.fail(format!("record {key:?}: {e}"));
+                        None
+                    }
                 }
             }
         }
-        Ok(Store { dir: dir.to_path_buf() })
-    }
-
-    /// The snapshots in the folder, newest first: `(seq, path)`.
-    pub fn snapshots(&self) -> Result<Vec<(u64, PathBuf)>, StoreError> {
-        let listing = std::fs::read_dir(&self.dir).map_err(|source| StoreError::Io { dir: self.dir.clone(), source })?;
-        let mut found: Vec<(u64, PathBuf)> = listing
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                let seq = name.strip_prefix("snapshot-")?.strip_suffix(".json")?.parse().ok()?;
-                Some((seq, e.path()))
-            })
-            .collect();
-        found.sort_by_key(|s| std::cmp::Reverse(s.0));
-        Ok(found)
-    }
-
-    /// The newest snapshot that checks; an empty state (so a replay from
-    /// seq 1) if none does. Each one skipped is logged with why.
-    pub fn load(&self) -> Result<State, StoreError> {
-        for (seq, path) in self.snapshots()? {
-            match read(&path) {
-                Ok(state) => return Ok(state),
-                Err(why) => tracing::warn!(seq, path = %path.display(), %why, "skipping a damaged projection snapshot; falling back to an older one"),
-            }
-        }
-        Ok(State::default())
-    }
-
-    /// Writes a snapshot of `state` (nothing before the first entry), then
-    /// removes all but the newest [`KEEP`].
-    pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        let Some((seq, hash)) = state.checkpoint else { return Ok(()) };
-        let path = self.dir.join(format!("snapshot-{seq:020}.json"));
-        files::write_whole_with(&path, Mode::Shared, |w| {
-            // Buffered above the hasher too: serde writes in pieces of a
-            // few bytes, and blake3 is fast on large ones.
-            let mut h = std::io::BufWriter::with_capacity(1 << 20, Hashing::new(w));
-            let header = Header { format: FORMAT.to_owned(), version: VERSION, seq, hash: hash.to_hex() };
-            serde_json::to_writer(&mut h, &header)?;
-            h.write_all(b"\n")?;
-            let records = RecordsRef {
-                lots: &state.lots,
-                actors: &state.actors,
-                shipments: &state.shipments,
-                yields: &state.yields,
-                references: &state.references,
-                flows: &state.flows,
-            };
-            serde_json::to_writer(&mut h, &records)?;
-            h.write_all(b"\n")?;
-            let (w, sum) = h.into_inner().map_err(|e| e.into_error())?.finish();
-            custody_wire::crashpoint::reached("projection.snapshot.writing");
-            writeln!(w, "blake3 {}", sum.to_hex())
-        })?;
-        custody_wire::crashpoint::reached("projection.snapshot.saved");
-        for (_, old) in self.snapshots()?.into_iter().skip(KEEP) {
-            let _ = std::fs::remove_file(old);
-        }
-        Ok(())
-    }
-
-    /// Removes every snapshot, for a rebuild from seq 1.
-    pub fn clear(&self) -> Result<(), StoreError> {
-        for (_, path) in self.snapshots()? {
-            std::fs::remove_file(&path).map_err(|source| StoreError::Io { dir: self.dir.clone(), source })?;
-        }
-        Ok(())
     }
 }
 
-/// The last line of a snapshot: `blake3 <64 hex>\n`.
-const TRAILER: u64 = 72;
-
-/// One snapshot, checked: checksum, format, records. Read twice, in
-/// pieces, never whole: once for the checksum, once to parse what it
-/// vouched for (a snapshot of ten million lots is about 10 GB).
-pub fn read(path: &Path) -> Result<State, Damage> {
-    use std::io::{BufRead as _, Read as _, Seek as _};
-    let unreadable = |e: std::io::Error| Damage::Unreadable(e.to_string());
-    let mut file = std::fs::File::open(path).map_err(unreadable)?;
-    let body_len = file.metadata().map_err(unreadable)?.len().checked_sub(TRAILER).ok_or(Damage::NoChecksum)?;
-    let mut hasher = blake3::Hasher::new();
-    std::io::copy(&mut std::io::BufReader::with_capacity(1 << 20, (&mut file).take(body_len)), &mut hasher).map_err(unreadable)?;
-    let mut trailer = String::new();
-    file.read_to_string(&mut trailer).map_err(|_| Damage::NoChecksum)?;
-    let sum = trailer.strip_prefix("blake3 ").and_then(|t| t.strip_suffix('\n')).ok_or(Damage::NoChecksum)?;
-    if hasher.finalize().to_hex().as_str() != sum {
-        return Err(Damage::Checksum);
+impl<V: Serialize + DeserializeOwned + Clone + PartialEq> PartialEq for Table<V> {
+    fn eq(&self, other: &Table<V>) -> bool {
+        self.len == other.len && self.iter().zip(other.iter()).all(|(a, b)| a == b)
     }
-    file.rewind().map_err(unreadable)?;
-    let mut body = std::io::BufReader::with_capacity(1 << 20, file.take(body_len));
-    let mut line = Vec::new();
-    body.read_until(b'\n', &mut line).map_err(unreadable)?;
-    let header: Header = serde_json::from_slice(&line).map_err(|_| Damage::Format)?;
-    if header.format != FORMAT || header.version != VERSION {
-        return Err(Damage::Format);
-    }
-    let hash = Hash::from_hex(&header.hash).ok_or(Damage::Format)?;
-    let records: Records = serde_json::from_reader(body).map_err(|e| Damage::Records(e.to_string()))?;
-    let mut state = State {
-        checkpoint: Some((header.seq, hash)),
-        lots: records.lots,
-        actors: records.actors,
-        shipments: records.shipments,
-        yields: records.yields,
-        flags: Vec::new(),
-        gaps: Vec::new(),
-        references: records.references,
-        flows: records.flows,
-    };
-    state.index_flags();
-    Ok(state)
 }
+
+/// A copy all in memory, whatever the original's (tests compare states).
+impl<V: Serialize + DeserializeOwned + Clone> Clone for Table<V> {
+    fn clone(&self) -> Table<V> {
+        let mut copy = Table::default();
+        for (k, v) in self.iter() {
+            copy.insert(k.into_owned(), v.into_owned());
+        }
+        copy
+    }
+}
+
+impl<V> std::fmt::Debug for Table<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Table {{ len: {}, cached: {}, on_disk: {} }}", self.len, self.cache.len(), self.disk.is_some())
+    }
+}
+
+/// The lots of a state.
+pub type Lots = Table<Lot>;
+/// The lots each number on a paper names.
+pub type References = Table<Vec<Named>>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::view::Actor;
 
-    fn state(seq: u64, actors: usize) -> State {
-        let mut s = State { checkpoint: Some((seq, Hash([seq as u8; 32]))), ..State::default() };
-        for i in 0..actors {
-            s.actors.insert(
-                format!("U{i}"),
-                Actor { name: format!("actor {i}"), registered: i as u64 + 1, country: None, roles: Vec::new(), revoked: false, revoked_at: 0 },
-            );
-            // The numbers on papers are kept too (search needs them).
-            s.references.insert(format!("inv-{i}"), vec![Named { lot: format!("L{i}"), seq: i as u64 + 1, what: "invoice".into() }]);
-        }
-        s
+    fn actor(i: usize) -> Actor {
+        Actor { name: format!("actor {i}"), registered: i as u64 + 1, country: None, roles: Vec::new(), revoked: false, revoked_at: 0 }
     }
 
-    #[test]
-    fn the_newest_whole_snapshot_loads_and_a_damaged_one_is_skipped() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.load().unwrap(), State::default(), "nothing yet: replay from seq 1");
-        for (seq, n) in [(10, 1), (20, 2), (30, 3)] {
-            store.save(&state(seq, n)).unwrap();
-        }
-        assert_eq!(store.snapshots().unwrap().iter().map(|s| s.0).collect::<Vec<_>>(), [30, 20], "the two newest are kept");
-        assert_eq!(store.load().unwrap(), state(30, 3));
+    fn named(i: usize) -> Vec<Named> {
+        vec![Named { lot: format!("L{i}"), seq: i as u64 + 1, what: "invoice".into() }]
+    }
 
-        let newest = store.snapshots().unwrap()[0].1.clone();
-        let whole = std::fs::read(&newest).unwrap();
-        // Any byte changed, anywhere, is caught.
-        for at in (0..whole.len()).step_by(7) {
-            let mut bytes = whole.clone();
-            bytes[at] ^= 0x20;
-            std::fs::write(&newest, &bytes).unwrap();
-            assert!(read(&newest).is_err(), "byte {at} changed and not caught");
-            assert_eq!(store.load().unwrap(), state(20, 2), "byte {at}: falls back to the one before");
+    /// A table with a cache far smaller than it: records are evicted once
+    /// saved, read back from disk, changed again; in order, the cache's
+    /// newer record wins; a checkpoint and a reopen give the same table,
+    /// and what came after the checkpoint is not there.
+    #[test]
+    fn a_table_larger_than_its_cache_reads_back_what_was_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Budget { cache_mb: 8 }).unwrap();
+        let mut state = store.load().unwrap();
+        assert_eq!(state, State::default(), "nothing yet: replay from seq 1");
+        state.references.capacity = 100;
+        let mut memory = State::default();
+        for round in 0..3 {
+            for i in 0..1_000 {
+                let key = format!("inv-{:04}", (i * 7 + round * 13) % 1_000);
+                for s in [&mut state, &mut memory] {
+                    s.references.get_or_default(&key).extend(named(i + round));
+                }
+                if state.references.wants_checkpoint() {
+                    state.checkpoint = Some((i as u64, Hash([1; 32])));
+                    store.save(&state).unwrap();
+                    state.saved();
+                }
+                assert!(state.references.cached() <= 101, "round {round}, {i}: {} cached", state.references.cached());
+            }
         }
-        // Cut short anywhere.
-        for len in [0, 1, whole.len() / 2, whole.len() - 1] {
-            std::fs::write(&newest, &whole[..len]).unwrap();
-            assert!(read(&newest).is_err(), "cut at {len} and not caught");
-        }
-        store.clear().unwrap();
+        state.actors.insert("U1".into(), actor(1));
+        memory.actors.insert("U1".into(), actor(1));
+        assert_eq!(state.references.len(), 1_000);
+        assert!(state.references.iter().map(|(k, _)| k.into_owned()).collect::<Vec<_>>().is_sorted());
+        state.checkpoint = Some((5_000, Hash([2; 32])));
+        memory.checkpoint = state.checkpoint;
+        assert_eq!(state, memory, "the same records as a table all in memory");
+        store.save(&state).unwrap();
+        state.saved();
+        // After the checkpoint: lost by a crash.
+        state.references.insert("inv-late".into(), named(9));
+        drop(state);
+        drop(store);
+        let store = Store::open(dir.path(), Budget { cache_mb: 8 }).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded, memory, "reopened at the checkpoint");
+        assert!(loaded.references.get("inv-late").is_none());
+        assert_eq!(store.checkpoint().unwrap(), Some(5_000));
+        // Emptied for a rebuild.
+        drop(loaded);
+        drop(store);
+        let store = Store::open_empty(dir.path(), Budget { cache_mb: 8 }).unwrap();
         assert_eq!(store.load().unwrap(), State::default());
+    }
+
+    /// A meta record that does not check is never served: the store is
+    /// emptied and the projection replays from seq 1.
+    #[test]
+    fn a_meta_record_that_does_not_check_empties_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Budget { cache_mb: 8 }).unwrap();
+        let mut state = store.load().unwrap();
+        state.references.insert("inv-1".into(), named(1));
+        state.checkpoint = Some((1, Hash([1; 32])));
+        store.save(&state).unwrap();
+        for bad in [&b"{\"format\":"[..], b"{}", br#"{"format":"custody projection store","version":5}"#] {
+            store.meta.insert(META, bad).unwrap();
+            let loaded = store.load().unwrap();
+            assert_eq!(loaded, State::default(), "{}", String::from_utf8_lossy(bad));
+            assert!(loaded.references.get("inv-1").is_none(), "the records are gone with it");
+        }
     }
 }

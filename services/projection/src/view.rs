@@ -254,22 +254,21 @@ const MAX_GAPS: usize = 1_000;
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct State {
     pub checkpoint: Option<(u64, Hash)>,
-    /// Boxed: a map node holds eleven slots whether used or not, and a
-    /// lot is half a kilobyte.
-    pub lots: BTreeMap<String, Box<Lot>>,
+    /// In memory, or on disk behind a bounded cache ([`crate::store`]).
+    pub lots: crate::store::Lots,
     pub actors: BTreeMap<String, Actor>,
     pub shipments: BTreeMap<String, Shipment>,
     pub yields: BTreeMap<String, Yields>,
-    /// Every flag, in ledger order: (seq, flagged lot, warning). Derived
-    /// from the lots' `own_flags` (see [`State::index_flags`]).
+    /// Every flag, in ledger order: (seq, flagged lot, warning), as the
+    /// lots' `own_flags` hold them; kept whole (flags are few).
     pub flags: Vec<(u64, String, String)>,
     /// References the applied entries could not resolve (see [`Gap`]).
     pub gaps: Vec<Gap>,
     /// The numbers on papers, as entries name them (an export's
     /// certificate, a document's reference, a verification number), folded
     /// by [`fold`]: the lots each entry named so, for search. Derived from
-    /// the entries, so not in the digest; kept in snapshots.
-    pub references: BTreeMap<String, Vec<Named>>,
+    /// the entries, so not in the digest; kept in the store.
+    pub references: crate::store::References,
     /// The public flows counted so far (see [`crate::statistics`]): derived,
     /// so not in the digest; kept in snapshots.
     pub flows: crate::statistics::Flows,
@@ -409,7 +408,7 @@ impl State {
     /// on: each document's reference, an export's certificate, a
     /// verification's number.
     fn name_references<'a>(&mut self, event: &Event, seq: u64, acted_on: impl Iterator<Item = &'a str>) {
-        let acted_on: Vec<&str> = acted_on.filter(|l| self.lots.contains_key(*l)).collect();
+        let acted_on: Vec<&str> = acted_on.filter(|l| self.lots.contains_key(l)).collect();
         let mut names: Vec<(&str, &str, String)> = Vec::new();
         for d in event.evidence.as_ref().map(Evidence::documents).unwrap_or_default() {
             if let Some(r) = &d.reference {
@@ -419,7 +418,7 @@ impl State {
         match &event.body {
             Body::Exported { certificate, .. } => {
                 for l in &acted_on {
-                    let rough = self.lots.get(*l).is_some_and(|x| x.state == LotState::Rough);
+                    let rough = self.lots.get(l).is_some_and(|x| x.state == LotState::Rough);
                     let what = if rough { "KP certificate (export)" } else { "export declaration" };
                     names.push((certificate.number.as_str(), l, what.to_owned()));
                 }
@@ -428,7 +427,7 @@ impl State {
             _ => {}
         }
         for (reference, lot, what) in names {
-            let list = self.references.entry(fold(reference)).or_default();
+            let list = self.references.get_or_default(&fold(reference));
             if list.len() < MAX_NAMED && !list.iter().any(|n| n.lot == lot && n.seq == seq && n.what == what) {
                 list.push(Named { lot: lot.to_owned(), seq, what });
             }
@@ -748,12 +747,21 @@ impl State {
         }
     }
 
-    /// Rebuilds [`State::flags`] from the lots, after loading them.
-    pub fn index_flags(&mut self) {
-        let mut flags: Vec<(u64, String, String)> =
-            self.lots.values().flat_map(|l| l.own_flags.iter().map(|(seq, text)| (*seq, l.lot.clone(), text.clone()))).collect();
-        flags.sort();
-        self.flags = flags;
+    /// Enough of the tables' cached records are unsaved that a checkpoint
+    /// should be written before more are changed ([`crate::store`]).
+    pub fn wants_checkpoint(&self) -> bool {
+        self.lots.wants_checkpoint() || self.references.wants_checkpoint()
+    }
+
+    /// Marks the tables' records saved, after a checkpoint wrote them.
+    pub fn saved(&mut self) {
+        self.lots.saved();
+        self.references.saved();
+    }
+
+    /// Why the state could not be read from its store, if it could not.
+    pub fn failure(&self) -> Option<&str> {
+        self.lots.failure().or(self.references.failure())
     }
 
     /// A lot as answers see it: with the flags put on its ancestors after
@@ -769,20 +777,20 @@ impl State {
             return std::borrow::Cow::Borrowed(lot);
         }
         // An ancestor made before every candidate cannot descend from one.
-        let oldest = candidates.keys().filter_map(|l| self.lots.get(*l)).map(|l| l.created.seq).min().unwrap_or(0);
+        let oldest = candidates.keys().filter_map(|l| self.lots.get(l)).map(|l| l.created.seq).min().unwrap_or(0);
         let mut seen = BTreeSet::new();
-        let mut todo: Vec<&str> = lot.parents.iter().map(String::as_str).collect();
+        let mut todo: Vec<String> = lot.parents.clone();
         let mut found = Vec::new();
         while let Some(id) = todo.pop() {
-            if !seen.insert(id) {
+            if !seen.insert(id.clone()) {
                 continue;
             }
-            let Some(l) = self.lots.get(id) else { continue };
-            if let Some(texts) = candidates.get(id) {
+            let Some(l) = self.lots.get(&id) else { continue };
+            if let Some(texts) = candidates.get(id.as_str()) {
                 found.extend(texts.iter().copied());
             }
             if l.created.seq >= oldest {
-                todo.extend(l.parents.iter().map(String::as_str));
+                todo.extend(l.parents.iter().cloned());
             }
         }
         if found.is_empty() {
@@ -827,7 +835,7 @@ impl State {
     fn consume(&mut self, lot: &LotId) -> Option<Lot> {
         let l = self.lots.get_mut(lot.as_str())?;
         l.consumed = true;
-        Some((**l).clone())
+        Some(l.clone())
     }
 
     fn link(&mut self, parent: &str, child: &str) {
@@ -837,7 +845,7 @@ impl State {
     }
 
     fn put(&mut self, lot: Lot) {
-        self.lots.insert(lot.lot.clone(), Box::new(lot));
+        self.lots.insert(lot.lot.clone(), lot);
     }
 }
 
@@ -943,7 +951,7 @@ mod tests {
         }
 
         fn answer(&self, lot: &str) -> serde_json::Value {
-            origin(&self.state.answerable(&self.state.lots[lot]))
+            origin(&self.state.answerable(&self.state.lots.get(lot).unwrap()))
         }
     }
 
@@ -958,7 +966,7 @@ mod tests {
         f.apply(&miner, "split", json!({"lot": "R7", "into": [{"lot": "R7a", "carats": "1.00"}, {"lot": "R7b", "carats": "1.00"}]}));
         let before = f.state.lots.clone();
         f.apply(&regulator, "flagged", json!({"lot": "R", "reason": "licence withdrawn"}));
-        let changed: Vec<&String> = f.state.lots.iter().filter(|(k, v)| before.get(*k) != Some(v)).map(|(k, _)| k).collect();
+        let changed: Vec<String> = f.state.lots.iter().filter(|(k, v)| before.get(k).as_ref() != Some(v)).map(|(k, _)| k.into_owned()).collect();
         assert_eq!(changed, ["R"], "a flag rewrites only its lot");
         // Answers are what they were when a flag rewrote every descendant.
         for lot in ["R", "R0", "R499", "R7a"] {
@@ -975,10 +983,14 @@ mod tests {
         f.apply(&regulator, "flagged", json!({"lot": "R8b", "reason": "second look"}));
         assert!(f.answer("R8b")["warnings"].to_string().contains("second look"));
         assert!(!f.answer("R8a")["warnings"].to_string().contains("second look"));
-        // Flags survive a save and load (the index is rebuilt from the lots).
-        let mut loaded = State { flags: Vec::new(), ..f.state.clone() };
-        loaded.index_flags();
+        // Flags survive a checkpoint and a load from the store.
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path(), crate::store::Budget { cache_mb: 8 }).unwrap();
+        store.save(&f.state).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.flags, f.state.flags);
         assert_eq!(loaded, f.state);
+        assert!(origin(&loaded.answerable(&loaded.lots.get("R8a").unwrap()))["warnings"].to_string().contains("licence withdrawn"));
     }
 
     /// The numbers on papers name the lots their entries acted on, however
@@ -998,7 +1010,7 @@ mod tests {
         let export = f.n;
         f.apply(&trader, "imported", json!({"certificate": "RU-2024-0009"}));
         f.apply(&node, "verified", json!({"certificate": "RU-2024-0009", "carats": "10.00", "verification": "ADO-1", "finding": "conforms"}));
-        let named = |q: &str| f.state.references.get(&fold(q)).cloned().unwrap_or_default();
+        let named = |q: &str| f.state.references.get(&fold(q)).map(std::borrow::Cow::into_owned).unwrap_or_default();
         let what = |q: &str| named(q).iter().map(|n| (n.lot.clone(), n.what.clone())).collect::<Vec<_>>();
         assert_eq!(what(" ru-2024-0009 "), [("R1".to_owned(), "KP certificate (export)".to_owned())]);
         assert_eq!(what("INV-0077"), [("R1".to_owned(), "invoice".to_owned())]);
@@ -1046,8 +1058,8 @@ mod tests {
             let a = f.answer(lot);
             assert_eq!(a.pointer(pointer), Some(want), "{lot}{pointer}: {a}");
         }
-        assert!(f.state.lots["L1"].consumed && f.state.lots["L3"].consumed && !f.state.lots["L5"].consumed);
-        assert_eq!(f.state.lots["S1"].holder, cut.public_key());
+        assert!(f.state.lots.get("L1").unwrap().consumed && f.state.lots.get("L3").unwrap().consumed && !f.state.lots.get("L5").unwrap().consumed);
+        assert_eq!(f.state.lots.get("S1").unwrap().holder, cut.public_key());
         // An entry again changes nothing; a gap is refused.
         let last = f.state.checkpoint;
         let stale = Entry { seq: 1, ..Entry::next(None, "2024-11-01T11:00:00Z".parse::<Timestamp>().unwrap(), b"{}".to_vec()) };
@@ -1134,7 +1146,7 @@ mod tests {
         );
         apply(&mut state, &reg, "flagged", t, r, json!({"lot": "L3", "reason": "second look"}));
         apply(&mut state, &auth, "actor.revoked", t, r, json!({"subject": bw.public_key(), "reason": "licence withdrawn"}));
-        assert!(state.lots.len() >= 9, "{:?}", state.lots.keys());
+        assert!(state.lots.len() >= 9, "{:?}", state.lots);
         // Issue 24 keeps which entry revoked an actor and every entry that
         // acts on each lot (a certificate carries them): the logical
         // changes since 24cf50c. Without them the digest is the old one;
@@ -1143,9 +1155,12 @@ mod tests {
         let bw_record = old.actors.get_mut(&bw.public_key()).unwrap();
         assert_eq!(bw_record.revoked_at, 24);
         bw_record.revoked_at = 0;
-        assert_eq!(old.lots["L1"].touched, [7, 9, 11, 13], "mined, exported, imported, merged");
-        assert_eq!(old.lots["L4"].touched, [14, 15, 16, 17, 18], "split off, exported, verified by certificate, imported, cut");
-        old.lots.values_mut().for_each(|l| l.touched.clear());
+        assert_eq!(old.lots.get("L1").unwrap().touched, [7, 9, 11, 13], "mined, exported, imported, merged");
+        assert_eq!(old.lots.get("L4").unwrap().touched, [14, 15, 16, 17, 18], "split off, exported, verified by certificate, imported, cut");
+        let ids: Vec<String> = old.lots.iter().map(|(k, _)| k.into_owned()).collect();
+        for id in ids {
+            old.lots.get_mut(&id).unwrap().touched.clear();
+        }
         assert_eq!(crate::service::digest(&old), "8d71321ddbcc81fbbc33e4eb4fb4fcfb8bf0012950777d78b88f5628fc9f6aae");
         assert_eq!(crate::service::digest(&state), "67c10f1e253e6deaa54f5eb6071a4a120b9057baafffe9b607edf9b461581e26");
     }
