@@ -95,6 +95,13 @@ enum What {
         /// Queries per measurement.
         #[arg(long, default_value_t = 4000)]
         queries: usize,
+        /// Entries of other lots between the stones made first and those
+        /// made last, so that the first are out of the cache.
+        #[arg(long, default_value_t = 0)]
+        lots: u64,
+        /// The projection's cache, in MiB (`custody projection --cache-mb`).
+        #[arg(long, default_value_t = 512)]
+        cache_mb: usize,
     },
     /// Origin certificates by fan-in: time to make and to check one, and
     /// its size, against reading its entries and checking its signatures.
@@ -160,8 +167,8 @@ pub async fn run(a: Args) -> anyhow::Result<ExitCode> {
             verify_cost(signatures, rounds)?;
             return Ok(ExitCode::SUCCESS);
         }
-        What::Query { fan_in, queries } => {
-            super::bench_read::query(&fan_in, queries).await?;
+        What::Query { fan_in, queries, lots, cache_mb } => {
+            super::bench_read::query(&fan_in, queries, lots, cache_mb).await?;
             return Ok(ExitCode::SUCCESS);
         }
         What::Certificate { fan_in, runs } => {

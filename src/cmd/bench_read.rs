@@ -86,21 +86,28 @@ async fn measure(client: &async_nats::Client, subject: &str, body: &Value, n: us
     Ok(json!({"p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "queries_per_s": qps.round()}))
 }
 
-/// Stones whose histories fan in from `fan_ins` mined lots each: mined,
-/// merged a thousand at a time (then the merges), shipped to India, cut into
-/// `STONE-<fan-in>`. Returns the chain and its genesis authority.
+/// Stones whose histories fan in from `fan_ins` mined lots each (see
+/// [`stones`]). Returns the chain and its genesis authority.
 fn fan_in_chain(fan_ins: &[usize]) -> anyhow::Result<(Chain, KeyPair)> {
     let authority = KeyPair::new_user();
-    let (miner, cutter) = (KeyPair::new_user(), KeyPair::new_user());
     let mut chain = Chain::new();
-    chain.register(&authority, &miner, "miner", "RU")?;
-    chain.register(&authority, &cutter, "manufacturer", "IN")?;
+    stones(&mut chain, &authority, fan_ins, "")?;
+    Ok((chain, authority))
+}
+
+/// Appends to `chain` stones whose histories fan in from `fan_ins` mined
+/// lots each: mined, merged a thousand at a time (then the merges),
+/// shipped to India, cut into `<prefix>STONE-<fan-in>`.
+fn stones(chain: &mut Chain, authority: &KeyPair, fan_ins: &[usize], prefix: &str) -> anyhow::Result<()> {
+    let (miner, cutter) = (KeyPair::new_user(), KeyPair::new_user());
+    chain.register(authority, &miner, "miner", "RU")?;
+    chain.register(authority, &cutter, "manufacturer", "IN")?;
     eprintln!("building histories for fan-ins {fan_ins:?}...");
     for &f in fan_ins {
         for i in 0..f {
-            chain.push(&miner, "mined", json!({"lot": format!("F{f}-{i}"), "carats": "1.00", "country": "RU"}))?;
+            chain.push(&miner, "mined", json!({"lot": format!("{prefix}F{f}-{i}"), "carats": "1.00", "country": "RU"}))?;
         }
-        let mut level: Vec<(String, u64)> = (0..f).map(|i| (format!("F{f}-{i}"), 100)).collect();
+        let mut level: Vec<(String, u64)> = (0..f).map(|i| (format!("{prefix}F{f}-{i}"), 100)).collect();
         let mut round = 0;
         while level.len() > 1 {
             let mut next = Vec::new();
@@ -110,7 +117,7 @@ fn fan_in_chain(fan_ins: &[usize]) -> anyhow::Result<(Chain, KeyPair)> {
                     continue;
                 }
                 let total: u64 = group.iter().map(|x| x.1).sum();
-                let into = format!("F{f}-m{round}-{g}");
+                let into = format!("{prefix}F{f}-m{round}-{g}");
                 let lots: Vec<&str> = group.iter().map(|x| x.0.as_str()).collect();
                 chain.push(&miner, "merged", json!({"lots": lots, "into": {"lot": into, "carats": custody_proto::units::show_hundredths(total)}}))?;
                 next.push((into, total));
@@ -122,16 +129,53 @@ fn fan_in_chain(fan_ins: &[usize]) -> anyhow::Result<(Chain, KeyPair)> {
         chain.push(
             &miner,
             "exported",
-            json!({"lots": [top], "to": cutter.public_key(), "to_country": "IN", "certificate": {"number": format!("RU-F{f}"), "value_usd": "1.00"}}),
+            json!({"lots": [top], "to": cutter.public_key(), "to_country": "IN", "certificate": {"number": format!("RU-{prefix}F{f}"), "value_usd": "1.00"}}),
         )?;
-        chain.push(&cutter, "imported", json!({"certificate": format!("RU-F{f}")}))?;
+        chain.push(&cutter, "imported", json!({"certificate": format!("RU-{prefix}F{f}")}))?;
         chain.push(
             &cutter,
             "processed",
-            json!({"lot": top, "process": "cutting_polishing", "country": "IN", "into": [{"lot": format!("STONE-{f}"), "carats": "0.50"}]}),
+            json!({"lot": top, "process": "cutting_polishing", "country": "IN", "into": [{"lot": format!("{prefix}STONE-{f}"), "carats": "0.50"}]}),
         )?;
     }
-    Ok((chain, authority))
+    Ok(())
+}
+
+/// Appends to the stream what `chain` holds, then filler up to `until`
+/// entries in all, 100,000 at a time (so that ten million fit in memory):
+/// mostly lots `<prefix>-<i>` mined by `miners` (registered on the chain
+/// before), and every 100th entry a merge of ten of them.
+async fn fill(js: &jetstream::Context, chain: &mut Chain, miners: &[KeyPair], prefix: &str, until: u64) -> anyhow::Result<()> {
+    let mut i = 0;
+    let mut pending: Vec<Vec<String>> = vec![Vec::new(); miners.len()];
+    while chain.n < until {
+        let m = i % miners.len();
+        if pending[m].len() == 10 {
+            let lots = std::mem::take(&mut pending[m]);
+            chain.push(&miners[m], "merged", json!({"lots": lots, "into": {"lot": format!("{prefix}-m{i}"), "carats": "12.50"}}))?;
+        } else {
+            let lot = format!("{prefix}-{i}");
+            chain.push(&miners[m], "mined", json!({"lot": lot, "carats": "1.25", "country": "BW"}))?;
+            pending[m].push(lot);
+        }
+        i += 1;
+        if chain.entries.len() == 100_000 {
+            custody_ledger::commit::send_all(js, &chain.entries).await?;
+            chain.entries.clear();
+        }
+    }
+    custody_ledger::commit::send_all(js, &chain.entries).await?;
+    chain.entries.clear();
+    Ok(())
+}
+
+/// Eight miners of Botswana, registered on `chain`.
+fn filler_miners(chain: &mut Chain, authority: &KeyPair) -> anyhow::Result<Vec<KeyPair>> {
+    let miners: Vec<KeyPair> = (0..8).map(|_| KeyPair::new_user()).collect();
+    for m in &miners {
+        chain.register(authority, m, "miner", "BW")?;
+    }
+    Ok(miners)
 }
 
 /// A projection over the private stream, caught up to `end`; stopped by
@@ -141,9 +185,11 @@ async fn projection_on(
     client: &async_nats::Client,
     dir: &std::path::Path,
     end: u64,
+    cache_mb: usize,
 ) -> anyhow::Result<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<Result<(), custody_projection::service::ProjectionError>>)> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = custody_projection::Config::new(nats.url.clone(), dir.join("projection"), None);
+    let mut config = custody_projection::Config::new(nats.url.clone(), dir.join("projection"), None);
+    config.cache_mb = cache_mb;
     let projection = tokio::spawn(custody_projection::run(config, async move {
         let _ = stop_rx.await;
     }));
@@ -159,13 +205,29 @@ async fn projection_on(
     Ok((stop_tx, projection))
 }
 
-/// Origin-query latency for stones whose history fans in from `fan_ins` mined lots.
-pub async fn query(fan_ins: &[usize], n: usize) -> anyhow::Result<()> {
-    let (chain, _) = fan_in_chain(fan_ins)?;
+/// Origin-query latency for stones whose history fans in from `fan_ins`
+/// mined lots, with `lots` more entries of mined lots between the stones
+/// made first (`OLD-STONE-<fan-in>`: long out of the projection's cache
+/// of `cache_mb`, so every answer reads the store) and the stones made
+/// last (`STONE-<fan-in>`: in the cache); and for lots of that filler
+/// taken at random (each asked once, so none from the cache).
+pub async fn query(fan_ins: &[usize], n: usize, lots: u64, cache_mb: usize) -> anyhow::Result<()> {
+    let authority = KeyPair::new_user();
+    let mut chain = Chain::new();
+    eprintln!("building histories for fan-ins {fan_ins:?}, then {lots} entries of other lots, then the histories again...");
+    stones(&mut chain, &authority, fan_ins, "OLD-")?;
+    let miners = filler_miners(&mut chain, &authority)?;
     let dir = tempdir()?;
-    let (nats, client) = stream_of(&dir, &chain).await?;
-    let end = chain.entries.len() as u64;
-    let (stop_tx, projection) = projection_on(&nats, &client, &dir, end).await?;
+    let (nats, client) = stream_of(&dir, &Chain::new()).await?;
+    let js = jetstream::new(client.clone());
+    let filler_from = chain.n + 1;
+    fill(&js, &mut chain, &miners, "R", chain.n + lots).await?;
+    stones(&mut chain, &authority, fan_ins, "")?;
+    custody_ledger::commit::send_all(&js, &chain.entries).await?;
+    chain.entries.clear();
+    let end = chain.n;
+    eprintln!("{end} entries; the projection catches up...");
+    let (stop_tx, projection) = projection_on(&nats, &client, &dir, end, cache_mb).await?;
 
     // Baseline: a bare request-reply round trip on the same server.
     let mut echo = client.subscribe("bench.echo").await?;
@@ -178,17 +240,51 @@ pub async fn query(fan_ins: &[usize], n: usize) -> anyhow::Result<()> {
         }
     });
     let baseline = measure(&client, "bench.echo", &json!({"lot": "STONE-1"}), n).await?;
+    let p99_ratio = |m: &Value| (m["p99_ms"].as_f64().unwrap_or(0.0) / baseline["p99_ms"].as_f64().unwrap_or(1.0) * 100.0).round() / 100.0;
     let mut rows = Vec::new();
     for &f in fan_ins {
-        let body = json!({"lot": format!("STONE-{f}")});
-        let check = client.request(subjects::QUERY_ORIGIN, body.to_string().into()).await?;
-        let answer: Value = serde_json::from_slice(&check.payload)?;
-        anyhow::ensure!(answer["mine_origin"][0]["country"] == "RU", "unexpected answer {answer}");
-        let m = measure(&client, subjects::QUERY_ORIGIN, &body, n).await?;
-        let ratio = m["p99_ms"].as_f64().unwrap_or(0.0) / baseline["p99_ms"].as_f64().unwrap_or(1.0);
-        rows.push(json!({"fan_in": f, "origin": m, "p99_over_baseline": (ratio * 100.0).round() / 100.0}));
+        let mut row = json!({"fan_in": f});
+        for (place, prefix) in [("in_cache", ""), ("on_disk", "OLD-")] {
+            let body = json!({"lot": format!("{prefix}STONE-{f}")});
+            let check = client.request(subjects::QUERY_ORIGIN, body.to_string().into()).await?;
+            let answer: Value = serde_json::from_slice(&check.payload)?;
+            anyhow::ensure!(answer["mine_origin"][0]["country"] == "RU", "unexpected answer {answer}");
+            let m = measure(&client, subjects::QUERY_ORIGIN, &body, n).await?;
+            row[place] = json!({"origin": m, "p99_over_baseline": p99_ratio(&m)});
+        }
+        rows.push(row);
     }
-    println!("{}", json!({"bench": "query", "entries": end, "baseline_request_reply": baseline, "results": rows}));
+    // Lots of the filler, each asked once: from the store, not the cache.
+    let mut random = None;
+    if lots > 0 {
+        let mut lat = Vec::with_capacity(n);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..n {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Filler entry i is the lot R-<i> unless it is a merge: each
+            // miner's every 11th turn (miners take turns, eight of them).
+            let mut i = x % lots;
+            if (i / 8) % 11 == 10 {
+                i -= 8;
+            }
+            let body = json!({"lot": format!("R-{i}")});
+            let t = Instant::now();
+            let reply = client.request(subjects::QUERY_ORIGIN, body.to_string().into()).await?;
+            lat.push(t.elapsed());
+            let answer: Value = serde_json::from_slice(&reply.payload)?;
+            anyhow::ensure!(answer["mine_origin"][0]["country"] == "BW", "R-{i}: unexpected answer {answer}");
+        }
+        lat.sort();
+        random = Some(json!({"p50_ms": pct(&lat, 0.5), "p99_ms": pct(&lat, 0.99), "first_filler_seq": filler_from}));
+    }
+    let peak_mb = custody::ops::resident_kb("VmHWM").map(|k| k / 1024);
+    println!(
+        "{}",
+        json!({"bench": "query", "entries": end, "filler_entries": lots, "cache_mb": cache_mb, "baseline_request_reply": baseline, "results": rows,
+            "random_filler_lots": random, "peak_resident_mb": peak_mb})
+    );
     let _ = stop_tx.send(());
     projection.await?.context("projection")?;
     drop(nats);
@@ -218,7 +314,7 @@ pub async fn certificate(fan_ins: &[usize], runs: usize) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (stop_tx, projection) = projection_on(&nats, &client, &dir, end).await?;
+    let (stop_tx, projection) = projection_on(&nats, &client, &dir, end, 512).await?;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -283,38 +379,14 @@ pub async fn certificate(fan_ins: &[usize], runs: usize) -> anyhow::Result<()> {
 /// Replay rate of the projection over a ledger of `entries` entries.
 pub async fn replay(entries: usize, cache_mb: usize) -> anyhow::Result<()> {
     let authority = KeyPair::new_user();
-    let miners: Vec<KeyPair> = (0..8).map(|_| KeyPair::new_user()).collect();
     let mut chain = Chain::new();
-    for m in &miners {
-        chain.register(&authority, m, "miner", "BW")?;
-    }
+    let miners = filler_miners(&mut chain, &authority)?;
     eprintln!("building a {entries}-entry ledger...");
     let dir = tempdir()?;
-    let (nats, client) = stream_of(&dir, &chain).await?;
+    let (nats, client) = stream_of(&dir, &Chain::new()).await?;
     let js = jetstream::new(client.clone());
-    let mut total = chain.entries.len() as u64;
-    chain.entries.clear();
-    // Mostly mined lots, and every 100th entry a merge of ten of them;
-    // published 100,000 at a time, so that ten million fit in memory.
-    let mut i = 0;
-    let mut pending: Vec<Vec<String>> = vec![Vec::new(); miners.len()];
-    while (total as usize) < entries {
-        let m = i % miners.len();
-        if pending[m].len() == 10 {
-            let lots = std::mem::take(&mut pending[m]);
-            chain.push(&miners[m], "merged", json!({"lots": lots, "into": {"lot": format!("R-m{i}"), "carats": "12.50"}}))?;
-        } else {
-            let lot = format!("R-{i}");
-            chain.push(&miners[m], "mined", json!({"lot": lot, "carats": "1.25", "country": "BW"}))?;
-            pending[m].push(lot);
-        }
-        i += 1;
-        total += 1;
-        if chain.entries.len() == 100_000 || total as usize == entries {
-            custody_ledger::commit::send_all(&js, &chain.entries).await?;
-            chain.entries.clear();
-        }
-    }
+    fill(&js, &mut chain, &miners, "R", entries as u64).await?;
+    let total = chain.n;
     drop(chain);
 
     // Baseline: reading the same stream, applying nothing.
