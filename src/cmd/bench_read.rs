@@ -221,7 +221,8 @@ pub async fn query(fan_ins: &[usize], n: usize, lots: u64, cache_mb: usize) -> a
     let (nats, client) = stream_of(&dir, &Chain::new()).await?;
     let js = jetstream::new(client.clone());
     let filler_from = chain.n + 1;
-    fill(&js, &mut chain, &miners, "R", chain.n + lots).await?;
+    let until = chain.n + lots;
+    fill(&js, &mut chain, &miners, "R", until).await?;
     stones(&mut chain, &authority, fan_ins, "")?;
     custody_ledger::commit::send_all(&js, &chain.entries).await?;
     chain.entries.clear();
