@@ -420,7 +420,7 @@ pub async fn replay(entries: usize, cache_mb: usize) -> anyhow::Result<()> {
     tokio::task::block_in_place(|| store.save(&state))?;
     state.saved();
     let checkpoint_s = t.elapsed().as_secs_f64();
-    let disk_bytes = store.disk_space();
+    let disk_bytes = store.disk_space()?;
     let peak_mb = custody::ops::resident_kb("VmHWM").map(|k| k / 1024);
     // A projection's start from its store (what `custody projection` does
     // before it follows the stream): the store closed and opened again,

@@ -144,10 +144,10 @@ struct MetaRef<'a> {
 pub struct Store {
     dir: PathBuf,
     budget: Budget,
-    tree: fjall::Keyspace,
-    lots: fjall::PartitionHandle,
-    references: fjall::PartitionHandle,
-    meta: fjall::PartitionHandle,
+    tree: fjall::Database,
+    lots: fjall::Keyspace,
+    references: fjall::Keyspace,
+    meta: fjall::Keyspace,
 }
 
 impl Store {
@@ -179,15 +179,18 @@ impl Store {
 
     fn open_tree(dir: &Path, budget: Budget) -> Result<Store, StoreError> {
         let tree_err = |source| StoreError::Tree { dir: dir.to_path_buf(), source };
-        let tree = fjall::Config::new(dir.join(TREE))
+        let tree = fjall::Database::builder(dir.join(TREE))
             .cache_size(budget.tree() / 2)
-            .max_write_buffer_size(budget.tree() / 2)
             // Checkpoints fsync themselves; nothing else is written.
             .manual_journal_persist(true)
             .open()
             .map_err(tree_err)?;
-        let part = |name: &str| tree.open_partition(name, fjall::PartitionCreateOptions::default()).map_err(tree_err);
-        let (lots, references, meta) = (part("lots")?, part("references")?, part("meta")?);
+        // The memtables (the write buffers): the other half, mostly lots'.
+        let part = |name: &str, share: u64| {
+            let memtable = (budget.tree() / 2 / share).max(1 << 20);
+            tree.keyspace(name, || fjall::KeyspaceCreateOptions::default().max_memtable_size(memtable)).map_err(tree_err)
+        };
+        let (lots, references, meta) = (part("lots", 2)?, part("references", 4)?, part("meta", 4)?);
         Ok(Store { dir: dir.to_path_buf(), budget, tree, lots, references, meta })
     }
 
@@ -276,8 +279,8 @@ impl Store {
     fn clear(&self) -> Result<(), StoreError> {
         for part in [&self.lots, &self.references, &self.meta] {
             let mut batch = self.tree.batch();
-            for key in part.keys() {
-                batch.remove(part, key.map_err(|e| self.tree_error(e))?);
+            for item in part.iter() {
+                batch.remove(part, item.key().map_err(|e| self.tree_error(e))?);
             }
             batch.commit().map_err(|e| self.tree_error(e))?;
         }
@@ -285,8 +288,8 @@ impl Store {
     }
 
     /// Bytes on disk.
-    pub fn disk_space(&self) -> u64 {
-        self.tree.disk_space()
+    pub fn disk_space(&self) -> Result<u64, StoreError> {
+        self.tree.disk_space().map_err(|e| self.tree_error(e))
     }
 }
 
@@ -321,7 +324,7 @@ struct Slot<V> {
 /// `&mut self` (the follower): the record is cached, and unsaved until the
 /// next checkpoint.
 pub struct Table<V> {
-    disk: Option<fjall::PartitionHandle>,
+    disk: Option<fjall::Keyspace>,
     cache: BTreeMap<String, Slot<V>>,
     capacity: usize,
     len: usize,
@@ -339,7 +342,7 @@ impl<V> Default for Table<V> {
 }
 
 impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
-    fn on_disk(disk: fjall::PartitionHandle, capacity: usize, len: usize) -> Table<V> {
+    fn on_disk(disk: fjall::Keyspace, capacity: usize, len: usize) -> Table<V> {
         Table { disk: Some(disk), capacity: capacity.max(MIN_CACHED), len, ..Table::default() }
     }
 
@@ -508,7 +511,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
         };
         let cached = self.cache.range::<str, _>((owned.as_ref().map(String::as_str), Bound::Unbounded)).peekable();
         let disk: Box<dyn Iterator<Item = fjall::Result<fjall::KvPair>>> = match &self.disk {
-            Some(d) => Box::new(d.range::<Vec<u8>, _>((disk_start, Bound::Unbounded))),
+            Some(d) => Box::new(d.range::<Vec<u8>, _>((disk_start, Bound::Unbounded)).map(fjall::Guard::into_inner)),
             None => Box::new(std::iter::empty()),
         };
         Merged { table: self, cached, disk: disk.peekable() }
