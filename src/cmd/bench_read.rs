@@ -91,6 +91,7 @@ async fn measure(client: &async_nats::Client, subject: &str, body: &Value, n: us
 fn fan_in_chain(fan_ins: &[usize]) -> anyhow::Result<(Chain, KeyPair)> {
     let authority = KeyPair::new_user();
     let mut chain = Chain::new();
+    eprintln!("building histories for fan-ins {fan_ins:?}...");
     stones(&mut chain, &authority, fan_ins, "")?;
     Ok((chain, authority))
 }
@@ -102,7 +103,6 @@ fn stones(chain: &mut Chain, authority: &KeyPair, fan_ins: &[usize], prefix: &st
     let (miner, cutter) = (KeyPair::new_user(), KeyPair::new_user());
     chain.register(authority, &miner, "miner", "RU")?;
     chain.register(authority, &cutter, "manufacturer", "IN")?;
-    eprintln!("building histories for fan-ins {fan_ins:?}...");
     for &f in fan_ins {
         for i in 0..f {
             chain.push(&miner, "mined", json!({"lot": format!("{prefix}F{f}-{i}"), "carats": "1.00", "country": "RU"}))?;
@@ -159,7 +159,7 @@ async fn fill(js: &jetstream::Context, chain: &mut Chain, miners: &[KeyPair], pr
             pending[m].push(lot);
         }
         i += 1;
-        if chain.entries.len() == 100_000 {
+        if chain.entries.len() >= 100_000 {
             custody_ledger::commit::send_all(js, &chain.entries).await?;
             chain.entries.clear();
         }
@@ -193,10 +193,13 @@ async fn projection_on(
     let projection = tokio::spawn(custody_projection::run(config, async move {
         let _ = stop_rx.await;
     }));
+    // Its status says how far it has applied, at no cost to it (a digest
+    // would read the whole state).
+    let status = format!("{}.projection", subjects::STATUS_PREFIX);
     loop {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), client.request(subjects::QUERY_DIGEST, "{}".into())).await {
+        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), client.request(status.clone(), "".into())).await {
             let v: Value = serde_json::from_slice(&m.payload)?;
-            if v["seq"].as_u64() == Some(end) {
+            if v["head"].as_u64() == Some(end) {
                 break;
             }
         }

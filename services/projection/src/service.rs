@@ -186,6 +186,17 @@ pub async fn replay(config: Config) -> Result<(Arc<Store>, State), ProjectionErr
 
 /// A digest of the whole state: equal states, equal digests.
 pub fn digest(state: &State) -> String {
+    digest_of(state.checkpoint, state.lots.iter(), &state.actors, &state.shipments, &state.yields)
+}
+
+/// [`digest`] over the state's parts: its lots in key order.
+fn digest_of<'a>(
+    checkpoint: Option<(u64, custody_proto::Hash)>,
+    lots: impl Iterator<Item = (std::borrow::Cow<'a, str>, std::borrow::Cow<'a, view::Lot>)>,
+    actors: &std::collections::BTreeMap<String, view::Actor>,
+    shipments: &std::collections::BTreeMap<String, view::Shipment>,
+    yields: &std::collections::BTreeMap<String, view::Yields>,
+) -> String {
     let mut h = blake3::Hasher::new_derive_key("custody 2026-11 projection state v1");
     let mut add = |tag: &str, key: &str, v: Vec<u8>| {
         h.update(tag.as_bytes());
@@ -194,22 +205,38 @@ pub fn digest(state: &State) -> String {
         h.update(&(v.len() as u64).to_be_bytes());
         h.update(&v);
     };
-    if let Some((seq, hash)) = state.checkpoint {
+    if let Some((seq, hash)) = checkpoint {
         add("m", &seq.to_string(), hash.0.to_vec());
     }
-    for (k, v) in state.lots.iter() {
+    for (k, v) in lots {
         add("l", &k, serde_json::to_vec(&*v).unwrap_or_default());
     }
-    for (k, v) in &state.actors {
+    for (k, v) in actors {
         add("a", k, serde_json::to_vec(v).unwrap_or_default());
     }
-    for (k, v) in &state.shipments {
+    for (k, v) in shipments {
         add("s", k, serde_json::to_vec(v).unwrap_or_default());
     }
-    for (k, v) in &state.yields {
+    for (k, v) in yields {
         add("y", k, serde_json::to_vec(v).unwrap_or_default());
     }
     h.finalize().to_hex().to_string()
+}
+
+/// The digest query, without holding the state's lock while it reads the
+/// whole state (ten million lots from disk take a minute, which the
+/// follower must not wait for, whoever asks): the state is frozen under
+/// the lock ([`crate::store::Table::freeze`]), then read.
+fn digest_answer(state: &Shared) -> Value {
+    let (checkpoint, lots, actors, shipments, yields) = {
+        let s = state.read();
+        (s.checkpoint, s.lots.freeze(), s.actors.clone(), s.shipments.clone(), s.yields.clone())
+    };
+    let digest = digest_of(checkpoint, lots.iter(), &actors, &shipments, &yields);
+    match lots.failure() {
+        Some(why) => error(AnswerCode::Unavailable, format!("the projection cannot read its store: {why}")),
+        None => json!({"seq": checkpoint.map_or(0, |c| c.0), "digest": digest}),
+    }
 }
 
 /// Applies `entries` in order, [`SLICE`] at a time under the write lock;
@@ -781,7 +808,13 @@ async fn serve(client: async_nats::Client, state: Shared, meters: Meters) -> Res
         std::future::ready(answer)
     };
     let pools = [
-        answering(&client, READERS, READS, move |subject, body| answer(&state.read(), subject, body), counted.clone()),
+        answering(
+            &client,
+            READERS,
+            READS,
+            move |subject, body| if subject == subjects::QUERY_DIGEST { digest_answer(&state) } else { answer(&state.read(), subject, body) },
+            counted.clone(),
+        ),
         // A certificate check needs no state, so never takes the lock.
         answering(&client, CERTIFICATE_CHECKS, CHECKS, |subject, body| answer(&State::default(), subject, body), counted),
     ];

@@ -214,8 +214,8 @@ impl Store {
             },
         };
         let mut state = State {
-            lots: Table::on_disk(self.lots.clone(), self.budget.lots(), 0),
-            references: Table::on_disk(self.references.clone(), self.budget.references(), 0),
+            lots: Table::on_disk(self.tree.clone(), self.lots.clone(), self.budget.lots(), 0),
+            references: Table::on_disk(self.tree.clone(), self.references.clone(), self.budget.references(), 0),
             ..State::default()
         };
         if let Some(m) = meta {
@@ -308,6 +308,13 @@ fn remove_older_layouts(dir: &Path) {
     }
 }
 
+/// A table's place on disk: its keyspace, and the database it is in (for
+/// a point-in-time view of it, [`Table::freeze`]).
+struct Disk {
+    db: fjall::Database,
+    keyspace: fjall::Keyspace,
+}
+
 /// One cached record.
 struct Slot<V> {
     value: Box<V>,
@@ -324,7 +331,7 @@ struct Slot<V> {
 /// `&mut self` (the follower): the record is cached, and unsaved until the
 /// next checkpoint.
 pub struct Table<V> {
-    disk: Option<fjall::Keyspace>,
+    disk: Option<Disk>,
     cache: BTreeMap<String, Slot<V>>,
     capacity: usize,
     len: usize,
@@ -342,8 +349,8 @@ impl<V> Default for Table<V> {
 }
 
 impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
-    fn on_disk(disk: fjall::Keyspace, capacity: usize, len: usize) -> Table<V> {
-        Table { disk: Some(disk), capacity: capacity.max(MIN_CACHED), len, ..Table::default() }
+    fn on_disk(db: fjall::Database, keyspace: fjall::Keyspace, capacity: usize, len: usize) -> Table<V> {
+        Table { disk: Some(Disk { db, keyspace }), capacity: capacity.max(MIN_CACHED), len, ..Table::default() }
     }
 
     fn tick(&self) -> u64 {
@@ -351,9 +358,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     }
 
     fn fail(&self, why: String) {
-        if self.failure.set(why.clone()).is_ok() {
-            tracing::error!(%why, "the projection cannot read its store");
-        }
+        fail(&self.failure, why);
     }
 
     /// Why a read of the disk failed, if one did.
@@ -363,7 +368,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
 
     fn read(&self, key: &str) -> Option<V> {
         let disk = self.disk.as_ref()?;
-        match disk.get(key.as_bytes()) {
+        match disk.keyspace.get(key.as_bytes()) {
             Ok(None) => None,
             Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("record {key:?}: {e}"))).ok(),
             Err(e) => {
@@ -400,7 +405,10 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
 
     pub fn contains_key(&self, key: &str) -> bool {
         self.cache.contains_key(key)
-            || self.disk.as_ref().is_some_and(|d| d.contains_key(key.as_bytes()).map_err(|e| self.fail(format!("reading {key:?}: {e}"))).unwrap_or(false))
+            || self
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.keyspace.contains_key(key.as_bytes()).map_err(|e| self.fail(format!("reading {key:?}: {e}"))).unwrap_or(false))
     }
 
     /// The record under `key` to change (cached, unsaved from now on).
@@ -509,24 +517,71 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             Bound::Excluded(s) => Bound::Excluded(s.as_bytes().to_vec()),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let cached = self.cache.range::<str, _>((owned.as_ref().map(String::as_str), Bound::Unbounded)).peekable();
+        let cached = self.cache.range::<str, _>((owned.as_ref().map(String::as_str), Bound::Unbounded)).map(|(k, s)| (k.as_str(), &*s.value));
         let disk: Box<dyn Iterator<Item = fjall::Result<fjall::KvPair>>> = match &self.disk {
-            Some(d) => Box::new(d.range::<Vec<u8>, _>((disk_start, Bound::Unbounded)).map(fjall::Guard::into_inner)),
+            Some(d) => Box::new(d.keyspace.range::<Vec<u8>, _>((disk_start, Bound::Unbounded)).map(fjall::Guard::into_inner)),
             None => Box::new(std::iter::empty()),
         };
-        Merged { table: self, cached, disk: disk.peekable() }
+        Merged { failure: &self.failure, cached: cached.peekable(), disk: disk.peekable() }
+    }
+
+    /// The table as it stands now, to read without holding the state's
+    /// lock (the follower changes the table meanwhile): the store's records
+    /// at this moment, and copies of the records not yet saved. Costs the
+    /// copies, at most a quarter of the cache ([`DIRTY_SHARE`]); all of a
+    /// table that lives in memory.
+    pub fn freeze(&self) -> Frozen<V> {
+        Frozen {
+            disk: self.disk.as_ref().map(|d| (d.db.snapshot(), d.keyspace.clone())),
+            unsaved: self.unsaved().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            failure: OnceLock::new(),
+        }
     }
 }
 
-/// The cache and the disk in key order, the cache's record where both
-/// have one.
-struct Merged<'a, V, C: Iterator<Item = (&'a String, &'a Slot<V>)>, D: Iterator<Item = fjall::Result<fjall::KvPair>>> {
-    table: &'a Table<V>,
+fn fail(failure: &OnceLock<String>, why: String) {
+    if failure.set(why.clone()).is_ok() {
+        tracing::error!(%why, "the projection cannot read its store");
+    }
+}
+
+/// A table at one moment ([`Table::freeze`]).
+pub struct Frozen<V> {
+    disk: Option<(fjall::Snapshot, fjall::Keyspace)>,
+    unsaved: BTreeMap<String, V>,
+    failure: OnceLock<String>,
+}
+
+impl<V: DeserializeOwned + Clone> Frozen<V> {
+    /// Every record in key order, as [`Table::iter`] would have given them
+    /// at that moment.
+    pub fn iter(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, V>)> + '_ {
+        let disk: Box<dyn Iterator<Item = fjall::Result<fjall::KvPair>>> = match &self.disk {
+            Some((snapshot, keyspace)) => {
+                use fjall::Readable as _;
+                Box::new(snapshot.range::<&[u8], _>(keyspace, ..).map(fjall::Guard::into_inner))
+            }
+            None => Box::new(std::iter::empty()),
+        };
+        let cached = self.unsaved.iter().map(|(k, v)| (k.as_str(), v));
+        Merged { failure: &self.failure, cached: cached.peekable(), disk: disk.peekable() }
+    }
+
+    /// Why reading it failed, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+}
+
+/// Records in memory and on disk in key order, the memory's where both
+/// have one (it is newer).
+struct Merged<'a, V: 'a, C: Iterator<Item = (&'a str, &'a V)>, D: Iterator<Item = fjall::Result<fjall::KvPair>>> {
+    failure: &'a OnceLock<String>,
     cached: std::iter::Peekable<C>,
     disk: std::iter::Peekable<D>,
 }
 
-impl<'a, V: Serialize + DeserializeOwned + Clone + 'a, C: Iterator<Item = (&'a String, &'a Slot<V>)>, D: Iterator<Item = fjall::Result<fjall::KvPair>>> Iterator
+impl<'a, V: DeserializeOwned + Clone + 'a, C: Iterator<Item = (&'a str, &'a V)>, D: Iterator<Item = fjall::Result<fjall::KvPair>>> Iterator
     for Merged<'a, V, C, D>
 {
     type Item = (Cow<'a, str>, Cow<'a, V>);
@@ -536,7 +591,7 @@ impl<'a, V: Serialize + DeserializeOwned + Clone + 'a, C: Iterator<Item = (&'a S
             None => None,
             Some(Ok((k, _))) => Some(k.clone()),
             Some(Err(e)) => {
-                self.table.fail(format!("reading the table in order: {e}"));
+                fail(self.failure, format!("reading the table in order: {e}"));
                 return None;
             }
         };
@@ -547,8 +602,8 @@ impl<'a, V: Serialize + DeserializeOwned + Clone + 'a, C: Iterator<Item = (&'a S
                 if d == Some(c) {
                     self.disk.next();
                 }
-                let (k, slot) = self.cached.next()?;
-                Some((Cow::Borrowed(k.as_str()), Cow::Borrowed(&*slot.value)))
+                let (k, v) = self.cached.next()?;
+                Some((Cow::Borrowed(k), Cow::Borrowed(v)))
             }
             _ => {
                 let Some(Ok((k, v))) = self.disk.next() else { return None };
@@ -556,7 +611,7 @@ impl<'a, V: Serialize + DeserializeOwned + Clone + 'a, C: Iterator<Item = (&'a S
                 match serde_json::from_slice(&v) {
                     Ok(value) => Some((Cow::Owned(key), Cow::Owned(value))),
                     Err(e) => {
-                        self.table.fail(format!("record {key:?}: {e}"));
+                        fail(self.failure, format!("record {key:?}: {e}"));
                         None
                     }
                 }
@@ -655,6 +710,37 @@ mod tests {
         drop(store);
         let store = Store::open_empty(dir.path(), Budget { cache_mb: 8 }).unwrap();
         assert_eq!(store.load().unwrap(), State::default());
+    }
+
+    /// A frozen table reads as the table stood when it was frozen, while
+    /// the table changes and checkpoints go on (the digest query reads
+    /// one without the state's lock).
+    #[test]
+    fn a_frozen_table_reads_as_it_stood() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Budget { cache_mb: 0 }).unwrap();
+        let mut state = store.load().unwrap();
+        for i in 0..100 {
+            state.references.insert(format!("inv-{i:03}"), named(i));
+            if i == 50 {
+                state.checkpoint = Some((1, Hash([1; 32])));
+                store.save(&state).unwrap();
+                state.saved();
+            }
+        }
+        let then: Vec<(String, Vec<Named>)> = state.references.iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        let frozen = state.references.freeze();
+        for i in 0..100 {
+            state.references.get_mut(&format!("inv-{i:03}")).unwrap().clear();
+        }
+        state.references.insert("inv-new".into(), named(7));
+        state.checkpoint = Some((2, Hash([2; 32])));
+        store.save(&state).unwrap();
+        state.saved();
+        let read: Vec<(String, Vec<Named>)> = frozen.iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        assert_eq!(read.len(), 100);
+        assert_eq!(read, then);
+        assert!(frozen.failure().is_none());
     }
 
     /// A meta record that does not check is never served: the store is
