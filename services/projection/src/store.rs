@@ -411,11 +411,21 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
                 .is_some_and(|d| d.keyspace.contains_key(key.as_bytes()).map_err(|e| self.fail(format!("reading {key:?}: {e}"))).unwrap_or(false))
     }
 
-    /// The record under `key` to change (cached, unsaved from now on).
-    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+    /// The record under `key` to change, cached and unsaved from now on:
+    /// from the cache, else from disk, else made by `new` (one record
+    /// more), else none. A read of the disk that fails counts as none and
+    /// is recorded ([`Table::failure`]): the follower halts on it.
+    fn change(&mut self, key: &str, new: impl FnOnce() -> Option<V>) -> Option<&mut V> {
         if !self.cache.contains_key(key) {
             self.make_room();
-            let value = self.read(key)?;
+            let value = match self.read(key) {
+                Some(value) => value,
+                None => {
+                    let value = new()?;
+                    self.len += 1;
+                    value
+                }
+            };
             self.cache.insert(key.to_owned(), Slot { value: Box::new(value), used: AtomicU64::new(0), unsaved: false });
         }
         let tick = self.tick();
@@ -428,29 +438,28 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
         Some(&mut slot.value)
     }
 
+    /// The record under `key` to change.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        self.change(key, || None)
+    }
+
     /// Sets the record under `key`.
     pub fn insert(&mut self, key: String, value: V) {
-        match self.get_mut(&key) {
-            Some(old) => *old = value,
-            None => {
-                self.make_room();
-                self.len += 1;
-                self.unsaved += 1;
-                let used = AtomicU64::new(self.tick());
-                self.cache.insert(key, Slot { value: Box::new(value), used, unsaved: true });
+        let mut value = Some(value);
+        if let Some(old) = self.change(&key, || value.take()) {
+            if let Some(v) = value {
+                *old = v;
             }
         }
     }
 
-    /// The record under `key` to change, made with `Default` if none.
-    pub fn get_or_default(&mut self, key: &str) -> &mut V
+    /// The record under `key` to change, made with `Default` if none
+    /// (`None` only if the store could not be read).
+    pub fn get_or_default(&mut self, key: &str) -> Option<&mut V>
     where
         V: Default,
     {
-        if !self.contains_key(key) {
-            self.insert(key.to_owned(), V::default());
-        }
-        self.get_mut(key).expect("just inserted")
+        self.change(key, || Some(V::default()))
     }
 
     /// Makes room for one more record by dropping saved ones, least
@@ -677,7 +686,7 @@ mod tests {
             for i in 0..1_000 {
                 let key = format!("inv-{:04}", (i * 7 + round * 13) % 1_000);
                 for s in [&mut state, &mut memory] {
-                    s.references.get_or_default(&key).extend(named(i + round));
+                    s.references.get_or_default(&key).expect("readable").extend(named(i + round));
                 }
                 if state.references.wants_checkpoint() {
                     state.checkpoint = Some((i as u64, Hash([1; 32])));

@@ -427,7 +427,7 @@ impl State {
             _ => {}
         }
         for (reference, lot, what) in names {
-            let list = self.references.get_or_default(&fold(reference));
+            let Some(list) = self.references.get_or_default(&fold(reference)) else { continue };
             if list.len() < MAX_NAMED && !list.iter().any(|n| n.lot == lot && n.seq == seq && n.what == what) {
                 list.push(Named { lot: lot.to_owned(), seq, what });
             }
