@@ -1,6 +1,7 @@
-//! The projection on NATS: follows the committed stream from its last
-//! snapshot's checkpoint, applies entries strictly in order (halting at a
-//! gap or a broken link), writes a snapshot now and then, and answers
+//! The projection on NATS: follows the committed stream from its store's
+//! checkpoint, applies entries strictly in order (halting at a gap or a
+//! broken link), writes a checkpoint of what changed now and then
+//! ([`crate::store`]; "snapshot" in flag and metric names), and answers
 //! queries in a queue group so that replicas share the load. Queries never
 //! wait for catch-up: the applier holds the state's lock for a few dozen
 //! entries at a time, never across I/O, and every answer says which seq it
@@ -296,11 +297,11 @@ impl Drop for AbortOnDrop {
 /// Applies the committed stream from the checkpoint on, through the one
 /// follower. A task of its own reads, decodes and links the entries ahead
 /// (up to [`DECODED_AHEAD`] batches); this one applies them, taking the
-/// write lock for [`SLICE`] entries at a time, and writes a snapshot as
-/// `cadence` says. A read failure (NATS restarting, say) is logged; the
-/// follower goes on by itself, as it does when a snapshot cannot be
-/// written (reported, tried again later). A broken chain is an error. With `until`,
-/// ends there (the caller writes the last snapshot).
+/// write lock for [`SLICE`] entries at a time, and writes a checkpoint as
+/// `cadence` says or the cache needs. A read failure (NATS restarting, say)
+/// is logged; the follower goes on by itself, as it does when a checkpoint
+/// cannot be written (reported, tried again later). A broken chain is an
+/// error. With `until`, ends there (the caller writes the last checkpoint).
 async fn follow_stream(reader: Reader, store: Arc<Store>, state: Shared, until: Option<u64>, cadence: Cadence, meters: Meters) -> Result<(), ProjectionError> {
     let after = state.read().checkpoint;
     if until.is_some_and(|u| after.map_or(0, |a| a.0) >= u) {
@@ -344,10 +345,9 @@ async fn follow_stream(reader: Reader, store: Arc<Store>, state: Shared, until: 
         if done {
             return Ok(());
         }
-        // A snapshot costs in proportion to the whole state: besides
-        // `every` entries or `interval`, it waits ten times as long as the
-        // last one took, so that it stays a small share of the work at any
-        // size of the state.
+        // Besides `every` entries or `interval`, a checkpoint waits ten
+        // times as long as the last one took, so that it stays a small
+        // share of the work.
         let since_last = last_snapshot.elapsed();
         let by_count = since_snapshot >= cadence.every;
         let by_time = since_snapshot > 0 && since_last >= cadence.interval;
@@ -364,8 +364,9 @@ async fn follow_stream(reader: Reader, store: Arc<Store>, state: Shared, until: 
                 }
                 // A rebuild must end with its snapshot written.
                 Err(e) if until.is_some() => return Err(e),
-                // The snapshot only shortens a restart: answers from memory
-                // stay right, so the projection stays ready, reports it
+                // A checkpoint only shortens a restart: answers from the
+                // cache and the store stay right, so the projection stays
+                // ready, reports it
                 // (the log, `custody_projection_snapshot_failures_total`)
                 // and tries again after the interval.
                 Err(e) => {
