@@ -148,12 +148,13 @@ async fn a_foreign_entry_on_the_stream_halts_the_projection_and_the_ledger() {
 }
 
 /// Crashes at exact places: with entries applied in memory since the last
-/// snapshot, while a snapshot is being written (before its rename), and
-/// right after one is written. Each time the restarted projection resumes
-/// from its last whole snapshot to the digest of a clean replay. Then the
-/// newest snapshot is damaged: the projection falls back to the one before
-/// (its checksum fails), or to a full replay, and still ends at the digest
-/// of a clean replay: never serving the damaged state.
+/// checkpoint, while a checkpoint's records are being written (before they
+/// are registered), and right after one is written. Each time the
+/// restarted projection resumes from its last whole checkpoint to the
+/// digest of a clean replay. Then every file of the store is cut short:
+/// the projection falls back to an older checkpoint, or to a full replay,
+/// and still ends at the digest of a clean replay: never serving the
+/// damaged state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_while_applying_or_snapshotting_it_resumes_to_the_digest_of_a_clean_replay() {
     use std::os::unix::process::ExitStatusExt as _;
@@ -188,7 +189,7 @@ async fn crashed_while_applying_or_snapshotting_it_resumes_to_the_digest_of_a_cl
     // Every file of the store cut to a third: whatever fjall makes of it
     // (an older checkpoint, or a store that does not open and is emptied),
     // the projection never serves a damaged state.
-    let mut files = vec![dir.join("state")];
+    let mut files = vec![dir.join("records")];
     while let Some(path) = files.pop() {
         if path.is_dir() {
             files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));

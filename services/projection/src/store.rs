@@ -8,10 +8,15 @@
 //! transit, yields, the flows, the flags' index) is small and kept whole
 //! in memory, and on disk as one `meta` record.
 //!
-//! A checkpoint writes every record changed since the last one, and the
-//! meta record with the checkpoint's (seq, hash), in one atomic fjall
-//! batch, then fsyncs the journal: the store is always exactly the state
-//! at some checkpoint, never a mix. A changed record stays in memory until
+//! Every record is in one fjall keyspace, each table's under its own key
+//! prefix. A checkpoint writes every record changed since the last one,
+//! and the meta record with the checkpoint's (seq, hash), as one
+//! *ingestion*: in key order (the cache is a sorted map) straight into new
+//! table files, fsynced, then registered in one step (a new version of the
+//! tree, written whole and fsynced). Not through fjall's journal and
+//! memtables, which wrote every record twice more and took a third of the
+//! replay's time (docs/BENCHMARKS.md). So the store is always exactly the
+//! state at some checkpoint, never a mix. A changed record stays in memory until
 //! the checkpoint that writes it (so the cache holds at most
 //! [`DIRTY_SHARE`] of its records unsaved: past that the follower writes a
 //! checkpoint); only saved ones are evicted, least recently used first. A
@@ -41,11 +46,20 @@ use crate::view::{Actor, Lot, Named, Shipment, State, Yields};
 const FORMAT: &str = "custody projection store";
 /// The layout of the records: a store of another layout is emptied at
 /// open, and the projection rebuilds from seq 1.
-const VERSION: u32 = 6;
+const VERSION: u32 = 7;
 /// The folder of the LSM tree, under the projection's data folder.
-const TREE: &str = "state";
-/// The key of the meta record.
-const META: &[u8] = b"meta";
+const TREE: &str = "records";
+/// The folder of the layout before checkpoints were ingestions (a
+/// keyspace per table, written through the journal): removed at open.
+const OLDER_TREE: &str = "state";
+/// The keyspace every record is in.
+const RECORDS: &str = "records";
+/// Key prefixes: the lots, the numbers on papers, and between them (so
+/// that a checkpoint's records are written in key order: lots, meta,
+/// references) the key of the meta record.
+const LOTS: &[u8] = b"l/";
+const META: &[u8] = b"m";
+const REFERENCES: &[u8] = b"r/";
 /// Most of a table's cached records that may be unsaved before the
 /// follower writes a checkpoint: a quarter, so that a checkpoint's batch
 /// (the unsaved records, serialized) stays well inside the budget.
@@ -100,9 +114,10 @@ impl Budget {
     fn references(self) -> usize {
         (self.bytes() / 100 * 15 / NAMED_BYTES).max(MIN_CACHED)
     }
-    /// fjall's block cache and its write buffers, half each: an eighth
-    /// (the rest is for the allocator's slack and a checkpoint's batch),
-    /// and no less than fjall takes.
+    /// fjall's block cache: an eighth (the rest is for the allocator's
+    /// slack and a checkpoint's records as they are written), and no less
+    /// than fjall takes. Its write buffers hold nothing but the removals
+    /// of [`Store::clear`]: checkpoints bypass them.
     fn tree(self) -> u64 {
         (self.bytes() / 8).max(8 << 20) as u64
     }
@@ -139,15 +154,13 @@ struct MetaRef<'a> {
     flags: &'a [(u64, String, String)],
 }
 
-/// The projection's store: an LSM tree with a partition per table and one
-/// for the meta record.
+/// The projection's store: an LSM tree of one keyspace, each table's
+/// records under its prefix, and the meta record.
 pub struct Store {
     dir: PathBuf,
     budget: Budget,
     tree: fjall::Database,
-    lots: fjall::Keyspace,
-    references: fjall::Keyspace,
-    meta: fjall::Keyspace,
+    records: fjall::Keyspace,
 }
 
 impl Store {
@@ -180,18 +193,13 @@ impl Store {
     fn open_tree(dir: &Path, budget: Budget) -> Result<Store, StoreError> {
         let tree_err = |source| StoreError::Tree { dir: dir.to_path_buf(), source };
         let tree = fjall::Database::builder(dir.join(TREE))
-            .cache_size(budget.tree() / 2)
-            // Checkpoints fsync themselves; nothing else is written.
+            .cache_size(budget.tree())
+            // Only `clear` writes through the journal, and syncs it.
             .manual_journal_persist(true)
             .open()
             .map_err(tree_err)?;
-        // The memtables (the write buffers): the other half, mostly lots'.
-        let part = |name: &str, share: u64| {
-            let memtable = (budget.tree() / 2 / share).max(1 << 20);
-            tree.keyspace(name, || fjall::KeyspaceCreateOptions::default().max_memtable_size(memtable)).map_err(tree_err)
-        };
-        let (lots, references, meta) = (part("lots", 2)?, part("references", 4)?, part("meta", 4)?);
-        Ok(Store { dir: dir.to_path_buf(), budget, tree, lots, references, meta })
+        let records = tree.keyspace(RECORDS, || fjall::KeyspaceCreateOptions::default().max_memtable_size(1 << 20)).map_err(tree_err)?;
+        Ok(Store { dir: dir.to_path_buf(), budget, tree, records })
     }
 
     fn tree_error(&self, source: fjall::Error) -> StoreError {
@@ -202,7 +210,7 @@ impl Store {
     /// cache; an empty state on this store (so a replay from seq 1) if
     /// there is none, or it does not check (logged, and the store emptied).
     pub fn load(&self) -> Result<State, StoreError> {
-        let meta = match self.meta.get(META).map_err(|e| self.tree_error(e))? {
+        let meta = match self.records.get(META).map_err(|e| self.tree_error(e))? {
             None => None,
             Some(bytes) => match serde_json::from_slice::<Meta>(&bytes) {
                 Ok(m) if m.format == FORMAT && m.version == VERSION && Hash::from_hex(&m.hash).is_some() => Some(m),
@@ -214,8 +222,8 @@ impl Store {
             },
         };
         let mut state = State {
-            lots: Table::on_disk(self.tree.clone(), self.lots.clone(), self.budget.lots(), 0),
-            references: Table::on_disk(self.tree.clone(), self.references.clone(), self.budget.references(), 0),
+            lots: Table::on_disk(self.tree.clone(), self.records.clone(), LOTS, self.budget.lots()),
+            references: Table::on_disk(self.tree.clone(), self.records.clone(), REFERENCES, self.budget.references()),
             ..State::default()
         };
         if let Some(m) = meta {
@@ -232,8 +240,9 @@ impl Store {
     }
 
     /// Writes a checkpoint of `state` (nothing before the first entry):
-    /// every record changed since the last one and the meta record, in one
-    /// batch, fsynced. Under a read lock: the caller then marks the tables
+    /// every record changed since the last one and the meta record, in key
+    /// order, as one ingestion (new table files, fsynced, registered at
+    /// once). Under a read lock: the caller then marks the tables
     /// saved ([`State::saved`]) once it holds the write lock, the follower
     /// being the only writer.
     pub fn save(&self, state: &State) -> Result<(), StoreError> {
@@ -241,12 +250,10 @@ impl Store {
         if let Some(source) = custody_wire::crashpoint::failure("projection.checkpoint") {
             return Err(StoreError::Io { dir: self.dir.clone(), source });
         }
-        let mut batch = self.tree.batch();
+        let tree_err = |e| self.tree_error(e);
+        let mut ingestion = self.records.start_ingestion().map_err(tree_err)?;
         for (k, v) in state.lots.unsaved() {
-            batch.insert(&self.lots, k.as_bytes(), serde_json::to_vec(v)?);
-        }
-        for (k, v) in state.references.unsaved() {
-            batch.insert(&self.references, k.as_bytes(), serde_json::to_vec(v)?);
+            ingestion.write(keyed(LOTS, k), serde_json::to_vec(v)?).map_err(tree_err)?;
         }
         let meta = MetaRef {
             format: FORMAT,
@@ -261,29 +268,29 @@ impl Store {
             flows: &state.flows,
             flags: &state.flags,
         };
-        batch.insert(&self.meta, META, serde_json::to_vec(&meta)?);
+        ingestion.write(META, serde_json::to_vec(&meta)?).map_err(tree_err)?;
+        for (k, v) in state.references.unsaved() {
+            ingestion.write(keyed(REFERENCES, k), serde_json::to_vec(v)?).map_err(tree_err)?;
+        }
         custody_wire::crashpoint::reached("projection.snapshot.writing");
-        batch.commit().map_err(|e| self.tree_error(e))?;
-        self.tree.persist(fjall::PersistMode::SyncAll).map_err(|e| self.tree_error(e))?;
+        ingestion.finish().map_err(tree_err)?;
         custody_wire::crashpoint::reached("projection.snapshot.saved");
         Ok(())
     }
 
     /// The checkpoint the store holds, if any.
     pub fn checkpoint(&self) -> Result<Option<u64>, StoreError> {
-        let Some(bytes) = self.meta.get(META).map_err(|e| self.tree_error(e))? else { return Ok(None) };
+        let Some(bytes) = self.records.get(META).map_err(|e| self.tree_error(e))? else { return Ok(None) };
         Ok(serde_json::from_slice::<Meta>(&bytes).ok().map(|m| m.seq))
     }
 
-    /// Empties every partition, for a rebuild from seq 1.
+    /// Removes every record, for a rebuild from seq 1.
     fn clear(&self) -> Result<(), StoreError> {
-        for part in [&self.lots, &self.references, &self.meta] {
-            let mut batch = self.tree.batch();
-            for item in part.iter() {
-                batch.remove(part, item.key().map_err(|e| self.tree_error(e))?);
-            }
-            batch.commit().map_err(|e| self.tree_error(e))?;
+        let mut batch = self.tree.batch();
+        for item in self.records.iter() {
+            batch.remove(&self.records, item.key().map_err(|e| self.tree_error(e))?);
         }
+        batch.commit().map_err(|e| self.tree_error(e))?;
         self.tree.persist(fjall::PersistMode::SyncAll).map_err(|e| self.tree_error(e))
     }
 
@@ -297,6 +304,11 @@ impl Store {
 /// issue 14, whole snapshots before issue 29): the state is rebuilt from
 /// the stream, so they only take room.
 fn remove_older_layouts(dir: &Path) {
+    let older_tree = dir.join(OLDER_TREE);
+    if older_tree.is_dir() {
+        tracing::warn!(path = %older_tree.display(), "removing the projection's store of an older layout; the state is rebuilt from the stream");
+        let _ = std::fs::remove_dir_all(&older_tree);
+    }
     let old_sled = dir.join("conf").is_file() && dir.join("db").is_file();
     for e in std::fs::read_dir(dir).into_iter().flatten().filter_map(Result::ok) {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -308,11 +320,39 @@ fn remove_older_layouts(dir: &Path) {
     }
 }
 
-/// A table's place on disk: its keyspace, and the database it is in (for
-/// a point-in-time view of it, [`Table::freeze`]).
+/// A table's place on disk: its keyspace, its records' key prefix there,
+/// and the database it is in (for a point-in-time view of it,
+/// [`Table::freeze`]).
 struct Disk {
     db: fjall::Database,
     keyspace: fjall::Keyspace,
+    prefix: &'static [u8],
+}
+
+/// A record's key in the keyspace: its table's prefix, then its own.
+fn keyed(prefix: &[u8], key: &str) -> Vec<u8> {
+    [prefix, key.as_bytes()].concat()
+}
+
+/// The keys of the table under `prefix` from `start` on.
+fn prefixed(prefix: &[u8], start: Bound<&str>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+    let from = match start {
+        Bound::Included(s) => Bound::Included(keyed(prefix, s)),
+        Bound::Excluded(s) => Bound::Excluded(keyed(prefix, s)),
+        Bound::Unbounded => Bound::Included(prefix.to_vec()),
+    };
+    // The first key after every key with the prefix: its last byte plus
+    // one (the prefixes end in '/').
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    (from, Bound::Excluded(end))
+}
+
+/// The records of a [`prefixed`] range, keyed as the table knows them.
+fn unprefixed(records: fjall::Iter, prefix: &'static [u8]) -> impl Iterator<Item = fjall::Result<fjall::KvPair>> {
+    records.map(move |item| item.into_inner().map(|(k, v)| (fjall::Slice::from(&k[prefix.len()..]), v)))
 }
 
 /// One cached record.
@@ -349,8 +389,8 @@ impl<V> Default for Table<V> {
 }
 
 impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
-    fn on_disk(db: fjall::Database, keyspace: fjall::Keyspace, capacity: usize, len: usize) -> Table<V> {
-        Table { disk: Some(Disk { db, keyspace }), capacity: capacity.max(MIN_CACHED), len, ..Table::default() }
+    fn on_disk(db: fjall::Database, keyspace: fjall::Keyspace, prefix: &'static [u8], capacity: usize) -> Table<V> {
+        Table { disk: Some(Disk { db, keyspace, prefix }), capacity: capacity.max(MIN_CACHED), ..Table::default() }
     }
 
     fn tick(&self) -> u64 {
@@ -368,7 +408,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
 
     fn read(&self, key: &str) -> Option<V> {
         let disk = self.disk.as_ref()?;
-        match disk.keyspace.get(key.as_bytes()) {
+        match disk.keyspace.get(keyed(disk.prefix, key)) {
             Ok(None) => None,
             Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("record {key:?}: {e}"))).ok(),
             Err(e) => {
@@ -408,7 +448,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             || self
                 .disk
                 .as_ref()
-                .is_some_and(|d| d.keyspace.contains_key(key.as_bytes()).map_err(|e| self.fail(format!("reading {key:?}: {e}"))).unwrap_or(false))
+                .is_some_and(|d| d.keyspace.contains_key(keyed(d.prefix, key)).map_err(|e| self.fail(format!("reading {key:?}: {e}"))).unwrap_or(false))
     }
 
     /// The record under `key` to change, cached and unsaved from now on:
@@ -516,21 +556,12 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
 
     /// The records after `start`, in key order.
     pub fn range<'a>(&'a self, start: Bound<&str>) -> impl Iterator<Item = (Cow<'a, str>, Cow<'a, V>)> + 'a {
-        let owned = match start {
-            Bound::Included(s) => Bound::Included(s.to_owned()),
-            Bound::Excluded(s) => Bound::Excluded(s.to_owned()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let disk_start = match &owned {
-            Bound::Included(s) => Bound::Included(s.as_bytes().to_vec()),
-            Bound::Excluded(s) => Bound::Excluded(s.as_bytes().to_vec()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let cached = self.cache.range::<str, _>((owned.as_ref().map(String::as_str), Bound::Unbounded)).map(|(k, s)| (k.as_str(), &*s.value));
         let disk: Box<dyn Iterator<Item = fjall::Result<fjall::KvPair>>> = match &self.disk {
-            Some(d) => Box::new(d.keyspace.range::<Vec<u8>, _>((disk_start, Bound::Unbounded)).map(fjall::Guard::into_inner)),
+            Some(d) => Box::new(unprefixed(d.keyspace.range(prefixed(d.prefix, start)), d.prefix)),
             None => Box::new(std::iter::empty()),
         };
+        let owned = start.map(str::to_owned);
+        let cached = self.cache.range::<str, _>((owned.as_ref().map(String::as_str), Bound::Unbounded)).map(|(k, s)| (k.as_str(), &*s.value));
         Merged { failure: &self.failure, cached: cached.peekable(), disk: disk.peekable() }
     }
 
@@ -541,7 +572,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     /// table that lives in memory.
     pub fn freeze(&self) -> Frozen<V> {
         Frozen {
-            disk: self.disk.as_ref().map(|d| (d.db.snapshot(), d.keyspace.clone())),
+            disk: self.disk.as_ref().map(|d| (d.db.snapshot(), d.keyspace.clone(), d.prefix)),
             unsaved: self.unsaved().map(|(k, v)| (k.clone(), v.clone())).collect(),
             failure: OnceLock::new(),
         }
@@ -556,7 +587,7 @@ fn fail(failure: &OnceLock<String>, why: String) {
 
 /// A table at one moment ([`Table::freeze`]).
 pub struct Frozen<V> {
-    disk: Option<(fjall::Snapshot, fjall::Keyspace)>,
+    disk: Option<(fjall::Snapshot, fjall::Keyspace, &'static [u8])>,
     unsaved: BTreeMap<String, V>,
     failure: OnceLock<String>,
 }
@@ -566,9 +597,9 @@ impl<V: DeserializeOwned + Clone> Frozen<V> {
     /// at that moment.
     pub fn iter(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, V>)> + '_ {
         let disk: Box<dyn Iterator<Item = fjall::Result<fjall::KvPair>>> = match &self.disk {
-            Some((snapshot, keyspace)) => {
+            Some((snapshot, keyspace, prefix)) => {
                 use fjall::Readable as _;
-                Box::new(snapshot.range::<&[u8], _>(keyspace, ..).map(fjall::Guard::into_inner))
+                Box::new(unprefixed(snapshot.range(keyspace, prefixed(prefix, Bound::Unbounded)), prefix))
             }
             None => Box::new(std::iter::empty()),
         };
@@ -752,6 +783,20 @@ mod tests {
         assert!(frozen.failure().is_none());
     }
 
+    /// The folder of the layout before checkpoints were ingestions (a
+    /// keyspace per table) is removed at open, not left to take room: the
+    /// state is rebuilt from the stream.
+    #[test]
+    fn the_older_layouts_store_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join(OLDER_TREE).join("keyspaces")).unwrap();
+        std::fs::write(dir.path().join(OLDER_TREE).join("keyspaces").join("0"), b"old records").unwrap();
+        let store = Store::open(dir.path(), Budget { cache_mb: 8 }).unwrap();
+        assert!(!dir.path().join(OLDER_TREE).exists(), "the older layout's folder is gone");
+        assert!(dir.path().join(TREE).is_dir());
+        assert_eq!(store.load().unwrap(), State::default(), "nothing yet: replay from seq 1");
+    }
+
     /// A meta record that does not check is never served: the store is
     /// emptied and the projection replays from seq 1.
     #[test]
@@ -763,7 +808,7 @@ mod tests {
         state.checkpoint = Some((1, Hash([1; 32])));
         store.save(&state).unwrap();
         for bad in [&b"{\"format\":"[..], b"{}", br#"{"format":"custody projection store","version":5}"#] {
-            store.meta.insert(META, bad).unwrap();
+            store.records.insert(META, bad).unwrap();
             let loaded = store.load().unwrap();
             assert_eq!(loaded, State::default(), "{}", String::from_utf8_lossy(bad));
             assert!(loaded.references.get("inv-1").is_none(), "the records are gone with it");
