@@ -61,8 +61,9 @@ const LOTS: &[u8] = b"l/";
 const META: &[u8] = b"m";
 const REFERENCES: &[u8] = b"r/";
 /// Most of a table's cached records that may be unsaved before the
-/// follower writes a checkpoint: a quarter, so that a checkpoint's batch
-/// (the unsaved records, serialized) stays well inside the budget.
+/// follower writes a checkpoint: a quarter, so that three quarters of the
+/// cache stay evictable and a checkpoint's ingestion stays a bounded
+/// amount of work.
 pub const DIRTY_SHARE: usize = 4;
 /// What one cached lot costs resident, for turning `--cache-mb` into a
 /// number of lots: measured about 1,220 B (docs/BENCHMARKS.md), rounded
