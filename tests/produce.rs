@@ -119,7 +119,7 @@ async fn every_kind_built_from_flags_is_receipted_and_traced() {
     // The same command again is the same event: its first receipt.
     let again = event(&["flagged", "--lot", "EV-P1", "--reason", "sampled at the border", "--key", &r, "--at", flagged["recorded_at"].as_str().unwrap()]);
     assert!(again["seq"].is_u64());
-    sys.stream_caught_up().await;
+    sys.projection_caught_up().await;
     let origin = sys.origin("EV-P1").await;
     assert_eq!(origin["mine_origin"][0]["country"], "BW", "{origin}");
     assert_eq!(origin["state"], "polished", "{origin}");
@@ -184,7 +184,7 @@ async fn a_days_sheet_imports_with_receipts_and_each_bad_row_refused_and_a_dry_r
     .unwrap();
     // Someone recorded P-102 by hand already.
     sys.accept(&miner, &common::event(&miner, "by-hand", "mined", serde_json::json!({"lot": "P-102", "carats": "3.05", "country": "BW"}))).await;
-    sys.stream_caught_up().await;
+    sys.projection_caught_up().await;
     let (head, _) = sys.head().await;
     let args = ["import", csv.to_str().unwrap(), "--map", map.to_str().unwrap(), "--key", &key];
 
@@ -212,7 +212,7 @@ async fn a_days_sheet_imports_with_receipts_and_each_bad_row_refused_and_a_dry_r
     assert_eq!(by_row(&rows, 4)["code"], "lot_exists", "{rows:?}");
     assert_eq!(by_row(&rows, 3)["code"], "invalid_carats");
     assert_eq!(rows.len(), 6, "one line per row: {rows:?}");
-    sys.stream_caught_up().await;
+    sys.projection_caught_up().await;
     assert_eq!(sys.origin("P-100").await["carats"], "12.40");
 
     // The same sheet again: the same events, their first receipts.
