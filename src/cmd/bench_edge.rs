@@ -19,10 +19,11 @@ use custody_wire::subjects;
 use futures::StreamExt as _;
 use serde_json::json;
 
-use super::bench::{receipted, summary, tempfile_dir, world_of, InProcessLedger};
+use super::bench::{receipted, scratch, summary, world_of, InProcessLedger};
 
 pub async fn edge(events: usize) -> anyhow::Result<()> {
-    let tmp = tempfile_dir("edge")?;
+    let scratch = scratch("edge")?;
+    let tmp = scratch.path();
     let hub = NatsServer::start_as(&tmp.join("hub"), Setup { leaf_port: Some(0), ..Setup::default() })?;
     let leaf_port = hub.setup.leaf_port.context("the hub takes no leaf nodes")?;
     let authority = nkeys::KeyPair::new_user();
@@ -130,6 +131,5 @@ pub async fn edge(events: usize) -> anyhow::Result<()> {
     drop(edge);
     ledger.stop().await?;
     drop(hub);
-    let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }

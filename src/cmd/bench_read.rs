@@ -220,8 +220,9 @@ pub async fn query(fan_ins: &[usize], n: usize, lots: u64, cache_mb: usize) -> a
     eprintln!("building histories for fan-ins {fan_ins:?}, then {lots} entries of other lots, then the histories again...");
     stones(&mut chain, &authority, fan_ins, "OLD-")?;
     let miners = filler_miners(&mut chain, &authority)?;
-    let dir = tempdir()?;
-    let (nats, client) = stream_of(&dir, &Chain::new()).await?;
+    let scratch = super::bench::scratch("read")?;
+    let dir = scratch.path();
+    let (nats, client) = stream_of(dir, &Chain::new()).await?;
     let js = jetstream::new(client.clone());
     let filler_from = chain.n + 1;
     let until = chain.n + lots;
@@ -231,7 +232,7 @@ pub async fn query(fan_ins: &[usize], n: usize, lots: u64, cache_mb: usize) -> a
     chain.entries.clear();
     let end = chain.n;
     eprintln!("{end} entries; the projection catches up...");
-    let (stop_tx, projection) = projection_on(&nats, &client, &dir, end, cache_mb).await?;
+    let (stop_tx, projection) = projection_on(&nats, &client, dir, end, cache_mb).await?;
 
     // Baseline: a bare request-reply round trip on the same server.
     let mut echo = client.subscribe("bench.echo").await?;
@@ -292,7 +293,6 @@ pub async fn query(fan_ins: &[usize], n: usize, lots: u64, cache_mb: usize) -> a
     let _ = stop_tx.send(());
     projection.await?.context("projection")?;
     drop(nats);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -303,8 +303,9 @@ pub async fn query(fan_ins: &[usize], n: usize, lots: u64, cache_mb: usize) -> a
 /// private stream.
 pub async fn certificate(fan_ins: &[usize], runs: usize) -> anyhow::Result<()> {
     let (chain, authority) = fan_in_chain(fan_ins)?;
-    let dir = tempdir()?;
-    let (nats, client) = stream_of(&dir, &chain).await?;
+    let scratch = super::bench::scratch("read")?;
+    let dir = scratch.path();
+    let (nats, client) = stream_of(dir, &chain).await?;
     let end = chain.entries.len() as u64;
     let ledger_dir = dir.join("ledger");
     let key = custody_ledger::notary::load_or_create_key(&ledger_dir)?.public_key();
@@ -318,7 +319,7 @@ pub async fn certificate(fan_ins: &[usize], runs: usize) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (stop_tx, projection) = projection_on(&nats, &client, &dir, end, 512).await?;
+    let (stop_tx, projection) = projection_on(&nats, &client, dir, end, 512).await?;
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -376,7 +377,6 @@ pub async fn certificate(fan_ins: &[usize], runs: usize) -> anyhow::Result<()> {
     projection.await?.context("projection")?;
     ledger.stop().await?;
     drop(nats);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -386,8 +386,9 @@ pub async fn replay(entries: usize, cache_mb: usize) -> anyhow::Result<()> {
     let mut chain = Chain::new();
     let miners = filler_miners(&mut chain, &authority)?;
     eprintln!("building a {entries}-entry ledger...");
-    let dir = tempdir()?;
-    let (nats, client) = stream_of(&dir, &Chain::new()).await?;
+    let scratch = super::bench::scratch("read")?;
+    let dir = scratch.path();
+    let (nats, client) = stream_of(dir, &Chain::new()).await?;
     let js = jetstream::new(client.clone());
     fill(&js, &mut chain, &miners, "R", entries as u64).await?;
     let total = chain.n;
@@ -449,12 +450,5 @@ pub async fn replay(entries: usize, cache_mb: usize) -> anyhow::Result<()> {
             "start_from_store_s": (load_s * 1000.0).round() / 1000.0})
     );
     drop(nats);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-fn tempdir() -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("custody-bench-read-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }

@@ -15,9 +15,11 @@ use serde_json::json;
 const AUTHORITY_FILE: &str = "bench-authority.nk";
 
 pub fn start(entries: u64, keep: Option<PathBuf>) -> anyhow::Result<()> {
-    let dir = match &keep {
-        Some(d) => d.clone(),
-        None => super::bench::tempfile_dir("start")?,
+    let scratch = if keep.is_none() { Some(super::bench::scratch("start")?) } else { None };
+    let dir = match (&keep, &scratch) {
+        (Some(d), _) => d.clone(),
+        (None, Some(s)) => s.path().to_path_buf(),
+        (None, None) => anyhow::bail!("no folder for the history"),
     };
     let store = dir.join("ledger");
     let seed_file = dir.join(AUTHORITY_FILE);
@@ -53,9 +55,7 @@ pub fn start(entries: u64, keep: Option<PathBuf>) -> anyhow::Result<()> {
     anyhow::ensure!(fast["replayed"].as_u64() == Some(0), "the start from the saved state replayed {} entries", fast["replayed"]);
     anyhow::ensure!(fast["digest"] == full["digest"], "the state from the saved write model differs from the one replayed");
     let (full_s, fast_s) = (full["seconds"].as_f64().unwrap_or(0.0), fast["seconds"].as_f64().unwrap_or(0.0));
-    if keep.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
+    drop(scratch);
     let r = |x: f64| (x * 100.0).round() / 100.0;
     println!(
         "{}",
