@@ -54,15 +54,24 @@ impl std::fmt::Display for Subject {
 impl Subject {
     /// The subject's key in the map: the hash of its kind and id.
     pub fn key(&self) -> Hash {
-        let (tag, id) = match self {
-            Subject::Lot(l) => (b'l', l.as_str()),
-            Subject::Actor(a) => (b'a', a.as_str()),
-        };
-        let mut h = blake3::Hasher::new_derive_key("custody 2026-12 lot map key v1");
-        h.update(&[tag]);
-        h.update(id.as_bytes());
-        Hash(*h.finalize().as_bytes())
+        match self {
+            Subject::Lot(l) => Subject::lot_key(l),
+            Subject::Actor(a) => keyed(b'a', a),
+        }
     }
+
+    /// The key of lot `id` (of `Subject::Lot(id)`), without making one.
+    pub fn lot_key(id: &str) -> Hash {
+        keyed(b'l', id)
+    }
+}
+
+/// A subject's key from its kind's tag and its id.
+fn keyed(tag: u8, id: &str) -> Hash {
+    let mut h = blake3::Hasher::new_derive_key("custody 2026-12 lot map key v1");
+    h.update(&[tag]);
+    h.update(id.as_bytes());
+    Hash(*h.finalize().as_bytes())
 }
 
 /// The subjects of one event, each once: every lot it creates, moves,

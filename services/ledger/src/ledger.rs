@@ -2,7 +2,7 @@
 //! that matters, admitting a batch of checked submissions into entries. It
 //! knows nothing of NATS: the service feeds it and delivers its outcomes.
 
-use custody_proto::{Entry, Event, Hash, KeyCache, Opened, Outcome, Receipt, Refusal, Rejection, Timestamp};
+use custody_proto::{ChainError, Entry, Event, Hash, KeyCache, Opened, Outcome, Receipt, Refusal, Rejection, Timestamp};
 use std::path::Path;
 
 use crate::model::Model;
@@ -97,6 +97,28 @@ pub struct Admitted {
 
 /// Entries replayed per signature batch at open.
 const REPLAY_CHUNK: usize = 1024;
+/// Fewest entries a thread checking the chain takes at start: below
+/// this, one thread does it all.
+const MIN_CHAIN_PART: u64 = 65_536;
+
+/// What one thread found checking a part of the chain.
+#[derive(Default)]
+struct ChainPart {
+    /// The `prev_hash` of its first entry (none if the store had none).
+    link: Option<Hash>,
+    /// Its last entry checked.
+    last: Option<(u64, Hash)>,
+    /// The hash of every entry, in order: the tree's leaves.
+    leaves: Vec<Hash>,
+    /// Why it stopped before its end, if an entry after `last` is wrong.
+    failed: Option<StoreError>,
+}
+
+impl ChainPart {
+    fn failed(e: StoreError) -> ChainPart {
+        ChainPart { failed: Some(e), ..ChainPart::default() }
+    }
+}
 
 pub struct Ledger {
     store: Store,
@@ -203,7 +225,8 @@ impl Ledger {
         // The state decodes on one core while the chain is checked on another.
         let (decoded, chain) = std::thread::scope(|s| {
             let decoding = s.spawn(move || saved.decode());
-            let chain = self.check_chain(mark.0);
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64;
+            let chain = self.check_chain(mark.0, mark.0.div_ceil(MIN_CHAIN_PART).min(cores));
             (decoding.join(), chain)
         });
         let (head, tree) = chain?;
@@ -241,33 +264,78 @@ impl Ledger {
     }
 
     /// Checks hash and link of entries 1..=`upto` (fewer if the store
-    /// ends before), in order, and builds their tree: entries are read on
-    /// one thread and hashed on another.
-    fn check_chain(&self, upto: u64) -> Result<(Option<(u64, Hash)>, Tree), OpenError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Entry>, StoreError>>(4);
-        let store = self.store.clone();
-        std::thread::scope(|s| {
-            s.spawn(move || {
-                let mut entries = store.entries_from(1).take(usize::try_from(upto).unwrap_or(usize::MAX)).peekable();
-                while entries.peek().is_some() {
-                    let chunk = entries.by_ref().take(REPLAY_CHUNK).collect::<Result<Vec<Entry>, StoreError>>();
-                    let failed = chunk.is_err();
-                    if tx.send(chunk).is_err() || failed {
-                        return;
+    /// ends before), and builds their tree. The range is cut into `parts`
+    /// (one per core), each read from the store and hashed on its own thread:
+    /// a part checks every entry's hash and its link to the entry before
+    /// it, its first entry's link is checked against the previous part's
+    /// last hash when the parts are joined, in order, so the first wrong
+    /// entry is the one reported, as when checked on one thread.
+    fn check_chain(&self, upto: u64, parts: u64) -> Result<(Option<(u64, Hash)>, Tree), OpenError> {
+        let per = upto.div_ceil(parts.max(1)).max(1);
+        let parts: Vec<(u64, u64)> = (0..upto.div_ceil(per)).map(|i| (1 + i * per, ((i + 1) * per).min(upto))).collect();
+        let checked: Vec<ChainPart> = std::thread::scope(|s| {
+            let threads: Vec<_> = parts.iter().map(|&(first, last)| s.spawn(move || self.check_part(first, last))).collect();
+            threads.into_iter().map(|t| t.join().unwrap_or_else(|_| ChainPart::failed(StoreError::Corrupt("a chain-checking thread failed".into())))).collect()
+        });
+        let mut head = None;
+        let mut tree = Tree::new();
+        for ((first, last), part) in parts.into_iter().zip(checked) {
+            // The part's first entry links to where the previous one
+            // ended: checked before what the part found after it.
+            let expected = head.map_or(Hash::GENESIS, |(_, h)| h);
+            match part.link {
+                Some(link) if link != expected => return Err(StoreError::from(ChainError::BrokenLink { seq: first, expected, found: link }).into()),
+                _ => {}
+            }
+            if let Some(e) = part.failed {
+                return Err(e.into());
+            }
+            for leaf in &part.leaves {
+                tree.push(leaf);
+            }
+            if part.last.is_some() {
+                head = part.last;
+            }
+            // The store ends inside this part: nothing follows.
+            if part.last.map(|l| l.0) != Some(last) {
+                break;
+            }
+        }
+        Ok((head, tree))
+    }
+
+    /// Entries `first..=last` (fewer if the store ends before): each
+    /// one's hash, and its link to the one before it in the part.
+    fn check_part(&self, first: u64, last: u64) -> ChainPart {
+        let len = last.saturating_add(1).saturating_sub(first);
+        let mut part = ChainPart { link: None, last: None, leaves: Vec::with_capacity(usize::try_from(len).unwrap_or(0)), failed: None };
+        for entry in self.store.entries_from(first).take(usize::try_from(len).unwrap_or(usize::MAX)) {
+            let checked = entry.and_then(|entry| {
+                let prev = match part.last {
+                    Some(prev) => Some(prev),
+                    // The first: its seq must be where the part begins;
+                    // its link is checked when the parts are joined.
+                    None if entry.seq != first => return Err(ChainError::OutOfOrder { seq: entry.seq, expected: first }.into()),
+                    None => {
+                        part.link = Some(entry.prev_hash);
+                        (first > 1).then_some((first - 1, entry.prev_hash))
                     }
-                }
+                };
+                entry.check_after(prev)?;
+                Ok(entry)
             });
-            let mut head = None;
-            let mut tree = Tree::new();
-            for chunk in rx {
-                for entry in chunk? {
-                    entry.check_after(head).map_err(StoreError::from)?;
-                    tree.push(&entry.hash);
-                    head = Some((entry.seq, entry.hash));
+            match checked {
+                Ok(entry) => {
+                    part.leaves.push(entry.hash);
+                    part.last = Some((entry.seq, entry.hash));
+                }
+                Err(e) => {
+                    part.failed = Some(e);
+                    break;
                 }
             }
-            Ok((head, tree))
-        })
+        }
+        part
     }
 
     /// Saves the state as the new verified-through mark, when it is
@@ -490,5 +558,52 @@ mod tests {
         ledger.store().append(&admitted.entries).unwrap();
         drop(ledger);
         Ledger::reopen(dir.path(), &authority_key).expect("every committed entry replays");
+    }
+
+    /// The chain checked in parts on several threads gives the head and
+    /// tree of one thread's check, and the same first wrong entry: one
+    /// inside a part, and one at a part's first entry (whose link is
+    /// checked only when the parts are joined).
+    #[test]
+    fn the_chain_checked_in_parts_finds_what_one_thread_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut world = crate::synthetic::Synthetic::new(3);
+        let mut ledger = Ledger::open(dir.path(), &world.authority_key()).unwrap();
+        world.extend(&mut ledger, 40).unwrap();
+        let (head, tree) = ledger.check_chain(40, 1).unwrap();
+        assert_eq!(head.map(|h| h.0), Some(40));
+        for parts in [2, 3, 7, 40, 64] {
+            let (h, t) = ledger.check_chain(40, parts).unwrap();
+            assert_eq!((h, t.root(), t.len()), (head, tree.root(), 40), "{parts} parts");
+        }
+        // A store that ends before the mark: the head is where it ends.
+        let (short, _) = ledger.check_chain(60, 3).unwrap();
+        assert_eq!(short, head);
+
+        let entries: Vec<Entry> = ledger.store().entries_from(1).collect::<Result<_, _>>().unwrap();
+        let first_wrong = |ledger: &Ledger, parts: u64| match ledger.check_chain(40, parts) {
+            Err(OpenError::Store(StoreError::Chain(e))) => e.seq(),
+            other => panic!("{parts} parts: {:?}", other.map(|(h, _)| h)),
+        };
+        // A changed envelope byte at entry 17 (inside a part, or the
+        // first of one, by the number of parts).
+        let mut changed = entries[16].clone();
+        changed.envelope[10] ^= 1;
+        ledger.store().append(&[changed]).unwrap();
+        ledger.store().append(&entries[17..]).unwrap();
+        for parts in [1, 2, 3, 4, 8] {
+            assert_eq!(first_wrong(&ledger, parts), 17, "{parts} parts");
+        }
+        // Entry 21 rehashed over another link: it checks on its own, and
+        // breaks only against entry 20 (the first of a part at 2 parts).
+        ledger.store().append(&entries[16..]).unwrap();
+        let mut relinked = entries[20].clone();
+        relinked.prev_hash = Hash([7; 32]);
+        relinked.hash = Entry::compute_hash(relinked.seq, &relinked.prev_hash, &relinked.recorded_at, &relinked.envelope);
+        ledger.store().append(&[relinked]).unwrap();
+        ledger.store().append(&entries[21..]).unwrap();
+        for parts in [1, 2, 3, 4, 8] {
+            assert_eq!(first_wrong(&ledger, parts), 21, "{parts} parts");
+        }
     }
 }

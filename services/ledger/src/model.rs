@@ -10,6 +10,29 @@ use serde::{Deserialize, Serialize};
 use custody_proto::event::Certificate;
 use custody_proto::{ActorKey, Body, Carats, Code, Country, Event, EventId, LotId, LotState, Receipt, Rejection, Role, Timestamp};
 
+/// An actor's number: its place in [`Model::actors`], in the order actors
+/// were registered (the genesis authority is 0). What a lot names as its
+/// holder or consignee: four bytes, not the key's 56 characters of text
+/// and its 32 bytes (which a saved model would decode for every lot).
+type ActorNo = u32;
+
+/// A lot's or an event id's key in the model's tables: a blake3 digest of
+/// its id ([`lot_key`], [`id_key`]). Fixed-size keys make a saved model
+/// decode without parsing or allocating per record.
+type Key = [u8; 32];
+
+/// A lot's key: the one the lot map knows it by.
+fn lot_key(lot: &LotId) -> Key {
+    custody_proto::lotmap::Subject::lot_key(lot.as_str()).0
+}
+
+/// An event id's key.
+fn id_key(id: &EventId) -> Key {
+    let mut h = blake3::Hasher::new_derive_key("custody 2026-12 ledger event id key v1");
+    h.update(id.as_str().as_bytes());
+    *h.finalize().as_bytes()
+}
+
 /// A registered organisation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Actor {
@@ -26,7 +49,12 @@ enum Status {
     /// Held by `holder` in `country`, available for custody events.
     Held,
     /// Exported under this certificate, not yet imported.
-    InTransit { certificate: String, consignee: ActorKey, to_country: Country },
+    InTransit {
+        certificate: String,
+        consignee: ActorNo,
+        #[serde(with = "code")]
+        to_country: Country,
+    },
     /// Spent by a split, merge or processing; never usable again.
     Consumed,
 }
@@ -34,16 +62,19 @@ enum Status {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Lot {
     /// Its mass now (never changes: a lot is consumed, not reduced).
+    #[serde(with = "hundredths")]
     carats: Carats,
     /// Rough until cut and polished.
     state: LotState,
     /// Who holds it (the exporter, while in transit).
-    holder: ActorKey,
+    holder: ActorNo,
     /// Where it is held (the exporting country, while in transit).
+    #[serde(with = "code")]
     country: Country,
     status: Status,
     /// The latest `occurred_at` of the events that made it or acted on it:
     /// no later event may claim to come before it.
+    #[serde(with = "instant")]
     last_at: Timestamp,
 }
 
@@ -63,13 +94,19 @@ struct Seen {
 
 /// The state every custody rule is checked against. Serialized (for the
 /// saved write model, [`crate::saved`]) with every map in key order, so
-/// that one state has one encoding: its digest.
+/// that one state has one encoding: its digest. The tables that grow with
+/// history (lots, event ids) hold fixed-size records under fixed-size
+/// keys, so that decoding a saved model is copying, not parsing.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(from = "Parts")]
 pub struct Model {
-    #[serde(serialize_with = "in_order::map", deserialize_with = "in_order::read_map")]
-    actors: HashMap<ActorKey, Actor>,
-    #[serde(serialize_with = "in_order::map", deserialize_with = "in_order::read_map")]
-    lots: HashMap<LotId, Lot>,
+    /// Every actor with its key, by number.
+    actors: Vec<(ActorKey, Actor)>,
+    /// An actor's number by its key.
+    #[serde(skip)]
+    numbers: HashMap<ActorKey, ActorNo>,
+    #[serde(serialize_with = "in_order::map")]
+    lots: HashMap<Key, Lot>,
     /// KP certificate numbers used, with the lots still in transit under each.
     #[serde(serialize_with = "in_order::map", deserialize_with = "in_order::read_map")]
     certificates: HashMap<String, Vec<LotId>>,
@@ -80,8 +117,32 @@ pub struct Model {
     /// Verification numbers used (a node's stamp names one shipment).
     #[serde(serialize_with = "in_order::set", deserialize_with = "in_order::read_set")]
     verifications: std::collections::HashSet<String>,
-    #[serde(serialize_with = "in_order::map", deserialize_with = "in_order::read_map")]
-    ids: HashMap<EventId, Seen>,
+    #[serde(serialize_with = "in_order::map")]
+    ids: HashMap<Key, Seen>,
+}
+
+/// A [`Model`] as saved: the same fields, less the index of actors'
+/// numbers, which is rebuilt.
+#[derive(Deserialize)]
+struct Parts {
+    actors: Vec<(ActorKey, Actor)>,
+    #[serde(deserialize_with = "in_order::read_map")]
+    lots: HashMap<Key, Lot>,
+    #[serde(deserialize_with = "in_order::read_map")]
+    certificates: HashMap<String, Vec<LotId>>,
+    #[serde(deserialize_with = "in_order::read_map")]
+    shipped: HashMap<String, Vec<LotId>>,
+    #[serde(deserialize_with = "in_order::read_set")]
+    verifications: std::collections::HashSet<String>,
+    #[serde(deserialize_with = "in_order::read_map")]
+    ids: HashMap<Key, Seen>,
+}
+
+impl From<Parts> for Model {
+    fn from(p: Parts) -> Model {
+        let numbers = p.actors.iter().enumerate().map(|(n, (k, _))| (k.clone(), ActorNo::try_from(n).unwrap_or(ActorNo::MAX))).collect();
+        Model { actors: p.actors, numbers, lots: p.lots, certificates: p.certificates, shipped: p.shipped, verifications: p.verifications, ids: p.ids }
+    }
 }
 
 /// Hash maps and sets serialized in key order, and read back into tables
@@ -163,6 +224,34 @@ mod instant {
     }
 }
 
+/// A mass as its hundredths of a carat.
+mod hundredths {
+    use custody_proto::Carats;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(c: &Carats, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(c.hundredths())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Carats, D::Error> {
+        Carats::from_hundredths(u64::deserialize(d)?).ok_or_else(|| serde::de::Error::custom("a mass of zero"))
+    }
+}
+
+/// A country as its two letters, read without allocating.
+mod code {
+    use custody_proto::Country;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(c: &Country, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(c.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Country, D::Error> {
+        <&str>::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// A blake3 digest as its 32 bytes.
 mod digest {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -200,8 +289,25 @@ impl Model {
     /// A ledger with only its genesis authority.
     pub fn new(authority: ActorKey) -> Model {
         let mut m = Model::default();
-        m.actors.insert(authority, Actor { roles: vec![Role::Authority], country: None, revoked: false });
+        m.register(authority, Actor { roles: vec![Role::Authority], country: None, revoked: false });
         m
+    }
+
+    fn register(&mut self, key: ActorKey, actor: Actor) {
+        let Ok(no) = ActorNo::try_from(self.actors.len()) else { return };
+        self.numbers.insert(key.clone(), no);
+        self.actors.push((key, actor));
+    }
+
+    /// A registered actor: its number and record.
+    fn actor(&self, key: &ActorKey) -> Option<(ActorNo, &Actor)> {
+        let no = *self.numbers.get(key)?;
+        self.actors.get(no as usize).map(|(_, a)| (no, a))
+    }
+
+    /// The key of actor `no`, for messages.
+    fn key_of(&self, no: ActorNo) -> &str {
+        self.actors.get(no as usize).map_or("an unknown actor", |(k, _)| k.as_str())
     }
 
     /// Every actor's key and roles (what its quota follows).
@@ -223,7 +329,7 @@ impl Model {
     /// blake3 `digest`) is the same, `id_conflict` when it differs. `None`
     /// for a new id.
     pub fn replay(&self, id: &EventId, digest: &blake3::Hash) -> Option<Result<Receipt, Rejection>> {
-        let seen = self.ids.get(id)?;
+        let seen = self.ids.get(&id_key(id))?;
         if seen.payload == *digest {
             let hash = custody_proto::Hash(seen.hash);
             Some(Ok(Receipt { id: id.to_string(), seq: seen.seq, hash, recorded_at: seen.recorded_at.to_rfc3339() }))
@@ -234,7 +340,7 @@ impl Model {
 
     /// Binds an id to its entry once the entry is built.
     pub fn remember(&mut self, id: EventId, digest: blake3::Hash, entry: &custody_proto::Entry) {
-        self.ids.insert(id, Seen { payload: digest, seq: entry.seq, hash: entry.hash.0, recorded_at: entry.recorded_at });
+        self.ids.insert(id_key(&id), Seen { payload: digest, seq: entry.seq, hash: entry.hash.0, recorded_at: entry.recorded_at });
     }
 
     /// The keys of what `event` acts on in the lot map
@@ -250,7 +356,7 @@ impl Model {
     /// Checks every custody rule for `event`, signed by `event.actor`.
     pub fn check(&self, event: &Event) -> Result<(), Rejection> {
         let signer = &event.actor;
-        let actor = self.actors.get(signer).ok_or_else(|| reject(Code::UnknownActor, format!("{signer} is not a registered actor")))?;
+        let (me, actor) = self.actor(signer).ok_or_else(|| reject(Code::UnknownActor, format!("{signer} is not a registered actor")))?;
         if actor.revoked {
             return Err(reject(Code::ActorRevoked, format!("{signer} was revoked by the authority and may sign nothing")));
         }
@@ -262,11 +368,11 @@ impl Model {
         }
         match &event.body {
             Body::ActorRegistered { subject, .. } => {
-                if self.actors.contains_key(subject) {
+                if self.numbers.contains_key(subject) {
                     return Err(reject(Code::ActorExists, format!("{subject} is already registered")));
                 }
             }
-            Body::ActorRevoked { subject, .. } => match self.actors.get(subject) {
+            Body::ActorRevoked { subject, .. } => match self.actor(subject).map(|(_, a)| a) {
                 None => return Err(reject(Code::UnknownActor, format!("{subject} is not a registered actor"))),
                 Some(a) if a.revoked => return Err(reject(Code::ActorRevoked, format!("{subject} is already revoked"))),
                 Some(a) if a.country.is_none() => {
@@ -282,7 +388,7 @@ impl Model {
             }
             Body::Declared { lot, .. } => self.fresh(lot).map(|_| ())?,
             Body::Split { lot, into } => {
-                let input = self.held(lot, signer)?;
+                let input = self.held(lot, me)?;
                 self.fresh_all(into.iter().map(|p| &p.lot))?;
                 let out = sum(into.iter().map(|p| &p.carats))?;
                 if out != input.carats.hundredths() {
@@ -293,7 +399,7 @@ impl Model {
                 }
             }
             Body::Merged { lots, into } => {
-                let inputs = lots.iter().map(|l| self.held(l, signer)).collect::<Result<Vec<_>, _>>()?;
+                let inputs = self.held_all(lots, me)?;
                 same(&inputs, |l| l.state, Code::StateMismatch, "a merge takes lots of one state (all rough or all polished)")?;
                 same(&inputs, |l| l.country, Code::WrongCountry, "a merge takes lots held in one country")?;
                 self.fresh(&into.lot)?;
@@ -306,7 +412,7 @@ impl Model {
                 }
             }
             Body::Transferred { lots, to } => {
-                let inputs = self.held_all(lots, signer)?;
+                let inputs = self.held_all(lots, me)?;
                 let receiver = self.custodian(to)?;
                 let here = inputs[0].country;
                 same(&inputs, |l| l.country, Code::WrongCountry, "a transfer moves lots held in one country")?;
@@ -314,7 +420,7 @@ impl Model {
                     return Err(reject(Code::WrongCountry, format!("transferred stays inside {here}; {to} is in {}: use exported", show(receiver.country))));
                 }
             }
-            Body::Exported { lots, to, to_country, certificate } => self.check_export(signer, lots, to, *to_country, certificate)?,
+            Body::Exported { lots, to, to_country, certificate } => self.check_export(me, lots, to, *to_country, certificate)?,
             Body::Imported { certificate, lots } => {
                 let named: Vec<LotId> = match (certificate, lots) {
                     (Some(c), _) => self
@@ -329,9 +435,9 @@ impl Model {
                 for l in &named {
                     let lot = self.known(l)?;
                     match &lot.status {
-                        Status::InTransit { consignee, .. } if consignee == signer => {}
+                        Status::InTransit { consignee, .. } if *consignee == me => {}
                         Status::InTransit { consignee, .. } => {
-                            return Err(reject(Code::NotConsignee, format!("{l} is consigned to {consignee}, not {signer}")))
+                            return Err(reject(Code::NotConsignee, format!("{l} is consigned to {}, not {signer}", self.key_of(*consignee))))
                         }
                         Status::Consumed => return Err(reject(Code::LotConsumed, format!("{l} is consumed"))),
                         Status::Held => return Err(reject(Code::NotConsignee, format!("{l} is not in transit; there is nothing to import"))),
@@ -339,7 +445,7 @@ impl Model {
                 }
             }
             Body::Processed { lot, country, into, .. } => {
-                let input = self.held(lot, signer)?;
+                let input = self.held(lot, me)?;
                 if input.country != *country {
                     return Err(reject(Code::WrongCountry, format!("{lot} is held in {}; processing in {country} is not where it is", input.country)));
                 }
@@ -371,8 +477,8 @@ impl Model {
                         return Err(reject(Code::LotConsumed, format!("lot {l} is consumed; inspect what it became")));
                     }
                     let own = match &lot.status {
-                        Status::InTransit { consignee, .. } => consignee == signer || &lot.holder == signer,
-                        _ => &lot.holder == signer,
+                        Status::InTransit { consignee, .. } => *consignee == me || lot.holder == me,
+                        _ => lot.holder == me,
                     };
                     if own {
                         return Err(reject(
@@ -388,7 +494,7 @@ impl Model {
         // can see is false (and backdating a departure is how a Russian lot
         // would pass for grandfathered).
         for l in acted_on(&self.certificates, &self.shipped, event) {
-            if let Some(lot) = self.lots.get(l) {
+            if let Some(lot) = self.lots.get(&lot_key(l)) {
                 if event.occurred_at < lot.last_at {
                     return Err(reject(
                         Code::PredatesLot,
@@ -403,8 +509,8 @@ impl Model {
         Ok(())
     }
 
-    fn check_export(&self, signer: &ActorKey, lots: &[LotId], to: &ActorKey, to_country: Country, cert: &Certificate) -> Result<(), Rejection> {
-        let inputs = self.held_all(lots, signer)?;
+    fn check_export(&self, me: ActorNo, lots: &[LotId], to: &ActorKey, to_country: Country, cert: &Certificate) -> Result<(), Rejection> {
+        let inputs = self.held_all(lots, me)?;
         same(&inputs, |l| l.country, Code::WrongCountry, "an export ships lots held in one country")?;
         let from = inputs[0].country;
         let receiver = self.custodian(to)?;
@@ -426,27 +532,29 @@ impl Model {
 
     /// Applies an event that passed [`Model::check`].
     pub fn apply(&mut self, event: &Event) {
-        let signer = &event.actor;
+        let Some((signer, actor)) = self.actor(&event.actor) else { return };
+        let here = actor.country;
         let at = event.occurred_at;
         for l in acted_on(&self.certificates, &self.shipped, event) {
-            if let Some(lot) = self.lots.get_mut(l) {
+            if let Some(lot) = self.lots.get_mut(&lot_key(l)) {
                 lot.last_at = lot.last_at.max(at);
             }
         }
         match &event.body {
             Body::ActorRegistered { subject, roles, country, .. } => {
-                self.actors.insert(subject.clone(), Actor { roles: roles.clone(), country: Some(*country), revoked: false });
+                self.register(subject.clone(), Actor { roles: roles.clone(), country: Some(*country), revoked: false });
             }
             Body::ActorRevoked { subject, .. } => {
-                if let Some(a) = self.actors.get_mut(subject) {
-                    a.revoked = true;
+                if let Some(no) = self.numbers.get(subject) {
+                    if let Some((_, a)) = self.actors.get_mut(*no as usize) {
+                        a.revoked = true;
+                    }
                 }
             }
             Body::Mined { lot, carats, country, .. } => self.create(lot, *carats, LotState::Rough, signer, *country, at),
             // The claimed origin matters to projections only.
             Body::Declared { lot, carats, state, .. } => {
-                let country = self.actors.get(signer).and_then(|a| a.country);
-                if let Some(country) = country {
+                if let Some(country) = here {
                     self.create(lot, *carats, *state, signer, country, at);
                 }
             }
@@ -470,16 +578,18 @@ impl Model {
                 }
             }
             Body::Transferred { lots, to } => {
+                let Some((to, _)) = self.actor(to) else { return };
                 for l in lots {
-                    if let Some(lot) = self.lots.get_mut(l) {
-                        lot.holder = to.clone();
+                    if let Some(lot) = self.lots.get_mut(&lot_key(l)) {
+                        lot.holder = to;
                     }
                 }
             }
             Body::Exported { lots, to, to_country, certificate } => {
+                let Some((to, _)) = self.actor(to) else { return };
                 for l in lots {
-                    if let Some(lot) = self.lots.get_mut(l) {
-                        lot.status = Status::InTransit { certificate: certificate.number.clone(), consignee: to.clone(), to_country: *to_country };
+                    if let Some(lot) = self.lots.get_mut(&lot_key(l)) {
+                        lot.status = Status::InTransit { certificate: certificate.number.clone(), consignee: to, to_country: *to_country };
                     }
                 }
                 self.certificates.insert(certificate.number.clone(), lots.clone());
@@ -492,7 +602,7 @@ impl Model {
                     (None, None) => Vec::new(),
                 };
                 for l in &named {
-                    let Some(lot) = self.lots.get_mut(l) else { continue };
+                    let Some(lot) = self.lots.get_mut(&lot_key(l)) else { continue };
                     if let Status::InTransit { certificate, consignee, to_country } = lot.status.clone() {
                         lot.holder = consignee;
                         lot.country = to_country;
@@ -510,37 +620,37 @@ impl Model {
         }
     }
 
-    fn create(&mut self, lot: &LotId, carats: Carats, state: LotState, holder: &ActorKey, country: Country, at: Timestamp) {
-        self.lots.insert(lot.clone(), Lot { carats, state, holder: holder.clone(), country, status: Status::Held, last_at: at });
+    fn create(&mut self, lot: &LotId, carats: Carats, state: LotState, holder: ActorNo, country: Country, at: Timestamp) {
+        self.lots.insert(lot_key(lot), Lot { carats, state, holder, country, status: Status::Held, last_at: at });
     }
 
     fn consume(&mut self, lot: &LotId) -> Option<(LotState, Country)> {
-        let l = self.lots.get_mut(lot)?;
+        let l = self.lots.get_mut(&lot_key(lot))?;
         l.status = Status::Consumed;
         Some((l.state, l.country))
     }
 
     fn known(&self, lot: &LotId) -> Result<&Lot, Rejection> {
-        self.lots.get(lot).ok_or_else(|| reject(Code::UnknownLot, format!("lot {lot} is not in the ledger")))
+        self.lots.get(&lot_key(lot)).ok_or_else(|| reject(Code::UnknownLot, format!("lot {lot} is not in the ledger")))
     }
 
-    /// A lot the signer holds and may act on now.
-    fn held(&self, lot: &LotId, signer: &ActorKey) -> Result<&Lot, Rejection> {
+    /// A lot the signer (actor `me`) holds and may act on now.
+    fn held(&self, lot: &LotId, me: ActorNo) -> Result<&Lot, Rejection> {
         let l = self.known(lot)?;
         match l.status {
             Status::Consumed => Err(reject(Code::LotConsumed, format!("lot {lot} is consumed; its carats live on in its outputs"))),
             Status::InTransit { .. } => Err(reject(Code::LotInTransit, format!("lot {lot} is in transit; the consignee must import it first"))),
-            Status::Held if &l.holder != signer => Err(reject(Code::NotHolder, format!("lot {lot} is held by {}, not {signer}", l.holder))),
+            Status::Held if l.holder != me => Err(reject(Code::NotHolder, format!("lot {lot} is held by {}, not {}", self.key_of(l.holder), self.key_of(me)))),
             Status::Held => Ok(l),
         }
     }
 
-    fn held_all(&self, lots: &[LotId], signer: &ActorKey) -> Result<Vec<&Lot>, Rejection> {
-        lots.iter().map(|l| self.held(l, signer)).collect()
+    fn held_all(&self, lots: &[LotId], me: ActorNo) -> Result<Vec<&Lot>, Rejection> {
+        lots.iter().map(|l| self.held(l, me)).collect()
     }
 
     fn fresh(&self, lot: &LotId) -> Result<(), Rejection> {
-        if self.lots.contains_key(lot) {
+        if self.lots.contains_key(&lot_key(lot)) {
             return Err(reject(Code::LotExists, format!("lot id {lot} already exists; lot ids are unique forever")));
         }
         Ok(())
@@ -553,7 +663,7 @@ impl Model {
 
     /// A registered actor who can hold lots.
     fn custodian(&self, key: &ActorKey) -> Result<&Actor, Rejection> {
-        let a = self.actors.get(key).ok_or_else(|| reject(Code::UnknownActor, format!("receiver {key} is not a registered actor")))?;
+        let (_, a) = self.actor(key).ok_or_else(|| reject(Code::UnknownActor, format!("receiver {key} is not a registered actor")))?;
         if !a.roles.iter().any(|r| matches!(r, Role::Miner | Role::Trader | Role::Manufacturer)) {
             return Err(reject(Code::RoleNotAllowed, format!("receiver {key} has no role that may hold lots")));
         }

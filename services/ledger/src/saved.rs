@@ -37,7 +37,9 @@ use crate::model::Model;
 pub const FILE: &str = "write-model";
 /// The file's first bytes: its format and layout version.
 /// v2: an event id keeps its entry (seq, hash, time), not a receipt.
-const MAGIC: &[u8] = b"custody write model v2\n";
+/// v3: lots and event ids under their digests, a lot's holder as an
+/// actor's number (records of fixed size, decoded without parsing).
+const MAGIC: &[u8] = b"custody write model v3\n";
 
 /// A lot map head as bytes: `(key, head, count, last)`.
 type RawHead = ([u8; 32], [u8; 32], u64, u64);
