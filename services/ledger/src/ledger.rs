@@ -223,10 +223,16 @@ impl Ledger {
     fn resume(&mut self, saved: crate::saved::Read) -> Result<(), OpenError> {
         let mark = (saved.seq, saved.hash);
         // The state decodes on one core while the chain is checked on another.
+        let started = std::time::Instant::now();
         let (decoded, chain) = std::thread::scope(|s| {
-            let decoding = s.spawn(move || saved.decode());
+            let decoding = s.spawn(move || {
+                let decoded = saved.decode();
+                tracing::debug!(ms = started.elapsed().as_millis() as u64, "saved write model decoded");
+                decoded
+            });
             let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64;
             let chain = self.check_chain(mark.0, mark.0.div_ceil(MIN_CHAIN_PART).min(cores));
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "hash chain checked up to the saved write model's mark");
             (decoding.join(), chain)
         });
         let (head, tree) = chain?;

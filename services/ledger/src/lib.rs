@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`store`]: durable entries (the only sled user).
 //! - [`model`]: the write model and custody rules (pure).
+//! - [`table`]: its large tables: a saved run in key order, and what was added since.
 //! - [`ledger`]: open/replay, admit a batch, follow the stream.
 //! - [`notary`]: the Merkle tree, the ledger's key, checkpoints and proofs.
 //! - [`writer`]: the active writer's decisions, without I/O.
@@ -33,6 +34,7 @@ pub mod service;
 pub mod simulator;
 pub mod store;
 pub mod synthetic;
+pub mod table;
 pub mod writer;
 
 pub use ledger::{Ledger, OpenError};

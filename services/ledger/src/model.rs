@@ -19,7 +19,7 @@ type ActorNo = u32;
 /// A lot's or an event id's key in the model's tables: a blake3 digest of
 /// its id ([`lot_key`], [`id_key`]). Fixed-size keys make a saved model
 /// decode without parsing or allocating per record.
-type Key = [u8; 32];
+use crate::table::{Key, Table};
 
 /// A lot's key: the one the lot map knows it by.
 fn lot_key(lot: &LotId) -> Key {
@@ -105,8 +105,7 @@ pub struct Model {
     /// An actor's number by its key.
     #[serde(skip)]
     numbers: HashMap<ActorKey, ActorNo>,
-    #[serde(serialize_with = "in_order::map")]
-    lots: HashMap<Key, Lot>,
+    lots: Table<Lot>,
     /// KP certificate numbers used, with the lots still in transit under each.
     #[serde(serialize_with = "in_order::map", deserialize_with = "in_order::read_map")]
     certificates: HashMap<String, Vec<LotId>>,
@@ -117,8 +116,7 @@ pub struct Model {
     /// Verification numbers used (a node's stamp names one shipment).
     #[serde(serialize_with = "in_order::set", deserialize_with = "in_order::read_set")]
     verifications: std::collections::HashSet<String>,
-    #[serde(serialize_with = "in_order::map")]
-    ids: HashMap<Key, Seen>,
+    ids: Table<Seen>,
 }
 
 /// A [`Model`] as saved: the same fields, less the index of actors'
@@ -126,16 +124,14 @@ pub struct Model {
 #[derive(Deserialize)]
 struct Parts {
     actors: Vec<(ActorKey, Actor)>,
-    #[serde(deserialize_with = "in_order::read_map")]
-    lots: HashMap<Key, Lot>,
+    lots: Table<Lot>,
     #[serde(deserialize_with = "in_order::read_map")]
     certificates: HashMap<String, Vec<LotId>>,
     #[serde(deserialize_with = "in_order::read_map")]
     shipped: HashMap<String, Vec<LotId>>,
     #[serde(deserialize_with = "in_order::read_set")]
     verifications: std::collections::HashSet<String>,
-    #[serde(deserialize_with = "in_order::read_map")]
-    ids: HashMap<Key, Seen>,
+    ids: Table<Seen>,
 }
 
 impl From<Parts> for Model {
