@@ -278,7 +278,7 @@ impl Ledger {
     /// entry is the one reported, as when checked on one thread.
     fn check_chain(&self, upto: u64, parts: u64) -> Result<(Option<(u64, Hash)>, Tree), OpenError> {
         let per = upto.div_ceil(parts.max(1)).max(1);
-        let parts: Vec<(u64, u64)> = (0..upto.div_ceil(per)).map(|i| (1 + i * per, ((i + 1) * per).min(upto))).collect();
+        let parts: Vec<(u64, u64)> = (0..upto.div_ceil(per)).map(|i| (1 + i * per, (i + 1).saturating_mul(per).min(upto))).collect();
         let checked: Vec<ChainPart> = std::thread::scope(|s| {
             let threads: Vec<_> = parts.iter().map(|&(first, last)| s.spawn(move || self.check_part(first, last))).collect();
             threads.into_iter().map(|t| t.join().unwrap_or_else(|_| ChainPart::failed(StoreError::Corrupt("a chain-checking thread failed".into())))).collect()
@@ -314,7 +314,10 @@ impl Ledger {
     /// one's hash, and its link to the one before it in the part.
     fn check_part(&self, first: u64, last: u64) -> ChainPart {
         let len = last.saturating_add(1).saturating_sub(first);
-        let mut part = ChainPart { link: None, last: None, leaves: Vec::with_capacity(usize::try_from(len).unwrap_or(0)), failed: None };
+        // At most 16 M leaves reserved up front: the mark that sized the
+        // parts is checked against the store, not trusted for sizes.
+        let room = usize::try_from(len).unwrap_or(0).min(1 << 24);
+        let mut part = ChainPart { link: None, last: None, leaves: Vec::with_capacity(room), failed: None };
         for entry in self.store.entries_from(first).take(usize::try_from(len).unwrap_or(usize::MAX)) {
             let checked = entry.and_then(|entry| {
                 let prev = match part.last {
