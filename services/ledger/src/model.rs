@@ -10,18 +10,17 @@ use serde::{Deserialize, Serialize};
 use custody_proto::event::Certificate;
 use custody_proto::{ActorKey, Body, Carats, Code, Country, Event, EventId, LotId, LotState, Receipt, Rejection, Role, Timestamp};
 
+use crate::table::{Key, Table};
+
 /// An actor's number: its place in [`Model::actors`], in the order actors
 /// were registered (the genesis authority is 0). What a lot names as its
 /// holder or consignee: four bytes, not the key's 56 characters of text
 /// and its 32 bytes (which a saved model would decode for every lot).
 type ActorNo = u32;
 
-/// A lot's or an event id's key in the model's tables: a blake3 digest of
-/// its id ([`lot_key`], [`id_key`]). Fixed-size keys make a saved model
-/// decode without parsing or allocating per record.
-use crate::table::{Key, Table};
-
-/// A lot's key: the one the lot map knows it by.
+/// A lot's key in the model's tables: the one the lot map knows it by.
+/// Fixed-size keys (this and [`id_key`]) make a saved model decode
+/// without parsing or allocating per record.
 fn lot_key(lot: &LotId) -> Key {
     custody_proto::lotmap::Subject::lot_key(lot.as_str()).0
 }
