@@ -123,8 +123,37 @@ impl Tree {
 
     /// Appends the next entry (its chain hash).
     pub fn push(&mut self, entry_hash: &Hash) {
-        let mut h = self.hash.leaf(entry_hash);
-        let mut k = 0;
+        self.push_node(0, self.hash.leaf(entry_hash));
+    }
+
+    /// Appends `part`: the tree (same [`TreeHash`]) of the entries that
+    /// follow this tree's, built apart, on another core. With this tree's
+    /// length a multiple of 2^k, `part`'s levels below k are taken as they
+    /// are (its nodes there cover the same leaves as the whole tree's) and
+    /// only its nodes at level k are pushed, which makes the levels above:
+    /// the tree pushing every entry gives, for a small part of the work.
+    pub fn append(&mut self, part: Tree) {
+        debug_assert!(part.hash == self.hash, "a part appended is built with the same hash");
+        if self.is_empty() {
+            *self = part;
+            return;
+        }
+        let k = self.len().trailing_zeros() as usize;
+        let mut levels = part.levels.into_iter();
+        for j in 0..k {
+            let Some(level) = levels.next() else { return };
+            if self.levels.len() == j {
+                self.levels.push(Vec::new());
+            }
+            self.levels[j].extend(level);
+        }
+        for h in levels.next().unwrap_or_default() {
+            self.push_node(k, h);
+        }
+    }
+
+    /// Pushes `h` at level `k` and the nodes it completes above.
+    fn push_node(&mut self, mut k: usize, mut h: Hash) {
         loop {
             if self.levels.len() == k {
                 self.levels.push(Vec::new());
@@ -400,6 +429,28 @@ mod tests {
 
     fn entries(n: u64) -> Vec<Hash> {
         (0..n).map(|i| Hash(*blake3::hash(&i.to_be_bytes()).as_bytes())).collect()
+    }
+
+    #[test]
+    fn a_tree_appended_in_parts_is_the_tree_pushed_entry_by_entry() {
+        let e = entries(300);
+        for n in [0usize, 1, 2, 7, 64, 65, 128, 200, 300] {
+            let mut whole = Tree::new();
+            e[..n].iter().for_each(|h| whole.push(h));
+            // Cut at aligned and unaligned places, in two and three parts.
+            for cuts in [vec![0], vec![n / 2], vec![64.min(n)], vec![32.min(n), 128.min(n)], vec![3.min(n), 96.min(n)], vec![5.min(n), 6.min(n), 100.min(n)]] {
+                let mut bounds = vec![0];
+                bounds.extend(cuts.iter().copied());
+                bounds.push(n);
+                let mut joined = Tree::new();
+                for w in bounds.windows(2) {
+                    let mut part = Tree::new();
+                    e[w[0]..w[1].max(w[0])].iter().for_each(|h| part.push(h));
+                    joined.append(part);
+                }
+                assert_eq!(joined.levels, whole.levels, "{n} entries cut at {cuts:?}");
+            }
+        }
     }
 
     #[test]

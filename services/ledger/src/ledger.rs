@@ -108,8 +108,9 @@ struct ChainPart {
     link: Option<Hash>,
     /// Its last entry checked.
     last: Option<(u64, Hash)>,
-    /// The hash of every entry, in order: the tree's leaves.
-    leaves: Vec<Hash>,
+    /// The tree of its entries, built on its own core and appended to
+    /// the previous parts' at the join.
+    tree: Tree,
     /// Why it stopped before its end, if an entry after `last` is wrong.
     failed: Option<StoreError>,
 }
@@ -296,9 +297,7 @@ impl Ledger {
             if let Some(e) = part.failed {
                 return Err(e.into());
             }
-            for leaf in &part.leaves {
-                tree.push(leaf);
-            }
+            tree.append(part.tree);
             if part.last.is_some() {
                 head = part.last;
             }
@@ -314,10 +313,7 @@ impl Ledger {
     /// one's hash, and its link to the one before it in the part.
     fn check_part(&self, first: u64, last: u64) -> ChainPart {
         let len = last.saturating_add(1).saturating_sub(first);
-        // At most 16 M leaves reserved up front: the mark that sized the
-        // parts is checked against the store, not trusted for sizes.
-        let room = usize::try_from(len).unwrap_or(0).min(1 << 24);
-        let mut part = ChainPart { link: None, last: None, leaves: Vec::with_capacity(room), failed: None };
+        let mut part = ChainPart { link: None, last: None, tree: Tree::new(), failed: None };
         for entry in self.store.entries_from(first).take(usize::try_from(len).unwrap_or(usize::MAX)) {
             let checked = entry.and_then(|entry| {
                 let prev = match part.last {
@@ -335,7 +331,7 @@ impl Ledger {
             });
             match checked {
                 Ok(entry) => {
-                    part.leaves.push(entry.hash);
+                    part.tree.push(&entry.hash);
                     part.last = Some((entry.seq, entry.hash));
                 }
                 Err(e) => {

@@ -151,9 +151,13 @@ impl Read {
         if !rest.is_empty() {
             return Err(Damage::Body(format!("{} bytes after the state", rest.len())));
         }
+        // The file's bytes go before the lot map is built: at ten million
+        // entries they are gigabytes the map need not sit beside.
+        drop(self.bytes);
         let map = match saved.map {
             None => None,
             Some(heads) => {
+                // Same size and alignment: collected in place, no second copy.
                 let heads = heads.into_iter().map(|(k, head, count, last)| (Hash(k), Head { head: Hash(head), count, last })).collect();
                 Some(LotMap::from_sorted(heads).ok_or(Damage::MapOrder)?)
             }
