@@ -265,22 +265,69 @@ impl LotMap {
     /// is built in one pass, the same shape inserting them one by one
     /// gives (the shape depends only on the keys), with nothing hashed yet.
     pub fn from_sorted(heads: Vec<(Hash, Head)>) -> Option<LotMap> {
-        fn build(heads: &[(Hash, Head)], depth: usize) -> Node {
+        LotMap::build(heads, None)
+    }
+
+    /// [`LotMap::from_sorted`] with every branch's hash as
+    /// [`LotMap::branch_hashes`] gave them, so that nothing is hashed
+    /// again; `None` also when there are more or fewer hashes than
+    /// branches. The hashes are taken as given: only for a map this
+    /// process (or its own saved state, checksummed) computed.
+    pub fn from_sorted_hashed(heads: Vec<(Hash, Head)>, hashes: &[Hash]) -> Option<LotMap> {
+        LotMap::build(heads, Some(hashes))
+    }
+
+    fn build(heads: Vec<(Hash, Head)>, hashes: Option<&[Hash]>) -> Option<LotMap> {
+        /// Branches are made depth first, each before its children: the
+        /// order [`LotMap::branch_hashes`] lists them in.
+        fn build(heads: &[(Hash, Head)], depth: usize, hashes: &mut Option<std::slice::Iter<'_, Hash>>, short: &mut bool) -> Node {
             match heads {
                 [] => Node::Empty,
                 [(key, head)] => Node::Leaf(Arc::new(Leaf { key: *key, head: *head })),
                 _ if depth >= 256 => Node::Empty,
                 _ => {
+                    let hash = match hashes.as_mut() {
+                        None => None,
+                        Some(it) => {
+                            let h = it.next().copied();
+                            *short |= h.is_none();
+                            h
+                        }
+                    };
                     let split = heads.partition_point(|(k, _)| !bit(k, depth));
                     let (left, right) = heads.split_at(split);
-                    Node::Branch(Arc::new(Branch { hash: None, left: build(left, depth + 1), right: build(right, depth + 1) }))
+                    let left = build(left, depth + 1, hashes, short);
+                    Node::Branch(Arc::new(Branch { hash, left, right: build(right, depth + 1, hashes, short) }))
                 }
             }
         }
         if heads.windows(2).any(|w| w[0].0 .0 >= w[1].0 .0) {
             return None;
         }
-        Some(LotMap { root: build(&heads, 0), len: heads.len() })
+        let mut it = hashes.map(<[Hash]>::iter);
+        let mut short = false;
+        let root = build(&heads, 0, &mut it, &mut short);
+        if short || it.is_some_and(|mut rest| rest.next().is_some()) {
+            return None;
+        }
+        Some(LotMap { root, len: heads.len() })
+    }
+
+    /// Every branch's hash, depth first, each before its children (the
+    /// order [`LotMap::from_sorted_hashed`] takes them in), hashing what
+    /// changed first.
+    pub fn branch_hashes(&mut self) -> Vec<Hash> {
+        fn walk(node: &Node, out: &mut Vec<Hash>) {
+            if let Node::Branch(b) = node {
+                out.push(b.hash.unwrap_or_else(|| hashed(node)));
+                walk(&b.left, out);
+                walk(&b.right, out);
+            }
+        }
+        hash(&mut self.root);
+        let mut out = Vec::with_capacity(self.len);
+        walk(&self.root, &mut out);
+        out
     }
 
     /// The root, hashing what changed since the last call.
@@ -680,6 +727,36 @@ mod tests {
         swapped.swap(3, 4);
         assert!(LotMap::from_sorted(swapped).is_none());
         assert_eq!(LotMap::from_sorted(Vec::new()).map(|mut m| m.root()), Some(EMPTY));
+    }
+
+    /// A saved map with its branches' hashes comes back hashed: the same
+    /// root and proofs with nothing hashed again, and hashes that do not
+    /// fit its branches in number are refused.
+    #[test]
+    fn a_map_built_with_its_branch_hashes_needs_no_hashing() {
+        let mut map = LotMap::new();
+        for seq in 1..=700u64 {
+            map.touch(&key(seq % 400), seq, &entry(seq));
+        }
+        let (heads, hashes) = (map.heads(), map.branch_hashes());
+        assert!(hashes.len() >= heads.len() - 1, "a branch at least between every two leaves");
+        let again = LotMap::from_sorted_hashed(heads.clone(), &hashes).expect("sorted, one hash a branch");
+        // Already hashed: the root is read, not computed.
+        assert_eq!(hashed(&again.root), map.root());
+        let mut again = again;
+        let asked = [lot(9), lot(399), lot(5000)];
+        assert_eq!(again.prove(&asked), map.prove(&asked));
+        again.touch(&key(11), 701, &entry(701));
+        map.touch(&key(11), 701, &entry(701));
+        assert_eq!(again.root(), map.root());
+        assert!(LotMap::from_sorted_hashed(heads.clone(), &hashes[1..]).is_none(), "one hash short");
+        let mut more = hashes.clone();
+        more.push(EMPTY);
+        assert!(LotMap::from_sorted_hashed(heads.clone(), &more).is_none(), "one hash too many");
+        // A wrong hash is taken as given: the root it leads to differs.
+        let mut wrong = hashes;
+        wrong[0] = EMPTY;
+        assert_ne!(LotMap::from_sorted_hashed(heads, &wrong).map(|m| hashed(&m.root)), Some(map.root()));
     }
 
     #[test]

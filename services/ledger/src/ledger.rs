@@ -160,13 +160,7 @@ impl Ledger {
     /// of its file lock a moment after the last handle is dropped, so a
     /// held lock is waited on (5 s at most).
     pub fn reopen(dir: &Path, authority: &ActorKey) -> Result<Ledger, OpenError> {
-        for _ in 0..100 {
-            match Ledger::open(dir, authority) {
-                Err(OpenError::Store(e)) if e.to_string().contains("could not acquire lock") => std::thread::sleep(std::time::Duration::from_millis(50)),
-                other => return other,
-            }
-        }
-        Ledger::open(dir, authority)
+        Ledger::load(Store::reopen(dir)?, authority)
     }
 
     /// [`Ledger::open`] on a store already open: after a writer steps
@@ -227,8 +221,16 @@ impl Ledger {
         let started = std::time::Instant::now();
         let (decoded, chain) = std::thread::scope(|s| {
             let decoding = s.spawn(move || {
-                let decoded = saved.decode();
+                let mut decoded = saved.decode();
                 tracing::debug!(ms = started.elapsed().as_millis() as u64, "saved write model decoded");
+                // Whatever of the lot map is not hashed yet is hashed here,
+                // beside the chain, not by a writer's first checkpoint once
+                // it serves (the map locked meanwhile). A map saved with its
+                // branch hashes has nothing left to hash.
+                if let Ok(crate::saved::Saved { map: Some(map), .. }) = &mut decoded {
+                    map.root();
+                    tracing::debug!(ms = started.elapsed().as_millis() as u64, "saved lot map hashed");
+                }
                 decoded
             });
             let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get) as u64;
@@ -349,7 +351,7 @@ impl Ledger {
     /// saved: at open, on a standby, never on a writer ahead of its store.
     pub fn save(&mut self) -> Result<bool, custody_wire::files::FileError> {
         let Some(head) = self.head.filter(|h| !self.taken && self.mark != Some(*h)) else { return Ok(false) };
-        let map = self.lot_map.then_some(&self.map);
+        let map = self.lot_map.then_some(&mut self.map);
         crate::saved::save(self.store.dir(), &self.authority, head, self.recorded, &self.model, map)?;
         self.mark = Some(head);
         Ok(true)
