@@ -79,6 +79,25 @@ async fn nats_lets_in_only_registered_actors_each_on_its_own_subjects() {
     m.publish(subjects::holdings(&miner2.public_key()), "{}".into()).await.unwrap();
     denied(&m_errors, &subjects::holdings(&miner2.public_key())).await;
 
+    // The projection follows through a pull consumer the ledger made for
+    // it, named by its key, across accounts (issue 29): its delivered
+    // position is past the mining it answered for.
+    let keys = up.dir.path().join("keys/services");
+    let projection_key = custody::keys::load(&keys.join("projection-login.nk")).unwrap().public_key();
+    let (as_ledger, _) = connect(url, Some(&custody::keys::load(&keys.join("ledger-login.nk")).unwrap())).await.unwrap();
+    let follower = subjects::follower_consumer(&projection_key);
+    let info = async_nats::jetstream::new(as_ledger).get_stream(subjects::LEDGER_STREAM).await.unwrap().consumer_info(&follower).await;
+    assert!(
+        info.as_ref().is_ok_and(|i| i.delivered.stream_sequence >= r.seq),
+        "the projection's consumer {follower}: {:?}",
+        info.as_ref().map(|i| i.delivered)
+    );
+    // No actor may ask for a follower's consumer or pull from one.
+    m.publish(subjects::follower_next(&follower), "{\"batch\": 10}".into()).await.unwrap();
+    denied(&m_errors, &subjects::follower_next(&follower)).await;
+    m.publish(subjects::FOLLOW_SUBJECT, "{\"from\": 1}".into()).await.unwrap();
+    denied(&m_errors, subjects::FOLLOW_SUBJECT).await;
+
     // The durable path works under authorization too: its own inbox, and
     // its own receipts only, through a named consumer (the filter is then
     // part of the subject the server authorizes).

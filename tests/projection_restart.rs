@@ -85,6 +85,62 @@ async fn killed_mid_stream_it_resumes_to_the_digest_of_a_clean_replay() {
     assert_eq!(again["digest"], resumed["digest"]);
 }
 
+/// The names of the followers' consumers the ledger keeps.
+async fn followers(js: &jetstream::Context) -> Vec<String> {
+    use futures::TryStreamExt as _;
+    let stream = js.get_stream(subjects::LEDGER_STREAM).await.unwrap();
+    let names: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+    names.into_iter().filter(|n| n.starts_with("follow_")).collect()
+}
+
+/// Issue 29: a projection follows through a pull consumer the ledger makes
+/// for it. Taken away mid-stream (a ledger restart, a second reader with
+/// the same key, a NATS fault), the projection reads on by direct get from
+/// where it stood, asks for another, and ends where a clean replay does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn its_consumer_taken_away_mid_stream_it_reads_on_to_the_digest_of_a_clean_replay() {
+    let mut sys = System::start().await;
+    history(&sys, "c").await;
+    history(&sys, "c2").await;
+    let head = sys.head().await.0;
+    let js = jetstream::new(sys.client.clone());
+
+    sys.start_projection().await;
+    let (mut taken, mut at) = (None, 0);
+    for _ in 0..5_000 {
+        let seq = sys.query(subjects::QUERY_DIGEST, json!({})).await.and_then(|d| d["seq"].as_u64()).unwrap_or(0);
+        if let (Some(name), true) = (followers(&js).await.pop(), seq > 0) {
+            js.delete_consumer_from_stream(&name, subjects::LEDGER_STREAM).await.expect("the follower's consumer is deleted");
+            (taken, at) = (Some(name), seq);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let taken = taken.expect("the projection follows through a consumer of its own");
+    assert!(at < head, "taken away mid-stream (at {at} of {head})");
+
+    history(&sys, "d").await; // and it keeps following new entries
+    let resumed = sys.projection_caught_up().await;
+    let rebuilt = sys.rebuild(&sys.dir.path().join("rebuilt"));
+    assert_eq!(rebuilt["seq"], resumed["seq"]);
+    assert_eq!(rebuilt["digest"], resumed["digest"], "read on past its lost consumer, it equals a clean replay");
+
+    // It asked for another consumer, and follows new entries through it.
+    let mut again = Vec::new();
+    for _ in 0..200 {
+        again = followers(&js).await.into_iter().filter(|n| *n != taken).collect();
+        if !again.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!again.is_empty(), "the projection asked for a new consumer after {taken} was taken away");
+    let m = sys.actor("e-miner", "miner", "BW").await;
+    sys.accept(&m, &event(&m, "e-m1", "mined", json!({"lot": "E-L1", "carats": "1.00", "country": "BW"}))).await;
+    sys.projection_caught_up().await;
+    assert_eq!(sys.origin("E-L1").await["mine_origin"][0]["country"], "BW");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_entry_on_the_stream_halts_the_projection_and_the_ledger() {
     let mut sys = System::start().await;

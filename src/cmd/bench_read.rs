@@ -394,16 +394,22 @@ pub async fn replay(entries: usize, cache_mb: usize) -> anyhow::Result<()> {
     let total = chain.n;
     drop(chain);
 
-    // Baseline: reading the same stream, applying nothing.
-    let t = Instant::now();
-    let reader = custody_wire::follow::Reader::ledger(&client);
-    let mut messages = std::pin::pin!(reader.range(1, total));
-    let mut read = 0;
-    while let Some(msg) = messages.next().await {
-        msg?;
-        read += 1;
-    }
-    let baseline = read as f64 / t.elapsed().as_secs_f64();
+    // The ledger's part of a follower's read: making its pull consumer.
+    let followers = tokio::spawn(custody_ledger::service::serve_followers(client.clone(), js.clone()));
+    // Baselines: reading the same stream, applying nothing, as the
+    // projection reads it (through its consumer), and by direct get.
+    let read_all = |reader: custody_wire::follow::Reader| async move {
+        let t = Instant::now();
+        let mut messages = std::pin::pin!(reader.range(1, total));
+        let mut read = 0;
+        while let Some(msg) = messages.next().await {
+            msg?;
+            read += 1;
+        }
+        anyhow::Ok(read as f64 / t.elapsed().as_secs_f64())
+    };
+    let direct_get = read_all(custody_wire::follow::Reader::ledger(&client)).await?;
+    let baseline = read_all(custody_wire::follow::Reader::ledger(&client).pulling()).await?;
 
     let mut config = custody_projection::Config::new(nats.url.clone(), dir.join("projection"), None);
     config.cache_mb = cache_mb;
@@ -441,10 +447,12 @@ pub async fn replay(entries: usize, cache_mb: usize) -> anyhow::Result<()> {
         "the store opened to another state than the one replayed"
     );
     drop(loaded);
+    followers.abort();
     println!(
         "{}",
         json!({"bench": "replay", "entries": seq, "lots": lots, "cache_mb": cache_mb, "replayed_per_s": rate.round(), "baseline_stream_read_per_s": baseline.round(),
             "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0,
+            "direct_get_read_per_s": direct_get.round(), "ratio_to_direct_get": (rate / direct_get * 1000.0).round() / 1000.0,
             "resident_growth_mb": growth_mb, "peak_resident_mb": peak_mb,
             "checkpoint_s": (checkpoint_s * 100.0).round() / 100.0, "disk_bytes_per_lot": disk_bytes / lots,
             "start_from_store_s": (load_s * 1000.0).round() / 1000.0})

@@ -3,15 +3,25 @@
 //!
 //! Everything is read by JetStream *direct get*, in batches
 //! (`$JS.API.DIRECT.GET.<stream>` with `{"seq", "batch"}`, nats-server
-//! 2.11+), never through a consumer. Direct get has no side effects and
-//! needs no JetStream in the reader's account: a reader in another NATS
-//! account imports it as a service, and the server answers on a reply
-//! subject it maps itself. Creating a consumer would let a reader choose
-//! where the stream's messages are delivered, which is how an actor once
-//! wrote into the committed stream (see ARCHITECTURE.md, "Who may use
-//! which subject"). Readers learn of new messages from the stream's own
+//! 2.11+). Direct get has no side effects and needs no JetStream in the
+//! reader's account: a reader in another NATS account imports it as a
+//! service, and the server answers on a reply subject it maps itself.
+//! Readers never create a consumer: that would let a reader choose where
+//! the stream's messages are delivered, which is how an actor once wrote
+//! into the committed stream (see ARCHITECTURE.md, "Who may use which
+//! subject"). Readers learn of new messages from the stream's own
 //! subject, imported as a stream: a message there only wakes them up, and
 //! what they apply always comes from the stream itself.
+//!
+//! A long follower (a projection, authz) reads the committed stream about
+//! twice as fast through a pull consumer ([`Reader::pulling`]): it asks the
+//! writing ledger for one ([`FOLLOW_SUBJECT`]); the ledger makes it, named
+//! by the follower's NATS user and starting where the follower stands, and
+//! the follower pulls from it, across accounts, on a reply subject the
+//! server chooses. A pull consumer delivers only to the puller, so nobody
+//! outside the ledger's account points a consumer anywhere. Where no ledger
+//! answers, or the consumer fails, the follower reads by direct get and
+//! asks again later.
 //!
 //! An entry travels as one message whose payload is the envelope and whose
 //! headers carry the chain fields.
@@ -22,7 +32,7 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt};
 
-use crate::subjects::{CHECKPOINTS_STREAM, CHECKPOINTS_SUBJECT, ENTRIES_SUBJECT, LEDGER_STREAM};
+use crate::subjects::{follower_next, CHECKPOINTS_STREAM, CHECKPOINTS_SUBJECT, ENTRIES_SUBJECT, FOLLOW_SUBJECT, LEDGER_STREAM};
 use custody_proto::{Entry, Hash};
 
 /// Where a linked history ends: `(seq, hash)` of its last entry, `None`
@@ -55,6 +65,8 @@ pub enum ReadError {
     Stalled { stream: String },
     #[error("the {stream} stream sent a message without its position")]
     NoPosition { stream: String },
+    #[error("the {stream} stream's consumer gave {got} where {expected} was next")]
+    Skipped { stream: String, expected: u64, got: u64 },
 }
 
 /// The committed stream did not give a linked history.
@@ -90,30 +102,42 @@ pub fn entry_of(msg: &StreamMsg) -> Result<Entry, String> {
     Entry::from_headers(|name| msg.headers.get(name).map(|v| v.as_str().to_owned()), msg.payload.to_vec())
 }
 
-/// A reader of one stream, through direct get.
+/// A reader of one stream, through direct get (or, for a follower of the
+/// committed stream, a pull consumer the ledger makes: [`Reader::pulling`]).
 #[derive(Clone)]
 pub struct Reader {
     client: Client,
     stream: &'static str,
     subject: &'static str,
+    pulling: bool,
 }
 
 impl Reader {
     /// The committed stream (`CUSTODY_LEDGER`).
     pub fn ledger(client: &Client) -> Reader {
-        Reader { client: client.clone(), stream: LEDGER_STREAM, subject: ENTRIES_SUBJECT }
+        Reader { client: client.clone(), stream: LEDGER_STREAM, subject: ENTRIES_SUBJECT, pulling: false }
     }
 
     /// The signed checkpoints (`CUSTODY_CHECKPOINTS`).
     pub fn checkpoints(client: &Client) -> Reader {
-        Reader { client: client.clone(), stream: CHECKPOINTS_STREAM, subject: CHECKPOINTS_SUBJECT }
+        Reader { client: client.clone(), stream: CHECKPOINTS_STREAM, subject: CHECKPOINTS_SUBJECT, pulling: false }
     }
 
     /// Another stream read the same way (it must allow direct get); its
     /// `subject` wakes a follower. [`Reader::last_seq`] needs a subject
     /// without wildcards.
     pub fn of(client: &Client, stream: &'static str, subject: &'static str) -> Reader {
-        Reader { client: client.clone(), stream, subject }
+        Reader { client: client.clone(), stream, subject, pulling: false }
+    }
+
+    /// This reader of the committed stream, reading long runs through a
+    /// pull consumer the writing ledger makes for it, by direct get where
+    /// there is none. One such reader per NATS user at a time: the ledger
+    /// names the consumer by the user, and a second reader's request
+    /// replaces the first's consumer (which then reads by direct get).
+    pub fn pulling(mut self) -> Reader {
+        self.pulling = self.stream == LEDGER_STREAM;
+        self
     }
 
     fn nats(&self, why: impl std::fmt::Display) -> ReadError {
@@ -298,12 +322,81 @@ struct Ahead {
     next_request: u64,
     until: Option<u64>,
     inflight: futures::stream::FuturesOrdered<Pending>,
+    pull: Pull,
+}
+
+/// How long the ledger may take to make a follower's consumer.
+const CONSUMER_WAIT: Duration = Duration::from_secs(3);
+/// How long a follower reads by direct get before asking for a consumer
+/// again, after the ledger made none or the consumer failed: at first
+/// (a ledger still starting), then at most (doubling in between).
+const CONSUMER_RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(30));
+/// How long one pull request waits for messages (nanoseconds, as
+/// JetStream takes it): a caught-up follower's pulls expire at this pace.
+const PULL_EXPIRES_NS: u64 = 1_000_000_000;
+
+/// A follower's pull consumer, where it has one.
+enum Pull {
+    /// Direct get only.
+    Off,
+    /// Direct get until then; then ask the ledger for a consumer (and
+    /// after that, if it fails, wait this long).
+    Later(tokio::time::Instant, Duration),
+    On(Pulled),
+}
+
+/// A consumer the ledger made, and the pulls outstanding on it.
+struct Pulled {
+    next: String,
+    inbox: String,
+    answers: async_nats::Subscriber,
+    /// Messages asked for and not yet come.
+    credit: u64,
 }
 
 impl Ahead {
     fn new(reader: Reader, from: u64, until: Option<u64>) -> Ahead {
         let from = from.max(1);
-        Ahead { reader, expected: from, next_request: from, until, inflight: futures::stream::FuturesOrdered::new() }
+        let pull = if reader.pulling { Pull::Later(tokio::time::Instant::now(), CONSUMER_RETRY.0) } else { Pull::Off };
+        Ahead { reader, expected: from, next_request: from, until, inflight: futures::stream::FuturesOrdered::new(), pull }
+    }
+
+    /// Whether to read through a consumer now: asks the ledger for one
+    /// when it is time to. A reader in the middle of direct-get reads
+    /// drops them (they are read again through the consumer).
+    async fn pulled(&mut self) -> bool {
+        let wait = match &self.pull {
+            Pull::Off => return false,
+            Pull::On(_) => return true,
+            Pull::Later(at, _) if tokio::time::Instant::now() < *at => return false,
+            Pull::Later(_, wait) => *wait,
+        };
+        match consumer(&self.reader, self.expected).await {
+            Ok(p) => {
+                self.reset();
+                self.pull = Pull::On(p);
+                true
+            }
+            Err(why) => {
+                tracing::debug!(stream = self.reader.stream, why, "no consumer to follow with; reading by direct get");
+                self.pull = Pull::Later(tokio::time::Instant::now() + wait, (wait * 2).min(CONSUMER_RETRY.1));
+                false
+            }
+        }
+    }
+
+    /// The next run of messages through the consumer (as [`Ahead::next`]).
+    /// Any failure drops the consumer: reading goes on by direct get from
+    /// where it stands.
+    async fn next_pulled(&mut self) -> Result<Option<Vec<StreamMsg>>, ReadError> {
+        let Pull::On(p) = &mut self.pull else { return Ok(None) };
+        let stream = self.reader.stream;
+        let result = next_pulled(&self.reader.client, stream, p, &mut self.expected, self.until).await;
+        if result.is_err() {
+            self.pull = Pull::Later(tokio::time::Instant::now() + CONSUMER_RETRY.0, CONSUMER_RETRY.0 * 2);
+            self.reset();
+        }
+        result
     }
 
     fn fill(&mut self) {
@@ -321,6 +414,12 @@ impl Ahead {
 
     /// The next run of new messages; `None` once caught up (or past `until`).
     async fn next(&mut self) -> Result<Option<Vec<StreamMsg>>, ReadError> {
+        if self.until.is_some_and(|u| self.expected > u) {
+            return Ok(None);
+        }
+        if self.pulled().await {
+            return self.next_pulled().await;
+        }
         loop {
             self.fill();
             let Some(answer) = self.inflight.next().await else { return Ok(None) };
@@ -347,6 +446,102 @@ impl Ahead {
             if empty || until.is_some_and(|u| self.expected > u) {
                 return Ok(None);
             }
+        }
+    }
+}
+
+/// Asks the ledger for a consumer of the committed stream from `from` on.
+async fn consumer(reader: &Reader, from: u64) -> Result<Pulled, String> {
+    let client = &reader.client;
+    let inbox = client.new_inbox();
+    // Names the consumer only where NATS names no user (no accounts).
+    let id = inbox.rsplit('.').next().unwrap_or_default().to_owned();
+    let body = serde_json::json!({"from": from, "reader": id});
+    let answer = crate::query::request(client, FOLLOW_SUBJECT, &body, CONSUMER_WAIT).await.map_err(|e| e.to_string())?;
+    if let Some(e) = crate::query::ErrorAnswer::of(&answer) {
+        return Err(e.message);
+    }
+    let name = answer["consumer"].as_str().ok_or("the ledger named no consumer")?;
+    let answers = client.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
+    Ok(Pulled { next: follower_next(name), inbox, answers, credit: 0 })
+}
+
+/// The seq a consumer's message stands at, from its reply subject
+/// (`$JS.ACK.<stream>.<consumer>.<delivered>.<seq>.<cseq>.<time>.<pending>`,
+/// or with domain and account before the stream, and a token after).
+fn consumer_seq(reply: &str) -> Option<u64> {
+    let tokens: Vec<&str> = reply.split('.').collect();
+    let at = match tokens.len() {
+        9 => 5,
+        n if n >= 11 => 7,
+        _ => return None,
+    };
+    tokens.get(at)?.parse().ok()
+}
+
+/// Reads the next run through a pull consumer: keeps up to two batches
+/// asked for, and hands out what came, in order, at most [`BATCH`].
+/// `None` once a pull expired with nothing new (caught up), or past `until`.
+async fn next_pulled(client: &Client, stream: &str, p: &mut Pulled, expected: &mut u64, until: Option<u64>) -> Result<Option<Vec<StreamMsg>>, ReadError> {
+    let nats = |why: &dyn std::fmt::Display| ReadError::Nats { stream: stream.to_owned(), why: why.to_string() };
+    // Pulls of a whole batch (or what is left before `until`), asked once
+    // no more than one batch is owed: a pull is a request the consumer
+    // keeps waiting, and it keeps only so many.
+    let left = until.map_or(u64::MAX, |u| (u + 1).saturating_sub(*expected));
+    while p.credit <= BATCH as u64 && p.credit < left {
+        let ask = (left - p.credit).min(BATCH as u64);
+        let body = serde_json::json!({"batch": ask, "expires": PULL_EXPIRES_NS});
+        client.publish_with_reply(p.next.clone(), p.inbox.clone(), body.to_string().into()).await.map_err(|e| nats(&e))?;
+        p.credit += ask;
+    }
+    // Where this run stands; `expected` moves only when the run is
+    // handed out, so that a failure part-way leaves nothing unread.
+    let mut at = *expected;
+    let mut out: Vec<StreamMsg> = Vec::new();
+    let mut done = |out: Vec<StreamMsg>, at: u64| {
+        *expected = at;
+        Ok(Some(out))
+    };
+    loop {
+        let msg = if out.is_empty() {
+            match tokio::time::timeout(ANSWER_WAIT, p.answers.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(nats(&"the connection closed")),
+                Err(_) => return Err(ReadError::Stalled { stream: stream.to_owned() }),
+            }
+        } else {
+            match p.answers.next().now_or_never() {
+                Some(Some(m)) => m,
+                _ => return done(out, at),
+            }
+        };
+        match msg.status.map(|s| s.as_u16()) {
+            // A pull expired, or found nothing: what it had not delivered
+            // will not come.
+            Some(404) | Some(408) => {
+                let left = msg.headers.as_ref().and_then(|h| h.get("Nats-Pending-Messages")).and_then(|v| v.as_str().parse::<u64>().ok());
+                p.credit = left.map_or(0, |l| p.credit.saturating_sub(l));
+                if out.is_empty() {
+                    return Ok(None);
+                }
+                return done(out, at);
+            }
+            Some(100) => continue,
+            Some(code) if code >= 300 => {
+                let why = msg.description.unwrap_or_default();
+                return Err(ReadError::Refused { stream: stream.to_owned(), code, why });
+            }
+            _ => {}
+        }
+        let seq = msg.reply.as_deref().and_then(consumer_seq).ok_or_else(|| ReadError::NoPosition { stream: stream.to_owned() })?;
+        if seq != at {
+            return Err(ReadError::Skipped { stream: stream.to_owned(), expected: at, got: seq });
+        }
+        p.credit = p.credit.saturating_sub(1);
+        at = seq + 1;
+        out.push(StreamMsg { seq, headers: msg.headers.unwrap_or_default(), payload: msg.payload });
+        if out.len() >= BATCH || until.is_some_and(|u| at > u) {
+            return done(out, at);
         }
     }
 }

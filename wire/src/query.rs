@@ -119,6 +119,27 @@ struct RequestInfo {
     user: String,
 }
 
+/// Who sent a request, as nats-server itself wrote it (`Nats-Request-Info`,
+/// whatever the sender put there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requester {
+    /// From the same account, or with no accounts at all: NATS says nothing.
+    Unsaid,
+    /// A user of another account.
+    User(String),
+    /// Another account, no user named.
+    Unnamed,
+}
+
+/// [`Requester`] of a request.
+pub fn requester_of(msg: &async_nats::Message) -> Requester {
+    let Some(info) = msg.headers.as_ref().and_then(|h| h.get(REQUEST_INFO_HEADER)) else { return Requester::Unsaid };
+    match serde_json::from_str::<RequestInfo>(info.as_str()) {
+        Ok(i) if !i.user.is_empty() => Requester::User(i.user),
+        _ => Requester::Unnamed,
+    }
+}
+
 /// Who asked: the fair-queue client of a request ([`crate::fair`]).
 ///
 /// - From another account, nats-server's own `Nats-Request-Info` says

@@ -36,6 +36,20 @@ pub const OUTBOX_STREAM: &str = "CUSTODY_OUTBOX";
 /// Committed entries, in seq order; stream sequence = ledger seq.
 pub const ENTRIES_SUBJECT: &str = "custody.ledger.entries";
 pub const LEDGER_STREAM: &str = "CUSTODY_LEDGER";
+/// Request-reply, answered by the writing ledger: a pull consumer of the
+/// committed stream for the follower that asks (`{"from", "reader"}` →
+/// `{"consumer"}`), named by its NATS user ([`follower_consumer`]); it
+/// pulls from it on [`follower_next`]. See `follow.rs`.
+pub const FOLLOW_SUBJECT: &str = "custody.ledger.follow";
+/// A follower's consumer of the committed stream, by the name the ledger
+/// gives it: `follow_<id>`, where `id` is the follower's NATS user.
+pub fn follower_consumer(id: &str) -> String {
+    format!("follow_{id}")
+}
+/// Where a follower pulls from its consumer (`$JS.API.CONSUMER.MSG.NEXT`).
+pub fn follower_next(consumer: &str) -> String {
+    format!("$JS.API.CONSUMER.MSG.NEXT.{LEDGER_STREAM}.{consumer}")
+}
 /// Request-reply: the committed head, `{"seq", "hash"}`.
 pub const HEAD_SUBJECT: &str = "custody.ledger.head";
 /// Signed checkpoints, published periodically and whenever one is asked

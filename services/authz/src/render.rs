@@ -11,8 +11,10 @@
 //!
 //! `CUSTODY` exports, as services: submission (`custody.submit.*`), the
 //! durable inbox (`custody.inbox.*`), the ledger's head, checkpoint and
-//! proof answers, direct get on the committed and checkpoints streams, and
+//! proof answers, direct get on the committed and checkpoints streams,
 //! pulling from and acking the receipts consumers (one per actor, named by
+//! its key, created by the ledger), asking for and pulling from a
+//! follower's consumer of the committed stream (one per follower, named by
 //! its key, created by the ledger), and the ledgers' status
 //! (`custody.status.ledger`, many answers). As streams: the committed and
 //! checkpoint subjects, which only wake followers up. A request that
@@ -31,8 +33,8 @@
 //! | who | may publish | may subscribe |
 //! |---|---|---|
 //! | the ledger | everything (in `CUSTODY`) | everything |
-//! | a projection | direct get on the committed stream | `custody.query.>` and `custody.holdings.*` (answers), the committed subject, `custody.status.projection` |
-//! | authz | direct get on the committed stream | the committed subject, `custody.status.authz` |
+//! | a projection | direct get on the committed stream, asking for and pulling from its own follower's consumer | `custody.query.>` and `custody.holdings.*` (answers), the committed subject, `custody.status.projection` |
+//! | authz | direct get on the committed stream, asking for and pulling from its own follower's consumer | the committed subject, `custody.status.authz` |
 //! | the gateway | queries, anyone's holdings (`custody.holdings.*`), proofs, direct get on both streams, the ledgers' status (refusals by code), submissions on any actor's subject (`POST /v1/submissions`: the ledger checks each envelope's signer against its subject) | the committed and checkpoint subjects, `custody.status.gateway` |
 //! | any actor | its own `custody.submit.<key>`, `custody.inbox.<key>` and `custody.holdings.<key>`, pulling from and acking its own receipts consumer, queries and proofs, its own inbox (for an edge's leaf connection) | — |
 //! | a regulator | also direct get on both streams and anyone's holdings | also the committed and checkpoint subjects |
@@ -101,9 +103,11 @@ fn status(kind: &str) -> String {
     format!("{STATUS_PREFIX}.{kind}")
 }
 
-/// Follows the committed stream.
+/// Follows the committed stream: by direct get, or by pulling from the
+/// one consumer the ledger makes for it, named by its key.
 fn follower(key: &str) -> Permissions {
-    Permissions { publish: vec![direct_get(LEDGER_STREAM)], subscribe: vec![own_inbox(key), ENTRIES_SUBJECT.into()], responds: false }
+    let publish = vec![direct_get(LEDGER_STREAM), FOLLOW_SUBJECT.into(), follower_next(&follower_consumer(key))];
+    Permissions { publish, subscribe: vec![own_inbox(key), ENTRIES_SUBJECT.into()], responds: false }
 }
 
 fn authz(key: &str) -> Permissions {
@@ -192,6 +196,8 @@ fn custody_services() -> Vec<(String, bool)> {
         (CONSISTENCY_SUBJECT.to_owned(), false),
         (direct_get(LEDGER_STREAM), true),
         (direct_get(CHECKPOINTS_STREAM), true),
+        (FOLLOW_SUBJECT.to_owned(), false),
+        (follower_next("*"), true),
         (format!("$JS.API.CONSUMER.MSG.NEXT.{RECEIPTS_STREAM}.*"), true),
         (format!("$JS.ACK.{RECEIPTS_STREAM}.>"), false),
         (status("ledger"), true),
@@ -352,22 +358,33 @@ mod tests {
                     "custody.status.>",
                     "custody.holdings.*",
                     "custody.holdings.UREG",
+                    FOLLOW_SUBJECT,
                 ],
                 &["_INBOX_UMINER.>"],
             ),
             (
                 "UREG",
                 &["custody.submit.UREG", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", "$JS.API.DIRECT.GET.CUSTODY_CHECKPOINTS", "custody.holdings.*"],
-                &["custody.submit.UMINER"],
+                &["custody.submit.UMINER", FOLLOW_SUBJECT, "$JS.API.CONSUMER.MSG.NEXT.CUSTODY_LEDGER.follow_UPROJ"],
                 &[ENTRIES_SUBJECT],
             ),
             (
                 "UPROJ",
-                &["$JS.API.DIRECT.GET.CUSTODY_LEDGER"],
-                &["custody.submit.UMINER", "custody.submit.>"],
+                &["$JS.API.DIRECT.GET.CUSTODY_LEDGER", FOLLOW_SUBJECT, "$JS.API.CONSUMER.MSG.NEXT.CUSTODY_LEDGER.follow_UPROJ"],
+                &[
+                    "custody.submit.UMINER",
+                    "custody.submit.>",
+                    "$JS.API.CONSUMER.MSG.NEXT.CUSTODY_LEDGER.*",
+                    "$JS.API.CONSUMER.MSG.NEXT.CUSTODY_LEDGER.follow_UAUTHZ",
+                ],
                 &["custody.query.>", "custody.holdings.*", ENTRIES_SUBJECT, "custody.status.projection"],
             ),
-            ("UAUTHZ", &["$JS.API.DIRECT.GET.CUSTODY_LEDGER"], &["custody.query.>", "custody.submit.>"], &[ENTRIES_SUBJECT]),
+            (
+                "UAUTHZ",
+                &["$JS.API.DIRECT.GET.CUSTODY_LEDGER", "$JS.API.CONSUMER.MSG.NEXT.CUSTODY_LEDGER.follow_UAUTHZ"],
+                &["custody.query.>", "custody.submit.>", "$JS.API.CONSUMER.MSG.NEXT.CUSTODY_LEDGER.follow_UPROJ"],
+                &[ENTRIES_SUBJECT],
+            ),
             (
                 "UGATE",
                 &["custody.query.>", "custody.holdings.*", "$JS.API.DIRECT.GET.CUSTODY_LEDGER", "custody.status.ledger", "custody.submit.>"],

@@ -93,7 +93,7 @@ pub async fn run(config: Config, health: Health, shutdown: impl std::future::Fut
     background.spawn(custody_wire::health::answer_status(client.clone(), health.clone()).map(drop));
     background.spawn(custody_wire::health::watch_lag(Reader::ledger(&client), health.clone(), |_| {}));
     let mut registry = Registry::new(&config.genesis);
-    let mut batches = std::pin::pin!(Reader::ledger(&client).entries(None, None));
+    let mut batches = std::pin::pin!(Reader::ledger(&client).pulling().entries(None, None));
     tokio::pin!(shutdown);
     // The registry changed and the servers do not know it yet.
     let mut unpublished = false;

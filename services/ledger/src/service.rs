@@ -614,6 +614,7 @@ async fn serve(
     let checkpoints = Checkpoints { notary: notary.clone(), every: config.checkpoint_every, last: None, cosigners };
     tasks.spawn(checkpoint_stage(js.clone(), checkpoints, head_rx.clone()));
     tasks.spawn(serve_head(client.clone(), head_rx));
+    tasks.spawn(serve_followers(client.clone(), js.clone()));
     tasks.spawn(serve_proofs(client.clone(), js.clone(), notary));
     tracing::info!(url = %config.nats_url, "ledger serving");
     meters.head(committed);
@@ -1274,6 +1275,60 @@ async fn serve_head(client: async_nats::Client, head: watch::Receiver<Option<(u6
             "hash": h.map(|h| h.1.to_hex()),
         });
         let _ = client.publish(reply, body.to_string().into()).await;
+    }
+    Ok(())
+}
+
+/// How long a follower's consumer outlives its last pull.
+const FOLLOWER_IDLE: Duration = Duration::from_secs(30);
+
+/// Makes followers' pull consumers of the committed stream
+/// ([`FOLLOW_SUBJECT`]): one per NATS user, named by it (by the follower's
+/// own word only where there are no accounts), from the seq it asks for,
+/// replacing that user's consumer before. It delivers only to whoever
+/// pulls (on a reply subject the server picks across accounts), keeps no
+/// acks, lives in memory on one server, and is gone 30 s after its last
+/// pull; what a follower reads through it it checks as it checks a
+/// direct get (each entry at its seq, linked to the one before).
+pub async fn serve_followers(client: async_nats::Client, js: jetstream::Context) -> Result<(), LedgerError> {
+    use custody_wire::query::{error_answer, requester_of, AnswerCode, Requester};
+    let mut sub = client.subscribe(FOLLOW_SUBJECT).await.map_err(nats("subscribe to follower requests"))?;
+    while let Some(msg) = sub.next().await {
+        let Some(reply) = msg.reply.clone() else { continue };
+        #[derive(serde::Deserialize)]
+        struct Ask {
+            from: u64,
+            #[serde(default)]
+            reader: String,
+        }
+        let answer = match (serde_json::from_slice::<Ask>(&msg.payload), requester_of(&msg)) {
+            (Err(e), _) => error_answer(AnswerCode::BadRequest, format!("a follower asks with {{\"from\": seq, \"reader\": id}}: {e}")),
+            (_, Requester::Unnamed) => error_answer(AnswerCode::NotPermitted, "a follower from another account must be a NATS user"),
+            (Ok(ask), who) => {
+                let id = if let Requester::User(user) = who { user } else { ask.reader };
+                let id: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').take(64).collect();
+                let name = follower_consumer(if id.is_empty() { "anonymous" } else { &id });
+                let config = consumer::pull::Config {
+                    name: Some(name.clone()),
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: ask.from.max(1) },
+                    ack_policy: consumer::AckPolicy::None,
+                    inactive_threshold: FOLLOWER_IDLE,
+                    memory_storage: true,
+                    num_replicas: 1,
+                    ..Default::default()
+                };
+                // A consumer's start cannot change: the user's old one goes.
+                let _ = js.delete_consumer_from_stream(&name, LEDGER_STREAM).await;
+                match js.create_consumer_on_stream(config, LEDGER_STREAM).await {
+                    Ok(_) => {
+                        tracing::debug!(consumer = %name, from = ask.from, "follower's consumer made");
+                        serde_json::json!({ "consumer": name })
+                    }
+                    Err(e) => error_answer(AnswerCode::Unavailable, format!("cannot make a consumer to follow with: {e}")),
+                }
+            }
+        };
+        let _ = client.publish(reply, answer.to_string().into()).await;
     }
     Ok(())
 }

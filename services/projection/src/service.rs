@@ -135,7 +135,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     meters.applied(state.read().checkpoint.map_or(0, |c| c.0));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(client.clone(), state.clone(), meters.clone()));
-    tasks.spawn(follow_stream(Reader::ledger(&reading), store.clone(), state.clone(), None, Cadence::from(&config), meters.clone()));
+    tasks.spawn(follow_stream(Reader::ledger(&reading).pulling(), store.clone(), state.clone(), None, Cadence::from(&config), meters.clone()));
     let lag = meters.lag.clone();
     tasks.spawn(custody_wire::health::watch_lag(Reader::ledger(&reading), health.clone(), move |n| lag.set(n as f64)).map(|()| Ok(())));
     tasks.spawn(async move { custody_wire::health::answer_status(client, health).await.map_err(|e| ProjectionError::Serve(e.to_string())) });
@@ -174,7 +174,7 @@ pub async fn rebuild(config: Config) -> Result<(u64, String), ProjectionError> {
 pub async fn replay(config: Config) -> Result<(Arc<Store>, State), ProjectionError> {
     let store = Arc::new(Store::open_empty(&config.data_dir, config.budget())?);
     let client = custody_wire::connect::connect(&config.nats_url, "custody-projection-replay", config.nkey.as_deref()).await?;
-    let reader = Reader::ledger(&client);
+    let reader = Reader::ledger(&client).pulling();
     let end = reader.last_seq().await?;
     let state: Shared = Arc::new(RwLock::new(store.load()?));
     follow_stream(reader, store.clone(), state.clone(), Some(end), Cadence::from(&config), Meters::new(&config.health)).await?;
