@@ -1,3 +1,8 @@
+//! Scratch (issue 29, item 3): reading 1 M stream messages by batched
+//! direct get, by a pull consumer and by an ordered push consumer, in one
+//! account. Start `nats-server -js -sd /tmp/read-spike-js -p 14999`, then
+//! `target/release/read-spike 1000000`. `src/bin/cross.rs` does the same
+//! across accounts, against `nats-server -c accounts.conf`.
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use std::future::IntoFuture;

@@ -1,5 +1,7 @@
 //! A pull consumer in CUSTODY, pulled from SERVICES through an exported
 //! MSG.NEXT (response_type stream), against direct get the same way.
+//! Start `nats-server -c accounts.conf` (this folder), then
+//! `target/release/cross 1000000`.
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt;
 use std::future::IntoFuture;
