@@ -2,9 +2,8 @@
 //! MSG.NEXT (response_type stream), against direct get the same way.
 //! Start `nats-server -c accounts.conf` (this folder), then
 //! `target/release/cross 1000000`.
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream;
 use futures::StreamExt;
-use std::future::IntoFuture;
 use std::time::Instant;
 
 #[tokio::main]
@@ -13,54 +12,15 @@ async fn main() {
     let owner = async_nats::ConnectOptions::with_user_and_password("c".into(), "c".into()).connect("nats://127.0.0.1:14998").await.unwrap();
     let reader = async_nats::ConnectOptions::with_user_and_password("s".into(), "s".into()).connect("nats://127.0.0.1:14998").await.unwrap();
     let js = jetstream::new(owner.clone());
-    let s = js
-        .get_or_create_stream(stream::Config {
-            name: "CUSTODY_LEDGER".into(),
-            subjects: vec!["custody.ledger.entries".into()],
-            allow_direct: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let have = s.cached_info().state.messages;
-    if have < n {
-        let payload = bytes::Bytes::from(vec![b'x'; 700]);
-        let mut acks = futures::stream::FuturesOrdered::new();
-        for i in have..n {
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("Custody-Hash", format!("{i:064x}").as_str());
-            h.insert("Custody-Prev", format!("{i:064x}").as_str());
-            acks.push_back(js.publish_with_headers("custody.ledger.entries", h, payload.clone()).await.unwrap().into_future());
-            if acks.len() > 2000 {
-                acks.next().await.unwrap().unwrap();
-            }
-        }
-        while let Some(a) = acks.next().await {
-            a.unwrap();
-        }
-    }
+    let s = read_spike::filled(&js, n).await;
     for round in 0..2 {
         let t = Instant::now();
-        let r = custody_wire::follow::Reader::ledger(&reader);
-        let mut msgs = std::pin::pin!(r.range(1, n));
-        let mut c = 0u64;
-        while let Some(m) = msgs.next().await {
-            m.unwrap();
-            c += 1;
-        }
+        let c = read_spike::direct_get(&reader, n).await;
         println!("round {round} direct get across accounts: {c} in {:.2}s = {:.0}/s", t.elapsed().as_secs_f64(), c as f64 / t.elapsed().as_secs_f64());
 
         for batch in [256u64, 1024, 4096] {
             let name = format!("follow{round}b{batch}");
-            s.create_consumer(consumer::pull::Config {
-                name: Some(name.clone()),
-                ack_policy: consumer::AckPolicy::None,
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: 1 },
-                inactive_threshold: std::time::Duration::from_secs(30),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+            read_spike::pull_consumer(&s, Some(name.clone())).await;
             let t = Instant::now();
             let inbox = reader.new_inbox();
             let mut sub = reader.subscribe(inbox.clone()).await.unwrap();
