@@ -135,6 +135,16 @@ async fn its_consumer_taken_away_mid_stream_it_reads_on_to_the_digest_of_a_clean
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!again.is_empty(), "the projection asked for a new consumer after {taken} was taken away");
+    // A request the ledger cannot read is refused with a code, and makes
+    // no consumer.
+    let before = followers(&js).await;
+    let refused = sys.client.request(subjects::FOLLOW_SUBJECT, "from 1".into()).await.expect("the ledger answers");
+    let refused: Value = serde_json::from_slice(&refused.payload).unwrap();
+    assert_eq!(refused["code"], "bad_request", "{refused}");
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("\"from\"")), "{refused}");
+    // (One left idle by the rebuild may lapse meanwhile: none is new.)
+    let after = followers(&js).await;
+    assert!(after.iter().all(|n| before.contains(n)), "{before:?} then {after:?}");
     let m = sys.actor("e-miner", "miner", "BW").await;
     sys.accept(&m, &event(&m, "e-m1", "mined", json!({"lot": "E-L1", "carats": "1.00", "country": "BW"}))).await;
     sys.projection_caught_up().await;
