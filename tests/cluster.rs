@@ -99,9 +99,14 @@ async fn the_writer_killed_under_load_the_standby_takes_over_and_nothing_is_lost
     let receipts = receipts(producers).await;
     let head = every_receipt_once(&c, &receipts).await;
 
-    // The killed replica comes back as a standby and follows to the head.
+    // The killed replica comes back as a standby and follows to the head,
+    // through a consumer of its own, named by its instance (issue 29).
     c.spawn_ledger(writer);
     let out = wait_store(&mut c, writer, head).await;
+    let instance = custody_ledger::lease::instance_id(&c.ledger_dir(writer)).unwrap();
+    let own = custody_wire::subjects::replica_consumer(&instance);
+    let info = async_nats::jetstream::new(c.client.clone()).get_stream(custody_wire::subjects::LEDGER_STREAM).await.unwrap().consumer_info(&own).await;
+    assert!(info.as_ref().is_ok_and(|i| i.delivered.stream_sequence >= head), "the standby's consumer {own}: {:?}", info.map(|i| i.delivered));
     assert!(out.status.success(), "the restarted standby's store verifies: {}", stdout(&out));
 }
 

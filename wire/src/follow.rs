@@ -19,15 +19,19 @@
 //! by the follower's NATS user and starting where the follower stands, and
 //! the follower pulls from it, across accounts, on a reply subject the
 //! server chooses. A pull consumer delivers only to the puller, so nobody
-//! outside the ledger's account points a consumer anywhere. Where no ledger
-//! answers, or the consumer fails, the follower reads by direct get and
-//! asks again later.
+//! outside the ledger's account points a consumer anywhere. A standby
+//! ledger, inside that account, makes its own ([`Reader::pulling_own`]).
+//! Where no ledger answers, or the consumer fails, the follower reads by
+//! direct get and asks again later. A follower that pulls needs no
+//! wake-ups: its pull waits at the server for the next entry.
 //!
 //! An entry travels as one message whose payload is the envelope and whose
 //! headers carry the chain fields.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::consumer;
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt};
@@ -109,25 +113,36 @@ pub struct Reader {
     client: Client,
     stream: &'static str,
     subject: &'static str,
-    pulling: bool,
+    pull: PullFrom,
+}
+
+/// Where a reader of the committed stream gets a consumer to pull from.
+#[derive(Clone)]
+enum PullFrom {
+    /// Nowhere: it reads by direct get only.
+    Nowhere,
+    /// The writing ledger makes it ([`FOLLOW_SUBJECT`]).
+    Ledger,
+    /// The reader makes it itself, by this name (in the ledger's account).
+    Own(Arc<str>),
 }
 
 impl Reader {
     /// The committed stream (`CUSTODY_LEDGER`).
     pub fn ledger(client: &Client) -> Reader {
-        Reader { client: client.clone(), stream: LEDGER_STREAM, subject: ENTRIES_SUBJECT, pulling: false }
+        Reader { client: client.clone(), stream: LEDGER_STREAM, subject: ENTRIES_SUBJECT, pull: PullFrom::Nowhere }
     }
 
     /// The signed checkpoints (`CUSTODY_CHECKPOINTS`).
     pub fn checkpoints(client: &Client) -> Reader {
-        Reader { client: client.clone(), stream: CHECKPOINTS_STREAM, subject: CHECKPOINTS_SUBJECT, pulling: false }
+        Reader { client: client.clone(), stream: CHECKPOINTS_STREAM, subject: CHECKPOINTS_SUBJECT, pull: PullFrom::Nowhere }
     }
 
     /// Another stream read the same way (it must allow direct get); its
     /// `subject` wakes a follower. [`Reader::last_seq`] needs a subject
     /// without wildcards.
     pub fn of(client: &Client, stream: &'static str, subject: &'static str) -> Reader {
-        Reader { client: client.clone(), stream, subject, pulling: false }
+        Reader { client: client.clone(), stream, subject, pull: PullFrom::Nowhere }
     }
 
     /// This reader of the committed stream, reading long runs through a
@@ -136,7 +151,20 @@ impl Reader {
     /// names the consumer by the user, and a second reader's request
     /// replaces the first's consumer (which then reads by direct get).
     pub fn pulling(mut self) -> Reader {
-        self.pulling = self.stream == LEDGER_STREAM;
+        if self.stream == LEDGER_STREAM {
+            self.pull = PullFrom::Ledger;
+        }
+        self
+    }
+
+    /// This reader of the committed stream, reading long runs through a
+    /// pull consumer it makes itself, named `consumer`: for a reader in
+    /// the ledger's own account (a standby replica), which may make
+    /// consumers and should not wait on the writer to follow it.
+    pub fn pulling_own(mut self, consumer: &str) -> Reader {
+        if self.stream == LEDGER_STREAM {
+            self.pull = PullFrom::Own(consumer.into());
+        }
         self
     }
 
@@ -276,7 +304,12 @@ impl Reader {
         let state = State { ahead: Ahead::new(self.clone(), from, None), wake: None, caught_up: false };
         futures::stream::unfold(state, |mut st| async move {
             loop {
-                if st.wake.is_none() {
+                if st.ahead.is_pulling() {
+                    // A pull waits at the server for what comes next; a
+                    // wake-up would only be a second copy of each entry.
+                    st.wake = None;
+                    st.caught_up = false;
+                } else if st.wake.is_none() {
                     // Best effort: without it the follower polls.
                     st.wake = st.ahead.reader.client.subscribe(st.ahead.reader.subject).await.ok();
                 }
@@ -357,8 +390,16 @@ struct Pulled {
 impl Ahead {
     fn new(reader: Reader, from: u64, until: Option<u64>) -> Ahead {
         let from = from.max(1);
-        let pull = if reader.pulling { Pull::Later(tokio::time::Instant::now(), CONSUMER_RETRY.0) } else { Pull::Off };
+        let pull = match reader.pull {
+            PullFrom::Nowhere => Pull::Off,
+            _ => Pull::Later(tokio::time::Instant::now(), CONSUMER_RETRY.0),
+        };
         Ahead { reader, expected: from, next_request: from, until, inflight: futures::stream::FuturesOrdered::new(), pull }
+    }
+
+    /// Whether it reads through a consumer (at the moment).
+    fn is_pulling(&self) -> bool {
+        matches!(self.pull, Pull::On(_))
     }
 
     /// Whether to read through a consumer now: asks the ledger for one
@@ -450,20 +491,56 @@ impl Ahead {
     }
 }
 
-/// Asks the ledger for a consumer of the committed stream from `from` on.
+/// How long a follower's consumer outlives its last pull.
+const FOLLOWER_IDLE: Duration = Duration::from_secs(30);
+
+/// Makes the pull consumer `name` of the committed stream, from `from` on,
+/// replacing one of that name (a consumer's start cannot change). It
+/// delivers only to whoever pulls (on a reply subject the server picks,
+/// across accounts too), keeps no acks, lives in memory on one server,
+/// and is gone 30 s after its last pull; what a follower reads through it
+/// it checks as it checks a direct get (each entry at its seq, linked to
+/// the one before). The ledger makes its followers' ([`FOLLOW_SUBJECT`]);
+/// a standby makes its own.
+pub async fn make_consumer(js: &async_nats::jetstream::Context, name: &str, from: u64) -> Result<(), String> {
+    let config = consumer::pull::Config {
+        name: Some(name.to_owned()),
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: from.max(1) },
+        ack_policy: consumer::AckPolicy::None,
+        inactive_threshold: FOLLOWER_IDLE,
+        memory_storage: true,
+        num_replicas: 1,
+        ..Default::default()
+    };
+    let _ = js.delete_consumer_from_stream(name, LEDGER_STREAM).await;
+    js.create_consumer_on_stream(config, LEDGER_STREAM).await.map(drop).map_err(|e| e.to_string())
+}
+
+/// A consumer of the committed stream from `from` on: asked of the
+/// ledger, or made by the reader itself.
 async fn consumer(reader: &Reader, from: u64) -> Result<Pulled, String> {
     let client = &reader.client;
     let inbox = client.new_inbox();
-    // Names the consumer only where NATS names no user (no accounts).
-    let id = inbox.rsplit('.').next().unwrap_or_default().to_owned();
-    let body = serde_json::json!({"from": from, "reader": id});
-    let answer = crate::query::request(client, FOLLOW_SUBJECT, &body, CONSUMER_WAIT).await.map_err(|e| e.to_string())?;
-    if let Some(e) = crate::query::ErrorAnswer::of(&answer) {
-        return Err(e.message);
-    }
-    let name = answer["consumer"].as_str().ok_or("the ledger named no consumer")?;
+    let name = match &reader.pull {
+        PullFrom::Nowhere => return Err("this reader reads by direct get only".into()),
+        PullFrom::Own(name) => {
+            let made = tokio::time::timeout(CONSUMER_WAIT, make_consumer(&async_nats::jetstream::new(client.clone()), name, from)).await;
+            made.map_err(|_| "JetStream did not make the consumer in time".to_owned())??;
+            name.to_string()
+        }
+        PullFrom::Ledger => {
+            // Names the consumer only where NATS names no user (no accounts).
+            let id = inbox.rsplit('.').next().unwrap_or_default().to_owned();
+            let body = serde_json::json!({"from": from, "reader": id});
+            let answer = crate::query::request(client, FOLLOW_SUBJECT, &body, CONSUMER_WAIT).await.map_err(|e| e.to_string())?;
+            if let Some(e) = crate::query::ErrorAnswer::of(&answer) {
+                return Err(e.message);
+            }
+            answer["consumer"].as_str().ok_or("the ledger named no consumer")?.to_owned()
+        }
+    };
     let answers = client.subscribe(inbox.clone()).await.map_err(|e| e.to_string())?;
-    Ok(Pulled { next: follower_next(name), inbox, answers, credit: 0 })
+    Ok(Pulled { next: follower_next(&name), inbox, answers, credit: 0 })
 }
 
 /// The seq a consumer's message stands at, from its reply subject

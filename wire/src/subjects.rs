@@ -46,6 +46,11 @@ pub const FOLLOW_SUBJECT: &str = "custody.ledger.follow";
 pub fn follower_consumer(id: &str) -> String {
     format!("follow_{id}")
 }
+/// A standby ledger replica's own consumer of the committed stream:
+/// `replica_<instance>`, out of reach of every follower's permissions.
+pub fn replica_consumer(instance: &str) -> String {
+    format!("replica_{instance}")
+}
 /// Where a follower pulls from its consumer (`$JS.API.CONSUMER.MSG.NEXT`).
 pub fn follower_next(consumer: &str) -> String {
     format!("$JS.API.CONSUMER.MSG.NEXT.{LEDGER_STREAM}.{consumer}")

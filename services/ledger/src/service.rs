@@ -297,7 +297,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let started = std::time::Instant::now();
     let mut setup = js.clone();
     setup.set_timeout(Duration::from_secs(2));
-    let holder = crate::lease::holder_name(&config.name, &crate::lease::instance_id(&config.data_dir)?);
+    let instance = crate::lease::instance_id(&config.data_dir)?;
+    let holder = crate::lease::holder_name(&config.name, &instance);
     let lease = loop {
         let ready = async {
             ensure_streams(&setup, config.replicas).await.map(drop)?;
@@ -321,6 +322,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let signer = newest_signer(&client).await?;
     let key = crate::notary::key_for_ledger(&config.data_dir, signer.as_deref()).map_err(|e| LedgerError::Mismatch(e.to_string()))?;
     let reader = Reader::ledger(&client);
+    // A standby follows through a consumer of its own, named by its
+    // instance; a take-over's catch-up (a short tail, on the clock) reads
+    // by direct get, which needs no consumer made first.
+    let following = reader.clone().pulling_own(&replica_consumer(&instance));
     let health = config.health.clone();
     // `custody status` shows which key each replica signs with.
     health.update(|s| s.key = Some(key.public_key()));
@@ -342,7 +347,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 tokio::task::block_in_place(|| save(&mut ledger));
                 return Ok(());
             }
-            taken = standby(&mut ledger, &reader, &lease, &health, &meters, giving_way.take()) => taken?,
+            taken = standby(&mut ledger, &following, &lease, &health, &meters, giving_way.take()) => taken?,
         };
         let store = ledger.store().clone();
         // The lease is renewed from the moment it is taken: catching up on
@@ -1279,17 +1284,11 @@ async fn serve_head(client: async_nats::Client, head: watch::Receiver<Option<(u6
     Ok(())
 }
 
-/// How long a follower's consumer outlives its last pull.
-const FOLLOWER_IDLE: Duration = Duration::from_secs(30);
-
 /// Makes followers' pull consumers of the committed stream
-/// ([`FOLLOW_SUBJECT`]): one per NATS user, named by it (by the follower's
-/// own word only where there are no accounts), from the seq it asks for,
-/// replacing that user's consumer before. It delivers only to whoever
-/// pulls (on a reply subject the server picks across accounts), keeps no
-/// acks, lives in memory on one server, and is gone 30 s after its last
-/// pull; what a follower reads through it it checks as it checks a
-/// direct get (each entry at its seq, linked to the one before).
+/// ([`FOLLOW_SUBJECT`], [`custody_wire::follow::make_consumer`]): one per
+/// NATS user, named by it (by the follower's own word only where there
+/// are no accounts), from the seq it asks for, replacing that user's
+/// consumer before.
 pub async fn serve_followers(client: async_nats::Client, js: jetstream::Context) -> Result<(), LedgerError> {
     use custody_wire::query::{error_answer, requester_of, AnswerCode, Requester};
     let mut sub = client.subscribe(FOLLOW_SUBJECT).await.map_err(nats("subscribe to follower requests"))?;
@@ -1308,19 +1307,8 @@ pub async fn serve_followers(client: async_nats::Client, js: jetstream::Context)
                 let id = if let Requester::User(user) = who { user } else { ask.reader };
                 let id: String = id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').take(64).collect();
                 let name = follower_consumer(if id.is_empty() { "anonymous" } else { &id });
-                let config = consumer::pull::Config {
-                    name: Some(name.clone()),
-                    deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: ask.from.max(1) },
-                    ack_policy: consumer::AckPolicy::None,
-                    inactive_threshold: FOLLOWER_IDLE,
-                    memory_storage: true,
-                    num_replicas: 1,
-                    ..Default::default()
-                };
-                // A consumer's start cannot change: the user's old one goes.
-                let _ = js.delete_consumer_from_stream(&name, LEDGER_STREAM).await;
-                match js.create_consumer_on_stream(config, LEDGER_STREAM).await {
-                    Ok(_) => {
+                match custody_wire::follow::make_consumer(&js, &name, ask.from).await {
+                    Ok(()) => {
                         tracing::debug!(consumer = %name, from = ask.from, "follower's consumer made");
                         serde_json::json!({ "consumer": name })
                     }
