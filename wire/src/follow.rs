@@ -6,12 +6,13 @@
 //! 2.11+). Direct get has no side effects and needs no JetStream in the
 //! reader's account: a reader in another NATS account imports it as a
 //! service, and the server answers on a reply subject it maps itself.
-//! Readers never create a consumer: that would let a reader choose where
-//! the stream's messages are delivered, which is how an actor once wrote
-//! into the committed stream (see ARCHITECTURE.md, "Who may use which
-//! subject"). Readers learn of new messages from the stream's own
-//! subject, imported as a stream: a message there only wakes them up, and
-//! what they apply always comes from the stream itself.
+//! Readers outside the ledger's account never create a consumer: that
+//! would let a reader choose where the stream's messages are delivered,
+//! which is how an actor once wrote into the committed stream (see
+//! ARCHITECTURE.md, "Who may use which subject"). Readers learn of new
+//! messages from the stream's own subject, imported as a stream: a message
+//! there only wakes them up, and what they apply always comes from the
+//! stream itself.
 //!
 //! A long follower (a projection, authz) reads the committed stream about
 //! twice as fast through a pull consumer ([`Reader::pulling`]): it asks the
