@@ -173,6 +173,19 @@ fn readiness(statuses: Vec<Status>) -> Response {
     (code, Json(serde_json::json!({"ready": ready, "services": statuses}))).into_response()
 }
 
+/// CPU seconds this process has used, user and system, on every thread:
+/// what a bench divides by its work, a figure less at the mercy of other
+/// processes on a shared machine than a rate is.
+pub fn cpu_seconds() -> Option<f64> {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(secs(usage.ru_utime) + secs(usage.ru_stime))
+}
+
 /// A field of this process's `/proc/self/status` (`VmRSS`, `VmHWM`), in
 /// kB (Linux; `None` elsewhere).
 pub fn resident_kb(field: &str) -> Option<u64> {

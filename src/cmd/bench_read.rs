@@ -415,9 +415,13 @@ pub async fn replay(entries: usize, cache_mb: usize) -> anyhow::Result<()> {
     config.cache_mb = cache_mb;
     let budget = config.budget();
     let resident_before = custody::ops::resident_kb("VmRSS");
+    let cpu_before = custody::ops::cpu_seconds();
     let t = Instant::now();
     let (store, mut state) = custody_projection::service::replay(config).await?;
     let elapsed = t.elapsed().as_secs_f64();
+    // This process's CPU over the replay (the projection, and the ledger's
+    // part of the follow; not nats-server's), per entry.
+    let cpu_us = custody::ops::cpu_seconds().zip(cpu_before).map(|(a, b)| ((a - b) * 1e6 / total.max(1) as f64 * 10.0).round() / 10.0);
     let seq = state.checkpoint.map_or(0, |c| c.0);
     let rate = seq as f64 / elapsed;
     // What the replayed state holds resident (the process's growth): the
@@ -451,7 +455,7 @@ pub async fn replay(entries: usize, cache_mb: usize) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({"bench": "replay", "entries": seq, "lots": lots, "cache_mb": cache_mb, "replayed_per_s": rate.round(), "baseline_stream_read_per_s": baseline.round(),
-            "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0,
+            "ratio_to_baseline": (rate / baseline * 1000.0).round() / 1000.0, "cpu_us_per_entry": cpu_us,
             "direct_get_read_per_s": direct_get.round(), "ratio_to_direct_get": (rate / direct_get * 1000.0).round() / 1000.0,
             "resident_growth_mb": growth_mb, "peak_resident_mb": peak_mb,
             "checkpoint_s": (checkpoint_s * 100.0).round() / 100.0, "disk_bytes_per_lot": disk_bytes / lots,
