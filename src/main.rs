@@ -4,7 +4,7 @@ mod cmd;
 
 /// mimalloc rather than glibc's malloc: a projection's replay allocates and
 /// frees a record for every lot it caches, evicts or checkpoints, and
-/// spent 14-20 % of its samples in glibc's malloc and free; with mimalloc
+/// spent 14 % of its samples in glibc's malloc and free; with mimalloc
 /// it uses about 7 % less CPU an entry (docs/BENCHMARKS.md, "The
 /// allocator, measured again").
 #[global_allocator]
