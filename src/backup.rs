@@ -121,7 +121,7 @@ pub async fn take(client: &async_nats::Client, out: &Path, key: Option<&str>) ->
                             first_signer = Some(crate::client::signer(&e.envelope));
                         }
                         let line = serde_json::to_string(&CertifiedEntry::of(&e).map_err(std::io::Error::other)?)?;
-                        auditor.entry(e).map_err(std::io::Error::other)?;
+                        auditor.entry(e.into_entry()).map_err(std::io::Error::other)?;
                         writeln!(w, "{line}")?;
                     }
                 }

@@ -458,7 +458,7 @@ async fn a_projection_ahead_of_its_stream_is_not_ready() {
     let mut first = Vec::new();
     let mut batches = std::pin::pin!(reader.entries(None, Some(2)));
     while let Some(batch) = batches.next().await {
-        first.extend(batch.unwrap());
+        first.extend(batch.unwrap().into_iter().map(custody_proto::Linked::into_entry));
     }
     let js = jetstream::new(sys.client.clone());
     js.delete_stream(subjects::LEDGER_STREAM).await.unwrap();

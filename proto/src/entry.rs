@@ -95,6 +95,40 @@ impl ChainError {
     }
 }
 
+/// An entry whose own hash was computed and found right, and whose link
+/// to the entry before it was checked ([`Entry::linked_after`]): what a
+/// follower of the committed stream hands on. Whoever applies it next
+/// checks only that it follows what they hold ([`Linked::check_follows`]),
+/// without hashing it again: a replay hashed every entry twice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Linked(Entry);
+
+impl Linked {
+    /// Checks that it comes right after `prev` (seq and link); its own hash
+    /// was checked when it was linked.
+    pub fn check_follows(&self, prev: Option<(u64, Hash)>) -> Result<(), ChainError> {
+        self.0.check_follows(prev)
+    }
+
+    pub fn into_entry(self) -> Entry {
+        self.0
+    }
+}
+
+impl std::borrow::Borrow<Entry> for Linked {
+    fn borrow(&self) -> &Entry {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Linked {
+    type Target = Entry;
+
+    fn deref(&self) -> &Entry {
+        &self.0
+    }
+}
+
 impl Entry {
     /// Builds the next entry after `prev` (`None` for the first).
     pub fn next(prev: Option<(u64, Hash)>, recorded_at: Timestamp, envelope: Vec<u8>) -> Entry {
@@ -119,6 +153,17 @@ impl Entry {
 
     /// Checks this entry's own hash and its link to the previous entry.
     pub fn check_after(&self, prev: Option<(u64, Hash)>) -> Result<(), ChainError> {
+        self.check_follows(prev)?;
+        let computed = Entry::compute_hash(self.seq, &self.prev_hash, &self.recorded_at, &self.envelope);
+        if computed != self.hash {
+            return Err(ChainError::HashMismatch { seq: self.seq, stored: self.hash, computed });
+        }
+        Ok(())
+    }
+
+    /// Checks only that this entry comes right after `prev`: its seq and
+    /// its link, not its own hash ([`Entry::check_after`] does both).
+    fn check_follows(&self, prev: Option<(u64, Hash)>) -> Result<(), ChainError> {
         // Checked: a predecessor at u64::MAX (from bytes nobody validated)
         // has no successor, and must not wrap to 0 or panic.
         let (expected_seq, expected_prev) = prev.map_or((Some(1), Hash::GENESIS), |(s, h)| (s.checked_add(1), h));
@@ -128,11 +173,14 @@ impl Entry {
         if self.prev_hash != expected_prev {
             return Err(ChainError::BrokenLink { seq: self.seq, expected: expected_prev, found: self.prev_hash });
         }
-        let computed = Entry::compute_hash(self.seq, &self.prev_hash, &self.recorded_at, &self.envelope);
-        if computed != self.hash {
-            return Err(ChainError::HashMismatch { seq: self.seq, stored: self.hash, computed });
-        }
         Ok(())
+    }
+
+    /// This entry, its hash and its link to `prev` checked
+    /// ([`Entry::check_after`]), as a [`Linked`] entry.
+    pub fn linked_after(self, prev: Option<(u64, Hash)>) -> Result<Linked, ChainError> {
+        self.check_after(prev)?;
+        Ok(Linked(self))
     }
 
     /// Storage encoding: `v1 | seq | prev | hash | len(ts) u16 | ts | envelope`.
@@ -188,11 +236,11 @@ impl Entry {
 
     /// Rebuilds an entry from message headers and payload. Does not check
     /// the hash: see [`Entry::check_after`].
-    pub fn from_headers(get: impl Fn(&str) -> Option<String>, envelope: Vec<u8>) -> Result<Entry, String> {
-        let field = |name: &str| get(name).ok_or_else(|| format!("missing header {name}"));
+    pub fn from_headers<'a>(get: impl Fn(&'static str) -> Option<&'a str>, envelope: Vec<u8>) -> Result<Entry, String> {
+        let field = |name: &'static str| get(name).ok_or_else(|| format!("missing header {name}"));
         let seq = field(HDR_SEQ)?.parse().map_err(|_| "bad seq header".to_owned())?;
-        let hash = Hash::from_hex(&field(HDR_HASH)?).ok_or("bad hash header")?;
-        let prev_hash = Hash::from_hex(&field(HDR_PREV)?).ok_or("bad prev hash header")?;
+        let hash = Hash::from_hex(field(HDR_HASH)?).ok_or("bad hash header")?;
+        let prev_hash = Hash::from_hex(field(HDR_PREV)?).ok_or("bad prev hash header")?;
         let recorded_at = field(HDR_RECORDED_AT)?.parse().map_err(|_| "bad recorded_at header".to_owned())?;
         Ok(Entry { seq, prev_hash, recorded_at, envelope, hash })
     }
@@ -263,6 +311,23 @@ mod tests {
         assert!(matches!(forged.check_after(Some((1, e1.hash))), Err(ChainError::HashMismatch { seq: 2, .. })));
         assert!(matches!(e2.check_after(Some((1, Hash::GENESIS))), Err(ChainError::BrokenLink { seq: 2, .. })));
         assert!(matches!(e2.check_after(None), Err(ChainError::OutOfOrder { seq: 2, .. })));
+    }
+
+    /// A forged entry never becomes [`Linked`], and a linked one is still
+    /// refused where it does not follow: only its own hash is not computed
+    /// again.
+    #[test]
+    fn only_a_checked_entry_is_linked_and_it_must_still_follow() {
+        let e1 = Entry::next(None, t(), b"one".to_vec());
+        let e2 = Entry::next(Some((e1.seq, e1.hash)), t(), b"two".to_vec());
+        let mut forged = e2.clone();
+        forged.envelope = b"tw0".to_vec();
+        assert!(matches!(forged.linked_after(Some((1, e1.hash))), Err(ChainError::HashMismatch { seq: 2, .. })));
+        let linked = e2.clone().linked_after(Some((1, e1.hash))).unwrap();
+        assert_eq!(*linked, e2);
+        linked.check_follows(Some((1, e1.hash))).unwrap();
+        assert!(matches!(linked.check_follows(Some((1, Hash::GENESIS))), Err(ChainError::BrokenLink { seq: 2, .. })));
+        assert!(matches!(linked.check_follows(Some((2, e2.hash))), Err(ChainError::OutOfOrder { seq: 2, expected: 3 })));
     }
 
     #[test]

@@ -130,9 +130,16 @@ impl Opened {
 
     /// The payload of an envelope already in the ledger, without the
     /// signature work: for followers that trust the chain (projections).
+    /// Reads the payload in place and skips the rest (the ledger checked
+    /// the whole envelope when it admitted it): a replay opens every one.
     pub fn payload_of(raw: &[u8]) -> Result<Vec<u8>, Rejection> {
-        let env: Envelope = serde_json::from_slice(raw).map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("not a DSSE envelope: {e}")))?;
-        B64.decode(&env.payload).map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("payload is not base64: {e}")))
+        #[derive(Deserialize)]
+        struct PayloadOnly<'a> {
+            #[serde(borrow)]
+            payload: std::borrow::Cow<'a, str>,
+        }
+        let env: PayloadOnly = serde_json::from_slice(raw).map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("not a DSSE envelope: {e}")))?;
+        B64.decode(env.payload.as_bytes()).map_err(|e| Rejection::new(Code::MalformedEnvelope, format!("payload is not base64: {e}")))
     }
 
     /// Verifies this one signature.

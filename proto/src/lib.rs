@@ -29,7 +29,7 @@ pub mod request;
 pub mod units;
 
 pub use checkpoint::Checkpoint;
-pub use entry::{ChainError, Entry, Hash, Outcome, Receipt, Refusal};
+pub use entry::{ChainError, Entry, Hash, Linked, Outcome, Receipt, Refusal};
 pub use envelope::{Envelope, KeyCache, Opened, MAX_ENVELOPE_BYTES, PAYLOAD_TYPE};
 pub use event::{Body, DeclaredOrigin, Document, DocumentType, Event, Evidence, Finding, LotState, Process, Role};
 pub use ids::{ActorKey, Country, EventId, LotId, Timestamp};

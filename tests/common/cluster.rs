@@ -170,7 +170,7 @@ impl Cluster {
             let mut batches = std::pin::pin!(reader.entries(None, Some(last)));
             while let Some(b) = batches.next().await {
                 match b {
-                    Ok(entries) => out.extend(entries),
+                    Ok(entries) => out.extend(entries.into_iter().map(custody_proto::Linked::into_entry)),
                     Err(custody_wire::follow::FollowError::Read(e)) if std::time::Instant::now() < deadline => {
                         eprintln!("reading the committed stream again: {e}");
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

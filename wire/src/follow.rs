@@ -33,12 +33,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer;
-use async_nats::{Client, HeaderMap};
+use async_nats::{Client, HeaderMap, HeaderName};
 use bytes::Bytes;
 use futures::{FutureExt as _, StreamExt};
 
 use crate::subjects::{follower_next, CHECKPOINTS_STREAM, CHECKPOINTS_SUBJECT, ENTRIES_SUBJECT, FOLLOW_SUBJECT, LEDGER_STREAM};
-use custody_proto::{Entry, Hash};
+use custody_proto::{Entry, Hash, Linked};
 
 /// Where a linked history ends: `(seq, hash)` of its last entry, `None`
 /// before the first.
@@ -88,14 +88,14 @@ pub enum FollowError {
 
 /// Decodes a batch of committed-stream messages into entries, each at its
 /// own stream position and linked (hash and `prev_hash`) to the one before.
-fn link(prev: &mut Head, msgs: Vec<StreamMsg>) -> Result<Vec<Entry>, FollowError> {
+fn link(prev: &mut Head, msgs: Vec<StreamMsg>) -> Result<Vec<Linked>, FollowError> {
     msgs.into_iter()
         .map(|m| {
             let e = entry_of(&m).map_err(|why| FollowError::Broken { seq: m.seq, why: format!("unreadable: {why}") })?;
             if e.seq != m.seq {
                 return Err(FollowError::Broken { seq: m.seq, why: format!("stream position {} holds entry {}", m.seq, e.seq) });
             }
-            e.check_after(*prev).map_err(|c| FollowError::Broken { seq: c.seq(), why: c.to_string() })?;
+            let e = e.linked_after(*prev).map_err(|c| FollowError::Broken { seq: c.seq(), why: c.to_string() })?;
             *prev = Some((e.seq, e.hash));
             Ok(e)
         })
@@ -104,7 +104,9 @@ fn link(prev: &mut Head, msgs: Vec<StreamMsg>) -> Result<Vec<Entry>, FollowError
 
 /// The entry a committed-stream message carries (hash not yet checked).
 pub fn entry_of(msg: &StreamMsg) -> Result<Entry, String> {
-    Entry::from_headers(|name| msg.headers.get(name).map(|v| v.as_str().to_owned()), msg.payload.to_vec())
+    // A header name from a static string allocates nothing (from a `&str`
+    // it is copied for each lookup): four lookups an entry.
+    Entry::from_headers(|name| msg.headers.get(HeaderName::from_static(name)).map(|v| v.as_str()), msg.payload.to_vec())
 }
 
 /// A reader of one stream, through direct get (or, for a follower of the
@@ -198,7 +200,7 @@ impl Reader {
                 _ => {}
             }
             let headers = msg.headers.unwrap_or_default();
-            let seq = headers.get("Nats-Sequence").and_then(|v| v.as_str().parse().ok());
+            let seq = headers.get(async_nats::header::NATS_SEQUENCE).and_then(|v| v.as_str().parse().ok());
             let seq = seq.ok_or_else(|| ReadError::NoPosition { stream: self.stream.to_owned() })?;
             out.push(StreamMsg { seq, headers, payload: msg.payload });
             if !batch {
@@ -270,7 +272,7 @@ impl Reader {
     /// it ends after that seq (or at the first read error); without, it
     /// follows new entries forever and goes on by itself after a read
     /// error, which it reports as an item. After a broken link it ends.
-    pub fn entries(&self, after: Head, until: Option<u64>) -> impl futures::Stream<Item = Result<Vec<Entry>, FollowError>> + Send + 'static {
+    pub fn entries(&self, after: Head, until: Option<u64>) -> impl futures::Stream<Item = Result<Vec<Linked>, FollowError>> + Send + 'static {
         let from = after.map_or(1, |h| h.0 + 1);
         let batches: futures::stream::BoxStream<'static, Result<Vec<StreamMsg>, ReadError>> = match until {
             Some(last) if last < from => futures::stream::empty().boxed(),
@@ -597,7 +599,8 @@ async fn next_pulled(client: &Client, stream: &str, p: &mut Pulled, expected: &m
             // A pull expired, or found nothing: what it had not delivered
             // will not come.
             Some(404) | Some(408) => {
-                let left = msg.headers.as_ref().and_then(|h| h.get("Nats-Pending-Messages")).and_then(|v| v.as_str().parse::<u64>().ok());
+                let left =
+                    msg.headers.as_ref().and_then(|h| h.get(HeaderName::from_static("Nats-Pending-Messages"))).and_then(|v| v.as_str().parse::<u64>().ok());
                 p.credit = left.map_or(0, |l| p.credit.saturating_sub(l));
                 if out.is_empty() {
                     return Ok(None);

@@ -290,7 +290,7 @@ impl Auditor {
                 Err(FollowError::Broken { seq, why }) => return Ok(Err(Finding(format!("entry {seq}: {why}")))),
             };
             for entry in entries {
-                if let Err(f) = self.entry(entry) {
+                if let Err(f) = self.entry(entry.into_entry()) {
                     return Ok(Err(f));
                 }
             }

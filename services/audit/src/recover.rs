@@ -35,6 +35,7 @@ pub async fn verified<E: std::error::Error + 'static>(reader: &Reader, mut sink:
             Err(FollowError::Read(e)) => return Err(Unreadable::from(e).into()),
             Err(FollowError::Broken { seq, why }) => return Err(RecoverError::Bad(Bad { seq, why })),
         };
+        let entries: Vec<Entry> = entries.into_iter().map(custody_proto::Linked::into_entry).collect();
         for e in &entries {
             checker.push(e.clone()).map_err(RecoverError::Bad)?;
         }

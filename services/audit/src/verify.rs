@@ -106,7 +106,7 @@ pub async fn extend_stream(reader: &Reader, checker: &mut Checker) -> Result<Res
             Err(FollowError::Broken { seq, why }) => return Ok(Err(Bad { seq, why })),
         };
         for entry in entries {
-            if let Err(bad) = checker.push(entry) {
+            if let Err(bad) = checker.push(entry.into_entry()) {
                 return Ok(Err(bad));
             }
         }

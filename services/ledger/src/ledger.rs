@@ -2,7 +2,8 @@
 //! that matters, admitting a batch of checked submissions into entries. It
 //! knows nothing of NATS: the service feeds it and delivers its outcomes.
 
-use custody_proto::{ChainError, Entry, Event, Hash, KeyCache, Opened, Outcome, Receipt, Refusal, Rejection, Timestamp};
+use custody_proto::{ChainError, Entry, Event, Hash, KeyCache, Linked, Opened, Outcome, Receipt, Refusal, Rejection, Timestamp};
+use std::borrow::Borrow;
 use std::path::Path;
 
 use crate::model::Model;
@@ -200,7 +201,7 @@ impl Ledger {
         let mut entries = store.entries_from(from).peekable();
         while entries.peek().is_some() {
             let chunk = entries.by_ref().take(REPLAY_CHUNK).collect::<Result<Vec<Entry>, StoreError>>()?;
-            ledger.replay(&chunk)?;
+            ledger.replay(&chunk, Entry::check_after)?;
             ledger.replayed += chunk.len() as u64;
         }
         drop(entries);
@@ -377,25 +378,29 @@ impl Ledger {
     /// one before, every signature verified as one batch) to the write
     /// model and the tree. Nothing is judged again. The store is not
     /// written: see [`Ledger::follow`].
-    fn replay(&mut self, chunk: &[Entry]) -> Result<(), OpenError> {
+    /// `check` says how each entry's place is checked: its hash and link
+    /// for one read from the store, its link alone for one the follower
+    /// already hashed ([`Linked`]).
+    fn replay<E: Borrow<Entry>>(&mut self, chunk: &[E], check: impl Fn(&E, Option<(u64, Hash)>) -> Result<(), ChainError>) -> Result<(), OpenError> {
         let mut head = self.head;
         let mut opened = Vec::with_capacity(chunk.len());
-        for entry in chunk {
-            entry.check_after(head).map_err(StoreError::from)?;
+        for linked in chunk {
+            check(linked, head).map_err(StoreError::from)?;
+            let entry: &Entry = linked.borrow();
             opened.push(Opened::open_with(entry.envelope.clone(), &mut self.keys).map_err(|r| OpenError::Replay { seq: entry.seq, why: r.to_string() })?);
             head = Some((entry.seq, entry.hash));
         }
         // Signatures are verified as a batch: about half the cost.
         let verdicts = Opened::verify_all(&opened);
         let mut events = Vec::with_capacity(chunk.len());
-        for ((entry, opened), verdict) in chunk.iter().zip(opened).zip(verdicts) {
+        for ((entry, opened), verdict) in chunk.iter().map(E::borrow).zip(opened).zip(verdicts) {
             let replay_err = |why: String| OpenError::Replay { seq: entry.seq, why };
             verdict.map_err(|r| replay_err(r.to_string()))?;
             let event = Event::decode(&opened.payload).map_err(|r| replay_err(r.to_string()))?;
             events.push((event, blake3::hash(&opened.payload)));
         }
         // Only a chunk that checked whole touches the model.
-        for (entry, (event, digest)) in chunk.iter().zip(events) {
+        for (entry, (event, digest)) in chunk.iter().map(E::borrow).zip(events) {
             if self.lot_map {
                 for key in self.model.subjects(&event) {
                     self.map.touch(&key, entry.seq, &entry.hash);
@@ -411,11 +416,12 @@ impl Ledger {
     }
 
     /// Takes entries another writer committed on the stream: checks and
-    /// applies them like a replay, then makes them durable in the store.
+    /// applies them like a replay (their hashes already checked by the
+    /// follower that linked them), then makes them durable in the store.
     /// How a standby follows the active writer, and how any ledger catches
     /// up with the stream before it writes.
-    pub fn follow(&mut self, entries: &[Entry]) -> Result<(), OpenError> {
-        self.replay(entries)?;
+    pub fn follow(&mut self, entries: &[Linked]) -> Result<(), OpenError> {
+        self.replay(entries, Linked::check_follows)?;
         self.store.append(entries)?;
         Ok(())
     }

@@ -10,6 +10,7 @@
 //! sled's recovery treats a bad checksum as a torn write and silently drops
 //! the rest of its log; the witness is how such a lost tail is noticed.
 
+use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -191,10 +192,10 @@ impl Store {
 
     /// Appends entries (which must continue the head) in one atomic batch,
     /// then makes them durable. Only when this returns may a receipt go out.
-    pub fn append(&self, entries: &[Entry]) -> Result<(), StoreError> {
-        let Some(last) = entries.last() else { return Ok(()) };
+    pub fn append<E: Borrow<Entry>>(&self, entries: &[E]) -> Result<(), StoreError> {
+        let Some(last) = entries.last().map(E::borrow) else { return Ok(()) };
         let mut batch = sled::Batch::default();
-        for e in entries {
+        for e in entries.iter().map(E::borrow) {
             batch.insert(&entry_key(e.seq), e.encode());
         }
         let mut head = Vec::with_capacity(40);

@@ -242,12 +242,12 @@ fn digest_answer(state: &Shared) -> Value {
 
 /// Applies `entries` in order, [`SLICE`] at a time under the write lock;
 /// returns the last seq applied. Halts if the store could not be read.
-fn apply_all(state: &Shared, entries: &[custody_proto::Entry]) -> Result<u64, ProjectionError> {
+fn apply_all(state: &Shared, entries: &[custody_proto::Linked]) -> Result<u64, ProjectionError> {
     let mut last = 0;
     for slice in entries.chunks(SLICE) {
         let mut s = state.write();
         for entry in slice {
-            s.apply(entry)?;
+            s.apply_linked(entry)?;
             last = entry.seq;
             custody_wire::crashpoint::reached("projection.apply");
         }

@@ -253,8 +253,11 @@ impl Store {
         }
         let tree_err = |e| self.tree_error(e);
         let mut ingestion = self.records.start_ingestion().map_err(tree_err)?;
+        // One buffer for every record's key and one for its bytes: the
+        // ingestion copies both, so a record costs no allocation of its own.
+        let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(4096));
         for (k, v) in state.lots.unsaved() {
-            ingestion.write(keyed(LOTS, k), serde_json::to_vec(v)?).map_err(tree_err)?;
+            ingestion.write(keyed_in(&mut key, LOTS, k), json_in(&mut value, v)?).map_err(tree_err)?;
         }
         let meta = MetaRef {
             format: FORMAT,
@@ -269,9 +272,9 @@ impl Store {
             flows: &state.flows,
             flags: &state.flags,
         };
-        ingestion.write(META, serde_json::to_vec(&meta)?).map_err(tree_err)?;
+        ingestion.write(META, json_in(&mut value, &meta)?).map_err(tree_err)?;
         for (k, v) in state.references.unsaved() {
-            ingestion.write(keyed(REFERENCES, k), serde_json::to_vec(v)?).map_err(tree_err)?;
+            ingestion.write(keyed_in(&mut key, REFERENCES, k), json_in(&mut value, v)?).map_err(tree_err)?;
         }
         custody_wire::crashpoint::reached("projection.snapshot.writing");
         ingestion.finish().map_err(tree_err)?;
@@ -333,6 +336,21 @@ struct Disk {
 /// A record's key in the keyspace: its table's prefix, then its own.
 fn keyed(prefix: &[u8], key: &str) -> Vec<u8> {
     [prefix, key.as_bytes()].concat()
+}
+
+/// [`keyed`], in `buffer`.
+fn keyed_in<'a>(buffer: &'a mut Vec<u8>, prefix: &[u8], key: &str) -> &'a [u8] {
+    buffer.clear();
+    buffer.extend_from_slice(prefix);
+    buffer.extend_from_slice(key.as_bytes());
+    buffer
+}
+
+/// A record's JSON, in `buffer`.
+fn json_in<'a, V: Serialize + ?Sized>(buffer: &'a mut Vec<u8>, record: &V) -> Result<&'a [u8], serde_json::Error> {
+    buffer.clear();
+    serde_json::to_writer(&mut *buffer, record)?;
+    Ok(buffer)
 }
 
 /// The keys of the table under `prefix` from `start` on.

@@ -5,7 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::NaiveDate;
-use custody_proto::{ActorKey, Body, Carats, Country, DeclaredOrigin, Document, Entry, Event, Evidence, Finding, Hash, LotId, LotState, Process, Role};
+use std::borrow::Borrow;
+
+use custody_proto::{
+    ActorKey, Body, Carats, ChainError, Country, DeclaredOrigin, Document, Entry, Event, Evidence, Finding, Hash, Linked, LotId, LotState, Process, Role,
+};
 use num_bigint::BigInt;
 use num_rational::BigRational;
 use num_traits::ToPrimitive;
@@ -316,6 +320,8 @@ fn child_of(parent: &Lot, portion: &custody_proto::event::Portion, created: Step
     child.consumed = false;
     child.parents = vec![parent.lot.clone()];
     child.children = Vec::new();
+    // Its own list of the entries that act on it, from the one that made it.
+    child.touched = Vec::new();
     child.created = created;
     child
 }
@@ -340,6 +346,17 @@ impl State {
     /// Applies the next committed entry. Entries at or before the checkpoint
     /// (a redelivery) change nothing; a gap or a broken link is an error.
     pub fn apply(&mut self, entry: &Entry) -> Result<bool, ApplyError> {
+        self.apply_checked(entry, Entry::check_after)
+    }
+
+    /// [`State::apply`] for an entry the follower linked: only its link to
+    /// the checkpoint is checked, its hash was (and is not computed again).
+    pub fn apply_linked(&mut self, entry: &Linked) -> Result<bool, ApplyError> {
+        self.apply_checked(entry, Linked::check_follows)
+    }
+
+    fn apply_checked<E: Borrow<Entry>>(&mut self, linked: &E, check: impl Fn(&E, Option<(u64, Hash)>) -> Result<(), ChainError>) -> Result<bool, ApplyError> {
+        let entry: &Entry = linked.borrow();
         let next = self.checkpoint.map_or(1, |c| c.0 + 1);
         if entry.seq < next {
             return Ok(false);
@@ -347,7 +364,7 @@ impl State {
         if entry.seq > next {
             return Err(ApplyError::Gap { seq: entry.seq, expected: next });
         }
-        entry.check_after(self.checkpoint)?;
+        check(linked, self.checkpoint)?;
         self.apply_unlinked(entry)?;
         self.checkpoint = Some((entry.seq, entry.hash));
         Ok(true)
@@ -379,10 +396,10 @@ impl State {
             vouched: vouched.clone(),
         };
         let subjects = custody_proto::lotmap::subjects(&event, |c| self.shipments.get(c).map(|s| s.lots.clone()).unwrap_or_default());
-        let lots: Vec<(String, bool)> = subjects
+        let lots: Vec<String> = subjects
             .into_iter()
             .filter_map(|s| match s {
-                custody_proto::lotmap::Subject::Lot(l) => Some((l.clone(), self.lots.contains_key(&l))),
+                custody_proto::lotmap::Subject::Lot(l) => Some(l),
                 custody_proto::lotmap::Subject::Actor(_) => None,
             })
             .collect();
@@ -391,16 +408,14 @@ impl State {
         flows.count(self, &event, late);
         self.flows = flows;
         self.apply_event(&event, entry.seq, late, &step);
-        for (l, existed) in &lots {
+        // A lot this entry made starts its list here: every lot is made
+        // with none ([`State::new_lot`], [`child_of`]).
+        for l in &lots {
             if let Some(lot) = self.lots.get_mut(l) {
-                // A lot made from another starts its own list.
-                if !existed {
-                    lot.touched.clear();
-                }
                 lot.touched.push(entry.seq);
             }
         }
-        self.name_references(&event, entry.seq, lots.iter().map(|(l, _)| l.as_str()));
+        self.name_references(&event, entry.seq, lots.iter().map(String::as_str));
         Ok(())
     }
 
