@@ -215,10 +215,15 @@ async fn actors_together_hold_at_most_their_share_of_connections_and_services_st
     let refused = refused.expect("past the limit, refused");
     assert!(held.len() <= 20, "{} connections held", held.len());
     // nats-server writes "maximum account active connections exceeded" and
-    // then fails the login ("authorization violation"); which of the two the
-    // client reads first depends on timing (CI once saw the second).
+    // then fails the login ("authorization violation") and closes the
+    // connection; which the client sees first depends on timing (CI once
+    // saw the second, and once only the closed socket: "broken pipe"; a
+    // reset is the same close seen at another moment).
     let said = refused.to_lowercase();
-    assert!(said.contains("maximum") || said.contains("authorization violation"), "{refused}");
+    assert!(
+        said.contains("maximum") || said.contains("authorization violation") || said.contains("broken pipe") || said.contains("connection reset"),
+        "{refused}"
+    );
     assert!(connect(url, Some(&other)).await.is_err(), "the limit is for all actors together");
     // The services still answer, and the operator still gets in.
     let r = reqwest::get(format!("{}/v1/lots/NONE/origin", up.http)).await.unwrap();
