@@ -335,10 +335,12 @@ struct Disk {
 
 /// A record's key in the keyspace: its table's prefix, then its own.
 fn keyed(prefix: &[u8], key: &str) -> Vec<u8> {
-    [prefix, key.as_bytes()].concat()
+    let mut buffer = Vec::with_capacity(prefix.len() + key.len());
+    keyed_in(&mut buffer, prefix, key);
+    buffer
 }
 
-/// [`keyed`], in `buffer`.
+/// [`keyed`], in `buffer` (a checkpoint reuses one for every record).
 fn keyed_in<'a>(buffer: &'a mut Vec<u8>, prefix: &[u8], key: &str) -> &'a [u8] {
     buffer.clear();
     buffer.extend_from_slice(prefix);
