@@ -197,9 +197,9 @@ fn replay_stored(entries: &[Entry]) -> (tempfile::TempDir, custody_projection::s
     let mut s = store.load().unwrap();
     for (i, e) in entries.iter().enumerate() {
         assert!(s.apply(e).unwrap(), "entry {} applied", e.seq);
-        if s.wants_checkpoint() || i == entries.len() / 2 {
-            store.save(&s).unwrap();
-            s.saved();
+        if s.wants_checkpoint(Default::default()) || i == entries.len() / 2 {
+            let written = store.save(&s).unwrap();
+            s.saved(&written);
         }
         if i == entries.len() / 2 {
             drop(s);

@@ -431,8 +431,8 @@ pub async fn replay(entries: usize, cache_mb: usize) -> anyhow::Result<()> {
     let growth_mb = resident_after.zip(resident_before).map(|(a, b)| a.saturating_sub(b) / 1024);
     // The checkpoint a rebuild ends with, apart.
     let t = Instant::now();
-    tokio::task::block_in_place(|| store.save(&state))?;
-    state.saved();
+    let written = tokio::task::block_in_place(|| store.save(&state))?;
+    state.saved(&written);
     let checkpoint_s = t.elapsed().as_secs_f64();
     let disk_bytes = store.disk_space()?;
     let peak_mb = custody::ops::resident_kb("VmHWM").map(|k| k / 1024);

@@ -23,7 +23,7 @@ use futures::{FutureExt as _, StreamExt};
 use serde_json::{json, Value};
 
 use crate::rules::RuleSet;
-use crate::store::{Store, StoreError};
+use crate::store::{Checkpoint, Records, Store, StoreError};
 use crate::view::{self, ApplyError, State};
 
 /// Entries applied under one hold of the state's write lock: a query waits
@@ -263,26 +263,165 @@ fn apply_all(state: &Shared, entries: &[custody_proto::Linked]) -> Result<u64, P
 }
 
 /// Writes a checkpoint of the shared state (the records changed since the
-/// last one); returns how long it took. The follower is the state's only
-/// writer: it writes the checkpoint under a read lock, queries reading
-/// alongside, then takes the write lock only to mark the records saved.
+/// last one), taken under a read lock and written without it; returns
+/// how long it took. For a follower that has stopped: one that runs
+/// writes its own while it applies ([`Checkpoints`]).
 fn snapshot(store: &Store, state: &Shared) -> Result<Duration, ProjectionError> {
     let t = Instant::now();
-    {
-        let s = state.read();
-        tokio::task::block_in_place(|| store.save(&s))?;
-    }
+    let checkpoint = Checkpoint::of(&state.read())?;
+    tokio::task::block_in_place(|| store.write(&checkpoint))?;
+    Ok(saved(state, &checkpoint, t))
+}
+
+/// Marks a checkpoint's records saved, once it is written (so they may
+/// be evicted from the cache); logs it, and returns how long it took since
+/// `started`.
+fn saved(state: &Shared, checkpoint: &Checkpoint, started: Instant) -> Duration {
     let mut s = state.write();
-    s.saved();
-    let took = t.elapsed();
+    s.saved(checkpoint);
+    let took = started.elapsed();
     tracing::info!(
-        seq = s.checkpoint.map_or(0, |c| c.0),
+        seq = checkpoint.seq().unwrap_or(0),
         lots = s.lots.len(),
         cached = s.lots.cached(),
         ms = took.as_millis() as u64,
         "projection checkpoint written"
     );
-    Ok(took)
+    took
+}
+
+/// The follower's checkpoints: when the next is due, and the one being
+/// written, on a thread of its own while the follower applies on.
+struct Checkpoints {
+    cadence: Cadence,
+    /// Entries applied since the last checkpoint written.
+    since: u64,
+    /// When the last one was written (or failed).
+    last: Instant,
+    /// How long the last one written took: the next waits ten times that.
+    cost: Duration,
+    failed_at: Option<Instant>,
+    writing: Option<Writing>,
+}
+
+/// A checkpoint being written.
+struct Writing {
+    task: tokio::task::JoinHandle<(Checkpoint, Result<(), StoreError>)>,
+    started: Instant,
+    /// [`Checkpoints::since`] when it was taken.
+    entries: u64,
+    records: Records,
+}
+
+/// How writing a checkpoint ended: when it started, the entries it
+/// covers, and the checkpoint with its result.
+type Written = (Instant, u64, Result<(Checkpoint, Result<(), StoreError>), tokio::task::JoinError>);
+
+impl Checkpoints {
+    fn new(cadence: Cadence) -> Checkpoints {
+        Checkpoints { cadence, since: 0, last: Instant::now(), cost: Duration::ZERO, failed_at: None, writing: None }
+    }
+
+    /// Whether one is due now (and none is being written): after `every`
+    /// entries or `interval`, and ten times as long as the last one took
+    /// since it ended, so that checkpoints stay a small share of the work;
+    /// at once when the cache holds as many unsaved records as it may
+    /// (unless the last one failed within the second), so that saved ones
+    /// can be evicted.
+    fn due(&self, state: &Shared) -> bool {
+        let since_last = self.last.elapsed();
+        let by_count = self.since >= self.cadence.every;
+        let by_time = self.since > 0 && since_last >= self.cadence.interval;
+        self.writing.is_none() && (((by_count || by_time) && since_last >= self.cost * 10) || self.full(state))
+    }
+
+    /// The cache holds as many unsaved records as it may, besides those
+    /// the checkpoint being written will save.
+    fn full(&self, state: &Shared) -> bool {
+        let writing = self.writing.as_ref().map(|w| w.records).unwrap_or_default();
+        state.read().wants_checkpoint(writing) && self.failed_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+    }
+
+    /// Takes a checkpoint under the read lock and starts writing it.
+    fn start(&mut self, store: &Arc<Store>, state: &Shared) -> Result<(), StoreError> {
+        let checkpoint = Checkpoint::of(&state.read())?;
+        let records = checkpoint.records();
+        let store = store.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let result = store.write(&checkpoint);
+            (checkpoint, result)
+        });
+        self.writing = Some(Writing { task, started: Instant::now(), entries: self.since, records });
+        Ok(())
+    }
+
+    /// The end of the checkpoint being written; never, if none is.
+    async fn written(&mut self) -> Written {
+        let Some(writing) = self.writing.as_mut() else { return std::future::pending().await };
+        let result = (&mut writing.task).await;
+        let (started, entries) = (writing.started, writing.entries);
+        self.writing = None;
+        (started, entries, result)
+    }
+
+    /// Marks what a checkpoint wrote saved, or reports that it could not
+    /// be written: a checkpoint only shortens a restart, so answers from
+    /// the cache and the store stay right, the projection stays ready,
+    /// reports it (the log, `custody_projection_snapshot_failures_total`)
+    /// and tries again after the interval. A rebuild (`until`) ends on it.
+    fn settle(&mut self, written: Written, state: &Shared, meters: &Meters, until: Option<u64>) -> Result<(), ProjectionError> {
+        let (started, entries, result) = written;
+        self.last = Instant::now();
+        let failure = match result {
+            Ok((checkpoint, Ok(()))) => {
+                self.cost = saved(state, &checkpoint, started);
+                self.since = self.since.saturating_sub(entries);
+                self.failed_at = None;
+                return Ok(());
+            }
+            Ok((_, Err(e))) => ProjectionError::from(e),
+            // The writing thread panicked: reported as the checkpoint
+            // it did not write.
+            Err(_) => ProjectionError::Ended,
+        };
+        self.failed(failure, meters, until)
+    }
+
+    fn failed(&mut self, e: ProjectionError, meters: &Meters, until: Option<u64>) -> Result<(), ProjectionError> {
+        if until.is_some() {
+            return Err(e);
+        }
+        self.last = Instant::now();
+        self.failed_at = Some(Instant::now());
+        tracing::error!(error = %e, "cannot write the projection's snapshot; still answering, trying again later");
+        metrics::counter!("custody_projection_snapshot_failures_total", "service" => meters.health.name()).increment(1);
+        Ok(())
+    }
+
+    /// Writes checkpoints as they are due: first waits for the one being
+    /// written if the cache is full besides what it will save (it can
+    /// evict nothing unsaved), then starts the next if one is due.
+    async fn keep(&mut self, store: &Arc<Store>, state: &Shared, meters: &Meters, until: Option<u64>) -> Result<(), ProjectionError> {
+        if self.writing.is_some() && self.full(state) {
+            let written = self.written().await;
+            self.settle(written, state, meters, until)?;
+        }
+        if self.due(state) {
+            if let Err(e) = self.start(store, state) {
+                self.failed(e.into(), meters, until)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the checkpoint being written, if one is.
+    async fn finish(&mut self, state: &Shared, meters: &Meters, until: Option<u64>) -> Result<(), ProjectionError> {
+        if self.writing.is_some() {
+            let written = self.written().await;
+            self.settle(written, state, meters, until)?;
+        }
+        Ok(())
+    }
 }
 
 /// Ends a spawned task when dropped.
@@ -297,11 +436,13 @@ impl Drop for AbortOnDrop {
 /// Applies the committed stream from the checkpoint on, through the one
 /// follower. A task of its own reads, decodes and links the entries ahead
 /// (up to [`DECODED_AHEAD`] batches); this one applies them, taking the
-/// write lock for [`SLICE`] entries at a time, and writes a checkpoint as
-/// `cadence` says or the cache needs. A read failure (NATS restarting, say)
-/// is logged; the follower goes on by itself, as it does when a checkpoint
+/// write lock for [`SLICE`] entries at a time, and writes checkpoints as
+/// `cadence` says or the cache needs, each on a thread of its own while it
+/// applies on ([`Checkpoints`]). A read failure (NATS restarting, say) is
+/// logged; the follower goes on by itself, as it does when a checkpoint
 /// cannot be written (reported, tried again later). A broken chain is an
-/// error. With `until`, ends there (the caller writes the last checkpoint).
+/// error. With `until`, ends there, its checkpoints written (the caller
+/// writes the last).
 async fn follow_stream(reader: Reader, store: Arc<Store>, state: Shared, until: Option<u64>, cadence: Cadence, meters: Meters) -> Result<(), ProjectionError> {
     let after = state.read().checkpoint;
     if until.is_some_and(|u| after.map_or(0, |a| a.0) >= u) {
@@ -316,16 +457,19 @@ async fn follow_stream(reader: Reader, store: Arc<Store>, state: Shared, until: 
             }
         }
     }));
-    let mut since_snapshot = 0u64;
-    let mut last_snapshot = Instant::now();
-    let mut snapshot_cost = Duration::ZERO;
-    let mut failed_at: Option<Instant> = None;
+    let mut checkpoints = Checkpoints::new(cadence);
     loop {
-        let batch = match tokio::time::timeout(Duration::from_secs(1), rx.recv()).await {
-            Ok(Some(batch)) => Some(batch),
-            Ok(None) => return Err(ProjectionError::Ended),
-            // Nothing new: maybe time for a snapshot of what came before.
-            Err(_) => None,
+        let batch = tokio::select! {
+            written = checkpoints.written() => {
+                checkpoints.settle(written, &state, &meters, until)?;
+                None
+            }
+            read = tokio::time::timeout(Duration::from_secs(1), rx.recv()) => match read {
+                Ok(Some(batch)) => Some(batch),
+                Ok(None) => return Err(ProjectionError::Ended),
+                // Nothing new: maybe time for a checkpoint of what came before.
+                Err(_) => None,
+            },
         };
         let mut last = 0;
         match batch {
@@ -337,46 +481,14 @@ async fn follow_stream(reader: Reader, store: Arc<Store>, state: Shared, until: 
                 // Applying is all CPU: off the runtime's workers, so that
                 // queries and the decoder keep theirs.
                 last = tokio::task::block_in_place(|| apply_all(&state, &entries))?;
-                since_snapshot += entries.len() as u64;
+                checkpoints.since += entries.len() as u64;
                 meters.applied(last);
             }
         }
-        let done = until.is_some_and(|u| last >= u);
-        if done {
-            return Ok(());
+        if until.is_some_and(|u| last >= u) {
+            return checkpoints.finish(&state, &meters, until).await;
         }
-        // Besides `every` entries or `interval`, a checkpoint waits ten
-        // times as long as the last one took, so that it stays a small
-        // share of the work.
-        let since_last = last_snapshot.elapsed();
-        let by_count = since_snapshot >= cadence.every;
-        let by_time = since_snapshot > 0 && since_last >= cadence.interval;
-        // The cache holds as many unsaved records as it may: a checkpoint
-        // now (unless the last one failed within the second), so that
-        // saved ones can be evicted.
-        let full = state.read().wants_checkpoint() && failed_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if ((by_count || by_time) && since_last >= snapshot_cost * 10) || full {
-            match snapshot(&store, &state) {
-                Ok(took) => {
-                    snapshot_cost = took;
-                    since_snapshot = 0;
-                    failed_at = None;
-                }
-                // A rebuild must end with its snapshot written.
-                Err(e) if until.is_some() => return Err(e),
-                // A checkpoint only shortens a restart: answers from the
-                // cache and the store stay right, so the projection stays
-                // ready, reports it
-                // (the log, `custody_projection_snapshot_failures_total`)
-                // and tries again after the interval.
-                Err(e) => {
-                    failed_at = Some(Instant::now());
-                    tracing::error!(error = %e, "cannot write the projection's snapshot; still answering, trying again later");
-                    metrics::counter!("custody_projection_snapshot_failures_total", "service" => meters.health.name()).increment(1);
-                }
-            }
-            last_snapshot = Instant::now();
-        }
+        checkpoints.keep(&store, &state, &meters, until).await?;
     }
 }
 

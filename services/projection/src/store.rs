@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use custody_proto::Hash;
 use serde::de::DeserializeOwned;
@@ -162,6 +162,63 @@ pub struct Store {
     budget: Budget,
     tree: fjall::Database,
     records: fjall::Keyspace,
+    /// The seq of the last checkpoint written, held while one is written:
+    /// one ingestion at a time, and never an older checkpoint after a
+    /// newer one (a follower's checkpoint still being written when the
+    /// service writes its last).
+    written: Mutex<u64>,
+}
+
+/// A number of records of each table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Records {
+    pub lots: usize,
+    pub references: usize,
+}
+
+/// A checkpoint taken from the state under its lock ([`Checkpoint::of`]),
+/// to write without it ([`Store::write`]) while the follower applies on:
+/// the meta record, and the unsaved records shared with the tables (a
+/// record changed meanwhile is copied first, [`Table`]'s copy on write, so
+/// what is written stays what was taken). Its records stay unsaved, and
+/// cached, until the follower marks them saved ([`State::saved`]).
+pub struct Checkpoint {
+    seq: Option<u64>,
+    meta: Vec<u8>,
+    pub(crate) lots: Vec<(String, Arc<Lot>)>,
+    pub(crate) references: Vec<(String, Arc<Vec<Named>>)>,
+}
+
+impl Checkpoint {
+    /// The checkpoint of `state` as it stands: nothing before the first
+    /// entry. Costs a copy of each unsaved record's key, not of the record.
+    pub fn of(state: &State) -> Result<Checkpoint, StoreError> {
+        let Some((seq, hash)) = state.checkpoint else { return Ok(Checkpoint { seq: None, meta: Vec::new(), lots: Vec::new(), references: Vec::new() }) };
+        let meta = MetaRef {
+            format: FORMAT,
+            version: VERSION,
+            seq,
+            hash: hash.to_hex(),
+            lots: state.lots.len(),
+            references: state.references.len(),
+            actors: &state.actors,
+            shipments: &state.shipments,
+            yields: &state.yields,
+            flows: &state.flows,
+            flags: &state.flags,
+        };
+        Ok(Checkpoint { seq: Some(seq), meta: serde_json::to_vec(&meta)?, lots: state.lots.taken(), references: state.references.taken() })
+    }
+
+    /// The seq it is of.
+    pub fn seq(&self) -> Option<u64> {
+        self.seq
+    }
+
+    /// How many records it writes, of each table.
+    pub fn records(&self) -> Records {
+        Records { lots: self.lots.len(), references: self.references.len() }
+    }
 }
 
 impl Store {
@@ -200,7 +257,7 @@ impl Store {
             .open()
             .map_err(tree_err)?;
         let records = tree.keyspace(RECORDS, || fjall::KeyspaceCreateOptions::default().max_memtable_size(1 << 20)).map_err(tree_err)?;
-        Ok(Store { dir: dir.to_path_buf(), budget, tree, records })
+        Ok(Store { dir: dir.to_path_buf(), budget, tree, records, written: Mutex::new(0) })
     }
 
     fn tree_error(&self, source: fjall::Error) -> StoreError {
@@ -240,14 +297,25 @@ impl Store {
         Ok(state)
     }
 
-    /// Writes a checkpoint of `state` (nothing before the first entry):
-    /// every record changed since the last one and the meta record, in key
+    /// Writes a checkpoint of `state` as it stands ([`Checkpoint::of`],
+    /// [`Store::write`]), and returns it for [`State::saved`].
+    pub fn save(&self, state: &State) -> Result<Checkpoint, StoreError> {
+        let checkpoint = Checkpoint::of(state)?;
+        self.write(&checkpoint)?;
+        Ok(checkpoint)
+    }
+
+    /// Writes a checkpoint: its records and the meta record, in key
     /// order, as one ingestion (new table files, fsynced, registered at
-    /// once). Under a read lock: the caller then marks the tables
-    /// saved ([`State::saved`]) once it holds the write lock, the follower
-    /// being the only writer.
-    pub fn save(&self, state: &State) -> Result<(), StoreError> {
-        let Some((seq, hash)) = state.checkpoint else { return Ok(()) };
+    /// once). Without the state's lock: the caller marks the records saved
+    /// ([`State::saved`]) once it holds the write lock, the follower being
+    /// the only writer. One older than the last written is not written.
+    pub fn write(&self, checkpoint: &Checkpoint) -> Result<(), StoreError> {
+        let Some(seq) = checkpoint.seq else { return Ok(()) };
+        let mut written = self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seq < *written {
+            return Ok(());
+        }
         if let Some(source) = custody_wire::crashpoint::failure("projection.checkpoint") {
             return Err(StoreError::Io { dir: self.dir.clone(), source });
         }
@@ -256,29 +324,17 @@ impl Store {
         // One buffer for every record's key and one for its bytes: the
         // ingestion copies both, so a record costs no allocation of its own.
         let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(4096));
-        for (k, v) in state.lots.unsaved() {
-            ingestion.write(keyed_in(&mut key, LOTS, k), json_in(&mut value, v)?).map_err(tree_err)?;
+        for (k, v) in &checkpoint.lots {
+            ingestion.write(keyed_in(&mut key, LOTS, k), json_in(&mut value, &**v)?).map_err(tree_err)?;
         }
-        let meta = MetaRef {
-            format: FORMAT,
-            version: VERSION,
-            seq,
-            hash: hash.to_hex(),
-            lots: state.lots.len(),
-            references: state.references.len(),
-            actors: &state.actors,
-            shipments: &state.shipments,
-            yields: &state.yields,
-            flows: &state.flows,
-            flags: &state.flags,
-        };
-        ingestion.write(META, json_in(&mut value, &meta)?).map_err(tree_err)?;
-        for (k, v) in state.references.unsaved() {
-            ingestion.write(keyed_in(&mut key, REFERENCES, k), json_in(&mut value, v)?).map_err(tree_err)?;
+        ingestion.write(META, &checkpoint.meta[..]).map_err(tree_err)?;
+        for (k, v) in &checkpoint.references {
+            ingestion.write(keyed_in(&mut key, REFERENCES, k), json_in(&mut value, &**v)?).map_err(tree_err)?;
         }
         custody_wire::crashpoint::reached("projection.snapshot.writing");
         ingestion.finish().map_err(tree_err)?;
         custody_wire::crashpoint::reached("projection.snapshot.saved");
+        *written = seq;
         Ok(())
     }
 
@@ -378,7 +434,9 @@ fn unprefixed(records: fjall::Iter, prefix: &'static [u8]) -> impl Iterator<Item
 
 /// One cached record.
 struct Slot<V> {
-    value: Box<V>,
+    /// Shared with a checkpoint being written, if one is: changing it
+    /// then changes a copy.
+    value: Arc<V>,
     /// When it was last used, by the table's clock.
     used: AtomicU64,
     /// Changed since the last checkpoint: kept until one writes it.
@@ -487,7 +545,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
                     value
                 }
             };
-            self.cache.insert(key.to_owned(), Slot { value: Box::new(value), used: AtomicU64::new(0), unsaved: false });
+            self.cache.insert(key.to_owned(), Slot { value: Arc::new(value), used: AtomicU64::new(0), unsaved: false });
         }
         let tick = self.tick();
         let slot = self.cache.get_mut(key)?;
@@ -496,7 +554,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             slot.unsaved = true;
             self.unsaved += 1;
         }
-        Some(&mut slot.value)
+        Some(Arc::make_mut(&mut slot.value))
     }
 
     /// The record under `key` to change.
@@ -544,25 +602,36 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
         }
     }
 
-    /// Enough records are unsaved that the follower should write a
-    /// checkpoint before changing more.
-    pub fn wants_checkpoint(&self) -> bool {
-        self.disk.is_some() && self.unsaved >= self.capacity / DIRTY_SHARE
+    /// Enough records are unsaved, besides the `writing` ones a
+    /// checkpoint being written will save, that the follower should write
+    /// a checkpoint before changing more.
+    pub fn wants_checkpoint(&self, writing: usize) -> bool {
+        self.disk.is_some() && self.unsaved.saturating_sub(writing) >= self.capacity / DIRTY_SHARE
     }
 
-    /// The records a checkpoint writes: the unsaved ones, or every one
-    /// for a table that is all in memory.
-    fn unsaved(&self) -> impl Iterator<Item = (&String, &V)> {
+    /// The records a checkpoint writes, in key order: the unsaved ones,
+    /// or every one for a table that is all in memory.
+    fn unsaved(&self) -> impl Iterator<Item = (&String, &Arc<V>)> {
         let all = self.disk.is_none();
-        self.cache.iter().filter(move |(_, s)| all || s.unsaved).map(|(k, s)| (k, &*s.value))
+        self.cache.iter().filter(move |(_, s)| all || s.unsaved).map(|(k, s)| (k, &s.value))
     }
 
-    /// Marks every record saved, after a checkpoint wrote them.
-    pub fn saved(&mut self) {
-        for slot in self.cache.values_mut() {
-            slot.unsaved = false;
+    /// The records a checkpoint writes, shared ([`Checkpoint`]).
+    fn taken(&self) -> Vec<(String, Arc<V>)> {
+        self.unsaved().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// Marks saved the records a checkpoint wrote, those not changed since
+    /// it was taken (a changed one is a copy: another allocation).
+    pub(crate) fn saved(&mut self, written: &[(String, Arc<V>)]) {
+        for (k, v) in written {
+            if let Some(slot) = self.cache.get_mut(k) {
+                if slot.unsaved && Arc::ptr_eq(&slot.value, v) {
+                    slot.unsaved = false;
+                    self.unsaved = self.unsaved.saturating_sub(1);
+                }
+            }
         }
-        self.unsaved = 0;
     }
 
     /// Every record in key order, from the cache where it is there (newer
@@ -594,7 +663,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     pub fn freeze(&self) -> Frozen<V> {
         Frozen {
             disk: self.disk.as_ref().map(|d| (d.db.snapshot(), d.keyspace.clone(), d.prefix)),
-            unsaved: self.unsaved().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            unsaved: self.unsaved().map(|(k, v)| (k.clone(), Arc::clone(v))).collect(),
             failure: OnceLock::new(),
         }
     }
@@ -609,7 +678,7 @@ fn fail(failure: &OnceLock<String>, why: String) {
 /// A table at one moment ([`Table::freeze`]).
 pub struct Frozen<V> {
     disk: Option<(fjall::Snapshot, fjall::Keyspace, &'static [u8])>,
-    unsaved: BTreeMap<String, V>,
+    unsaved: BTreeMap<String, Arc<V>>,
     failure: OnceLock<String>,
 }
 
@@ -624,7 +693,7 @@ impl<V: DeserializeOwned + Clone> Frozen<V> {
             }
             None => Box::new(std::iter::empty()),
         };
-        let cached = self.unsaved.iter().map(|(k, v)| (k.as_str(), v));
+        let cached = self.unsaved.iter().map(|(k, v)| (k.as_str(), &**v));
         Merged { failure: &self.failure, cached: cached.peekable(), disk: disk.peekable() }
     }
 
@@ -740,10 +809,10 @@ mod tests {
                 for s in [&mut state, &mut memory] {
                     s.references.get_or_default(&key).expect("readable").extend(named(i + round));
                 }
-                if state.references.wants_checkpoint() {
-                    state.checkpoint = Some((i as u64, Hash([1; 32])));
-                    store.save(&state).unwrap();
-                    state.saved();
+                if state.references.wants_checkpoint(0) {
+                    state.checkpoint = Some(((round * 1_000 + i) as u64, Hash([1; 32])));
+                    let written = store.save(&state).unwrap();
+                    state.saved(&written);
                 }
                 assert!(state.references.cached() <= 101, "round {round}, {i}: {} cached", state.references.cached());
             }
@@ -755,8 +824,8 @@ mod tests {
         state.checkpoint = Some((5_000, Hash([2; 32])));
         memory.checkpoint = state.checkpoint;
         assert_eq!(state, memory, "the same records as a table all in memory");
-        store.save(&state).unwrap();
-        state.saved();
+        let written = store.save(&state).unwrap();
+        state.saved(&written);
         // After the checkpoint: lost by a crash.
         state.references.insert("inv-late".into(), named(9));
         drop(state);
@@ -785,8 +854,8 @@ mod tests {
             state.references.insert(format!("inv-{i:03}"), named(i));
             if i == 50 {
                 state.checkpoint = Some((1, Hash([1; 32])));
-                store.save(&state).unwrap();
-                state.saved();
+                let written = store.save(&state).unwrap();
+                state.saved(&written);
             }
         }
         let then: Vec<(String, Vec<Named>)> = state.references.iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
@@ -796,12 +865,46 @@ mod tests {
         }
         state.references.insert("inv-new".into(), named(7));
         state.checkpoint = Some((2, Hash([2; 32])));
-        store.save(&state).unwrap();
-        state.saved();
+        let written = store.save(&state).unwrap();
+        state.saved(&written);
         let read: Vec<(String, Vec<Named>)> = frozen.iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
         assert_eq!(read.len(), 100);
         assert_eq!(read, then);
         assert!(frozen.failure().is_none());
+    }
+
+    /// A checkpoint is taken, the table changes, then the checkpoint is
+    /// written (as the follower does, on a thread of its own while it
+    /// applies on): the store holds the records as they were taken; the
+    /// one changed meanwhile stays unsaved, so cached, until the next
+    /// checkpoint writes its new value; an older checkpoint written after
+    /// a newer one changes nothing.
+    #[test]
+    fn a_record_changed_while_its_checkpoint_is_written_stays_unsaved() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), Budget { cache_mb: 8 }).unwrap();
+        let mut state = store.load().unwrap();
+        state.references.insert("inv-a".into(), named(1));
+        state.references.insert("inv-b".into(), named(2));
+        state.checkpoint = Some((1, Hash([1; 32])));
+        let taken = Checkpoint::of(&state).unwrap();
+        state.references.get_mut("inv-a").unwrap().extend(named(3));
+        state.checkpoint = Some((2, Hash([2; 32])));
+        store.write(&taken).unwrap();
+        state.saved(&taken);
+        assert_eq!(state.references.unsaved, 1, "inv-a, changed after it was taken");
+        assert!(state.references.cache["inv-a"].unsaved && !state.references.cache["inv-b"].unsaved);
+        assert_eq!(state.references.read("inv-a"), Some(named(1)), "on disk as it was taken");
+        assert_eq!(store.checkpoint().unwrap(), Some(1));
+
+        let next = store.save(&state).unwrap();
+        state.saved(&next);
+        assert_eq!(state.references.unsaved, 0);
+        let now = [named(1), named(3)].concat();
+        assert_eq!(state.references.read("inv-a"), Some(now.clone()));
+        store.write(&taken).unwrap();
+        assert_eq!(store.checkpoint().unwrap(), Some(2), "the older checkpoint is not written over the newer");
+        assert_eq!(state.references.read("inv-a"), Some(now));
     }
 
     /// The folder of the layout before checkpoints were ingestions (a

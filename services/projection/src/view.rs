@@ -762,16 +762,18 @@ impl State {
         }
     }
 
-    /// Enough of the tables' cached records are unsaved that a checkpoint
+    /// Enough of the tables' cached records are unsaved, besides those a
+    /// checkpoint being written will save (`writing`), that a checkpoint
     /// should be written before more are changed ([`crate::store`]).
-    pub fn wants_checkpoint(&self) -> bool {
-        self.lots.wants_checkpoint() || self.references.wants_checkpoint()
+    pub fn wants_checkpoint(&self, writing: crate::store::Records) -> bool {
+        self.lots.wants_checkpoint(writing.lots) || self.references.wants_checkpoint(writing.references)
     }
 
-    /// Marks the tables' records saved, after a checkpoint wrote them.
-    pub fn saved(&mut self) {
-        self.lots.saved();
-        self.references.saved();
+    /// Marks saved the records a checkpoint wrote, those not changed
+    /// since it was taken.
+    pub fn saved(&mut self, written: &crate::store::Checkpoint) {
+        self.lots.saved(&written.lots);
+        self.references.saved(&written.references);
     }
 
     /// Why the state could not be read from its store, if it could not.
