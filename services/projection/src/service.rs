@@ -371,9 +371,9 @@ impl Checkpoints {
     /// and tries again after the interval. A rebuild (`until`) ends on it.
     fn settle(&mut self, written: Written, state: &Shared, meters: &Meters, until: Option<u64>) -> Result<(), ProjectionError> {
         let (started, entries, result) = written;
-        self.last = Instant::now();
         let failure = match result {
             Ok((checkpoint, Ok(()))) => {
+                self.last = Instant::now();
                 self.cost = saved(state, &checkpoint, started);
                 self.since = self.since.saturating_sub(entries);
                 self.failed_at = None;
@@ -403,8 +403,7 @@ impl Checkpoints {
     /// evict nothing unsaved), then starts the next if one is due.
     async fn keep(&mut self, store: &Arc<Store>, state: &Shared, meters: &Meters, until: Option<u64>) -> Result<(), ProjectionError> {
         if self.writing.is_some() && self.full(state) {
-            let written = self.written().await;
-            self.settle(written, state, meters, until)?;
+            self.finish(state, meters, until).await?;
         }
         if self.due(state) {
             if let Err(e) = self.start(store, state) {
