@@ -224,7 +224,22 @@ async fn actors_together_hold_at_most_their_share_of_connections_and_services_st
         said.contains("maximum") || said.contains("authorization violation") || said.contains("broken pipe") || said.contains("connection reset"),
         "{refused}"
     );
-    assert!(connect(url, Some(&other)).await.is_err(), "the limit is for all actors together");
+    // The share full before another actor asks: a connection the server
+    // accepted can be closed just after (CI once let the other actor in
+    // here), so the held ones still connected are counted, and topped up
+    // to the limit while the server lets them.
+    let connected = |held: &[async_nats::Client]| held.iter().filter(|c| c.connection_state() == async_nats::connection::State::Connected).count();
+    for _ in 0..100 {
+        if connected(&held) >= 20 {
+            break;
+        }
+        if let Ok((c, _)) = connect(url, Some(&greedy)).await {
+            held.push(c);
+        }
+    }
+    assert_eq!(connected(&held), 20, "the actors' share fills to its limit: {} held, first refusal {refused}", held.len());
+    let another = connect(url, Some(&other)).await;
+    assert!(another.is_err(), "the limit is for all actors together: {} of {} held connected", connected(&held), held.len());
     // The services still answer, and the operator still gets in.
     let r = reqwest::get(format!("{}/v1/lots/NONE/origin", up.http)).await.unwrap();
     assert_eq!(r.status().as_u16(), 404, "the gateway asks the projection and answers");
