@@ -143,7 +143,6 @@ impl NatsServer {
         let domain = setup.domain.as_ref().map(|d| format!("  domain: {d:?}\n")).unwrap_or_default();
         let mut text = format!("jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n{domain}}}\n", store.display().to_string());
         if let Some(port) = setup.leaf_port {
-            let port = if port == 0 { "-1".to_owned() } else { port.to_string() };
             // Edges reach the hub by the URLs they are given (`--hub`), never
             // by addresses the hub advertises: a mine's link is what its
             // operator configured.
@@ -175,8 +174,16 @@ impl NatsServer {
         Ok((path, pid_file))
     }
 
-    fn spawn(store_dir: &Path, setup: Setup) -> anyhow::Result<NatsServer> {
+    fn spawn(store_dir: &Path, mut setup: Setup) -> anyhow::Result<NatsServer> {
         std::fs::create_dir_all(store_dir)?;
+        // Its ports are chosen here, not by the server, and kept for a
+        // restart (see `free_ports`).
+        if setup.port.is_none() {
+            setup.port = Some(free_ports(1)?[0]);
+        }
+        if setup.leaf_port == Some(0) {
+            setup.leaf_port = Some(free_ports(1)?[0]);
+        }
         let port_arg = setup.port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
         let (own, pid_file) = Self::write_config(store_dir, &setup)?;
         let mut cmd = Command::new(binary()?);
@@ -376,11 +383,62 @@ impl Drop for Kept {
     }
 }
 
-/// Ports free on loopback a moment ago (for cluster routes, which every
-/// server must know before any starts).
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
-    Ok(listeners.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<Vec<_>, _>>()?)
+/// Loopback ports free a moment ago, for a server that must be told its
+/// ports before it starts: a cluster's routes (every server must know all
+/// of them), a restart on the same ports, a test's own listener.
+///
+/// They are drawn at random from outside the kernel's ephemeral range
+/// (`ip_local_port_range`), so no port-0 bind and no outgoing connection
+/// (our own servers' routes included) can take one between this check
+/// and the server's bind: a kernel-chosen port once took a route port
+/// reserved this way, and the server that needed it could not start.
+/// This process never hands out the same port twice.
+pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    use rand::RngExt as _;
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (lo, hi) = ephemeral_range();
+    // Below the ephemeral range (above the ports services usually take),
+    // and above it.
+    let below = (10_000u16..lo).len();
+    let above = (hi.saturating_add(1)..=u16::MAX).count();
+    if below + above < n {
+        bail!("no loopback ports outside the ephemeral range {lo}-{hi}");
+    }
+    let mut rng = rand::rng();
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..(100 * n + 1_000) {
+        if held.len() == n {
+            break;
+        }
+        let k = rng.random_range(0..below + above);
+        let port = if k < below { 10_000 + k as u16 } else { hi + 1 + (k - below) as u16 };
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            given.insert(port);
+            held.push(l);
+        }
+    }
+    if held.len() < n {
+        bail!("found only {} free loopback ports of the {n} needed", held.len());
+    }
+    Ok(held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The kernel's range for port-0 binds and outgoing connections (Linux's
+/// default where it cannot be read).
+fn ephemeral_range() -> (u16, u16) {
+    let read = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let parsed = read.and_then(|t| {
+        let mut it = t.split_whitespace().map(|w| w.parse::<u16>().ok());
+        Some((it.next()??, it.next()??))
+    });
+    match parsed {
+        Some((lo, hi)) if lo <= hi => (lo, hi),
+        _ => (32_768, 60_999),
+    }
 }
 
 /// Asks the kernel to kill the child if its parent dies first, so that not
@@ -406,5 +464,23 @@ pub fn die_with_parent(cmd: &mut Command) {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn ports_handed_out_are_free_outside_the_ephemeral_range_and_never_given_twice() {
+        let (lo, hi) = super::ephemeral_range();
+        let first = super::free_ports(50).expect("50 ports");
+        let second = super::free_ports(50).expect("50 more");
+        let all: BTreeSet<u16> = first.iter().chain(&second).copied().collect();
+        assert_eq!(all.len(), 100, "a port was handed out twice: {first:?} {second:?}");
+        assert!(all.iter().all(|p| *p < lo || *p > hi), "a port inside the ephemeral range {lo}-{hi}: {all:?}");
+        // Free now: a server told one of them can listen on it.
+        let listeners: Vec<_> = all.iter().map(|p| std::net::TcpListener::bind(("127.0.0.1", *p))).collect();
+        assert!(listeners.iter().all(Result::is_ok), "{listeners:?}");
     }
 }

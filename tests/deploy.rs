@@ -52,10 +52,6 @@ fn unit(name: &str) -> Unit {
     u
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Three hub hosts (1..=3) and a mine (4), each a folder standing for
 /// its root, and the loopback ports standing for their addresses.
 struct Site {
@@ -77,7 +73,8 @@ impl Site {
         if let Some(p) = ports.get(&(host, port)) {
             return *p;
         }
-        let fresh = std::iter::repeat_with(free_port).find(|p| !ports.values().any(|q| q == p)).unwrap();
+        // Never one handed out before (`free_ports` gives each port once).
+        let fresh = custody::natsd::free_ports(1).unwrap()[0];
         ports.insert((host, port), fresh);
         fresh
     }

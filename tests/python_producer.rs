@@ -159,7 +159,7 @@ async fn the_installed_command_submits_typed_events_and_says_why_one_is_refused(
     assert_eq!(refusal["code"], "lot_consumed");
     assert!(err.contains("refused (lot_consumed)") && !err.contains("Traceback"), "{err}");
     // Nobody listening: a sentence, exit 2.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = custody::natsd::free_ports(1).unwrap()[0];
     let out = std::process::Command::new(&bin)
         .args([miner, "mined", "--lot", "X", "--carats", "1.00", "--country", "BW", "--nats", &format!("nats://127.0.0.1:{port}")])
         .output()

@@ -435,7 +435,7 @@ async fn a_restarted_up_keeps_its_addresses_and_commands_find_it_by_its_context(
         "{said}"
     );
     // An explicit URL that answers nothing says it was the one given.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = custody::natsd::free_ports(1).unwrap()[0];
     let refused = bare(elsewhere.path(), &["--nats", &format!("nats://127.0.0.1:{port}"), "origin", "S1"]);
     assert!(String::from_utf8_lossy(&refused.stderr).contains("given by --nats"), "{}", String::from_utf8_lossy(&refused.stderr));
 }

@@ -227,7 +227,7 @@ async fn a_c2sp_witness_and_a_verifier_this_project_did_not_write_accept_the_led
     let origin = ledger_vkey.split('+').next().unwrap().to_owned();
 
     // aics-witness (PyPI), an unmodified C2SP tlog-witness, on a free loopback port.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = custody::natsd::free_ports(1).unwrap()[0];
     let config = sys.dir.path().join("aics").join("witness.json");
     let config = config.to_str().unwrap();
     let init = tool("aics_witness", &["init", "--config", config, "--name", "aics.custody.test", "--listen", &format!("127.0.0.1:{port}")]);
