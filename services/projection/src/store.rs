@@ -256,7 +256,13 @@ impl Store {
             .manual_journal_persist(true)
             .open()
             .map_err(tree_err)?;
-        let records = tree.keyspace(RECORDS, || fjall::KeyspaceCreateOptions::default().max_memtable_size(1 << 20)).map_err(tree_err)?;
+        // Records are JSON, so they shrink to about a third with lz4 at
+        // every level (fjall leaves its first two levels uncompressed): a
+        // checkpoint and each compaction after it write that much less.
+        let compressed = fjall::config::CompressionPolicy::all(fjall::CompressionType::Lz4);
+        let records = tree
+            .keyspace(RECORDS, || fjall::KeyspaceCreateOptions::default().max_memtable_size(1 << 20).data_block_compression_policy(compressed))
+            .map_err(tree_err)?;
         Ok(Store { dir: dir.to_path_buf(), budget, tree, records, written: Mutex::new(0) })
     }
 
