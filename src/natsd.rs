@@ -178,13 +178,15 @@ impl NatsServer {
         std::fs::create_dir_all(store_dir)?;
         // Its ports are chosen here, not by the server, and kept for a
         // restart (see `free_ports`).
-        if setup.port.is_none() {
-            setup.port = Some(free_ports(1)?[0]);
-        }
+        let port = match setup.port {
+            Some(p) => p,
+            None => free_ports(1)?[0],
+        };
+        setup.port = Some(port);
         if setup.leaf_port == Some(0) {
             setup.leaf_port = Some(free_ports(1)?[0]);
         }
-        let port_arg = setup.port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        let port_arg = port.to_string();
         let (own, pid_file) = Self::write_config(store_dir, &setup)?;
         let mut cmd = Command::new(binary()?);
         die_with_parent(&mut cmd);
