@@ -31,6 +31,7 @@
 //! writes a lot record in about a microsecond), and ARCHITECTURE.md.
 
 use std::borrow::Cow;
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -492,15 +493,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     }
 
     fn read(&self, key: &str) -> Option<V> {
-        let disk = self.disk.as_ref()?;
-        match disk.keyspace.get(keyed(disk.prefix, key)) {
-            Ok(None) => None,
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| self.fail(format!("record {key:?}: {e}"))).ok(),
-            Err(e) => {
-                self.fail(format!("reading {key:?}: {e}"));
-                None
-            }
-        }
+        read(self.disk.as_ref(), &self.failure, key)
     }
 
     /// How many records.
@@ -537,41 +530,66 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     }
 
     /// The record under `key` to change, cached and unsaved from now on:
-    /// from the cache, else from disk, else made by `new` (one record
+    /// from the cache, else from disk (unless the caller knows the key is
+    /// `fresh`: no record has had it), else made by `new` (one record
     /// more), else none. A read of the disk that fails counts as none and
     /// is recorded ([`Table::failure`]): the follower halts on it.
-    fn change(&mut self, key: &str, new: impl FnOnce() -> Option<V>) -> Option<&mut V> {
-        if !self.cache.contains_key(key) {
-            self.make_room();
-            let value = match self.read(key) {
-                Some(value) => value,
-                None => {
-                    let value = new()?;
-                    self.len += 1;
-                    value
-                }
-            };
-            self.cache.insert(key.to_owned(), Slot { value: Arc::new(value), used: AtomicU64::new(0), unsaved: false });
-        }
+    fn change(&mut self, key: &str, fresh: bool, new: impl FnOnce() -> Option<V>) -> Option<&mut V> {
         let tick = self.tick();
-        let slot = self.cache.get_mut(key)?;
+        if self.cache.len() >= self.capacity && !self.cache.contains_key(key) {
+            self.make_room();
+        }
+        // One walk of the sorted map, hit or miss: copying the key costs
+        // less than a second walk's string compares.
+        let mut added = false;
+        let slot = match self.cache.entry(key.to_owned()) {
+            Entry::Occupied(slot) => slot.into_mut(),
+            Entry::Vacant(vacant) => {
+                let on_disk = if fresh { None } else { read(self.disk.as_ref(), &self.failure, key) };
+                let value = match on_disk {
+                    Some(value) => value,
+                    None => {
+                        added = true;
+                        new()?
+                    }
+                };
+                vacant.insert(Slot { value: Arc::new(value), used: AtomicU64::new(0), unsaved: false })
+            }
+        };
         *slot.used.get_mut() = tick;
         if !slot.unsaved {
             slot.unsaved = true;
             self.unsaved += 1;
+        }
+        if added {
+            self.len += 1;
         }
         Some(Arc::make_mut(&mut slot.value))
     }
 
     /// The record under `key` to change.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
-        self.change(key, || None)
+        self.change(key, false, || None)
     }
 
     /// Sets the record under `key`.
     pub fn insert(&mut self, key: String, value: V) {
         let mut value = Some(value);
-        if let Some(old) = self.change(&key, || value.take()) {
+        if let Some(old) = self.change(&key, false, || value.take()) {
+            if let Some(v) = value {
+                *old = v;
+            }
+        }
+    }
+
+    /// Sets the record under `key`, a key no record has had: a new lot,
+    /// whose id the ledger admitted only because it was never used
+    /// (`lot_exists`). So the disk is not asked, which for a lot being made
+    /// is a lookup for nothing (the bulk of a replay's reads of the store).
+    /// Were the key used before, only [`Table::len`] would count it twice.
+    pub fn create(&mut self, key: String, value: V) {
+        let mut value = Some(value);
+        if let Some(old) = self.change(&key, true, || value.take()) {
             if let Some(v) = value {
                 *old = v;
             }
@@ -584,7 +602,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     where
         V: Default,
     {
-        self.change(key, || Some(V::default()))
+        self.change(key, false, || Some(V::default()))
     }
 
     /// Makes room for one more record by dropping saved ones, least
@@ -671,6 +689,20 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
             disk: self.disk.as_ref().map(|d| (d.db.snapshot(), d.keyspace.clone(), d.prefix)),
             unsaved: self.unsaved().map(|(k, v)| (k.clone(), Arc::clone(v))).collect(),
             failure: OnceLock::new(),
+        }
+    }
+}
+
+/// The record under `key` on `disk`, if any; a failure to read it is
+/// recorded in `failure` and counts as none.
+fn read<V: DeserializeOwned>(disk: Option<&Disk>, failure: &OnceLock<String>, key: &str) -> Option<V> {
+    let disk = disk?;
+    match disk.keyspace.get(keyed(disk.prefix, key)) {
+        Ok(None) => None,
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| fail(failure, format!("record {key:?}: {e}"))).ok(),
+        Err(e) => {
+            fail(failure, format!("reading {key:?}: {e}"));
+            None
         }
     }
 }

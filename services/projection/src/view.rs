@@ -861,8 +861,10 @@ impl State {
         }
     }
 
+    /// Adds a lot the entry made: its id is new (the ledger refuses one
+    /// used before), so the store is not asked for it.
     fn put(&mut self, lot: Lot) {
-        self.lots.insert(lot.lot.clone(), lot);
+        self.lots.create(lot.lot.clone(), lot);
     }
 }
 
