@@ -78,7 +78,9 @@ impl Flows {
         self.events += 1;
         self.late += u64::from(late);
         let signer = event.actor.to_string();
-        self.signers.insert(signer.clone());
+        if !self.signers.contains(&signer) {
+            self.signers.insert(signer.clone());
+        }
         let Body::Exported { lots, to_country, certificate, .. } = &event.body else { return };
         let when = quarter(event.occurred_at.as_datetime().date_naive());
         let shipped: Vec<_> = lots.iter().filter_map(|l| state.lots.get(l.as_str())).collect();

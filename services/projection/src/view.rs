@@ -423,9 +423,15 @@ impl State {
     /// on: each document's reference, an export's certificate, a
     /// verification's number.
     fn name_references<'a>(&mut self, event: &Event, seq: u64, acted_on: impl Iterator<Item = &'a str>) {
+        let documents = event.evidence.as_ref().map(Evidence::documents).unwrap_or_default();
+        let names_any = documents.iter().any(|d| d.reference.is_some()) || matches!(event.body, Body::Exported { .. } | Body::Verified { .. });
+        if !names_any {
+            // Most entries name no number: their lots are not looked up.
+            return;
+        }
         let acted_on: Vec<&str> = acted_on.filter(|l| self.lots.contains_key(l)).collect();
         let mut names: Vec<(&str, &str, String)> = Vec::new();
-        for d in event.evidence.as_ref().map(Evidence::documents).unwrap_or_default() {
+        for d in documents {
             if let Some(r) = &d.reference {
                 names.extend(acted_on.iter().map(|l| (r.as_str(), *l, document_word(d.kind).to_owned())));
             }
@@ -832,27 +838,29 @@ impl State {
     /// Notes a gap when `signer` acts on a lot it does not hold, or that
     /// is not here at all.
     fn check_holder(&mut self, seq: u64, lot: &LotId, signer: &str) {
-        match self.lots.get(lot.as_str()) {
-            None => self.gap(seq, Some(lot.to_string()), format!("acts on lot {lot}, which no entry here made")),
-            Some(l) if l.consumed => self.gap(seq, Some(lot.to_string()), format!("acts on lot {lot}, which was consumed")),
-            Some(l) if l.holder != signer => {
-                let why = format!("acts on lot {lot}, held by {} here, not by the signer {signer}", l.holder);
-                self.gap(seq, Some(lot.to_string()), why)
-            }
-            Some(_) => {}
+        let why = match self.lots.get(lot.as_str()) {
+            None => Some(absent(lot)),
+            Some(l) => not_held(&l, lot, signer),
+        };
+        if let Some(why) = why {
+            self.gap(seq, Some(lot.to_string()), why);
         }
     }
 
-    /// Consumes a lot its signer holds (see [`State::check_holder`]).
+    /// Consumes a lot, noting a gap as [`State::check_holder`] does, in
+    /// one lookup of the lot.
     fn consume_held(&mut self, seq: u64, lot: &LotId, signer: &str) -> Option<Lot> {
-        self.check_holder(seq, lot, signer);
-        self.consume(lot)
-    }
-
-    fn consume(&mut self, lot: &LotId) -> Option<Lot> {
-        let l = self.lots.get_mut(lot.as_str())?;
+        let Some(l) = self.lots.get_mut(lot.as_str()) else {
+            self.gap(seq, Some(lot.to_string()), absent(lot));
+            return None;
+        };
+        let why = not_held(l, lot, signer);
         l.consumed = true;
-        Some(l.clone())
+        let consumed = l.clone();
+        if let Some(why) = why {
+            self.gap(seq, Some(lot.to_string()), why);
+        }
+        Some(consumed)
     }
 
     fn link(&mut self, parent: &str, child: &str) {
@@ -865,6 +873,23 @@ impl State {
     /// used before), so the store is not asked for it.
     fn put(&mut self, lot: Lot) {
         self.lots.create(lot.lot.clone(), lot);
+    }
+}
+
+/// Why acting on `lot` is a gap: it is not here.
+fn absent(lot: &LotId) -> String {
+    format!("acts on lot {lot}, which no entry here made")
+}
+
+/// Why `signer` acting on `lot` (here `l`) is a gap, if it is: the lot
+/// was consumed, or someone else holds it.
+fn not_held(l: &Lot, lot: &LotId, signer: &str) -> Option<String> {
+    if l.consumed {
+        Some(format!("acts on lot {lot}, which was consumed"))
+    } else if l.holder != signer {
+        Some(format!("acts on lot {lot}, held by {} here, not by the signer {signer}", l.holder))
+    } else {
+        None
     }
 }
 
