@@ -574,12 +574,7 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
 
     /// Sets the record under `key`.
     pub fn insert(&mut self, key: String, value: V) {
-        let mut value = Some(value);
-        if let Some(old) = self.change(&key, false, || value.take()) {
-            if let Some(v) = value {
-                *old = v;
-            }
-        }
+        self.set(key, false, value);
     }
 
     /// Sets the record under `key`, a key no record has had: a new lot,
@@ -588,8 +583,12 @@ impl<V: Serialize + DeserializeOwned + Clone> Table<V> {
     /// is a lookup for nothing (the bulk of a replay's reads of the store).
     /// Were the key used before, only [`Table::len`] would count it twice.
     pub fn create(&mut self, key: String, value: V) {
+        self.set(key, true, value);
+    }
+
+    fn set(&mut self, key: String, fresh: bool, value: V) {
         let mut value = Some(value);
-        if let Some(old) = self.change(&key, true, || value.take()) {
+        if let Some(old) = self.change(&key, fresh, || value.take()) {
             if let Some(v) = value {
                 *old = v;
             }
